@@ -1,0 +1,43 @@
+"""dominoes: multi-core asyncio services whose state is replicated on every core.
+
+Every replica holds the whole state and applies one totally ordered log; only
+the owner of an entry performs its effects.  See ``docs/`` for the tutorial.
+"""
+
+from __future__ import annotations
+
+from ._core._codec import Mode as Mode
+from ._core._component import Component as Component
+from ._core._component import EventRef as EventRef
+from ._core._component import on as on
+from ._core._component import query as query
+from ._core._component import update as update
+from ._core._context import Context as Context
+from ._core._errors import ApplySuspendedError as ApplySuspendedError
+from ._core._errors import DominoesError as DominoesError
+from ._core._errors import EntryTooLargeError as EntryTooLargeError
+from ._core._errors import LogFullError as LogFullError
+from ._core._errors import QueryWroteStateError as QueryWroteStateError
+from ._core._errors import UnknownEventError as UnknownEventError
+from ._core._machine import RemoteError as RemoteError
+from ._core._service import Service as Service
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "ApplySuspendedError",
+    "Component",
+    "Context",
+    "DominoesError",
+    "EntryTooLargeError",
+    "EventRef",
+    "LogFullError",
+    "Mode",
+    "QueryWroteStateError",
+    "RemoteError",
+    "Service",
+    "UnknownEventError",
+    "on",
+    "query",
+    "update",
+)

@@ -1,0 +1,423 @@
+"""``testing.Cluster``: N replicas in one process over one in-memory log.
+
+It is to dominoes what h11's ``ConnectionPair`` is to h11: the real core (the
+same ``Log``, ``StateMachine`` and ``ReplicaCore`` the runtime uses) stepped
+explicitly, so a test decides who appends, who applies first (and so who wins
+a ``race`` claim), when time passes, and who dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any, Final, TypeVar
+
+from ._core._codec import Mode
+from ._core._component import Component, EventRef, query
+from ._core._errors import DominoesError, LogFullError
+from ._core._log import DEFAULT_MAX_REPLICAS, Log, ReplicaState
+from ._core._machine import Applied
+from ._core._replica import DEFAULT_TIMER_GRACE, ReplicaCore, ReplicaStatistics
+from ._core._service import Service
+from ._core._words import PlainWords
+
+__all__ = ("Cluster", "ClusterReplica", "DivergenceError", "ReplicaDeadError")
+
+C = TypeVar("C", bound=Component)
+
+#: The fake clock's start: a plausible epoch time, so handlers that format
+#: ``ctx.now`` see a real-looking date.
+START_TIME: Final = 1_800_000_000.0
+
+_MODES: Final = {"race": Mode.RACE, "affinity": Mode.AFFINITY, "every": Mode.EVERY}
+
+
+class DivergenceError(AssertionError):
+    """Replicas that applied the same entries hold different state."""
+
+
+class ReplicaDeadError(DominoesError):
+    """The replica is dead (killed and not restarted)."""
+
+
+class Pending:
+    """A submitted entry, resolved when its origin replica applies it."""
+
+    __slots__ = ("applied", "origin", "seq")
+
+    def __init__(self, origin: int, seq: int) -> None:
+        self.origin = origin
+        self.seq = seq
+        self.applied: Applied | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.applied is not None
+
+    def result(self) -> Any:
+        """The handler's result; raises the handler's exception."""
+        if self.applied is None:
+            raise RuntimeError(f"entry {self.seq} is not applied on replica {self.origin} yet")
+        if self.applied.error is not None:
+            raise self.applied.error
+        return self.applied.result
+
+    def __repr__(self) -> str:
+        return f"<Pending seq={self.seq} origin={self.origin} done={self.done}>"
+
+
+class ClusterReplica:
+    """One replica of a :class:`Cluster`: its core, and what it applied."""
+
+    def __init__(self, cluster: Cluster, index: int) -> None:
+        self.cluster = cluster
+        self.index = index
+        self.core = self._new_core()
+        self.alive = True
+        self.joining = False
+        #: (seq, event-or-kind) of every entry this incarnation applied, in order
+        self.applied: list[int] = []
+        #: (seq, owner) for each applied entry this replica owned
+        self.owned: list[int] = []
+        self._pending: dict[int, Pending] = {}
+
+    def _new_core(self) -> ReplicaCore:
+        c = self.cluster
+        log = Log(c._buf, c._words)
+        machine = c.service.new_machine(self.index)
+        return ReplicaCore(log, machine, replicas=c.size, timer_grace=c.timer_grace)
+
+    @property
+    def machine(self) -> Any:
+        return self.core.machine
+
+    @property
+    def cursor(self) -> int:
+        return self.core.machine.cursor
+
+    def component(self, which: type[C] | str) -> C:
+        """This replica's instance of a component."""
+        return self.core.machine.component(which)  # type: ignore[no-any-return]
+
+    def statistics(self) -> ReplicaStatistics:
+        return self.core.statistics()
+
+    def __repr__(self) -> str:
+        state = "dead" if not self.alive else "joining" if self.joining else "live"
+        return f"<ClusterReplica {self.index} {state} cursor={self.cursor}>"
+
+
+class Cluster:
+    """N replicas of ``service`` in this process, over one in-memory log.
+
+    Nothing happens until the test says so: :meth:`step` applies entries on
+    one replica (or all), :meth:`advance` moves the fake clock, :meth:`kill` and
+    :meth:`restart` remove and bring back a replica.  :meth:`call` and
+    :meth:`submit` are the convenient forms that append and run until the
+    result is known.
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        replicas: int = 3,
+        *,
+        capacity: int = 1024,
+        slot_size: int = 256,
+        max_entry_slots: int | None = None,
+        timer_grace: float = DEFAULT_TIMER_GRACE,
+        start_time: float = START_TIME,
+    ) -> None:
+        if not 1 <= replicas <= DEFAULT_MAX_REPLICAS:
+            raise ValueError(f"replicas must be in 1..{DEFAULT_MAX_REPLICAS}")
+        self.service = service
+        self.size = replicas
+        self.timer_grace = timer_grace
+        #: the fake clock every replica reads (seconds since the epoch)
+        self.clock = start_time
+        self._buf = bytearray(Log.size_for(capacity, slot_size, replicas))
+        self._words = PlainWords(self._buf)
+        self.log = Log.create(
+            self._buf, self._words, capacity=capacity, slot_size=slot_size,
+            max_replicas=replicas, max_entry_slots=max_entry_slots,
+        )
+        self.replicas = [ClusterReplica(self, i) for i in range(replicas)]
+        for r in self.replicas:
+            r.core.start()
+        #: effects run, in order: (replica, seq, function name)
+        self.effects_run: list[tuple[int, int, str]] = []
+        self._snapshot_waits: dict[int, int] = {}  # joiner -> source
+
+    def __getitem__(self, index: int) -> ClusterReplica:
+        return self.replicas[index]
+
+    def __iter__(self) -> Iterator[ClusterReplica]:
+        return iter(self.replicas)
+
+    @property
+    def live(self) -> list[ClusterReplica]:
+        return [r for r in self.replicas if r.alive and not r.joining]
+
+    def _replica(self, index: int) -> ClusterReplica:
+        r = self.replicas[index]
+        if not r.alive:
+            raise ReplicaDeadError(f"replica {index} is dead")
+        return r
+
+    # --- submitting ------------------------------------------------------------------
+
+    def submit_nowait(
+        self,
+        replica: int,
+        event: EventRef,
+        /,
+        *args: Any,
+        _mode: str = "affinity",
+        _request_id: str = "",
+        **kwargs: Any,
+    ) -> Pending:
+        """Append a call on ``replica``; raises :class:`LogFullError` when the log is full.
+
+        ``_mode`` is ``"affinity"`` (default: the submitting replica owns the
+        entry), ``"race"`` or ``"every"``.
+        """
+        r = self._replica(replica)
+        if r.joining:
+            raise ReplicaDeadError(f"replica {replica} is still joining")
+        core = r.core
+        name = core.machine.resolve(event)
+        payload = core.encode_call(
+            name, args, kwargs, now=self.clock, mode=_MODES[_mode], request_id=_request_id
+        )
+        seq = core.append_nowait(payload)
+        pending = Pending(replica, seq)
+        r._pending[seq] = pending
+        return pending
+
+    def call(self, replica: int, event: EventRef, /, *args: Any, **kwargs: Any) -> Any:
+        """Submit, run every replica until the origin applied it, return its result.
+
+        When the log is full it steps the replicas to make room first (what
+        awaiting an append does in the runtime).
+        """
+        pending = self._append_with_backpressure(replica, event, args, kwargs)
+        self.run_until(lambda: pending.done)
+        return pending.result()
+
+    async def submit(self, replica: int, event: EventRef, /, *args: Any, **kwargs: Any) -> Any:
+        """The awaitable form of :meth:`call` (it never really suspends)."""
+        await asyncio.sleep(0)
+        return self.call(replica, event, *args, **kwargs)
+
+    def _append_with_backpressure(
+        self, replica: int, event: EventRef, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Pending:
+        for _ in range(self.log.capacity + 2):
+            try:
+                return self.submit_nowait(replica, event, *args, **kwargs)
+            except LogFullError:
+                if not self.step():
+                    break
+        raise LogFullError("log full and no replica can make progress")
+
+    def query(self, replica: int, ref: str | query[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run a ``@query`` on ``replica``'s local state."""
+        return self._replica(replica).core.machine.query(ref, *args, **kwargs)
+
+    # --- stepping -------------------------------------------------------------------
+
+    def step(self, replica: int | None = None, limit: int | None = None) -> int:
+        """Apply what is published on one replica (or each live one); entries applied."""
+        targets = self.replicas if replica is None else [self.replicas[replica]]
+        n = 0
+        for r in targets:
+            if r.alive and not r.joining:
+                n += self._poll(r, limit)
+        return n
+
+    def _poll(self, r: ClusterReplica, limit: int | None) -> int:
+        noops = r.core.noops_skipped
+        results = r.core.poll(limit)
+        for applied in results:
+            r.applied.append(applied.seq)
+            if applied.owner:
+                r.owned.append(applied.seq)
+                for fn, args, kwargs in applied.effects:
+                    self._run_effect(r.index, applied.seq, fn, args, kwargs)
+            pending = r._pending.pop(applied.seq, None)
+            if pending is not None:
+                pending.applied = applied
+            if applied.snapshot is not None:
+                self._deliver_snapshot(applied)
+        return len(results) + r.core.noops_skipped - noops
+
+    def _run_effect(
+        self, index: int, seq: int, fn: Callable[..., Any], args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.effects_run.append((index, seq, getattr(fn, "__qualname__", repr(fn))))
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                asyncio.run(_await(result))
+            else:
+                loop.create_task(_await(result))
+
+    def run_until_quiet(self, max_rounds: int = 100_000) -> int:
+        """Step every live replica until none has anything to apply; entries applied."""
+        total = 0
+        for _ in range(max_rounds):
+            n = self.step()
+            total += n
+            if not n and not self._snapshot_waits:
+                return total
+            if not n:
+                self._retry_snapshots()
+                if not self.step():
+                    return total
+        raise RuntimeError("cluster did not go quiet")
+
+    def run_until(self, done: Callable[[], bool], max_rounds: int = 100_000) -> None:
+        for _ in range(max_rounds):
+            if done():
+                return
+            if not self.step() and not done():
+                self._retry_snapshots()
+                if not self.step() and not done():
+                    raise RuntimeError("no replica can make progress, and the condition is unmet")
+        raise RuntimeError("condition not met")
+
+    # --- time -----------------------------------------------------------------------------
+
+    def fire_due(self, replica: int | None = None) -> int:
+        """Let live replicas append ``Fire`` entries for due timers; how many were appended."""
+        targets = self.live if replica is None else [self._replica(replica)]
+        n = 0
+        for r in targets:
+            for payload in r.core.due_fires(self.clock):
+                if r.core.try_append(payload):
+                    n += 1
+                else:
+                    r.core.machine._fire_sent.clear()  # ask again next time
+        return n
+
+    def advance(self, seconds: float) -> None:
+        """Move the fake clock forward, fire due timers and run until quiet."""
+        if seconds < 0:
+            raise ValueError("time does not run backwards")
+        self.clock += seconds
+        self.run_until_quiet()
+        while self.fire_due():
+            self.run_until_quiet()
+
+    # --- failure -------------------------------------------------------------------------------
+
+    def kill(self, replica: int) -> None:
+        """Kill a replica: its cursor stops holding the log, its reservations become no-ops."""
+        r = self._replica(replica)
+        r.alive = False
+        r.joining = False
+        for pending in r._pending.values():
+            pending.applied = Applied(pending.seq, None, False)
+            pending.applied.error = ReplicaDeadError(f"replica {replica} died")
+        r._pending.clear()
+        self._snapshot_waits.pop(replica, None)
+        self.log.mark_dead(replica)
+        self.log.fill_abandoned(replica)
+
+    def restart(self, replica: int, source: int | None = None) -> None:
+        """Bring a dead replica back: join, snapshot through the log, catch up.
+
+        The replica holds the log from the current tail and appends a request
+        for a snapshot; ``source`` (default: the lowest live replica) writes
+        its state when it applies that request, and the restarted replica
+        loads it and continues from there.  Call :meth:`run_until_quiet` (or
+        :meth:`step`) to let it happen.
+        """
+        r = self.replicas[replica]
+        if r.alive:
+            raise ValueError(f"replica {replica} is alive")
+        if source is None:
+            source = self._pick_source(exclude=replica)
+        r.core = r._new_core()
+        r.alive = True
+        r.joining = True
+        r.applied = []
+        r.owned = []
+        r.core.join()
+        self._request_snapshot(replica, source)
+
+    def _pick_source(self, exclude: int) -> int:
+        live = [x.index for x in self.live if x.index != exclude]
+        if not live:
+            raise ReplicaDeadError("no live replica to take a snapshot from")
+        return live[0]
+
+    def _request_snapshot(self, joiner: int, source: int) -> None:
+        core = self.replicas[joiner].core
+        self._snapshot_waits[joiner] = source
+        payload = core.request_snapshot(source, now=self.clock)
+        for _ in range(self.log.capacity + 2):
+            if core.try_append(payload):
+                return
+            if not self.step():
+                break
+        raise LogFullError("log full while requesting a snapshot")
+
+    def _retry_snapshots(self) -> None:
+        for joiner, source in list(self._snapshot_waits.items()):
+            if not self.replicas[source].alive or self.replicas[source].joining:
+                self._request_snapshot(joiner, self._pick_source(exclude=joiner))
+
+    def _deliver_snapshot(self, applied: Applied) -> None:
+        entry = applied.entry
+        assert entry is not None and applied.snapshot is not None
+        source, joiner = entry.arg[0], entry.arg[1]  # type: ignore[union-attr]
+        if self._snapshot_waits.get(joiner) != source:
+            return  # a stale request (the joiner died, or asked someone else)
+        del self._snapshot_waits[joiner]
+        r = self.replicas[joiner]
+        r.core.load(applied.snapshot)
+        r.joining = False
+
+    # --- checking --------------------------------------------------------------------------------
+
+    def assert_converged(self) -> None:
+        """Run until quiet, then check every live replica holds identical state.
+
+        Raises :class:`DivergenceError` naming the first differing component.
+        """
+        self.run_until_quiet()
+        live = self.live
+        if not live:
+            return
+        ref = live[0]
+        want = ref.core.machine.digest()
+        for r in live[1:]:
+            if r.cursor != ref.cursor:
+                raise DivergenceError(
+                    f"replica {r.index} is at seq {r.cursor}, replica {ref.index} at {ref.cursor}"
+                )
+            got = r.core.machine.digest()
+            for name in want:
+                if got.get(name) != want[name]:
+                    raise DivergenceError(
+                        f"replicas {ref.index} and {r.index} differ in component {name!r} "
+                        f"at seq {r.cursor - 1}"
+                    )
+
+    def statistics(self) -> list[ReplicaStatistics]:
+        return [r.core.statistics() for r in self.replicas if r.alive]
+
+    def __repr__(self) -> str:
+        states = " ".join(
+            ReplicaState.NAMES[self.log.state(r.index)][0] for r in self.replicas
+        )
+        return f"<Cluster {self.service.name!r} n={self.size} tail={self.log.tail} [{states}]>"
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable

@@ -1,0 +1,79 @@
+"""Log entries and their wire form.
+
+Entries are msgspec ``Struct``s encoded as msgpack arrays (``array_like``) in a
+tagged union, so one decoder reads any entry in ~250 ns and the tag costs one
+byte.  ``seq`` is the entry's position; it is known only after the slot is
+reserved, so it is not encoded (it is the trailing default, which
+``omit_defaults`` drops) and the reader sets it from the slot.
+
+Arguments travel as msgpack builtins.  Every replica, *including the one that
+submitted the entry*, applies the decoded arguments, so they see identical
+values (a tuple argument arrives as a list everywhere).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Final, TypeAlias
+
+import msgspec
+
+__all__ = ("Call", "Control", "Entry", "Fire", "Mode", "decode", "encode")
+
+
+class Mode(enum.IntEnum):
+    """Who performs an entry's effects."""
+
+    #: the first replica to claim the slot (a CAS) is the owner
+    RACE = 0
+    #: the replica that appended the entry is the owner
+    AFFINITY = 1
+    #: every replica performs the effects for its own local resources
+    EVERY = 2
+
+
+class Call(msgspec.Struct, tag="c", array_like=True, omit_defaults=True, gc=False):
+    """Raise ``event`` with ``args``/``kwargs`` on every replica."""
+
+    event: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    ts: float
+    origin: int
+    mode: Mode = Mode.AFFINITY
+    request_id: str = ""
+    seq: int = 0
+
+
+class Fire(msgspec.Struct, tag="f", array_like=True, omit_defaults=True, gc=False):
+    """A replicated timer is due: fire it, unless it already fired or was cancelled."""
+
+    timer_id: int
+    ts: float
+    origin: int
+    seq: int = 0
+
+
+class Control(msgspec.Struct, tag="k", array_like=True, omit_defaults=True, gc=False):
+    """A runtime control entry, e.g. ``op="snapshot"`` asks ``arg[0]`` for a snapshot."""
+
+    op: str
+    arg: list[Any]
+    ts: float
+    origin: int
+    seq: int = 0
+
+
+Entry: TypeAlias = Call | Fire | Control
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_decoder: Final = msgspec.msgpack.Decoder(Entry)
+
+encode = _encoder.encode
+
+
+def decode(payload: bytes, seq: int) -> Entry:
+    """Decode one entry read from the log at ``seq``."""
+    entry = _decoder.decode(payload)
+    entry.seq = seq
+    return entry

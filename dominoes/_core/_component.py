@@ -1,0 +1,196 @@
+"""Components: classes with replicated state and handlers (Cactus micro-protocols).
+
+A component's state is its instance attributes.  Methods marked
+
+* ``@update`` define an event named ``"<Component.name>.<method>"``; the method
+  is bound to it (order 0 unless given) and runs on every replica, in log
+  order, as ``method(ctx, *args, **kwargs)``;
+* ``@query`` are local reads, called as ``method(*args, **kwargs)`` on the
+  replica that received the request, without the log;
+* ``@on(event, order=...)`` bind the method to another event, e.g. an
+  expiry check at a low order ahead of a command's ``@update``.
+
+Snapshots encode ``vars(component)`` (minus the names in ``transient``) with
+msgspec.  Declare state attributes as class annotations to get them back with
+their exact types (``set``, ``tuple``, Structs); otherwise a restored value
+keeps the container type of the fresh instance's attribute.  Override
+``snapshot()`` / ``restore()`` for anything else.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+from types import MethodType
+from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
+
+import msgspec
+
+__all__ = ("Component", "EventRef", "on", "query", "update")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class update(Generic[P, R]):  # noqa: N801 - used as a decorator
+    """Mark a method as a replicated update, bound to its own event at order 0."""
+
+    __slots__ = ("__wrapped__", "fn", "name", "owner")
+
+    def __init__(self, fn: Callable[..., R]) -> None:
+        self.fn = fn
+        self.name: str = fn.__name__
+        self.owner: type[Component] | None = None
+        self.__wrapped__ = fn
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        self.owner = owner  # type: ignore[assignment]
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> update[P, R]: ...
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> Callable[..., R]: ...
+    def __get__(self, obj: object | None, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return MethodType(self.fn, obj)
+
+    @property
+    def event(self) -> str:
+        """The event name, for the class that defined the method."""
+        if self.owner is None:
+            raise TypeError(f"@update {self.name} is not defined in a Component class")
+        return f"{self.owner.name}.{self.name}"
+
+    def __repr__(self) -> str:
+        return f"<update {self.event if self.owner else self.name}>"
+
+
+class query(Generic[P, R]):  # noqa: N801 - used as a decorator
+    """Mark a method as a local, read-only query."""
+
+    __slots__ = ("__wrapped__", "fn", "name", "owner")
+
+    def __init__(self, fn: Callable[..., R]) -> None:
+        self.fn = fn
+        self.name: str = fn.__name__
+        self.owner: type[Component] | None = None
+        self.__wrapped__ = fn
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        self.owner = owner  # type: ignore[assignment]
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> query[P, R]: ...
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> Callable[..., R]: ...
+    def __get__(self, obj: object | None, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return MethodType(self.fn, obj)
+
+    @property
+    def event(self) -> str:
+        if self.owner is None:
+            raise TypeError(f"@query {self.name} is not defined in a Component class")
+        return f"{self.owner.name}.{self.name}"
+
+    def __repr__(self) -> str:
+        return f"<query {self.event if self.owner else self.name}>"
+
+
+#: What names an event: its string, or the ``@update`` that defines it.
+EventRef = str | update[..., Any]
+
+_ON_ATTR = "__dominoes_on__"
+
+
+def on(
+    event: EventRef, *, order: float = 0, **static: Any
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Bind the decorated method to ``event`` with ``order`` and static arguments.
+
+    May be stacked to bind one method to several events.
+    """
+
+    def mark(fn: Callable[P, R]) -> Callable[P, R]:
+        marks: list[tuple[EventRef, float, dict[str, Any]]] = list(getattr(fn, _ON_ATTR, ()))
+        marks.append((event, order, static))
+        setattr(fn, _ON_ATTR, tuple(marks))
+        return fn
+
+    return mark
+
+
+def on_marks(fn: object) -> tuple[tuple[EventRef, float, dict[str, Any]], ...]:
+    return getattr(fn, _ON_ATTR, ())
+
+
+_AMBIGUOUS = "\x00ambiguous"
+
+
+def resolve(names: dict[object, str], ref: EventRef | query[..., Any]) -> str:
+    """The event name ``ref`` stands for, given a service's descriptor names."""
+    if isinstance(ref, str):
+        return ref
+    if isinstance(ref, update | query):
+        name = names.get(ref)
+        if name is None:
+            return ref.event
+        if name is _AMBIGUOUS:
+            raise LookupError(
+                f"{ref.name} belongs to several components of this service; "
+                "name the event as '<component>.<method>'"
+            )
+        return name
+    raise TypeError(f"not an event: {ref!r} (pass an @update/@query method or an event name)")
+
+
+class Component:
+    """Base class of replicated components.
+
+    Subclasses set ``name`` (default: the class name), keep their state in
+    instance attributes and mark methods with :func:`update`, :func:`query` and
+    :func:`on`.  Attributes listed in ``transient`` are local to one replica
+    (sockets, subscriber lists, caches): they are neither snapshotted nor
+    compared.
+    """
+
+    name: ClassVar[str] = "Component"
+    transient: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__
+
+    # --- snapshots -------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The component's replicated state as msgpack-encodable values."""
+        skip = self.transient
+        return {k: v for k, v in vars(self).items() if k not in skip}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load what :meth:`snapshot` returned (after a msgpack round trip)."""
+        hints = _state_hints(type(self))
+        for key, value in state.items():
+            hint = hints.get(key)
+            if hint is not None:
+                value = msgspec.convert(value, hint)
+            else:
+                current = getattr(self, key, None)
+                if isinstance(current, set | frozenset | tuple) and isinstance(value, list):
+                    value = type(current)(value)
+            setattr(self, key, value)
+
+
+def _state_hints(cls: type) -> dict[str, Any]:
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: fall back to shapes
+        return {}
+    return {k: v for k, v in hints.items() if typing.get_origin(v) is not ClassVar}
+

@@ -1,0 +1,143 @@
+"""The context an update handler receives: the entry's replicated facts and its verbs.
+
+Everything a handler may depend on comes from here, so that every replica
+computes the same thing: ``ctx.now`` is the entry's replicated timestamp (never
+the local clock), ``ctx.random`` is seeded from ``seq``.  Effects and replies
+are *queued* and run by the owner only, after the entry's handlers finish.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._codec import Mode
+
+if TYPE_CHECKING:
+    from ._component import Component, EventRef
+    from ._machine import StateMachine
+
+__all__ = ("Context",)
+
+C = TypeVar("C", bound="Component")
+
+
+class Context:
+    """Per-entry context passed as the first argument of every handler."""
+
+    __slots__ = (
+        "_async",
+        "_effects",
+        "_halted",
+        "_machine",
+        "_random",
+        "_replied",
+        "_reply",
+        "is_owner",
+        "mode",
+        "now",
+        "origin",
+        "replica",
+        "request_id",
+        "seq",
+    )
+
+    def __init__(
+        self,
+        machine: StateMachine,
+        *,
+        seq: int,
+        now: float,
+        origin: int,
+        mode: Mode,
+        is_owner: bool,
+        request_id: str = "",
+    ) -> None:
+        self._machine = machine
+        #: the entry's position in the log
+        self.seq = seq
+        #: the entry's replicated timestamp (seconds since the epoch)
+        self.now = now
+        #: the replica that appended the entry
+        self.origin = origin
+        #: the entry's ownership mode
+        self.mode = mode
+        #: True on the one replica that performs this entry's effects
+        self.is_owner = is_owner
+        #: the caller's idempotency key ("" if none)
+        self.request_id = request_id
+        #: this replica's index (local: never let it change replicated state)
+        self.replica = machine.index
+        self._halted = False
+        self._random: _random.Random | None = None
+        self._effects: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        self._async: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self._reply: Any = None
+        self._replied = False
+
+    @property
+    def random(self) -> _random.Random:
+        """A ``random.Random`` seeded from ``seq``: the same sequence on every replica."""
+        if self._random is None:
+            self._random = _random.Random(self.seq)
+        return self._random
+
+    # --- Cactus verbs ----------------------------------------------------------
+
+    def halt(self) -> None:
+        """Run no further handlers for the current occurrence of the current event."""
+        self._halted = True
+
+    def raise_event(self, event: EventRef, /, *args: Any, **kwargs: Any) -> Any:
+        """Dispatch ``event`` now, synchronously and nested; returns its result."""
+        return self._machine._dispatch(self, event, args, kwargs)
+
+    def raise_async(self, event: EventRef, /, *args: Any, **kwargs: Any) -> None:
+        """Dispatch ``event`` after this entry's handlers finish, before the next entry."""
+        self._async.append((self._machine.resolve(event), args, kwargs))
+
+    def raise_later(self, delay: float, event: EventRef, /, *args: Any, **kwargs: Any) -> int:
+        """Arm a replicated timer firing ``event`` at ``ctx.now + delay``; returns its id.
+
+        The timer fires exactly once in the replicated state (through a timer
+        entry in the log), even if the replica that armed it dies.
+        """
+        deadline = self.now + max(0.0, delay)
+        return self._machine._arm(deadline, self._machine.resolve(event), args, kwargs)
+
+    def cancel(self, timer_id: int) -> bool:
+        """Cancel a replicated timer; False if it already fired or never existed."""
+        return self._machine._cancel(timer_id)
+
+    def timer_deadline(self, timer_id: int) -> float | None:
+        """When a pending timer is due (replicated time), or None."""
+        t = self._machine._timers.get(timer_id)
+        return t[0] if t is not None else None
+
+    # --- effects -------------------------------------------------------------------------
+
+    def effect(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+        """Queue ``fn(*args, **kwargs)`` to run on the owner after the entry applies.
+
+        An effect must not change replicated state.  It may return an awaitable,
+        which the runtime schedules.  Effects of an entry whose handlers raised
+        are dropped.
+        """
+        if self.is_owner:
+            self._effects.append((fn, args, kwargs))
+
+    def reply(self, value: Any) -> None:
+        """Set the entry's result, which the owner delivers to the caller."""
+        self._reply = value
+        self._replied = True
+
+    def component(self, cls: type[C] | str) -> C:
+        """This replica's instance of a component, by class or name."""
+        return self._machine.component(cls)  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return (
+            f"<Context seq={self.seq} now={self.now:.6f} origin={self.origin} "
+            f"mode={self.mode.name.lower()} owner={self.is_owner}>"
+        )

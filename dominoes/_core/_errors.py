@@ -1,0 +1,58 @@
+"""Exceptions raised by dominoes.  Every one derives from :class:`DominoesError`."""
+
+from __future__ import annotations
+
+__all__ = (
+    "ApplySuspendedError",
+    "DominoesError",
+    "EntryTooLargeError",
+    "LayoutError",
+    "LogFullError",
+    "QueryWroteStateError",
+    "UnknownEventError",
+)
+
+
+class DominoesError(Exception):
+    """Base class of every error dominoes raises on its own behalf."""
+
+
+class LogFullError(DominoesError):
+    """The log has no free slot: a ``*_nowait`` append was refused.
+
+    The log never overwrites an entry that a live replica has not applied, so a
+    full log is backpressure.  Retry later, or use the awaitable form, which
+    waits for space.
+    """
+
+
+class EntryTooLargeError(DominoesError, ValueError):
+    """An encoded entry needs more slots than the log allows for one entry."""
+
+    def __init__(self, nbytes: int, limit: int) -> None:
+        super().__init__(
+            f"entry of {nbytes} bytes is larger than the log's limit of {limit} bytes "
+            "per entry (raise slot_size or capacity, or send less per request)"
+        )
+        self.nbytes = nbytes
+        self.limit = limit
+
+
+class LayoutError(DominoesError):
+    """A buffer does not hold a log of the layout and version this code expects."""
+
+
+class ApplySuspendedError(DominoesError, RuntimeError):
+    """An ``async def`` handler awaited something that really suspended.
+
+    Applying an entry is atomic: there is no ``await`` between the handlers of
+    one entry on any replica.  Move the waiting part into an effect.
+    """
+
+
+class UnknownEventError(DominoesError, LookupError):
+    """No handler is bound to the event an entry or a submit names."""
+
+
+class QueryWroteStateError(DominoesError, RuntimeError):
+    """A ``@query`` changed replicated state (detected in debug mode)."""

@@ -1,0 +1,540 @@
+"""The totally ordered log, as arithmetic over one writable buffer.
+
+Theory of operation
+===================
+
+The log is a ring of ``capacity`` fixed-size slots plus a header, laid out in
+any writable buffer: a ``bytearray`` for ``testing.Cluster``, a POSIX
+shared-memory segment for the runtime.  Every shared word is reached through a
+:class:`~dominoes._core._words.Words` implementation, so this module decides
+*what* is ordered and the words decide *how*.
+
+Sequence numbers start at 1 and never wrap (64 bits).  Entry ``seq`` lives in
+slot ``seq % capacity``.  ``tail`` is the next seq to reserve.  Each replica's
+``cursor`` is the next seq it will apply.
+
+Layout (every hot word on its own 64-byte line)::
+
+    line 0      magic, version, capacity, slot_size, max_replicas, max_entry_slots
+    line 1      tail
+    line 2+i    replica i: cursor, state, pid, asleep, intent_seq, intent_n, generation
+    slots       slot k at slots_offset + k * slot_size:
+                  +0   claim word (own line): 0, or winner replica + 1
+                  +64  published_seq  (stored with release, LAST)
+                  +72  payload length (u32) | nslots (u16) | kind (u16)
+                  +80  payload bytes; an entry spanning n slots continues in
+                       the payload area (+80) of the next n - 1 slots, wrapping
+
+Slot lifecycle
+--------------
+The table is the contract; the methods below are its only transitions.
+
+=============  ===============================  ==================================
+state          how it is entered                  what may happen next
+=============  ===============================  ==================================
+free           every live cursor is past seq -   ``try_reserve`` CASes tail over
+               capacity (or the log is new)       it: reserved
+reserved       ``try_reserve``                    ``write`` publishes it, or the
+                                                  reserver dies and ``fill_abandoned``
+                                                  publishes a no-op
+published      ``published_seq := seq``, release  readers apply; ``claim`` may CAS
+applied-by-all every live cursor > seq            it becomes free for seq + capacity
+=============  ===============================  ==================================
+
+Rules, and why:
+
+* **Reserve only what is free.**  Reservation is a CAS on ``tail`` after
+  checking the slowest live cursor, not a blind ``fetch_add``: a fetch-add
+  cannot refuse, so a producer that overshot would hold a reserved slot while
+  it waited for space, stalling every reader behind it.  A CAS that would not
+  fit is simply not made, so a full log is backpressure, never an overwrite,
+  and a reserved slot is always written at once.
+* **Publish last.**  The payload, length, kind and a zeroed claim word are
+  written first; ``published_seq`` is stored with release semantics last, so a
+  reader that acquires ``published_seq == seq`` sees the whole entry.
+* **Never hold a reservation across a wait.**  ``write`` follows
+  ``try_reserve`` with no suspension point in between (the runtime never
+  awaits there).  An unpublished slot stalls every reader behind it.
+* **Announce a reservation before making it.**  A producer stores
+  ``intent_n`` and ``intent_seq`` before its CAS and clears them after
+  publishing, so when it dies the survivors can tell which slots it may own
+  and fill them with no-ops (``abandoned`` / ``fill_abandoned``).
+* **Copy out.**  ``read`` returns ``bytes``, never a view into a slot, because a
+  slot is reused as soon as the cursor passes it.
+
+Replica lifecycle
+-----------------
+
+==========  ===========================  =====================================
+state       holds the log back?          next
+==========  ===========================  =====================================
+absent      no                           ``join`` -> joining
+joining     yes (from its join cursor)   ``set_live`` -> live, ``mark_dead``
+live        yes                          ``mark_dead`` -> dead, ``leave``
+dead        no                           ``join`` again (a restart)
+==========  ===========================  =====================================
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+import msgspec
+
+from ._errors import EntryTooLargeError, LayoutError
+from ._words import Words
+
+__all__ = (
+    "KIND_ENTRY",
+    "KIND_NOOP",
+    "LAYOUT_VERSION",
+    "MAGIC",
+    "Log",
+    "LogStatistics",
+    "ReplicaState",
+)
+
+# --- Tunables ---------------------------------------------------------------
+
+#: Bytes per slot.  Larger slots waste memory on small entries; smaller slots
+#: make ~100-byte requests span two slots (two cache lines more per entry).
+#: 256 leaves 176 payload bytes, which holds a typical command in one slot.
+DEFAULT_SLOT_SIZE: Final = 256
+#: Slots in the ring.  The log's capacity bounds how far the slowest live
+#: replica may lag before producers feel backpressure: 16384 x 256 B = 4 MiB.
+DEFAULT_CAPACITY: Final = 16384
+#: Replica lines in the header.  Each costs one 64-byte line.
+DEFAULT_MAX_REPLICAS: Final = 64
+
+MAGIC: Final = 0x444F4D494E4F4553  # b"DOMINOES", big-endian
+LAYOUT_VERSION: Final = 1
+
+LINE: Final = 64
+_SLOT_SEQ: Final = 64
+_SLOT_META: Final = 72
+SLOT_HEADER: Final = 80
+
+# header words
+_H_MAGIC, _H_VERSION, _H_CAPACITY, _H_SLOT_SIZE, _H_MAX_REPLICAS, _H_MAX_ENTRY = (
+    0, 8, 16, 24, 32, 40,
+)
+_TAIL: Final = LINE
+_REPLICAS: Final = 2 * LINE
+# replica line words
+_R_CURSOR, _R_STATE, _R_PID, _R_ASLEEP, _R_INTENT_SEQ, _R_INTENT_N, _R_GEN = (
+    0, 8, 16, 24, 32, 40, 48,
+)
+
+KIND_ENTRY: Final = 1
+KIND_NOOP: Final = 2
+
+_META = struct.Struct("<IHH")
+_MAX_NSLOTS: Final = 0xFFFF
+
+assert DEFAULT_CAPACITY & (DEFAULT_CAPACITY - 1) == 0, "capacity must be a power of two"
+assert DEFAULT_SLOT_SIZE % LINE == 0 and DEFAULT_SLOT_SIZE > SLOT_HEADER
+
+
+class ReplicaState:
+    """Values of a replica line's ``state`` word (see the lifecycle table)."""
+
+    ABSENT: Final = 0
+    JOINING: Final = 1
+    LIVE: Final = 2
+    DEAD: Final = 3
+    #: states whose cursor holds the log back
+    HOLDING: Final = frozenset({JOINING, LIVE})
+    NAMES: Final = {ABSENT: "absent", JOINING: "joining", LIVE: "live", DEAD: "dead"}
+
+
+class LogStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of the log's header, as seen by one reader."""
+
+    capacity: int
+    slot_size: int
+    tail: int
+    free_slots: int
+    slowest_replica: int | None
+    slowest_cursor: int
+    live: tuple[int, ...]
+    joining: tuple[int, ...]
+    dead: tuple[int, ...]
+
+
+class Log:
+    """One process's handle on a log laid out in ``buf``.
+
+    Create the layout once with :meth:`create`; every other participant calls
+    :meth:`attach`.  Handles are cheap, and each keeps its own cached view of
+    how far it may reserve, so give every replica its own handle.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_limit",
+        "_w",
+        "capacity",
+        "max_entry_slots",
+        "max_replicas",
+        "payload_per_slot",
+        "slot_size",
+        "slots_offset",
+    )
+
+    def __init__(self, buf: bytearray | memoryview, words: Words) -> None:
+        self._buf = memoryview(buf)
+        self._w = words
+        if words.load_acquire(_H_MAGIC) != MAGIC:
+            raise LayoutError("buffer does not hold a dominoes log (bad magic)")
+        version = words.load_acquire(_H_VERSION)
+        if version != LAYOUT_VERSION:
+            raise LayoutError(f"log layout version {version}, this code reads {LAYOUT_VERSION}")
+        self.capacity = words.load_acquire(_H_CAPACITY)
+        self.slot_size = words.load_acquire(_H_SLOT_SIZE)
+        self.max_replicas = words.load_acquire(_H_MAX_REPLICAS)
+        self.max_entry_slots = words.load_acquire(_H_MAX_ENTRY)
+        self.payload_per_slot = self.slot_size - SLOT_HEADER
+        self.slots_offset = _slots_offset(self.max_replicas)
+        if len(self._buf) < self.slots_offset + self.capacity * self.slot_size:
+            raise LayoutError("buffer is smaller than the log its header describes")
+        self._limit = 0
+
+    # --- creation -----------------------------------------------------------
+
+    @staticmethod
+    def size_for(
+        capacity: int = DEFAULT_CAPACITY,
+        slot_size: int = DEFAULT_SLOT_SIZE,
+        max_replicas: int = DEFAULT_MAX_REPLICAS,
+    ) -> int:
+        """Bytes of buffer a log of this shape needs."""
+        return _slots_offset(max_replicas) + capacity * slot_size
+
+    @classmethod
+    def create(
+        cls,
+        buf: bytearray | memoryview,
+        words: Words,
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        slot_size: int = DEFAULT_SLOT_SIZE,
+        max_replicas: int = DEFAULT_MAX_REPLICAS,
+        max_entry_slots: int | None = None,
+    ) -> Log:
+        """Lay out an empty log in ``buf`` (which must be zero-filled) and attach to it."""
+        if capacity < 2 or capacity & (capacity - 1):
+            raise ValueError(f"capacity must be a power of two >= 2, not {capacity}")
+        if slot_size % LINE or slot_size <= SLOT_HEADER:
+            raise ValueError(f"slot_size must be a multiple of {LINE} above {SLOT_HEADER}")
+        if not 1 <= max_replicas <= 1024:
+            raise ValueError("max_replicas must be in 1..1024")
+        if max_entry_slots is None:
+            max_entry_slots = max(1, capacity // 2)
+        if not 1 <= max_entry_slots <= min(capacity, _MAX_NSLOTS):
+            raise ValueError("max_entry_slots must be in 1..capacity")
+        if len(buf) < cls.size_for(capacity, slot_size, max_replicas):
+            raise ValueError("buffer too small; use Log.size_for()")
+        w = words
+        w.store_release(_H_CAPACITY, capacity)
+        w.store_release(_H_SLOT_SIZE, slot_size)
+        w.store_release(_H_MAX_REPLICAS, max_replicas)
+        w.store_release(_H_MAX_ENTRY, max_entry_slots)
+        w.store_release(_H_VERSION, LAYOUT_VERSION)
+        w.store_release(_TAIL, 1)
+        for i in range(max_replicas):
+            w.store_release(_REPLICAS + i * LINE + _R_CURSOR, 1)
+        w.store_release(_H_MAGIC, MAGIC)  # last: attachers check it first
+        return cls(buf, words)
+
+    # --- replica lines --------------------------------------------------------
+
+    def _line(self, replica: int) -> int:
+        if not 0 <= replica < self.max_replicas:
+            raise IndexError(f"replica {replica} out of range 0..{self.max_replicas - 1}")
+        return _REPLICAS + replica * LINE
+
+    def cursor(self, replica: int) -> int:
+        return self._w.load_acquire(self._line(replica) + _R_CURSOR)
+
+    def state(self, replica: int) -> int:
+        return self._w.load_acquire(self._line(replica) + _R_STATE)
+
+    def pid(self, replica: int) -> int:
+        return self._w.load_acquire(self._line(replica) + _R_PID)
+
+    def generation(self, replica: int) -> int:
+        return self._w.load_acquire(self._line(replica) + _R_GEN)
+
+    def join(self, replica: int, *, pid: int = 0, cursor: int | None = None) -> int:
+        """Register ``replica`` as joining, holding the log from ``cursor``.
+
+        The default cursor is the current tail: everything appended from now on
+        is kept until this replica applies it (or is marked dead).  Returns the
+        cursor.  A joining replica holds the log back but is not yet live.
+        """
+        line = self._line(replica)
+        w = self._w
+        if w.load_acquire(line + _R_STATE) in ReplicaState.HOLDING:
+            raise ValueError(f"replica {replica} is already joined")
+        if cursor is None:
+            cursor = w.load_acquire(_TAIL)
+        w.store_release(line + _R_INTENT_SEQ, 0)
+        w.store_release(line + _R_PID, pid)
+        w.store_release(line + _R_CURSOR, cursor)
+        w.fetch_add(line + _R_GEN, 1)
+        w.store_seqcst(line + _R_STATE, ReplicaState.JOINING)
+        # A producer's cached limit was computed before we joined; it is at most
+        # (old slowest cursor + capacity) <= (cursor + capacity), so it cannot
+        # reuse anything this replica still needs.
+        return cursor
+
+    def set_live(self, replica: int, cursor: int | None = None) -> None:
+        """Mark a joined replica live, optionally moving its cursor forward first."""
+        line = self._line(replica)
+        if cursor is not None:
+            self.advance(replica, cursor)
+        self._w.store_seqcst(line + _R_STATE, ReplicaState.LIVE)
+
+    def mark_dead(self, replica: int) -> None:
+        """Stop ``replica``'s cursor from holding the log back.
+
+        Call it only once the replica can no longer touch the log (its process
+        has exited).  Then call :meth:`abandoned` / :meth:`fill_abandoned`.
+        """
+        self._w.store_seqcst(self._line(replica) + _R_STATE, ReplicaState.DEAD)
+
+    def leave(self, replica: int) -> None:
+        """A clean exit: the replica's line becomes absent."""
+        self._w.store_seqcst(self._line(replica) + _R_STATE, ReplicaState.ABSENT)
+
+    def set_asleep(self, replica: int, asleep: bool) -> None:
+        """The reader's half of the wake-up protocol (seq_cst store, then re-check)."""
+        self._w.store_seqcst(self._line(replica) + _R_ASLEEP, int(asleep))
+
+    def asleep(self, replica: int) -> bool:
+        return self._w.load_acquire(self._line(replica) + _R_ASLEEP) != 0
+
+    def replicas_in(self, states: frozenset[int]) -> list[int]:
+        w = self._w
+        return [
+            i
+            for i in range(self.max_replicas)
+            if w.load_acquire(_REPLICAS + i * LINE + _R_STATE) in states
+        ]
+
+    # --- the producer side -----------------------------------------------------
+
+    @property
+    def tail(self) -> int:
+        """The next seq to be reserved."""
+        return self._w.load_acquire(_TAIL)
+
+    @property
+    def max_entry_bytes(self) -> int:
+        return self.max_entry_slots * self.payload_per_slot
+
+    def slots_for(self, nbytes: int) -> int:
+        """Slots an entry of ``nbytes`` payload bytes occupies; raises if too large."""
+        n = max(1, -(-nbytes // self.payload_per_slot))
+        if n > self.max_entry_slots:
+            raise EntryTooLargeError(nbytes, self.max_entry_bytes)
+        return n
+
+    def _slowest(self) -> tuple[int | None, int]:
+        """(replica, cursor) of the slowest holding replica; (None, tail) if none."""
+        w = self._w
+        best: int | None = None
+        low = w.load_acquire(_TAIL)
+        holding = ReplicaState.HOLDING
+        for i in range(self.max_replicas):
+            line = _REPLICAS + i * LINE
+            if w.load_acquire(line + _R_STATE) in holding:
+                c = w.load_acquire(line + _R_CURSOR)
+                if best is None or c < low:
+                    best, low = i, c
+        return best, low
+
+    def free_slots(self) -> int:
+        _, low = self._slowest()
+        return self.capacity - (self.tail - low)
+
+    def try_reserve(self, replica: int, nslots: int = 1) -> int:
+        """Reserve ``nslots`` consecutive seqs for ``replica``; 0 if the log is full.
+
+        On success the caller must :meth:`write` the returned seq before it
+        does anything that can wait.
+        """
+        w = self._w
+        line = self._line(replica)
+        w.store_release(line + _R_INTENT_N, nslots)
+        while True:
+            t = w.load_acquire(_TAIL)
+            end = t + nslots
+            if end > self._limit:
+                self._limit = self._slowest()[1] + self.capacity
+                if end > self._limit:
+                    w.store_release(line + _R_INTENT_SEQ, 0)
+                    return 0
+            w.store_seqcst(line + _R_INTENT_SEQ, t)
+            if w.cas(_TAIL, t, end):
+                return t
+
+    def write(self, seq: int, nslots: int, payload: bytes, kind: int = KIND_ENTRY) -> None:
+        """Fill reserved slots ``seq .. seq+nslots-1`` and publish the entry (seq last)."""
+        size, cap, pps, buf = self.slot_size, self.capacity, self.payload_per_slot, self._buf
+        base = self.slots_offset
+        n = len(payload)
+        if n > nslots * pps:
+            raise ValueError("payload does not fit the reserved slots")
+        for k in range(1, nslots):  # continuation slots first
+            off = base + ((seq + k) % cap) * size + SLOT_HEADER
+            chunk = payload[k * pps : (k + 1) * pps]
+            buf[off : off + len(chunk)] = chunk
+        head = base + (seq % cap) * size
+        first = payload[:pps]
+        buf[head + SLOT_HEADER : head + SLOT_HEADER + len(first)] = first
+        _META.pack_into(buf, head + _SLOT_META, n, nslots, kind)
+        w = self._w
+        w.store_release(head, 0)  # the claim word, for this seq
+        w.store_release(head + _SLOT_SEQ, seq)  # publish: last
+
+    def done(self, replica: int) -> None:
+        """Clear the producer's reservation intent after a successful write."""
+        self._w.store_release(self._line(replica) + _R_INTENT_SEQ, 0)
+
+    def try_append(self, replica: int, payload: bytes, kind: int = KIND_ENTRY) -> int:
+        """Reserve, write and publish ``payload`` in one step; 0 if the log is full."""
+        nslots = self.slots_for(len(payload))
+        seq = self.try_reserve(replica, nslots)
+        if seq:
+            self.write(seq, nslots, payload, kind)
+            self.done(replica)
+        return seq
+
+    def wake_list(self) -> list[int]:
+        """Replicas whose asleep flag is set: the producer's half of the wake-up.
+
+        Call it after publishing; the full fence orders the publication before
+        the flag loads (the reader stores its flag seq_cst before re-checking).
+        """
+        w = self._w
+        w.fence()
+        return [
+            i
+            for i in range(self.max_replicas)
+            if w.load_acquire(_REPLICAS + i * LINE + _R_ASLEEP)
+        ]
+
+    # --- the reader side -------------------------------------------------------
+
+    def published(self, seq: int) -> bool:
+        head = self.slots_offset + (seq % self.capacity) * self.slot_size
+        return self._w.load_acquire(head + _SLOT_SEQ) == seq
+
+    def read(self, seq: int) -> tuple[int, int, bytes] | None:
+        """``(kind, nslots, payload)`` of the entry at ``seq``, or None if unpublished.
+
+        The payload is a copy: the slot may be reused once the cursor passes it.
+        """
+        size, cap, buf = self.slot_size, self.capacity, self._buf
+        head = self.slots_offset + (seq % cap) * size
+        if self._w.load_acquire(head + _SLOT_SEQ) != seq:
+            return None
+        n, nslots, kind = _META.unpack_from(buf, head + _SLOT_META)
+        pps = self.payload_per_slot
+        if nslots == 1:
+            return kind, 1, bytes(buf[head + SLOT_HEADER : head + SLOT_HEADER + n])
+        parts = []
+        left = n
+        for k in range(nslots):
+            off = self.slots_offset + ((seq + k) % cap) * size + SLOT_HEADER
+            take = min(pps, left)
+            parts.append(buf[off : off + take])
+            left -= take
+        return kind, nslots, b"".join(parts)
+
+    def claim(self, seq: int, replica: int) -> bool:
+        """Try to become the owner of the entry at ``seq``; exactly one caller wins."""
+        head = self.slots_offset + (seq % self.capacity) * self.slot_size
+        return self._w.cas(head, 0, replica + 1)
+
+    def claimant(self, seq: int) -> int | None:
+        """Who claimed ``seq`` (valid while the slot still holds it), or None."""
+        head = self.slots_offset + (seq % self.capacity) * self.slot_size
+        v = self._w.load_acquire(head)
+        return v - 1 if v else None
+
+    def advance(self, replica: int, cursor: int) -> None:
+        """Move ``replica``'s cursor: every seq below ``cursor`` is applied there."""
+        self._w.store_release(self._line(replica) + _R_CURSOR, cursor)
+
+    # --- recovery ------------------------------------------------------------------
+
+    def abandoned(self, dead: int) -> tuple[int, int] | None:
+        """The ``(seq, nslots)`` a dead producer reserved and never published.
+
+        ``None`` means there is nothing to fill, *or* that it cannot be decided
+        yet because a live producer announces the same seq; call again a little
+        later (a live producer never holds a reservation across a wait, so the
+        ambiguity clears within microseconds).
+        """
+        w = self._w
+        line = self._line(dead)
+        seq = w.load_acquire(line + _R_INTENT_SEQ)
+        if not seq:
+            return None
+        n = w.load_acquire(line + _R_INTENT_N)
+        # Live intents first, then the slot: a live owner publishes before it
+        # clears its intent, so one of the two checks sees it.
+        for i in self.replicas_in(ReplicaState.HOLDING):
+            if i != dead and w.load_acquire(_REPLICAS + i * LINE + _R_INTENT_SEQ) == seq:
+                return None
+        if w.load_acquire(_TAIL) < seq + n:
+            return None  # its CAS never happened
+        head = self.slots_offset + (seq % self.capacity) * self.slot_size
+        if w.load_acquire(head + _SLOT_SEQ) >= seq:
+            return None  # published (perhaps long ago, perhaps by someone else)
+        return seq, n
+
+    def fill_abandoned(self, dead: int) -> int:
+        """Publish a no-op in every slot ``dead`` reserved and left unpublished.
+
+        Returns the number of slots filled.  Safe to call repeatedly.
+        """
+        found = self.abandoned(dead)
+        if found is None:
+            return 0
+        seq, n = found
+        for k in range(n):
+            self.write(seq + k, 1, b"", KIND_NOOP)
+        self._w.store_release(self._line(dead) + _R_INTENT_SEQ, 0)
+        return n
+
+    # --- introspection ---------------------------------------------------------------
+
+    def statistics(self) -> LogStatistics:
+        slowest, low = self._slowest()
+        tail = self.tail
+        by_state: dict[int, list[int]] = {s: [] for s in ReplicaState.NAMES}
+        for i in range(self.max_replicas):
+            by_state[self.state(i)].append(i)
+        return LogStatistics(
+            capacity=self.capacity,
+            slot_size=self.slot_size,
+            tail=tail,
+            free_slots=self.capacity - (tail - low),
+            slowest_replica=slowest,
+            slowest_cursor=low,
+            live=tuple(by_state[ReplicaState.LIVE]),
+            joining=tuple(by_state[ReplicaState.JOINING]),
+            dead=tuple(by_state[ReplicaState.DEAD]),
+        )
+
+    def release(self) -> None:
+        """Drop this handle's view of the buffer (shared memory cannot close while it lives)."""
+        self._buf.release()
+
+
+def _slots_offset(max_replicas: int) -> int:
+    return _REPLICAS + max_replicas * LINE

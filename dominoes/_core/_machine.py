@@ -1,0 +1,360 @@
+"""One replica's state machine: components, registry and replicated bookkeeping.
+
+``StateMachine.apply`` is the only way replicated state changes.  It is a pure
+function of (state, entry): it reads no clock, no randomness and no I/O, and
+every replica calls it with the same entries in the same order.
+
+Applying one entry
+------------------
+1. ``ctx.now`` becomes ``max(previous now, entry.ts)`` (and, for a timer, at
+   least its deadline), so replicated time never runs backwards even though
+   appenders' clocks differ.
+2. An entry whose ``request_id`` was applied within the last
+   ``dedup_window`` entries that carried one is a retry: it is not applied
+   again, and its recorded outcome is returned.
+3. The event's handlers run (:func:`~._registry.dispatch`).  An exception is
+   part of the replicated outcome: every replica raises it at the same point,
+   keeps whatever state changes happened before it (there is no rollback), and
+   drops the entry's effects and pending ``raise_async`` events.
+4. ``raise_async`` events run, in the order raised, each to completion.
+5. If this replica owns the entry, its queued effects are handed back to the
+   caller (the runtime or ``testing.Cluster``), which runs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections.abc import Callable
+from typing import Any, Final
+
+import msgspec
+
+from ._codec import Call, Control, Entry, Fire, Mode
+from ._component import Component, EventRef, query, resolve
+from ._context import Context
+from ._errors import QueryWroteStateError, UnknownEventError
+from ._registry import Registry, dispatch
+
+__all__ = ("Applied", "RemoteError", "StateMachine")
+
+#: How many request ids are remembered for de-duplicating retries.  A retry
+#: older than this is applied again, so clients must retry within the window.
+#: Each id costs a dict slot plus its recorded result on every replica.
+DEFAULT_DEDUP_WINDOW: Final = 65536
+
+
+class RemoteError(Exception):
+    """An error recorded for a request id, replayed when the request is retried."""
+
+
+class Applied:
+    """What applying one entry produced on this replica."""
+
+    __slots__ = ("duplicate", "effects", "entry", "error", "owner", "result", "seq", "snapshot")
+
+    def __init__(self, seq: int, entry: Entry | None, owner: bool) -> None:
+        self.seq = seq
+        self.entry = entry
+        self.owner = owner
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.effects: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        self.duplicate = False
+        self.snapshot: bytes | None = None
+
+    def __repr__(self) -> str:
+        what = f"error={self.error!r}" if self.error else f"result={self.result!r}"
+        return f"<Applied seq={self.seq} owner={self.owner} {what}>"
+
+
+class _Snapshot(msgspec.Struct, array_like=True):
+    service: str
+    cursor: int
+    now: float
+    next_timer: int
+    timers: list[tuple[int, float, str, list[Any], dict[str, Any]]]
+    recent: list[tuple[str, bool, Any]]
+    components: dict[str, Any]
+
+
+_snap_encoder: Final = msgspec.msgpack.Encoder()
+_snap_decoder: Final = msgspec.msgpack.Decoder(_Snapshot)
+_digest_encoder: Final = msgspec.msgpack.Encoder(order="deterministic")
+
+
+class StateMachine:
+    """The replicated state of one replica and the rules that change it."""
+
+    def __init__(
+        self,
+        service_name: str,
+        index: int,
+        components: list[Component],
+        registry: Registry,
+        queries: dict[str, Callable[..., Any]],
+        names: dict[object, str],
+        *,
+        dedup_window: int = DEFAULT_DEDUP_WINDOW,
+        debug: bool = False,
+    ) -> None:
+        self.service_name = service_name
+        self.index = index
+        self.components: dict[str, Component] = {c.name: c for c in components}
+        self.registry = registry
+        self._queries = queries
+        self._names = names
+        self.dedup_window = dedup_window
+        self.debug = debug
+        #: next seq to apply
+        self.cursor = 1
+        #: replicated time: the newest ``ctx.now`` applied
+        self.now = 0.0
+        # replicated timers: id -> (deadline, event, args, kwargs)
+        self._timers: dict[int, tuple[float, str, tuple[Any, ...] | list[Any], dict[str, Any]]] = {}
+        self._next_timer = 1
+        self._recent: dict[str, tuple[bool, Any]] = {}
+        # local only: a heap of (deadline, id) for finding due timers, and the
+        # timers this replica already asked to fire (id -> local time asked)
+        self._heap: list[tuple[float, int]] = []
+        self._fire_sent: dict[int, float] = {}
+        # local statistics
+        self.applied_entries = 0
+        self.errors = 0
+        self.timers_fired = 0
+
+    # --- apply ---------------------------------------------------------------------
+
+    def apply(self, entry: Entry, owner: bool, nslots: int = 1) -> Applied:
+        """Apply ``entry`` (at ``entry.seq == self.cursor``); see the module doc."""
+        seq = entry.seq
+        if seq != self.cursor:
+            raise RuntimeError(f"replica {self.index} applies seq {seq} at cursor {self.cursor}")
+        self.cursor = seq + nslots
+        self.applied_entries += 1
+        out = Applied(seq, entry, owner)
+        now = entry.ts if entry.ts > self.now else self.now
+        if type(entry) is Call:
+            rid = entry.request_id
+            if rid:
+                seen = self._recent.get(rid)
+                if seen is not None:
+                    out.duplicate = True
+                    if seen[0]:
+                        out.result = seen[1]
+                    else:
+                        out.error = RemoteError(seen[1])
+                    self.now = now
+                    return out
+            self.now = now
+            ctx = Context(
+                self, seq=seq, now=now, origin=entry.origin, mode=entry.mode,
+                is_owner=owner, request_id=rid,
+            )
+            self._run(ctx, out, entry.event, entry.args, entry.kwargs)
+            if rid:
+                self._remember(rid, out)
+        elif type(entry) is Fire:
+            timer = self._timers.pop(entry.timer_id, None)
+            self._fire_sent.pop(entry.timer_id, None)
+            if timer is None:  # already fired or cancelled: a no-op everywhere
+                self.now = now
+                return out
+            deadline, event, args, kwargs = timer
+            if deadline > now:
+                now = deadline
+            self.now = now
+            self.timers_fired += 1
+            ctx = Context(
+                self, seq=seq, now=now, origin=entry.origin, mode=Mode.RACE, is_owner=owner
+            )
+            self._run(ctx, out, event, args, kwargs)
+        elif type(entry) is Control:
+            self.now = now
+            if entry.op == "snapshot" and entry.arg and entry.arg[0] == self.index:
+                out.snapshot = self.snapshot()
+        return out
+
+    def skip(self, seq: int, nslots: int = 1) -> None:
+        """Pass over a no-op slot (a reservation whose producer died)."""
+        if seq != self.cursor:
+            raise RuntimeError(f"replica {self.index} skips seq {seq} at cursor {self.cursor}")
+        self.cursor = seq + nslots
+
+    def _run(
+        self,
+        ctx: Context,
+        out: Applied,
+        event: str,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any],
+    ) -> None:
+        try:
+            result = self._dispatch(ctx, event, args, kwargs)
+            while ctx._async:
+                ev, a, kw = ctx._async.pop(0)
+                self._dispatch(ctx, ev, a, kw)
+        except Exception as exc:  # noqa: BLE001 - the error is the replicated outcome
+            self.errors += 1
+            out.error = exc
+            return
+        out.result = ctx._reply if ctx._replied else result
+        out.effects = ctx._effects
+
+    def _dispatch(
+        self,
+        ctx: Context,
+        event: EventRef,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        name = event if isinstance(event, str) else resolve(self._names, event)
+        bindings = self.registry.handlers(name)
+        if not bindings:
+            raise UnknownEventError(f"no handler is bound to event {name!r}")
+        return dispatch(bindings, ctx, args, kwargs)
+
+    def _remember(self, rid: str, out: Applied) -> None:
+        recent = self._recent
+        if out.error is None:
+            recent[rid] = (True, out.result)
+        else:
+            recent[rid] = (False, f"{type(out.error).__name__}: {out.error}")
+        if len(recent) > self.dedup_window:
+            del recent[next(iter(recent))]
+
+    # --- timers --------------------------------------------------------------------
+
+    def _arm(
+        self, deadline: float, event: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> int:
+        tid = self._next_timer
+        self._next_timer += 1
+        self._timers[tid] = (deadline, event, list(args), dict(kwargs))
+        heapq.heappush(self._heap, (deadline, tid))
+        return tid
+
+    def _cancel(self, timer_id: int) -> bool:
+        self._fire_sent.pop(timer_id, None)
+        return self._timers.pop(timer_id, None) is not None
+
+    @property
+    def pending_timers(self) -> int:
+        return len(self._timers)
+
+    def next_deadline(self) -> float | None:
+        """The earliest pending timer's deadline (replicated time), or None."""
+        heap, timers = self._heap, self._timers
+        while heap and heap[0][1] not in timers:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def due_timers(
+        self, local_now: float, replicas: int, grace: float, resend: float | None = None
+    ) -> list[int]:
+        """Timers this replica should ask to fire now (by appending ``Fire`` entries).
+
+        Timer ``id`` is fired first by replica ``id % replicas``; every other
+        replica asks ``grace`` seconds later, so a timer still fires when its
+        designated replica is dead.  Duplicate ``Fire`` entries are harmless:
+        the first one applied fires the timer, the rest are no-ops.  A replica
+        asks again after ``resend`` seconds (default: ``grace``) in case its
+        append was lost with a dying process.
+        """
+        if resend is None:
+            resend = grace
+        heap, timers, sent = self._heap, self._timers, self._fire_sent
+        due: list[int] = []
+        keep: list[tuple[float, int]] = []
+        while heap and heap[0][0] <= local_now:
+            deadline, tid = heapq.heappop(heap)
+            if tid not in timers:
+                continue
+            keep.append((deadline, tid))
+            start = deadline if tid % replicas == self.index % replicas else deadline + grace
+            asked = sent.get(tid)
+            if local_now >= start and (asked is None or local_now - asked >= resend):
+                sent[tid] = local_now
+                due.append(tid)
+        for item in keep:
+            heapq.heappush(heap, item)
+        return due
+
+    # --- queries ---------------------------------------------------------------------
+
+    def resolve(self, ref: EventRef | query[..., Any]) -> str:
+        """The event (or query) name ``ref`` stands for in this service."""
+        return resolve(self._names, ref)
+
+    def query(self, ref: str | query[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run a ``@query`` against this replica's state, without the log."""
+        name = resolve(self._names, ref)
+        fn = self._queries.get(name)
+        if fn is None:
+            raise UnknownEventError(f"no query named {name!r}")
+        if not self.debug:
+            return fn(*args, **kwargs)
+        before = self.digest()
+        result = fn(*args, **kwargs)
+        after = self.digest()
+        changed = [k for k in before if before[k] != after[k]]
+        if changed:
+            raise QueryWroteStateError(f"query {name} changed the state of {', '.join(changed)}")
+        return result
+
+    def component(self, which: type[Component] | str) -> Component:
+        name = which if isinstance(which, str) else which.name
+        try:
+            return self.components[name]
+        except KeyError:
+            raise LookupError(f"no component named {name!r} in this service") from None
+
+    # --- snapshots and digests ---------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """Encode the whole replicated state at ``cursor - 1``."""
+        return _snap_encoder.encode(
+            _Snapshot(
+                service=self.service_name,
+                cursor=self.cursor,
+                now=self.now,
+                next_timer=self._next_timer,
+                timers=[(tid, d, e, list(a), kw) for tid, (d, e, a, kw) in self._timers.items()],
+                recent=[(rid, ok, v) for rid, (ok, v) in self._recent.items()],
+                components={name: c.snapshot() for name, c in self.components.items()},
+            )
+        )
+
+    def restore(self, data: bytes) -> None:
+        """Load a :meth:`snapshot` into this (fresh) machine; it continues at its cursor."""
+        snap = _snap_decoder.decode(data)
+        if snap.service != self.service_name:
+            raise ValueError(f"snapshot of service {snap.service!r}, not {self.service_name!r}")
+        if set(snap.components) != set(self.components):
+            raise ValueError("snapshot's components differ from this service's")
+        self.cursor = snap.cursor
+        self.now = snap.now
+        self._next_timer = snap.next_timer
+        self._timers = {tid: (d, e, a, kw) for tid, d, e, a, kw in snap.timers}
+        self._heap = [(d, tid) for tid, (d, _, _, _) in self._timers.items()]
+        heapq.heapify(self._heap)
+        self._fire_sent = {}
+        self._recent = {rid: (ok, v) for rid, ok, v in snap.recent}
+        for name, state in snap.components.items():
+            self.components[name].restore(state)
+
+    def digest(self) -> dict[str, str]:
+        """A hash of each component's state (and of the machine's own, as ``"_dominoes"``).
+
+        Dicts and sets are hashed in sorted order, so a replica restored from a
+        snapshot digests like the one it came from.
+        """
+        out = {
+            name: hashlib.blake2b(_digest_encoder.encode(c.snapshot()), digest_size=16).hexdigest()
+            for name, c in self.components.items()
+        }
+        own = (self._next_timer, sorted((k, *v[:2]) for k, v in self._timers.items()))
+        out["_dominoes"] = hashlib.blake2b(
+            _digest_encoder.encode([own, list(self._recent)]), digest_size=16
+        ).hexdigest()
+        return out

@@ -1,0 +1,134 @@
+"""A service: a named set of components, plus service-level bindings.
+
+A ``Service`` is a *template*.  Each replica gets its own deep copy of the
+components (``new_machine``), so N replicas can live in one process
+(``testing.Cluster``) as easily as in N processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable, Iterable
+from types import MethodType
+from typing import Any
+
+from ._component import _AMBIGUOUS, Component, EventRef, on_marks, query, resolve, update
+from ._machine import DEFAULT_DEDUP_WINDOW, StateMachine
+from ._registry import Handler, Registry
+
+__all__ = ("Service",)
+
+
+class Service:
+    """A named composition of components, run as N identical replicas.
+
+    ``bind``/``unbind`` add free-function handlers (called as
+    ``handler(ctx, *args, **kwargs, **static)``) to any event; they apply to
+    every replica created afterwards.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        components: Iterable[Component] = (),
+        *,
+        dedup_window: int = DEFAULT_DEDUP_WINDOW,
+        debug: bool = False,
+    ) -> None:
+        if not name or not name.replace("-", "_").replace(".", "_").isidentifier():
+            raise ValueError(f"service name must be an identifier-like string, not {name!r}")
+        self.name = name
+        self.dedup_window = dedup_window
+        #: debug mode: queries are checked for writes (costs two digests each)
+        self.debug = debug
+        self._components: list[Component] = []
+        self._extra: dict[int, tuple[EventRef, Handler, float, dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        for c in components:
+            self.add(c)
+
+    def add(self, component: Component) -> None:
+        """Add a component (before any replica is created)."""
+        if isinstance(component, type):
+            raise TypeError(f"pass an instance of {component.__name__}, not the class")
+        if not isinstance(component, Component):
+            raise TypeError(f"{component!r} is not a dominoes Component")
+        if any(c.name == component.name for c in self._components):
+            raise ValueError(f"two components are named {component.name!r}")
+        self._components.append(component)
+
+    @property
+    def components(self) -> tuple[Component, ...]:
+        """The template instances (each replica works on its own copies)."""
+        return tuple(self._components)
+
+    def bind(self, event: EventRef, handler: Handler, order: float = 0, **static: Any) -> int:
+        """Bind a free function to ``event`` in every replica; returns a binding id."""
+        if not callable(handler):
+            raise TypeError(f"handler is not callable: {handler!r}")
+        bid = next(self._ids)
+        self._extra[bid] = (event, handler, order, static)
+        return bid
+
+    def unbind(self, binding_id: int) -> None:
+        del self._extra[binding_id]
+
+    def events(self) -> list[str]:
+        """Every event some handler is bound to."""
+        return self._build(copy.deepcopy(self._components))[0].events()
+
+    def new_machine(self, index: int) -> StateMachine:
+        """A fresh replica state machine with its own copy of every component."""
+        comps = copy.deepcopy(self._components)
+        registry, queries, names = self._build(comps)
+        return StateMachine(
+            self.name, index, comps, registry, queries, names,
+            dedup_window=self.dedup_window, debug=self.debug,
+        )
+
+    def _build(
+        self, comps: list[Component]
+    ) -> tuple[Registry, dict[str, Callable[..., Any]], dict[object, str]]:
+        """Bind every handler of ``comps`` into a new registry.
+
+        Binding happens in a fixed order (components in service order, then
+        each class's attributes in MRO and definition order), so binding ids,
+        and therefore tie order, are the same on every replica.
+        """
+        registry = Registry()
+        queries: dict[str, Callable[..., Any]] = {}
+        # An @update/@query descriptor names "<component name>.<attr>" of the
+        # component that has it; a descriptor shared by two components (a class
+        # and its subclass) is ambiguous and must be named by string.
+        names: dict[object, str] = {}
+        members: list[tuple[Component, str, object]] = []
+        for comp in comps:
+            seen: set[str] = set()
+            for klass in type(comp).__mro__:
+                for attr, value in vars(klass).items():
+                    if attr not in seen:
+                        seen.add(attr)
+                        members.append((comp, attr, value))
+        for comp, attr, value in members:
+            if isinstance(value, update | query):
+                full = f"{comp.name}.{attr}"
+                names[value] = _AMBIGUOUS if value in names else full
+                if isinstance(value, update):
+                    registry.bind(full, MethodType(value.fn, comp))
+                else:
+                    queries[full] = MethodType(value.fn, comp)
+        for comp, _, value in members:
+            for ref, order, static in on_marks(value):
+                registry.bind(resolve(names, ref), MethodType(value, comp), order, **static)  # type: ignore[arg-type]
+        for event, handler, order, static in self._extra.values():
+            registry.bind(resolve(names, event), handler, order, **static)
+        return registry, queries, names
+
+    def resolve(self, ref: EventRef) -> str:
+        """The event name ``ref`` stands for in this service."""
+        return resolve(self._build(copy.deepcopy(self._components))[2], ref)
+
+    def __repr__(self) -> str:
+        names = ", ".join(c.name for c in self._components)
+        return f"<Service {self.name!r} [{names}]>"

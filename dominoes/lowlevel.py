@@ -1,0 +1,56 @@
+"""The raw log and the replica driver, for experts and for new runtimes.
+
+Nothing here is needed to write a service.  It is what ``testing.Cluster`` and
+the multi-process runtime are built from: a :class:`Log` laid out in any
+writable buffer, the :class:`Words` interface its atomics go through, the
+entry codec, and :class:`ReplicaCore`, which applies the log to a
+:class:`StateMachine`.
+"""
+
+from __future__ import annotations
+
+from ._core._codec import Call as Call
+from ._core._codec import Control as Control
+from ._core._codec import Entry as Entry
+from ._core._codec import Fire as Fire
+from ._core._codec import decode as decode
+from ._core._codec import encode as encode
+from ._core._errors import LayoutError as LayoutError
+from ._core._log import KIND_ENTRY as KIND_ENTRY
+from ._core._log import KIND_NOOP as KIND_NOOP
+from ._core._log import Log as Log
+from ._core._log import LogStatistics as LogStatistics
+from ._core._log import ReplicaState as ReplicaState
+from ._core._machine import Applied as Applied
+from ._core._machine import StateMachine as StateMachine
+from ._core._registry import Binding as Binding
+from ._core._registry import Registry as Registry
+from ._core._registry import dispatch as dispatch
+from ._core._replica import ReplicaCore as ReplicaCore
+from ._core._replica import ReplicaStatistics as ReplicaStatistics
+from ._core._words import PlainWords as PlainWords
+from ._core._words import Words as Words
+
+__all__ = (
+    "KIND_ENTRY",
+    "KIND_NOOP",
+    "Applied",
+    "Binding",
+    "Call",
+    "Control",
+    "Entry",
+    "Fire",
+    "LayoutError",
+    "Log",
+    "LogStatistics",
+    "PlainWords",
+    "Registry",
+    "ReplicaCore",
+    "ReplicaState",
+    "ReplicaStatistics",
+    "StateMachine",
+    "Words",
+    "decode",
+    "dispatch",
+    "encode",
+)

@@ -1,0 +1,15 @@
+"""Test helpers: run N replicas in one process and step them explicitly.
+
+``Cluster(service, replicas=3)`` is the in-process counterpart of ``dominoes
+run``: the same log, state machine and replica driver, over a ``bytearray``.
+"""
+
+from __future__ import annotations
+
+from ._cluster import Cluster as Cluster
+from ._cluster import ClusterReplica as ClusterReplica
+from ._cluster import DivergenceError as DivergenceError
+from ._cluster import Pending as Pending
+from ._cluster import ReplicaDeadError as ReplicaDeadError
+
+__all__ = ("Cluster", "ClusterReplica", "DivergenceError", "Pending", "ReplicaDeadError")

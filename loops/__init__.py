@@ -1,0 +1,1 @@
+"""Event-loop policies (installed as ``dominoes.loops``)."""
