@@ -76,9 +76,9 @@ class ClusterReplica:
         self.core = self._new_core()
         self.alive = True
         self.joining = False
-        #: (seq, event-or-kind) of every entry this incarnation applied, in order
+        #: seq of every entry this incarnation applied, in order (no-ops excluded)
         self.applied: list[int] = []
-        #: (seq, owner) for each applied entry this replica owned
+        #: seq of each applied entry this replica owned
         self.owned: list[int] = []
         self._pending: dict[int, Pending] = {}
 
@@ -98,7 +98,7 @@ class ClusterReplica:
 
     def component(self, which: type[C] | str) -> C:
         """This replica's instance of a component."""
-        return self.core.machine.component(which)  # type: ignore[no-any-return]
+        return self.core.machine.component(which)  # type: ignore[return-value]
 
     def statistics(self) -> ReplicaStatistics:
         return self.core.statistics()
@@ -139,14 +139,20 @@ class Cluster:
         self._buf = bytearray(Log.size_for(capacity, slot_size, replicas))
         self._words = PlainWords(self._buf)
         self.log = Log.create(
-            self._buf, self._words, capacity=capacity, slot_size=slot_size,
-            max_replicas=replicas, max_entry_slots=max_entry_slots,
+            self._buf,
+            self._words,
+            capacity=capacity,
+            slot_size=slot_size,
+            max_replicas=replicas,
+            max_entry_slots=max_entry_slots,
         )
         self.replicas = [ClusterReplica(self, i) for i in range(replicas)]
         for r in self.replicas:
             r.core.start()
         #: effects run, in order: (replica, seq, function name)
         self.effects_run: list[tuple[int, int, str]] = []
+        #: tasks of asynchronous effects still running (when a loop is running)
+        self.effect_tasks: set[asyncio.Task[Any]] = set()
         self._snapshot_waits: dict[int, int] = {}  # joiner -> source
 
     def __getitem__(self, index: int) -> ClusterReplica:
@@ -253,7 +259,11 @@ class Cluster:
         return len(results) + r.core.noops_skipped - noops
 
     def _run_effect(
-        self, index: int, seq: int, fn: Callable[..., Any], args: tuple[Any, ...],
+        self,
+        index: int,
+        seq: int,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
         self.effects_run.append((index, seq, getattr(fn, "__qualname__", repr(fn))))
@@ -264,7 +274,9 @@ class Cluster:
             except RuntimeError:
                 asyncio.run(_await(result))
             else:
-                loop.create_task(_await(result))
+                task = loop.create_task(_await(result))
+                self.effect_tasks.add(task)
+                task.add_done_callback(self.effect_tasks.discard)
 
     def run_until_quiet(self, max_rounds: int = 100_000) -> int:
         """Step every live replica until none has anything to apply; entries applied."""
@@ -374,7 +386,8 @@ class Cluster:
 
     def _deliver_snapshot(self, applied: Applied) -> None:
         entry = applied.entry
-        assert entry is not None and applied.snapshot is not None
+        assert entry is not None
+        assert applied.snapshot is not None
         source, joiner = entry.arg[0], entry.arg[1]  # type: ignore[union-attr]
         if self._snapshot_waits.get(joiner) != source:
             return  # a stale request (the joiner died, or asked someone else)
@@ -413,9 +426,7 @@ class Cluster:
         return [r.core.statistics() for r in self.replicas if r.alive]
 
     def __repr__(self) -> str:
-        states = " ".join(
-            ReplicaState.NAMES[self.log.state(r.index)][0] for r in self.replicas
-        )
+        states = " ".join(ReplicaState.NAMES[self.log.state(r.index)][0] for r in self.replicas)
         return f"<Cluster {self.service.name!r} n={self.size} tail={self.log.tail} [{states}]>"
 
 

@@ -45,7 +45,7 @@ class update(Generic[P, R]):  # noqa: N801 - used as a decorator
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
-        self.owner = owner  # type: ignore[assignment]
+        self.owner = owner
 
     @overload
     def __get__(self, obj: None, objtype: type | None = None) -> update[P, R]: ...
@@ -80,7 +80,7 @@ class query(Generic[P, R]):  # noqa: N801 - used as a decorator
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
-        self.owner = owner  # type: ignore[assignment]
+        self.owner = owner
 
     @overload
     def __get__(self, obj: None, objtype: type | None = None) -> query[P, R]: ...
@@ -193,4 +193,3 @@ def _state_hints(cls: type) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - unresolvable annotations: fall back to shapes
         return {}
     return {k: v for k, v in hints.items() if typing.get_origin(v) is not ClassVar}
-

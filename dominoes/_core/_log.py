@@ -117,13 +117,24 @@ SLOT_HEADER: Final = 80
 
 # header words
 _H_MAGIC, _H_VERSION, _H_CAPACITY, _H_SLOT_SIZE, _H_MAX_REPLICAS, _H_MAX_ENTRY = (
-    0, 8, 16, 24, 32, 40,
+    0,
+    8,
+    16,
+    24,
+    32,
+    40,
 )
 _TAIL: Final = LINE
 _REPLICAS: Final = 2 * LINE
 # replica line words
 _R_CURSOR, _R_STATE, _R_PID, _R_ASLEEP, _R_INTENT_SEQ, _R_INTENT_N, _R_GEN = (
-    0, 8, 16, 24, 32, 40, 48,
+    0,
+    8,
+    16,
+    24,
+    32,
+    40,
+    48,
 )
 
 KIND_ENTRY: Final = 1
@@ -133,7 +144,8 @@ _META = struct.Struct("<IHH")
 _MAX_NSLOTS: Final = 0xFFFF
 
 assert DEFAULT_CAPACITY & (DEFAULT_CAPACITY - 1) == 0, "capacity must be a power of two"
-assert DEFAULT_SLOT_SIZE % LINE == 0 and DEFAULT_SLOT_SIZE > SLOT_HEADER
+assert DEFAULT_SLOT_SIZE % LINE == 0
+assert DEFAULT_SLOT_SIZE > SLOT_HEADER
 
 
 class ReplicaState:
@@ -421,9 +433,7 @@ class Log:
         w = self._w
         w.fence()
         return [
-            i
-            for i in range(self.max_replicas)
-            if w.load_acquire(_REPLICAS + i * LINE + _R_ASLEEP)
+            i for i in range(self.max_replicas) if w.load_acquire(_REPLICAS + i * LINE + _R_ASLEEP)
         ]
 
     # --- the reader side -------------------------------------------------------

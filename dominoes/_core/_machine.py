@@ -148,8 +148,13 @@ class StateMachine:
                     return out
             self.now = now
             ctx = Context(
-                self, seq=seq, now=now, origin=entry.origin, mode=entry.mode,
-                is_owner=owner, request_id=rid,
+                self,
+                seq=seq,
+                now=now,
+                origin=entry.origin,
+                mode=entry.mode,
+                is_owner=owner,
+                request_id=rid,
             )
             self._run(ctx, out, entry.event, entry.args, entry.kwargs)
             if rid:

@@ -214,4 +214,3 @@ class ReplicaCore:
             timers_pending=m.pending_timers,
             timers_fired=m.timers_fired,
         )
-

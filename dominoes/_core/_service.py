@@ -83,8 +83,14 @@ class Service:
         comps = copy.deepcopy(self._components)
         registry, queries, names = self._build(comps)
         return StateMachine(
-            self.name, index, comps, registry, queries, names,
-            dedup_window=self.dedup_window, debug=self.debug,
+            self.name,
+            index,
+            comps,
+            registry,
+            queries,
+            names,
+            dedup_window=self.dedup_window,
+            debug=self.debug,
         )
 
     def _build(
