@@ -153,7 +153,7 @@ class Cluster:
         self.effects_run: list[tuple[int, int, str]] = []
         #: tasks of asynchronous effects still running (when a loop is running)
         self.effect_tasks: set[asyncio.Task[Any]] = set()
-        self._snapshot_waits: dict[int, int] = {}  # joiner -> source
+        self._snapshot_waits: dict[int, tuple[int, int]] = {}  # joiner -> (source, seq)
 
     def __getitem__(self, index: int) -> ClusterReplica:
         return self.replicas[index]
@@ -283,13 +283,12 @@ class Cluster:
         total = 0
         for _ in range(max_rounds):
             n = self.step()
-            total += n
-            if not n and not self._snapshot_waits:
-                return total
-            if not n:
+            if not n and self._snapshot_waits:
                 self._retry_snapshots()
-                if not self.step():
-                    return total
+                n = self.step()
+            if not n:
+                return total
+            total += n
         raise RuntimeError("cluster did not go quiet")
 
     def run_until(self, done: Callable[[], bool], max_rounds: int = 100_000) -> None:
@@ -370,18 +369,34 @@ class Cluster:
 
     def _request_snapshot(self, joiner: int, source: int) -> None:
         core = self.replicas[joiner].core
-        self._snapshot_waits[joiner] = source
         payload = core.request_snapshot(source, now=self.clock)
         for _ in range(self.log.capacity + 2):
-            if core.try_append(payload):
+            seq = core.try_append(payload)
+            if seq:
+                self._snapshot_waits[joiner] = (source, seq)
                 return
             if not self.step():
-                break
+                # Other joiners may hold the log for sources that died.
+                self._snapshot_waits.pop(joiner, None)
+                self._retry_snapshots()
+                if not self.step():
+                    break
         raise LogFullError("log full while requesting a snapshot")
 
     def _retry_snapshots(self) -> None:
-        for joiner, source in list(self._snapshot_waits.items()):
-            if not self.replicas[source].alive or self.replicas[source].joining:
+        """Ask again for snapshots whose source can no longer answer.
+
+        A source cannot answer when it is dead or joining, or when it is a
+        *new incarnation* that started past the request (its cursor is beyond
+        the request's seq, so it will never apply it).
+        """
+        for joiner, (source, asked_at) in list(self._snapshot_waits.items()):
+            src = self.replicas[source]
+            if not src.alive or src.joining or src.cursor > asked_at:
+                # The joiner has applied nothing yet, so it may hold the log from
+                # the current tail instead: otherwise a log filled up behind it
+                # would leave no room for the new request.
+                self.replicas[joiner].core.hold_from_tail()
                 self._request_snapshot(joiner, self._pick_source(exclude=joiner))
 
     def _deliver_snapshot(self, applied: Applied) -> None:
@@ -389,8 +404,8 @@ class Cluster:
         assert entry is not None
         assert applied.snapshot is not None
         source, joiner = entry.arg[0], entry.arg[1]  # type: ignore[union-attr]
-        if self._snapshot_waits.get(joiner) != source:
-            return  # a stale request (the joiner died, or asked someone else)
+        if self._snapshot_waits.get(joiner) != (source, entry.seq):
+            return  # a stale request (the joiner died, or asked again)
         del self._snapshot_waits[joiner]
         r = self.replicas[joiner]
         r.core.load(applied.snapshot)

@@ -12,6 +12,20 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Hypothesis: 200 examples per property in CI (the foundation issue's floor),
+# no per-example deadline (2-core CI machines are noisy), and a reproduction
+# blob printed with every failure.
+settings.register_profile(
+    "ci",
+    max_examples=200,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 LOOP = os.environ.get("DOMINOES_TEST_LOOP", "uvloop")
 

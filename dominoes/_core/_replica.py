@@ -95,6 +95,12 @@ class ReplicaCore:
         """Join a running log: hold it from the current tail until a snapshot arrives."""
         return self.log.join(self.index, pid=pid)
 
+    def hold_from_tail(self) -> int:
+        """While joining, move the hold point up to the current tail (before re-asking)."""
+        tail = self.log.tail
+        self.log.advance(self.index, tail)
+        return tail
+
     def load(self, snapshot: bytes) -> None:
         """Restore a snapshot taken through the log, then go live at its cursor."""
         self.machine.restore(snapshot)

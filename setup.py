@@ -1,0 +1,11 @@
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "dominoes._runtime._atomics",
+            ["dominoes/_runtime/_atomics.c"],
+            extra_compile_args=["-O2", "-std=c11"],
+        )
+    ]
+)

@@ -1,0 +1,227 @@
+"""The log's arithmetic over a bytearray: layout, reserve/publish, read, claim, recovery."""
+
+from __future__ import annotations
+
+import pytest
+
+from dominoes import EntryTooLargeError
+from dominoes.lowlevel import KIND_ENTRY, KIND_NOOP, LayoutError, Log, PlainWords, ReplicaState
+
+
+def make_log(capacity: int = 8, slot_size: int = 128, replicas: int = 3, **kw: int) -> Log:
+    buf = bytearray(Log.size_for(capacity, slot_size, replicas))
+    log = Log.create(
+        buf, PlainWords(buf), capacity=capacity, slot_size=slot_size, max_replicas=replicas, **kw
+    )
+    for i in range(replicas):
+        log.join(i)
+        log.set_live(i)
+    return log
+
+
+def handle(log: Log) -> Log:
+    """A second participant's handle on the same buffer."""
+    return Log(log._buf, log._w)
+
+
+def test_layout_is_checked_on_attach() -> None:
+    buf = bytearray(Log.size_for(8, 128, 2))
+    with pytest.raises(LayoutError, match="magic"):
+        Log(buf, PlainWords(buf))
+    log = Log.create(buf, PlainWords(buf), capacity=8, slot_size=128, max_replicas=2)
+    assert (log.capacity, log.slot_size, log.max_replicas) == (8, 128, 2)
+    buf[8] = 99  # the version word
+    with pytest.raises(LayoutError, match="version"):
+        Log(buf, PlainWords(buf))
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"capacity": 6}, "power of two"),
+        ({"slot_size": 100}, "multiple of 64"),
+        ({"slot_size": 64}, "multiple of 64"),
+        ({"max_entry_slots": 9}, "max_entry_slots"),
+    ],
+)
+def test_bad_shapes_are_refused(kw: dict[str, int], message: str) -> None:
+    args = {"capacity": 8, "slot_size": 128, "max_replicas": 2} | kw
+    buf = bytearray(Log.size_for(16, 256, 2))
+    with pytest.raises(ValueError, match=message):
+        Log.create(buf, PlainWords(buf), **args)
+
+
+def test_sequence_starts_at_one_and_reads_in_order() -> None:
+    log = make_log()
+    seqs = [log.try_append(0, f"e{i}".encode()) for i in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    assert log.tail == 6
+    assert [log.read(s) for s in seqs] == [(KIND_ENTRY, 1, f"e{i}".encode()) for i in range(5)]
+    assert log.read(6) is None
+
+
+def test_a_reserved_slot_is_invisible_until_published() -> None:
+    log = make_log()
+    seq = log.try_reserve(0, 1)
+    assert seq == 1
+    assert not log.published(seq)
+    assert log.read(seq) is None
+    log.write(seq, 1, b"hello")
+    assert log.read(seq) == (KIND_ENTRY, 1, b"hello")
+
+
+def test_read_returns_a_copy_not_a_view() -> None:
+    log = make_log()
+    seq = log.try_append(0, b"abc")
+    got = log.read(seq)
+    assert got is not None
+    assert type(got[2]) is bytes
+    log.write(seq, 1, b"xyz")  # the slot is overwritten in place
+    assert got[2] == b"abc"
+
+
+def test_claim_has_exactly_one_winner_and_resets_on_reuse() -> None:
+    log = make_log(capacity=2, replicas=3)
+    seq = log.try_append(0, b"x")
+    assert [log.claim(seq, r) for r in (2, 0, 1)] == [True, False, False]
+    assert log.claimant(seq) == 2
+    for r in range(3):
+        log.advance(r, seq + 1)
+    log.try_append(0, b"y")  # seq 2 uses the other slot
+    for r in range(3):
+        log.advance(r, 3)
+    reused = log.try_append(1, b"z")  # seq 3 reuses seq 1's slot
+    assert reused % 2 == seq % 2
+    assert log.claimant(reused) is None
+    assert log.claim(reused, 0)
+
+
+def test_full_log_is_backpressure_never_an_overwrite() -> None:
+    log = make_log(capacity=4, replicas=2)
+    assert [log.try_append(0, bytes([i])) for i in range(4)] == [1, 2, 3, 4]
+    assert log.free_slots() == 0
+    assert log.try_append(0, b"late") == 0  # refused
+    assert log.tail == 5  # nothing was reserved
+    log.advance(0, 5)  # replica 0 applied everything, replica 1 nothing
+    assert log.try_append(0, b"late") == 0  # the slowest live cursor decides
+    assert log.read(1) == (KIND_ENTRY, 1, b"\x00")  # untouched
+    log.advance(1, 2)
+    assert log.free_slots() == 1
+    assert log.try_append(0, b"late") == 5
+    assert log.read(5) == (KIND_ENTRY, 1, b"late")
+
+
+def test_a_producers_cached_limit_never_lets_it_overwrite() -> None:
+    log = make_log(capacity=4, replicas=2)
+    other = handle(log)
+    for i in range(4):
+        assert other.try_append(1, bytes([i]))
+    # ``log`` computed no limit yet; ``other`` cached one at 1 + 4.
+    assert log.try_append(0, b"x") == 0
+    assert other.try_append(1, b"x") == 0
+
+
+def test_entries_larger_than_a_slot_span_slots_across_the_wrap() -> None:
+    log = make_log(capacity=8, slot_size=128, replicas=1, max_entry_slots=6)
+    pps = log.payload_per_slot
+    assert pps == 48
+    for r in range(6):
+        log.try_append(0, b"-")
+        log.advance(0, r + 2)
+    big = bytes(range(256)) * 1  # 256 bytes: 6 slots, from slot 7 around to slot 4
+    seq = log.try_append(0, big)
+    assert seq == 7
+    assert log.tail == 7 + 6
+    kind, nslots, payload = log.read(seq)  # type: ignore[misc]
+    assert (kind, nslots, payload) == (KIND_ENTRY, 6, big)
+
+
+def test_an_entry_too_large_is_a_clear_error_not_a_truncation() -> None:
+    log = make_log(capacity=8, slot_size=128, replicas=1, max_entry_slots=2)
+    assert log.max_entry_bytes == 96
+    with pytest.raises(EntryTooLargeError, match="97 bytes is larger than the log's limit of 96"):
+        log.try_append(0, b"x" * 97)
+    assert log.tail == 1
+    assert log.try_append(0, b"x" * 96) == 1
+
+
+def test_a_dead_replica_stops_holding_the_log() -> None:
+    log = make_log(capacity=4, replicas=3)
+    for i in range(4):
+        log.try_append(0, bytes([i]))
+    log.advance(0, 5)
+    log.advance(1, 5)
+    assert log.free_slots() == 0  # replica 2 never applied anything
+    log.mark_dead(2)
+    assert log.free_slots() == 4
+    stats = log.statistics()
+    assert stats.dead == (2,)
+    assert stats.live == (0, 1)
+    assert stats.slowest_replica in (0, 1)
+
+
+def test_a_joining_replica_holds_the_log_from_its_join_cursor() -> None:
+    log = make_log(capacity=4, replicas=2)
+    log.mark_dead(1)
+    log.try_append(0, b"a")
+    log.advance(0, 2)
+    assert log.join(1) == 2
+    assert log.state(1) == ReplicaState.JOINING
+    for _ in range(4):
+        assert log.try_append(0, b"b")
+        log.advance(0, log.tail)
+    assert log.try_append(0, b"c") == 0  # held by the joiner at seq 2
+    log.set_live(1, 6)
+    assert log.try_append(0, b"c") == 6
+
+
+def test_a_reservation_abandoned_by_a_dead_producer_is_filled_with_a_noop() -> None:
+    log = make_log(replicas=2)
+    log.try_append(0, b"before")
+    seq = log.try_reserve(1, 2)  # replica 1 reserves two slots and dies
+    after = log.try_append(0, b"after")
+    assert log.read(seq) is None  # readers are stuck behind it
+    log.mark_dead(1)
+    assert log.abandoned(1) == (seq, 2)
+    assert log.fill_abandoned(1) == 2
+    assert log.read(seq) == (KIND_NOOP, 1, b"")
+    assert log.read(seq + 1) == (KIND_NOOP, 1, b"")
+    assert log.read(after) == (KIND_ENTRY, 1, b"after")
+    assert log.fill_abandoned(1) == 0  # idempotent
+
+
+def test_a_published_or_never_made_reservation_is_not_filled() -> None:
+    log = make_log(replicas=2)
+    log.try_append(1, b"published")  # intent cleared by try_append
+    log.mark_dead(1)
+    assert log.abandoned(1) is None
+    # an intent announced but whose CAS never happened: tail did not move past it
+    log2 = make_log(replicas=2)
+    log2._w.store_release(log2._line(1) + 40, 1)  # intent_n
+    log2._w.store_release(log2._line(1) + 32, log2.tail)  # intent_seq
+    log2.mark_dead(1)
+    assert log2.abandoned(1) is None
+
+
+def test_an_intent_shared_with_a_live_producer_is_left_alone() -> None:
+    # Replica 1 announced seq t and died; replica 0 announced the same t and
+    # won the CAS (it is writing).  Filling t would clobber a live producer.
+    log = make_log(replicas=2)
+    t = log.tail
+    log._w.store_release(log._line(1) + 40, 1)
+    log._w.store_release(log._line(1) + 32, t)
+    assert log.try_reserve(0, 1) == t  # replica 0's intent is t too, until done()
+    log.mark_dead(1)
+    assert log.abandoned(1) is None
+    log.write(t, 1, b"live")
+    log.done(0)
+    assert log.abandoned(1) is None  # published now
+    assert log.read(t) == (KIND_ENTRY, 1, b"live")
+
+
+def test_wake_list_names_replicas_that_said_they_sleep() -> None:
+    log = make_log(replicas=3)
+    log.set_asleep(2, True)
+    assert log.wake_list() == [2]
+    log.set_asleep(2, False)
+    assert log.wake_list() == []
