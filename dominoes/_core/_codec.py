@@ -3,8 +3,9 @@
 Entries are msgspec ``Struct``s encoded as msgpack arrays (``array_like``) in a
 tagged union, so one decoder reads any entry in ~250 ns and the tag costs one
 byte.  ``seq`` is the entry's position; it is known only after the slot is
-reserved, so it is not encoded (it is the trailing default, which
-``omit_defaults`` drops) and the reader sets it from the slot.
+reserved, so the appender encodes it as 0 (one byte) and :func:`decode` sets it
+from the slot, whatever the payload says.  (msgspec ignores ``omit_defaults``
+for ``array_like`` structs, so trailing defaults still cost a byte each.)
 
 Arguments travel as msgpack builtins.  Every replica, *including the one that
 submitted the entry*, applies the decoded arguments, so they see identical
@@ -32,7 +33,7 @@ class Mode(enum.IntEnum):
     EVERY = 2
 
 
-class Call(msgspec.Struct, tag="c", array_like=True, omit_defaults=True, gc=False):
+class Call(msgspec.Struct, tag="c", array_like=True, gc=False):
     """Raise ``event`` with ``args``/``kwargs`` on every replica."""
 
     event: str
@@ -45,7 +46,7 @@ class Call(msgspec.Struct, tag="c", array_like=True, omit_defaults=True, gc=Fals
     seq: int = 0
 
 
-class Fire(msgspec.Struct, tag="f", array_like=True, omit_defaults=True, gc=False):
+class Fire(msgspec.Struct, tag="f", array_like=True, gc=False):
     """A replicated timer is due: fire it, unless it already fired or was cancelled."""
 
     timer_id: int
@@ -54,7 +55,7 @@ class Fire(msgspec.Struct, tag="f", array_like=True, omit_defaults=True, gc=Fals
     seq: int = 0
 
 
-class Control(msgspec.Struct, tag="k", array_like=True, omit_defaults=True, gc=False):
+class Control(msgspec.Struct, tag="k", array_like=True, gc=False):
     """A runtime control entry, e.g. ``op="snapshot"`` asks ``arg[0]`` for a snapshot."""
 
     op: str

@@ -116,15 +116,20 @@ def on(
     """
 
     def mark(fn: Callable[P, R]) -> Callable[P, R]:
-        marks: list[tuple[EventRef, float, dict[str, Any]]] = list(getattr(fn, _ON_ATTR, ()))
+        # Over an @update, mark the function inside it: the update is then bound
+        # to its own event and to ``event``.
+        target = fn.fn if isinstance(fn, update) else fn
+        marks: list[tuple[EventRef, float, dict[str, Any]]] = list(on_marks(target))
         marks.append((event, order, static))
-        setattr(fn, _ON_ATTR, tuple(marks))
+        setattr(target, _ON_ATTR, tuple(marks))
         return fn
 
     return mark
 
 
 def on_marks(fn: object) -> tuple[tuple[EventRef, float, dict[str, Any]], ...]:
+    if isinstance(fn, update):
+        fn = fn.fn
     return getattr(fn, _ON_ATTR, ())
 
 

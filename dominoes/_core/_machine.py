@@ -80,7 +80,38 @@ class _Snapshot(msgspec.Struct, array_like=True):
 
 _snap_encoder: Final = msgspec.msgpack.Encoder()
 _snap_decoder: Final = msgspec.msgpack.Decoder(_Snapshot)
+_result_encoder: Final = msgspec.msgpack.Encoder()
+_result_decoder: Final = msgspec.msgpack.Decoder()
 _digest_encoder: Final = msgspec.msgpack.Encoder(order="deterministic")
+_plain_encoder: Final = msgspec.msgpack.Encoder()
+
+
+def _hash(state: Any) -> str:
+    """A digest of ``state`` that does not depend on set iteration order.
+
+    Sets may iterate differently on a replica restored from a snapshot, so
+    they are hashed sorted.  msgspec's deterministic order does that (and
+    sorts dict keys) but accepts only string keys; other states are
+    canonicalised by hand first.
+    """
+    try:
+        data = _digest_encoder.encode(state)
+    except TypeError:
+        data = _plain_encoder.encode(_canonical(state))
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _canonical(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        items = [(_canonical(k), _canonical(v)) for k, v in obj.items()]
+        return ["map", sorted(items, key=_plain_encoder.encode)]
+    if isinstance(obj, set | frozenset):
+        return ["set", sorted((_canonical(x) for x in obj), key=_plain_encoder.encode)]
+    if isinstance(obj, list | tuple):
+        return [_canonical(x) for x in obj]
+    if isinstance(obj, msgspec.Struct):
+        return _canonical(msgspec.structs.asdict(obj))
+    return obj
 
 
 class StateMachine:
@@ -113,7 +144,8 @@ class StateMachine:
         # replicated timers: id -> (deadline, event, args, kwargs)
         self._timers: dict[int, tuple[float, str, tuple[Any, ...] | list[Any], dict[str, Any]]] = {}
         self._next_timer = 1
-        self._recent: dict[str, tuple[bool, Any]] = {}
+        # request id -> (ok, encoded result or error text), oldest first
+        self._recent: dict[str, tuple[bool, bytes | str]] = {}
         # local only: a heap of (deadline, id) for finding due timers, and the
         # timers this replica already asked to fire (id -> local time asked)
         self._heap: list[tuple[float, int]] = []
@@ -140,10 +172,11 @@ class StateMachine:
                 seen = self._recent.get(rid)
                 if seen is not None:
                     out.duplicate = True
-                    if seen[0]:
-                        out.result = seen[1]
+                    ok, recorded = seen
+                    if isinstance(recorded, bytes):
+                        out.result = _result_decoder.decode(recorded)
                     else:
-                        out.error = RemoteError(seen[1])
+                        out.error = RemoteError(recorded)
                     self.now = now
                     return out
             self.now = now
@@ -220,9 +253,14 @@ class StateMachine:
         return dispatch(bindings, ctx, args, kwargs)
 
     def _remember(self, rid: str, out: Applied) -> None:
+        # The result is recorded encoded: a retry must get it as it was (not as
+        # the state it may alias is now), and snapshots must be able to hold it.
         recent = self._recent
         if out.error is None:
-            recent[rid] = (True, out.result)
+            try:
+                recent[rid] = (True, _result_encoder.encode(out.result))
+            except TypeError as exc:
+                recent[rid] = (False, f"the result of request {rid!r} cannot be replayed: {exc}")
         else:
             recent[rid] = (False, f"{type(out.error).__name__}: {out.error}")
         if len(recent) > self.dedup_window:
@@ -354,12 +392,8 @@ class StateMachine:
         Dicts and sets are hashed in sorted order, so a replica restored from a
         snapshot digests like the one it came from.
         """
-        out = {
-            name: hashlib.blake2b(_digest_encoder.encode(c.snapshot()), digest_size=16).hexdigest()
-            for name, c in self.components.items()
-        }
-        own = (self._next_timer, sorted((k, *v[:2]) for k, v in self._timers.items()))
-        out["_dominoes"] = hashlib.blake2b(
-            _digest_encoder.encode([own, list(self._recent)]), digest_size=16
-        ).hexdigest()
+        out = {name: _hash(c.snapshot()) for name, c in self.components.items()}
+        timers = sorted((k, *v[:2]) for k, v in self._timers.items())
+        recent = [(rid, ok, v) for rid, (ok, v) in self._recent.items()]
+        out["_dominoes"] = _hash([self._next_timer, timers, recent])
         return out

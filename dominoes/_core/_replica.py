@@ -24,7 +24,7 @@ from typing import Any, Final
 import msgspec
 
 from ._codec import Call, Control, Entry, Fire, Mode, decode, encode
-from ._errors import LogFullError
+from ._errors import LogFullError, UnknownEventError
 from ._log import KIND_NOOP, Log
 from ._machine import Applied, StateMachine
 
@@ -118,7 +118,14 @@ class ReplicaCore:
         mode: Mode = Mode.AFFINITY,
         request_id: str = "",
     ) -> bytes:
-        """The payload of a call entry (raises ``TypeError`` for unencodable arguments)."""
+        """The payload of a call entry.
+
+        Raises :class:`UnknownEventError` if no handler is bound to ``event``
+        (before anything is appended) and ``TypeError`` for arguments msgpack
+        cannot encode.
+        """
+        if event not in self.machine.registry:
+            raise UnknownEventError(f"no handler is bound to event {event!r}")
         return encode(Call(event, list(args), kwargs, now, self.index, mode, request_id))
 
     def try_append(self, payload: bytes) -> int:

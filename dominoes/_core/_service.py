@@ -98,9 +98,12 @@ class Service:
     ) -> tuple[Registry, dict[str, Callable[..., Any]], dict[object, str]]:
         """Bind every handler of ``comps`` into a new registry.
 
-        Binding happens in a fixed order (components in service order, then
-        each class's attributes in MRO and definition order), so binding ids,
-        and therefore tie order, are the same on every replica.
+        Binding happens in a fixed order, so binding ids, and therefore the
+        order of handlers with equal ``order``, are the same on every replica:
+        first every ``@update`` (components in service order, then each class's
+        attributes in MRO and definition order), then every ``@on`` in the same
+        order, then the service-level ``bind`` calls in call order.  So at equal
+        ``order`` an update runs before the ``@on`` handlers bound to it.
         """
         registry = Registry()
         queries: dict[str, Callable[..., Any]] = {}
@@ -125,8 +128,9 @@ class Service:
                 else:
                     queries[full] = MethodType(value.fn, comp)
         for comp, _, value in members:
-            for ref, order, static in on_marks(value):
-                registry.bind(resolve(names, ref), MethodType(value, comp), order, **static)  # type: ignore[arg-type]
+            fn = value.fn if isinstance(value, update) else value
+            for ref, order, static in on_marks(fn):
+                registry.bind(resolve(names, ref), MethodType(fn, comp), order, **static)  # type: ignore[arg-type]
         for event, handler, order, static in self._extra.values():
             registry.bind(resolve(names, event), handler, order, **static)
         return registry, queries, names

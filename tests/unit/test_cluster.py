@@ -298,11 +298,6 @@ def test_restart_when_the_source_dies_before_answering() -> None:
     cluster.assert_converged()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Cluster.run_until_quiet discards the count of the step() it makes "
-    "right after _retry_snapshots(), so it under-reports the entries applied",
-)
 def test_run_until_quiet_counts_entries_applied_after_a_snapshot_retry() -> None:
     cluster = counter_cluster()
     cluster.call(0, Counter.incr, "k")
@@ -398,13 +393,6 @@ class Users(Component):
         self.names[uid] = name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="BUG: StateMachine.digest encodes with msgspec order='deterministic', which "
-    "accepts only str dict keys, so any dict[int, ...] state makes digest() raise "
-    "TypeError (assert_converged and debug-mode queries crash; snapshots still work)",
-)
 def test_assert_converged_handles_int_keyed_state() -> None:
     cluster = Cluster(Service("users", [Users()]), replicas=2)
     cluster.call(0, Users.add, 7, "ada")
@@ -421,14 +409,6 @@ class Maker(Component):
         return object()  # fine as a local result, but not msgpack-encodable
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="BUG: StateMachine._remember keeps the raw result of a call with a request "
-    "id and snapshot() msgpack-encodes it, so one unencodable result breaks every "
-    "snapshot while it is in the dedup window: the TypeError escapes ReplicaCore.poll "
-    "on the source and the restarted replica never joins",
-)
 def test_restart_after_a_request_with_an_unencodable_result() -> None:
     cluster = Cluster(Service("maker", [Maker()]), replicas=3)
     cluster.submit_nowait(0, Maker.make, _request_id="r")
