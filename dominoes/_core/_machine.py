@@ -74,7 +74,7 @@ class _Snapshot(msgspec.Struct, array_like=True):
     now: float
     next_timer: int
     timers: list[tuple[int, float, str, list[Any], dict[str, Any]]]
-    recent: list[tuple[str, bool, Any]]
+    recent: list[tuple[str, Any]]  # bytes (a result) or str (an error)
     components: dict[str, Any]
 
 
@@ -144,8 +144,8 @@ class StateMachine:
         # replicated timers: id -> (deadline, event, args, kwargs)
         self._timers: dict[int, tuple[float, str, tuple[Any, ...] | list[Any], dict[str, Any]]] = {}
         self._next_timer = 1
-        # request id -> (ok, encoded result or error text), oldest first
-        self._recent: dict[str, tuple[bool, bytes | str]] = {}
+        # request id -> its encoded result (bytes) or error text (str), oldest first
+        self._recent: dict[str, bytes | str] = {}
         # local only: a heap of (deadline, id) for finding due timers, and the
         # timers this replica already asked to fire (id -> local time asked)
         self._heap: list[tuple[float, int]] = []
@@ -172,11 +172,10 @@ class StateMachine:
                 seen = self._recent.get(rid)
                 if seen is not None:
                     out.duplicate = True
-                    ok, recorded = seen
-                    if isinstance(recorded, bytes):
-                        out.result = _result_decoder.decode(recorded)
+                    if isinstance(seen, bytes):
+                        out.result = _result_decoder.decode(seen)
                     else:
-                        out.error = RemoteError(recorded)
+                        out.error = RemoteError(seen)
                     self.now = now
                     return out
             self.now = now
@@ -258,11 +257,11 @@ class StateMachine:
         recent = self._recent
         if out.error is None:
             try:
-                recent[rid] = (True, _result_encoder.encode(out.result))
+                recent[rid] = _result_encoder.encode(out.result)
             except TypeError as exc:
-                recent[rid] = (False, f"the result of request {rid!r} cannot be replayed: {exc}")
+                recent[rid] = f"the result of request {rid!r} cannot be replayed: {exc}"
         else:
-            recent[rid] = (False, f"{type(out.error).__name__}: {out.error}")
+            recent[rid] = f"{type(out.error).__name__}: {out.error}"
         if len(recent) > self.dedup_window:
             del recent[next(iter(recent))]
 
@@ -363,7 +362,7 @@ class StateMachine:
                 now=self.now,
                 next_timer=self._next_timer,
                 timers=[(tid, d, e, list(a), kw) for tid, (d, e, a, kw) in self._timers.items()],
-                recent=[(rid, ok, v) for rid, (ok, v) in self._recent.items()],
+                recent=list(self._recent.items()),
                 components={name: c.snapshot() for name, c in self.components.items()},
             )
         )
@@ -382,7 +381,7 @@ class StateMachine:
         self._heap = [(d, tid) for tid, (d, _, _, _) in self._timers.items()]
         heapq.heapify(self._heap)
         self._fire_sent = {}
-        self._recent = {rid: (ok, v) for rid, ok, v in snap.recent}
+        self._recent = dict(snap.recent)
         for name, state in snap.components.items():
             self.components[name].restore(state)
 
@@ -394,6 +393,5 @@ class StateMachine:
         """
         out = {name: _hash(c.snapshot()) for name, c in self.components.items()}
         timers = sorted((k, *v[:2]) for k, v in self._timers.items())
-        recent = [(rid, ok, v) for rid, (ok, v) in self._recent.items()]
-        out["_dominoes"] = _hash([self._next_timer, timers, recent])
+        out["_dominoes"] = _hash([self._next_timer, timers, list(self._recent.items())])
         return out
