@@ -21,6 +21,7 @@ from ._core._errors import QueryWroteStateError as QueryWroteStateError
 from ._core._errors import UnknownEventError as UnknownEventError
 from ._core._machine import RemoteError as RemoteError
 from ._core._service import Service as Service
+from ._runtime._replica import Replica as Replica
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,7 @@ __all__ = (
     "Mode",
     "QueryWroteStateError",
     "RemoteError",
+    "Replica",
     "Service",
     "UnknownEventError",
     "on",

@@ -424,17 +424,18 @@ class Log:
             self.done(replica)
         return seq
 
-    def wake_list(self) -> list[int]:
-        """Replicas whose asleep flag is set: the producer's half of the wake-up.
+    def wake_list(self, replicas: int | None = None) -> list[int]:
+        """Replicas (among the first ``replicas``) whose asleep flag is set.
 
-        Call it after publishing; the full fence orders the publication before
-        the flag loads (the reader stores its flag seq_cst before re-checking).
+        The producer's half of the wake-up: call it after publishing.  The full
+        fence orders the publication before the flag loads; the reader stores
+        its flag seq_cst before it re-checks the log, so one of the two always
+        sees the other.
         """
         w = self._w
         w.fence()
-        return [
-            i for i in range(self.max_replicas) if w.load_acquire(_REPLICAS + i * LINE + _R_ASLEEP)
-        ]
+        n = self.max_replicas if replicas is None else replicas
+        return [i for i in range(n) if w.load_acquire(_REPLICAS + i * LINE + _R_ASLEEP)]
 
     # --- the reader side -------------------------------------------------------
 

@@ -35,6 +35,8 @@ class Service:
         *,
         dedup_window: int = DEFAULT_DEDUP_WINDOW,
         debug: bool = False,
+        tcp: Callable[..., Any] | None = None,
+        udp: EventRef | None = None,
     ) -> None:
         if not name or not name.replace("-", "_").replace(".", "_").isidentifier():
             raise ValueError(f"service name must be an identifier-like string, not {name!r}")
@@ -42,6 +44,14 @@ class Service:
         self.dedup_window = dedup_window
         #: debug mode: queries are checked for writes (costs two digests each)
         self.debug = debug
+        #: TCP ingress: ``async def handler(replica, reader, writer)`` (asyncio
+        #: streams) or ``factory(replica) -> asyncio.Protocol``; run by every
+        #: replica on a SO_REUSEPORT socket
+        self.tcp = tcp
+        #: UDP ingress: the ``@update`` event each datagram raises, as
+        #: ``(ctx, data: bytes, host: str, port: int)``; the owner sends a bytes
+        #: result back from its own socket
+        self.udp = udp
         self._components: list[Component] = []
         self._extra: dict[int, tuple[EventRef, Handler, float, dict[str, Any]]] = {}
         self._ids = itertools.count(1)

@@ -1,0 +1,7 @@
+"""``python -m dominoes`` is the ``dominoes`` command."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())

@@ -1,0 +1,425 @@
+"""A replica at run time: the event-loop shell around ``ReplicaCore``.
+
+The replica loop
+----------------
+Nothing here busy-polls.  One callback, :meth:`Replica._drain`, does an
+iteration of DESIGN section 4 and is scheduled with ``call_soon`` whenever
+there may be work:
+
+1. apply published entries up to the tail observed now, at most one batch
+   (``ReplicaCore.poll``: the batch rule);
+2. resolve the futures of entries this replica appended and run the effects
+   it owns;
+3. return to the loop, so ingress (sockets) runs between batches; if more is
+   published, schedule another iteration;
+4. otherwise sleep: store the asleep flag (seq_cst), re-check the log, and
+   wait for the eventfd (``loop.add_reader``) that producers signal only
+   when the flag is set.  A safety timer re-checks every ``SAFETY_TICK`` in
+   case a producer died between publishing and signalling.
+
+Appending never awaits between reserve and publish (``Log.try_append`` is
+synchronous).  When the log is full, :meth:`Replica.submit` waits with a short
+back-off and the ingress that called it stops reading: backpressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from .._core._codec import Control, Mode
+from .._core._component import EventRef, query
+from .._core._errors import LogFullError
+from .._core._machine import Applied
+from .._core._replica import ReplicaCore, ReplicaStatistics
+from .._core._service import Service
+from ._shm import SharedLog
+
+__all__ = ("Replica",)
+
+log = logging.getLogger("dominoes.replica")
+
+#: Seconds between safety re-checks of the log while asleep.  Wake-ups are
+#: signalled, so this only bounds the delay after a producer died between
+#: publishing and signalling (or a supervisor filled a no-op).
+SAFETY_TICK: Final = 0.005
+#: Back-off bounds while the log is full (seconds).
+FULL_BACKOFF_MIN: Final = 0.0001
+FULL_BACKOFF_MAX: Final = 0.005
+#: How long a joining replica waits for its snapshot before asking again.
+SNAPSHOT_TIMEOUT: Final = 2.0
+
+_MODES: Final = {"race": Mode.RACE, "affinity": Mode.AFFINITY, "every": Mode.EVERY}
+
+OwnerHook = Callable[[Applied], None]
+
+
+class Replica:
+    """One replica of a service, inside its own process and event loop.
+
+    Ingress code receives it: ``value = await replica.submit(Counter.incr, "k")``
+    appends an update and returns its result once this replica applied it;
+    ``replica.query(Counter.get, "k")`` reads the local state.
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        index: int,
+        shared: SharedLog,
+        wake_fds: list[int],
+        *,
+        replicas: int,
+        run_dir: Path,
+    ) -> None:
+        self.service = service
+        self.index = index
+        self.replicas = replicas
+        self.run_dir = run_dir
+        self._shared = shared
+        self._log = shared.log()
+        self.core = ReplicaCore(self._log, service.new_machine(index), replicas=replicas)
+        self._wake_fds = wake_fds
+        self._my_fd = wake_fds[index]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._scheduled = False
+        self._asleep = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._safety: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._snapshot_wait: tuple[int, int] | None = None  # (source, request seq)
+        self._snapshot_asked = 0.0
+        self._joined = asyncio.Event()
+        #: called with every applied entry this replica owns (ingress replies)
+        self.owner_hooks: list[OwnerHook] = []
+        self.effects_run = 0
+        self.effect_errors = 0
+        self.wakeups_sent = 0
+        self.closed = False
+
+    # --- public API ---------------------------------------------------------------
+
+    async def submit(
+        self,
+        event: EventRef,
+        /,
+        *args: Any,
+        _mode: str = "affinity",
+        _request_id: str = "",
+        **kwargs: Any,
+    ) -> Any:
+        """Append an update and return its result once this replica applied it.
+
+        Waits while the log is full.  The handler's exception is raised here.
+        """
+        payload = self._encode(event, args, kwargs, _mode, _request_id)
+        delay = FULL_BACKOFF_MIN
+        while True:
+            seq = self.core.try_append(payload)
+            if seq:
+                return await self._track(seq)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, FULL_BACKOFF_MAX)
+
+    def submit_nowait(
+        self,
+        event: EventRef,
+        /,
+        *args: Any,
+        _mode: str = "affinity",
+        _request_id: str = "",
+        **kwargs: Any,
+    ) -> asyncio.Future[Any]:
+        """Append an update now, or raise :class:`LogFullError`; a future of its result."""
+        payload = self._encode(event, args, kwargs, _mode, _request_id)
+        return self._track(self.core.append_nowait(payload))
+
+    def query(self, ref: str | query[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run a ``@query`` against this replica's local state."""
+        return self.core.machine.query(ref, *args, **kwargs)
+
+    def component(self, which: Any) -> Any:
+        """This replica's instance of a component (read it; never write it here)."""
+        return self.core.machine.component(which)
+
+    @property
+    def applied_seq(self) -> int:
+        """The last log position applied here."""
+        return self.core.machine.cursor - 1
+
+    def statistics(self) -> ReplicaStatistics:
+        return self.core.statistics()
+
+    # --- appending ----------------------------------------------------------------------
+
+    def _encode(
+        self, event: EventRef, args: tuple[Any, ...], kwargs: dict[str, Any], mode: str, rid: str
+    ) -> bytes:
+        name = self.core.machine.resolve(event)
+        return self.core.encode_call(
+            name, args, kwargs, now=time.time(), mode=_MODES[mode], request_id=rid
+        )
+
+    def append_payload(self, payload: bytes) -> int:
+        """Append an encoded entry (0 if the log is full) and wake who sleeps."""
+        seq = self.core.try_append(payload)
+        if seq:
+            self._after_append()
+        return seq
+
+    def _track(self, seq: int) -> asyncio.Future[Any]:
+        assert self._loop is not None
+        fut = self._loop.create_future()
+        self._pending[seq] = fut
+        self._after_append()
+        return fut
+
+    def _after_append(self) -> None:
+        for i in self._log.wake_list(self.replicas):
+            if i != self.index:
+                self._signal(i)
+        self._schedule()
+
+    def _signal(self, i: int) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.eventfd_write(self._wake_fds[i], 1)
+            self.wakeups_sent += 1
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Register the wake-up fd and timers on ``loop`` (call from inside it)."""
+        self._loop = loop
+        loop.add_reader(self._my_fd, self._on_wake)
+        self._safety = loop.call_later(SAFETY_TICK, self._on_safety)
+
+    def _on_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._my_fd)
+        self._awake()
+        self._schedule()
+
+    def _on_safety(self) -> None:
+        assert self._loop is not None
+        if not self.closed:
+            self._safety = self._loop.call_later(SAFETY_TICK, self._on_safety)
+        if self._snapshot_wait is not None:
+            self._check_snapshot()
+        elif self.core.ready():
+            self._awake()
+            self._schedule()
+        self._fire_timers()
+
+    def _awake(self) -> None:
+        if self._asleep:
+            self._asleep = False
+            self._log.set_asleep(self.index, False)
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self._loop is not None and self._snapshot_wait is None:
+            self._scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        if self._snapshot_wait is not None:
+            return
+        for applied in self.core.poll():
+            self._deliver(applied)
+        if self.core.ready():
+            self._schedule()
+            return
+        # Sleep: flag first (seq_cst), then look once more, so a producer that
+        # published before seeing the flag is not missed.
+        self._asleep = True
+        self._log.set_asleep(self.index, True)
+        if self.core.ready():
+            self._awake()
+            self._schedule()
+            return
+        self._arm_timer()
+
+    def _deliver(self, applied: Applied) -> None:
+        fut = self._pending.pop(applied.seq, None)
+        if fut is not None and not fut.done():
+            if applied.error is not None:
+                fut.set_exception(applied.error)
+            else:
+                fut.set_result(applied.result)
+        if applied.snapshot is not None:
+            self._write_snapshot(applied)
+        if not applied.owner:
+            return
+        for fn, args, kwargs in applied.effects:
+            self._run_effect(fn, args, kwargs)
+        for hook in self.owner_hooks:
+            try:
+                hook(applied)
+            except Exception:
+                self.effect_errors += 1
+                log.exception(
+                    "replica %d: ingress reply for seq %d failed", self.index, applied.seq
+                )
+
+    def _run_effect(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self.effects_run += 1
+        try:
+            result = fn(*args, **kwargs)
+        except Exception:
+            self.effect_errors += 1
+            log.exception("replica %d: effect %r failed", self.index, fn)
+            return
+        if inspect.isawaitable(result):
+            assert self._loop is not None
+            task = self._loop.create_task(_await(result))
+            self._tasks.add(task)
+            task.add_done_callback(self._effect_done)
+
+    def _effect_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.effect_errors += 1
+            log.error("replica %d: effect failed: %r", self.index, task.exception())
+
+    # --- timers ---------------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        assert self._loop is not None
+        deadline = self.core.next_deadline()
+        if deadline is None:
+            return
+        delay = max(0.0, deadline - time.time())
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(delay, self._fire_timers)
+
+    def _fire_timers(self) -> None:
+        if self._snapshot_wait is not None or self.closed:
+            return
+        for payload in self.core.due_fires(time.time()):
+            if not self.append_payload(payload):
+                self.core.machine._fire_sent.clear()  # full: ask again on the next tick
+                break
+
+    # --- joining ---------------------------------------------------------------------------
+
+    def start_fresh(self) -> None:
+        """A replica present from the log's beginning (its line was set live)."""
+        self._joined.set()
+
+    def start_join(self, pid: int) -> None:
+        """Join a running service: hold the log, ask a live replica for a snapshot."""
+        self.core.join(pid)
+        self._ask_snapshot()
+
+    def _ask_snapshot(self) -> None:
+        from .._core._log import ReplicaState
+
+        live = [
+            i for i in self._log.replicas_in(frozenset({ReplicaState.LIVE})) if i < self.replicas
+        ]
+        live = [i for i in live if i != self.index]
+        if not live:
+            raise RuntimeError("no live replica to take a snapshot from")
+        source = live[0]
+        self.core.hold_from_tail()
+        payload = self.core.request_snapshot(source, now=time.time())
+        seq = 0
+        deadline = time.monotonic() + SNAPSHOT_TIMEOUT
+        while not seq:
+            seq = self.append_payload(payload)
+            if not seq and time.monotonic() > deadline:
+                raise LogFullError("log full while asking for a snapshot")
+            if not seq:
+                time.sleep(FULL_BACKOFF_MAX)
+        self._snapshot_wait = (source, seq)
+        self._snapshot_asked = time.monotonic()
+        log.info("replica %d: asked replica %d for a snapshot at seq %d", self.index, source, seq)
+
+    def _snapshot_path(self, joiner: int, seq: int) -> Path:
+        return self.run_dir / f"snapshot-{joiner}-{seq}.bin"
+
+    def _write_snapshot(self, applied: Applied) -> None:
+        entry = applied.entry
+        assert isinstance(entry, Control)
+        assert applied.snapshot is not None
+        joiner = int(entry.arg[1])
+        path = self._snapshot_path(joiner, entry.seq)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(applied.snapshot)
+        os.replace(tmp, path)
+        if joiner < len(self._wake_fds):
+            self._signal(joiner)
+        log.info(
+            "replica %d: wrote a snapshot at seq %d for replica %d", self.index, entry.seq, joiner
+        )
+
+    def _check_snapshot(self) -> None:
+        assert self._snapshot_wait is not None
+        _, seq = self._snapshot_wait
+        path = self._snapshot_path(self.index, seq)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            if time.monotonic() - self._snapshot_asked > SNAPSHOT_TIMEOUT:
+                log.warning(
+                    "replica %d: no snapshot after %.1fs, asking again",
+                    self.index,
+                    SNAPSHOT_TIMEOUT,
+                )
+                self._ask_snapshot()
+            return
+        path.unlink(missing_ok=True)
+        self.core.load(data)
+        self._snapshot_wait = None
+        self._joined.set()
+        log.info("replica %d: joined at seq %d", self.index, self.core.machine.cursor - 1)
+        self._schedule()
+
+    async def joined(self) -> None:
+        """Wait until this replica is live (immediately, unless it is joining)."""
+        await self._joined.wait()
+
+    # --- stopping ----------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Apply everything published so far and let owned effects finish.
+
+        Bound it with ``asyncio.timeout``: a dead producer's unpublished slot
+        is only filled once the supervisor notices the death.
+        """
+        target = self._log.tail
+        while self.core.machine.cursor < target:
+            self._drain()
+            await asyncio.sleep(0.001)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    def close(self, *, leave: bool = True) -> None:
+        """Stop the loop's callbacks; ``leave`` marks the line absent (a clean exit)."""
+        self.closed = True
+        if self._loop is not None:
+            self._loop.remove_reader(self._my_fd)
+        for handle in (self._timer, self._safety):
+            if handle is not None:
+                handle.cancel()
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.cancel()
+        self._pending.clear()
+        if leave:
+            self._log.leave(self.index)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable

@@ -1,0 +1,106 @@
+"""The log's shared memory: an anonymous, sealed memfd passed by file descriptor.
+
+Why a memfd and not a named POSIX segment in ``/dev/shm``
+---------------------------------------------------------
+A named segment outlives the processes using it until someone unlinks it.  A
+supervisor killed with SIGKILL cannot unlink, so a named segment leaks on any
+unclean stop; and on Python 3.11/3.12 every process that attaches through
+``multiprocessing.shared_memory`` must also be kept from letting its
+``resource_tracker`` unlink the segment under everyone else.
+
+A memfd has no name.  The supervisor creates it, sets its mode to 0600, seals
+its size (``F_SEAL_SHRINK | F_SEAL_GROW``: nobody with the fd can truncate it
+and SIGBUS the replicas) and hands the fd to replicas (``pass_fds``) and to
+local clients (``SCM_RIGHTS`` over the 0600 control socket).  The memory is
+freed when the last process holding the fd or a mapping exits, clean stop or
+not, so nothing of the service ever appears in ``/dev/shm``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+from typing import Final
+
+from .._core._log import DEFAULT_CAPACITY, DEFAULT_MAX_REPLICAS, DEFAULT_SLOT_SIZE, Log
+from ._atomics import AtomicWords
+
+__all__ = ("SharedLog",)
+
+_SEALS: Final = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+
+class SharedLog:
+    """A :class:`Log` over a shared memfd, with the atomics it needs.
+
+    ``create`` makes a new one (the supervisor); ``attach`` maps an inherited
+    fd (a replica, a local client).  ``close`` releases every view before
+    unmapping, so a ``BufferError`` can never keep the mapping alive.
+    """
+
+    def __init__(self, fd: int, size: int, *, owner: bool) -> None:
+        self.fd = fd
+        self.size = size
+        self._owner = owner
+        self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._view = memoryview(self._map)
+        self.words = AtomicWords(self._view)
+        self._handles: list[Log] = []
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        slot_size: int = DEFAULT_SLOT_SIZE,
+        max_replicas: int = DEFAULT_MAX_REPLICAS,
+    ) -> SharedLog:
+        size = Log.size_for(capacity, slot_size, max_replicas)
+        fd = os.memfd_create(f"dominoes-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.fchmod(fd, 0o600)
+            os.ftruncate(fd, size)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+            shared = cls(fd, size, owner=True)
+        except BaseException:
+            os.close(fd)
+            raise
+        Log.create(
+            shared._view,
+            shared.words,
+            capacity=capacity,
+            slot_size=slot_size,
+            max_replicas=max_replicas,
+        )
+        return shared
+
+    @classmethod
+    def attach(cls, fd: int) -> SharedLog:
+        """Map an inherited log fd; the layout's magic and version are checked."""
+        size = os.fstat(fd).st_size
+        shared = cls(fd, size, owner=False)
+        try:
+            shared.log()  # checks magic and version
+        except BaseException:
+            shared.close()
+            raise
+        return shared
+
+    def log(self) -> Log:
+        """A new handle on the log (each producer keeps its own cached limit)."""
+        handle = Log(self._view, self.words)
+        self._handles.append(handle)
+        return handle
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.release()
+        self._handles.clear()
+        self.words.release()
+        self._view.release()
+        self._map.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
