@@ -8,6 +8,7 @@ and talk to it with any line client (``nc 127.0.0.1 7000``)::
 
     INCR <key> [n]     -> the new value (an update: appended to the log)
     GET <key>          -> the value      (a query: read locally)
+    INFO               -> "replica <index> seq <last applied>" (which replica you reached)
     anything else      -> ERR ...
 
 Each UDP datagram holding one such line gets one reply datagram, from
@@ -47,6 +48,8 @@ class Counter(Component):
         if isinstance(command, str):
             return command.encode()
         op, key, by = command
+        if op == "INFO":
+            return b"replica %d seq %d\n" % (ctx.replica, ctx.seq)
         if op == "GET":
             return b"%d\n" % self.counts.get(key, 0)
         return b"%d\n" % self.incr(ctx, key, by)
@@ -72,7 +75,9 @@ def parse(line: bytes) -> tuple[str, str, int] | str:
         return ("INCR", parts[1], by)
     if op == "GET" and len(parts) == 2:
         return ("GET", parts[1], 0)
-    if op in ("INCR", "GET"):
+    if op == "INFO" and len(parts) == 1:
+        return ("INFO", "", 0)
+    if op in ("INCR", "GET", "INFO"):
         return f"ERR wrong number of arguments for {op}\n"
     return f"ERR unknown command {parts[0][:32]!r}\n"
 
@@ -99,6 +104,8 @@ async def serve(
             writer.write(command.encode())
         elif command[0] == "GET":
             writer.write(b"%d\n" % replica.query(Counter.get, command[1]))
+        elif command[0] == "INFO":
+            writer.write(b"replica %d seq %d\n" % (replica.index, replica.applied_seq))
         else:
             try:
                 value = await replica.submit(Counter.incr, command[1], by=command[2])

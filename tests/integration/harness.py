@@ -1,0 +1,203 @@
+"""Start a real ``dominoes run`` for a test, talk to it, and always clean up."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket() as t:
+            t.bind(("127.0.0.1", 0))
+            port: int = t.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+class Service:
+    """A ``dominoes run`` process: its port, run dir, output and control socket."""
+
+    def __init__(
+        self, target: str, run_dir: Path, *, replicas: int = 2, args: tuple[str, ...] = ()
+    ) -> None:
+        self.target = target
+        self.run_dir = run_dir
+        self.port = free_port()
+        cmd = [
+            sys.executable, "-m", "dominoes", "run", target,
+            "--replicas", str(replicas), "--port", str(self.port),
+            "--run-dir", str(run_dir), "--log-level", "INFO",
+            "--loop", os.environ.get("DOMINOES_TEST_LOOP", "uvloop"), *args,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            if "serving on" in line:
+                self._ready.set()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        if not self._ready.wait(timeout):
+            raise AssertionError(f"service did not start in {timeout}s:\n{self.output}")
+
+    def wait_for_line(self, text: str, timeout: float = 20.0, start: int = 0) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for line in self.lines[start:]:
+                if text in line:
+                    return line
+            time.sleep(0.02)
+        raise AssertionError(f"no line with {text!r} in {timeout}s:\n{self.output}")
+
+    def control(self, request: dict[str, Any]) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(self.run_dir / "control.sock"))
+            s.sendall(json.dumps(request).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        reply: dict[str, Any] = json.loads(buf)
+        return reply
+
+    def status(self) -> dict[str, Any]:
+        return self.control({"op": "status"})
+
+    def replica_pids(self) -> list[int]:
+        return [r["pid"] for r in self.status()["replicas"]]
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, then wait; SIGKILL (and fail) if it does not stop."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"supervisor did not stop in {timeout}s:\n{self.output}") from None
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._reader.join(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+    def kill(self) -> None:
+        """Kill the supervisor and every process of its process group it started."""
+        pids: list[int] = []
+        with contextlib.suppress(Exception):
+            pids = self.replica_pids()
+        self.proc.kill()
+        self.proc.wait(10)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, TypeError):
+                os.kill(pid, signal.SIGKILL)
+        self._finish()
+
+
+@contextlib.contextmanager
+def running(
+    target: str, run_dir: Path, *, replicas: int = 2, args: tuple[str, ...] = ()
+) -> Iterator[Service]:
+    svc = Service(target, run_dir, replicas=replicas, args=args)
+    try:
+        svc.wait_ready()
+        yield svc
+    finally:
+        if svc.proc.poll() is None:
+            with contextlib.suppress(AssertionError):
+                svc.stop()
+        else:
+            svc._finish()
+
+
+class LineClient:
+    """A blocking line-protocol client (what ``nc`` would be)."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.file = self.sock.makefile("rb")
+
+    def ask(self, line: str | bytes) -> str:
+        data = line.encode() if isinstance(line, str) else line
+        self.sock.sendall(data + b"\n")
+        reply = self.file.readline()
+        if not reply:
+            raise ConnectionError("connection closed")
+        return reply.decode().rstrip("\n")
+
+    def replica(self) -> int:
+        return int(self.ask("INFO").split()[1])
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def __enter__(self) -> LineClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def clients_on_every_replica(port: int, replicas: int, tries: int = 200) -> dict[int, LineClient]:
+    """Open connections until one has landed on each replica (SO_REUSEPORT spreads them)."""
+    found: dict[int, LineClient] = {}
+    extra: list[LineClient] = []
+    for _ in range(tries):
+        c = LineClient(port)
+        r = c.replica()
+        if r in found:
+            extra.append(c)
+        else:
+            found[r] = c
+        if len(found) == replicas:
+            break
+    for c in extra:
+        c.close()
+    assert len(found) == replicas, f"connections reached only replicas {sorted(found)}"
+    return found
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")

@@ -1,0 +1,221 @@
+"""``dominoes run`` end to end: real processes, real sockets, hard timeouts, bounded counts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from .harness import LineClient, clients_on_every_replica, running, wait_until
+
+pytestmark = pytest.mark.integration
+
+COUNTER = "examples.counter:service"
+
+
+def shm_entries() -> set[str]:
+    return set(os.listdir("/dev/shm"))
+
+
+def hammer(port: int, clients: int, per_client: int, key: str) -> tuple[int, int, list[str]]:
+    """``clients`` threads each send ``per_client`` INCRs, reconnecting when a replica dies.
+
+    Returns (acknowledged, in doubt, errors): an INCR whose connection broke
+    before the reply may or may not have been applied.
+    """
+    acked = [0] * clients
+    doubt = [0] * clients
+    errors: list[str] = []
+
+    def work(i: int) -> None:
+        c: LineClient | None = None
+        sent = 0
+        while sent < per_client:
+            try:
+                if c is None:
+                    c = LineClient(port)
+                reply = c.ask(f"INCR {key}")
+            except OSError:
+                if c is not None:
+                    doubt[i] += 1
+                    sent += 1
+                    c.close()
+                c = None
+                continue
+            sent += 1
+            if reply.lstrip("-").isdigit():
+                acked[i] += 1
+            else:
+                errors.append(reply)
+        if c is not None:
+            c.close()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+        assert not t.is_alive(), "a client thread hung"
+    return sum(acked), sum(doubt), errors
+
+
+def test_10000_incrs_from_20_clients_reach_every_replica(tmp_path: Path) -> None:
+    with running(COUNTER, tmp_path / "run") as svc:
+        acked, doubt, errors = hammer(svc.port, clients=20, per_client=500, key="total")
+        assert (acked, doubt, errors) == (10_000, 0, [])
+        every = clients_on_every_replica(svc.port, 2)
+        wait_until(lambda: all(c.ask("GET total") == "10000" for c in every.values()))
+        for c in every.values():
+            c.close()
+        assert svc.stop() == 0
+
+
+def test_kill_9_of_a_replica_under_load_loses_no_acknowledged_incr(tmp_path: Path) -> None:
+    with running(COUNTER, tmp_path / "run") as svc:
+        victim = svc.replica_pids()[1]
+        result: dict[str, tuple[int, int, list[str]]] = {}
+        load = threading.Thread(
+            target=lambda: result.setdefault("r", hammer(svc.port, 20, 300, "k"))
+        )
+        load.start()
+        with LineClient(svc.port) as probe:
+            wait_until(lambda: int(probe.ask("GET k")) >= 1500, timeout=60)
+        os.kill(victim, signal.SIGKILL)
+        load.join(180)
+        assert not load.is_alive()
+        acked, doubt, errors = result["r"]
+        assert errors == []
+        assert acked + doubt == 6000
+        # The service kept answering, the killed replica came back and caught up.
+        svc.wait_for_line("died with -9")
+        wait_until(
+            lambda: (
+                all(r["ready"] for r in svc.status()["replicas"])
+                and svc.status()["replicas"][1]["restarts"] == 1
+            ),
+            timeout=30,
+        )
+        every = clients_on_every_replica(svc.port, 2)
+        values = {i: int(c.ask("GET k")) for i, c in every.items()}
+        wait_until(lambda: len({int(c.ask("GET k")) for c in every.values()}) == 1)
+        total = int(every[0].ask("GET k"))
+        assert acked <= total <= acked + doubt, (acked, doubt, total, values)
+        # and it still takes writes on both replicas
+        assert int(every[1].ask("INCR k")) == total + 1
+        wait_until(lambda: every[0].ask("GET k") == str(total + 1))
+        for c in every.values():
+            c.close()
+        assert svc.stop() == 0
+
+
+def test_a_tiny_log_with_a_slow_replica_blocks_writers_and_loses_nothing(tmp_path: Path) -> None:
+    target = "tests.integration.services:slow"
+    with running(target, tmp_path / "run", args=("--capacity", "64")) as svc:
+        n_clients, per_client = 5, 200
+        failures: list[str] = []
+
+        def work(i: int) -> None:
+            with LineClient(svc.port) as c:
+                for k in range(per_client):
+                    reply = c.ask(f"ADD {i * 10_000 + k}")
+                    if not reply.isdigit():
+                        failures.append(reply)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(n_clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert failures == []
+        every = clients_on_every_replica(svc.port, 2)
+        total = str(n_clients * per_client)
+        wait_until(lambda: all(c.ask("LEN") == total for c in every.values()), timeout=30)
+        prints = {c.ask("PRINT") for c in every.values()}
+        assert len(prints) == 1, prints  # same items, same order, on both
+        # The fast replica really hit the full log and waited (backpressure).
+        import json
+
+        refusals = sum(json.loads(c.ask("STATS"))["append_refusals"] for c in every.values())
+        assert refusals > 0
+        for c in every.values():
+            c.close()
+        assert svc.stop() == 0
+
+
+def test_oversize_entry_and_malformed_input_get_clear_errors(tmp_path: Path) -> None:
+    args = ("--capacity", "16", "--slot-size", "128")  # at most 8 x 48 bytes per entry
+    with running(COUNTER, tmp_path / "run", args=args) as svc:
+        with LineClient(svc.port) as bystander, LineClient(svc.port) as bad:
+            assert bystander.ask("INCR x") == "1"
+            assert bad.ask("INCR " + "k" * 1000).startswith(
+                "ERR entry of"
+            ), "an oversize entry must be refused with a clear error"
+            assert bad.ask("FROB") == "ERR unknown command 'FROB'"
+            assert bad.ask("INCR x nope") == "ERR increment is not an integer"
+            assert bad.ask(b"\xff\xfe") == "ERR line is not UTF-8"
+            assert bystander.ask("INCR x") == "2"
+            # A line over the protocol's limit closes that connection only.
+            bad.sock.sendall(b"GET " + b"y" * 70_000 + b"\n")
+            assert bad.file.readline() == b"ERR line too long\n"
+            assert bystander.ask("GET x") == "2"
+        assert svc.stop() == 0
+
+
+def test_sigterm_exits_0_and_leaves_no_shared_memory(tmp_path: Path) -> None:
+    before = shm_entries()
+    with running(COUNTER, tmp_path / "run") as svc:
+        pids = svc.replica_pids()
+        modes = []
+        for pid in pids:
+            fd_dir = Path(f"/proc/{pid}/fd")
+            for fd in fd_dir.iterdir():
+                try:
+                    target = os.readlink(fd)
+                except OSError:
+                    continue
+                if target.startswith("/memfd:dominoes-counter"):
+                    modes.append(stat.S_IMODE(os.stat(fd).st_mode))
+        assert modes, "replicas must map the log's memfd"
+        assert set(modes) == {0o600}
+        assert shm_entries() == before  # nothing named, ever
+        with LineClient(svc.port) as c:
+            assert c.ask("INCR a 3") == "3"
+        assert svc.stop() == 0
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
+    assert shm_entries() == before
+    assert not (tmp_path / "run" / "control.sock").exists()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_udp_request_is_answered_exactly_once(tmp_path: Path) -> None:
+    with running(COUNTER, tmp_path / "run") as svc:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.settimeout(2)
+            for i in range(1, 21):
+                u.sendto(b"INCR udp\n", ("127.0.0.1", svc.port))
+                data, addr = u.recvfrom(100)
+                assert data == b"%d\n" % i
+                assert addr == ("127.0.0.1", svc.port)
+            u.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                u.recvfrom(100)  # no second answer to any of them
+            u.settimeout(2)
+            u.sendto(b"NOPE\n", ("127.0.0.1", svc.port))
+            assert u.recvfrom(100)[0] == b"ERR unknown command 'NOPE'\n"
+        every = clients_on_every_replica(svc.port, 2)
+        wait_until(lambda: all(c.ask("GET udp") == "20" for c in every.values()))
+        for c in every.values():
+            c.close()
+        assert svc.stop() == 0
