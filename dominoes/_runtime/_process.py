@@ -143,7 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     # dominoes.loops is a mapped package (loops/ in the source tree); imported
     # by name so type checkers that do not follow the mapping are not misled.
     policy = importlib.import_module("dominoes.loops").get(config.loop)
-    return int(policy.run(serve(config, service)))
+    try:
+        return int(policy.run(serve(config, service)))
+    except OSError as exc:
+        # Typically the port: say so in one line rather than a traceback.
+        log.error(
+            "replica %d cannot serve on %s:%d: %s", config.index, config.host, config.port, exc
+        )
+        return 3
 
 
 if __name__ == "__main__":

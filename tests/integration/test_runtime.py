@@ -152,9 +152,9 @@ def test_oversize_entry_and_malformed_input_get_clear_errors(tmp_path: Path) -> 
     with running(COUNTER, tmp_path / "run", args=args) as svc:
         with LineClient(svc.port) as bystander, LineClient(svc.port) as bad:
             assert bystander.ask("INCR x") == "1"
-            assert bad.ask("INCR " + "k" * 1000).startswith(
-                "ERR entry of"
-            ), "an oversize entry must be refused with a clear error"
+            assert bad.ask("INCR " + "k" * 1000).startswith("ERR entry of"), (
+                "an oversize entry must be refused with a clear error"
+            )
             assert bad.ask("FROB") == "ERR unknown command 'FROB'"
             assert bad.ask("INCR x nope") == "ERR increment is not an integer"
             assert bad.ask(b"\xff\xfe") == "ERR line is not UTF-8"
@@ -219,3 +219,37 @@ def test_a_udp_request_is_answered_exactly_once(tmp_path: Path) -> None:
         for c in every.values():
             c.close()
         assert svc.stop() == 0
+
+
+def test_a_port_in_use_is_a_clear_startup_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from .harness import ROOT
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "dominoes", "run", COUNTER, "--port", str(port),
+             "--run-dir", str(tmp_path / "run")],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert "address already in use" in done.stderr
+    assert "before it was ready; stopping" in done.stderr
+
+
+def test_an_unknown_service_is_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from .harness import ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-m", "dominoes", "run", "examples.nope:service"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == "dominoes: error: No module named 'examples.nope'"
