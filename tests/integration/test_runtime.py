@@ -253,3 +253,21 @@ def test_an_unknown_service_is_a_clear_error(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip() == "dominoes: error: No module named 'examples.nope'"
+
+
+def test_replicas_exit_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    before = shm_entries()
+    with running(COUNTER, tmp_path / "run") as svc:
+        pids = svc.replica_pids()
+        svc.proc.kill()  # SIGKILL: no clean-up code runs in the supervisor
+        svc.proc.wait(10)
+        wait_until(lambda: all(_zombie(pid) or not _alive(pid) for pid in pids), timeout=10)
+    assert shm_entries() == before
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
