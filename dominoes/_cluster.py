@@ -17,12 +17,12 @@ from ._core._codec import Mode
 from ._core._component import Component, EventRef, query
 from ._core._errors import DominoesError, LogFullError
 from ._core._log import DEFAULT_MAX_REPLICAS, Log, ReplicaState
-from ._core._machine import Applied
+from ._core._machine import Applied, Divergence
 from ._core._replica import DEFAULT_TIMER_GRACE, ReplicaCore, ReplicaStatistics
 from ._core._service import Service
 from ._core._words import PlainWords
 
-__all__ = ("Cluster", "ClusterReplica", "DivergenceError", "ReplicaDeadError")
+__all__ = ("Cluster", "ClusterReplica", "DivergenceError", "Pending", "ReplicaDeadError")
 
 C = TypeVar("C", bound=Component)
 
@@ -149,6 +149,8 @@ class Cluster:
         self.replicas = [ClusterReplica(self, i) for i in range(replicas)]
         for r in self.replicas:
             r.core.start()
+        #: divergences detected by digest reports (``Service(digest_every=K)``)
+        self.divergences: list[Divergence] = []
         #: effects run, in order: (replica, seq, function name)
         self.effects_run: list[tuple[int, int, str]] = []
         #: tasks of asynchronous effects still running (when a loop is running)
@@ -245,7 +247,10 @@ class Cluster:
     def _poll(self, r: ClusterReplica, limit: int | None) -> int:
         noops = r.core.noops_skipped
         results = r.core.poll(limit)
+        r.core.flush_outbox()
         for applied in results:
+            if applied.divergence is not None:
+                self.divergences.append(applied.divergence)
             r.applied.append(applied.seq)
             if applied.owner:
                 r.owned.append(applied.seq)

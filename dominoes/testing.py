@@ -1,7 +1,9 @@
 """Test helpers: run N replicas in one process and step them explicitly.
 
 ``Cluster(service, replicas=3)`` is the in-process counterpart of ``dominoes
-run``: the same log, state machine and replica driver, over a ``bytearray``.
+run``: the same log, state machine and replica driver (``ReplicaCore``), over a
+``bytearray`` instead of shared memory, stepped by the test instead of event
+loops.
 """
 
 from __future__ import annotations

@@ -128,7 +128,12 @@ class Context:
             self._effects.append((fn, args, kwargs))
 
     def reply(self, value: Any) -> None:
-        """Set the entry's result, which the owner delivers to the caller."""
+        """Set the entry's result (instead of the handler's return value).
+
+        Every replica computes the same result.  The replica that appended the
+        entry resolves its ``submit()`` with it; ingress that answers actors
+        from the owner (UDP, local clients) sends the owner's copy.
+        """
         self._reply = value
         self._replied = True
 

@@ -33,10 +33,10 @@ import msgspec
 from ._codec import Call, Control, Entry, Fire, Mode
 from ._component import Component, EventRef, query, resolve
 from ._context import Context
-from ._errors import QueryWroteStateError, UnknownEventError
+from ._errors import DominoesError, QueryWroteStateError, UnknownEventError
 from ._registry import Registry, dispatch
 
-__all__ = ("Applied", "RemoteError", "StateMachine")
+__all__ = ("Applied", "Divergence", "RemoteError", "StateMachine")
 
 #: How many request ids are remembered for de-duplicating retries.  A retry
 #: older than this is applied again, so clients must retry within the window.
@@ -44,14 +44,37 @@ __all__ = ("Applied", "RemoteError", "StateMachine")
 DEFAULT_DEDUP_WINDOW: Final = 65536
 
 
-class RemoteError(Exception):
-    """An error recorded for a request id, replayed when the request is retried."""
+class Divergence(msgspec.Struct, frozen=True, kw_only=True):
+    """Two replicas digested different state at the same log position."""
+
+    seq: int
+    replicas: tuple[int, int]
+    component: str
+
+
+class RemoteError(DominoesError):
+    """An error raised elsewhere, reported here by its type name and message.
+
+    A retried request gets the error recorded for its id this way, and a
+    local client (``dominoes.connect``) gets a handler's exception this way.
+    """
 
 
 class Applied:
     """What applying one entry produced on this replica."""
 
-    __slots__ = ("duplicate", "effects", "entry", "error", "owner", "result", "seq", "snapshot")
+    __slots__ = (
+        "digest",
+        "divergence",
+        "duplicate",
+        "effects",
+        "entry",
+        "error",
+        "owner",
+        "result",
+        "seq",
+        "snapshot",
+    )
 
     def __init__(self, seq: int, entry: Entry | None, owner: bool) -> None:
         self.seq = seq
@@ -62,6 +85,10 @@ class Applied:
         self.effects: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
         self.duplicate = False
         self.snapshot: bytes | None = None
+        #: this replica's state digest, when this entry crossed a digest point
+        self.digest: dict[str, str] | None = None
+        #: set when a digest report from another replica disagrees with ours
+        self.divergence: Divergence | None = None
 
     def __repr__(self) -> str:
         what = f"error={self.error!r}" if self.error else f"result={self.result!r}"
@@ -77,6 +104,9 @@ class _Snapshot(msgspec.Struct, array_like=True):
     recent: list[tuple[str, Any]]  # bytes (a result) or str (an error)
     components: dict[str, Any]
 
+
+#: Digests kept for comparison with other replicas' reports.
+_DIGESTS_KEPT: Final = 8
 
 _snap_encoder: Final = msgspec.msgpack.Encoder()
 _snap_decoder: Final = msgspec.msgpack.Decoder(_Snapshot)
@@ -128,6 +158,7 @@ class StateMachine:
         *,
         dedup_window: int = DEFAULT_DEDUP_WINDOW,
         debug: bool = False,
+        digest_every: int = 0,
     ) -> None:
         self.service_name = service_name
         self.index = index
@@ -150,6 +181,13 @@ class StateMachine:
         # timers this replica already asked to fire (id -> local time asked)
         self._heap: list[tuple[float, int]] = []
         self._fire_sent: dict[int, float] = {}
+        # Divergence detection (local): digest the state after the first entry
+        # at or past every multiple of ``digest_every`` -- the same entry on
+        # every replica -- and keep the last few to compare with reports.
+        self.digest_every = digest_every
+        self._next_digest = digest_every
+        self._digests: dict[int, dict[str, str]] = {}
+        self.divergences = 0
         # local statistics
         self.applied_entries = 0
         self.errors = 0
@@ -210,7 +248,27 @@ class StateMachine:
             self.now = now
             if entry.op == "snapshot" and entry.arg and entry.arg[0] == self.index:
                 out.snapshot = self.snapshot()
+            elif entry.op == "digest":
+                self._compare(out, entry)
+                return out  # a report is not itself a digest point
+        if self.digest_every and seq >= self._next_digest:
+            self._next_digest = (seq // self.digest_every + 1) * self.digest_every
+            out.digest = self.digest()
+            self._digests[seq] = out.digest
+            if len(self._digests) > _DIGESTS_KEPT:
+                del self._digests[next(iter(self._digests))]
         return out
+
+    def _compare(self, out: Applied, entry: Control) -> None:
+        reporter, at, theirs = entry.arg
+        mine = self._digests.get(at)
+        if reporter == self.index or mine is None:
+            return
+        for name in sorted(mine):
+            if theirs.get(name) != mine[name]:
+                self.divergences += 1
+                out.divergence = Divergence(seq=at, replicas=(reporter, self.index), component=name)
+                return
 
     def skip(self, seq: int, nslots: int = 1) -> None:
         """Pass over a no-op slot (a reservation whose producer died)."""

@@ -19,6 +19,7 @@ an endless loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
@@ -34,6 +35,9 @@ __all__ = ("ReplicaCore", "ReplicaStatistics")
 #: batches amortise the cursor store and the loop's overhead; smaller ones
 #: bound how long ingress and effects wait behind a burst.
 DEFAULT_BATCH: Final = 256
+#: Seconds one apply may take before it counts as a stall.  A stalled apply
+#: holds up this replica's ingress and effects, and everything queued behind.
+DEFAULT_STALL_THRESHOLD: Final = 0.1
 #: Seconds a replica other than a timer's designated one waits past the
 #: deadline before it asks for the timer to fire (covers a dead designee).
 DEFAULT_TIMER_GRACE: Final = 0.05
@@ -55,6 +59,8 @@ class ReplicaStatistics(msgspec.Struct, frozen=True, kw_only=True):
     errors: int
     timers_pending: int
     timers_fired: int
+    stalls: int
+    divergences: int
 
 
 class ReplicaCore:
@@ -68,6 +74,9 @@ class ReplicaCore:
         replicas: int,
         batch: int = DEFAULT_BATCH,
         timer_grace: float = DEFAULT_TIMER_GRACE,
+        clock: Callable[[], float] | None = None,
+        stall_threshold: float = DEFAULT_STALL_THRESHOLD,
+        on_stall: Callable[[Entry, float], None] | None = None,
     ) -> None:
         if batch < 1:
             raise ValueError("batch must be >= 1")
@@ -83,6 +92,15 @@ class ReplicaCore:
         self.noops_skipped = 0
         self.appended = 0
         self.append_refusals = 0
+        #: entries this replica must append on its own behalf (digest reports);
+        #: the driver appends them when there is room
+        self.outbox: list[bytes] = []
+        # Stall detection needs a clock, which the driver injects (the core
+        # reads none of its own).
+        self._clock = clock
+        self.stall_threshold = stall_threshold
+        self._on_stall = on_stall
+        self.stalls = 0
 
     # --- membership -------------------------------------------------------------
 
@@ -175,7 +193,21 @@ class ReplicaCore:
             else:
                 entry = decode(payload, seq)
                 owner = self._owns(entry)
-                out.append(machine.apply(entry, owner, nslots))
+                clock = self._clock
+                if clock is None:
+                    applied = machine.apply(entry, owner, nslots)
+                else:
+                    t0 = clock()
+                    applied = machine.apply(entry, owner, nslots)
+                    took = clock() - t0
+                    if took > self.stall_threshold:
+                        self.stalls += 1
+                        if self._on_stall is not None:
+                            self._on_stall(entry, took)
+                if applied.digest is not None:
+                    report = Control("digest", [index, seq, applied.digest], entry.ts, index)
+                    self.outbox.append(encode(report))
+                out.append(applied)
             budget -= 1
             seq = machine.cursor
         if seq != start:
@@ -202,6 +234,14 @@ class ReplicaCore:
 
     # --- timers ----------------------------------------------------------------------------
 
+    def flush_outbox(self) -> int:
+        """Append queued reports while the log has room; how many are still queued."""
+        while self.outbox:
+            if not self.try_append(self.outbox[0]):
+                break
+            self.outbox.pop(0)
+        return len(self.outbox)
+
     def due_fires(self, now: float) -> list[bytes]:
         """Payloads of the ``Fire`` entries this replica should append at local time ``now``."""
         due = self.machine.due_timers(now, self.replicas, self.timer_grace)
@@ -226,4 +266,6 @@ class ReplicaCore:
             errors=m.errors,
             timers_pending=m.pending_timers,
             timers_fired=m.timers_fired,
+            stalls=self.stalls,
+            divergences=m.divergences,
         )

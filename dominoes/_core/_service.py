@@ -35,6 +35,7 @@ class Service:
         *,
         dedup_window: int = DEFAULT_DEDUP_WINDOW,
         debug: bool = False,
+        digest_every: int = 0,
         tcp: Callable[..., Any] | None = None,
         udp: EventRef | None = None,
     ) -> None:
@@ -44,6 +45,9 @@ class Service:
         self.dedup_window = dedup_window
         #: debug mode: queries are checked for writes (costs two digests each)
         self.debug = debug
+        #: compare state digests every this many log positions (0: never);
+        #: ``dominoes run --digest-every`` overrides it
+        self.digest_every = digest_every
         #: TCP ingress: ``async def handler(replica, reader, writer)`` (asyncio
         #: streams) or ``factory(replica) -> asyncio.Protocol``; run by every
         #: replica on a SO_REUSEPORT socket
@@ -101,6 +105,7 @@ class Service:
             names,
             dedup_window=self.dedup_window,
             debug=self.debug,
+            digest_every=self.digest_every,
         )
 
     def _build(

@@ -78,11 +78,14 @@ class Replica:
         *,
         replicas: int,
         run_dir: Path,
+        cpu: int | None = None,
     ) -> None:
         self.service = service
         self.index = index
         self.replicas = replicas
         self.run_dir = run_dir
+        #: the CPU this replica is pinned to (None if unpinned)
+        self.cpu = cpu
         self._shared = shared
         self._log = shared.log()
         self.core = ReplicaCore(self._log, service.new_machine(index), replicas=replicas)
@@ -154,6 +157,11 @@ class Replica:
     def applied_seq(self) -> int:
         """The last log position applied here."""
         return self.core.machine.cursor - 1
+
+    @property
+    def lag(self) -> int:
+        """Log positions appended but not yet applied here."""
+        return max(0, self._log.tail - self.core.machine.cursor)
 
     def statistics(self) -> ReplicaStatistics:
         return self.core.statistics()

@@ -182,8 +182,9 @@ def test_a_reservation_abandoned_by_a_dead_producer_is_filled_with_a_noop() -> N
     after = log.try_append(0, b"after")
     assert log.read(seq) is None  # readers are stuck behind it
     log.mark_dead(1)
-    assert log.abandoned(1) == (seq, 2)
+    assert log.abandoned(1) == [seq, seq + 1]
     assert log.fill_abandoned(1) == 2
+    assert not log.recovery_pending(1)
     assert log.read(seq) == (KIND_NOOP, 1, b"")
     assert log.read(seq + 1) == (KIND_NOOP, 1, b"")
     assert log.read(after) == (KIND_ENTRY, 1, b"after")
@@ -194,13 +195,15 @@ def test_a_published_or_never_made_reservation_is_not_filled() -> None:
     log = make_log(replicas=2)
     log.try_append(1, b"published")  # intent cleared by try_append
     log.mark_dead(1)
-    assert log.abandoned(1) is None
+    assert log.abandoned(1) == []
     # an intent announced but whose CAS never happened: tail did not move past it
     log2 = make_log(replicas=2)
     log2._w.store_release(log2._line(1) + 40, 1)  # intent_n
     log2._w.store_release(log2._line(1) + 32, log2.tail)  # intent_seq
     log2.mark_dead(1)
-    assert log2.abandoned(1) is None
+    assert log2.abandoned(1) == []
+    assert log2.fill_abandoned(1) == 0
+    assert log2.tail == 1  # nothing was published ahead of the tail
 
 
 def test_an_intent_shared_with_a_live_producer_is_left_alone() -> None:
@@ -212,11 +215,65 @@ def test_an_intent_shared_with_a_live_producer_is_left_alone() -> None:
     log._w.store_release(log._line(1) + 32, t)
     assert log.try_reserve(0, 1) == t  # replica 0's intent is t too, until done()
     log.mark_dead(1)
-    assert log.abandoned(1) is None
+    assert log.abandoned(1) == []
+    assert log.fill_abandoned(1) == 0
+    assert log.recovery_pending(1)  # undecided while replica 0 announces t
     log.write(t, 1, b"live")
     log.done(0)
-    assert log.abandoned(1) is None  # published now
+    assert log.fill_abandoned(1) == 0  # published now
+    assert not log.recovery_pending(1)
     assert log.read(t) == (KIND_ENTRY, 1, b"live")
+
+
+def announce(log: Log, replica: int, seq: int, n: int) -> None:
+    log._w.store_release(log._line(replica) + 40, n)
+    log._w.store_release(log._line(replica) + 32, seq)
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_two_producers_dying_with_the_same_intent_leave_no_hole(order: tuple[int, int]) -> None:
+    # Both announced seq 1; replica 0 won a 3-slot CAS, replica 1's 1-slot
+    # CAS lost; both died before anything was published.
+    log = make_log(replicas=3)
+    announce(log, 1, 1, 1)
+    assert log.try_reserve(0, 3) == 1
+    after = log.try_append(2, b"after")
+    for dead in (0, 1):
+        log.mark_dead(dead)
+    for dead in order:
+        log.fill_abandoned(dead)
+    assert [log.read(s) for s in (1, 2, 3)] == [(KIND_NOOP, 1, b"")] * 3
+    assert log.read(after) == (KIND_ENTRY, 1, b"after")
+    assert not log.recovery_pending(0)
+    assert not log.recovery_pending(1)
+
+
+def test_a_dead_losers_larger_intent_never_covers_a_live_producers_slots() -> None:
+    # Replica 1 announced 3 slots at seq 1 but lost; replica 0 won 1 slot and
+    # died; replica 2 reserved seq 2..3 and is still writing.
+    log = make_log(replicas=3)
+    announce(log, 1, 1, 3)
+    assert log.try_reserve(0, 1) == 1
+    assert log.try_reserve(2, 2) == 2
+    log.mark_dead(0)
+    log.mark_dead(1)
+    log.fill_abandoned(1)
+    log.fill_abandoned(0)
+    assert log.read(1) == (KIND_NOOP, 1, b"")
+    assert log.read(2) is None  # replica 2's, untouched
+    log.write(2, 2, b"x" * 60)
+    log.done(2)
+    assert log.read(2) == (KIND_ENTRY, 2, b"x" * 60)
+
+
+def test_a_dead_replica_cannot_rejoin_before_its_reservation_is_filled() -> None:
+    log = make_log(replicas=2)
+    log.try_reserve(1, 1)
+    log.mark_dead(1)
+    with pytest.raises(ValueError, match="fill_abandoned"):
+        log.join(1)
+    log.fill_abandoned(1)
+    assert log.join(1) == 2
 
 
 def test_wake_list_names_replicas_that_said_they_sleep() -> None:
