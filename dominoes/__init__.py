@@ -6,6 +6,8 @@ the owner of an entry performs its effects.  See ``docs/`` for the tutorial.
 
 from __future__ import annotations
 
+from ._client import Client as Client
+from ._client import connect as connect
 from ._core._codec import Mode as Mode
 from ._core._component import Component as Component
 from ._core._component import EventRef as EventRef
@@ -27,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = (
     "ApplySuspendedError",
+    "Client",
     "Component",
     "Context",
     "DominoesError",
@@ -39,6 +42,7 @@ __all__ = (
     "Replica",
     "Service",
     "UnknownEventError",
+    "connect",
     "on",
     "query",
     "update",

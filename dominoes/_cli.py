@@ -44,7 +44,63 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--slot-size", type=int, default=None, help="bytes per log slot (default 256)")
     run.add_argument("--run-dir", type=Path, default=None, help="directory for the control socket")
     run.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    run.add_argument(
+        "--monitor",
+        action="store_true",
+        help="start aiomonitor on every replica (127.0.0.1 only; it offers a Python REPL)",
+    )
+    run.add_argument(
+        "--monitor-port",
+        type=int,
+        default=20100,
+        metavar="BASE",
+        help="replica i serves the monitor on BASE+10*i (web UI +1, REPL +2); default 20100",
+    )
+    run.add_argument(
+        "--digest-every",
+        type=int,
+        default=None,
+        metavar="K",
+        help="compare state digests across replicas every K log positions "
+        "(default: the service's setting, off unless it sets one)",
+    )
+    run.add_argument(
+        "--stall-ms",
+        type=float,
+        default=100.0,
+        help="log an apply or effect slower than this many milliseconds (default 100)",
+    )
+
+    for name, helptext in (
+        ("stats", "print every replica's statistics"),
+        ("top", "a live view of every replica, refreshed every second"),
+    ):
+        cmd = sub.add_parser(name, help=helptext, description=helptext)
+        cmd.add_argument(
+            "name", nargs="?", default=None, help="the service's name (finds its run dir)"
+        )
+        cmd.add_argument("--run-dir", type=Path, default=None, help="the service's run dir")
+        if name == "stats":
+            cmd.add_argument("--json", action="store_true", help="one JSON document")
+        else:
+            cmd.add_argument("--once", action="store_true", help="print one frame and exit")
+            cmd.add_argument("--interval", type=float, default=1.0, help="seconds per refresh")
     return parser
+
+
+def _find_run_dir(name: str | None, run_dir: Path | None) -> Path:
+    from ._runtime._supervisor import default_run_dir
+
+    if run_dir is not None:
+        return run_dir
+    if name is not None:
+        return default_run_dir(name)
+    parent = default_run_dir("x").parent
+    running = sorted(p.parent for p in parent.glob("*/control.sock")) if parent.exists() else []
+    if len(running) == 1:
+        return running[0]
+    names = ", ".join(p.name for p in running) or "none found"
+    raise SystemExit(f"dominoes: error: name the service (running: {names}) or pass --run-dir")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,10 +129,20 @@ def main(argv: list[str] | None = None) -> int:
             run_dir=args.run_dir,
             log_level=args.log_level.upper(),
             sys_path=[cwd],
+            monitor_port=args.monitor_port if args.monitor else None,
+            digest_every=args.digest_every,
+            stall_threshold=args.stall_ms / 1000,
         )
         try:
             return run(config)
         except (ImportError, AttributeError, TypeError, ValueError, RuntimeError) as exc:
             print(f"dominoes: error: {exc}", file=sys.stderr)
             return 2
+    if args.command in ("stats", "top"):
+        from ._runtime._top import stats_main, top_main
+
+        run_dir = _find_run_dir(args.name, args.run_dir)
+        if args.command == "stats":
+            return stats_main(run_dir, args.json)
+        return top_main(run_dir, args.once, args.interval)
     return 2

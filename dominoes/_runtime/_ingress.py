@@ -37,20 +37,32 @@ async def start_tcp(replica: Replica, host: str, port: int) -> asyncio.Server | 
     if handler is None:
         return None
     loop = asyncio.get_running_loop()
+    counters = replica.ingress
     if inspect.iscoroutinefunction(handler):
 
         async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            counters.tcp_accepted += 1
+            counters.tcp_connections += 1
             try:
                 await handler(replica, reader, writer)
             except (ConnectionError, asyncio.IncompleteReadError):
                 pass
             except Exception:
-                log.exception("replica %d: TCP handler failed", replica.index)
+                log.exception("TCP handler failed")
             finally:
+                counters.tcp_connections -= 1
                 writer.close()
 
         return await asyncio.start_server(on_connection, host, port, reuse_port=True)
-    return await loop.create_server(lambda: handler(replica), host, port, reuse_port=True)
+
+    def protocol() -> asyncio.BaseProtocol:
+        # A protocol factory owns its connections' lifetime; it may keep
+        # ``replica.ingress.tcp_connections`` itself.
+        counters.tcp_accepted += 1
+        proto: asyncio.BaseProtocol = handler(replica)
+        return proto
+
+    return await loop.create_server(protocol, host, port, reuse_port=True)
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -58,15 +70,13 @@ class _Datagrams(asyncio.DatagramProtocol):
         self.replica = replica
         self.event = replica.core.machine.resolve(replica.service.udp)  # type: ignore[arg-type]
         self.transport: asyncio.DatagramTransport | None = None
-        self.received = 0
-        self.dropped_full = 0
-        self.refused = 0
+        self.counters = replica.ingress
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self.received += 1
+        self.counters.udp_received += 1
         core = self.replica.core
         try:
             payload = core.encode_call(
@@ -74,11 +84,11 @@ class _Datagrams(asyncio.DatagramProtocol):
             )
             seq = self.replica.append_payload(payload)
         except EntryTooLargeError as exc:
-            self.refused += 1
+            self.counters.udp_refused += 1
             self._send(f"ERR {exc}\n".encode(), addr[0], addr[1])
             return
         if not seq:
-            self.dropped_full += 1  # UDP under backpressure: drop, as the kernel would
+            self.counters.udp_dropped_full += 1  # UDP under backpressure: drop, as the kernel would
 
     def reply(self, applied: Applied) -> None:
         entry = applied.entry
@@ -93,6 +103,7 @@ class _Datagrams(asyncio.DatagramProtocol):
     def _send(self, data: bytes, host: str, port: int) -> None:
         if self.transport is not None:
             self.transport.sendto(data, (host, port))
+            self.counters.replies_sent += 1
 
 
 async def start_udp(replica: Replica, host: str, port: int) -> asyncio.DatagramTransport | None:

@@ -23,7 +23,10 @@ from typing import Any
 import msgspec
 
 from .._core._service import Service
+from ._control import serve_replica
 from ._ingress import start_tcp, start_udp
+from ._local import start_local
+from ._monitor import MonitorPortError, start_monitor
 from ._replica import Replica
 from ._shm import SharedLog
 
@@ -51,6 +54,9 @@ class ReplicaConfig(msgspec.Struct, kw_only=True):
     join: bool
     log_level: str = "WARNING"
     sys_path: list[str] = []
+    monitor_port: int | None = None
+    digest_every: int | None = None
+    stall_threshold: float = 0.1
 
 
 def load_service(target: str) -> Service:
@@ -77,13 +83,16 @@ async def serve(config: ReplicaConfig, service: Service) -> int:
         config.wake_fds,
         replicas=config.replicas,
         run_dir=Path(config.run_dir),
+        cpu=config.core,
+        digest_every=config.digest_every,
+        stall_threshold=config.stall_threshold,
     )
     stop = asyncio.Event()
     orphaned = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_reader(config.parent_fd, orphaned.set)  # EOF: the supervisor died
-    replica.attach(loop)
+    replica.attach(loop, config.loop)
     if config.join:
         replica.start_join(os.getpid())
     else:
@@ -91,6 +100,16 @@ async def serve(config: ReplicaConfig, service: Service) -> int:
     await replica.joined()
     tcp = await start_tcp(replica, config.host, config.port)
     udp = await start_udp(replica, config.host, config.port)
+    local = start_local(replica)
+    control = await serve_replica(replica)
+    monitor = None
+    if config.monitor_port is not None:
+        try:
+            monitor = start_monitor(replica, config.monitor_port)
+        except MonitorPortError as exc:
+            log.error("%s", exc)
+            raise SystemExit(4) from None
+    replica.start_sampling()
     os.write(config.ready_fd, b"R")
     os.close(config.ready_fd)
     log.info(
@@ -109,7 +128,11 @@ async def serve(config: ReplicaConfig, service: Service) -> int:
         tcp.close()
     if udp is not None:
         udp.close()
+    control.close()
+    if monitor is not None:
+        monitor.close()
     if orphaned.is_set():
+        local.close()
         log.warning("replica %d: the supervisor is gone; exiting", config.index)
         replica.close(leave=False)
         shared.close()
@@ -120,6 +143,7 @@ async def serve(config: ReplicaConfig, service: Service) -> int:
     except TimeoutError:
         log.warning("replica %d: gave up draining after %.0fs", config.index, DRAIN_TIMEOUT)
     replica.close(leave=True)
+    local.close()
     if tcp is not None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(tcp.wait_closed(), 1.0)

@@ -37,10 +37,17 @@ from typing import Any, Final
 from .._core._codec import Control, Mode
 from .._core._component import EventRef, query
 from .._core._errors import LogFullError
-from .._core._machine import Applied
-from .._core._replica import ReplicaCore, ReplicaStatistics
+from .._core._log import LogStatistics
+from .._core._machine import Applied, Divergence
+from .._core._replica import DEFAULT_STALL_THRESHOLD, ReplicaCore
 from .._core._service import Service
 from ._shm import SharedLog
+from ._stats import (
+    ComponentSummary,
+    IngressStatistics,
+    RegistryStatistics,
+    RuntimeStatistics,
+)
 
 __all__ = ("Replica",)
 
@@ -55,6 +62,9 @@ FULL_BACKOFF_MIN: Final = 0.0001
 FULL_BACKOFF_MAX: Final = 0.005
 #: How long a joining replica waits for its snapshot before asking again.
 SNAPSHOT_TIMEOUT: Final = 2.0
+
+#: Seconds between samples of loop lag and rates.
+SAMPLE_EVERY: Final = 0.25
 
 _MODES: Final = {"race": Mode.RACE, "affinity": Mode.AFFINITY, "every": Mode.EVERY}
 
@@ -79,6 +89,8 @@ class Replica:
         replicas: int,
         run_dir: Path,
         cpu: int | None = None,
+        digest_every: int | None = None,
+        stall_threshold: float = DEFAULT_STALL_THRESHOLD,
     ) -> None:
         self.service = service
         self.index = index
@@ -88,7 +100,18 @@ class Replica:
         self.cpu = cpu
         self._shared = shared
         self._log = shared.log()
-        self.core = ReplicaCore(self._log, service.new_machine(index), replicas=replicas)
+        machine = service.new_machine(index)
+        if digest_every is not None:
+            machine.digest_every = machine._next_digest = digest_every
+        self.core = ReplicaCore(
+            self._log,
+            machine,
+            replicas=replicas,
+            clock=time.perf_counter,
+            stall_threshold=stall_threshold,
+            on_stall=self._on_stall,
+        )
+        self.stall_threshold = stall_threshold
         self._wake_fds = wake_fds
         self._my_fd = wake_fds[index]
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -105,7 +128,18 @@ class Replica:
         self.owner_hooks: list[OwnerHook] = []
         self.effects_run = 0
         self.effect_errors = 0
+        self.effect_stalls = 0
         self.wakeups_sent = 0
+        self.queries = 0
+        #: the last divergence reports seen (most recent last)
+        self.divergences: list[Divergence] = []
+        #: ingress counters, kept by the ingress adapters
+        self.ingress = IngressCounters()
+        self.loop_name = ""
+        self._loop_lag = 0.0
+        self._loop_lag_max = 0.0
+        self._rates = _Rates()
+        self._sampler: asyncio.TimerHandle | None = None
         self.closed = False
 
     # --- public API ---------------------------------------------------------------
@@ -147,6 +181,7 @@ class Replica:
 
     def query(self, ref: str | query[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run a ``@query`` against this replica's local state."""
+        self.queries += 1
         return self.core.machine.query(ref, *args, **kwargs)
 
     def component(self, which: Any) -> Any:
@@ -163,8 +198,60 @@ class Replica:
         """Log positions appended but not yet applied here."""
         return max(0, self._log.tail - self.core.machine.cursor)
 
-    def statistics(self) -> ReplicaStatistics:
-        return self.core.statistics()
+    def statistics(self) -> RuntimeStatistics:
+        """This replica's counters, as one frozen struct."""
+        core = self.core.statistics()
+        tail = self._log.tail
+        i = self.ingress
+        return RuntimeStatistics(
+            index=self.index,
+            pid=os.getpid(),
+            cpu=self.cpu,
+            loop=self.loop_name,
+            state="joining" if self._snapshot_wait is not None else "live",
+            applied_seq=core.cursor - 1,
+            tail=tail,
+            lag=max(0, tail - core.cursor),
+            entries_per_s=self._rates.entries_per_s,
+            queries=self.queries,
+            queries_per_s=self._rates.queries_per_s,
+            effects_run=self.effects_run,
+            effect_errors=self.effect_errors,
+            effect_stalls=self.effect_stalls,
+            loop_lag_ms=self._loop_lag * 1000,
+            loop_lag_max_ms=self._loop_lag_max * 1000,
+            wakeups_sent=self.wakeups_sent,
+            core=core,
+            ingress=IngressStatistics(
+                tcp_connections=i.tcp_connections,
+                tcp_accepted=i.tcp_accepted,
+                udp_received=i.udp_received,
+                udp_dropped_full=i.udp_dropped_full,
+                udp_refused=i.udp_refused,
+                replies_sent=i.replies_sent,
+            ),
+        )
+
+    def log_statistics(self) -> LogStatistics:
+        """The shared log's header, as this replica sees it."""
+        return self._log.statistics()
+
+    def registry_statistics(self) -> RegistryStatistics:
+        """Events, bindings and a size summary of every component's state."""
+        m = self.core.machine
+        return RegistryStatistics(
+            events=len(m.registry.events()),
+            bindings=len(m.registry),
+            queries=len(m._queries),
+            components=tuple(
+                ComponentSummary(name=name, cls=type(c).__name__, sizes=_sizes(c))
+                for name, c in m.components.items()
+            ),
+        )
+
+    def digest(self) -> tuple[int, dict[str, str]]:
+        """(applied seq, per-component digest) of the state right now."""
+        return self.applied_seq, self.core.machine.digest()
 
     # --- appending ----------------------------------------------------------------------
 
@@ -203,11 +290,51 @@ class Replica:
 
     # --- the loop -------------------------------------------------------------------------
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+    def attach(self, loop: asyncio.AbstractEventLoop, loop_name: str = "") -> None:
         """Register the wake-up fd and timers on ``loop`` (call from inside it)."""
         self._loop = loop
+        self.loop_name = loop_name or type(loop).__module__.split(".")[0]
         loop.add_reader(self._my_fd, self._on_wake)
         self._safety = loop.call_later(SAFETY_TICK, self._on_safety)
+
+    def start_sampling(self) -> None:
+        """Start measuring loop lag and rates (once serving: start-up is not lag)."""
+        assert self._loop is not None
+        self._sampler = self._loop.call_later(SAMPLE_EVERY, self._sample, self._loop.time())
+
+    def _sample(self, scheduled: float) -> None:
+        """Measure loop lag (how late this callback runs) and refresh the rates."""
+        assert self._loop is not None
+        now = self._loop.time()
+        lag = max(0.0, now - scheduled - SAMPLE_EVERY)
+        self._loop_lag = lag
+        self._loop_lag_max = max(self._loop_lag_max * 0.99, lag)
+        self._rates.update(self.core.machine.applied_entries, self.queries, time.monotonic())
+        if not self.closed:
+            self._sampler = self._loop.call_later(SAMPLE_EVERY, self._sample, now)
+
+    def _on_stall(self, entry: Any, took: float) -> None:
+        event = getattr(entry, "event", type(entry).__name__)
+        component = event.split(".", 1)[0] if "." in event else "-"
+        log.warning(
+            "stall kind=apply seq=%d event=%s component=%s took_ms=%.1f threshold_ms=%.0f",
+            entry.seq,
+            event,
+            component,
+            took * 1000,
+            self.stall_threshold * 1000,
+        )
+
+    def _on_divergence(self, d: Divergence) -> None:
+        self.divergences = [*self.divergences[-9:], d]
+        log.error(
+            "DIVERGENCE seq=%d replicas=%d,%d component=%s: replicas hold different state; "
+            "a handler is not deterministic (clock, randomness, I/O or set order?)",
+            d.seq,
+            d.replicas[0],
+            d.replicas[1],
+            d.component,
+        )
 
     def _on_wake(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -242,6 +369,9 @@ class Replica:
             return
         for applied in self.core.poll():
             self._deliver(applied)
+        if self.core.outbox:
+            self.core.flush_outbox()
+            self._after_append()
         if self.core.ready():
             self._schedule()
             return
@@ -256,6 +386,8 @@ class Replica:
         self._arm_timer()
 
     def _deliver(self, applied: Applied) -> None:
+        if applied.divergence is not None:
+            self._on_divergence(applied.divergence)
         fut = self._pending.pop(applied.seq, None)
         if fut is not None and not fut.done():
             if applied.error is not None:
@@ -281,12 +413,23 @@ class Replica:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         self.effects_run += 1
+        t0 = time.perf_counter()
         try:
             result = fn(*args, **kwargs)
         except Exception:
             self.effect_errors += 1
-            log.exception("replica %d: effect %r failed", self.index, fn)
+            log.exception("effect failed fn=%s", _name(fn))
             return
+        finally:
+            took = time.perf_counter() - t0
+            if took > self.stall_threshold:
+                self.effect_stalls += 1
+                log.warning(
+                    "stall kind=effect fn=%s took_ms=%.1f threshold_ms=%.0f",
+                    _name(fn),
+                    took * 1000,
+                    self.stall_threshold * 1000,
+                )
         if inspect.isawaitable(result):
             assert self._loop is not None
             task = self._loop.create_task(_await(result))
@@ -418,7 +561,7 @@ class Replica:
         self.closed = True
         if self._loop is not None:
             self._loop.remove_reader(self._my_fd)
-        for handle in (self._timer, self._safety):
+        for handle in (self._timer, self._safety, self._sampler):
             if handle is not None:
                 handle.cancel()
         for fut in self._pending.values():
@@ -431,3 +574,58 @@ class Replica:
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
+
+
+class IngressCounters:
+    """Mutable counters the ingress adapters bump (read through ``statistics()``)."""
+
+    __slots__ = (
+        "replies_sent",
+        "tcp_accepted",
+        "tcp_connections",
+        "udp_dropped_full",
+        "udp_received",
+        "udp_refused",
+    )
+
+    def __init__(self) -> None:
+        self.tcp_connections = 0
+        self.tcp_accepted = 0
+        self.udp_received = 0
+        self.udp_dropped_full = 0
+        self.udp_refused = 0
+        self.replies_sent = 0
+
+
+class _Rates:
+    """Entries and queries per second, from counters sampled once a second or so."""
+
+    __slots__ = ("_at", "_entries", "_queries", "entries_per_s", "queries_per_s")
+
+    def __init__(self) -> None:
+        self._at = time.monotonic()
+        self._entries = 0
+        self._queries = 0
+        self.entries_per_s = 0.0
+        self.queries_per_s = 0.0
+
+    def update(self, entries: int, queries: int, now: float) -> None:
+        span = now - self._at
+        if span < 1.0:
+            return
+        self.entries_per_s = (entries - self._entries) / span
+        self.queries_per_s = (queries - self._queries) / span
+        self._at, self._entries, self._queries = now, entries, queries
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _sizes(component: Any) -> dict[str, int]:
+    """Items per sized attribute of a component's replicated state."""
+    out: dict[str, int] = {}
+    for key, value in component.snapshot().items():
+        if hasattr(value, "__len__") and not isinstance(value, str | bytes):
+            out[key] = len(value)
+    return out

@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ from typing import Any, Final
 import msgspec
 
 from .._core._log import DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE, ReplicaState
+from ._control import ask, replica_socket
 from ._process import ReplicaConfig, load_service
 from ._shm import SharedLog
 
@@ -48,6 +50,16 @@ STOP_TIMEOUT: Final = 10.0
 #: Pause before restarting a replica that died; doubles per quick death, capped.
 RESTART_DELAY: Final = 0.2
 RESTART_DELAY_MAX: Final = 5.0
+#: Deaths in a row before readiness after which the supervisor gives up.
+MAX_START_FAILURES: Final = 5
+#: Seconds between looks at a departed client's reservation while a live
+#: producer announces the same seq (it clears within microseconds).
+CLIENT_FILL_INTERVAL: Final = 0.005
+#: Looks after which a still-ambiguous departed client is logged, and the
+#: interval grows tenfold (the line stays out of use until it is resolved).
+CLIENT_FILL_PATIENCE: Final = 200
+#: ``struct ucred`` as SO_PEERCRED returns it: pid, uid, gid.
+_UCRED: Final = struct.Struct("3i")
 #: A seed shared by every replica, so set and dict-of-str iteration orders match.
 DEFAULT_HASH_SEED: Final = "20260429"
 
@@ -72,6 +84,12 @@ class SupervisorConfig:
     log_level: str = "WARNING"
     hash_seed: str = DEFAULT_HASH_SEED
     sys_path: list[str] = field(default_factory=list)
+    #: aiomonitor base port (replica i on BASE + 10*i), or None for no monitor
+    monitor_port: int | None = None
+    #: digest comparison period in log positions (None: the service's own)
+    digest_every: int | None = None
+    #: seconds an apply or effect may take before it is logged as a stall
+    stall_threshold: float = 0.1
 
 
 @dataclass
@@ -86,6 +104,8 @@ class _Child:
     started_at: float = 0.0
     delay: float = RESTART_DELAY
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    #: consecutive deaths before becoming ready
+    failures: int = 0
 
 
 class Supervisor:
@@ -109,6 +129,11 @@ class Supervisor:
         self._control: asyncio.Server | None = None
         self._all_ready = asyncio.Event()
         self.deaths = 0
+        self.exit_code = 0
+        # Local clients (dominoes.connect): client line -> its control connection,
+        # and the lines of departed clients whose reservation is being recovered.
+        self._clients: dict[int, asyncio.StreamWriter] = {}
+        self._departing: set[int] = set()
 
     # --- start ---------------------------------------------------------------------------
 
@@ -162,6 +187,9 @@ class Supervisor:
             join=join,
             log_level=self.config.log_level,
             sys_path=self.config.sys_path,
+            monitor_port=self.config.monitor_port,
+            digest_every=self.config.digest_every,
+            stall_threshold=self.config.stall_threshold,
         )
         env = dict(os.environ, PYTHONHASHSEED=self.config.hash_seed)
         fds = [self.shared.fd, *self.wake_fds, self._parent_r, ready_w]
@@ -199,6 +227,7 @@ class Supervisor:
         child.ready_r = -1
         if data == b"R":
             child.ready = True
+            child.failures = 0
             if all(c.ready for c in self.children) and not self._all_ready.is_set():
                 self._all_ready.set()
                 print(
@@ -221,10 +250,25 @@ class Supervisor:
             child.ready_r = -1
         assert child.proc is not None
         code = child.proc.wait()
+        was_ready = child.ready
         child.ready = False
         child.exited.set()
         if self._stopping:
             return
+        if not was_ready:
+            child.failures += 1
+            if child.restarts == 0 or child.failures >= MAX_START_FAILURES:
+                # It never served: a bad service, a port in use, an import error.
+                # Restarting would only repeat the failure.
+                log.error(
+                    "replica %d exited with %s before it was ready; stopping (see its output)",
+                    child.index,
+                    code,
+                )
+                self.exit_code = 1
+                self._log.mark_dead(child.index)
+                self.stop()
+                return
         self.deaths += 1
         log.warning("replica %d (pid %d) died with %s", child.index, child.proc.pid, code)
         self._log.mark_dead(child.index)
@@ -237,14 +281,16 @@ class Supervisor:
         loop.call_later(child.delay, self._restart, child)
 
     def _fill(self, index: int, tries: int) -> None:
-        """Fill the dead replica's abandoned reservation, re-trying while ambiguous."""
+        """Fill the dead line's abandoned reservation, asking again while undecided."""
         filled = self._log.fill_abandoned(index)
         if filled:
-            log.warning("replica %d: filled %d abandoned slot(s) with no-ops", index, filled)
+            log.warning("line %d: filled %d abandoned slot(s) with no-ops", index, filled)
         self._wake_all()
-        if tries > 0 and self._log.abandoned(index) is None and filled == 0:
-            # ``None`` may mean "a live producer shares the intent": look again soon.
-            asyncio.get_running_loop().call_later(0.005, self._fill, index, tries - 1)
+        if self._log.recovery_pending(index):
+            if tries > 0:
+                asyncio.get_running_loop().call_later(0.005, self._fill, index, tries - 1)
+            else:
+                log.error("line %d: its reservation stays undecided", index)
 
     def _wake_all(self) -> None:
         for fd in self.wake_fds:
@@ -259,28 +305,171 @@ class Supervisor:
             log.error("no live replica left to take a snapshot from; stopping")
             self.stop()
             return
+        if self._log.recovery_pending(child.index):
+            self._fill(child.index, tries=20)
+            asyncio.get_running_loop().call_later(0.1, self._restart, child)
+            return
         self._spawn(child, join=True)
 
     # --- control socket ----------------------------------------------------------------------
 
     async def _on_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client_line: int | None = None  # set by a "connect": the connection is a local client
         try:
+            refusal = self._peer_refusal(writer)
+            if refusal is not None:
+                # Read the request first, so the peer's write cannot fail with
+                # EPIPE before it has read why it is refused.
+                await reader.readline()
+                writer.write(json.dumps({"error": refusal}).encode() + b"\n")
+                await writer.drain()
+                return
             while line := await reader.readline():
+                fds: list[int] = []
                 try:
                     request = json.loads(line)
-                    reply = self.handle_control(request)
+                    if isinstance(request, dict) and request.get("op") == "connect":
+                        if client_line is not None:
+                            raise ValueError("this connection is already a local client")
+                        client_line = self._new_client(writer)
+                        reply, fds = self._client_welcome(client_line)
+                    elif isinstance(request, dict) and request.get("op") == "stats":
+                        reply = await self.stats()
+                    else:
+                        reply = self.handle_control(request)
                 except Exception as exc:  # noqa: BLE001 - reported to the client
                     reply = {"error": f"{type(exc).__name__}: {exc}"}
-                writer.write(json.dumps(reply).encode() + b"\n")
-                await writer.drain()
+                data = json.dumps(reply).encode() + b"\n"
+                if fds:
+                    await _send_with_fds(writer, data, fds)
+                else:
+                    writer.write(data)
+                    await writer.drain()
+        except OSError as exc:  # the peer went away mid-reply
+            log.info("control connection lost: %s", exc)
         finally:
             writer.close()
+            if client_line is not None:
+                self._client_gone(client_line)
+
+    # --- local clients ------------------------------------------------------------------------
+
+    def _peer_refusal(self, writer: asyncio.StreamWriter) -> str | None:
+        """Why the peer of a control connection is refused (another uid), or None."""
+        sock = writer.get_extra_info("socket")
+        if sock is None:
+            return "PermissionError: cannot read the peer's credentials (connection closed)"
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        except OSError as exc:
+            return f"PermissionError: cannot read the peer's credentials: {exc}"
+        pid, uid, _ = _UCRED.unpack(raw)
+        mine = os.geteuid()
+        if uid == mine:
+            return None
+        log.warning("control: refused pid %d of uid %d (service uid %d)", pid, uid, mine)
+        return (
+            f"PermissionError: service {self.service.name!r} runs as uid {mine}; "
+            f"a process of uid {uid} may not attach to it (only the same uid can)"
+        )
+
+    def _new_client(self, writer: asyncio.StreamWriter) -> int:
+        """Give a connecting local client a free client line (above the replicas)."""
+        if self._stopping or self.shared is None:
+            raise RuntimeError(f"service {self.service.name!r} is stopping")
+        top = self._log.max_replicas
+        for line in range(self.n, top):
+            if line not in self._clients and line not in self._departing:
+                self._clients[line] = writer
+                log.info("local client connected on line %d", line)
+                return line
+        raise RuntimeError(
+            f"service {self.service.name!r} has no free client line "
+            f"(at most {top - self.n} local clients at once)"
+        )
+
+    def _client_welcome(self, line: int) -> tuple[dict[str, Any], list[int]]:
+        """The reply to a connect, and the fds sent with it (the log, every eventfd)."""
+        assert self.shared is not None
+        reply = {
+            "line": line,
+            "replicas": self.n,
+            "service": self.service.name,
+            "events": sorted(self.service.events()),
+            "max_entry_bytes": self._log.max_entry_bytes,
+        }
+        return reply, [self.shared.fd, *self.wake_fds]
+
+    def _client_gone(self, line: int) -> None:
+        """A client's control connection closed: it exited or died.  Recover its line.
+
+        The process is gone (its last fd closed), so it can no longer touch the
+        log.  The line is marked dead while it is recovered, so that its
+        intent no longer counts as a live producer's in other recoveries, and
+        becomes absent (free) once nothing is left to decide.
+        """
+        self._clients.pop(line, None)
+        if self.shared is None:
+            return  # the service is gone: the log with it
+        self._departing.add(line)
+        self._log.mark_dead(line)
+        self._recover_client(line, 0)
+
+    def _recover_client(self, line: int, attempt: int) -> None:
+        if self.shared is None:
+            self._departing.discard(line)
+            return
+        filled = self._log.fill_abandoned(line)
+        if filled:
+            log.warning("client line %d: filled %d abandoned slot(s) with no-ops", line, filled)
+            self._wake_all()
+        if not self._log.recovery_pending(line):
+            self._log.leave(line)
+            self._departing.discard(line)
+            log.info("local client on line %d left", line)
+            return
+        if attempt == CLIENT_FILL_PATIENCE:
+            log.warning(
+                "client line %d: a live producer still announces its reserved seq; waiting", line
+            )
+        delay = CLIENT_FILL_INTERVAL * (10 if attempt >= CLIENT_FILL_PATIENCE else 1)
+        asyncio.get_running_loop().call_later(delay, self._recover_client, line, attempt + 1)
 
     def handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "status":
             return self.status()
         raise ValueError(f"unknown op {op!r}")
+
+    async def stats(self) -> dict[str, Any]:
+        """Every replica's statistics (asked over its control socket) and the log's."""
+
+        async def one(child: _Child) -> dict[str, Any]:
+            entry: dict[str, Any] = {
+                "index": child.index,
+                "pid": child.proc.pid if child.proc else None,
+                "core": child.core,
+                "ready": child.ready,
+                "restarts": child.restarts,
+                "state": ReplicaState.NAMES[self._log.state(child.index)],
+            }
+            if child.ready:
+                try:
+                    entry["report"] = await ask(
+                        replica_socket(self.run_dir, child.index), {"op": "stats"}
+                    )
+                except (OSError, TimeoutError) as exc:
+                    entry["error"] = f"no answer: {exc or type(exc).__name__}"
+            return entry
+
+        replicas = await asyncio.gather(*(one(c) for c in self.children))
+        return {
+            "service": self.service.name,
+            "supervisor": {"pid": os.getpid(), "replicas": self.n, "run_dir": str(self.run_dir)},
+            "deaths": self.deaths,
+            "replicas": replicas,
+            "log": msgspec.to_builtins(self._log.statistics()),
+        }
 
     def status(self) -> dict[str, Any]:
         stats = self._log.statistics()
@@ -299,6 +488,7 @@ class Supervisor:
                 for c in self.children
             ],
             "log": msgspec.to_builtins(stats),
+            "clients": sorted(self._clients),
         }
 
     # --- run / stop ---------------------------------------------------------------------------
@@ -318,7 +508,7 @@ class Supervisor:
             await self._shutdown()
         finally:
             self._release()
-        return 0
+        return self.exit_code
 
     def stop(self) -> None:
         """Begin a clean stop (idempotent)."""
@@ -346,6 +536,8 @@ class Supervisor:
                 c.proc.wait()
         if self._control is not None:
             self._control.close()
+        for writer in list(self._clients.values()):
+            writer.close()  # local clients learn at once that the service stopped
 
     def _release(self) -> None:
         loop = asyncio.get_running_loop()
@@ -367,6 +559,37 @@ class Supervisor:
             (self.run_dir / "control.sock").unlink()
         for stale in self.run_dir.glob("snapshot-*"):
             stale.unlink()
+
+
+async def _send_with_fds(writer: asyncio.StreamWriter, data: bytes, fds: list[int]) -> None:
+    """Write ``data`` with ``fds`` attached (SCM_RIGHTS) on a stream's socket.
+
+    asyncio transports cannot pass fds, so this goes through a dup of the
+    transport's socket, once the transport has flushed what it buffered (the
+    bytes stay in order).
+    """
+    transport = writer.transport
+    for _ in range(1000):
+        if not transport.get_write_buffer_size():
+            break
+        await asyncio.sleep(0.001)
+    else:
+        raise TimeoutError("the control connection does not drain")
+    sock: socket.socket = writer.get_extra_info("socket").dup()
+    try:
+        for _ in range(1000):
+            try:
+                sent = socket.send_fds(sock, [data], fds)
+                break
+            except (BlockingIOError, InterruptedError):
+                await asyncio.sleep(0.001)
+        else:
+            raise TimeoutError("the control connection does not take the reply")
+    finally:
+        sock.close()
+    if sent < len(data):
+        writer.write(data[sent:])
+        await writer.drain()
 
 
 def run(config: SupervisorConfig) -> int:

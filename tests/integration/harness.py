@@ -201,3 +201,82 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) ->
             return
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+IAC, SB, SE, WILL = 255, 250, 240, 251
+TTYPE, NAWS = 24, 31
+
+
+class Telnet:
+    """A raw-socket telnet client for aiomonitor's console.
+
+    prompt_toolkit's telnet server processes no input until the client has
+    negotiated a terminal type (TTYPE) and a window size (NAWS).
+    """
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        hello = bytes([IAC, WILL, TTYPE, IAC, SB, TTYPE, 0]) + b"xterm" + bytes([IAC, SE])
+        hello += bytes([IAC, WILL, NAWS, IAC, SB, NAWS, 0, 200, 0, 50, IAC, SE])
+        self.sock.sendall(hello)
+        self.read_until("monitor >>>")
+
+    def read_until(self, marker: str, timeout: float = 10.0) -> str:
+        end = time.monotonic() + timeout
+        buf = b""
+        while time.monotonic() < end:
+            self.sock.settimeout(max(0.05, end - time.monotonic()))
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+            if marker.encode() in _plain(buf):
+                return _plain(buf).decode(errors="replace")
+        raise AssertionError(f"no {marker!r} from the monitor; got {_plain(buf)[-500:]!r}")
+
+    def command(self, line: str, expect: str) -> str:
+        """Run a console command; its output, up to the prompt after ``expect``."""
+        self._drain()
+        self.sock.sendall(line.encode() + b"\r\n")
+        end = time.monotonic() + 10
+        buf = b""
+        while time.monotonic() < end:
+            self.sock.settimeout(max(0.05, end - time.monotonic()))
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+            text = _plain(buf).decode(errors="replace")
+            start = max(0, text.find(line))
+            at = text.find(expect, start + len(line))
+            if at >= 0 and "monitor >>>" in text[at:]:
+                return text[start : text.index("monitor >>>", at)]
+        raise AssertionError(f"no {expect!r} after {line!r}; got {_plain(buf)[-500:]!r}")
+
+    def _drain(self) -> None:
+        """Discard what the console still sends (redraws of the last output)."""
+        self.sock.settimeout(0.1)
+        try:
+            while self.sock.recv(65536):
+                pass
+        except TimeoutError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _plain(data: bytes) -> bytes:
+    """Strip telnet negotiation and ANSI escapes, leaving the text."""
+    import re
+
+    data = re.sub(rb"\xff[\xfb-\xfe].", b"", data)
+    data = re.sub(rb"\xff\xfa.*?\xff\xf0", b"", data, flags=re.S)
+    data = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", data)
+    return data.replace(b"\r", b"")

@@ -60,3 +60,63 @@ async def journal_protocol(
 
 
 slow = Service("slow", [Journal()], tcp=journal_protocol)
+
+
+class Clocky(Component):
+    """A deliberately non-deterministic component: it reads the local clock."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    @update
+    def tick(self, ctx: Context) -> int:
+        self.stamps.append(time.time())  # the bug divergence detection must catch
+        return len(self.stamps)
+
+
+class Steady(Component):
+    """The deterministic twin: ``ctx.now`` is the same on every replica."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    @update
+    def tick(self, ctx: Context) -> int:
+        self.stamps.append(ctx.now)
+        return len(self.stamps)
+
+
+class Sleepy(Component):
+    def __init__(self) -> None:
+        self.naps = 0
+
+    @update
+    def nap(self, ctx: Context, seconds: float) -> int:
+        time.sleep(seconds)  # a handler that blocks the loop: a stall
+        self.naps += 1
+        return self.naps
+
+
+async def call_protocol(
+    replica: Replica, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """``CALL <event> [float]`` submits the event; ``INFO`` names the replica."""
+    while line := await reader.readline():
+        words = line.decode().split()
+        if words[:1] == ["CALL"] and len(words) in (2, 3):
+            args = [float(words[2])] if len(words) == 3 else []
+            try:
+                reply = str(await replica.submit(words[1], *args))
+            except DominoesError as exc:
+                reply = f"ERR {exc}"
+        elif words == ["INFO"]:
+            reply = f"replica {replica.index} seq {replica.applied_seq}"
+        else:
+            reply = "ERR unknown command"
+        writer.write(reply.encode() + b"\n")
+        await writer.drain()
+
+
+clocky = Service("clocky", [Clocky()], tcp=call_protocol)
+steady = Service("steady", [Steady()], tcp=call_protocol)
+sleepy = Service("sleepy", [Sleepy()], tcp=call_protocol)

@@ -140,7 +140,9 @@ def test_a_tiny_log_with_a_slow_replica_blocks_writers_and_loses_nothing(tmp_pat
         # The fast replica really hit the full log and waited (backpressure).
         import json
 
-        refusals = sum(json.loads(c.ask("STATS"))["append_refusals"] for c in every.values())
+        refusals = sum(
+            json.loads(c.ask("STATS"))["core"]["append_refusals"] for c in every.values()
+        )
         assert refusals > 0
         for c in every.values():
             c.close()
