@@ -94,6 +94,8 @@ class _Datagrams(asyncio.DatagramProtocol):
         entry = applied.entry
         if type(entry) is not Call or entry.event != self.event or entry.mode != Mode.RACE:
             return
+        if entry.origin >= self.replica.replicas or len(entry.args) != 3:
+            return  # not a datagram: a local client (or a replica) raised the event
         _, host, port = entry.args
         if applied.error is not None:
             self._send(f"ERR {applied.error}\n".encode(), host, port)
