@@ -71,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
         help="log an apply or effect slower than this many milliseconds (default 100)",
     )
 
+    run.add_argument(
+        "--stuck-after",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="restart a replica that has not applied its next entry for this long "
+        "(default 5; 0 disables)",
+    )
+
     for name, helptext in (
         ("stats", "print every replica's statistics"),
         ("top", "a live view of every replica, refreshed every second"),
@@ -132,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             monitor_port=args.monitor_port if args.monitor else None,
             digest_every=args.digest_every,
             stall_threshold=args.stall_ms / 1000,
+            stuck_after=args.stuck_after or None,
         )
         try:
             return run(config)

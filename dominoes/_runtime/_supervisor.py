@@ -50,6 +50,12 @@ STOP_TIMEOUT: Final = 10.0
 #: Pause before restarting a replica that died; doubles per quick death, capped.
 RESTART_DELAY: Final = 0.2
 RESTART_DELAY_MAX: Final = 5.0
+#: A live replica that has not applied its next, published entry for this
+#: long is stuck (a handler blocked, a frozen process): the supervisor kills
+#: it, so it stops holding the log back, and restarts it from a snapshot.
+#: Slow replicas that make progress are never killed; they cause backpressure.
+STUCK_AFTER: Final = 5.0
+WATCHDOG_EVERY: Final = 0.25
 #: Deaths in a row before readiness after which the supervisor gives up.
 MAX_START_FAILURES: Final = 5
 #: Seconds between looks at a departed client's reservation while a live
@@ -90,6 +96,9 @@ class SupervisorConfig:
     digest_every: int | None = None
     #: seconds an apply or effect may take before it is logged as a stall
     stall_threshold: float = 0.1
+    #: seconds a live replica may sit on a published entry before it is killed
+    #: and restarted from a snapshot (None: never)
+    stuck_after: float | None = STUCK_AFTER
 
 
 @dataclass
@@ -106,6 +115,9 @@ class _Child:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     #: consecutive deaths before becoming ready
     failures: int = 0
+    #: the watchdog's last view: cursor, and since when it has not moved
+    seen_cursor: int = 0
+    stuck_since: float | None = None
 
 
 class Supervisor:
@@ -134,6 +146,8 @@ class Supervisor:
         # and the lines of departed clients whose reservation is being recovered.
         self._clients: dict[int, asyncio.StreamWriter] = {}
         self._departing: set[int] = set()
+        # Open control connections (clients hold theirs for their lifetime).
+        self._connections: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
 
     # --- start ---------------------------------------------------------------------------
 
@@ -315,6 +329,9 @@ class Supervisor:
 
     async def _on_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client_line: int | None = None  # set by a "connect": the connection is a local client
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections[task] = writer
         try:
             refusal = self._peer_refusal(writer)
             if refusal is not None:
@@ -349,6 +366,8 @@ class Supervisor:
             log.info("control connection lost: %s", exc)
         finally:
             writer.close()
+            if task is not None:
+                self._connections.pop(task, None)
             if client_line is not None:
                 self._client_gone(client_line)
 
@@ -504,11 +523,51 @@ class Supervisor:
             os.chmod(sock, 0o600)
             for child in self.children:
                 self._spawn(child, join=False)
+            if self.config.stuck_after is not None:
+                loop.call_later(WATCHDOG_EVERY, self._watchdog)
             await self._stopped.wait()
             await self._shutdown()
         finally:
             self._release()
         return self.exit_code
+
+    def _watchdog(self) -> None:
+        """Kill live replicas that sit on a published entry for ``stuck_after`` seconds.
+
+        A replica that does not apply holds the log back; once the log is full,
+        every writer waits on it.  Waiting on a slow replica is backpressure;
+        waiting forever on a stuck one would stall the service (DESIGN
+        invariant 7), so a stuck one is treated as dead.
+        """
+        if self._stopping:
+            return
+        loop = asyncio.get_running_loop()
+        loop.call_later(WATCHDOG_EVERY, self._watchdog)
+        limit = self.config.stuck_after
+        assert limit is not None
+        now = time.monotonic()
+        for c in self.children:
+            if not c.ready or c.proc is None or self._log.state(c.index) != ReplicaState.LIVE:
+                c.stuck_since = None
+                continue
+            cursor = self._log.cursor(c.index)
+            if cursor != c.seen_cursor or not self._log.published(cursor):
+                c.seen_cursor, c.stuck_since = cursor, None
+                continue
+            if c.stuck_since is None:
+                c.stuck_since = now
+            elif now - c.stuck_since >= limit:
+                log.error(
+                    "replica %d stuck seq=%d for %.1fs with lag %d; killing it so the others "
+                    "go on (it restarts from a snapshot)",
+                    c.index,
+                    cursor,
+                    now - c.stuck_since,
+                    self._log.tail - cursor,
+                )
+                c.stuck_since = None
+                with contextlib.suppress(ProcessLookupError):
+                    c.proc.kill()
 
     def stop(self) -> None:
         """Begin a clean stop (idempotent)."""
@@ -536,8 +595,13 @@ class Supervisor:
                 c.proc.wait()
         if self._control is not None:
             self._control.close()
-        for writer in list(self._clients.values()):
-            writer.close()  # local clients learn at once that the service stopped
+        # Close every control connection and let its handler finish, rather
+        # than leave asyncio.run to cancel it (3.11's stream callback then logs
+        # a CancelledError traceback); local clients learn the service stopped.
+        for writer in list(self._connections.values()):
+            writer.close()
+        if self._connections:
+            await asyncio.wait(list(self._connections), timeout=1.0)
 
     def _release(self) -> None:
         loop = asyncio.get_running_loop()

@@ -97,6 +97,20 @@ class Sleepy(Component):
         return self.naps
 
 
+class Grudge(Component):
+    """Blocks replica 1 only: a replica stuck inside a handler."""
+
+    def __init__(self) -> None:
+        self.snubs = 0
+
+    @update
+    def snub(self, ctx: Context, seconds: float) -> int:
+        if ctx.replica == 1:
+            time.sleep(seconds)  # local only: no replicated state depends on it
+        self.snubs += 1
+        return self.snubs
+
+
 async def call_protocol(
     replica: Replica, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
@@ -120,3 +134,4 @@ async def call_protocol(
 clocky = Service("clocky", [Clocky()], tcp=call_protocol)
 steady = Service("steady", [Steady()], tcp=call_protocol)
 sleepy = Service("sleepy", [Sleepy()], tcp=call_protocol)
+grudge = Service("grudge", [Grudge()], tcp=call_protocol)

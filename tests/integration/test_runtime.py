@@ -273,3 +273,32 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_a_stuck_replica_is_restarted_and_never_stalls_the_service(tmp_path: Path) -> None:
+    target = "tests.integration.services:grudge"
+    args = ("--capacity", "64", "--stuck-after", "1")
+    with running(target, tmp_path / "run", args=args) as svc:
+        every = clients_on_every_replica(svc.port, 2)
+        every[1].close()
+        assert every[0].ask("CALL Grudge.snub 60") == "1"  # replica 1 blocks in it
+        # Far more entries than the log holds: writers would wait forever on
+        # replica 1 if the supervisor did not take it out.
+        for k in range(2, 200):
+            assert every[0].ask("CALL Grudge.snub 0") == str(k)
+        line = svc.wait_for_line("stuck seq=")
+        assert "replica 1 stuck" in line
+        svc.wait_for_line("died with -9")
+        wait_until(
+            lambda: (
+                all(r["ready"] for r in svc.status()["replicas"])
+                and svc.status()["replicas"][1]["restarts"] == 1
+            ),
+            timeout=30,
+        )
+        again = clients_on_every_replica(svc.port, 2)
+        assert again[1].ask("CALL Grudge.snub 0") == "200"
+        wait_until(lambda: len({c.ask("INFO").split()[-1] for c in again.values()}) == 1)
+        for c in (*again.values(), every[0]):
+            c.close()
+        assert svc.stop() == 0
