@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
         help="replicas (default: one per core in the affinity mask)",
     )
     run.add_argument(
-        "--loop", default="uvloop", help="event-loop policy: uvloop (default), asyncio, or a plugin"
+        "--loop",
+        default=None,
+        help="event-loop policy: uvloop (the default when installed), asyncio, or a plugin",
     )
     run.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     run.add_argument("--port", type=int, default=7000, help="TCP and UDP port (default 7000)")
@@ -82,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, helptext in (
         ("stats", "print every replica's statistics"),
-        ("top", "a live view of every replica, refreshed every second"),
+        ("top", "a live view of every replica, refreshed every --interval seconds"),
     ):
         cmd = sub.add_parser(name, help=helptext, description=helptext)
         cmd.add_argument(
@@ -133,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             loop=args.loop,
             host=args.host,
             port=args.port,
-            capacity=args.capacity or DEFAULT_CAPACITY,
-            slot_size=args.slot_size or DEFAULT_SLOT_SIZE,
+            capacity=DEFAULT_CAPACITY if args.capacity is None else args.capacity,
+            slot_size=DEFAULT_SLOT_SIZE if args.slot_size is None else args.slot_size,
             run_dir=args.run_dir,
             log_level=args.log_level.upper(),
             sys_path=[cwd],

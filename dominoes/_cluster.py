@@ -38,7 +38,7 @@ class DivergenceError(AssertionError):
 
 
 class ReplicaDeadError(DominoesError):
-    """The replica is dead (killed and not restarted)."""
+    """The replica cannot take submissions: it is dead, or still joining."""
 
 
 class Pending:

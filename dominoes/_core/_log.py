@@ -608,7 +608,11 @@ class Log:
         return found, undecided
 
     def abandoned(self, dead: int) -> list[int]:
-        """Seqs a dead producer left reserved and unpublished (see :meth:`_abandoned`)."""
+        """Seqs a dead producer left reserved and unpublished, that only a no-op can fill.
+
+        Seqs that a live producer also announces are left out (undecided);
+        :meth:`recovery_pending` stays true until they are decided.
+        """
         return self._abandoned(dead)[0]
 
     def fill_abandoned(self, dead: int) -> int:

@@ -43,7 +43,7 @@ class ReplicaConfig(msgspec.Struct, kw_only=True):
     index: int
     replicas: int
     core: int | None
-    loop: str
+    loop: str | None
     host: str
     port: int
     run_dir: str
@@ -92,7 +92,7 @@ async def serve(config: ReplicaConfig, service: Service) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_reader(config.parent_fd, orphaned.set)  # EOF: the supervisor died
-    replica.attach(loop, config.loop)
+    replica.attach(loop, config.loop or "")
     if config.join:
         replica.start_join(os.getpid())
     else:

@@ -32,10 +32,10 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from .._core._codec import Control, Mode
-from .._core._component import EventRef, query
+from .._core._component import Component, EventRef, query
 from .._core._errors import LogFullError
 from .._core._log import LogStatistics
 from .._core._machine import Applied, Divergence
@@ -69,6 +69,7 @@ SAMPLE_EVERY: Final = 0.25
 _MODES: Final = {"race": Mode.RACE, "affinity": Mode.AFFINITY, "every": Mode.EVERY}
 
 OwnerHook = Callable[[Applied], None]
+C = TypeVar("C", bound=Component)
 
 
 class Replica:
@@ -184,9 +185,9 @@ class Replica:
         self.queries += 1
         return self.core.machine.query(ref, *args, **kwargs)
 
-    def component(self, which: Any) -> Any:
+    def component(self, which: type[C] | str) -> C:
         """This replica's instance of a component (read it; never write it here)."""
-        return self.core.machine.component(which)
+        return self.core.machine.component(which)  # type: ignore[return-value]
 
     @property
     def applied_seq(self) -> int:

@@ -81,7 +81,8 @@ def default_run_dir(name: str) -> Path:
 class SupervisorConfig:
     target: str
     replicas: int | None = None
-    loop: str = "uvloop"
+    #: loop policy name; None picks the default (uvloop if installed)
+    loop: str | None = None
     host: str = "127.0.0.1"
     port: int = 7000
     capacity: int = DEFAULT_CAPACITY
@@ -127,7 +128,7 @@ class Supervisor:
         self.config = config
         self.service = load_service(config.target)  # fail fast, before any process starts
         cores = sorted(os.sched_getaffinity(0))
-        n = config.replicas or len(cores)
+        n = len(cores) if config.replicas is None else config.replicas
         if n < 1:
             raise ValueError("--replicas must be >= 1")
         self.n = n
