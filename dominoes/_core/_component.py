@@ -22,7 +22,7 @@ from __future__ import annotations
 import typing
 from collections.abc import Callable
 from types import MethodType
-from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
+from typing import Any, ClassVar, Generic, ParamSpec, Self, TypeVar, overload
 
 import msgspec
 
@@ -32,73 +32,58 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class update(Generic[P, R]):  # noqa: N801 - used as a decorator
+class _Marked(Generic[P, R]):
+    """A method marked by a decorator: a descriptor that knows its class and name.
+
+    On the class it is the marker itself (``Counter.incr`` names an event);
+    on an instance it is the plain bound method.
+    """
+
+    __slots__ = ("__wrapped__", "fn", "name", "owner")
+    kind = "marked"
+
+    def __init__(self, fn: Callable[..., R]) -> None:
+        self.fn = fn
+        self.name: str = fn.__name__
+        self.owner: type[Component] | None = None
+        self.__wrapped__ = fn
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        self.owner = owner
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> Self: ...
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> Callable[..., R]: ...
+    def __get__(self, obj: object | None, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return MethodType(self.fn, obj)
+
+    @property
+    def event(self) -> str:
+        """``"<Component.name>.<method>"``, for the class that defined the method."""
+        if self.owner is None:
+            raise TypeError(f"@{self.kind} {self.name} is not defined in a Component class")
+        return f"{self.owner.name}.{self.name}"
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} {self.event if self.owner else self.name}>"
+
+
+class update(_Marked[P, R]):  # noqa: N801 - used as a decorator
     """Mark a method as a replicated update, bound to its own event at order 0."""
 
-    __slots__ = ("__wrapped__", "fn", "name", "owner")
-
-    def __init__(self, fn: Callable[..., R]) -> None:
-        self.fn = fn
-        self.name: str = fn.__name__
-        self.owner: type[Component] | None = None
-        self.__wrapped__ = fn
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-        self.owner = owner
-
-    @overload
-    def __get__(self, obj: None, objtype: type | None = None) -> update[P, R]: ...
-    @overload
-    def __get__(self, obj: object, objtype: type | None = None) -> Callable[..., R]: ...
-    def __get__(self, obj: object | None, objtype: type | None = None) -> Any:
-        if obj is None:
-            return self
-        return MethodType(self.fn, obj)
-
-    @property
-    def event(self) -> str:
-        """The event name, for the class that defined the method."""
-        if self.owner is None:
-            raise TypeError(f"@update {self.name} is not defined in a Component class")
-        return f"{self.owner.name}.{self.name}"
-
-    def __repr__(self) -> str:
-        return f"<update {self.event if self.owner else self.name}>"
+    __slots__ = ()
+    kind = "update"
 
 
-class query(Generic[P, R]):  # noqa: N801 - used as a decorator
+class query(_Marked[P, R]):  # noqa: N801 - used as a decorator
     """Mark a method as a local, read-only query."""
 
-    __slots__ = ("__wrapped__", "fn", "name", "owner")
-
-    def __init__(self, fn: Callable[..., R]) -> None:
-        self.fn = fn
-        self.name: str = fn.__name__
-        self.owner: type[Component] | None = None
-        self.__wrapped__ = fn
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-        self.owner = owner
-
-    @overload
-    def __get__(self, obj: None, objtype: type | None = None) -> query[P, R]: ...
-    @overload
-    def __get__(self, obj: object, objtype: type | None = None) -> Callable[..., R]: ...
-    def __get__(self, obj: object | None, objtype: type | None = None) -> Any:
-        if obj is None:
-            return self
-        return MethodType(self.fn, obj)
-
-    @property
-    def event(self) -> str:
-        if self.owner is None:
-            raise TypeError(f"@query {self.name} is not defined in a Component class")
-        return f"{self.owner.name}.{self.name}"
-
-    def __repr__(self) -> str:
-        return f"<query {self.event if self.owner else self.name}>"
+    __slots__ = ()
+    kind = "query"
 
 
 #: What names an event: its string, or the ``@update`` that defines it.
