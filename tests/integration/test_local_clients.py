@@ -165,7 +165,12 @@ def service() -> Iterator[Running]:
         svc.wait_ready()
         pids = [r["pid"] for r in svc.control({"op": "status"})["replicas"]]
         yield svc
-        code = svc.stop()
+        # A client still attached while the service stops is told (EOF), and
+        # does not hold the stop up.
+        with attached_raw(svc) as held:
+            code = svc.stop()
+            held.settimeout(5)
+            assert held.recv(1) == b""
         assert code == 0, svc.output
         for pid in pids:
             assert not Path(f"/proc/{pid}").exists(), f"replica pid {pid} outlived the service"
@@ -180,6 +185,20 @@ def service() -> Iterator[Running]:
                 path.rmdir() if path.is_dir() else path.unlink()
         with contextlib.suppress(OSError):
             base.rmdir()
+
+
+@contextlib.contextmanager
+def attached_raw(svc: Running) -> Iterator[socket.socket]:
+    """A control connection that did the connect op (what dominoes.connect does first)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(svc.run_dir / "control.sock"))
+        s.sendall(b'{"op": "connect"}\n')
+        data, fds, _, _ = socket.recv_fds(s, 65536, 16)
+        for fd in fds:
+            os.close(fd)
+        assert json.loads(data)["replicas"] == len(fds) - 1 == 2
+        yield s
 
 
 @pytest.fixture

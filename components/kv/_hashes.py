@@ -1,0 +1,131 @@
+"""Hashes: HSET, HGET, HDEL, HGETALL, HLEN, HEXISTS, HINCRBY, HKEYS, HVALS, HMGET, ..."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from dominoes import Component, Context
+
+from ._errors import INT64_MAX, INT64_MIN, KvError, arity_error, overflow, parse_int, wrong_type
+from ._keyspace import Keyspace, now_ms
+from ._resp import OK
+from ._strings import add_float
+from ._table import command
+
+__all__ = ("Hashes",)
+
+
+class Hashes(Component):
+    """Hash values (``dict[bytes, bytes]``) in the keyspace."""
+
+    name = "hashes"
+    transient: ClassVar[tuple[str, ...]] = ("keyspace",)
+
+    def __init__(self, keyspace: Keyspace) -> None:
+        self.keyspace = keyspace
+
+    def _hash(self, key: bytes, now: int) -> dict[bytes, bytes] | None:
+        value = self.keyspace.get(key, now)
+        if value is not None and type(value) is not dict:
+            raise wrong_type()
+        return value
+
+    def _for_write(self, ctx: Context, key: bytes) -> dict[bytes, bytes]:
+        h = self._hash(key, now_ms(ctx))
+        if h is None:
+            h = {}
+            self.keyspace.put(key, h)
+        else:
+            self.keyspace.bump(key)
+        return h
+
+    # --- reads -----------------------------------------------------------------------------
+
+    @command("HGET", 3, keys=(1, 1, 1), flags=("fast",))
+    def hget(self, now: int, args: list[bytes]) -> bytes | None:
+        h = self._hash(args[1], now)
+        return None if h is None else h.get(args[2])
+
+    @command("HMGET", -3, keys=(1, 1, 1), flags=("fast",))
+    def hmget(self, now: int, args: list[bytes]) -> list[bytes | None]:
+        h = self._hash(args[1], now) or {}
+        return [h.get(f) for f in args[2:]]
+
+    @command("HGETALL", 2, keys=(1, 1, 1))
+    def hgetall(self, now: int, args: list[bytes]) -> dict[bytes, bytes]:
+        return dict(self._hash(args[1], now) or {})
+
+    @command("HKEYS", 2, keys=(1, 1, 1))
+    def hkeys(self, now: int, args: list[bytes]) -> list[bytes]:
+        return list(self._hash(args[1], now) or ())
+
+    @command("HVALS", 2, keys=(1, 1, 1))
+    def hvals(self, now: int, args: list[bytes]) -> list[bytes]:
+        return list((self._hash(args[1], now) or {}).values())
+
+    @command("HLEN", 2, keys=(1, 1, 1), flags=("fast",))
+    def hlen(self, now: int, args: list[bytes]) -> int:
+        return len(self._hash(args[1], now) or ())
+
+    @command("HEXISTS", 3, keys=(1, 1, 1), flags=("fast",))
+    def hexists(self, now: int, args: list[bytes]) -> int:
+        return int(args[2] in (self._hash(args[1], now) or ()))
+
+    @command("HSTRLEN", 3, keys=(1, 1, 1), flags=("fast",))
+    def hstrlen(self, now: int, args: list[bytes]) -> int:
+        return len((self._hash(args[1], now) or {}).get(args[2], b""))
+
+    # --- writes ----------------------------------------------------------------------------
+
+    @command("HSET", -4, write=True, keys=(1, 1, 1), flags=("fast",))
+    @command("HMSET", -4, write=True, keys=(1, 1, 1), flags=("fast",))
+    def hset(self, ctx: Context, args: list[bytes]) -> Any:
+        if len(args) % 2:
+            raise arity_error(args[0])
+        h = self._for_write(ctx, args[1])
+        before = len(h)
+        for i in range(2, len(args), 2):
+            h[args[i]] = args[i + 1]
+        return OK if args[0] == b"HMSET" else len(h) - before
+
+    @command("HSETNX", 4, write=True, keys=(1, 1, 1), flags=("fast",))
+    def hsetnx(self, ctx: Context, args: list[bytes]) -> int:
+        h = self._hash(args[1], now_ms(ctx))
+        if h is not None and args[2] in h:
+            return 0
+        self._for_write(ctx, args[1])[args[2]] = args[3]
+        return 1
+
+    @command("HDEL", -3, write=True, keys=(1, 1, 1), flags=("fast",))
+    def hdel(self, ctx: Context, args: list[bytes]) -> int:
+        h = self._hash(args[1], now_ms(ctx))
+        if h is None:
+            return 0
+        removed = sum(h.pop(f, None) is not None for f in args[2:])
+        if not h:
+            self.keyspace.remove(args[1])
+        elif removed:
+            self.keyspace.bump(args[1])
+        return removed
+
+    @command("HINCRBY", 4, write=True, keys=(1, 1, 1), flags=("fast",))
+    def hincrby(self, ctx: Context, args: list[bytes]) -> int:
+        by = parse_int(args[3])
+        h = self._hash(args[1], now_ms(ctx))
+        old = None if h is None else h.get(args[2])
+        try:
+            current = 0 if old is None else parse_int(old)
+        except KvError:
+            raise KvError("ERR hash value is not an integer") from None
+        value = current + by
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise overflow()
+        self._for_write(ctx, args[1])[args[2]] = b"%d" % value
+        return value
+
+    @command("HINCRBYFLOAT", 4, write=True, keys=(1, 1, 1), flags=("fast",))
+    def hincrbyfloat(self, ctx: Context, args: list[bytes]) -> bytes:
+        h = self._hash(args[1], now_ms(ctx))
+        value = add_float(None if h is None else h.get(args[2]), args[3], hash_field=True)
+        self._for_write(ctx, args[1])[args[2]] = value
+        return value

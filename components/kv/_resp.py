@@ -1,0 +1,496 @@
+"""RESP, sans-IO: request bytes in, commands out; reply values in, bytes out.
+
+Parsing requests
+----------------
+``hiredis.Reader`` (C) parses, but it trusts every length it reads: a ``*<n>``
+header allocates a list of n slots as soon as it is read, nested arrays are
+accepted at any depth, and a ``$<len>`` header just waits for the bytes.  A
+client could make a replica allocate gigabytes with a few bytes.  So every byte
+is **validated before hiredis sees it**, by one of two paths:
+
+* the fast path, :data:`_FAST`: one compiled regex matching a run of complete,
+  well-formed commands of 1..8 arguments of at most 255 bytes each.  Bulk
+  lengths are spelled out as a digit trie, so the regex checks that each
+  payload has exactly its announced length.  It runs in C, and the run it
+  matches goes to hiredis in one ``feed``; hiredis is therefore always at a
+  command boundary and never holds a partial command.
+* the slow path, :meth:`RequestParser._slow`: a small state machine in Python
+  for one command at a time: more or longer arguments, a command split across
+  reads, inline commands (``PING\\r\\n``, as telnet sends them), and errors.
+  It enforces Redis's limits with Redis's messages (``invalid bulk length``,
+  ``invalid multibulk length``, ``expected '$', got 'x'``, ``unbalanced quotes
+  in request``) before buffering anything for the announced length.
+
+Encoding replies
+----------------
+Handlers return plain values; the connection encodes them in the client's
+protocol version (RESP2, or RESP3 after ``HELLO 3``):
+
+=====================  =======================  ======================
+value                  RESP2                    RESP3
+=====================  =======================  ======================
+``bytes`` / ``str``    bulk string              bulk string
+``int``                integer                  integer
+``None``               null bulk ``$-1``        null ``_``
+:data:`NULL_ARRAY`     null array ``*-1``       null ``_``
+``list`` / ``tuple``   array                    array
+``dict``               flat array               map ``%``
+``set``                array                    set ``~``
+``float``              bulk string              double ``,``
+``bool``               integer                  boolean ``#``
+:class:`Status`        simple string ``+``      simple string
+:class:`Push`          array                    push ``>``
+:class:`Verbatim`      bulk string              verbatim ``=``
+:class:`Frames`        its frames, one after another
+:class:`KvError`       error ``-``              error
+=====================  =======================  ======================
+
+A reply never aliases replicated state (it is encoded after later entries may
+have been applied), so handlers return copies of containers.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+import hiredis
+
+from ._errors import KvError
+
+__all__ = (
+    "MAX_ARGS",
+    "MAX_BULK",
+    "MAX_INLINE",
+    "NULL_ARRAY",
+    "OK",
+    "PONG",
+    "QUEUED",
+    "Frames",
+    "ProtocolError",
+    "Push",
+    "RequestParser",
+    "Status",
+    "Verbatim",
+    "encode",
+    "split_args",
+)
+
+#: Most arguments one command may have.  Redis allows 2**31; a ``*<n>`` header
+#: costs a list of n slots as soon as hiredis reads it, so keep it modest.
+MAX_ARGS: Final = 1024 * 1024
+#: Longest bulk string accepted (bytes).  Redis's default is 512 MiB; a value
+#: must fit in one log entry (about 2 MiB with the default log), so anything
+#: much bigger could only be refused later, after being buffered.
+MAX_BULK: Final = 16 * 1024 * 1024
+#: Longest inline command (``PING\r\n`` typed into telnet), as in Redis.
+MAX_INLINE: Final = 64 * 1024
+#: Longest ``*<n>`` / ``$<len>`` header line; any valid count fits in 20 bytes.
+_MAX_HEADER: Final = 32
+
+assert MAX_BULK < 2**31
+assert MAX_ARGS < 2**31
+
+
+# --- reply types ---------------------------------------------------------------------------
+
+
+class Status(bytes):
+    """A simple string reply (``+OK``)."""
+
+    __slots__ = ()
+
+
+class Push(list[Any]):
+    """A RESP3 push frame (pub/sub); an array in RESP2."""
+
+    __slots__ = ()
+
+
+class Frames(list[Any]):
+    """Several replies to one command (``SUBSCRIBE a b`` answers once per channel)."""
+
+    __slots__ = ()
+
+
+class Verbatim(bytes):
+    """A RESP3 verbatim text (``INFO``); a bulk string in RESP2."""
+
+    __slots__ = ()
+
+
+class _NullArray:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NULL_ARRAY"
+
+
+#: The null array: ``*-1`` in RESP2 (EXEC aborted by WATCH, LPOP key count on a
+#: missing key), ``_`` in RESP3.
+NULL_ARRAY: Final = _NullArray()
+OK: Final = Status(b"OK")
+PONG: Final = Status(b"PONG")
+QUEUED: Final = Status(b"QUEUED")
+
+_OK_FRAME: Final = b"+OK\r\n"
+_NIL2: Final = b"$-1\r\n"
+_NIL3: Final = b"_\r\n"
+
+
+def encode(value: Any, resp3: bool = False) -> bytes:
+    """The RESP frame of one reply value (see the table in the module doc)."""
+    if value is OK:
+        return _OK_FRAME
+    t = type(value)
+    if t is bytes:
+        return b"$%d\r\n%s\r\n" % (len(value), value)
+    if t is int:
+        return b":%d\r\n" % value
+    if value is None:
+        return _NIL3 if resp3 else _NIL2
+    parts: list[bytes] = []
+    _encode_into(value, resp3, parts)
+    return b"".join(parts)
+
+
+def _encode_into(value: Any, resp3: bool, out: list[bytes]) -> None:
+    t = type(value)
+    if t is bytes:
+        out.append(b"$%d\r\n%s\r\n" % (len(value), value))
+    elif t is int:
+        out.append(b":%d\r\n" % value)
+    elif value is None:
+        out.append(_NIL3 if resp3 else _NIL2)
+    elif t is Status:
+        out.append(b"+%s\r\n" % value)
+    elif t is list or t is tuple:
+        out.append(b"*%d\r\n" % len(value))
+        for item in value:
+            _encode_into(item, resp3, out)
+    elif t is str:
+        data = value.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    elif isinstance(value, KvError):
+        out.append(b"-%s\r\n" % _one_line(str(value)).encode())
+    elif t is dict:
+        out.append(b"%%%d\r\n" % len(value) if resp3 else b"*%d\r\n" % (2 * len(value)))
+        for k, v in value.items():
+            _encode_into(k, resp3, out)
+            _encode_into(v, resp3, out)
+    elif t is set or t is frozenset:
+        out.append(b"~%d\r\n" % len(value) if resp3 else b"*%d\r\n" % len(value))
+        for item in value:
+            _encode_into(item, resp3, out)
+    elif value is NULL_ARRAY:
+        out.append(_NIL3 if resp3 else b"*-1\r\n")
+    elif t is bool:
+        out.append((b"#t\r\n" if value else b"#f\r\n") if resp3 else b":%d\r\n" % value)
+    elif t is float:
+        text = _double(value)
+        out.append(b",%s\r\n" % text if resp3 else b"$%d\r\n%s\r\n" % (len(text), text))
+    elif t is Push:
+        out.append(b">%d\r\n" % len(value) if resp3 else b"*%d\r\n" % len(value))
+        for item in value:
+            _encode_into(item, resp3, out)
+    elif t is Frames:
+        for item in value:
+            _encode_into(item, resp3, out)
+    elif t is Verbatim:
+        if resp3:
+            out.append(b"=%d\r\ntxt:%s\r\n" % (len(value) + 4, value))
+        else:
+            out.append(b"$%d\r\n%s\r\n" % (len(value), value))
+    elif isinstance(value, BaseException):
+        out.append(b"-ERR %s\r\n" % _one_line(f"{type(value).__name__}: {value}").encode())
+    else:  # a bug in a handler: say so instead of breaking the stream
+        out.append(b"-ERR cannot encode a reply of type %s\r\n" % t.__name__.encode())
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def _double(x: float) -> bytes:
+    if x != x:
+        return b"nan"
+    if x in (float("inf"), float("-inf")):
+        return b"inf" if x > 0 else b"-inf"
+    return repr(x).encode()
+
+
+# --- requests: the fast path ---------------------------------------------------------------
+
+_FAST_MAX_ARGS: Final = 8
+_FAST_MAX_LEN: Final = 255
+
+
+def _bulk_trie(max_len: int) -> bytes:
+    """A regex for ``$<len>\\r\\n<len bytes>\\r\\n`` with ``len`` in 0..max_len.
+
+    The length's digits are matched as a trie, and each leaf demands exactly
+    that many payload bytes, so a matching bulk string is well framed.
+    """
+
+    def node(prefix: str) -> bytes:
+        alts: list[bytes] = []
+        if prefix:
+            n = int(prefix)
+            alts.append(rb"\r\n" + (rb".{%d}" % n if n else b"") + rb"\r\n")
+            if prefix == "0":
+                return alts[0]
+        for d in "0123456789":
+            if not prefix and d == "0":
+                alts.append(rb"0" + node("0"))
+            elif int(prefix + d) <= max_len:
+                alts.append(d.encode() + rb"(?:" + node(prefix + d) + rb")")
+        return b"|".join(alts)
+
+    return rb"\$(?:" + node("") + rb")"
+
+
+def _fast_pattern() -> re.Pattern[bytes]:
+    arg = _bulk_trie(_FAST_MAX_LEN)
+    one = b"|".join(rb"%d\r\n(?:%s){%d}" % (n, arg, n) for n in range(1, _FAST_MAX_ARGS + 1))
+    return re.compile(rb"(?:\*(?:" + one + rb"))*", re.DOTALL)
+
+
+#: Matches the longest run of complete, small, well-formed commands at a position.
+_FAST: Final = _fast_pattern()
+_INT: Final = re.compile(rb"-?(?:0|[1-9][0-9]{0,18})")
+
+# slow-path phases
+_START, _HEADER, _PAYLOAD, _INLINE = range(4)
+
+
+class ProtocolError(Exception):
+    """Malformed input: reply ``-ERR Protocol error: <message>`` and close.
+
+    ``commands`` holds the well-formed commands that came before the error,
+    which are still executed, in order, as Redis does.
+    """
+
+    def __init__(self, message: str, commands: list[list[bytes]]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.commands = commands
+
+
+class RequestParser:
+    """Incremental request parser: :meth:`feed` bytes, get complete commands."""
+
+    __slots__ = ("_argc", "_args", "_chunks", "_line", "_need", "_phase", "_reader")
+
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader()
+        self._phase = _START
+        self._line = b""  # a header or inline line split across reads
+        self._argc = 0
+        self._args: list[bytes] = []
+        self._need = 0  # payload bytes (plus CRLF) still to come
+        self._chunks: list[bytes] = []
+
+    @property
+    def idle(self) -> bool:
+        """True at a command boundary (nothing partial is buffered)."""
+        return self._phase == _START and not self._line
+
+    def feed(self, data: bytes) -> list[list[bytes]]:
+        """The commands ``data`` completes, in order; raises :class:`ProtocolError`."""
+        out: list[list[bytes]] = []
+        n = len(data)
+        pos = 0
+        if self._phase != _START or self._line:
+            pos = self._slow(data, 0, out)
+        reader = self._reader
+        match = _FAST.match
+        while pos < n:
+            end = match(data, pos).end()  # type: ignore[union-attr]  # `(...)*` always matches
+            if end > pos:
+                reader.feed(data, pos, end - pos)
+                while (cmd := reader.gets()) is not False:
+                    out.append(cmd)
+                pos = end
+                if pos == n:
+                    break
+            pos = self._slow(data, pos, out)
+        return out
+
+    # --- the slow path ---------------------------------------------------------------------
+
+    def _fail(self, message: str, out: list[list[bytes]]) -> ProtocolError:
+        self._phase = _START
+        self._line = b""
+        self._args = []
+        self._chunks = []
+        return ProtocolError(message, out)
+
+    def _slow(self, data: bytes, pos: int, out: list[list[bytes]]) -> int:
+        """Consume at most one command from ``data[pos:]``; the position after it."""
+        n = len(data)
+        while pos < n:
+            phase = self._phase
+            if phase == _PAYLOAD:
+                need = self._need
+                take = min(need, n - pos)
+                if need > 2:  # the last two bytes are the CRLF, which (like Redis) we skip
+                    self._chunks.append(data[pos : pos + min(take, need - 2)])
+                pos += take
+                self._need = need - take
+                if self._need:
+                    return n
+                chunks = self._chunks
+                self._args.append(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                self._chunks = []
+                if len(self._args) == self._argc:
+                    out.append(self._args)
+                    self._args = []
+                    self._phase = _START
+                    return pos
+                self._phase = _HEADER
+                continue
+            if phase == _INLINE or (phase == _START and not self._line and data[pos] != 42):
+                return self._inline(data, pos, out)
+            if not self._line:
+                first = data[pos]
+                if phase == _HEADER and first != 36:  # '$'
+                    shown = chr(first) if 32 < first < 127 else "?"
+                    raise self._fail(f"expected '$', got '{shown}'", out)
+            line, pos = self._header(data, pos, out)
+            if line is None:
+                return n
+            value = int(line[1:]) if _INT.fullmatch(line, 1) else None
+            if phase == _START:
+                if value is None or value > MAX_ARGS:
+                    raise self._fail("invalid multibulk length", out)
+                if value <= 0:  # "*0" and "*-1" are ignored, as Redis does
+                    continue
+                self._argc = value
+                self._args = []
+                self._phase = _HEADER
+            else:
+                if value is None or not 0 <= value <= MAX_BULK:
+                    raise self._fail("invalid bulk length", out)
+                self._need = value + 2
+                self._chunks = []
+                self._phase = _PAYLOAD
+        return pos
+
+    def _header(self, data: bytes, pos: int, out: list[list[bytes]]) -> tuple[bytes | None, int]:
+        """A ``*<n>`` or ``$<len>`` line (without CRLF) and the position after it."""
+        what = "multibulk" if self._phase == _START else "bulk"
+        if self._line:
+            buf = self._line + data[pos : pos + _MAX_HEADER + 2]
+            idx = buf.find(b"\r\n")
+            if idx < 0:
+                if len(buf) > _MAX_HEADER:
+                    raise self._fail(f"invalid {what} length", out)
+                self._line = buf
+                return None, len(data)
+            consumed = idx + 2 - len(self._line)
+            self._line = b""
+            return buf[:idx], pos + consumed
+        idx = data.find(b"\r\n", pos, pos + _MAX_HEADER + 2)
+        if idx < 0:
+            if len(data) - pos > _MAX_HEADER:
+                raise self._fail(f"invalid {what} length", out)
+            self._line = data[pos:]
+            return None, len(data)
+        return data[pos:idx], idx + 2
+
+    def _inline(self, data: bytes, pos: int, out: list[list[bytes]]) -> int:
+        """An inline command: one line of space-separated (optionally quoted) words."""
+        idx = data.find(b"\n", pos)
+        if idx < 0:
+            self._line += data[pos:]
+            self._phase = _INLINE
+            if len(self._line) > MAX_INLINE:
+                raise self._fail("too big inline request", out)
+            return len(data)
+        line = self._line + data[pos:idx]
+        self._line = b""
+        self._phase = _START
+        if len(line) > MAX_INLINE:
+            raise self._fail("too big inline request", out)
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        args = split_args(line)
+        if args is None:
+            raise self._fail("unbalanced quotes in request", out)
+        if args:
+            out.append(args)
+        return idx + 1
+
+
+_ESCAPES: Final = {
+    ord("n"): b"\n",
+    ord("r"): b"\r",
+    ord("t"): b"\t",
+    ord("b"): b"\b",
+    ord("a"): b"\a",
+}
+_HEX: Final = frozenset(b"0123456789abcdefABCDEF")
+_SPACE: Final = frozenset(b" \n\r\t\v\f")
+
+
+def split_args(line: bytes) -> list[bytes] | None:
+    """Split an inline command like Redis's ``sdssplitargs``; None on unbalanced quotes.
+
+    Words are separated by whitespace; ``"..."`` understands ``\\n \\r \\t \\b
+    \\a \\xHH`` and backslash-escaped characters, ``'...'`` only ``\\'``; a
+    closing quote must be followed by whitespace or the end of the line.
+    """
+    args: list[bytes] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i] in _SPACE:
+            i += 1
+        if i >= n:
+            return args
+        word = bytearray()
+        quote = 0
+        while True:
+            if i >= n:
+                if quote:
+                    return None
+                break
+            c = line[i]
+            if quote == 34:  # inside "..."
+                if (
+                    c == 92
+                    and i + 3 < n
+                    and line[i + 1] == 120
+                    and line[i + 2] in _HEX
+                    and line[i + 3] in _HEX
+                ):
+                    word.append(int(line[i + 2 : i + 4], 16))
+                    i += 3
+                elif c == 92 and i + 1 < n:
+                    i += 1
+                    word += _ESCAPES.get(line[i], bytes((line[i],)))
+                elif c == 34:
+                    if i + 1 < n and line[i + 1] not in _SPACE:
+                        return None
+                    i += 1
+                    break
+                else:
+                    word.append(c)
+            elif quote == 39:  # inside '...'
+                if c == 92 and i + 1 < n and line[i + 1] == 39:
+                    i += 1
+                    word.append(39)
+                elif c == 39:
+                    if i + 1 < n and line[i + 1] not in _SPACE:
+                        return None
+                    i += 1
+                    break
+                else:
+                    word.append(c)
+            elif c in _SPACE:
+                break
+            elif c == 34 or c == 39:
+                quote = c
+            else:
+                word.append(c)
+            i += 1
+        args.append(bytes(word))

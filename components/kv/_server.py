@@ -1,0 +1,895 @@
+"""The RESP front end: one :class:`Server` per replica, one :class:`Connection` per client.
+
+Theory of operation
+-------------------
+Each replica accepts its own connections (``SO_REUSEPORT``) and is the owner of
+every entry they append (``affinity``), so it alone parses, replies and writes.
+
+Per ``data_received``, every complete command is handled in order:
+
+* a **connection command** (PING, HELLO, MULTI, CLIENT, INFO, ...) changes
+  the connection's own state and answers at once;
+* a **write** joins the current *batch*: consecutive writes (and the reads
+  that follow them in the pipeline) become one ``Commands.run`` entry;
+* a **read** runs against the local state at once, unless the connection has
+  writes in flight or batched: then it joins the batch, so it sees them
+  (read-your-writes) and its reply keeps its place.
+
+Replies are queued in request order in ``pending``: frames that are ready,
+and entries whose replies come when this replica has applied them.  The
+queue's ready head is written with one ``transport.write`` per callback.
+
+WATCH and UNWATCH are writes (their entries register the keys in the
+replicated state); EXEC's entry names the client so its check finds them.
+
+Flow control: reading pauses while many entries are in flight, while appends
+wait for room in a full log, and while the transport's write buffer is full;
+it resumes when they drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import sys
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+import msgspec
+
+from dominoes import EntryTooLargeError, LogFullError, Replica
+
+from ._commands import IN_TRANSACTION, Bound, Commands, client_id, internal_error
+from ._errors import KvError, arity_error, parse_int, unknown_command
+from ._glob import glob_matcher
+from ._keyspace import Keyspace
+from ._pubsub import PubSub
+from ._resp import OK, PONG, QUEUED, ProtocolError, RequestParser, Status, Verbatim, encode
+from ._table import CONN, READ, WRITE, Spec, command
+
+__all__ = ("Connection", "Server", "tcp_factory")
+
+log = logging.getLogger("dominoes.kv")
+
+#: Entries one connection may have in flight before it stops reading.
+MAX_IN_FLIGHT: Final = 64
+#: Commands in one batch entry; a longer pipeline run is split.
+MAX_BATCH: Final = 1024
+#: A subscriber whose unsent output exceeds this is disconnected (Redis: 32 MB).
+PUBSUB_OUTPUT_LIMIT: Final = 32 * 1024 * 1024
+#: Back-off bounds (seconds) while the log is full and appends wait for room.
+FULL_BACKOFF_MIN: Final = 0.0002
+FULL_BACKOFF_MAX: Final = 0.005
+#: The Redis version the server claims (clients check it for features).
+REDIS_VERSION: Final = "7.0.0"
+
+_OK_FRAME: Final = b"+OK\r\n"
+#: The command events by name (a name skips resolving the descriptor on every append).
+_RUN: Final = Commands.run.event
+_EXEC: Final = Commands.exec.event
+_TX_CONTROL: Final = frozenset({b"EXEC", b"DISCARD", b"MULTI", b"QUIT", b"RESET"})
+_SUBSCRIBED_OK: Final = frozenset(
+    {b"SUBSCRIBE", b"PSUBSCRIBE", b"UNSUBSCRIBE", b"PUNSUBSCRIBE", b"PING", b"QUIT", b"RESET"}
+)
+_EXECABORT: Final = KvError("EXECABORT Transaction discarded because of previous errors.")
+_NOT_IN_MULTI: Final = KvError("ERR Command not allowed inside a transaction")
+
+
+def _ignore_result(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+class Server:
+    """One replica's side of the service: its command implementations and connections."""
+
+    def __init__(self, replica: Replica, table: dict[bytes, Spec]) -> None:
+        self.replica = replica
+        self.table = table
+        self.index = replica.index
+        bound = replica.component(Commands).bound
+        #: local reads: name -> implementation(now_ms, args)
+        self.reads: Bound = {k: v for k, v in bound.items() if not v[1]}
+        self.keyspace: Keyspace = replica.component(Keyspace)
+        pubsub: PubSub = replica.component(PubSub)
+        #: live connections by client id (pub/sub delivers through it)
+        self.connections: dict[int, Connection] = {}
+        pubsub.local = self.connections  # type: ignore[assignment]  # dict is invariant
+        # A fresh incarnation of this replica: number clients past every id its
+        # previous incarnations left in the replicated state, and drop those.
+        commands: Commands = replica.component(Commands)
+        first = commands.first_counter(self.index)
+        self._ids = itertools.count(first)
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self.started = time.time()
+        self.connections_received = 0
+        self.commands_processed = 0
+        self.protocol_errors = 0
+        self.background(Commands.clients_gone, self.index, first)
+
+    def new_client_id(self) -> int:
+        return client_id(next(self._ids), self.index)
+
+    def background(self, event: Any, *args: Any) -> None:
+        """Append an entry whose result nobody waits for (waiting for room if the log is full)."""
+        try:
+            fut: asyncio.Future[Any] = self.replica.submit_nowait(event, *args)
+        except LogFullError:
+            fut = asyncio.ensure_future(self.replica.submit(event, *args))
+            self._tasks.add(fut)
+            fut.add_done_callback(self._tasks.discard)
+        fut.add_done_callback(_ignore_result)
+
+    def info(self, sections: list[bytes]) -> bytes:
+        """The text of INFO for ``sections`` (lower case; empty: the default ones)."""
+        wanted = {s.lower() for s in sections} or {b"default"}
+        every = bool(wanted & {b"all", b"everything", b"default"})
+        replica = self.replica
+        now = time.time()
+        keyspace = self.keyspace
+        nkeys = keyspace.count_live(int(now * 1000))
+        parts: list[str] = []
+
+        def section(name: str, fields: dict[str, Any]) -> None:
+            if every or name.lower().encode() in wanted:
+                body = "".join(f"{k}:{v}\r\n" for k, v in fields.items())
+                parts.append(f"# {name}\r\n{body}")
+
+        section(
+            "Server",
+            {
+                "redis_version": REDIS_VERSION,
+                "redis_mode": "standalone",
+                "server_name": "dominoes-kv",
+                "os": f"{os.uname().sysname} {os.uname().release} {os.uname().machine}",
+                "arch_bits": 64,
+                "multiplexing_api": "asyncio",
+                "python_version": sys.version.split()[0],
+                "process_id": os.getpid(),
+                "uptime_in_seconds": int(now - self.started),
+                "uptime_in_days": int(now - self.started) // 86400,
+            },
+        )
+        section("Clients", {"connected_clients": len(self.connections)})
+        section(
+            "Stats",
+            {
+                "total_connections_received": self.connections_received,
+                "total_commands_processed": self.commands_processed,
+                "protocol_errors": self.protocol_errors,
+                "expired_keys": replica.component("expiry").expired,
+            },
+        )
+        section("Replication", {"role": "master", "connected_slaves": 0})
+        fields: dict[str, Any] = {
+            "replica_index": replica.index,
+            "replicas": replica.replicas,
+            "replica_core": "" if replica.cpu is None else replica.cpu,
+            "applied_seq": replica.applied_seq,
+            "lag": replica.lag,
+        }
+        fields.update(_flatten(replica.statistics()))
+        section("Dominoes", fields)
+        if every or b"keyspace" in wanted:
+            expires = sum(1 for d in keyspace.deadlines.values() if d > now * 1000)
+            body = f"db0:keys={nkeys},expires={expires},avg_ttl=0\r\n" if nkeys else ""
+            parts.append(f"# Keyspace\r\n{body}")
+        return "\r\n".join(parts).encode()
+
+
+def _flatten(stats: Any, prefix: str = "", depth: int = 0) -> dict[str, Any]:
+    """The scalar fields of a statistics struct (and of the structs inside it)."""
+    out: dict[str, Any] = {}
+    try:
+        items = msgspec.structs.asdict(stats).items()
+    except TypeError:
+        return out
+    for key, value in items:
+        if isinstance(value, msgspec.Struct) and depth < 2:
+            out.update(_flatten(value, f"{prefix}{key}_", depth + 1))
+        elif isinstance(value, bool):
+            out[prefix + key] = int(value)
+        elif isinstance(value, int | str):
+            out[prefix + key] = value
+        elif isinstance(value, float):
+            out[prefix + key] = f"{value:.3f}"
+    return out
+
+
+_servers: weakref.WeakKeyDictionary[Replica, Server] = weakref.WeakKeyDictionary()
+
+
+def tcp_factory(table: dict[bytes, Spec]) -> Callable[[Replica], Connection]:
+    """The service's TCP ingress: ``factory(replica)`` makes one connection's protocol."""
+
+    def factory(replica: Replica) -> Connection:
+        server = _servers.get(replica)
+        if server is None:
+            server = _servers[replica] = Server(replica, table)
+        return Connection(server)
+
+    return factory
+
+
+class _Entry:
+    """A log entry this connection appended, in its place among the replies.
+
+    A batch too large for one log entry is split, so an entry may stand for
+    several appends: ``parts`` holds each one's future and command count.
+    """
+
+    __slots__ = ("parts", "resp3", "silent", "transaction")
+
+    def __init__(self, resp3: bool, transaction: bool) -> None:
+        self.resp3 = resp3
+        self.transaction = transaction
+        #: an internal entry (RESET's unsubscriptions): its replies are not sent
+        self.silent = False
+        self.parts: list[tuple[asyncio.Future[Any], int]] = []
+
+    def done(self) -> bool:
+        return bool(self.parts) and all(f.done() for f, _ in self.parts)
+
+    def frames(self) -> list[bytes]:
+        resp3 = self.resp3
+        out: list[bytes] = []
+        if self.silent:
+            return out
+        for fut, count in self.parts:
+            result = _outcome(fut)
+            if self.transaction:
+                out.append(encode(result, resp3))
+            elif isinstance(result, KvError):
+                out.extend([encode(result, resp3)] * count)
+            else:
+                out.extend([_OK_FRAME if r is OK else encode(r, resp3) for r in result])
+        return out
+
+
+def _outcome(fut: asyncio.Future[Any]) -> Any:
+    if fut.cancelled():
+        return KvError("ERR the replica is stopping")
+    exc = fut.exception()
+    if exc is None:
+        return fut.result()
+    if isinstance(exc, KvError):
+        return exc
+    return internal_error(exc)
+
+
+class _ProtocolFailure:
+    """Stands in the command queue where malformed input was found."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class Connection(asyncio.Protocol):
+    """One client connection (see the module doc)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.replica = server.replica
+        self.table = server.table
+        self.reads = server.reads
+        self.id = server.new_client_id()
+        self.parser = RequestParser()
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.resp3 = False
+        self.name: bytes | None = None
+        self.lib: dict[bytes, bytes] = {}
+        self.multi: list[list[bytes]] | None = None
+        self.multi_error = False
+        self.channels: set[bytes] = set()
+        self.patterns: set[bytes] = set()
+        self.batch: list[list[bytes]] = []
+        self.batch_every = False
+        self.pending: deque[bytes | _Entry] = deque()
+        self.out: list[bytes] = []
+        self.watching = False
+        self.delayed: deque[tuple[_Entry, Any, tuple[Any, ...], str]] = deque()
+        self.closing = False
+        self.reading = True
+        self.writable = True
+        self.created = time.time()
+        self.last_command = b""
+        self._now = 0
+        self._push_scheduled = False
+        #: MULTI, or RESP2 with subscriptions: commands need more than the fast path
+        self.special = False
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        self.server.connections[self.id] = self
+        self.server.connections_received += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.closing = True
+        self.server.connections.pop(self.id, None)
+        if self.channels or self.patterns:
+            self.channels.clear()
+            self.patterns.clear()
+            self.server.background(PubSub.disconnect, self.id)
+        if self.watching:
+            self.watching = False
+            self.server.background(Commands.run, [[b"UNWATCH", b"%d" % self.id]])
+
+    def pause_writing(self) -> None:
+        self.writable = False
+        self._flow()
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        self._flow()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        failure = None
+        try:
+            commands: list[Any] = self.parser.feed(data)
+        except ProtocolError as exc:
+            commands = exc.commands
+            failure = _ProtocolFailure(exc.message)
+            self.server.protocol_errors += 1
+        if failure is not None:
+            commands.append(failure)
+        self._now = int(time.time() * 1000)
+        self._run(commands)
+        self._finish()
+
+    # --- running commands ------------------------------------------------------------------
+
+    def _run(self, commands: list[Any]) -> None:
+        """Handle commands in order (the hot loop: reads and writes inline)."""
+        if not commands:
+            return
+        table = self.table
+        reads = self.reads
+        self.server.commands_processed += len(commands)
+        for args in commands:
+            if self.closing:
+                return
+            if type(args) is _ProtocolFailure:
+                self._reply(KvError(f"ERR Protocol error: {args.message}"))
+                self.closing = True
+                return
+            name = args[0].upper()
+            spec = table.get(name)
+            if spec is None:
+                self._refuse(unknown_command(args))
+                continue
+            arity = spec.arity
+            if len(args) != arity if arity >= 0 else len(args) < -arity:
+                self._refuse(arity_error(name))
+                continue
+            args[0] = name
+            if self.special and self._special(name, spec, args):
+                continue
+            kind = spec.kind
+            if kind is WRITE:
+                if spec.client_id:
+                    self._client_command(name, args)
+                self.batch.append(args)
+                if spec.broadcast:
+                    self.batch_every = True
+                if len(self.batch) >= MAX_BATCH:
+                    self._flush_batch()
+            elif kind is READ:
+                if self.batch or self.pending:  # behind this connection's writes
+                    self.batch.append(args)
+                    if len(self.batch) >= MAX_BATCH:
+                        self._flush_batch()
+                    continue
+                try:
+                    value = reads[name][0](self._now, args)
+                except KvError as exc:
+                    value = exc
+                except Exception as exc:
+                    log.exception("replica %d: %s failed", self.server.index, name.decode())
+                    value = internal_error(exc)
+                self.out.append(encode(value, self.resp3))
+            else:
+                self.last_command = name
+                try:
+                    getattr(self, spec.method)(args)
+                except Exception as exc:
+                    log.exception("replica %d: %s failed", self.server.index, name.decode())
+                    self._reply(internal_error(exc))
+
+    def _special(self, name: bytes, spec: Spec, args: list[bytes]) -> bool:
+        """Inside MULTI, or subscribed in RESP2: whether the command was handled here."""
+        self.last_command = name
+        if self.multi is not None and name not in _TX_CONTROL:
+            if name == b"WATCH":
+                self._reply(KvError("ERR WATCH inside MULTI is not allowed"))
+            elif spec.no_multi or (spec.kind is CONN and name not in IN_TRANSACTION):
+                self._refuse(_NOT_IN_MULTI)
+            else:
+                if spec.client_id:  # UNWATCH: a no-op by then, as in Redis
+                    args.insert(1, b"%d" % self.id)
+                self.multi.append(args)
+                self._reply(QUEUED)
+            return True
+        if (self.channels or self.patterns) and not self.resp3 and name not in _SUBSCRIBED_OK:
+            self._reply(
+                KvError(
+                    f"ERR Can't execute '{name.decode().lower()}': only (P|S)SUBSCRIBE / "
+                    "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+                )
+            )
+            return True
+        return False
+
+    def _state_changed(self) -> None:
+        """Recompute ``special``: MULTI, or RESP2 with subscriptions (call on every change)."""
+        self.special = self.multi is not None or (
+            not self.resp3 and bool(self.channels or self.patterns)
+        )
+
+    def _refuse(self, error: KvError) -> None:
+        """An error at queueing time; inside MULTI it dooms the transaction."""
+        if self.multi is not None:
+            self.multi_error = True
+        self._reply(error)
+
+    def _reply(self, value: Any) -> None:
+        """Answer now, behind whatever this connection still waits for."""
+        if self.batch:
+            self._flush_batch()
+        frame = encode(value, self.resp3)
+        if self.pending:
+            self.pending.append(frame)
+        else:
+            self.out.append(frame)
+
+    # --- log entries -----------------------------------------------------------------------
+
+    def _flush_batch(self) -> None:
+        commands = self.batch
+        self.batch = []
+        mode = "every" if self.batch_every else "affinity"
+        self.batch_every = False
+        entry = _Entry(self.resp3, transaction=False)
+        self.pending.append(entry)
+        self._submit(entry, _RUN, (commands,), mode)
+
+    def _submit(self, entry: _Entry, event: Any, args: tuple[Any, ...], mode: str) -> None:
+        if self.delayed:  # keep this connection's entries in order in the log
+            self.delayed.append((entry, event, args, mode))
+            return
+        try:
+            fut = self.replica.submit_nowait(event, *args, _mode=mode)
+        except LogFullError:
+            self.delayed.append((entry, event, args, mode))
+            task = asyncio.ensure_future(self._submit_delayed())
+            self.server._tasks.add(task)
+            task.add_done_callback(self.server._tasks.discard)
+            self._flow()
+            return
+        except EntryTooLargeError as exc:
+            for part in self._split(entry, event, args, mode, exc):
+                self._submit(*part)
+            return
+        entry.parts.append((fut, len(args[0])))
+        fut.add_done_callback(self._on_done)
+
+    def _split(
+        self, entry: _Entry, event: Any, args: tuple[Any, ...], mode: str, exc: Exception
+    ) -> list[tuple[_Entry, Any, tuple[Any, ...], str]]:
+        """Halves of a batch too large for one entry; a lone command or a transaction fails."""
+        commands = args[0]
+        if event == _RUN and len(commands) > 1:
+            half = len(commands) // 2
+            return [
+                (entry, event, (commands[:half],), mode),
+                (entry, event, (commands[half:],), mode),
+            ]
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.set_exception(KvError(f"ERR request too large for the log: {exc}"))
+        entry.parts.append((fut, len(commands)))
+        fut.add_done_callback(self._on_done)
+        return []
+
+    async def _submit_delayed(self) -> None:
+        """The log was full: append this connection's entries, in order, as room appears."""
+        delayed = self.delayed
+        pause = FULL_BACKOFF_MIN
+        while delayed:
+            entry, event, args, mode = delayed[0]
+            try:
+                fut = self.replica.submit_nowait(event, *args, _mode=mode)
+            except LogFullError:
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, FULL_BACKOFF_MAX)
+                continue
+            except EntryTooLargeError as exc:
+                delayed.popleft()
+                delayed.extendleft(reversed(self._split(entry, event, args, mode, exc)))
+                continue
+            pause = FULL_BACKOFF_MIN
+            delayed.popleft()
+            entry.parts.append((fut, len(args[0])))
+            fut.add_done_callback(self._on_done)
+        self._flow()
+
+    def _on_done(self, fut: asyncio.Future[Any]) -> None:
+        pending = self.pending
+        out = self.out
+        while pending:
+            head = pending[0]
+            if type(head) is bytes:
+                out.append(head)
+            elif head.done():  # type: ignore[union-attr]
+                out.extend(head.frames())  # type: ignore[union-attr]
+            else:
+                break
+            pending.popleft()
+        self._finish()
+
+    def _finish(self) -> None:
+        """End of a callback: submit the open batch, write what is ready, adjust reading."""
+        if self.batch:
+            self._flush_batch()
+        transport = self.transport
+        if transport is None:
+            self.out.clear()
+            return
+        if self.out:
+            transport.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
+            self.out.clear()
+        if self.closing and not self.pending:
+            transport.close()
+            return
+        self._flow()
+
+    def _flow(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        stop = not self.writable or bool(self.delayed) or len(self.pending) > MAX_IN_FLIGHT
+        if stop and self.reading:
+            self.reading = False
+            transport.pause_reading()
+        elif not stop and not self.reading and not self.closing:
+            self.reading = True
+            transport.resume_reading()
+
+    # --- pub/sub delivery (called by PubSub's effect) --------------------------------------
+
+    def push(self, value: Any) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        frame = encode(value, self.resp3)
+        if self.pending:
+            self.pending.append(frame)
+            return
+        if transport.get_write_buffer_size() > PUBSUB_OUTPUT_LIMIT:
+            log.warning(
+                "replica %d: client %d too slow for its messages", self.server.index, self.id
+            )
+            transport.abort()
+            return
+        self.out.append(frame)
+        if not self._push_scheduled:
+            self._push_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_pushes)
+
+    def _flush_pushes(self) -> None:
+        self._push_scheduled = False
+        if self.out and self.transport is not None:
+            self.transport.write(b"".join(self.out))
+        self.out.clear()
+
+    def _client_command(self, name: bytes, args: list[bytes]) -> None:
+        """Put this client's id in ``args`` and mirror what it changes locally.
+
+        The mirror (subscriptions, whether it watches) tells at once which mode
+        the connection is in, without waiting for the entry.
+        """
+        names = args[1:]
+        args.insert(1, b"%d" % self.id)
+        if name == b"WATCH":
+            self.watching = True
+            return
+        if name == b"UNWATCH":
+            self.watching = False
+            return
+        which = self.patterns if name[0] == 80 else self.channels  # 'P'
+        if name.endswith(b"UNSUBSCRIBE"):
+            if names:
+                which.difference_update(names)
+            else:
+                which.clear()
+        else:
+            which.update(names)
+        self._state_changed()
+
+    # --- connection commands ---------------------------------------------------------------
+
+    @command("PING", -1, kind=CONN, flags=("fast",))
+    def cmd_ping(self, args: list[bytes]) -> None:
+        if len(args) > 2:
+            self._reply(arity_error(b"ping"))
+        elif (self.channels or self.patterns) and not self.resp3:
+            self._reply([b"pong", args[1] if len(args) == 2 else b""])
+        else:
+            self._reply(PONG if len(args) == 1 else args[1])
+
+    @command("ECHO", 2, kind=CONN, flags=("fast",))
+    def cmd_echo(self, args: list[bytes]) -> None:
+        self._reply(args[1])
+
+    @command("QUIT", -1, kind=CONN, flags=("fast",))
+    def cmd_quit(self, args: list[bytes]) -> None:
+        self._reply(OK)
+        self.closing = True
+
+    @command("SELECT", 2, kind=CONN, flags=("fast",))
+    def cmd_select(self, args: list[bytes]) -> None:
+        try:
+            db = parse_int(args[1])
+        except KvError as exc:
+            self._reply(exc)
+            return
+        self._reply(OK if db == 0 else KvError("ERR DB index is out of range"))
+
+    @command("AUTH", -2, kind=CONN, flags=("fast",))
+    def cmd_auth(self, args: list[bytes]) -> None:
+        self._reply(
+            KvError(
+                "ERR AUTH <password> called without any password configured for the default "
+                "user. Are you sure your configuration is correct?"
+            )
+        )
+
+    @command("HELLO", -1, kind=CONN, flags=("fast",))
+    def cmd_hello(self, args: list[bytes]) -> None:
+        version = 3 if self.resp3 else 2
+        if len(args) >= 2:
+            try:
+                version = parse_int(args[1])
+            except KvError:
+                self._reply(KvError("ERR Protocol version is not an integer or out of range"))
+                return
+            if version not in (2, 3):
+                self._reply(KvError("NOPROTO unsupported protocol version"))
+                return
+        name = self.name
+        i = 2
+        while i < len(args):
+            opt = args[i].upper()
+            if opt == b"AUTH" and i + 2 < len(args):
+                i += 3
+            elif opt == b"SETNAME" and i + 1 < len(args):
+                name = args[i + 1]
+                if not _valid_name(name):
+                    self._reply(_BAD_NAME)
+                    return
+                i += 2
+            else:
+                text = args[i].decode("utf-8", "replace")
+                self._reply(KvError(f"ERR Syntax error in HELLO option '{text}'"))
+                return
+        self.resp3 = version == 3
+        self._state_changed()
+        self.name = name or None
+        self._reply(
+            {
+                b"server": b"redis",
+                b"version": REDIS_VERSION.encode(),
+                b"proto": version,
+                b"id": self.id,
+                b"mode": b"standalone",
+                b"role": b"master",
+                b"modules": [],
+            }
+        )
+
+    @command("RESET", 1, kind=CONN, flags=("fast",))
+    def cmd_reset(self, args: list[bytes]) -> None:
+        self.multi = None
+        self._state_changed()
+        self.multi_error = False
+        if self.channels or self.patterns:
+            self.channels.clear()
+            self.patterns.clear()
+            self._batch_silently([b"UNSUBSCRIBE", b"%d" % self.id])
+            self._batch_silently([b"PUNSUBSCRIBE", b"%d" % self.id])
+        if self.watching:
+            self.watching = False
+            self._batch_silently([b"UNWATCH", b"%d" % self.id])
+        self.resp3 = False
+        self._state_changed()
+        self.name = None
+        self._reply(Status(b"RESET"))
+
+    @command("CLIENT", -2, kind=CONN)
+    def cmd_client(self, args: list[bytes]) -> None:
+        sub = args[1].upper()
+        n = len(args)
+        arity = {b"SETNAME": 3, b"GETNAME": 2, b"ID": 2, b"INFO": 2, b"LIST": -2, b"SETINFO": 4}
+        want = arity.get(sub)
+        if want is None:
+            text = args[1].decode("utf-8", "replace")
+            self._reply(KvError(f"ERR unknown subcommand '{text}'. Try CLIENT HELP."))
+            return
+        if (want >= 0 and n != want) or (want < 0 and n < -want):
+            self._reply(arity_error(b"client|" + sub.lower()))
+            return
+        if sub == b"SETNAME":
+            if not _valid_name(args[2]):
+                self._reply(_BAD_NAME)
+                return
+            self.name = args[2] or None
+            self._reply(OK)
+        elif sub == b"GETNAME":
+            self._reply(self.name)
+        elif sub == b"ID":
+            self._reply(self.id)
+        elif sub == b"SETINFO":
+            attr = args[2].upper()
+            if attr not in (b"LIB-NAME", b"LIB-VER"):
+                text = args[2].decode("utf-8", "replace")
+                self._reply(KvError(f"ERR Unrecognized option '{text}'"))
+                return
+            self.lib[attr] = args[3]
+            self._reply(OK)
+        elif sub == b"INFO":
+            self._reply(Verbatim(self._describe() + b"\n"))
+        else:
+            lines = b"".join(c._describe() + b"\n" for c in self.server.connections.values())
+            self._reply(Verbatim(lines))
+
+    def _describe(self) -> bytes:
+        now = time.time()
+        name = (self.name or b"").decode("utf-8", "replace")
+        return (
+            f"id={self.id} addr={self.peer} name={name} age={int(now - self.created)} "
+            f"db=0 sub={len(self.channels)} psub={len(self.patterns)} "
+            f"multi={-1 if self.multi is None else len(self.multi)} "
+            f"resp={3 if self.resp3 else 2} replica={self.server.index} "
+            f"cmd={self.last_command.decode('ascii', 'replace').lower()} "
+            f"lib-name={self.lib.get(b'LIB-NAME', b'').decode('utf-8', 'replace')} "
+            f"lib-ver={self.lib.get(b'LIB-VER', b'').decode('utf-8', 'replace')}"
+        ).encode()
+
+    @command("COMMAND", -1, kind=CONN)
+    def cmd_command(self, args: list[bytes]) -> None:
+        table = self.table
+        if len(args) == 1:
+            self._reply([spec.info() for spec in table.values()])
+            return
+        sub = args[1].upper()
+        if sub == b"COUNT" and len(args) == 2:
+            self._reply(len(table))
+        elif sub == b"INFO":
+            names = [a.upper() for a in args[2:]] or list(table)
+            self._reply([table[n].info() if n in table else None for n in names])
+        elif sub == b"DOCS":
+            self._reply({})
+        elif sub == b"LIST" and len(args) == 2:
+            self._reply([n.lower() for n in table])
+        elif sub == b"GETKEYS" and len(args) >= 3:
+            spec = table.get(args[2].upper())
+            if spec is None or not spec.arity_ok(len(args) - 2):
+                self._reply(KvError("ERR Invalid command specified"))
+            elif not spec.first:
+                self._reply(KvError("ERR The command has no key arguments"))
+            else:
+                self._reply(spec.user_keys(args[2:]))
+        else:
+            text = args[1].decode("utf-8", "replace")
+            self._reply(_unknown_subcommand(text))
+
+    @command("CONFIG", -2, kind=CONN)
+    def cmd_config(self, args: list[bytes]) -> None:
+        sub = args[1].upper()
+        if sub == b"GET" and len(args) >= 3:
+            known = {b"save": b"", b"appendonly": b"no", b"databases": b"1", b"maxmemory": b"0"}
+            found: dict[bytes, bytes] = {}
+            for pattern in args[2:]:
+                match = glob_matcher(pattern.lower())
+                found.update((k, v) for k, v in known.items() if match(k))
+            self._reply(found)
+        elif sub == b"RESETSTAT" and len(args) == 2:
+            self._reply(OK)
+        elif sub == b"SET":
+            self._reply(KvError("ERR CONFIG SET is not supported by the dominoes KV service"))
+        else:
+            text = args[1].decode("utf-8", "replace")
+            self._reply(_unknown_subcommand(text))
+
+    @command("INFO", -1, kind=CONN)
+    def cmd_info(self, args: list[bytes]) -> None:
+        self._reply(Verbatim(self.server.info(args[1:])))
+
+    # --- transactions ----------------------------------------------------------------------
+
+    @command("MULTI", 1, kind=CONN, flags=("fast",))
+    def cmd_multi(self, args: list[bytes]) -> None:
+        if self.multi is not None:
+            self._reply(KvError("ERR MULTI calls can not be nested"))
+            return
+        self.multi = []
+        self._state_changed()
+        self.multi_error = False
+        self._reply(OK)
+
+    @command("DISCARD", 1, kind=CONN, flags=("fast",))
+    def cmd_discard(self, args: list[bytes]) -> None:
+        if self.multi is None:
+            self._reply(KvError("ERR DISCARD without MULTI"))
+            return
+        self.multi = None
+        self._state_changed()
+        self.multi_error = False
+        if self.watching:  # UNWATCH's reply (+OK) is DISCARD's
+            self.watching = False
+            self.batch.append([b"UNWATCH", b"%d" % self.id])
+        else:
+            self._reply(OK)
+
+    @command("EXEC", 1, kind=CONN)
+    def cmd_exec(self, args: list[bytes]) -> None:
+        commands = self.multi
+        if commands is None:
+            self._reply(KvError("ERR EXEC without MULTI"))
+            return
+        self.multi = None
+        self._state_changed()
+        client = self.id if self.watching else 0
+        self.watching = False
+        if self.multi_error:
+            self.multi_error = False
+            if client:
+                self._batch_silently([b"UNWATCH", b"%d" % client])
+            self._reply(_EXECABORT)
+            return
+        if not commands and not client:
+            self._reply([])
+            return
+        if self.batch:
+            self._flush_batch()
+        every = any(self.table[c[0]].broadcast for c in commands)
+        entry = _Entry(self.resp3, transaction=True)
+        self.pending.append(entry)
+        self._submit(entry, _EXEC, (commands, client), "every" if every else "affinity")
+
+    def _batch_silently(self, args: list[bytes]) -> None:
+        """Append an internal command whose reply the client must not see."""
+        if self.batch:
+            self._flush_batch()
+        self.batch.append(args)
+        self._flush_batch()
+        entry = self.pending[-1]
+        assert isinstance(entry, _Entry)
+        entry.silent = True
+
+
+def _unknown_subcommand(text: str) -> KvError:
+    return KvError(f"ERR unknown subcommand or wrong number of arguments for '{text}'")
+
+
+_BAD_NAME: Final = KvError(
+    "ERR Client names cannot contain spaces, newlines or special characters."
+)
+
+
+def _valid_name(name: bytes) -> bool:
+    return all(33 <= c <= 126 for c in name)

@@ -1,0 +1,78 @@
+"""The composition: which components, in which order, and the command table.
+
+::
+
+    Commands      runs batches and transactions (the command events)
+    Keyspace      key -> value, deadline, version; DEL, EXISTS, KEYS, SCAN, RENAME, ...
+    Expiry        lazy expiry (order -10 on the command events), active expiry timer, TTLs
+    Transactions  WATCH's check (order -5 on Commands.exec)
+    Strings, Hashes, Lists, Sets   one component per data type, over the keyspace
+    PubSub        subscriptions (replicated), delivery (an effect on every replica)
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from dominoes import Component, Service
+
+from ._commands import Commands, Transactions
+from ._expiry import Expiry
+from ._hashes import Hashes
+from ._keyspace import Keyspace
+from ._lists import Lists
+from ._pubsub import PubSub
+from ._server import Connection, tcp_factory
+from ._sets import Sets
+from ._strings import Strings
+from ._table import Spec, commands_of
+
+__all__ = ("DEFAULT_PORT", "TABLE", "make_service", "service")
+
+#: The port to run it on (``dominoes run ... --port 6380``); Redis's own is 6379.
+DEFAULT_PORT: Final = 6380
+
+
+def _table() -> dict[bytes, Spec]:
+    table: dict[bytes, Spec] = {}
+    sources: list[tuple[type, str]] = [
+        (Keyspace, Keyspace.name),
+        (Expiry, Expiry.name),
+        (Transactions, Transactions.name),
+        (Strings, Strings.name),
+        (Hashes, Hashes.name),
+        (Lists, Lists.name),
+        (Sets, Sets.name),
+        (PubSub, PubSub.name),
+        (Connection, ""),
+    ]
+    for cls, component in sources:
+        for spec in commands_of(cls, component):
+            if spec.name in table:
+                raise ValueError(f"command {spec.name.decode()} is declared twice")
+            table[spec.name] = spec
+    return dict(sorted(table.items()))
+
+
+#: Every command the service knows, by upper-case name.
+TABLE: Final = _table()
+
+
+def make_service(name: str = "kv") -> Service:
+    """A new KV service (its own component instances) named ``name``."""
+    keyspace = Keyspace()
+    parts: list[Component] = [
+        keyspace,
+        Expiry(keyspace, TABLE),
+        Transactions(keyspace),
+        Strings(keyspace),
+        Hashes(keyspace),
+        Lists(keyspace),
+        Sets(keyspace),
+        PubSub(),
+    ]
+    return Service(name, [Commands(TABLE, parts), *parts], tcp=tcp_factory(TABLE))
+
+
+#: ``dominoes run dominoes.components.kv:service --replicas N --port 6380``
+service: Final = make_service()

@@ -1,0 +1,251 @@
+"""Strings: SET (NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL), GET, INCR, APPEND, ..."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Context as DecimalContext
+from typing import Any, ClassVar, Final
+
+from dominoes import Component, Context
+
+from ._errors import (
+    INT64_MAX,
+    INT64_MIN,
+    KvError,
+    arity_error,
+    not_integer,
+    overflow,
+    parse_float,
+    parse_int,
+    syntax_error,
+    wrong_type,
+)
+from ._keyspace import Keyspace, now_ms
+from ._resp import OK
+from ._table import command
+
+__all__ = ("Strings", "add_float", "format_decimal")
+
+_DEC: Final = DecimalContext(prec=60, rounding=ROUND_HALF_EVEN)
+_QUANTUM: Final = Decimal(1).scaleb(-17)
+_LONG_DOUBLE_MAX: Final = Decimal("1.18973149535723176502e+4932")
+_INFINITIES: Final = frozenset({b"inf", b"+inf", b"-inf", b"infinity", b"+infinity", b"-infinity"})
+
+
+def format_decimal(d: Decimal) -> bytes:
+    """Redis's ``%.17Lf`` with trailing zeros (and a trailing point) removed."""
+    if d.adjusted() < 40:
+        d = d.quantize(_QUANTUM, context=_DEC)
+    text = format(d, "f")
+    if "." in text:
+        whole, frac = text.split(".")
+        frac = frac[:17].rstrip("0")
+        text = f"{whole}.{frac}" if frac else whole
+    if text in ("-0", ""):
+        text = "0"
+    return text.encode()
+
+
+def add_float(current: bytes | None, increment: bytes, *, hash_field: bool = False) -> bytes:
+    """INCRBYFLOAT's arithmetic: the new value's text."""
+    if increment.lower() in _INFINITIES:
+        raise KvError("ERR increment would produce NaN or Infinity")
+    by = parse_float(increment)
+    if current is None:
+        base = Decimal(0)
+    else:
+        try:
+            base = parse_float(current)
+        except KvError:
+            raise KvError(
+                "ERR hash value is not a float" if hash_field else "ERR value is not a valid float"
+            ) from None
+    result = _DEC.add(base, by)
+    if abs(result) > _LONG_DOUBLE_MAX:
+        raise KvError("ERR increment would produce NaN or Infinity")
+    return format_decimal(result)
+
+
+class Strings(Component):
+    """String values (``bytes``) in the keyspace."""
+
+    name = "strings"
+    transient: ClassVar[tuple[str, ...]] = ("keyspace",)
+
+    def __init__(self, keyspace: Keyspace) -> None:
+        self.keyspace = keyspace
+
+    def _string(self, key: bytes, now: int) -> bytes | None:
+        value = self.keyspace.get(key, now)
+        if value is not None and type(value) is not bytes:
+            raise wrong_type()
+        return value
+
+    # --- reads -----------------------------------------------------------------------------
+
+    @command("GET", 2, keys=(1, 1, 1), flags=("fast",))
+    def get(self, now: int, args: list[bytes]) -> bytes | None:
+        ks = self.keyspace
+        key = args[1]
+        value = ks.values.get(key)
+        if value is None:
+            return None
+        if ks.deadlines:
+            deadline = ks.deadlines.get(key)
+            if deadline is not None and deadline <= now:
+                return None
+        if type(value) is not bytes:
+            raise wrong_type()
+        return value
+
+    @command("MGET", -2, keys=(1, -1, 1), flags=("fast",))
+    def mget(self, now: int, args: list[bytes]) -> list[bytes | None]:
+        get = self.keyspace.get
+        out: list[bytes | None] = []
+        for key in args[1:]:
+            value = get(key, now)
+            out.append(value if type(value) is bytes else None)
+        return out
+
+    @command("STRLEN", 2, keys=(1, 1, 1), flags=("fast",))
+    def strlen(self, now: int, args: list[bytes]) -> int:
+        value = self._string(args[1], now)
+        return 0 if value is None else len(value)
+
+    # --- writes ----------------------------------------------------------------------------
+
+    @command("SET", -3, write=True, keys=(1, 1, 1))
+    def set(self, ctx: Context, args: list[bytes]) -> Any:
+        ks = self.keyspace
+        key = args[1]
+        if len(args) == 3:  # the common case: no options
+            ks.values[key] = args[2]
+            if ks.deadlines:
+                ks.deadlines.pop(key, None)
+            if ks.watched:
+                ks.bump(key)
+            return OK
+        nx = xx = get = keepttl = False
+        unit = b""
+        raw = b""
+        i = 3
+        while i < len(args):
+            opt = args[i].upper()
+            if opt == b"NX" and not xx:
+                nx = True
+            elif opt == b"XX" and not nx:
+                xx = True
+            elif opt == b"GET":
+                get = True
+            elif opt == b"KEEPTTL" and not unit:
+                keepttl = True
+            elif opt in (b"EX", b"PX", b"EXAT", b"PXAT") and not unit and not keepttl:
+                if i + 1 >= len(args):
+                    raise syntax_error()
+                unit = opt
+                raw = args[i + 1]
+                i += 1
+            else:
+                raise syntax_error()
+            i += 1
+        now = now_ms(ctx)
+        deadline = None
+        if unit:  # parsed after the options, so a syntax error wins, as in Redis
+            when = parse_int(raw)
+            bad = KvError("ERR invalid expire time in 'set' command")
+            if when <= 0:
+                raise bad
+            if unit in (b"EX", b"EXAT"):
+                if when > INT64_MAX // 1000:
+                    raise bad
+                when *= 1000
+            if unit in (b"EX", b"PX"):
+                if when > INT64_MAX - now:
+                    raise bad
+                when += now
+            deadline = when
+        old = ks.get(key, now)
+        if get and old is not None and type(old) is not bytes:
+            raise wrong_type()
+        if (nx and old is not None) or (xx and old is None):
+            return old if get else None
+        ks.put(key, args[2])
+        if deadline is not None:
+            ks.set_deadline(ctx, key, deadline)
+        elif not keepttl:
+            ks.clear_deadline(key)
+        return old if get else OK
+
+    @command("SETNX", 3, write=True, keys=(1, 1, 1), flags=("fast",))
+    def setnx(self, ctx: Context, args: list[bytes]) -> int:
+        ks = self.keyspace
+        if ks.get(args[1], now_ms(ctx)) is not None:
+            return 0
+        ks.put(args[1], args[2])
+        return 1
+
+    @command("GETSET", 3, write=True, keys=(1, 1, 1), flags=("fast",))
+    def getset(self, ctx: Context, args: list[bytes]) -> bytes | None:
+        old = self._string(args[1], now_ms(ctx))
+        ks = self.keyspace
+        ks.put(args[1], args[2])
+        ks.clear_deadline(args[1])
+        return old
+
+    @command("GETDEL", 2, write=True, keys=(1, 1, 1), flags=("fast",))
+    def getdel(self, ctx: Context, args: list[bytes]) -> bytes | None:
+        old = self._string(args[1], now_ms(ctx))
+        if old is not None:
+            self.keyspace.remove(args[1])
+        return old
+
+    @command("MSET", -3, write=True, keys=(1, -1, 2))
+    def mset(self, ctx: Context, args: list[bytes]) -> Any:
+        if len(args) % 2 == 0:
+            raise arity_error(b"mset")
+        ks = self.keyspace
+        for i in range(1, len(args), 2):
+            ks.put(args[i], args[i + 1])
+            ks.clear_deadline(args[i])
+        return OK
+
+    @command("APPEND", 3, write=True, keys=(1, 1, 1), flags=("fast",))
+    def append(self, ctx: Context, args: list[bytes]) -> int:
+        old = self._string(args[1], now_ms(ctx))
+        value = args[2] if old is None else old + args[2]
+        self.keyspace.put(args[1], value)
+        return len(value)
+
+    @command("INCR", 2, write=True, keys=(1, 1, 1), flags=("fast",))
+    @command("DECR", 2, write=True, keys=(1, 1, 1), flags=("fast",))
+    @command("INCRBY", 3, write=True, keys=(1, 1, 1), flags=("fast",))
+    @command("DECRBY", 3, write=True, keys=(1, 1, 1), flags=("fast",))
+    def incr(self, ctx: Context, args: list[bytes]) -> int:
+        name = args[0]
+        if name == b"INCR":
+            by = 1
+        elif name == b"DECR":
+            by = -1
+        else:
+            by = parse_int(args[2])
+            if name == b"DECRBY":
+                if by == INT64_MIN:
+                    raise KvError("ERR decrement would overflow")
+                by = -by
+        old = self._string(args[1], now_ms(ctx))
+        try:
+            current = 0 if old is None else parse_int(old)
+        except KvError:
+            raise not_integer() from None
+        value = current + by
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise overflow()
+        self.keyspace.put(args[1], b"%d" % value)
+        return value
+
+    @command("INCRBYFLOAT", 3, write=True, keys=(1, 1, 1), flags=("fast",))
+    def incrbyfloat(self, ctx: Context, args: list[bytes]) -> bytes:
+        old = self._string(args[1], now_ms(ctx))
+        value = add_float(old, args[2])
+        self.keyspace.put(args[1], value)
+        return value

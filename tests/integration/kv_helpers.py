@@ -1,0 +1,117 @@
+"""Helpers for the KV service's integration tests: a running service, clients pinned to replicas."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio as aioredis
+
+from .harness import Service, running
+
+KV = "dominoes.components.kv:service"
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def kv_service(run_dir: Path, replicas: int = 2) -> Iterator[Service]:
+    """``dominoes run dominoes.components.kv:service --replicas N`` on a free port."""
+    with running(KV, run_dir, replicas=replicas) as svc:
+        wait_for(lambda: _pings(svc.port), timeout=20)
+        yield svc
+
+
+def _pings(port: int) -> bool:
+    try:
+        with redis.Redis(port=port, socket_timeout=2) as r:
+            return bool(r.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def client(port: int, **kwargs: Any) -> redis.Redis:
+    """A redis-py client with exactly one connection (so it stays on one replica)."""
+    options: dict[str, Any] = {"socket_timeout": 10, "single_connection_client": True}
+    options.update(kwargs)
+    return redis.Redis(host="127.0.0.1", port=port, **options)
+
+
+def replica_of(r: redis.Redis) -> int:
+    return int(r.info("dominoes")["replica_index"])
+
+
+def clients_on_every_replica(
+    port: int, replicas: int = 2, tries: int = 200, **kwargs: Any
+) -> dict[int, redis.Redis]:
+    """Open connections until INFO shows one on each replica (SO_REUSEPORT spreads them)."""
+    found: dict[int, redis.Redis] = {}
+    for _ in range(tries):
+        r = client(port, **kwargs)
+        index = replica_of(r)
+        if index in found:
+            r.close()
+        else:
+            found[index] = r
+        if len(found) == replicas:
+            return found
+    for r in found.values():
+        r.close()
+    raise AssertionError(f"connections reached only replicas {sorted(found)}")
+
+
+async def async_clients_on_every_replica(
+    port: int, replicas: int = 2, tries: int = 200, **kwargs: Any
+) -> dict[int, aioredis.Redis]:
+    """The asyncio form of :func:`clients_on_every_replica`."""
+    found: dict[int, aioredis.Redis] = {}
+    options: dict[str, Any] = {"socket_timeout": 10, "single_connection_client": True}
+    options.update(kwargs)
+    for _ in range(tries):
+        r = aioredis.Redis(host="127.0.0.1", port=port, **options)
+        index = int((await r.info("dominoes"))["replica_index"])
+        if index in found:
+            await r.aclose()
+        else:
+            found[index] = r
+        if len(found) == replicas:
+            return found
+    for r in found.values():
+        await r.aclose()
+    raise AssertionError(f"connections reached only replicas {sorted(found)}")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01) -> T:
+    """Poll until ``predicate()`` is truthy; return it."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met in {timeout}s")
+        time.sleep(interval)
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 0.3) -> tuple[bytes, bool]:
+    """Send ``data`` on a fresh socket; (what came back, whether the server closed it)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.settimeout(timeout)
+        with contextlib.suppress(OSError):
+            s.sendall(data)
+        out = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return out, True
+                out += chunk
+        except TimeoutError:
+            return out, False
+        except OSError:
+            return out, True

@@ -1,0 +1,139 @@
+"""The KV service under redis.asyncio: concurrent clients on both replicas, pipelines,
+transactions, WATCH across replicas, and pub/sub across replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError, WatchError
+
+from .harness import Service
+from .kv_helpers import async_clients_on_every_replica, kv_service
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    run_dir: Path = tmp_path_factory.mktemp("kv-async") / "run"
+    with kv_service(run_dir) as s:
+        yield s
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """Await ``check()`` until it is true (replication to the other replica is asynchronous)."""
+    async with asyncio.timeout(10):
+        for delay in itertools.repeat(0.01):  # polling: the other replica signals nothing
+            if await check():
+                return
+            await asyncio.sleep(delay)
+
+
+async def test_concurrent_incrs_from_both_replicas_all_count(svc: Service) -> None:
+    on = await async_clients_on_every_replica(svc.port)
+    await on[0].delete("hits")
+    pool = aioredis.Redis(port=svc.port, max_connections=20)
+
+    async def worker(r: aioredis.Redis, n: int) -> None:
+        for _ in range(n):
+            await r.incr("hits")
+
+    await asyncio.gather(
+        worker(on[0], 200), worker(on[1], 200), *[worker(pool, 30) for _ in range(10)]
+    )
+
+    async def both_see_total() -> bool:
+        return all([await c.get("hits") == b"700" for c in on.values()])
+
+    await eventually(both_see_total)
+    await pool.aclose()
+    for c in on.values():
+        await c.aclose()
+
+
+async def test_pipelines_and_transactions(svc: Service) -> None:
+    on = await async_clients_on_every_replica(svc.port)
+    r0, r1 = on[0], on[1]
+    await r0.delete("ap", "al")
+    async with r1.pipeline(transaction=False) as pipe:
+        for i in range(50):
+            pipe.set("ap", i).get("ap")
+        pipe.rpush("al", "a", "b").lrange("al", 0, -1).hset("ap", "f", "v")
+        out = await pipe.execute(raise_on_error=False)
+    assert out[:4] == [True, b"0", True, b"1"]
+    assert out[98:100] == [True, b"49"]
+    assert out[100:102] == [2, [b"a", b"b"]]
+    assert isinstance(out[102], ResponseError)
+    async with r0.pipeline(transaction=True) as pipe:
+        pipe.incr("counter-a").incr("counter-a").get("counter-a")
+        assert (await pipe.execute())[2] == b"2"
+    for c in on.values():
+        await c.aclose()
+
+
+async def test_watch_conflict_between_replicas(svc: Service) -> None:
+    on = await async_clients_on_every_replica(svc.port)
+    r0, r1 = on[0], on[1]
+    await r0.set("stock", 10)
+    await eventually(lambda: _equals(r1, "stock", b"10"))
+    async with r1.pipeline(transaction=True) as pipe:
+        await pipe.watch("stock")
+        left = int(await pipe.get("stock"))
+        await r0.decr("stock")  # someone else, on replica 0
+        await eventually(lambda: _equals(r1, "stock", b"9"))
+        pipe.multi()
+        pipe.set("stock", left - 1)
+        with pytest.raises(WatchError):
+            await pipe.execute()
+    for c in on.values():
+        await c.aclose()
+
+
+async def _equals(r: aioredis.Redis, key: str, want: bytes) -> bool:
+    return bool(await r.get(key) == want)
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_a_subscriber_on_one_replica_gets_a_publish_sent_through_the_other(
+    svc: Service, protocol: int
+) -> None:
+    subs = await async_clients_on_every_replica(svc.port, protocol=protocol)
+    pubs = await async_clients_on_every_replica(svc.port)
+    pubsub = subs[1].pubsub()
+    await pubsub.subscribe("news")
+    await pubsub.psubscribe("new*")
+    confirmations = [await pubsub.get_message(timeout=5) for _ in range(2)]
+    assert [m["type"] for m in confirmations if m] == ["subscribe", "psubscribe"]
+    # the count covers both replicas: one channel and one pattern subscription
+    assert await pubs[0].publish("news", "through replica 0") == 2
+    got = []
+    while len(got) < 2:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+        assert message is not None, "no message arrived"
+        got.append(message)
+    assert sorted((m["type"], m["data"]) for m in got) == [
+        ("message", b"through replica 0"),
+        ("pmessage", b"through replica 0"),
+    ]
+    # a subscriber on replica 0 too: PUBLISH counts receivers on every replica
+    other = subs[0].pubsub()
+    await other.subscribe("news")
+    assert (await other.get_message(timeout=5))["type"] == "subscribe"  # type: ignore[index]
+    assert await pubs[1].publish("news", "again") == 3
+    assert (await other.get_message(ignore_subscribe_messages=True, timeout=5))["data"] == b"again"  # type: ignore[index]
+    await pubsub.unsubscribe("news")
+    await pubsub.punsubscribe("new*")
+    await other.aclose()
+    await pubsub.aclose()
+
+    async def nobody_left() -> bool:
+        return bool(await pubs[0].publish("news", "x") == 0)
+
+    await eventually(nobody_left)
+    for c in [*subs.values(), *pubs.values()]:
+        await c.aclose()

@@ -1,0 +1,520 @@
+"""The KV front end in process: real connections over fake transports, replicas in a Cluster.
+
+A :class:`FakeReplica` gives the connection the ``Replica`` surface it uses
+(``submit_nowait``, ``submit``, ``component``, ``applied_seq``, ...) on top of
+one replica of a ``testing.Cluster``, so pipelining, batching, transactions,
+WATCH across replicas, pub/sub across replicas and backpressure are checked in
+milliseconds, without processes or sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import hiredis
+import pytest
+from dominoes.components.kv import TABLE, Commands, Connection, PubSub, make_service
+from dominoes.components.kv._server import MAX_IN_FLIGHT, tcp_factory
+
+from dominoes import LogFullError
+from dominoes.testing import Cluster, Pending
+
+
+class FakeReplica:
+    def __init__(self, cluster: Cluster, index: int) -> None:
+        self.cluster = cluster
+        self.index = index
+        self.replicas = cluster.size
+        self.cpu = None
+        self.lag = 0
+        self.waiting: list[tuple[Pending, asyncio.Future[Any]]] = []
+        self.full = False  # pretend the log is full
+
+    @property
+    def applied_seq(self) -> int:
+        return int(self.cluster[self.index].cursor) - 1
+
+    def submit_nowait(
+        self, event: Any, /, *args: Any, _mode: str = "affinity", **kwargs: Any
+    ) -> asyncio.Future[Any]:
+        if self.full:
+            raise LogFullError("the test says the log is full")
+        pending = self.cluster.submit_nowait(self.index, event, *args, _mode=_mode, **kwargs)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.waiting.append((pending, fut))
+        return fut
+
+    async def submit(self, event: Any, /, *args: Any, **kwargs: Any) -> Any:
+        while True:
+            try:
+                return await self.submit_nowait(event, *args, **kwargs)
+            except LogFullError:
+                await asyncio.sleep(0.001)
+
+    def component(self, which: Any) -> Any:
+        return self.cluster[self.index].component(which)
+
+    def statistics(self) -> Any:
+        return self.cluster[self.index].statistics()
+
+    def settle(self) -> None:
+        still = []
+        for pending, fut in self.waiting:
+            if not pending.done:
+                still.append((pending, fut))
+            elif not fut.done():
+                try:
+                    fut.set_result(pending.result())
+                except Exception as exc:  # noqa: BLE001
+                    fut.set_exception(exc)
+        self.waiting = still
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed = False
+        self.reading = True
+        self.buffered = 0
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "write after close"
+        self.data += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 12345) if name == "peername" else default
+
+
+class Client:
+    """One connection to one replica; ``send`` raw bytes or commands, ``replies`` decoded."""
+
+    def __init__(self, world: World, replica: int) -> None:
+        self.world = world
+        self.conn: Connection = world.factory(world.replicas[replica])
+        self.transport = FakeTransport()
+        self.conn.connection_made(self.transport)  # type: ignore[arg-type]
+        self.reader = hiredis.Reader()
+
+    def send(self, *commands: Any) -> None:
+        data = b"".join(c if isinstance(c, bytes) else pack(*c) for c in commands)
+        self.conn.data_received(data)
+
+    def replies(self) -> list[Any]:
+        self.reader.feed(bytes(self.transport.data))
+        self.transport.data.clear()
+        out = []
+        while (r := self.reader.gets()) is not False:
+            out.append(r)
+        return out
+
+    async def ask(self, *commands: Any) -> list[Any]:
+        self.send(*commands)
+        await self.world.settle()
+        return self.replies()
+
+
+def pack(*args: Any) -> bytes:
+    parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in parts)
+
+
+class World:
+    def __init__(self, replicas: int = 2, **kwargs: Any) -> None:
+        self.cluster = Cluster(make_service(), replicas=replicas, **kwargs)
+        self.replicas = [FakeReplica(self.cluster, i) for i in range(replicas)]
+        self.factory = tcp_factory(TABLE)
+
+    def client(self, replica: int = 0) -> Client:
+        return Client(self, replica)
+
+    def entries(self) -> int:
+        return int(self.cluster.log.tail)
+
+    async def settle(self) -> None:
+        for _ in range(20):
+            self.cluster.run_until_quiet()
+            for r in self.replicas:
+                r.settle()
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+
+
+# --- pipelining ----------------------------------------------------------------------------
+
+
+async def test_a_pipeline_of_writes_and_reads_is_one_entry_with_replies_in_order() -> None:
+    w = World()
+    c = w.client(0)
+    await w.settle()
+    before = w.entries()
+    replies = await c.ask(
+        ("GET", "k"),  # nothing in flight: answered locally
+        ("SET", "k", "1"),
+        ("GET", "k"),  # behind a write: in the entry, sees it
+        ("INCR", "k"),
+        ("GET", "k"),
+        ("SET", "k", "x"),
+        ("INCR", "k"),  # an error in the middle
+        ("GET", "k"),
+    )
+    assert replies[:6] == [None, b"OK", b"1", 2, b"2", b"OK"]
+    assert isinstance(replies[6], hiredis.ReplyError)
+    assert replies[7] == b"x"
+    assert w.entries() - before == 1
+
+
+async def test_reads_after_a_pipeline_in_a_later_read_see_the_writes() -> None:
+    w = World()
+    c = w.client(0)
+    c.send(("SET", "a", "1"))
+    c.send(("GET", "a"), ("PING",), ("GET", "a"))  # while the SET is in flight
+    await w.settle()
+    assert c.replies() == [b"OK", b"1", b"PONG", b"1"]
+
+
+async def test_a_read_is_answered_locally_on_the_other_replica() -> None:
+    w = World()
+    a, b = w.client(0), w.client(1)
+    assert await a.ask(("SET", "shared", "v")) == [b"OK"]
+    before = w.entries()
+    assert await b.ask(("GET", "shared"), ("EXISTS", "shared")) == [b"v", 1]
+    assert w.entries() == before
+
+
+async def test_connection_commands_keep_their_place() -> None:
+    w = World()
+    c = w.client(0)
+    replies = await c.ask(("SET", "a", "1"), ("ECHO", "hi"), ("SET", "a", "2"), ("PING",))
+    assert replies == [b"OK", b"hi", b"OK", b"PONG"]
+
+
+async def test_unknown_command_and_arity_errors() -> None:
+    w = World()
+    c = w.client(0)
+    replies = await c.ask(("FOO", "bar", "baz"), ("GET",), ("get", "a", "b"), ("SeT", "a", "b"))
+    assert [str(r) for r in replies[:3]] == [
+        "ERR unknown command 'FOO', with args beginning with: 'bar' 'baz' ",
+        "ERR wrong number of arguments for 'get' command",
+        "ERR wrong number of arguments for 'get' command",
+    ]
+    assert replies[3] == b"OK"
+
+
+async def test_resp3_after_hello_3() -> None:
+    w = World()
+    c = w.client(0)
+    hello = (await c.ask(("HELLO", "3")))[0]
+    assert hello[b"proto"] == 3
+    c.send(("HSET", "h", "f", "v"), ("HGETALL", "h"), ("GET", "none"))
+    await w.settle()
+    raw = bytes(c.transport.data)
+    assert raw == b":1\r\n%1\r\n$1\r\nf\r\n$1\r\nv\r\n_\r\n"
+    c.transport.data.clear()
+    assert (await c.ask(("HELLO", "4")))[0].args[0].startswith("NOPROTO")
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+async def test_a_protocol_error_answers_after_the_good_commands_and_closes() -> None:
+    w = World()
+    c = w.client(0)
+    c.send(pack("SET", "a", "1") + pack("GET", "a") + b"*1\r\n$999999999999\r\n")
+    await w.settle()
+    replies = c.replies()
+    assert replies[:2] == [b"OK", b"1"]
+    assert str(replies[2]) == "ERR Protocol error: invalid bulk length"
+    assert c.transport.closed
+
+
+async def test_quit_closes_after_pending_replies() -> None:
+    w = World()
+    c = w.client(0)
+    c.send(("SET", "a", "1"), ("QUIT",), ("SET", "a", "2"))
+    assert not c.transport.closed  # the SET's reply is not out yet
+    await w.settle()
+    assert c.replies() == [b"OK", b"OK"]
+    assert c.transport.closed
+    assert w.cluster[0].component("keyspace").values[b"a"] == b"1"
+
+
+# --- transactions --------------------------------------------------------------------------
+
+
+async def test_multi_exec_is_one_atomic_entry() -> None:
+    w = World()
+    c = w.client(0)
+    await w.settle()
+    before = w.entries()
+    replies = await c.ask(
+        ("MULTI",), ("SET", "a", "1"), ("INCR", "a"), ("GET", "a"), ("PING",), ("EXEC",)
+    )
+    assert replies == [b"OK", b"QUEUED", b"QUEUED", b"QUEUED", b"QUEUED", [b"OK", 2, b"2", b"PONG"]]
+    assert w.entries() - before == 1
+
+
+async def test_queue_time_errors_abort_the_transaction() -> None:
+    w = World()
+    c = w.client(0)
+    replies = await c.ask(("MULTI",), ("SET", "a", "1"), ("NOPE",), ("EXEC",), ("GET", "a"))
+    assert str(replies[3]).startswith("EXECABORT")
+    assert replies[4] is None
+    replies = await c.ask(("MULTI",), ("SUBSCRIBE", "x"), ("EXEC",))
+    assert str(replies[1]) == "ERR Command not allowed inside a transaction"
+    replies = await c.ask(("EXEC",), ("DISCARD",), ("MULTI",), ("MULTI",), ("DISCARD",))
+    assert [r if isinstance(r, bytes) else str(r) for r in replies] == [
+        "ERR EXEC without MULTI",
+        "ERR DISCARD without MULTI",
+        b"OK",
+        "ERR MULTI calls can not be nested",
+        b"OK",
+    ]
+
+
+async def test_watch_conflict_between_replicas() -> None:
+    w = World()
+    a, b = w.client(0), w.client(1)
+    await a.ask(("SET", "k", "1"))
+    assert await a.ask(("WATCH", "k")) == [b"OK"]
+    assert await b.ask(("SET", "k", "2")) == [b"OK"]
+    assert await a.ask(("MULTI",), ("SET", "k", "3"), ("EXEC",)) == [b"OK", b"QUEUED", None]
+    assert await a.ask(("GET", "k")) == [b"2"]
+    # watched again, nobody else writes: it commits
+    assert await a.ask(("WATCH", "k"), ("MULTI",), ("INCR", "k"), ("EXEC",)) == [
+        b"OK",
+        b"OK",
+        b"QUEUED",
+        [3],
+    ]
+    # UNWATCH forgets
+    await a.ask(("WATCH", "k"))
+    await b.ask(("SET", "k", "9"))
+    assert await a.ask(("UNWATCH",), ("MULTI",), ("GET", "k"), ("EXEC",)) == [
+        b"OK",
+        b"OK",
+        b"QUEUED",
+        [b"9"],
+    ]
+
+
+async def test_watch_pipelined_behind_own_writes() -> None:
+    w = World()
+    c = w.client(0)
+    replies = await c.ask(
+        ("SET", "k", "1"), ("WATCH", "k"), ("MULTI",), ("INCR", "k"), ("EXEC",), ("GET", "k")
+    )
+    assert replies == [b"OK", b"OK", b"OK", b"QUEUED", [2], b"2"]
+    replies = await c.ask(("WATCH", "k"), ("SET", "k", "9"), ("MULTI",), ("GET", "k"), ("EXEC",))
+    assert replies == [b"OK", b"OK", b"OK", b"QUEUED", None]  # its own write after WATCH
+
+
+async def test_discard_reset_and_closing_unwatch() -> None:
+    w = World()
+    c = w.client(0)
+    await c.ask(("WATCH", "a", "b"), ("MULTI",), ("UNWATCH",), ("DISCARD",))
+    assert w.cluster[0].component("keyspace").watched == {}
+    await c.ask(("WATCH", "a"), ("RESET",))
+    assert w.cluster[0].component("keyspace").watched == {}
+    await c.ask(("WATCH", "a"))
+    assert w.cluster[0].component("keyspace").watched == {b"a": 1}
+    c.conn.connection_lost(None)
+    await w.settle()
+    assert w.cluster[1].component("keyspace").watched == {}
+
+
+async def test_reset_answers_only_reset() -> None:
+    w = World()
+    c = w.client(0)
+    assert await c.ask(("SUBSCRIBE", "x"), ("RESET",), ("GET", "x")) == [
+        [b"subscribe", b"x", 1],
+        b"RESET",
+        None,
+    ]
+
+
+# --- pub/sub -------------------------------------------------------------------------------
+
+
+async def test_publish_reaches_subscribers_on_every_replica_and_counts_them() -> None:
+    w = World()
+    sub0, sub1, pat1, pub = w.client(0), w.client(1), w.client(1), w.client(0)
+    assert await sub0.ask(("SUBSCRIBE", "news")) == [[b"subscribe", b"news", 1]]
+    assert await sub1.ask(("SUBSCRIBE", "news", "other")) == [
+        [b"subscribe", b"news", 1],
+        [b"subscribe", b"other", 2],
+    ]
+    assert await pat1.ask(("PSUBSCRIBE", "n*")) == [[b"psubscribe", b"n*", 1]]
+    assert await pub.ask(("PUBLISH", "news", "hello")) == [3]
+    assert sub0.replies() == [[b"message", b"news", b"hello"]]
+    assert sub1.replies() == [[b"message", b"news", b"hello"]]
+    assert pat1.replies() == [[b"pmessage", b"n*", b"news", b"hello"]]
+    # subscribed (RESP2): only pub/sub commands
+    reply = (await sub0.ask(("GET", "x")))[0]
+    assert "only (P|S)SUBSCRIBE" in str(reply)
+    assert await sub0.ask(("PING",)) == [[b"pong", b""]]
+    # a closed subscriber stops counting
+    sub1.conn.connection_lost(None)
+    await w.settle()
+    assert await pub.ask(("PUBLISH", "news", "again")) == [2]
+    assert sub0.replies() == [[b"message", b"news", b"again"]]
+    assert await sub0.ask(("UNSUBSCRIBE",)) == [[b"unsubscribe", b"news", 0]]
+    assert await pub.ask(("PUBLISH", "news", "x")) == [1]
+
+
+async def test_resp3_subscriber_gets_push_frames_and_may_run_commands() -> None:
+    w = World()
+    sub, pub = w.client(1), w.client(0)
+    await sub.ask(("HELLO", "3"))
+    sub.transport.data.clear()
+    sub.send(("SUBSCRIBE", "c"))
+    await w.settle()
+    assert bytes(sub.transport.data) == b">3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n"
+    sub.transport.data.clear()
+    await pub.ask(("PUBLISH", "c", "m"))
+    assert bytes(sub.transport.data) == b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n"
+    sub.transport.data.clear()
+    assert await sub.ask(("GET", "nothing")) == [None]
+
+
+async def test_a_new_server_drops_its_replicas_stale_subscriptions() -> None:
+    w = World()
+    stale = (5 << 10) | 1  # a client id a previous incarnation of replica 1 held
+    w.cluster.call(1, Commands.run, [[b"SUBSCRIBE", b"%d" % stale, b"ch"]])
+    w.cluster.call(1, Commands.run, [[b"WATCH", b"%d" % stale, b"k"]])
+    assert w.cluster.call(0, Commands.run, [[b"PUBLISH", b"ch", b"x"]]) == [1]
+    c = w.client(1)  # replica 1's server starts with its first connection
+    await w.settle()
+    assert w.cluster[0].component(PubSub).by_client == {}
+    assert w.cluster[0].component("transactions").watches == {}
+    assert c.conn.id == (6 << 10) | 1  # numbered past the previous incarnation's clients
+
+
+# --- flow control --------------------------------------------------------------------------
+
+
+async def test_a_full_log_delays_appends_in_order_and_pauses_reading() -> None:
+    w = World()
+    c = w.client(0)
+    await w.settle()
+    w.replicas[0].full = True
+    c.send(("SET", "a", "1"), ("GET", "a"))
+    c.send(("PING",), ("INCR", "a"))
+    assert not c.transport.reading
+    for _ in range(5):
+        await asyncio.sleep(0.002)
+    assert c.replies() == []
+    w.replicas[0].full = False
+    for _ in range(50):
+        await w.settle()
+        await asyncio.sleep(0.001)
+        if not c.conn.delayed and not c.conn.pending:
+            break
+    assert c.replies() == [b"OK", b"1", b"PONG", 2]
+    assert c.transport.reading
+
+
+async def test_many_entries_in_flight_pause_reading() -> None:
+    w = World()
+    c = w.client(0)
+    for i in range(MAX_IN_FLIGHT + 2):
+        c.send(("SET", "k", i), ("ECHO", "x"))
+    assert not c.transport.reading
+    await w.settle()
+    assert c.transport.reading
+    assert len(c.replies()) == 2 * (MAX_IN_FLIGHT + 2)
+
+
+async def test_a_full_write_buffer_pauses_reading() -> None:
+    w = World()
+    c = w.client(0)
+    c.conn.pause_writing()
+    assert not c.transport.reading
+    c.conn.resume_writing()
+    assert c.transport.reading
+
+
+async def test_a_batch_too_big_for_one_entry_is_split_and_a_huge_command_refused() -> None:
+    w = World(slot_size=256, max_entry_slots=4)  # about 900 bytes per entry
+    c = w.client(0)
+    value = "v" * 100
+    replies = await c.ask(*[("SET", f"k{i}", value) for i in range(40)], ("DBSIZE",))
+    assert replies == [b"OK"] * 40 + [40]
+    replies = await c.ask(("SET", "big", "x" * 5000), ("GET", "k1"))
+    assert str(replies[0]).startswith("ERR request too large for the log")
+    assert replies[1] == value.encode()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+async def test_replies_are_identical_however_the_bytes_are_chunked(chunk: int) -> None:
+    w = World()
+    c = w.client(0)
+    data = (
+        b"".join(
+            pack(*cmd)
+            for cmd in [("SET", "a", "1"), ("GET", "a"), ("RPUSH", "l", "x" * 200), ("LLEN", "l")]
+        )
+        + b"PING\r\n"
+    )
+    for i in range(0, len(data), chunk):
+        c.send(data[i : i + chunk])
+    await w.settle()
+    assert c.replies() == [b"OK", b"1", 1, 1, b"PONG"]
+
+
+async def test_info_has_a_dominoes_section() -> None:
+    w = World()
+    c = w.client(1)
+    info = (await c.ask(("INFO", "dominoes")))[0].decode()
+    assert info.startswith("# Dominoes\r\n")
+    assert "replica_index:1\r\n" in info
+    assert "applied_seq:" in info
+    assert "lag:" in info
+    full = (await c.ask(("INFO",)))[0].decode()
+    assert "# Server" in full
+    assert "# Keyspace" in full
+
+
+async def test_client_and_command_and_config() -> None:
+    w = World()
+    c = w.client(0)
+    replies = await c.ask(
+        ("CLIENT", "SETNAME", "worker-1"),
+        ("CLIENT", "GETNAME"),
+        ("CLIENT", "ID"),
+        ("CLIENT", "SETINFO", "LIB-NAME", "redis-py"),
+        ("CLIENT", "SETNAME", "bad name"),
+        ("CLIENT", "NOPE"),
+        ("COMMAND", "COUNT"),
+        ("COMMAND", "DOCS"),
+        ("COMMAND", "INFO", "get"),
+        ("SELECT", "0"),
+        ("SELECT", "1"),
+        ("CONFIG", "GET", "save"),
+    )
+    assert replies[:2] == [b"OK", b"worker-1"]
+    assert replies[2] == c.conn.id
+    assert replies[3] == b"OK"
+    assert str(replies[4]).startswith("ERR Client names cannot contain spaces")
+    assert str(replies[5]) == "ERR unknown subcommand 'NOPE'. Try CLIENT HELP."
+    assert replies[6] == len(TABLE)
+    assert replies[7] == []
+    assert replies[8][0][:2] == [b"get", 2]
+    assert replies[9] == b"OK"
+    assert str(replies[10]) == "ERR DB index is out of range"
+    assert replies[11] == [b"save", b""]
