@@ -13,11 +13,12 @@ subscribers.  The receivers are chosen in the apply, so a client that
 subscribes after the PUBLISH's position never gets the message.
 
 A replica that dies takes its connections with it, but their subscriptions
-stay in the replicated state.  So a replica, when it starts serving (a fresh
-start or a restart: with its first connection), numbers its clients past every
-id its previous incarnations left (``Commands.first_counter``) and appends
-``Commands.clients_gone``, which drops those older ids' subscriptions; until
-then the dead replica's subscribers are still counted by PUBLISH.
+stay in the replicated state.  So a replica, as soon as it is live (the
+service's ``on_start`` hook, after a restart's catch-up too), numbers its
+clients past every id its previous incarnations left
+(``Commands.first_counter``) and appends ``Commands.clients_gone``, which
+drops those older ids' subscriptions.  Between the death and the restarted
+replica going live, PUBLISH still counts the dead replica's subscribers.
 """
 
 from __future__ import annotations

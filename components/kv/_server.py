@@ -204,16 +204,34 @@ def _flatten(stats: Any, prefix: str = "", depth: int = 0) -> dict[str, Any]:
 _servers: weakref.WeakKeyDictionary[Replica, Server] = weakref.WeakKeyDictionary()
 
 
+def server_for(replica: Replica, table: dict[bytes, Spec]) -> Server:
+    """This replica's ``Server``, made on first use."""
+    server = _servers.get(replica)
+    if server is None:
+        server = _servers[replica] = Server(replica, table)
+    return server
+
+
 def tcp_factory(table: dict[bytes, Spec]) -> Callable[[Replica], Connection]:
     """The service's TCP ingress: ``factory(replica)`` makes one connection's protocol."""
 
     def factory(replica: Replica) -> Connection:
-        server = _servers.get(replica)
-        if server is None:
-            server = _servers[replica] = Server(replica, table)
-        return Connection(server)
+        return Connection(server_for(replica, table))
 
     return factory
+
+
+def start_hook(table: dict[bytes, Spec]) -> Callable[[Replica], None]:
+    """``Service(on_start=...)``: make the replica's ``Server`` as soon as it is live.
+
+    A restarted replica thereby drops its previous incarnation's subscriptions
+    and watches (``Commands.clients_gone``) at once, not at its first connection.
+    """
+
+    def start(replica: Replica) -> None:
+        server_for(replica, table)
+
+    return start
 
 
 class _Entry:

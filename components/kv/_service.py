@@ -22,7 +22,7 @@ from ._hashes import Hashes
 from ._keyspace import Keyspace
 from ._lists import Lists
 from ._pubsub import PubSub
-from ._server import Connection, tcp_factory
+from ._server import Connection, start_hook, tcp_factory
 from ._sets import Sets
 from ._strings import Strings
 from ._table import Spec, commands_of
@@ -71,7 +71,12 @@ def make_service(name: str = "kv") -> Service:
         Sets(keyspace),
         PubSub(),
     ]
-    return Service(name, [Commands(TABLE, parts), *parts], tcp=tcp_factory(TABLE))
+    return Service(
+        name,
+        [Commands(TABLE, parts), *parts],
+        tcp=tcp_factory(TABLE),
+        on_start=start_hook(TABLE),
+    )
 
 
 #: ``dominoes run dominoes.components.kv:service --replicas N --port 6380``

@@ -38,6 +38,7 @@ class Service:
         digest_every: int = 0,
         tcp: Callable[..., Any] | None = None,
         udp: EventRef | None = None,
+        on_start: Callable[..., Any] | None = None,
     ) -> None:
         if not name or not name.replace("-", "_").replace(".", "_").isidentifier():
             raise ValueError(f"service name must be an identifier-like string, not {name!r}")
@@ -56,6 +57,9 @@ class Service:
         #: ``(ctx, data: bytes, host: str, port: int)``; the owner sends a bytes
         #: result back from its own socket
         self.udp = udp
+        #: ``on_start(replica)``, sync or async: called on every replica once it
+        #: is live (after a restart's catch-up too) and before its ingress opens
+        self.on_start = on_start
         self._components: list[Component] = []
         self._extra: dict[int, tuple[EventRef, Handler, float, dict[str, Any]]] = {}
         self._ids = itertools.count(1)

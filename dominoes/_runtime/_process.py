@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import inspect
 import logging
 import os
 import signal
@@ -98,6 +99,10 @@ async def serve(config: ReplicaConfig, service: Service) -> int:
     else:
         replica.start_fresh()
     await replica.joined()
+    if service.on_start is not None:
+        started = service.on_start(replica)
+        if inspect.isawaitable(started):
+            await started
     tcp = await start_tcp(replica, config.host, config.port)
     udp = await start_udp(replica, config.host, config.port)
     local = start_local(replica)
