@@ -135,3 +135,33 @@ clocky = Service("clocky", [Clocky()], tcp=call_protocol)
 steady = Service("steady", [Steady()], tcp=call_protocol)
 sleepy = Service("sleepy", [Sleepy()], tcp=call_protocol)
 grudge = Service("grudge", [Grudge()], tcp=call_protocol)
+
+
+class Roll(Component):
+    """Which replicas announced themselves from ``on_start``."""
+
+    def __init__(self) -> None:
+        self.started: list[int] = []
+
+    @update
+    def hello(self, ctx: Context, replica: int) -> None:
+        self.started.append(replica)
+
+    @query
+    def who(self) -> str:
+        return ",".join(map(str, sorted(self.started)))
+
+
+async def announce(replica: Replica) -> None:
+    await replica.submit(Roll.hello, replica.index)
+
+
+async def roll_protocol(
+    replica: Replica, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    while await reader.readline():
+        writer.write(replica.query(Roll.who).encode() + b"\n")
+        await writer.drain()
+
+
+roll = Service("roll", [Roll()], tcp=roll_protocol, on_start=announce)

@@ -302,3 +302,11 @@ def test_a_stuck_replica_is_restarted_and_never_stalls_the_service(tmp_path: Pat
         for c in (*again.values(), every[0]):
             c.close()
         assert svc.stop() == 0
+
+
+def test_on_start_runs_on_every_replica_before_its_ingress_opens(tmp_path: Path) -> None:
+    with running("tests.integration.services:roll", tmp_path / "run") as svc:
+        with LineClient(svc.port) as c:
+            # The replica answering already applied its own hello.
+            wait_until(lambda: c.ask("WHO") == "0,1")
+        assert svc.stop() == 0
