@@ -475,6 +475,8 @@ class Log:
                 seq = ring.append(replica, self._limit, payload, kind)
             return seq
         nslots = self.slots_for(len(payload))
+        if not 0 <= kind <= 0xFFFF:  # checked before reserving: never strand a slot
+            raise ValueError(f"kind {kind} does not fit 16 bits")
         seq = self.try_reserve(replica, nslots)
         if seq:
             self.write(seq, nslots, payload, kind)
