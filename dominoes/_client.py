@@ -266,7 +266,7 @@ class Client:
             await asyncio.sleep(delay)
             delay = min(delay * 2, FULL_BACKOFF_MAX)
         # The producer's half of the wake-up protocol (as Replica._after_append).
-        for i in self._log.wake_list(self.replicas):
+        for i in self._log.take_sleepers(self.replicas):
             with contextlib.suppress(OSError):
                 os.eventfd_write(self._wake_fds[i], 1)
                 self._wakeups += 1

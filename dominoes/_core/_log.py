@@ -500,6 +500,18 @@ class Log:
         w.fence()
         return [i for i in range(n) if w.load_acquire(_REPLICAS + i * LINE + _R_ASLEEP)]
 
+    def take_sleepers(self, replicas: int | None = None) -> list[int]:
+        """The sleepers of :meth:`wake_list` whose flag this caller cleared first.
+
+        Each sleeping replica is signalled once per sleep, not once per append:
+        the producer that wins the CAS of its flag from 1 to 0 signals it, the
+        others see 0 and skip it.  The sleeper wakes on the signal either way.
+        """
+        w = self._w
+        return [
+            i for i in self.wake_list(replicas) if w.cas(_REPLICAS + i * LINE + _R_ASLEEP, 1, 0)
+        ]
+
     # --- the reader side -------------------------------------------------------
 
     def published(self, seq: int) -> bool:

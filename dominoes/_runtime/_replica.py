@@ -279,7 +279,7 @@ class Replica:
         return fut
 
     def _after_append(self) -> None:
-        for i in self._log.wake_list(self.replicas):
+        for i in self._log.take_sleepers(self.replicas):
             if i != self.index:
                 self._signal(i)
         self._schedule()

@@ -282,3 +282,14 @@ def test_wake_list_names_replicas_that_said_they_sleep() -> None:
     assert log.wake_list() == [2]
     log.set_asleep(2, False)
     assert log.wake_list() == []
+
+
+def test_a_sleeper_is_taken_by_one_producer_per_sleep() -> None:
+    log = make_log(replicas=3)
+    log.set_asleep(2, True)
+    first, second = log, handle(log)
+    assert first.take_sleepers() == [2]
+    assert second.take_sleepers() == []  # already signalled for this sleep
+    assert not log.asleep(2)
+    log.set_asleep(2, True)  # it slept again
+    assert second.take_sleepers() == [2]
