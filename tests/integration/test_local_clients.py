@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -34,9 +33,10 @@ from dominoes._core._machine import Applied
 from dominoes._runtime._local import encode_reply, reply_address
 from examples.counter import Counter
 
+from .harness import ROOT, Service
+
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 NAME = "counter"
 #: Hard limits (seconds).
 START_TIMEOUT = 30.0
@@ -48,72 +48,18 @@ STEP_TIMEOUT = 30.0
 NOBODY = 65534
 
 
-def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as t:
-            t.bind(("127.0.0.1", 0))
-            port: int = t.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
-
-
-class Running:
-    """The service process, its stderr (read by a thread), and small helpers."""
+class Running(Service):
+    """The module's counter service (see ``harness.Service``), with TCP helpers."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "dominoes", "run", "examples.counter:service",
-                "--replicas", "2", "--port", str(self.port), "--run-dir", str(run_dir),
-            ],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__("examples.counter:service", run_dir, replicas=2)
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-            if "serving on" in line:
-                self._ready.set()
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_ready(self) -> None:
-        if not self._ready.wait(START_TIMEOUT):
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        try:
+            super().wait_ready(timeout)
+        except AssertionError:
             self.kill()
-            raise AssertionError(f"service did not start in {START_TIMEOUT}s:\n{self.output}")
-
-    def control(self, request: dict[str, Any]) -> dict[str, Any]:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5)
-            s.connect(str(self.run_dir / "control.sock"))
-            s.sendall(json.dumps(request).encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        reply: dict[str, Any] = json.loads(buf)
-        return reply
+            raise
 
     def tcp(self, line: str) -> str:
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
@@ -128,33 +74,6 @@ class Running:
 
     def get(self, key: str) -> int:
         return int(self.tcp(f"GET {key}"))
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"service did not stop in {STOP_TIMEOUT}s") from None
-        finally:
-            self.finish()
-
-    def finish(self) -> None:
-        self._reader.join(5)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-
-    def kill(self) -> None:
-        pids: list[int] = []
-        with contextlib.suppress(Exception):
-            pids = [r["pid"] for r in self.control({"op": "status"})["replicas"]]
-        self.proc.kill()
-        self.proc.wait(10)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, TypeError):
-                os.kill(pid, signal.SIGKILL)
-        self.finish()
 
 
 @pytest.fixture(scope="module")
