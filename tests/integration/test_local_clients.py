@@ -40,7 +40,6 @@ pytestmark = pytest.mark.integration
 NAME = "counter"
 #: Hard limits (seconds).
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 20.0
 CHILD_TIMEOUT = 120.0
 STEP_TIMEOUT = 30.0
 #: What pytest-of-<user> directories allow: the other-uid test needs a run
