@@ -80,7 +80,7 @@ class ClusterReplica:
         self.applied: list[int] = []
         #: seq of each applied entry this replica owned
         self.owned: list[int] = []
-        self._pending: dict[int, Pending] = {}
+        self._pending: dict[tuple[int, int], Pending] = {}  # (seq, sub) -> pending
 
     def _new_core(self) -> ReplicaCore:
         c = self.cluster
@@ -200,8 +200,26 @@ class Cluster:
         )
         seq = core.append_nowait(payload)
         pending = Pending(replica, seq)
-        r._pending[seq] = pending
+        r._pending[seq, -1] = pending
         return pending
+
+    def submit_batch_nowait(
+        self, replica: int, calls: list[tuple[EventRef, tuple[Any, ...], dict[str, Any]]]
+    ) -> list[Pending]:
+        """Append several ``affinity`` calls as one entry (the runtime's group commit)."""
+        r = self._replica(replica)
+        if r.joining:
+            raise ReplicaDeadError(f"replica {replica} is still joining")
+        core = r.core
+        made = [
+            core.make_call(core.machine.resolve(event), args, kwargs, now=self.clock)
+            for event, args, kwargs in calls
+        ]
+        seq = core.append_nowait(core.encode_batch(made, now=self.clock))
+        pendings = [Pending(replica, seq) for _ in made]
+        for i, pending in enumerate(pendings):
+            r._pending[seq, i] = pending
+        return pendings
 
     def call(self, replica: int, event: EventRef, /, *args: Any, **kwargs: Any) -> Any:
         """Submit, run every replica until the origin applied it, return its result.
@@ -251,12 +269,14 @@ class Cluster:
         for applied in results:
             if applied.divergence is not None:
                 self.divergences.append(applied.divergence)
-            r.applied.append(applied.seq)
+            if applied.sub <= 0:
+                r.applied.append(applied.seq)
             if applied.owner:
-                r.owned.append(applied.seq)
+                if applied.sub <= 0:
+                    r.owned.append(applied.seq)
                 for fn, args, kwargs in applied.effects:
                     self._run_effect(r.index, applied.seq, fn, args, kwargs)
-            pending = r._pending.pop(applied.seq, None)
+            pending = r._pending.pop((applied.seq, applied.sub), None)
             if pending is not None:
                 pending.applied = applied
             if applied.snapshot is not None:

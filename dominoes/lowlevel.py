@@ -9,6 +9,7 @@ entry codec, and :class:`ReplicaCore`, which applies the log to a
 
 from __future__ import annotations
 
+from ._core._codec import Batch as Batch
 from ._core._codec import Call as Call
 from ._core._codec import Control as Control
 from ._core._codec import Entry as Entry
@@ -35,6 +36,7 @@ __all__ = (
     "KIND_ENTRY",
     "KIND_NOOP",
     "Applied",
+    "Batch",
     "Binding",
     "Call",
     "Control",

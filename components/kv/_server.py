@@ -491,7 +491,12 @@ class Connection(asyncio.Protocol):
             self.delayed.append((entry, event, args, mode))
             return
         try:
-            fut = self.replica.submit_nowait(event, *args, _mode=mode)
+            if mode == "affinity":
+                # Group commit: this loop iteration's batches from every
+                # connection share one log entry.
+                fut = self.replica.submit_soon(event, *args)
+            else:
+                fut = self.replica.submit_nowait(event, *args, _mode=mode)
         except LogFullError:
             self.delayed.append((entry, event, args, mode))
             task = asyncio.ensure_future(self._submit_delayed())

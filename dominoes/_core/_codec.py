@@ -19,7 +19,7 @@ from typing import Any, Final, TypeAlias
 
 import msgspec
 
-__all__ = ("Call", "Control", "Entry", "Fire", "Mode", "decode", "encode")
+__all__ = ("Batch", "Call", "Control", "Entry", "Fire", "Mode", "decode", "encode")
 
 
 class Mode(enum.IntEnum):
@@ -46,6 +46,20 @@ class Call(msgspec.Struct, tag="c", array_like=True, gc=False):
     seq: int = 0
 
 
+class Batch(msgspec.Struct, tag="b", array_like=True, gc=False):
+    """Several ``affinity`` calls of one replica, appended as one entry (group commit).
+
+    They apply in order, each as if it were its own entry at ``seq`` (sub-entry
+    ``i``), and the batch's origin owns them all.  One entry costs one
+    reservation, one publication and one wake-up, whatever it holds.
+    """
+
+    calls: list[Call]
+    ts: float
+    origin: int
+    seq: int = 0
+
+
 class Fire(msgspec.Struct, tag="f", array_like=True, gc=False):
     """A replicated timer is due: fire it, unless it already fired or was cancelled."""
 
@@ -65,7 +79,7 @@ class Control(msgspec.Struct, tag="k", array_like=True, gc=False):
     seq: int = 0
 
 
-Entry: TypeAlias = Call | Fire | Control
+Entry: TypeAlias = Call | Batch | Fire | Control
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final = msgspec.msgpack.Decoder(Entry)

@@ -41,6 +41,7 @@ class Context:
         "replica",
         "request_id",
         "seq",
+        "sub",
     )
 
     def __init__(
@@ -53,6 +54,7 @@ class Context:
         mode: Mode,
         is_owner: bool,
         request_id: str = "",
+        sub: int = -1,
     ) -> None:
         self._machine = machine
         #: the entry's position in the log
@@ -67,6 +69,8 @@ class Context:
         self.is_owner = is_owner
         #: the caller's idempotency key ("" if none)
         self.request_id = request_id
+        #: the call's index in a batch entry (-1: the entry is this one call)
+        self.sub = sub
         #: this replica's index (local: never let it change replicated state)
         self.replica = machine.index
         self._halted = False
@@ -78,9 +82,13 @@ class Context:
 
     @property
     def random(self) -> _random.Random:
-        """A ``random.Random`` seeded from ``seq``: the same sequence on every replica."""
+        """A ``random.Random`` seeded from ``seq``: the same sequence on every replica.
+
+        Calls batched in one entry share its seq; each gets its own seed.
+        """
         if self._random is None:
-            self._random = _random.Random(self.seq)
+            seed = self.seq if self.sub < 0 else (self.seq << 20) | self.sub
+            self._random = _random.Random(seed)
         return self._random
 
     # --- Cactus verbs ----------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import msgspec
 
-from ._codec import Call, Control, Entry, Fire, Mode
+from ._codec import Batch, Call, Control, Entry, Fire, Mode
 from ._component import Component, EventRef, query, resolve
 from ._context import Context
 from ._errors import DominoesError, QueryWroteStateError, UnknownEventError
@@ -64,6 +64,7 @@ class Applied:
     """What applying one entry produced on this replica."""
 
     __slots__ = (
+        "batch",
         "digest",
         "divergence",
         "duplicate",
@@ -74,10 +75,15 @@ class Applied:
         "result",
         "seq",
         "snapshot",
+        "sub",
     )
 
-    def __init__(self, seq: int, entry: Entry | None, owner: bool) -> None:
+    def __init__(self, seq: int, entry: Entry | None, owner: bool, sub: int = -1) -> None:
         self.seq = seq
+        #: the call's index inside a ``Batch`` entry (-1: not in a batch)
+        self.sub = sub
+        #: for a ``Batch``: what each of its calls produced, in order
+        self.batch: list[Applied] | None = None
         self.entry = entry
         self.owner = owner
         self.result: Any = None
@@ -205,30 +211,14 @@ class StateMachine:
         out = Applied(seq, entry, owner)
         now = entry.ts if entry.ts > self.now else self.now
         if type(entry) is Call:
-            rid = entry.request_id
-            if rid:
-                seen = self._recent.get(rid)
-                if seen is not None:
-                    out.duplicate = True
-                    if isinstance(seen, bytes):
-                        out.result = _result_decoder.decode(seen)
-                    else:
-                        out.error = RemoteError(seen)
-                    self.now = now
-                    return out
-            self.now = now
-            ctx = Context(
-                self,
-                seq=seq,
-                now=now,
-                origin=entry.origin,
-                mode=entry.mode,
-                is_owner=owner,
-                request_id=rid,
-            )
-            self._run(ctx, out, entry.event, entry.args, entry.kwargs)
-            if rid:
-                self._remember(rid, out)
+            self._call(entry, out, now)
+        elif type(entry) is Batch:
+            subs = []
+            for i, call in enumerate(entry.calls):
+                sub = Applied(seq, call, owner, i)
+                self._call(call, sub, call.ts if call.ts > self.now else self.now)
+                subs.append(sub)
+            out.batch = subs
         elif type(entry) is Fire:
             timer = self._timers.pop(entry.timer_id, None)
             self._fire_sent.pop(entry.timer_id, None)
@@ -269,6 +259,33 @@ class StateMachine:
                 self.divergences += 1
                 out.divergence = Divergence(seq=at, replicas=(reporter, self.index), component=name)
                 return
+
+    def _call(self, call: Call, out: Applied, now: float) -> None:
+        """Apply one call (an entry, or one call of a batch) into ``out``."""
+        rid = call.request_id
+        self.now = now
+        if rid:
+            seen = self._recent.get(rid)
+            if seen is not None:
+                out.duplicate = True
+                if isinstance(seen, bytes):
+                    out.result = _result_decoder.decode(seen)
+                else:
+                    out.error = RemoteError(seen)
+                return
+        ctx = Context(
+            self,
+            seq=out.seq,
+            now=now,
+            origin=call.origin,
+            mode=call.mode,
+            is_owner=out.owner,
+            request_id=rid,
+            sub=out.sub,
+        )
+        self._run(ctx, out, call.event, call.args, call.kwargs)
+        if rid:
+            self._remember(rid, out)
 
     def skip(self, seq: int, nslots: int = 1) -> None:
         """Pass over a no-op slot (a reservation whose producer died)."""

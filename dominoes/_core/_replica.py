@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import msgspec
 
-from ._codec import Call, Control, Entry, Fire, Mode, decode, encode
+from ._codec import Batch, Call, Control, Entry, Fire, Mode, decode, encode
 from ._errors import LogFullError, UnknownEventError
 from ._log import KIND_NOOP, Log
 from ._machine import Applied, StateMachine
@@ -142,9 +142,35 @@ class ReplicaCore:
         (before anything is appended) and ``TypeError`` for arguments msgpack
         cannot encode.
         """
+        return encode(
+            self.make_call(event, args, kwargs, now=now, mode=mode, request_id=request_id)
+        )
+
+    def make_call(
+        self,
+        event: str,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any],
+        *,
+        now: float,
+        mode: Mode = Mode.AFFINITY,
+        request_id: str = "",
+    ) -> Call:
+        """A call entry from this replica (raises :class:`UnknownEventError`)."""
         if event not in self.machine.registry:
             raise UnknownEventError(f"no handler is bound to event {event!r}")
-        return encode(Call(event, list(args), kwargs, now, self.index, mode, request_id))
+        return Call(event, list(args), kwargs, now, self.index, mode, request_id)
+
+    def encode_batch(self, calls: list[Call], *, now: float) -> bytes:
+        """One entry holding several of this replica's ``affinity`` calls (group commit).
+
+        Raises ``TypeError`` for arguments msgpack cannot encode, naming no
+        call: encode calls alone to find it.
+        """
+        for call in calls:
+            if call.mode != Mode.AFFINITY or call.origin != self.index or call.request_id:
+                raise ValueError("only this replica's affinity calls without request ids batch")
+        return encode(Batch(calls, now, self.index))
 
     def try_append(self, payload: bytes) -> int:
         """Append an encoded entry; its seq, or 0 when the log is full (backpressure)."""
@@ -207,7 +233,10 @@ class ReplicaCore:
                 if applied.digest is not None:
                     report = Control("digest", [index, seq, applied.digest], entry.ts, index)
                     self.outbox.append(encode(report))
-                out.append(applied)
+                if applied.batch is None:
+                    out.append(applied)
+                else:
+                    out.extend(applied.batch)
             budget -= 1
             seq = machine.cursor
         if seq != start:

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from .._core._codec import Control, Mode
+from .._core._codec import Call, Control, Mode, encode
 from .._core._component import Component, EventRef, query
 from .._core._errors import LogFullError
 from .._core._log import LogStatistics
@@ -60,6 +60,8 @@ SAFETY_TICK: Final = 0.005
 #: Back-off bounds while the log is full (seconds).
 FULL_BACKOFF_MIN: Final = 0.0001
 FULL_BACKOFF_MAX: Final = 0.005
+#: Calls at most in one group commit (one ``Batch`` entry).
+GROUP_MAX: Final = 256
 #: How long a joining replica waits for its snapshot before asking again.
 SNAPSHOT_TIMEOUT: Final = 2.0
 
@@ -116,7 +118,13 @@ class Replica:
         self._wake_fds = wake_fds
         self._my_fd = wake_fds[index]
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._pending: dict[tuple[int, int], asyncio.Future[Any]] = {}  # (seq, sub)
+        # Group commit: calls queued by submit_soon, appended together once per
+        # loop iteration (FIFO; the head waits while the log is full).
+        self._group: list[tuple[Call, asyncio.Future[Any]]] = []
+        self._group_scheduled = False
+        self._group_delay = FULL_BACKOFF_MIN
+        self.group_commits = 0
         self._scheduled = False
         self._asleep = False
         self._timer: asyncio.TimerHandle | None = None
@@ -166,6 +174,75 @@ class Replica:
                 return await self._track(seq)
             await asyncio.sleep(delay)
             delay = min(delay * 2, FULL_BACKOFF_MAX)
+
+    def submit_soon(self, event: EventRef, /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """Queue an ``affinity`` update for group commit; a future of its result.
+
+        Every ``submit_soon`` of one event-loop iteration goes into one log
+        entry (a ``Batch``, in call order), so many connections' requests cost
+        one reservation, one publication and one wake-up.  It never raises
+        :class:`LogFullError`: a full log delays the group, in order.  An
+        unknown event raises here; unencodable arguments or an entry over the
+        size limit fail that call's future only.
+        """
+        assert self._loop is not None
+        call = self.core.make_call(self.core.machine.resolve(event), args, kwargs, now=time.time())
+        # Checked alone now, so TypeError and EntryTooLargeError reach this
+        # caller; a group too large for one entry is split at commit.
+        self._log.slots_for(len(encode(call)))
+        fut = self._loop.create_future()
+        self._group.append((call, fut))
+        if not self._group_scheduled:
+            self._group_scheduled = True
+            self._loop.call_soon(self._commit_group)
+        return fut
+
+    def _commit_group(self) -> None:
+        group = self._group
+        appended = False
+        while group:
+            chunk = group[:GROUP_MAX]
+            payload = self._encode_group(chunk)
+            if payload is None:  # a call failed alone and was dropped; try again
+                continue
+            seq = self.core.try_append(payload)
+            if not seq:  # full: keep the order, try again after a short back-off
+                assert self._loop is not None
+                self._loop.call_later(self._group_delay, self._commit_group)
+                self._group_delay = min(self._group_delay * 2, FULL_BACKOFF_MAX)
+                if appended:
+                    self._after_append()
+                return
+            appended = True
+            if len(chunk) == 1:
+                self._pending[seq, -1] = chunk[0][1]
+            else:
+                self.group_commits += 1
+                for i, (_, fut) in enumerate(chunk):
+                    self._pending[seq, i] = fut
+            del group[: len(chunk)]
+        self._group_scheduled = False
+        self._group_delay = FULL_BACKOFF_MIN
+        if appended:
+            self._after_append()
+
+    def _encode_group(self, chunk: list[tuple[Call, asyncio.Future[Any]]]) -> bytes | None:
+        """The payload for ``chunk`` (shrunk in place until it fits), or None after a failure."""
+        while True:
+            try:
+                if len(chunk) == 1:
+                    payload = encode(chunk[0][0])
+                else:
+                    payload = self.core.encode_batch([c for c, _ in chunk], now=time.time())
+                self._log.slots_for(len(payload))  # EntryTooLargeError past the limit
+                return payload
+            except (TypeError, ValueError) as exc:  # EntryTooLargeError is a ValueError
+                if len(chunk) == 1:
+                    _, fut = self._group.pop(0)
+                    if not fut.done():
+                        fut.set_exception(exc)
+                    return None
+                del chunk[len(chunk) // 2 :]
 
     def submit_nowait(
         self,
@@ -222,6 +299,7 @@ class Replica:
             loop_lag_ms=self._loop_lag * 1000,
             loop_lag_max_ms=self._loop_lag_max * 1000,
             wakeups_sent=self.wakeups_sent,
+            group_commits=self.group_commits,
             core=core,
             ingress=IngressStatistics(
                 tcp_connections=i.tcp_connections,
@@ -274,7 +352,7 @@ class Replica:
     def _track(self, seq: int) -> asyncio.Future[Any]:
         assert self._loop is not None
         fut = self._loop.create_future()
-        self._pending[seq] = fut
+        self._pending[seq, -1] = fut
         self._after_append()
         return fut
 
@@ -389,7 +467,7 @@ class Replica:
     def _deliver(self, applied: Applied) -> None:
         if applied.divergence is not None:
             self._on_divergence(applied.divergence)
-        fut = self._pending.pop(applied.seq, None)
+        fut = self._pending.pop((applied.seq, applied.sub), None)
         if fut is not None and not fut.done():
             if applied.error is not None:
                 fut.set_exception(applied.error)

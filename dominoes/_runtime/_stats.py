@@ -70,5 +70,6 @@ class RuntimeStatistics(msgspec.Struct, frozen=True, kw_only=True):
     loop_lag_ms: float
     loop_lag_max_ms: float
     wakeups_sent: int
+    group_commits: int
     core: ReplicaStatistics
     ingress: IngressStatistics

@@ -30,6 +30,8 @@ class FakeReplica:
         self.lag = 0
         self.waiting: list[tuple[Pending, asyncio.Future[Any]]] = []
         self.full = False  # pretend the log is full
+        # submit_soon calls held back while the log is "full" (group commit waits)
+        self.held: list[tuple[Any, tuple[Any, ...], asyncio.Future[Any]]] = []
 
     @property
     def applied_seq(self) -> int:
@@ -45,6 +47,19 @@ class FakeReplica:
         self.waiting.append((pending, fut))
         return fut
 
+    def submit_soon(self, event: Any, /, *args: Any) -> asyncio.Future[Any]:
+        """Group commit: never raises LogFullError; a full log holds the calls, in order."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.held.append((event, args, fut))
+        self._release()
+        return fut
+
+    def _release(self) -> None:
+        while self.held and not self.full:
+            event, args, fut = self.held.pop(0)
+            pending = self.cluster.submit_nowait(self.index, event, *args)
+            self.waiting.append((pending, fut))
+
     async def submit(self, event: Any, /, *args: Any, **kwargs: Any) -> Any:
         while True:
             try:
@@ -59,6 +74,7 @@ class FakeReplica:
         return self.cluster[self.index].statistics()
 
     def settle(self) -> None:
+        self._release()
         still = []
         for pending, fut in self.waiting:
             if not pending.done:
@@ -415,6 +431,8 @@ async def test_a_full_log_delays_appends_in_order_and_pauses_reading() -> None:
     w.replicas[0].full = True
     c.send(("SET", "a", "1"), ("GET", "a"))
     c.send(("PING",), ("INCR", "a"))
+    for i in range(MAX_IN_FLIGHT):  # the log stays full: entries pile up, bounded
+        c.send(("SET", "b", i))
     assert not c.transport.reading
     for _ in range(5):
         await asyncio.sleep(0.002)
@@ -425,7 +443,9 @@ async def test_a_full_log_delays_appends_in_order_and_pauses_reading() -> None:
         await asyncio.sleep(0.001)
         if not c.conn.delayed and not c.conn.pending:
             break
-    assert c.replies() == [b"OK", b"1", b"PONG", 2]
+    replies = c.replies()
+    assert replies[:4] == [b"OK", b"1", b"PONG", 2]
+    assert replies[4:] == [b"OK"] * MAX_IN_FLIGHT
     assert c.transport.reading
 
 
