@@ -644,6 +644,14 @@ class Log:
             self._w.store_release(self._line(dead) + _R_INTENT_SEQ, 0)
         return len(found)
 
+    def announcer(self, seq: int) -> int | None:
+        """The line whose announced reservation starts at ``seq`` (a held-up head), or None."""
+        w = self._w
+        for i in range(self.max_replicas):
+            if w.load_acquire(_REPLICAS + i * LINE + _R_INTENT_SEQ) == seq:
+                return i
+        return None
+
     def recovery_pending(self, dead: int) -> bool:
         """True while ``dead``'s intent still names slots that may need a no-op."""
         return self._w.load_acquire(self._line(dead) + _R_INTENT_SEQ) != 0

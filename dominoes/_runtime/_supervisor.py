@@ -143,6 +143,9 @@ class Supervisor:
         self._all_ready = asyncio.Event()
         self.deaths = 0
         self.exit_code = 0
+        # the watchdog's view of the first unpublished seq every reader waits at
+        self._held_head: int | None = None
+        self._held_since = 0.0
         # Local clients (dominoes.connect): client line -> its control connection,
         # and the lines of departed clients whose reservation is being recovered.
         self._clients: dict[int, asyncio.StreamWriter] = {}
@@ -547,6 +550,7 @@ class Supervisor:
         limit = self.config.stuck_after
         assert limit is not None
         now = time.monotonic()
+        self._watch_unpublished(now, limit)
         for c in self.children:
             if not c.ready or c.proc is None or self._log.state(c.index) != ReplicaState.LIVE:
                 c.stuck_since = None
@@ -569,6 +573,47 @@ class Supervisor:
                 c.stuck_since = None
                 with contextlib.suppress(ProcessLookupError):
                     c.proc.kill()
+
+    def _watch_unpublished(self, now: float, limit: float) -> None:
+        """Kill a replica that holds a reservation unpublished for ``limit`` seconds.
+
+        Every reader waits at the first unpublished seq.  Its producer never
+        waits between reserve and publish, so a head unpublished this long
+        means the producer is frozen or wedged: a replica is killed (SIGKILL:
+        it can never write that slot late), and its death fills the slot.  A
+        local client cannot be killed safely from here; it is reported.
+        """
+        stats = self._log.statistics()
+        head = stats.slowest_cursor
+        if head >= stats.tail or self._log.published(head):
+            self._held_head = None
+            return
+        if self._held_head != head:
+            self._held_head, self._held_since = head, now
+            return
+        if now - self._held_since < limit:
+            return
+        self._held_since = now  # act (or report) once per period
+        line = self._log.announcer(head)
+        child = self.children[line] if line is not None and line < self.n else None
+        if child is not None and child.proc is not None:
+            log.error(
+                "replica %d reserved seq=%d and has not published it for %.1fs; killing it so "
+                "the others go on",
+                line,
+                head,
+                limit,
+            )
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.kill()
+        else:
+            log.error(
+                "seq=%d has been reserved and unpublished for %.1fs (line %s): every replica "
+                "waits on it",
+                head,
+                limit,
+                line,
+            )
 
     def stop(self) -> None:
         """Begin a clean stop (idempotent)."""

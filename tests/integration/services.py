@@ -165,3 +165,17 @@ async def roll_protocol(
 
 
 roll = Service("roll", [Roll()], tcp=roll_protocol, on_start=announce)
+
+
+def wedge(replica: Replica) -> None:
+    """Replica 1 reserves a slot and never publishes it: a producer frozen mid-append.
+
+    Once per service run (a marker in the run dir), so the restart is clean.
+    """
+    marker = replica.run_dir / "wedged"
+    if replica.index == 1 and not marker.exists():
+        marker.touch()
+        replica.core.log.try_reserve(1, 1)
+
+
+wedged = Service("wedged", [Grudge()], tcp=call_protocol, on_start=wedge)

@@ -310,3 +310,25 @@ def test_on_start_runs_on_every_replica_before_its_ingress_opens(tmp_path: Path)
             # The replica answering already applied its own hello.
             wait_until(lambda: c.ask("WHO") == "0,1")
         assert svc.stop() == 0
+
+
+def test_a_reservation_left_unpublished_by_a_live_replica_is_cleared(tmp_path: Path) -> None:
+    target = "tests.integration.services:wedged"
+    with running(target, tmp_path / "run", args=("--stuck-after", "1")) as svc:
+        every = clients_on_every_replica(svc.port, 2, tries=400)
+        every[1].close()
+        # Appended behind replica 1's dangling reservation: no replica can
+        # apply it until the supervisor kills replica 1 and fills the slot.
+        assert every[0].ask("CALL Grudge.snub 0") == "1"
+        line = svc.wait_for_line("has not published it")
+        assert "replica 1 reserved seq=" in line
+        svc.wait_for_line("died with -9")
+        wait_until(lambda: all(r["ready"] for r in svc.status()["replicas"]), timeout=30)
+        assert every[0].ask("CALL Grudge.snub 0") == "2"
+        assert [r["restarts"] for r in svc.status()["replicas"]] == [0, 1]
+        again = clients_on_every_replica(svc.port, 2, tries=400)
+        wait_until(lambda: len({c.ask("INFO").split()[-1] for c in again.values()}) == 1)
+        for c in again.values():
+            c.close()
+        every[0].close()
+        assert svc.stop() == 0

@@ -293,3 +293,13 @@ def test_a_sleeper_is_taken_by_one_producer_per_sleep() -> None:
     assert not log.asleep(2)
     log.set_asleep(2, True)  # it slept again
     assert second.take_sleepers() == [2]
+
+
+def test_the_announcer_of_a_held_up_seq_is_found() -> None:
+    log = make_log(replicas=3)
+    log.try_append(0, b"a")
+    seq = log.try_reserve(2, 1)
+    assert log.announcer(seq) == 2
+    log.write(seq, 1, b"b")
+    log.done(2)
+    assert log.announcer(seq) is None
