@@ -127,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         # Like uvicorn: the current directory is importable, so
         # ``dominoes run examples.counter:service`` works from a checkout.
         cwd = os.getcwd()
+        # Appended, not prepended: run from a dominoes checkout, the checkout's
+        # dominoes/ (no compiled extension, no mapped subpackages) must not
+        # shadow the installed package.
         if cwd not in sys.path:
-            sys.path.insert(0, cwd)
+            sys.path.append(cwd)
         config = SupervisorConfig(
             target=args.target,
             replicas=args.replicas,

@@ -165,9 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if config.core is not None:
         os.sched_setaffinity(0, {config.core})
-    for path in reversed(config.sys_path):
+    # After the installed packages (see dominoes run): the service's own
+    # modules come from here, dominoes itself never does.
+    for path in config.sys_path:
         if path not in sys.path:
-            sys.path.insert(0, path)
+            sys.path.append(path)
     service = load_service(config.target)
     # dominoes.loops is a mapped package (loops/ in the source tree); imported
     # by name so type checkers that do not follow the mapping are not misled.

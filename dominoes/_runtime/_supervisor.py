@@ -212,7 +212,15 @@ class Supervisor:
         env = dict(os.environ, PYTHONHASHSEED=self.config.hash_seed)
         fds = [self.shared.fd, *self.wake_fds, self._parent_r, ready_w]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dominoes._runtime._process", msgspec.json.encode(cfg).decode()],
+            # -P: no current directory at the front of sys.path (it would
+            # shadow the installed dominoes with a checkout's sources).
+            [
+                sys.executable,
+                "-P",
+                "-m",
+                "dominoes._runtime._process",
+                msgspec.json.encode(cfg).decode(),
+            ],
             pass_fds=fds,
             env=env,
             stdin=subprocess.DEVNULL,
