@@ -19,7 +19,17 @@ from typing import Any, Final, TypeAlias
 
 import msgspec
 
-__all__ = ("Batch", "Call", "Control", "Entry", "Fire", "Mode", "decode", "encode")
+__all__ = (
+    "Batch",
+    "Call",
+    "Control",
+    "Entry",
+    "Fire",
+    "Mode",
+    "batch_payload",
+    "decode",
+    "encode",
+)
 
 
 class Mode(enum.IntEnum):
@@ -58,6 +68,20 @@ class Batch(msgspec.Struct, tag="b", array_like=True, gc=False):
     ts: float
     origin: int
     seq: int = 0
+
+
+class _RawBatch(msgspec.Struct, tag="b", array_like=True, gc=False):
+    """``Batch``'s wire form built from calls already encoded (no second encoding)."""
+
+    calls: list[msgspec.Raw]
+    ts: float
+    origin: int
+    seq: int = 0
+
+
+def batch_payload(calls: list[bytes], ts: float, origin: int) -> bytes:
+    """Encode a ``Batch`` from encoded ``Call`` payloads; decodes as :class:`Batch`."""
+    return _encoder.encode(_RawBatch([msgspec.Raw(c) for c in calls], ts, origin))
 
 
 class Fire(msgspec.Struct, tag="f", array_like=True, gc=False):

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import msgspec
 
-from ._codec import Batch, Call, Control, Entry, Fire, Mode, decode, encode
+from ._codec import Call, Control, Entry, Fire, Mode, batch_payload, decode, encode
 from ._errors import LogFullError, UnknownEventError
 from ._log import KIND_NOOP, Log
 from ._machine import Applied, StateMachine
@@ -170,7 +170,7 @@ class ReplicaCore:
         for call in calls:
             if call.mode != Mode.AFFINITY or call.origin != self.index or call.request_id:
                 raise ValueError("only this replica's affinity calls without request ids batch")
-        return encode(Batch(calls, now, self.index))
+        return batch_payload([encode(c) for c in calls], now, self.index)
 
     def try_append(self, payload: bytes) -> int:
         """Append an encoded entry; its seq, or 0 when the log is full (backpressure)."""

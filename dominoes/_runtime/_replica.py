@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from .._core._codec import Call, Control, Mode, encode
+from .._core._codec import Control, Mode, batch_payload, encode
 from .._core._component import Component, EventRef, query
 from .._core._errors import LogFullError
 from .._core._log import LogStatistics
@@ -121,7 +121,7 @@ class Replica:
         self._pending: dict[tuple[int, int], asyncio.Future[Any]] = {}  # (seq, sub)
         # Group commit: calls queued by submit_soon, appended together once per
         # loop iteration (FIFO; the head waits while the log is full).
-        self._group: list[tuple[Call, asyncio.Future[Any]]] = []
+        self._group: list[tuple[bytes, asyncio.Future[Any]]] = []  # encoded Call, its future
         self._group_scheduled = False
         self._group_delay = FULL_BACKOFF_MIN
         self.group_commits = 0
@@ -169,7 +169,7 @@ class Replica:
         payload = self._encode(event, args, kwargs, _mode, _request_id)
         delay = FULL_BACKOFF_MIN
         while True:
-            seq = self.core.try_append(payload)
+            seq = self.core.try_append(payload) if self._commit_queued() else 0
             if seq:
                 return await self._track(seq)
             await asyncio.sleep(delay)
@@ -182,37 +182,49 @@ class Replica:
         entry (a ``Batch``, in call order), so many connections' requests cost
         one reservation, one publication and one wake-up.  It never raises
         :class:`LogFullError`: a full log delays the group, in order.  An
-        unknown event raises here; unencodable arguments or an entry over the
-        size limit fail that call's future only.
+        unknown event, unencodable arguments (``TypeError``) and an update
+        over the size limit (:class:`EntryTooLargeError`) raise here.
+
+        Order is kept across forms: ``submit`` and ``submit_nowait`` append
+        what this replica queued before them first.
         """
         assert self._loop is not None
         call = self.core.make_call(self.core.machine.resolve(event), args, kwargs, now=time.time())
-        # Checked alone now, so TypeError and EntryTooLargeError reach this
-        # caller; a group too large for one entry is split at commit.
-        self._log.slots_for(len(encode(call)))
+        payload = encode(call)  # encoded once: the batch is framed from these bytes
+        self._log.slots_for(len(payload))
         fut = self._loop.create_future()
-        self._group.append((call, fut))
+        self._group.append((payload, fut))
         if not self._group_scheduled:
             self._group_scheduled = True
             self._loop.call_soon(self._commit_group)
         return fut
 
     def _commit_group(self) -> None:
+        """The group commit callback: append what is queued, or retry after a back-off."""
+        if self._commit_queued():
+            self._group_scheduled = False
+            self._group_delay = FULL_BACKOFF_MIN
+            return
+        assert self._loop is not None
+        self._loop.call_later(self._group_delay, self._commit_group)
+        self._group_delay = min(self._group_delay * 2, FULL_BACKOFF_MAX)
+
+    def _commit_queued(self) -> bool:
+        """Append the queued calls, in order, as few entries as fit; False if the log filled."""
         group = self._group
         appended = False
         while group:
             chunk = group[:GROUP_MAX]
-            payload = self._encode_group(chunk)
-            if payload is None:  # a call failed alone and was dropped; try again
-                continue
+            while len(chunk) > 1:  # shrink until the batch fits one entry
+                payload = batch_payload([p for p, _ in chunk], time.time(), self.index)
+                if len(payload) <= self._log.max_entry_bytes:
+                    break
+                del chunk[len(chunk) // 2 :]
+            else:
+                payload = chunk[0][0]  # one call: a plain Call entry
             seq = self.core.try_append(payload)
-            if not seq:  # full: keep the order, try again after a short back-off
-                assert self._loop is not None
-                self._loop.call_later(self._group_delay, self._commit_group)
-                self._group_delay = min(self._group_delay * 2, FULL_BACKOFF_MAX)
-                if appended:
-                    self._after_append()
-                return
+            if not seq:
+                break
             appended = True
             if len(chunk) == 1:
                 self._pending[seq, -1] = chunk[0][1]
@@ -221,28 +233,9 @@ class Replica:
                 for i, (_, fut) in enumerate(chunk):
                     self._pending[seq, i] = fut
             del group[: len(chunk)]
-        self._group_scheduled = False
-        self._group_delay = FULL_BACKOFF_MIN
         if appended:
             self._after_append()
-
-    def _encode_group(self, chunk: list[tuple[Call, asyncio.Future[Any]]]) -> bytes | None:
-        """The payload for ``chunk`` (shrunk in place until it fits), or None after a failure."""
-        while True:
-            try:
-                if len(chunk) == 1:
-                    payload = encode(chunk[0][0])
-                else:
-                    payload = self.core.encode_batch([c for c, _ in chunk], now=time.time())
-                self._log.slots_for(len(payload))  # EntryTooLargeError past the limit
-                return payload
-            except (TypeError, ValueError) as exc:  # EntryTooLargeError is a ValueError
-                if len(chunk) == 1:
-                    _, fut = self._group.pop(0)
-                    if not fut.done():
-                        fut.set_exception(exc)
-                    return None
-                del chunk[len(chunk) // 2 :]
+        return not group
 
     def submit_nowait(
         self,
@@ -255,6 +248,8 @@ class Replica:
     ) -> asyncio.Future[Any]:
         """Append an update now, or raise :class:`LogFullError`; a future of its result."""
         payload = self._encode(event, args, kwargs, _mode, _request_id)
+        if not self._commit_queued():
+            raise LogFullError("log full: earlier submit_soon calls are still waiting for room")
         return self._track(self.core.append_nowait(payload))
 
     def query(self, ref: str | query[..., Any], /, *args: Any, **kwargs: Any) -> Any:

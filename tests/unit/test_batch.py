@@ -87,3 +87,10 @@ def test_only_affinity_calls_of_the_origin_batch(cluster: Cluster) -> None:
     foreign = Call("Ledger.add", ["a"], {}, 1.0, 1)
     with pytest.raises(ValueError, match="affinity"):
         core.encode_batch([foreign], now=1.0)
+
+
+def test_a_batch_framed_from_encoded_calls_is_the_batch_encoding() -> None:
+    from dominoes._core._codec import batch_payload
+
+    calls = [Call("Ledger.add", ["a"], {}, 1.0, 0), Call("Ledger.add", ["b"], {"x": 1}, 2.0, 0)]
+    assert batch_payload([encode(c) for c in calls], 2.0, 0) == encode(Batch(calls, 2.0, 0))

@@ -1,0 +1,75 @@
+"""A ``Replica`` on a real loop over a real shared log, without processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from dominoes import Component, Context, LogFullError, Replica, Service, update
+from dominoes._runtime._shm import SharedLog
+
+pytestmark = pytest.mark.integration
+
+
+class Trail(Component):
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @update
+    def mark(self, ctx: Context, what: str) -> int:
+        self.seen.append(what)
+        return len(self.seen)
+
+
+@pytest.fixture
+async def replica(tmp_path: Path) -> AsyncIterator[Replica]:
+    shared = SharedLog.create("trail", capacity=16, slot_size=128, max_replicas=2)
+    log = shared.log()
+    log.join(0, cursor=1)
+    log.set_live(0)
+    efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    r = Replica(Service("trail", [Trail()]), 0, shared, [efd], replicas=1, run_dir=tmp_path)
+    r.attach(asyncio.get_running_loop())
+    r.start_fresh()
+    try:
+        yield r
+    finally:
+        r.close()
+        shared.close()
+        os.close(efd)
+
+
+async def test_group_commit_keeps_order_with_the_other_submit_forms(replica: Replica) -> None:
+    first = replica.submit_soon(Trail.mark, "soon-1")
+    second = replica.submit_nowait(Trail.mark, "nowait")  # must land after soon-1
+    third = replica.submit_soon(Trail.mark, "soon-2")
+    fourth = asyncio.ensure_future(replica.submit(Trail.mark, "submit"))
+    assert await asyncio.wait_for(asyncio.gather(first, second, third, fourth), 5) == [1, 2, 3, 4]
+    assert replica.component(Trail).seen == ["soon-1", "nowait", "soon-2", "submit"]
+
+
+async def test_one_loop_iteration_of_submit_soon_is_one_entry(replica: Replica) -> None:
+    futs = [replica.submit_soon(Trail.mark, f"m{i}") for i in range(5)]
+    assert await asyncio.wait_for(asyncio.gather(*futs), 5) == [1, 2, 3, 4, 5]
+    stats = replica.statistics()
+    assert stats.core.applied_entries == 1  # one entry (spanning several slots)
+    assert stats.group_commits == 1
+
+
+async def test_a_full_log_delays_the_group_and_refuses_nowait_behind_it(replica: Replica) -> None:
+    pad = "x" * 40
+    blockers = []
+    while True:  # fill the log without applying (the loop does not run meanwhile)
+        try:
+            blockers.append(replica.submit_nowait(Trail.mark, pad))
+        except LogFullError:
+            break
+    queued = replica.submit_soon(Trail.mark, "late")
+    with pytest.raises(LogFullError):
+        replica.submit_nowait(Trail.mark, "behind")  # would overtake "late"
+    await asyncio.wait_for(asyncio.gather(*blockers, queued), 5)
+    assert replica.component(Trail).seen[-1] == "late"
