@@ -26,7 +26,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from dominoes import Component, Context, LogFullError, Service, update
+from dominoes import Component, Context, EntryTooLargeError, LogFullError, Service, update
 from dominoes.testing import Cluster
 
 
@@ -125,6 +125,27 @@ class Interleavings(RuleBasedStateMachine):
     def append(self, data: st.DataObject, mode: str, pad: int) -> None:
         replica = data.draw(st.integers(0, self.n - 1))
         self._submit(replica, Journal.note, mode, self.token(), pad="x" * pad)
+
+    @rule(data=st.data(), n=st.integers(2, 4), pad=st.integers(0, 40))
+    def append_batch(self, data: st.DataObject, n: int, pad: int) -> None:
+        """Group commit: several affinity calls of one replica in one entry."""
+        replica = data.draw(st.integers(0, self.n - 1))
+        r = self.cluster[replica]
+        if not r.alive or r.joining:
+            return
+        tokens = [self.token() for _ in range(n)]
+        tail = self.cluster.log.tail
+        calls = [(Journal.note, (tok,), {"pad": "x" * pad}) for tok in tokens]
+        try:
+            pendings = self.cluster.submit_batch_nowait(replica, calls)  # type: ignore[arg-type]
+        except LogFullError:
+            self.full += 1
+            return
+        except EntryTooLargeError:  # refused whole, before anything is reserved
+            assert self.cluster.log.tail == tail
+            return
+        for tok, p in zip(tokens, pendings, strict=True):
+            self.appended[tok] = (p.seq, "affinity", replica)
 
     @rule(data=st.data(), limit=st.integers(1, 5))
     def step_one(self, data: st.DataObject, limit: int) -> None:
