@@ -472,18 +472,22 @@ class Supervisor:
             return self.status()
         raise ValueError(f"unknown op {op!r}")
 
+    def _summary(self, child: _Child) -> dict[str, Any]:
+        """What the supervisor itself knows of one replica."""
+        return {
+            "index": child.index,
+            "pid": child.proc.pid if child.proc else None,
+            "core": child.core,
+            "ready": child.ready,
+            "restarts": child.restarts,
+            "state": ReplicaState.NAMES[self._log.state(child.index)],
+        }
+
     async def stats(self) -> dict[str, Any]:
         """Every replica's statistics (asked over its control socket) and the log's."""
 
         async def one(child: _Child) -> dict[str, Any]:
-            entry: dict[str, Any] = {
-                "index": child.index,
-                "pid": child.proc.pid if child.proc else None,
-                "core": child.core,
-                "ready": child.ready,
-                "restarts": child.restarts,
-                "state": ReplicaState.NAMES[self._log.state(child.index)],
-            }
+            entry = self._summary(child)
             if child.ready:
                 try:
                     entry["report"] = await ask(
@@ -507,16 +511,7 @@ class Supervisor:
         return {
             "service": self.service.name,
             "replicas": [
-                {
-                    "index": c.index,
-                    "pid": c.proc.pid if c.proc else None,
-                    "core": c.core,
-                    "ready": c.ready,
-                    "restarts": c.restarts,
-                    "state": ReplicaState.NAMES[self._log.state(c.index)],
-                    "cursor": self._log.cursor(c.index),
-                }
-                for c in self.children
+                self._summary(c) | {"cursor": self._log.cursor(c.index)} for c in self.children
             ],
             "log": msgspec.to_builtins(stats),
             "clients": sorted(self._clients),

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +221,8 @@ class Telnet:
         self.sock.sendall(hello)
         self.read_until("monitor >>>")
 
-    def read_until(self, marker: str, timeout: float = 10.0) -> str:
+    def _read(self, found: Callable[[str], str | None], what: str, timeout: float = 10.0) -> str:
+        """Read until ``found(text so far)`` returns something; that is the result."""
         end = time.monotonic() + timeout
         buf = b""
         while time.monotonic() < end:
@@ -233,31 +234,27 @@ class Telnet:
             if not chunk:
                 break
             buf += chunk
-            if marker.encode() in _plain(buf):
-                return _plain(buf).decode(errors="replace")
-        raise AssertionError(f"no {marker!r} from the monitor; got {_plain(buf)[-500:]!r}")
+            result = found(_plain(buf).decode(errors="replace"))
+            if result is not None:
+                return result
+        raise AssertionError(f"no {what} from the monitor; got {_plain(buf)[-500:]!r}")
+
+    def read_until(self, marker: str) -> str:
+        return self._read(lambda text: text if marker in text else None, repr(marker))
 
     def command(self, line: str, expect: str) -> str:
         """Run a console command; its output, up to the prompt after ``expect``."""
         self._drain()
         self.sock.sendall(line.encode() + b"\r\n")
-        end = time.monotonic() + 10
-        buf = b""
-        while time.monotonic() < end:
-            self.sock.settimeout(max(0.05, end - time.monotonic()))
-            try:
-                chunk = self.sock.recv(65536)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            buf += chunk
-            text = _plain(buf).decode(errors="replace")
+
+        def found(text: str) -> str | None:
             start = max(0, text.find(line))
             at = text.find(expect, start + len(line))
             if at >= 0 and "monitor >>>" in text[at:]:
                 return text[start : text.index("monitor >>>", at)]
-        raise AssertionError(f"no {expect!r} after {line!r}; got {_plain(buf)[-500:]!r}")
+            return None
+
+        return self._read(found, f"{expect!r} after {line!r}")
 
     def _drain(self) -> None:
         """Discard what the console still sends (redraws of the last output)."""

@@ -5,24 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError, WatchError
 
 from .harness import Service
-from .kv_helpers import async_clients_on_every_replica, kv_service
+from .kv_helpers import async_clients_on_every_replica
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    run_dir: Path = tmp_path_factory.mktemp("kv-async") / "run"
-    with kv_service(run_dir) as s:
-        yield s
 
 
 async def eventually(check: Callable[[], Awaitable[bool]]) -> None:

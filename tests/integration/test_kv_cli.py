@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from .harness import Service
-from .kv_helpers import kv_service
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed"),
 ]
-
-
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    run_dir: Path = tmp_path_factory.mktemp("kv-cli") / "run"
-    with kv_service(run_dir) as s:
-        yield s
 
 
 def cli(svc: Service, *args: str, stdin: str | None = None) -> str:

@@ -9,8 +9,6 @@ a hard time budget for the whole property.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import hiredis
 import pytest
@@ -19,27 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .harness import Service
-from .kv_helpers import clients_on_every_replica, kv_service, raw_exchange
+from .kv_helpers import raw_exchange
 
 pytestmark = pytest.mark.integration
 
 #: The whole property stops generating work after this many seconds.
 BUDGET_S = 30.0
-
-
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    run_dir: Path = tmp_path_factory.mktemp("kv-fuzz") / "run"
-    with kv_service(run_dir) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def on(svc: Service) -> Iterator[dict[int, redis.Redis]]:
-    clients = clients_on_every_replica(svc.port)
-    yield clients
-    for c in clients.values():
-        c.close()
 
 
 _NUMBERS = st.sampled_from(

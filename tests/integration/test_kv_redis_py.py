@@ -3,32 +3,13 @@ WATCH across replicas and expiry, against ``dominoes run ... --replicas 2``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import redis
 
 from .harness import Service
-from .kv_helpers import client, clients_on_every_replica, kv_service, wait_for
+from .kv_helpers import client, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    run_dir: Path = tmp_path_factory.mktemp("kv") / "run"
-    with kv_service(run_dir) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def on(svc: Service) -> Iterator[dict[int, redis.Redis]]:
-    """One client per replica: ``on[0]`` reaches replica 0, ``on[1]`` replica 1."""
-    clients = clients_on_every_replica(svc.port)
-    yield clients
-    for c in clients.values():
-        c.close()
 
 
 @pytest.fixture(autouse=True)

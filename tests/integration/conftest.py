@@ -1,0 +1,31 @@
+"""Fixtures shared by the KV integration modules: one service per module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from .harness import Service
+from .kv_helpers import clients_on_every_replica, kv_service
+
+
+@pytest.fixture(scope="module")
+def svc(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    """A 2-replica ``dominoes.components.kv`` service for the requesting module."""
+    run_dir: Path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]) / "run"
+    with kv_service(run_dir) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def on(svc: Service) -> Iterator[dict[int, redis.Redis]]:
+    """One client per replica: ``on[0]`` reaches replica 0, ``on[1]`` replica 1."""
+    clients = clients_on_every_replica(svc.port)
+    yield clients
+    for c in clients.values():
+        c.close()
