@@ -94,7 +94,7 @@ class Service:
 
     def events(self) -> list[str]:
         """Every event some handler is bound to."""
-        return self._build(copy.deepcopy(self._components))[0].events()
+        return self._build(self._components)[0].events()  # names only: no copy needed
 
     def new_machine(self, index: int) -> StateMachine:
         """A fresh replica state machine with its own copy of every component."""
@@ -156,7 +156,7 @@ class Service:
 
     def resolve(self, ref: EventRef) -> str:
         """The event name ``ref`` stands for in this service."""
-        return resolve(self._build(copy.deepcopy(self._components))[2], ref)
+        return resolve(self._build(self._components)[2], ref)
 
     def __repr__(self) -> str:
         names = ", ".join(c.name for c in self._components)
