@@ -80,6 +80,29 @@ _EXECABORT: Final = KvError("EXECABORT Transaction discarded because of previous
 _NOT_IN_MULTI: Final = KvError("ERR Command not allowed inside a transaction")
 
 
+#: Most spellings of command names :attr:`Server.known` keeps (a client
+#: sending random names cannot grow it without bound).
+MAX_KNOWN_SPELLINGS: Final = 4096
+
+
+class _Cmd:
+    """What the hot loop needs of one command, precomputed per replica."""
+
+    __slots__ = ("hi", "kind", "lo", "name", "plain", "read", "spec")
+
+    def __init__(self, spec: Spec, read: Callable[[int, list[bytes]], Any] | None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.kind = spec.kind
+        #: the number of words (the name included) it accepts, from its arity
+        self.lo = abs(spec.arity)
+        self.hi = spec.arity if spec.arity >= 0 else sys.maxsize
+        #: a write that goes into the batch as it is (no client id, not broadcast)
+        self.plain = spec.kind is WRITE and not spec.client_id and not spec.broadcast
+        #: a read's local implementation, ``read(now_ms, args)``
+        self.read = read
+
+
 def _ignore_result(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
@@ -95,6 +118,8 @@ class Server:
         bound = replica.component(Commands).bound
         #: local reads: name -> implementation(now_ms, args)
         self.reads: Bound = {k: v for k, v in bound.items() if not v[1]}
+        #: the commands by name as clients spell it (``SET``, ``set``, ...)
+        self.known: dict[bytes, _Cmd] = {}
         self.keyspace: Keyspace = replica.component(Keyspace)
         pubsub: PubSub = replica.component(PubSub)
         #: live connections by client id (pub/sub delivers through it)
@@ -111,6 +136,18 @@ class Server:
         self.commands_processed = 0
         self.protocol_errors = 0
         self.background(Commands.clients_gone, self.index, first)
+
+    def lookup(self, spelled: bytes) -> _Cmd | None:
+        """The command a client named ``spelled`` (any case); None if unknown."""
+        name = spelled.upper()
+        spec = self.table.get(name)
+        if spec is None:
+            return None
+        read = self.reads.get(name)
+        cmd = _Cmd(spec, read[0] if read is not None else None)
+        if len(self.known) < MAX_KNOWN_SPELLINGS:
+            self.known[spelled] = cmd
+        return cmd
 
     def new_client_id(self) -> int:
         return client_id(next(self._ids), self.index)
@@ -280,15 +317,6 @@ def _outcome(fut: asyncio.Future[Any]) -> Any:
     return internal_error(exc)
 
 
-class _ProtocolFailure:
-    """Stands in the command queue where malformed input was found."""
-
-    __slots__ = ("message",)
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-
 class Connection(asyncio.Protocol):
     """One client connection (see the module doc)."""
 
@@ -359,75 +387,93 @@ class Connection(asyncio.Protocol):
             return
         failure = None
         try:
-            commands: list[Any] = self.parser.feed(data)
+            commands: list[list[bytes]] = self.parser.feed(data)
         except ProtocolError as exc:
             commands = exc.commands
-            failure = _ProtocolFailure(exc.message)
+            failure = exc.message
             self.server.protocol_errors += 1
-        if failure is not None:
-            commands.append(failure)
         self._now = int(time.time() * 1000)
-        self._run(commands)
+        if commands:
+            self._run(commands)
+        if failure is not None and not self.closing:
+            self._reply(KvError(f"ERR Protocol error: {failure}"))
+            self.closing = True
         self._finish()
 
     # --- running commands ------------------------------------------------------------------
 
-    def _run(self, commands: list[Any]) -> None:
-        """Handle commands in order (the hot loop: reads and writes inline)."""
-        if not commands:
-            return
-        table = self.table
-        reads = self.reads
-        self.server.commands_processed += len(commands)
+    def _run(self, commands: list[list[bytes]]) -> None:
+        """Handle commands in order (the hot loop: reads and writes inline).
+
+        ``batch`` and ``special`` are cached in locals; everything but the
+        two fast cases (a plain write, an inline read) may change them, so
+        those paths reload both.
+        """
+        server = self.server
+        server.commands_processed += len(commands)
+        known = server.known
+        batch = self.batch
+        special = self.special
         for args in commands:
-            if self.closing:
-                return
-            if type(args) is _ProtocolFailure:
-                self._reply(KvError(f"ERR Protocol error: {args.message}"))
-                self.closing = True
-                return
-            name = args[0].upper()
-            spec = table.get(name)
-            if spec is None:
-                self._refuse(unknown_command(args))
+            cmd = known.get(args[0])
+            if cmd is None:
+                cmd = server.lookup(args[0])
+                if cmd is None:
+                    self._refuse(unknown_command(args))
+                    batch = self.batch
+                    if self.closing:
+                        return
+                    continue
+            n = len(args)
+            if n < cmd.lo or n > cmd.hi:
+                self._refuse(arity_error(cmd.name))
+                batch = self.batch
                 continue
-            arity = spec.arity
-            if len(args) != arity if arity >= 0 else len(args) < -arity:
-                self._refuse(arity_error(name))
-                continue
-            args[0] = name
-            if self.special and self._special(name, spec, args):
-                continue
-            kind = spec.kind
+            args[0] = cmd.name
+            if special:
+                handled = self._special(cmd.name, cmd.spec, args)
+                batch = self.batch
+                special = self.special
+                if handled:
+                    continue
+            kind = cmd.kind
             if kind is WRITE:
-                if spec.client_id:
-                    self._client_command(name, args)
-                self.batch.append(args)
-                if spec.broadcast:
-                    self.batch_every = True
-                if len(self.batch) >= MAX_BATCH:
+                if not cmd.plain:
+                    if cmd.spec.client_id:
+                        self._client_command(cmd.name, args)
+                        special = self.special
+                    if cmd.spec.broadcast:
+                        self.batch_every = True
+                batch.append(args)
+                if len(batch) >= MAX_BATCH:
                     self._flush_batch()
+                    batch = self.batch
             elif kind is READ:
-                if self.batch or self.pending:  # behind this connection's writes
-                    self.batch.append(args)
-                    if len(self.batch) >= MAX_BATCH:
+                if batch or self.pending:  # behind this connection's writes
+                    batch.append(args)
+                    if len(batch) >= MAX_BATCH:
                         self._flush_batch()
+                        batch = self.batch
                     continue
                 try:
-                    value = reads[name][0](self._now, args)
+                    value = cmd.read(self._now, args)
                 except KvError as exc:
                     value = exc
                 except Exception as exc:
-                    log.exception("replica %d: %s failed", self.server.index, name.decode())
+                    log.exception("replica %d: %s failed", server.index, cmd.name.decode())
                     value = internal_error(exc)
                 self.out.append(encode(value, self.resp3))
             else:
-                self.last_command = name
+                self.last_command = cmd.name
                 try:
-                    getattr(self, spec.method)(args)
+                    getattr(self, cmd.spec.method)(args)
                 except Exception as exc:
-                    log.exception("replica %d: %s failed", self.server.index, name.decode())
+                    log.exception("replica %d: %s failed", server.index, cmd.name.decode())
                     self._reply(internal_error(exc))
+                if self.closing:
+                    return
+                batch = self.batch
+                special = self.special
 
     def _special(self, name: bytes, spec: Spec, args: list[bytes]) -> bool:
         """Inside MULTI, or subscribed in RESP2: whether the command was handled here."""
