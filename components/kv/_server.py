@@ -30,6 +30,7 @@ it resumes when they drain.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -103,6 +104,15 @@ class _Cmd:
         self.read = read
 
 
+def _group_done(group: list[tuple[Connection, _Entry, int, int]], fut: asyncio.Future[Any]) -> None:
+    """The group's entry is applied: each connection in it writes what is ready."""
+    last = None
+    for conn, _, _, _ in group:
+        if conn is not last:  # once per run of its batches (a repeat is harmless)
+            conn._on_done(fut)
+            last = conn
+
+
 def _ignore_result(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
@@ -131,6 +141,10 @@ class Server:
         first = commands.first_counter(self.index)
         self._ids = itertools.count(first)
         self._tasks: set[asyncio.Future[Any]] = set()
+        #: the group being gathered: (connection, entry, first command, commands)
+        self._group: list[tuple[Connection, _Entry, int, int]] = []
+        self._group_commands: list[list[bytes]] = []
+        self._group_scheduled = False
         self.started = time.time()
         self.connections_received = 0
         self.commands_processed = 0
@@ -149,11 +163,55 @@ class Server:
             self.known[spelled] = cmd
         return cmd
 
+    # --- the group: one Commands.run for many connections' batches ------------------------
+
+    def join_group(self, conn: Connection, entry: _Entry, commands: list[list[bytes]]) -> None:
+        """Add a connection's batch of writes to the group appended at the next flush.
+
+        Every batch of one loop iteration goes into one ``Commands.run``
+        update: one call to encode, apply and answer on every replica instead
+        of one per connection.  Its result is every command's reply, in
+        order; each connection's entry takes its slice.
+        """
+        self._group.append((conn, entry, len(self._group_commands), len(commands)))
+        self._group_commands += commands
+        if len(self._group_commands) >= MAX_BATCH:
+            self.flush_group()
+        elif not self._group_scheduled:
+            self._group_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_scheduled)
+
+    def _flush_scheduled(self) -> None:
+        self._group_scheduled = False
+        self.flush_group()
+
+    def flush_group(self) -> None:
+        """Append the group now (the log keeps it before anything appended after)."""
+        group = self._group
+        if not group:
+            return
+        commands = self._group_commands
+        self._group = []
+        self._group_commands = []
+        try:
+            try:
+                fut = self.replica.submit_nowait(_RUN, commands)
+            except LogFullError:  # queued, in order, until there is room
+                fut = self.replica.submit_soon(_RUN, commands)
+        except EntryTooLargeError:  # each connection's batch on its own (split if need be)
+            for conn, entry, start, count in group:
+                conn._submit(entry, _RUN, (commands[start : start + count],), "affinity")
+            return
+        for _, entry, start, count in group:
+            entry.parts.append((fut, count, start))
+        fut.add_done_callback(functools.partial(_group_done, group))
+
     def new_client_id(self) -> int:
         return client_id(next(self._ids), self.index)
 
     def background(self, event: Any, *args: Any) -> None:
         """Append an entry whose result nobody waits for (waiting for room if the log is full)."""
+        self.flush_group()  # after what the connections batched (a closing client's WATCH)
         try:
             fut: asyncio.Future[Any] = self.replica.submit_nowait(event, *args)
         except LogFullError:
@@ -275,7 +333,9 @@ class _Entry:
     """A log entry this connection appended, in its place among the replies.
 
     A batch too large for one log entry is split, so an entry may stand for
-    several appends: ``parts`` holds each one's future and command count.
+    several appends, and an append may hold several connections' commands (the
+    server's group): ``parts`` holds, per append, its future, how many of its
+    replies are this entry's and where they start.
     """
 
     __slots__ = ("parts", "resp3", "silent", "transaction")
@@ -285,23 +345,25 @@ class _Entry:
         self.transaction = transaction
         #: an internal entry (RESET's unsubscriptions): its replies are not sent
         self.silent = False
-        self.parts: list[tuple[asyncio.Future[Any], int]] = []
+        self.parts: list[tuple[asyncio.Future[Any], int, int]] = []
 
     def done(self) -> bool:
-        return bool(self.parts) and all(f.done() for f, _ in self.parts)
+        return bool(self.parts) and all(f.done() for f, _, _ in self.parts)
 
     def frames(self) -> list[bytes]:
         resp3 = self.resp3
         out: list[bytes] = []
         if self.silent:
             return out
-        for fut, count in self.parts:
+        for fut, count, start in self.parts:
             result = _outcome(fut)
             if self.transaction:
                 out.append(encode(result, resp3))
             elif isinstance(result, KvError):
                 out.extend([encode(result, resp3)] * count)
             else:
+                if start or count != len(result):
+                    result = result[start : start + count]
                 out.extend([_OK_FRAME if r is OK else encode(r, resp3) for r in result])
         return out
 
@@ -530,16 +592,19 @@ class Connection(asyncio.Protocol):
         self.batch_every = False
         entry = _Entry(self.resp3, transaction=False)
         self.pending.append(entry)
-        self._submit(entry, _RUN, (commands,), mode)
+        if mode == "affinity" and not self.delayed:
+            self.server.join_group(self, entry, commands)
+        else:
+            self._submit(entry, _RUN, (commands,), mode)
 
     def _submit(self, entry: _Entry, event: Any, args: tuple[Any, ...], mode: str) -> None:
+        self.server.flush_group()  # what connections batched before goes first
         if self.delayed:  # keep this connection's entries in order in the log
             self.delayed.append((entry, event, args, mode))
             return
         try:
             if mode == "affinity":
-                # Group commit: this loop iteration's batches from every
-                # connection share one log entry.
+                # Group commit: this loop iteration's updates share one log entry.
                 fut = self.replica.submit_soon(event, *args)
             else:
                 fut = self.replica.submit_nowait(event, *args, _mode=mode)
@@ -554,7 +619,7 @@ class Connection(asyncio.Protocol):
             for part in self._split(entry, event, args, mode, exc):
                 self._submit(*part)
             return
-        entry.parts.append((fut, len(args[0])))
+        entry.parts.append((fut, len(args[0]), 0))
         fut.add_done_callback(self._on_done)
 
     def _split(
@@ -570,7 +635,7 @@ class Connection(asyncio.Protocol):
             ]
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.set_exception(KvError(f"ERR request too large for the log: {exc}"))
-        entry.parts.append((fut, len(commands)))
+        entry.parts.append((fut, len(commands), 0))
         fut.add_done_callback(self._on_done)
         return []
 
@@ -592,7 +657,7 @@ class Connection(asyncio.Protocol):
                 continue
             pause = FULL_BACKOFF_MIN
             delayed.popleft()
-            entry.parts.append((fut, len(args[0])))
+            entry.parts.append((fut, len(args[0]), 0))
             fut.add_done_callback(self._on_done)
         self._flow()
 
