@@ -467,15 +467,19 @@ class Connection(asyncio.Protocol):
     def _run(self, commands: list[list[bytes]]) -> None:
         """Handle commands in order (the hot loop: reads and writes inline).
 
-        ``batch`` and ``special`` are cached in locals; everything but the
-        two fast cases (a plain write, an inline read) may change them, so
-        those paths reload both.
+        ``batch``, ``special`` and ``resp3`` are cached in locals; everything
+        but the two fast cases (a plain write, an inline read) may change them,
+        so those paths reload them.
         """
         server = self.server
         server.commands_processed += len(commands)
         known = server.known
         batch = self.batch
         special = self.special
+        resp3 = self.resp3
+        pending = self.pending
+        out = self.out
+        now = self._now
         for args in commands:
             cmd = known.get(args[0])
             if cmd is None:
@@ -496,6 +500,7 @@ class Connection(asyncio.Protocol):
                 handled = self._special(cmd.name, cmd.spec, args)
                 batch = self.batch
                 special = self.special
+                resp3 = self.resp3
                 if handled:
                     continue
             kind = cmd.kind
@@ -511,20 +516,23 @@ class Connection(asyncio.Protocol):
                     self._flush_batch()
                     batch = self.batch
             elif kind is READ:
-                if batch or self.pending:  # behind this connection's writes
+                if batch or pending:  # behind this connection's writes
                     batch.append(args)
                     if len(batch) >= MAX_BATCH:
                         self._flush_batch()
                         batch = self.batch
                     continue
                 try:
-                    value = cmd.read(self._now, args)
+                    value = cmd.read(now, args)
                 except KvError as exc:
                     value = exc
                 except Exception as exc:
                     log.exception("replica %d: %s failed", server.index, cmd.name.decode())
                     value = internal_error(exc)
-                self.out.append(encode(value, self.resp3))
+                if type(value) is bytes:  # encode()'s commonest case, inline
+                    out.append(b"$%d\r\n%s\r\n" % (len(value), value))
+                else:
+                    out.append(encode(value, resp3))
             else:
                 self.last_command = cmd.name
                 try:
@@ -536,6 +544,7 @@ class Connection(asyncio.Protocol):
                     return
                 batch = self.batch
                 special = self.special
+                resp3 = self.resp3
 
     def _special(self, name: bytes, spec: Spec, args: list[bytes]) -> bool:
         """Inside MULTI, or subscribed in RESP2: whether the command was handled here."""
