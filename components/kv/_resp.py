@@ -257,6 +257,24 @@ def _fast_pattern() -> re.Pattern[bytes]:
 
 #: Matches the longest run of complete, small, well-formed commands at a position.
 _FAST: Final = _fast_pattern()
+
+
+def _regex_run_end(data: bytes, pos: int) -> int:
+    """Where the run of complete, well-formed commands at ``pos`` ends (the regex)."""
+    return _FAST.match(data, pos).end()  # type: ignore[union-attr]  # `(...)*` always matches
+
+
+def _scan_run_end(data: bytes, pos: int) -> int:
+    """The same, by the C scanner, which takes any command within Redis's limits."""
+    return _scan(data, pos, MAX_ARGS, MAX_BULK)
+
+
+try:
+    from ._scan import scan as _scan
+except ImportError:  # pragma: no cover - the extension is built on install
+    _run_end = _regex_run_end
+else:
+    _run_end = _scan_run_end
 _INT: Final = re.compile(rb"-?(?:0|[1-9][0-9]{0,18})")
 
 # slow-path phases
@@ -303,9 +321,8 @@ class RequestParser:
         if self._phase != _START or self._line:
             pos = self._slow(data, 0, out)
         reader = self._reader
-        match = _FAST.match
         while pos < n:
-            end = match(data, pos).end()  # type: ignore[union-attr]  # `(...)*` always matches
+            end = _run_end(data, pos)
             if end > pos:
                 reader.feed(data, pos, end - pos)
                 while (cmd := reader.gets()) is not False:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hiredis
 import pytest
+from dominoes.components.kv import _resp
 from dominoes.components.kv._errors import KvError
 from dominoes.components.kv._glob import glob_matcher
 from dominoes.components.kv._resp import (
+    MAX_ARGS,
     MAX_BULK,
     NULL_ARRAY,
     OK,
@@ -19,6 +21,7 @@ from dominoes.components.kv._resp import (
     encode,
     split_args,
 )
+from dominoes.components.kv._scan import scan
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -147,6 +150,89 @@ def test_a_header_split_across_reads() -> None:
     assert parse_all([b"*", b"2\r", b"\n$", b"3\r\nG", b"ET\r\n$1\r\nk\r", b"\n"]) == [
         [b"GET", b"k"]
     ]
+
+
+# --- the C framing scanner ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "end"),
+    [
+        (pack(b"GET", b"k"), None),  # one whole command
+        (pack(b"GET", b"k") + pack(b"SET", b"k", b"v" * 1000), None),  # long arguments too
+        (pack(b"GET", b"k") + b"*2\r\n$3\r\nGET\r\n$1\r\n", 20),  # a partial command
+        (pack(b"GET", b"k") + b"*2\r\n$3\r\nGET\r\n$1\r\nkX\r\n", 20),  # wrong framing
+        (b"*0\r\n", 0),  # left to the slow path (it skips it)
+        (b"*01\r\n$1\r\nk\r\n", 0),  # not canonical
+        (b"*1\r\n$01\r\nk\r\n", 0),
+        (b"*1\r\n:1\r\n", 0),  # not a bulk string
+        (b"*1\r\n*1\r\n$1\r\nk\r\n", 0),  # nested
+        (b"*4294967295\r\n", 0),  # over MAX_ARGS: hiredis must never see it
+        (b"*1\r\n$%d\r\n" % (MAX_BULK + 1), 0),
+        (b"*1\r\n$" + b"9" * 40 + b"\r\n", 0),  # more digits than fit a long long
+        (b"PING\r\n", 0),  # inline
+        (b"", 0),
+    ],
+)
+def test_the_scanner_stops_at_the_first_command_hiredis_must_not_see(
+    data: bytes, end: int | None
+) -> None:
+    assert scan(data, 0, MAX_ARGS, MAX_BULK) == (len(data) if end is None else end)
+
+
+def test_the_scanner_starts_at_pos_and_keeps_its_limits() -> None:
+    data = b"junk" + pack(b"GET", b"k") + pack(*[b"a"] * 9)
+    assert scan(data, 4, 8, 255) == 4 + len(pack(b"GET", b"k"))  # 9 arguments > 8
+    assert scan(data, 4, 9, 255) == len(data)
+    assert scan(pack(b"SET", b"k", b"v" * 256), 0, 8, 255) == 0
+    with pytest.raises(ValueError, match="out of the buffer"):
+        scan(data, len(data) + 1, 8, 255)
+
+
+_fragments = st.one_of(
+    st.lists(st.binary(max_size=40), min_size=1, max_size=10).map(lambda c: pack(*c)),
+    st.sampled_from(
+        [
+            b"*0\r\n",
+            b"*-1\r\n",
+            b"*1\r\n:1\r\n",
+            b"*1\r\n$04\r\nPING\r\n",
+            b"PING\r\n",
+            b"*2\r\n$1\r\n",
+            b"$3\r\nabc\r\n",
+            b"\r\n",
+            b"*1\r\n$4\r\nPINGxx",
+            b"*9\r\n",
+        ]
+    ),
+    st.binary(max_size=12),
+)
+
+
+@given(st.lists(_fragments, min_size=1, max_size=8), st.data())
+def test_scanner_and_regex_paths_parse_every_input_alike(
+    fragments: list[bytes], data: st.DataObject
+) -> None:
+    """Differential: the parser on the C scanner and on the regex gives the same result."""
+    raw = b"".join(fragments)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=4)))
+    bounds = zip([0, *cuts], [*cuts, len(raw)], strict=True)
+    chunks = [raw[a:b] for a, b in bounds if b > a]
+
+    def run(run_end: object) -> tuple[list[list[bytes]], str | None]:
+        saved = _resp._run_end
+        _resp._run_end = run_end  # type: ignore[assignment]
+        parser, out = RequestParser(), []
+        try:
+            for chunk in chunks:
+                out += parser.feed(chunk)
+        except ProtocolError as exc:
+            return out + exc.commands, exc.message
+        finally:
+            _resp._run_end = saved
+        return out, None
+
+    assert run(_resp._scan_run_end) == run(_resp._regex_run_end)
 
 
 @pytest.mark.parametrize(

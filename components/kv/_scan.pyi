@@ -1,0 +1,3 @@
+from collections.abc import Buffer
+
+def scan(data: Buffer, pos: int, max_args: int, max_bulk: int, /) -> int: ...
