@@ -169,21 +169,29 @@ def _execute(ctx: Context, bound: Bound, commands: list[list[bytes]]) -> list[An
     now = int(ctx.now * 1000)
     out: list[Any] = []
     append = out.append
+    implementation = bound.get
     for args in commands:
-        impl = bound.get(args[0])
+        impl = implementation(args[0])
         if impl is None:
             append(unknown_command(args))
             continue
         fn, write = impl
-        if not (write or owner):
+        if write:
+            try:
+                append(fn(ctx, args))
+            except KvError as exc:
+                append(exc)
+            except Exception as exc:  # noqa: BLE001 - a bug in one command is that command's error
+                append(internal_error(exc))
+        elif owner:
+            try:
+                append(fn(now, args))
+            except KvError as exc:
+                append(exc)
+            except Exception as exc:  # noqa: BLE001
+                append(internal_error(exc))
+        else:
             append(None)  # a read: only the replica that replies computes it
-            continue
-        try:
-            append(fn(ctx, args) if write else fn(now, args))
-        except KvError as exc:
-            append(exc)
-        except Exception as exc:  # noqa: BLE001 - a bug in one command is that command's error
-            append(internal_error(exc))
     return out
 
 
