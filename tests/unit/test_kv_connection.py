@@ -195,6 +195,48 @@ async def test_a_pipeline_of_writes_and_reads_is_one_entry_with_replies_in_order
     assert w.entries() - before == 1
 
 
+async def test_one_iterations_batches_from_every_connection_are_one_entry() -> None:
+    w = World()
+    clients = [w.client(0) for _ in range(5)]
+    await w.settle()
+    before = len(w.cluster[1].applied)
+    for i, c in enumerate(clients):  # one loop iteration: no settle in between
+        c.send(("SET", f"k{i}", "a"), ("APPEND", f"k{i}", str(i)), ("GET", f"k{i}"))
+    await w.settle()
+    assert len(w.cluster[1].applied) - before == 1  # one entry, one Commands.run
+    for i, c in enumerate(clients):
+        assert c.replies() == [b"OK", 2, f"a{i}".encode()]
+    assert w.cluster[1].component("keyspace").values[b"k3"] == b"a3"
+
+
+async def test_an_exec_or_publish_lands_after_the_batches_gathered_before_it() -> None:
+    w = World()
+    a, b, sub = w.client(0), w.client(0), w.client(1)
+    assert await sub.ask(("SUBSCRIBE", "ch")) == [[b"subscribe", b"ch", 1]]
+    # b's batch joins the group first; a's EXEC and PUBLISH must not overtake
+    # either connection's earlier writes.
+    b.send(("SET", "n", "10"))
+    a.send(("SET", "k", "1"), ("MULTI",), ("INCR", "k"), ("EXEC",), ("PUBLISH", "ch", "m"))
+    b.send(("INCR", "n"))
+    await w.settle()
+    assert a.replies() == [b"OK", b"OK", b"QUEUED", [2], 1]
+    assert b.replies() == [b"OK", 11]
+    assert sub.replies() == [[b"message", b"ch", b"m"]]
+    w.cluster.assert_converged()
+
+
+async def test_a_client_closing_with_a_batched_watch_leaves_no_watch_behind() -> None:
+    w = World()
+    c = w.client(0)
+    await w.settle()
+    c.send(("WATCH", "k"))  # batched, not yet appended
+    c.conn.connection_lost(None)  # its UNWATCH must land after the WATCH
+    await w.settle()
+    for r in w.cluster:
+        assert r.component("keyspace").watched == {}
+        assert r.component("transactions").watches == {}
+
+
 async def test_reads_after_a_pipeline_in_a_later_read_see_the_writes() -> None:
     w = World()
     c = w.client(0)
