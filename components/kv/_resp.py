@@ -322,7 +322,10 @@ class RequestParser:
             pos = self._slow(data, 0, out)
         reader = self._reader
         while pos < n:
-            end = _run_end(data, pos)
+            if _run_end is _scan_run_end:  # inline: a call less per read
+                end = _scan(data, pos, MAX_ARGS, MAX_BULK)
+            else:
+                end = _run_end(data, pos)
             if end > pos:
                 reader.feed(data, pos, end - pos)
                 while (cmd := reader.gets()) is not False:

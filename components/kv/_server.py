@@ -348,7 +348,10 @@ class _Entry:
         self.parts: list[tuple[asyncio.Future[Any], int, int]] = []
 
     def done(self) -> bool:
-        return bool(self.parts) and all(f.done() for f, _, _ in self.parts)
+        parts = self.parts
+        if len(parts) == 1:
+            return parts[0][0].done()
+        return bool(parts) and all(f.done() for f, _, _ in parts)
 
     def frames(self) -> list[bytes]:
         resp3 = self.resp3
@@ -369,14 +372,14 @@ class _Entry:
 
 
 def _outcome(fut: asyncio.Future[Any]) -> Any:
-    if fut.cancelled():
-        return KvError("ERR the replica is stopping")
-    exc = fut.exception()
-    if exc is None:
+    try:
         return fut.result()
-    if isinstance(exc, KvError):
+    except asyncio.CancelledError:
+        return KvError("ERR the replica is stopping")
+    except KvError as exc:
         return exc
-    return internal_error(exc)
+    except Exception as exc:  # noqa: BLE001 - the handler's bug is this entry's reply
+        return internal_error(exc)
 
 
 class Connection(asyncio.Protocol):
@@ -689,12 +692,13 @@ class Connection(asyncio.Protocol):
         if self.batch:
             self._flush_batch()
         transport = self.transport
+        out = self.out
         if transport is None:
-            self.out.clear()
+            out.clear()
             return
-        if self.out:
-            transport.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
-            self.out.clear()
+        if out:
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
         if self.closing and not self.pending:
             transport.close()
             return
@@ -704,6 +708,13 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
+        if (
+            self.reading
+            and self.writable
+            and not self.delayed
+            and len(self.pending) <= MAX_IN_FLIGHT
+        ):
+            return  # the common case: reading, and nothing says stop
         stop = not self.writable or bool(self.delayed) or len(self.pending) > MAX_IN_FLIGHT
         if stop and self.reading:
             self.reading = False
