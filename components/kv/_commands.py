@@ -65,8 +65,8 @@ __all__ = (
     "replica_of",
 )
 
-#: name -> (implementation, is_write)
-Bound = dict[bytes, tuple[Callable[..., Any], bool]]
+#: name -> (implementation, is_write, run implementation or None)
+Bound = dict[bytes, tuple[Callable[..., Any], bool, Callable[..., list[Any]] | None]]
 
 
 def internal_error(exc: BaseException) -> KvError:
@@ -94,9 +94,11 @@ def bind_table(table: dict[bytes, Spec], component: Callable[[str], Any]) -> Bou
     for name, spec in table.items():
         if spec.kind is CONN:
             if name in IN_TRANSACTION:
-                bound[name] = (IN_TRANSACTION[name], False)
+                bound[name] = (IN_TRANSACTION[name], False, None)
             continue
-        bound[name] = (getattr(component(spec.component), spec.method), spec.kind is WRITE)
+        part = component(spec.component)
+        run = getattr(part, spec.run) if spec.run and spec.kind is WRITE else None
+        bound[name] = (getattr(part, spec.method), spec.kind is WRITE, run)
     return bound
 
 
@@ -170,13 +172,23 @@ def _execute(ctx: Context, bound: Bound, commands: list[list[bytes]]) -> list[An
     out: list[Any] = []
     append = out.append
     implementation = bound.get
+    run: list[list[bytes]] = []  # consecutive commands of one name with a run implementation
+    runner: Callable[..., list[Any]] | None = None
     for args in commands:
+        if run:
+            if args[0] == run[0][0]:
+                run.append(args)
+                continue
+            out += _run_of(ctx, runner, run)
+            run = []
         impl = implementation(args[0])
         if impl is None:
             append(unknown_command(args))
             continue
-        fn, write = impl
-        if write:
+        fn, write, runner = impl
+        if runner is not None:
+            run = [args]
+        elif write:
             try:
                 append(fn(ctx, args))
             except KvError as exc:
@@ -192,7 +204,18 @@ def _execute(ctx: Context, bound: Bound, commands: list[list[bytes]]) -> list[An
                 append(internal_error(exc))
         else:
             append(None)  # a read: only the replica that replies computes it
+    if run:
+        out += _run_of(ctx, runner, run)
     return out
+
+
+def _run_of(ctx: Context, runner: Any, run: list[list[bytes]]) -> list[Any]:
+    """A run implementation's replies, one per command (it answers each command's error)."""
+    try:
+        replies: list[Any] = runner(ctx, run)
+    except Exception as exc:  # noqa: BLE001 - a bug: every command of the run gets it
+        return [internal_error(exc)] * len(run)
+    return replies
 
 
 class ClientState:

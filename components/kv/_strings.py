@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_EVEN, Decimal
 from decimal import Context as DecimalContext
+from operator import itemgetter
 from typing import Any, ClassVar, Final
 
 from dominoes import Component, Context
@@ -25,6 +26,9 @@ from ._resp import OK
 from ._table import command
 
 __all__ = ("Strings", "add_float", "format_decimal")
+
+_KEY: Final = itemgetter(1)
+_VALUE: Final = itemgetter(2)
 
 _DEC: Final = DecimalContext(prec=60, rounding=ROUND_HALF_EVEN)
 _QUANTUM: Final = Decimal(1).scaleb(-17)
@@ -114,7 +118,33 @@ class Strings(Component):
 
     # --- writes ----------------------------------------------------------------------------
 
-    @command("SET", -3, write=True, keys=(1, 1, 1))
+    def set_run(self, ctx: Context, run: list[list[bytes]]) -> list[Any]:
+        """A run of consecutive SETs (what a pipelining client sends), replies in order.
+
+        Plain ``SET key value`` commands are stored with one ``dict.update``
+        over the run; a run holding any option goes command by command.
+        """
+        if len(run) > 1 and set(map(len, run)) == {3}:
+            ks = self.keyspace
+            keys = list(map(_KEY, run))
+            ks.values.update(zip(keys, map(_VALUE, run), strict=True))
+            if ks.deadlines:
+                pop = ks.deadlines.pop
+                for key in keys:
+                    pop(key, None)
+            if ks.watched:
+                for key in keys:
+                    ks.bump(key)
+            return [OK] * len(run)
+        out: list[Any] = []
+        for args in run:
+            try:
+                out.append(self.set(ctx, args))
+            except KvError as exc:
+                out.append(exc)
+        return out
+
+    @command("SET", -3, write=True, keys=(1, 1, 1), run="set_run")
     def set(self, ctx: Context, args: list[bytes]) -> Any:
         ks = self.keyspace
         key = args[1]

@@ -60,6 +60,7 @@ class Spec:
         "method",
         "name",
         "no_multi",
+        "run",
         "step",
     )
 
@@ -72,6 +73,7 @@ class Spec:
         flags: frozenset[str],
         component: str,
         method: str,
+        run: str = "",
     ) -> None:
         self.name = name
         self.arity = arity
@@ -81,6 +83,8 @@ class Spec:
         #: the component holding the implementation ("" for connection commands)
         self.component = component
         self.method = method
+        #: the method applying a run of consecutive such commands at once ("": none)
+        self.run = run
         #: its entry must be applied with effects on every replica (PUBLISH)
         self.broadcast = "broadcast" in flags
         #: the connection inserts its client id as the first argument (pub/sub)
@@ -134,13 +138,19 @@ def command(
     kind: Kind | None = None,
     keys: tuple[int, int, int] = (0, 0, 0),
     flags: Iterable[str] = (),
+    run: str = "",
 ) -> Callable[[F], F]:
-    """Declare the decorated method as the implementation of command ``name``."""
+    """Declare the decorated method as the implementation of command ``name``.
+
+    ``run`` names a method of the same component that applies a run of
+    consecutive ``name`` commands at once, ``run(ctx, commands) -> replies``:
+    a write may offer one when a tight loop beats a call per command.
+    """
 
     def mark(fn: F) -> F:
         k = kind if kind is not None else (WRITE if write else READ)
         declared = list(getattr(fn, _ATTR, ()))
-        declared.append((name.upper().encode(), arity, k, keys, frozenset(flags)))
+        declared.append((name.upper().encode(), arity, k, keys, frozenset(flags), run))
         setattr(fn, _ATTR, declared)
         return fn
 
@@ -156,8 +166,8 @@ def commands_of(cls: type, component: str) -> list[Spec]:
             if attr in seen:
                 continue
             seen.add(attr)
-            for name, arity, kind, keys, flags in getattr(value, _ATTR, ()):
-                specs.append(Spec(name, arity, kind, keys, flags, component, attr))
+            for name, arity, kind, keys, flags, run in getattr(value, _ATTR, ()):
+                specs.append(Spec(name, arity, kind, keys, flags, component, attr, run))
     return specs
 
 

@@ -606,3 +606,39 @@ def test_random_batches_from_random_replicas_converge(steps: list[Any]) -> None:
     kv.c.advance(1.0)
     kv.c.assert_converged()
     assert all(p.done for p in pendings)
+
+
+_SETS = st.one_of(
+    st.tuples(st.just("SET"), st.sampled_from("abc"), st.sampled_from(["1", "2", "x"])),
+    st.tuples(
+        st.just("SET"),
+        st.sampled_from("abc"),
+        st.just("v"),
+        st.sampled_from(["NX", "XX", "GET", "KEEPTTL", "EX", "PX 5", "EX 0", "BOGUS"]),
+    ).map(lambda t: (*t[:3], *t[3].split())),
+    st.tuples(st.just("EXPIRE"), st.sampled_from("abc"), st.sampled_from(["1", "100"])),
+    st.tuples(st.just("WATCH"), st.just("7"), st.sampled_from("abc")),
+    st.tuples(st.just("HSET"), st.sampled_from("abc"), st.just("f"), st.just("v")),
+)
+
+
+@settings(max_examples=80)
+@given(st.lists(_SETS, min_size=1, max_size=12), st.booleans())
+def test_a_run_of_sets_in_one_batch_equals_one_command_per_entry(
+    commands: list[tuple[str, ...]], expire_first: bool
+) -> None:
+    """Differential: ``Strings.set_run`` (one batch) against ``Strings.set`` (one per entry)."""
+    batched, single = KV(replicas=1), KV(replicas=1)
+    if expire_first:  # a deadline elsewhere in the keyspace: the run must still clear its keys'
+        for kv in (batched, single):
+            kv.run(0, cmd("SET", "z", "1"), cmd("EXPIRE", "z", "1000"))
+    replies = batched.run(0, *(cmd(*c) for c in commands))
+    one_by_one = [single.run(0, cmd(*c))[0] for c in commands]
+    assert [repr(r) for r in replies] == [repr(r) for r in one_by_one]
+    a, b_ = batched.keyspace(0), single.keyspace(0)
+    assert (a.values, a.deadlines, a.watched, a.versions) == (
+        b_.values,
+        b_.deadlines,
+        b_.watched,
+        b_.versions,
+    )
