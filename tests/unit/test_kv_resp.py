@@ -189,6 +189,25 @@ def test_the_scanner_starts_at_pos_and_keeps_its_limits() -> None:
         scan(data, len(data) + 1, 8, 255)
 
 
+@given(st.binary(max_size=200), st.data())
+def test_the_scanner_hands_hiredis_only_whole_commands(noise: bytes, data: st.DataObject) -> None:
+    """Whatever the bytes, the run the scanner accepts parses into whole commands of bulk
+    strings, with nothing left over in hiredis."""
+    raw = data.draw(st.sampled_from([noise, pack(b"SET", noise, b"v") + noise]))
+    pos = data.draw(st.integers(0, len(raw)))
+    end = scan(raw, pos, 8, 64)
+    assert pos <= end <= len(raw)
+    reader = hiredis.Reader()
+    reader.feed(raw[pos:end] + pack(b"SENTINEL"))
+    got = []
+    while (reply := reader.gets()) is not False:
+        got.append(reply)
+    assert got[-1] == [b"SENTINEL"]  # the run ended exactly at a command boundary
+    for command in got[:-1]:
+        assert 1 <= len(command) <= 8
+        assert all(type(arg) is bytes and len(arg) <= 64 for arg in command)
+
+
 _fragments = st.one_of(
     st.lists(st.binary(max_size=40), min_size=1, max_size=10).map(lambda c: pack(*c)),
     st.sampled_from(
