@@ -74,6 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     run.add_argument(
+        "--gc-threshold",
+        type=_gc_threshold,
+        default=None,
+        metavar="G0,G1,G2",
+        help="once a replica serves, freeze its start-up heap and set gc.set_threshold(G0, G1, "
+        "G2) (default 20000,20,20; 'python' keeps CPython's 700,10,10 and freezes nothing)",
+    )
+    run.add_argument(
         "--stuck-after",
         type=float,
         default=5.0,
@@ -99,6 +107,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _gc_threshold(text: str) -> tuple[int, int, int] | str:
+    """``--gc-threshold``: ``G0,G1,G2`` (non-negative integers) or ``python``."""
+    if text == "python":
+        return text
+    try:
+        g0, g1, g2 = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected G0,G1,G2 (three integers) or 'python', not {text!r}"
+        ) from None
+    if min(g0, g1, g2) < 0:
+        raise argparse.ArgumentTypeError(f"thresholds must not be negative: {text!r}")
+    return (g0, g1, g2)
+
+
 def _find_run_dir(name: str | None, run_dir: Path | None) -> Path:
     from ._runtime._supervisor import default_run_dir
 
@@ -118,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         from ._core._log import DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE
-        from ._runtime._supervisor import SupervisorConfig, run
+        from ._runtime._supervisor import DEFAULT_GC_THRESHOLD, SupervisorConfig, run
 
         logging.basicConfig(
             level=args.log_level.upper(),
@@ -147,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
             digest_every=args.digest_every,
             stall_threshold=args.stall_ms / 1000,
             stuck_after=args.stuck_after or None,
+            gc_threshold=(
+                DEFAULT_GC_THRESHOLD
+                if args.gc_threshold is None
+                else None
+                if args.gc_threshold == "python"
+                else args.gc_threshold
+            ),
         )
         try:
             return run(config)

@@ -277,9 +277,11 @@ class Log:
         if not 1 <= max_replicas <= 1024:
             raise ValueError("max_replicas must be in 1..1024")
         if max_entry_slots is None:
-            max_entry_slots = max(1, capacity // 2)
+            max_entry_slots = max(1, min(capacity // 2, _MAX_NSLOTS))
         if not 1 <= max_entry_slots <= min(capacity, _MAX_NSLOTS):
-            raise ValueError("max_entry_slots must be in 1..capacity")
+            raise ValueError(
+                f"max_entry_slots must be in 1..{min(capacity, _MAX_NSLOTS)}, not {max_entry_slots}"
+            )
         if len(buf) < cls.size_for(capacity, slot_size, max_replicas):
             raise ValueError("buffer too small; use Log.size_for()")
         w = words

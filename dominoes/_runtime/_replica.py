@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import logging
 import os
@@ -295,6 +296,9 @@ class Replica:
             loop_lag_max_ms=self._loop_lag_max * 1000,
             wakeups_sent=self.wakeups_sent,
             group_commits=self.group_commits,
+            gc_threshold=gc.get_threshold(),
+            gc_frozen=gc.get_freeze_count(),
+            gc_collections=tuple(s["collections"] for s in gc.get_stats()),
             core=core,
             ingress=IngressStatistics(
                 tcp_connections=i.tcp_connections,

@@ -71,5 +71,9 @@ class RuntimeStatistics(msgspec.Struct, frozen=True, kw_only=True):
     loop_lag_max_ms: float
     wakeups_sent: int
     group_commits: int
+    #: the cyclic collector: thresholds, objects frozen at start-up, collections per generation
+    gc_threshold: tuple[int, int, int] = (700, 10, 10)
+    gc_frozen: int = 0
+    gc_collections: tuple[int, int, int] = (0, 0, 0)
     core: ReplicaStatistics
     ingress: IngressStatistics

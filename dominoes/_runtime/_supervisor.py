@@ -68,6 +68,9 @@ CLIENT_FILL_PATIENCE: Final = 200
 _UCRED: Final = struct.Struct("3i")
 #: A seed shared by every replica, so set and dict-of-str iteration orders match.
 DEFAULT_HASH_SEED: Final = "20260429"
+#: The collector's thresholds in a serving replica (see ``_process.tune_gc``):
+#: a young collection every 20,000 net allocations instead of 700.
+DEFAULT_GC_THRESHOLD: Final = (20_000, 20, 20)
 
 
 def default_run_dir(name: str) -> Path:
@@ -100,6 +103,9 @@ class SupervisorConfig:
     #: seconds a live replica may sit on a published entry before it is killed
     #: and restarted from a snapshot (None: never)
     stuck_after: float | None = STUCK_AFTER
+    #: the collector's thresholds in every replica once it serves, after freezing
+    #: its start-up heap (None: CPython's defaults, nothing frozen)
+    gc_threshold: tuple[int, int, int] | None = DEFAULT_GC_THRESHOLD
 
 
 @dataclass
@@ -208,6 +214,7 @@ class Supervisor:
             monitor_port=self.config.monitor_port,
             digest_every=self.config.digest_every,
             stall_threshold=self.config.stall_threshold,
+            gc_threshold=self.config.gc_threshold,
         )
         env = dict(os.environ, PYTHONHASHSEED=self.config.hash_seed)
         fds = [self.shared.fd, *self.wake_fds, self._parent_r, ready_w]

@@ -194,3 +194,23 @@ def test_a_slow_handler_is_logged_as_a_stall_with_its_event_and_seq(tmp_path: Pa
         stalls = [r["report"]["replica"]["core"]["stalls"] for r in doc["replicas"]]
         assert stalls == [1, 1]  # every replica applied it, every one stalled
         assert svc.stop() == 0
+
+
+def _gc_of(run_dir: Path) -> list[tuple[list[int], int]]:
+    doc = json.loads(cli("stats", "--run-dir", str(run_dir), "--json").stdout)
+    reports = [r["report"]["replica"] for r in doc["replicas"]]
+    return [(r["gc_threshold"], r["gc_frozen"]) for r in reports]
+
+
+def test_serving_replicas_freeze_their_start_up_heap_and_raise_the_gc_threshold(
+    tmp_path: Path,
+) -> None:
+    with running(COUNTER, tmp_path / "a", replicas=1):
+        [(threshold, frozen)] = _gc_of(tmp_path / "a")
+        assert threshold == [20000, 20, 20]
+        assert frozen > 1000  # the modules and the service, at least
+    with running(COUNTER, tmp_path / "b", replicas=1, args=("--gc-threshold", "python")):
+        assert _gc_of(tmp_path / "b") == [([700, 10, 10], 0)]
+    bad = cli("run", COUNTER, "--gc-threshold", "1,2")
+    assert bad.returncode == 2
+    assert "expected G0,G1,G2 (three integers) or 'python', not '1,2'" in bad.stderr

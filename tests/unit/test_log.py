@@ -35,6 +35,11 @@ def test_layout_is_checked_on_attach() -> None:
         Log(buf, PlainWords(buf))
 
 
+def test_a_big_log_caps_its_default_entry_size_at_what_a_slot_header_can_count() -> None:
+    log = make_log(capacity=1 << 18, slot_size=128, replicas=1)  # capacity // 2 > 0xFFFF
+    assert log.max_entry_slots == 0xFFFF
+
+
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
