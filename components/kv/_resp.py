@@ -52,6 +52,7 @@ have been applied), so handlers return copies of containers.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, Final
 
 import hiredis
@@ -264,17 +265,12 @@ def _regex_run_end(data: bytes, pos: int) -> int:
     return _FAST.match(data, pos).end()  # type: ignore[union-attr]  # `(...)*` always matches
 
 
-def _scan_run_end(data: bytes, pos: int) -> int:
-    """The same, by the C scanner, which takes any command within Redis's limits."""
-    return _scan(data, pos, MAX_ARGS, MAX_BULK)
-
-
+#: The C scanner (any command within Redis's limits); None: the regex does its job.
+_scan: Callable[[bytes, int, int, int], int] | None
 try:
     from ._scan import scan as _scan
 except ImportError:  # pragma: no cover - the extension is built on install
-    _run_end = _regex_run_end
-else:
-    _run_end = _scan_run_end
+    _scan = None
 _INT: Final = re.compile(rb"-?(?:0|[1-9][0-9]{0,18})")
 
 # slow-path phases
@@ -322,10 +318,10 @@ class RequestParser:
             pos = self._slow(data, 0, out)
         reader = self._reader
         while pos < n:
-            if _run_end is _scan_run_end:  # inline: a call less per read
+            if _scan is not None:
                 end = _scan(data, pos, MAX_ARGS, MAX_BULK)
             else:
-                end = _run_end(data, pos)
+                end = _regex_run_end(data, pos)
             if end > pos:
                 reader.feed(data, pos, end - pos)
                 while (cmd := reader.gets()) is not False:

@@ -389,7 +389,6 @@ class Connection(asyncio.Protocol):
         self.server = server
         self.replica = server.replica
         self.table = server.table
-        self.reads = server.reads
         self.id = server.new_client_id()
         self.parser = RequestParser()
         self.transport: asyncio.Transport | None = None

@@ -238,9 +238,9 @@ def test_scanner_and_regex_paths_parse_every_input_alike(
     bounds = zip([0, *cuts], [*cuts, len(raw)], strict=True)
     chunks = [raw[a:b] for a, b in bounds if b > a]
 
-    def run(run_end: object) -> tuple[list[list[bytes]], str | None]:
-        saved = _resp._run_end
-        _resp._run_end = run_end  # type: ignore[assignment]
+    def run(scanner: object) -> tuple[list[list[bytes]], str | None]:
+        saved = _resp._scan
+        _resp._scan = scanner  # type: ignore[assignment]
         parser, out = RequestParser(), []
         try:
             for chunk in chunks:
@@ -248,10 +248,10 @@ def test_scanner_and_regex_paths_parse_every_input_alike(
         except ProtocolError as exc:
             return out + exc.commands, exc.message
         finally:
-            _resp._run_end = saved
+            _resp._scan = saved
         return out, None
 
-    assert run(_resp._scan_run_end) == run(_resp._regex_run_end)
+    assert run(scan) == run(None)  # the C scanner, the regex
 
 
 @pytest.mark.parametrize(
