@@ -8,12 +8,15 @@ accepted at any depth, and a ``$<len>`` header just waits for the bytes.  A
 client could make a replica allocate gigabytes with a few bytes.  So every byte
 is **validated before hiredis sees it**, by one of two paths:
 
-* the fast path, :data:`_FAST`: one compiled regex matching a run of complete,
-  well-formed commands of 1..8 arguments of at most 255 bytes each.  Bulk
-  lengths are spelled out as a digit trie, so the regex checks that each
-  payload has exactly its announced length.  It runs in C, and the run it
-  matches goes to hiredis in one ``feed``; hiredis is therefore always at a
-  command boundary and never holds a partial command.
+* the fast path: the C scanner ``dominoes.components.kv._scan`` (built on
+  install) finds the run of complete commands at a position, each an array of
+  bulk strings spelled canonically, within MAX_ARGS arguments and MAX_BULK
+  bytes per argument, and the run goes to hiredis in one ``feed``; hiredis is
+  therefore always at a command boundary and never holds a partial command.
+  Without the extension, :data:`_FAST` does the scanner's job for small
+  commands: one compiled regex matching a run of commands of 1..8 arguments of
+  at most 255 bytes each, with bulk lengths spelled out as a digit trie so
+  that each payload has exactly its announced length.
 * the slow path, :meth:`RequestParser._slow`: a small state machine in Python
   for one command at a time: more or longer arguments, a command split across
   reads, inline commands (``PING\\r\\n``, as telnet sends them), and errors.
