@@ -10,7 +10,11 @@ Per ``data_received``, every complete command is handled in order:
 * a **connection command** (PING, HELLO, MULTI, CLIENT, INFO, ...) changes
   the connection's own state and answers at once;
 * a **write** joins the current *batch*: consecutive writes (and the reads
-  that follow them in the pipeline) become one ``Commands.run`` entry;
+  that follow them in the pipeline) are one batch, and the batches of every
+  connection in one loop iteration are one ``Commands.run`` call, one log
+  entry (the server's *group*; each connection takes its slice of the
+  replies).  Any other append (EXEC, PUBLISH, a closing client's cleanup)
+  appends the group first, so each connection's entries keep its order;
 * a **read** runs against the local state at once, unless the connection has
   writes in flight or batched: then it joins the batch, so it sees them
   (read-your-writes) and its reply keeps its place.
