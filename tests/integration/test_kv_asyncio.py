@@ -129,3 +129,38 @@ async def test_a_subscriber_on_one_replica_gets_a_publish_sent_through_the_other
     await eventually(nobody_left)
     for c in [*subs.values(), *pubs.values()]:
         await c.aclose()
+
+
+async def test_concurrent_pipelines_each_get_their_own_replies_in_order(svc: Service) -> None:
+    """Many connections' batches share log entries (the server's group); each connection
+    must still get exactly its own replies, in its order, transactions included."""
+    clients = [aioredis.Redis(port=svc.port) for _ in range(16)]
+
+    async def worker(i: int, r: aioredis.Redis) -> None:
+        for round_ in range(20):
+            key = f"g:{i}:{round_}"
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.set(key, "a").append(key, str(i)).get(key).incr(f"g:{i}:n")
+                pipe.get(f"g:{i}:n")
+                out = await pipe.execute()
+            assert out == [
+                True,
+                1 + len(str(i)),
+                f"a{i}".encode(),
+                round_ + 1,
+                b"%d" % (round_ + 1),
+            ]
+            async with r.pipeline(transaction=True) as tx:
+                tx.incr(f"g:{i}:t").get(key)
+                assert await tx.execute() == [round_ + 1, f"a{i}".encode()]
+
+    await asyncio.gather(*(worker(i, r) for i, r in enumerate(clients)))
+    on = await async_clients_on_every_replica(svc.port)
+
+    async def both_converged() -> bool:
+        values = [await c.mget([f"g:{i}:t" for i in range(16)]) for c in on.values()]
+        return all(v == [b"20"] * 16 for v in values)
+
+    await eventually(both_converged)
+    for c in [*clients, *on.values()]:
+        await c.aclose()
