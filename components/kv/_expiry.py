@@ -33,8 +33,8 @@ from typing import Any, ClassVar, Final
 from dominoes import Component, Context, on, update
 
 from ._commands import Commands
-from ._errors import INT64_MAX, INT64_MIN, KvError, parse_int
-from ._keyspace import Keyspace, now_ms
+from ._errors import KvError, parse_int
+from ._keyspace import Keyspace, deadline_ms, now_ms
 from ._table import Spec, command
 
 __all__ = ("GRANULE_MS", "SWEEP_MAX", "Expiry")
@@ -163,18 +163,14 @@ class Expiry(Component):
     @command("PEXPIREAT", -3, write=True, keys=(1, 1, 1), flags=("fast",))
     def expire(self, ctx: Context, args: list[bytes]) -> int:
         name = args[0]
-        when = parse_int(args[2])
-        seconds = name in (b"EXPIRE", b"EXPIREAT")
         now = now_ms(ctx)
-        bad = KvError(f"ERR invalid expire time in '{name.decode().lower()}' command")
-        if seconds:
-            if not INT64_MIN // 1000 <= when <= INT64_MAX // 1000:
-                raise bad
-            when *= 1000
-        if name in (b"EXPIRE", b"PEXPIRE"):
-            if when > INT64_MAX - now:
-                raise bad
-            when += now
+        when = deadline_ms(
+            parse_int(args[2]),
+            seconds=name in (b"EXPIRE", b"EXPIREAT"),
+            relative=name in (b"EXPIRE", b"PEXPIRE"),
+            now=now,
+            command=name.decode().lower(),
+        )
         nx = xx = gt = lt = False
         for opt in args[3:]:
             o = opt.upper()
@@ -212,27 +208,28 @@ class Expiry(Component):
         ks.bump(key)
         return 1
 
+    def _deadline(self, key: bytes, now: int) -> int:
+        """``key``'s deadline in ms; -2 if it does not exist (or is past it), -1 if it has none."""
+        ks = self.keyspace
+        if ks.get(key, now) is None:
+            return -2
+        return ks.deadlines.get(key, -1)
+
     @command("TTL", 2, keys=(1, 1, 1), flags=("fast",))
     @command("PTTL", 2, keys=(1, 1, 1), flags=("fast",))
     def ttl(self, now: int, args: list[bytes]) -> int:
-        ks = self.keyspace
-        if ks.get(args[1], now) is None:
-            return -2
-        deadline = ks.deadlines.get(args[1])
-        if deadline is None:
-            return -1
+        deadline = self._deadline(args[1], now)
+        if deadline < 0:
+            return deadline
         left = max(0, deadline - now)
         return left if args[0] == b"PTTL" else (left + 500) // 1000
 
     @command("EXPIRETIME", 2, keys=(1, 1, 1), flags=("fast",))
     @command("PEXPIRETIME", 2, keys=(1, 1, 1), flags=("fast",))
     def expiretime(self, now: int, args: list[bytes]) -> int:
-        ks = self.keyspace
-        if ks.get(args[1], now) is None:
-            return -2
-        deadline = ks.deadlines.get(args[1])
-        if deadline is None:
-            return -1
+        deadline = self._deadline(args[1], now)
+        if deadline < 0:
+            return deadline
         return deadline if args[0] == b"PEXPIRETIME" else deadline // 1000
 
     @command("PERSIST", 2, write=True, keys=(1, 1, 1), flags=("fast",))

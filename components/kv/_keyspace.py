@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeAlias
 
 from dominoes import Component, Context
 
-from ._errors import KvError, parse_int, syntax_error
+from ._errors import INT64_MAX, INT64_MIN, KvError, parse_int, syntax_error
 from ._glob import glob_matcher
 from ._resp import OK, Status
 from ._table import command
@@ -54,6 +54,24 @@ _TAGS: Final = {bytes: "s", dict: "h", deque: "l", set: "z"}
 def now_ms(ctx: Context) -> int:
     """The entry's replicated time in milliseconds."""
     return int(ctx.now * 1000)
+
+
+def deadline_ms(when: int, *, seconds: bool, relative: bool, now: int, command: str) -> int:
+    """The absolute deadline, in ms, that ``when`` names (SET's and EXPIRE's options).
+
+    ``when`` is in seconds or milliseconds, from ``now`` or since the epoch;
+    beyond a 64-bit millisecond count it is Redis's "invalid expire time" error.
+    """
+    bad = KvError(f"ERR invalid expire time in '{command}' command")
+    if seconds:
+        if not INT64_MIN // 1000 <= when <= INT64_MAX // 1000:
+            raise bad
+        when *= 1000
+    if relative:
+        if when > INT64_MAX - now:
+            raise bad
+        when += now
+    return when
 
 
 def type_name(value: Value | None) -> str:

@@ -21,7 +21,7 @@ from ._errors import (
     syntax_error,
     wrong_type,
 )
-from ._keyspace import Keyspace, now_ms
+from ._keyspace import Keyspace, deadline_ms, now_ms
 from ._resp import OK
 from ._table import command
 
@@ -182,18 +182,15 @@ class Strings(Component):
         deadline = None
         if unit:  # parsed after the options, so a syntax error wins, as in Redis
             when = parse_int(raw)
-            bad = KvError("ERR invalid expire time in 'set' command")
             if when <= 0:
-                raise bad
-            if unit in (b"EX", b"EXAT"):
-                if when > INT64_MAX // 1000:
-                    raise bad
-                when *= 1000
-            if unit in (b"EX", b"PX"):
-                if when > INT64_MAX - now:
-                    raise bad
-                when += now
-            deadline = when
+                raise KvError("ERR invalid expire time in 'set' command")
+            deadline = deadline_ms(
+                when,
+                seconds=unit in (b"EX", b"EXAT"),
+                relative=unit in (b"EX", b"PX"),
+                now=now,
+                command="set",
+            )
         old = ks.get(key, now)
         if get and old is not None and type(old) is not bytes:
             raise wrong_type()
