@@ -53,10 +53,13 @@ def _entries(commands: list[list[bytes]]) -> list[bytes]:
     ]
 
 
+def _full_dict(keyspace: int, seed: int) -> dict[bytes, bytes]:
+    """A dict holding every key of the keyspace, as under load."""
+    return {args[1]: args[2] for args in _commands(keyspace, keyspace, seed + 1)}
+
+
 def dict_store(n: int, keyspace: int, seed: int) -> float:
-    d: dict[bytes, bytes] = {}
-    for args in _commands(keyspace, keyspace, seed + 1):  # a full dict, as under load
-        d[args[1]] = args[2]
+    d = _full_dict(keyspace, seed)
     decoded = [msgspec.msgpack.decode(e) for e in _entries(_commands(n, keyspace, seed))]
     t0 = time.perf_counter()
     for entry in decoded:
@@ -66,9 +69,7 @@ def dict_store(n: int, keyspace: int, seed: int) -> float:
 
 
 def decode_store(n: int, keyspace: int, seed: int) -> float:
-    d: dict[bytes, bytes] = {}
-    for args in _commands(keyspace, keyspace, seed + 1):
-        d[args[1]] = args[2]
+    d = _full_dict(keyspace, seed)
     entries = _entries(_commands(n, keyspace, seed))
     decode = msgspec.msgpack.Decoder(list[list[bytes]]).decode
     t0 = time.perf_counter()

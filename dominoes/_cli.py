@@ -122,6 +122,17 @@ def _gc_threshold(text: str) -> tuple[int, int, int] | str:
     return (g0, g1, g2)
 
 
+def _gc_setting(
+    given: tuple[int, int, int] | str | None, default: tuple[int, int, int]
+) -> tuple[int, int, int] | None:
+    """What ``--gc-threshold`` asks of the replicas (None: CPython's own collector)."""
+    if given is None:
+        return default
+    if isinstance(given, str):  # "python"
+        return None
+    return given
+
+
 def _find_run_dir(name: str | None, run_dir: Path | None) -> Path:
     from ._runtime._supervisor import default_run_dir
 
@@ -170,13 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             digest_every=args.digest_every,
             stall_threshold=args.stall_ms / 1000,
             stuck_after=args.stuck_after or None,
-            gc_threshold=(
-                DEFAULT_GC_THRESHOLD
-                if args.gc_threshold is None
-                else None
-                if args.gc_threshold == "python"
-                else args.gc_threshold
-            ),
+            gc_threshold=_gc_setting(args.gc_threshold, DEFAULT_GC_THRESHOLD),
         )
         try:
             return run(config)

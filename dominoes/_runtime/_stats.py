@@ -72,8 +72,8 @@ class RuntimeStatistics(msgspec.Struct, frozen=True, kw_only=True):
     wakeups_sent: int
     group_commits: int
     #: the cyclic collector: thresholds, objects frozen at start-up, collections per generation
-    gc_threshold: tuple[int, int, int] = (700, 10, 10)
-    gc_frozen: int = 0
-    gc_collections: tuple[int, int, int] = (0, 0, 0)
+    gc_threshold: tuple[int, int, int]
+    gc_frozen: int
+    gc_collections: tuple[int, int, int]
     core: ReplicaStatistics
     ingress: IngressStatistics
