@@ -100,6 +100,15 @@ class Service:
     def replica_pids(self) -> list[int]:
         return [r["pid"] for r in self.status()["replicas"]]
 
+    def wait_restarted(self, replica: int, restarts: int = 1, timeout: float = 30.0) -> None:
+        """Wait until every replica is ready and ``replica`` was restarted ``restarts`` times."""
+
+        def back() -> bool:
+            replicas = self.status()["replicas"]
+            return all(r["ready"] for r in replicas) and replicas[replica]["restarts"] == restarts
+
+        wait_until(back, timeout=timeout)
+
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM, then wait; SIGKILL (and fail) if it does not stop."""
         if self.proc.poll() is None:

@@ -93,13 +93,7 @@ def test_kill_9_of_a_replica_under_load_loses_no_acknowledged_incr(tmp_path: Pat
         assert acked + doubt == 6000
         # The service kept answering, the killed replica came back and caught up.
         svc.wait_for_line("died with -9")
-        wait_until(
-            lambda: (
-                all(r["ready"] for r in svc.status()["replicas"])
-                and svc.status()["replicas"][1]["restarts"] == 1
-            ),
-            timeout=30,
-        )
+        svc.wait_restarted(1)
         every = clients_on_every_replica(svc.port, 2)
         values = {i: int(c.ask("GET k")) for i, c in every.items()}
         wait_until(lambda: len({int(c.ask("GET k")) for c in every.values()}) == 1)
@@ -295,13 +289,7 @@ def test_a_stuck_replica_is_restarted_and_never_stalls_the_service(tmp_path: Pat
         line = svc.wait_for_line("stuck seq=")
         assert "replica 1 stuck" in line
         svc.wait_for_line("died with -9")
-        wait_until(
-            lambda: (
-                all(r["ready"] for r in svc.status()["replicas"])
-                and svc.status()["replicas"][1]["restarts"] == 1
-            ),
-            timeout=30,
-        )
+        svc.wait_restarted(1)
         again = clients_on_every_replica(svc.port, 2)
         assert again[1].ask("CALL Grudge.snub 0") == "200"
         wait_until(lambda: len({c.ask("INFO").split()[-1] for c in again.values()}) == 1)
