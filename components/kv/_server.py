@@ -99,9 +99,9 @@ class _Cmd:
         self.spec = spec
         self.name = spec.name
         self.kind = spec.kind
-        #: the number of words (the name included) it accepts, from its arity
-        self.lo = abs(spec.arity)
-        self.hi = spec.arity if spec.arity >= 0 else sys.maxsize
+        #: the number of words (the name included) it accepts
+        self.lo = spec.min_words
+        self.hi = spec.max_words
         #: a write that goes into the batch as it is (no client id, not broadcast)
         self.plain = spec.kind is WRITE and not spec.client_id and not spec.broadcast
         #: a read's local implementation, ``read(now_ms, args)``

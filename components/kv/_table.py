@@ -24,6 +24,7 @@ reads it to expire exactly the keys a command touches before it runs.
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar
 
@@ -57,7 +58,9 @@ class Spec:
         "flags",
         "kind",
         "last",
+        "max_words",
         "method",
+        "min_words",
         "name",
         "no_multi",
         "run",
@@ -77,6 +80,9 @@ class Spec:
     ) -> None:
         self.name = name
         self.arity = arity
+        #: how many words (the name included) the arity allows
+        self.min_words = abs(arity)
+        self.max_words = arity if arity >= 0 else sys.maxsize
         self.kind = kind
         self.first, self.last, self.step = keys
         self.flags = flags
@@ -93,8 +99,7 @@ class Spec:
         self.no_multi = "no-multi" in flags
 
     def arity_ok(self, n: int) -> bool:
-        a = self.arity
-        return n == a if a >= 0 else n >= -a
+        return self.min_words <= n <= self.max_words
 
     def keys(self, args: list[bytes]) -> list[bytes]:
         """The keys ``args`` names (empty for commands without keys)."""
