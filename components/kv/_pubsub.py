@@ -78,6 +78,12 @@ class PubSub(Component, ClientState):
             del index[name]
         return True
 
+    def _tables(self, pattern: bool) -> tuple[dict[bytes, set[int]], dict[int, set[bytes]]]:
+        """The name -> clients index and the client -> names map, for patterns or channels."""
+        if pattern:
+            return self.patterns, self.pby_client
+        return self.channels, self.by_client
+
     # --- commands (the connection puts its client id in args[1]) ---------------------------
 
     @command("SUBSCRIBE", -2, write=True, flags=("pubsub", "client-id", "no-multi"))
@@ -85,9 +91,7 @@ class PubSub(Component, ClientState):
     def subscribe(self, ctx: Context, args: list[bytes]) -> Frames:
         cid = int(args[1])
         pattern = args[0] == b"PSUBSCRIBE"
-        index, mine = (
-            (self.patterns, self.pby_client) if pattern else (self.channels, self.by_client)
-        )
+        index, mine = self._tables(pattern)
         kind = b"psubscribe" if pattern else b"subscribe"
         out = Frames()
         for name in args[2:]:
@@ -100,9 +104,7 @@ class PubSub(Component, ClientState):
     def unsubscribe(self, ctx: Context, args: list[bytes]) -> Frames:
         cid = int(args[1])
         pattern = args[0] == b"PUNSUBSCRIBE"
-        index, mine = (
-            (self.patterns, self.pby_client) if pattern else (self.channels, self.by_client)
-        )
+        index, mine = self._tables(pattern)
         kind = b"punsubscribe" if pattern else b"unsubscribe"
         names = args[2:] or sorted(mine.get(cid, ()))
         out = Frames()
