@@ -19,6 +19,7 @@ from ._core._errors import ApplySuspendedError as ApplySuspendedError
 from ._core._errors import DominoesError as DominoesError
 from ._core._errors import EntryTooLargeError as EntryTooLargeError
 from ._core._errors import LogFullError as LogFullError
+from ._core._errors import PoisonedEntryError as PoisonedEntryError
 from ._core._errors import QueryWroteStateError as QueryWroteStateError
 from ._core._errors import UnknownEventError as UnknownEventError
 from ._core._machine import RemoteError as RemoteError
@@ -37,6 +38,7 @@ __all__ = (
     "EventRef",
     "LogFullError",
     "Mode",
+    "PoisonedEntryError",
     "QueryWroteStateError",
     "RemoteError",
     "Replica",

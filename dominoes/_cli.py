@@ -89,6 +89,23 @@ def _parser() -> argparse.ArgumentParser:
         help="restart a replica that has not applied its next entry for this long "
         "(default 5; 0 disables)",
     )
+    run.add_argument(
+        "--apply-timeout",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="interrupt an apply that runs this long and roll the replica back to before its "
+        "entry; an entry every replica gives up on fails as a poison entry (default 2; 0 "
+        "disables)",
+    )
+    run.add_argument(
+        "--reads",
+        choices=["linearizable", "local"],
+        default=None,
+        help="how reads see writes: 'linearizable' (the default: a read reflects every write "
+        "acknowledged before it, on any replica) or 'local' (the replica's state as it is, "
+        "possibly stale; skips one catch-up check per batch of reads)",
+    )
 
     for name, helptext in (
         ("stats", "print every replica's statistics"),
@@ -181,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             digest_every=args.digest_every,
             stall_threshold=args.stall_ms / 1000,
             stuck_after=args.stuck_after or None,
+            apply_timeout=args.apply_timeout or None,
+            reads=args.reads,
             gc_threshold=_gc_setting(args.gc_threshold, DEFAULT_GC_THRESHOLD),
         )
         try:

@@ -248,8 +248,30 @@ class Cluster:
         raise LogFullError("log full and no replica can make progress")
 
     def query(self, replica: int, ref: str | query[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """Run a ``@query`` on ``replica``'s local state."""
-        return self._replica(replica).core.machine.query(ref, *args, **kwargs)
+        """Run a ``@query`` on ``replica``, as the runtime does.
+
+        A linearizable query (the default) first applies, on that replica,
+        every entry another replica has applied (:meth:`sync`); a ``local``
+        one (``@query.local``, ``Service(reads="local")``) reads the replica's
+        state as it is, so a test can show what a stale read looks like.
+        """
+        r = self._replica(replica)
+        machine = r.core.machine
+        name = machine.resolve(ref)
+        if name not in machine.local_queries:
+            self.sync(replica)
+        return machine.query(name, *args, **kwargs)
+
+    def sync(self, replica: int) -> int:
+        """Catch ``replica`` up to the log's completed tail; entries applied."""
+        r = self._replica(replica)
+        n = 0
+        while not r.joining and (target := r.core.behind()):
+            got = self._poll(r, None, until=target)
+            if not got:
+                break
+            n += got
+        return n
 
     # --- stepping -------------------------------------------------------------------
 
@@ -262,9 +284,9 @@ class Cluster:
                 n += self._poll(r, limit)
         return n
 
-    def _poll(self, r: ClusterReplica, limit: int | None) -> int:
+    def _poll(self, r: ClusterReplica, limit: int | None, until: int | None = None) -> int:
         noops = r.core.noops_skipped
-        results = r.core.poll(limit)
+        results = r.core.poll(limit, until)
         r.core.flush_outbox()
         for applied in results:
             if applied.divergence is not None:

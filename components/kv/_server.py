@@ -17,7 +17,11 @@ Per ``data_received``, every complete command is handled in order:
   appends the group first, so each connection's entries keep its order;
 * a **read** runs against the local state at once, unless the connection has
   writes in flight or batched: then it joins the batch, so it sees them
-  (read-your-writes) and its reply keeps its place.
+  (read-your-writes) and its reply keeps its place.  Before the commands of
+  one ``data_received`` run, the replica catches up to the log's completed
+  tail (``Replica.sync``: one atomic load when it is not behind), so a read
+  sees every write acknowledged on any replica before it arrived.  With
+  ``--reads local`` that step is skipped and reads may be stale.
 
 Replies are queued in request order in ``pending``: frames that are ready,
 and entries whose replies come when this replica has applied them.  The
@@ -135,6 +139,8 @@ class Server:
         #: the commands by name as clients spell it (``SET``, ``set``, ...)
         self.known: dict[bytes, _Cmd] = {}
         self.keyspace: Keyspace = replica.component(Keyspace)
+        #: catch up to the completed tail before answering reads (``--reads``)
+        self.linearizable = replica.service.reads != "local"
         pubsub: PubSub = replica.component(PubSub)
         #: live connections by client id (pub/sub delivers through it)
         self.connections: dict[int, Connection] = {}
@@ -462,6 +468,8 @@ class Connection(asyncio.Protocol):
             self.server.protocol_errors += 1
         self._now = int(time.time() * 1000)
         if commands:
+            if self.server.linearizable:
+                self.replica.sync()
             self._run(commands)
         if failure is not None and not self.closing:
             self._reply(KvError(f"ERR Protocol error: {failure}"))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import typing
 from collections.abc import Callable
 from types import MethodType
-from typing import Any, ClassVar, Generic, ParamSpec, Self, TypeVar, overload
+from typing import Any, ClassVar, Final, Generic, ParamSpec, Self, TypeVar, overload
 
 import msgspec
 
@@ -79,11 +79,41 @@ class update(_Marked[P, R]):  # noqa: N801 - used as a decorator
     kind = "update"
 
 
-class query(_Marked[P, R]):  # noqa: N801 - used as a decorator
-    """Mark a method as a local, read-only query."""
+#: How a query reads: ``"linearizable"`` catches the replica up to the
+#: completed tail first (it sees every write acknowledged anywhere before it
+#: arrived); ``"local"`` reads the replica's state as it is (possibly stale).
+CONSISTENCIES: Final = ("linearizable", "local")
 
-    __slots__ = ()
+
+class query(_Marked[P, R]):  # noqa: N801 - used as a decorator
+    """Mark a method as a read-only query, answered from the local replica.
+
+    By default a query is linearizable: the replica first applies whatever
+    any replica has already applied (the completed tail), so the answer
+    reflects every write acknowledged before the query arrived.  Mark it
+    ``@query.local`` to read the local state as it is, which skips that
+    catch-up and may be stale (see ``Service(reads=...)`` for the default).
+    """
+
+    __slots__ = ("consistency",)
     kind = "query"
+
+    def __init__(self, fn: Callable[..., R], consistency: str | None = None) -> None:
+        super().__init__(fn)
+        if consistency is not None and consistency not in CONSISTENCIES:
+            raise ValueError(f"consistency must be one of {CONSISTENCIES}, not {consistency!r}")
+        #: None: the service's ``reads`` setting
+        self.consistency = consistency
+
+    @classmethod
+    def local(cls, fn: Callable[P, R]) -> query[P, R]:
+        """A query that reads the local state as it is (may miss recent writes)."""
+        return cls(fn, "local")
+
+    @classmethod
+    def linearizable(cls, fn: Callable[P, R]) -> query[P, R]:
+        """A query that is linearizable even when the service reads locally by default."""
+        return cls(fn, "linearizable")
 
 
 #: What names an event: its string, or the ``@update`` that defines it.

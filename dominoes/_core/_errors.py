@@ -4,10 +4,12 @@ from __future__ import annotations
 
 __all__ = (
     "ApplySuspendedError",
+    "ApplyTimeout",
     "DominoesError",
     "EntryTooLargeError",
     "LayoutError",
     "LogFullError",
+    "PoisonedEntryError",
     "QueryWroteStateError",
     "UnknownEventError",
 )
@@ -56,3 +58,23 @@ class UnknownEventError(DominoesError, LookupError):
 
 class QueryWroteStateError(DominoesError, RuntimeError):
     """A ``@query`` changed replicated state (detected in debug mode)."""
+
+
+class PoisonedEntryError(DominoesError, RuntimeError):
+    """The entry's apply did not finish within the apply timeout on any live replica.
+
+    Every replica gave up on it, rolled its state back to just before it, and
+    then applied it as this error instead (DESIGN invariant 9): the service
+    keeps its state and goes on, and the entry's owner reports this error.
+    """
+
+
+class ApplyTimeout(BaseException):
+    """Raised inside a handler whose apply overran the replica's apply timeout.
+
+    A ``BaseException``, so that a handler's ``except Exception`` (and the
+    machine's own, which turns exceptions into replicated outcomes) lets it
+    through: what a timeout interrupted is not a replicated outcome, since
+    another replica may have finished the same entry.  The runtime rolls the
+    replica back to its recovery point instead.
+    """

@@ -15,9 +15,12 @@ slot ``seq % capacity``.  ``tail`` is the next seq to reserve.  Each replica's
 
 Layout (every hot word on its own 64-byte line)::
 
-    line 0      magic, version, capacity, slot_size, max_replicas, max_entry_slots
+    line 0      magic, version, capacity, slot_size, max_replicas, max_entry_slots,
+                poisoned (the last seq declared a poison entry; rarely written)
     line 1      tail
-    line 2+i    replica i: cursor, state, pid, asleep, intent_seq, intent_n, generation
+    line 2      completed: the highest cursor any replica has applied up to
+    line 3+i    replica i: cursor, state, pid, asleep, intent_seq, intent_n,
+                generation, stuck (the seq whose apply it gave up on; 0: none)
     slots       slot k at slots_offset + k * slot_size:
                   +0   claim word (own line): 0, or winner replica + 1
                   +64  published_seq  (stored with release, LAST)
@@ -119,7 +122,7 @@ DEFAULT_CAPACITY: Final = 16384
 DEFAULT_MAX_REPLICAS: Final = 64
 
 MAGIC: Final = 0x444F4D494E4F4553  # b"DOMINOES", big-endian
-LAYOUT_VERSION: Final = 1
+LAYOUT_VERSION: Final = 2
 
 LINE: Final = 64
 _SLOT_SEQ: Final = 64
@@ -135,10 +138,14 @@ _H_MAGIC, _H_VERSION, _H_CAPACITY, _H_SLOT_SIZE, _H_MAX_REPLICAS, _H_MAX_ENTRY =
     32,
     40,
 )
+_H_POISONED: Final = 48
 _TAIL: Final = LINE
-_REPLICAS: Final = 2 * LINE
+#: Its own line: every replica raises it once per applied batch and every
+#: linearizable read loads it, while producers hammer ``tail``.
+_COMPLETED: Final = 2 * LINE
+_REPLICAS: Final = 3 * LINE
 # replica line words
-_R_CURSOR, _R_STATE, _R_PID, _R_ASLEEP, _R_INTENT_SEQ, _R_INTENT_N, _R_GEN = (
+_R_CURSOR, _R_STATE, _R_PID, _R_ASLEEP, _R_INTENT_SEQ, _R_INTENT_N, _R_GEN, _R_STUCK = (
     0,
     8,
     16,
@@ -146,6 +153,7 @@ _R_CURSOR, _R_STATE, _R_PID, _R_ASLEEP, _R_INTENT_SEQ, _R_INTENT_N, _R_GEN = (
     32,
     40,
     48,
+    56,
 )
 
 KIND_ENTRY: Final = 1
@@ -291,6 +299,7 @@ class Log:
         w.store_release(_H_MAX_ENTRY, max_entry_slots)
         w.store_release(_H_VERSION, LAYOUT_VERSION)
         w.store_release(_TAIL, 1)
+        w.store_release(_COMPLETED, 1)
         for i in range(max_replicas):
             w.store_release(_REPLICAS + i * LINE + _R_CURSOR, 1)
         w.store_release(_H_MAGIC, MAGIC)  # last: attachers check it first
@@ -333,6 +342,7 @@ class Log:
         if cursor is None:
             cursor = w.load_acquire(_TAIL)
         w.store_release(line + _R_INTENT_SEQ, 0)
+        w.store_release(line + _R_STUCK, 0)
         w.store_release(line + _R_PID, pid)
         w.store_release(line + _R_CURSOR, cursor)
         w.fetch_add(line + _R_GEN, 1)
@@ -565,6 +575,53 @@ class Log:
     def advance(self, replica: int, cursor: int) -> None:
         """Move ``replica``'s cursor: every seq below ``cursor`` is applied there."""
         self._w.store_release(self._line(replica) + _R_CURSOR, cursor)
+
+    # --- the completed tail (linearizable reads) ------------------------------------
+
+    @property
+    def completed(self) -> int:
+        """The highest cursor any replica has published: every seq below it is applied
+        somewhere, so it is published, and any reply to it may have left.
+
+        A read that catches up to this value first sees every write acknowledged
+        before it arrived (DESIGN invariant 8).  One acquire load.
+        """
+        return self._w.load_acquire(_COMPLETED)
+
+    def applied(self, replica: int, cursor: int) -> None:
+        """Publish ``replica``'s cursor and raise the completed tail to it.
+
+        The raise is an atomic max (a CAS loop that ends at once when another
+        replica is already ahead).  It happens before the caller delivers any
+        reply for the batch, so a reply never leaves before ``completed``
+        covers its entry.
+        """
+        w = self._w
+        w.store_release(self._line(replica) + _R_CURSOR, cursor)
+        seen = w.load_acquire(_COMPLETED)
+        while seen < cursor:
+            if w.cas(_COMPLETED, seen, cursor):
+                return
+            seen = w.load_acquire(_COMPLETED)
+
+    # --- poison entries ----------------------------------------------------------------
+
+    def stuck(self, replica: int) -> int:
+        """The seq ``replica`` gave up applying (rolled back before it), or 0."""
+        return self._w.load_acquire(self._line(replica) + _R_STUCK)
+
+    def set_stuck(self, replica: int, seq: int) -> None:
+        """Announce that ``replica`` waits before ``seq`` for a poison verdict (0: clears)."""
+        self._w.store_seqcst(self._line(replica) + _R_STUCK, seq)
+
+    @property
+    def poisoned(self) -> int:
+        """The last seq the supervisor declared a poison entry (0: none yet)."""
+        return self._w.load_acquire(_H_POISONED)
+
+    def declare_poisoned(self, seq: int) -> None:
+        """Every live replica gave up on ``seq``: each applies it as an error instead."""
+        self._w.store_seqcst(_H_POISONED, seq)
 
     # --- recovery ------------------------------------------------------------------
 

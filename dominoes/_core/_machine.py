@@ -33,7 +33,7 @@ import msgspec
 from ._codec import Batch, Call, Control, Entry, Fire, Mode
 from ._component import Component, EventRef, query, resolve
 from ._context import Context
-from ._errors import DominoesError, QueryWroteStateError, UnknownEventError
+from ._errors import DominoesError, PoisonedEntryError, QueryWroteStateError, UnknownEventError
 from ._registry import Registry, dispatch
 
 __all__ = ("Applied", "Divergence", "RemoteError", "StateMachine")
@@ -109,7 +109,11 @@ class _Snapshot(msgspec.Struct, array_like=True):
     timers: list[tuple[int, float, str, list[Any], dict[str, Any]]]
     recent: list[tuple[str, Any]]  # bytes (a result) or str (an error)
     components: dict[str, Any]
+    poisoned: list[tuple[int, str]] = []
 
+
+#: Poison entries remembered in the replicated state (seq, event), newest last.
+POISONED_KEPT: Final = 64
 
 #: Digests kept for comparison with other replicas' reports.
 _DIGESTS_KEPT: Final = 8
@@ -162,6 +166,7 @@ class StateMachine:
         queries: dict[str, Callable[..., Any]],
         names: dict[object, str],
         *,
+        local_queries: frozenset[str] = frozenset(),
         dedup_window: int = DEFAULT_DEDUP_WINDOW,
         debug: bool = False,
         digest_every: int = 0,
@@ -171,6 +176,9 @@ class StateMachine:
         self.components: dict[str, Component] = {c.name: c for c in components}
         self.registry = registry
         self._queries = queries
+        #: queries that read this replica's state as it is, without first
+        #: catching up to the completed tail (``@query.local``, ``reads="local"``)
+        self.local_queries = local_queries
         self._names = names
         self.dedup_window = dedup_window
         self.debug = debug
@@ -183,6 +191,8 @@ class StateMachine:
         self._next_timer = 1
         # request id -> its encoded result (bytes) or error text (str), oldest first
         self._recent: dict[str, bytes | str] = {}
+        #: poison entries applied as errors (seq -> event), the last POISONED_KEPT
+        self.poisoned: dict[int, str] = {}
         # local only: a heap of (deadline, id) for finding due timers, and the
         # timers this replica already asked to fire (id -> local time asked)
         self._heap: list[tuple[float, int]] = []
@@ -287,6 +297,48 @@ class StateMachine:
         if rid:
             self._remember(rid, out)
 
+    def apply_poisoned(self, entry: Entry, owner: bool, nslots: int = 1) -> Applied:
+        """Apply ``entry`` as a :class:`PoisonedEntryError` instead of running it.
+
+        Called on every replica for an entry the supervisor declared poison
+        (each live replica gave up on it and rolled back to just before it),
+        so the outcome is the same everywhere: no handler runs, every call
+        of the entry fails with the error, a request id remembers it, and the
+        entry is recorded in ``poisoned``.
+        """
+        seq = entry.seq
+        if seq != self.cursor:
+            raise RuntimeError(f"replica {self.index} applies seq {seq} at cursor {self.cursor}")
+        self.cursor = seq + nslots
+        self.applied_entries += 1
+        if entry.ts > self.now:
+            self.now = entry.ts
+        if type(entry) is Fire:  # the timer is spent: it must not fire (and hang) again
+            self._timers.pop(entry.timer_id, None)
+            self._fire_sent.pop(entry.timer_id, None)
+        calls = entry.calls if type(entry) is Batch else [entry]
+        what = ", ".join(sorted({getattr(c, "event", type(c).__name__) for c in calls}))
+        self.poisoned[seq] = what
+        if len(self.poisoned) > POISONED_KEPT:
+            del self.poisoned[next(iter(self.poisoned))]
+        error = PoisonedEntryError(
+            f"entry {seq} ({what}) was abandoned: applying it did not finish within the "
+            "apply timeout on any replica; the state is as it was before it"
+        )
+        out = Applied(seq, entry, owner)
+        subs = [Applied(seq, c, owner, i) for i, c in enumerate(calls)]
+        for sub in subs:
+            sub.error = error
+            rid = getattr(sub.entry, "request_id", "")
+            if rid:
+                self._remember(rid, sub)
+        self.errors += 1
+        if type(entry) is Batch:
+            out.batch = subs
+        else:
+            out.error = error
+        return out
+
     def skip(self, seq: int, nslots: int = 1) -> None:
         """Pass over a no-op slot (a reservation whose producer died)."""
         if seq != self.cursor:
@@ -309,6 +361,10 @@ class StateMachine:
         except Exception as exc:  # noqa: BLE001 - the error is the replicated outcome
             self.errors += 1
             out.error = exc
+            return
+        except SystemExit as exc:  # a handler's sys.exit() must not end the replica
+            self.errors += 1
+            out.error = RuntimeError(f"a handler of {event!r} called sys.exit({exc.code!r})")
             return
         out.result = ctx._reply if ctx._replied else result
         out.effects = ctx._effects
@@ -438,6 +494,7 @@ class StateMachine:
                 next_timer=self._next_timer,
                 timers=[(tid, d, e, list(a), kw) for tid, (d, e, a, kw) in self._timers.items()],
                 recent=list(self._recent.items()),
+                poisoned=list(self.poisoned.items()),
                 components={name: c.snapshot() for name, c in self.components.items()},
             )
         )
@@ -457,6 +514,7 @@ class StateMachine:
         heapq.heapify(self._heap)
         self._fire_sent = {}
         self._recent = dict(snap.recent)
+        self.poisoned = dict(snap.poisoned)
         for name, state in snap.components.items():
             self.components[name].restore(state)
 
@@ -468,5 +526,7 @@ class StateMachine:
         """
         out = {name: _hash(c.snapshot()) for name, c in self.components.items()}
         timers = sorted((k, *v[:2]) for k, v in self._timers.items())
-        out["_dominoes"] = _hash([self._next_timer, timers, list(self._recent.items())])
+        out["_dominoes"] = _hash(
+            [self._next_timer, timers, list(self._recent.items()), list(self.poisoned.items())]
+        )
         return out

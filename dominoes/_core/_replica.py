@@ -15,6 +15,29 @@ most ``batch`` of them, then publishes its cursor once.  Bounding the batch
 keeps one busy replica from starving its own ingress and effects; stopping at
 the observed tail keeps a steady stream of appends from turning one poll into
 an endless loop.
+
+Linearizable reads
+------------------
+``poll`` publishes the replica's cursor and raises the log's completed tail
+(:meth:`Log.applied`) before it returns what it applied, so no reply to an
+entry leaves before ``completed`` covers it.  A read first calls
+:meth:`behind`: one acquire load of ``completed``; when this replica is behind
+it, :meth:`poll` ``until`` it.  Everything below ``completed`` is published
+(some replica applied it), so that catch-up never waits.
+
+Giving up on an entry (poison entries, DESIGN invariant 9)
+-----------------------------------------------------------
+The core keeps a *recovery point*: a snapshot of the state at some cursor and
+a journal of the raw entries applied since, renewed every
+``checkpoint_entries`` entries or ``checkpoint_bytes`` of journal.  When the
+driver interrupts an apply that overran its timeout (by raising
+:class:`ApplyTimeout` inside the handler), ``poll`` stops before that entry
+and sets :attr:`gave_up`; :meth:`rollback` then restores the snapshot and
+replays the journal, so the state is exactly as it was before the entry,
+however far the handler got.  The entry is then either applied again (some
+replica finished it: it is not poison) or, once every live replica gave up
+on it, applied as an error by :meth:`apply_poisoned`, the same on every
+replica.
 """
 
 from __future__ import annotations
@@ -25,7 +48,7 @@ from typing import Any, Final
 import msgspec
 
 from ._codec import Call, Control, Entry, Fire, Mode, batch_payload, decode, encode
-from ._errors import LogFullError, UnknownEventError
+from ._errors import ApplyTimeout, LogFullError, UnknownEventError
 from ._log import KIND_NOOP, Log
 from ._machine import Applied, StateMachine
 
@@ -41,6 +64,16 @@ DEFAULT_STALL_THRESHOLD: Final = 0.1
 #: Seconds a replica other than a timer's designated one waits past the
 #: deadline before it asks for the timer to fire (covers a dead designee).
 DEFAULT_TIMER_GRACE: Final = 0.05
+
+#: Entries and journal bytes after which the recovery point is renewed.  A
+#: renewal snapshots the whole state (a cost proportional to its size, paid
+#: once per period on the replica's loop); the journal's memory is bounded by
+#: these, and so is the replay a rollback does.
+DEFAULT_CHECKPOINT_ENTRIES: Final = 65536
+DEFAULT_CHECKPOINT_BYTES: Final = 64 * 1024 * 1024
+
+#: A journal entry's kind for an entry applied as poison (never a log kind).
+_POISONED: Final = -1
 
 assert DEFAULT_BATCH > 0
 
@@ -101,6 +134,23 @@ class ReplicaCore:
         self.stall_threshold = stall_threshold
         self._on_stall = on_stall
         self.stalls = 0
+        #: perf-clock time the current apply started (0.0: not applying); the
+        #: driver's timer reads it to interrupt an apply that overran
+        self.applying = 0.0
+        #: the seq whose apply was interrupted (0: none); see the module doc
+        self.gave_up = 0
+        self.rollbacks = 0
+        self.checkpoints = 0
+        self.checkpoint_entries = DEFAULT_CHECKPOINT_ENTRIES
+        self.checkpoint_bytes = DEFAULT_CHECKPOINT_BYTES
+        # The recovery point: None until enable_recovery() (testing.Cluster
+        # replicas run without one).
+        self._recovery: bytes | None = None
+        self._journal: list[tuple[int, int, int, bytes]] | None = None
+        self._journal_bytes = 0
+        # who owns the last given-up seq (its claim CAS cannot be won twice)
+        self._memo_seq = 0
+        self._memo_owner = False
 
     # --- membership -------------------------------------------------------------
 
@@ -201,12 +251,23 @@ class ReplicaCore:
         """True if the next entry is published (there is something to apply)."""
         return self.log.published(self.machine.cursor)
 
-    def poll(self, limit: int | None = None) -> list[Applied]:
-        """Apply published entries in order (the batch rule above); what they produced."""
+    def behind(self) -> int:
+        """The completed tail if this replica has not applied up to it, else 0 (one load)."""
+        target = self.log.completed
+        return target if target > self.machine.cursor else 0
+
+    def poll(self, limit: int | None = None, until: int | None = None) -> list[Applied]:
+        """Apply published entries in order (the batch rule above); what they produced.
+
+        ``until`` stops before that seq instead of the tail observed now (a
+        read's catch-up); ``limit`` bounds the entries applied.
+        """
         log, machine, index = self.log, self.machine, self.index
-        stop = log.tail
+        stop = log.tail if until is None else until
         budget = self.batch if limit is None else limit
         out: list[Applied] = []
+        journal = self._journal
+        added = 0
         seq = start = machine.cursor
         while budget and seq < stop:
             got = log.read(seq)
@@ -223,13 +284,27 @@ class ReplicaCore:
                 if clock is None:
                     applied = machine.apply(entry, owner, nslots)
                 else:
-                    t0 = clock()
-                    applied = machine.apply(entry, owner, nslots)
+                    t0 = self.applying = clock()
+                    try:
+                        applied = machine.apply(entry, owner, nslots)
+                    except ApplyTimeout:
+                        # The state may hold part of this entry: stop before
+                        # it; the driver rolls back (see the module doc).  Its
+                        # claim is won already: remember who owns it.
+                        self.applying = 0.0
+                        self.gave_up = self._memo_seq = seq
+                        self._memo_owner = owner
+                        machine.cursor = seq
+                        break
+                    self.applying = 0.0
                     took = clock() - t0
                     if took > self.stall_threshold:
                         self.stalls += 1
                         if self._on_stall is not None:
                             self._on_stall(entry, took)
+                if journal is not None:
+                    journal.append((seq, kind, nslots, payload))
+                    added += len(payload)
                 if applied.digest is not None:
                     report = Control("digest", [index, seq, applied.digest], entry.ts, index)
                     self.outbox.append(encode(report))
@@ -240,10 +315,83 @@ class ReplicaCore:
             budget -= 1
             seq = machine.cursor
         if seq != start:
-            log.advance(index, seq)
+            log.applied(index, seq)
+        if journal is not None and not self.gave_up:
+            self._journal_bytes += added
+            if (
+                len(journal) >= self.checkpoint_entries
+                or self._journal_bytes >= self.checkpoint_bytes
+            ):
+                self.checkpoint()
         return out
 
+    # --- the recovery point --------------------------------------------------------
+
+    def enable_recovery(self) -> None:
+        """Keep a recovery point from now on (the runtime does; see the module doc)."""
+        self._journal = []
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Renew the recovery point: snapshot the state now, empty the journal."""
+        self._recovery = self.machine.snapshot()
+        self._journal = []
+        self._journal_bytes = 0
+        self.checkpoints += 1
+
+    def rollback(self) -> None:
+        """Restore the state to just before :attr:`gave_up` (snapshot, then replay).
+
+        The replay applies the journal as a non-owner: the effects and replies
+        of those entries already happened.  ``gave_up`` stays set until the
+        entry is applied (:meth:`retry` or :meth:`apply_poisoned`).
+        """
+        if self._recovery is None or self._journal is None:
+            raise RuntimeError("rollback without a recovery point (call enable_recovery)")
+        machine = self.machine
+        stats = (machine.applied_entries, machine.errors, machine.timers_fired)
+        machine.restore(self._recovery)
+        for seq, kind, nslots, payload in self._journal:
+            if kind == KIND_NOOP:
+                machine.skip(seq, nslots)
+            elif kind == _POISONED:
+                machine.apply_poisoned(decode(payload, seq), False, nslots)
+            else:
+                machine.apply(decode(payload, seq), False, nslots)
+        machine.applied_entries, machine.errors, machine.timers_fired = stats
+        if self.gave_up and machine.cursor != self.gave_up:
+            raise RuntimeError(
+                f"replica {self.index}: rollback reached {machine.cursor}, not {self.gave_up}"
+            )
+        self.rollbacks += 1
+
+    def interrupted(self) -> int:
+        """:attr:`gave_up`, as a call (a driver checks it again after :meth:`poll`)."""
+        return self.gave_up
+
+    def retry(self) -> None:
+        """Apply the given-up entry again (another replica finished it: not poison)."""
+        self.gave_up = 0
+
+    def apply_poisoned(self) -> list[Applied]:
+        """Apply the given-up entry as a :class:`PoisonedEntryError` (every replica does)."""
+        seq = self.gave_up
+        machine = self.machine
+        got = self.log.read(seq)
+        if got is None or machine.cursor != seq:
+            raise RuntimeError(f"replica {self.index}: poison seq {seq} is not the next entry")
+        _, nslots, payload = got
+        entry = decode(payload, seq)
+        applied = machine.apply_poisoned(entry, self._owns(entry), nslots)
+        if self._journal is not None:
+            self._journal.append((seq, _POISONED, nslots, payload))
+        self.gave_up = 0
+        self.log.applied(self.index, machine.cursor)
+        return [applied] if applied.batch is None else applied.batch
+
     def _owns(self, entry: Entry) -> bool:
+        if entry.seq == self._memo_seq:  # again: the claim was decided the first time
+            return self._memo_owner
         if type(entry) is Call:
             mode = entry.mode
             if mode == Mode.AFFINITY:

@@ -13,7 +13,16 @@ from collections.abc import Callable, Iterable
 from types import MethodType
 from typing import Any
 
-from ._component import _AMBIGUOUS, Component, EventRef, on_marks, query, resolve, update
+from ._component import (
+    _AMBIGUOUS,
+    CONSISTENCIES,
+    Component,
+    EventRef,
+    on_marks,
+    query,
+    resolve,
+    update,
+)
 from ._machine import DEFAULT_DEDUP_WINDOW, StateMachine
 from ._registry import Handler, Registry
 
@@ -39,6 +48,7 @@ class Service:
         tcp: Callable[..., Any] | None = None,
         udp: EventRef | None = None,
         on_start: Callable[..., Any] | None = None,
+        reads: str = "linearizable",
     ) -> None:
         if not name or not name.replace("-", "_").replace(".", "_").isidentifier():
             raise ValueError(f"service name must be an identifier-like string, not {name!r}")
@@ -60,6 +70,12 @@ class Service:
         #: ``on_start(replica)``, sync or async: called on every replica once it
         #: is live (after a restart's catch-up too) and before its ingress opens
         self.on_start = on_start
+        if reads not in CONSISTENCIES:
+            raise ValueError(f"reads must be one of {CONSISTENCIES}, not {reads!r}")
+        #: how queries read by default: ``"linearizable"`` (catch up to the
+        #: completed tail first) or ``"local"`` (possibly stale, no catch-up);
+        #: ``dominoes run --reads`` overrides it, ``@query.local`` per query
+        self.reads = reads
         self._components: list[Component] = []
         self._extra: dict[int, tuple[EventRef, Handler, float, dict[str, Any]]] = {}
         self._ids = itertools.count(1)
@@ -99,7 +115,10 @@ class Service:
     def new_machine(self, index: int) -> StateMachine:
         """A fresh replica state machine with its own copy of every component."""
         comps = copy.deepcopy(self._components)
-        registry, queries, names = self._build(comps)
+        registry, queries, names, consistency = self._build(comps)
+        local = frozenset(
+            name for name, how in consistency.items() if (how or self.reads) == "local"
+        )
         return StateMachine(
             self.name,
             index,
@@ -107,6 +126,7 @@ class Service:
             registry,
             queries,
             names,
+            local_queries=local,
             dedup_window=self.dedup_window,
             debug=self.debug,
             digest_every=self.digest_every,
@@ -114,7 +134,7 @@ class Service:
 
     def _build(
         self, comps: list[Component]
-    ) -> tuple[Registry, dict[str, Callable[..., Any]], dict[object, str]]:
+    ) -> tuple[Registry, dict[str, Callable[..., Any]], dict[object, str], dict[str, str | None]]:
         """Bind every handler of ``comps`` into a new registry.
 
         Binding happens in a fixed order, so binding ids, and therefore the
@@ -126,6 +146,7 @@ class Service:
         """
         registry = Registry()
         queries: dict[str, Callable[..., Any]] = {}
+        consistency: dict[str, str | None] = {}
         # An @update/@query descriptor names "<component name>.<attr>" of the
         # component that has it; a descriptor shared by two components (a class
         # and its subclass) is ambiguous and must be named by string.
@@ -146,13 +167,14 @@ class Service:
                     registry.bind(full, MethodType(value.fn, comp))
                 else:
                     queries[full] = MethodType(value.fn, comp)
+                    consistency[full] = value.consistency
         for comp, _, value in members:
             fn = value.fn if isinstance(value, update) else value
             for ref, order, static in on_marks(fn):
                 registry.bind(resolve(names, ref), MethodType(fn, comp), order, **static)  # type: ignore[arg-type]
         for event, handler, order, static in self._extra.values():
             registry.bind(resolve(names, event), handler, order, **static)
-        return registry, queries, names
+        return registry, queries, names, consistency
 
     def resolve(self, ref: EventRef) -> str:
         """The event name ``ref`` stands for in this service."""

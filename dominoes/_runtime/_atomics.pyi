@@ -8,7 +8,7 @@ from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
 #: Bytes per word; every offset is a multiple of it.
 WORD: Final = 8
 #: The log layout version ``AtomicWords.ring`` knows (``dominoes._core._log.LAYOUT_VERSION``).
-RING_LAYOUT: Final = 1
+RING_LAYOUT: Final = 2
 
 @final
 class Ring:

@@ -59,6 +59,9 @@ class ReplicaConfig(msgspec.Struct, kw_only=True):
     monitor_port: int | None = None
     digest_every: int | None = None
     stall_threshold: float = 0.1
+    apply_timeout: float | None = 2.0
+    #: "linearizable" or "local" (None: the service's own ``reads``)
+    reads: str | None = None
     #: the collector's thresholds once serving (None: leave CPython's)
     gc_threshold: tuple[int, int, int] | None = None
 
@@ -99,6 +102,8 @@ def load_service(target: str) -> Service:
 async def serve(config: ReplicaConfig, service: Service) -> int:
     loop = asyncio.get_running_loop()
     shared = SharedLog.attach(config.log_fd)
+    if config.reads is not None:
+        service.reads = config.reads
     replica = Replica(
         service,
         config.index,
@@ -109,6 +114,7 @@ async def serve(config: ReplicaConfig, service: Service) -> int:
         cpu=config.core,
         digest_every=config.digest_every,
         stall_threshold=config.stall_threshold,
+        apply_timeout=config.apply_timeout,
     )
     stop = asyncio.Event()
     orphaned = asyncio.Event()

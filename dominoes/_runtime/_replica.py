@@ -17,6 +17,25 @@ there may be work:
    when the flag is set.  A safety timer re-checks every ``SAFETY_TICK`` in
    case a producer died between publishing and signalling.
 
+Reads (linearizable by default)
+-------------------------------
+:meth:`Replica.sync` is a read's first step: one load of the log's completed
+tail and, when this replica is behind it, a synchronous catch-up to it
+(``ReplicaCore.poll(until=...)``), whose replies and effects go out as usual.
+``query`` calls it unless the query reads locally; ingress that answers reads
+itself (the KV) calls it once per batch of reads.
+
+Apply timeouts and poison entries
+---------------------------------
+A periodic ``SIGALRM`` checks the apply in progress; one that has run for
+``apply_timeout`` seconds is interrupted by raising ``ApplyTimeout`` inside
+the handler.  The replica rolls back to just before the entry
+(``ReplicaCore.rollback``), announces it in its log line (``stuck``) and
+waits: if another replica applied the entry, it applies it again; once the
+supervisor sees every live replica waiting at the same entry, it declares
+it poison and each applies it as an error.  The replica keeps serving reads
+meanwhile (at the state before the entry).
+
 Appending never awaits between reserve and publish (``Log.try_append`` is
 synchronous).  When the log is full, :meth:`Replica.submit` waits with a short
 back-off and the ingress that called it stops reading: backpressure.
@@ -30,6 +49,8 @@ import gc
 import inspect
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +58,7 @@ from typing import Any, Final, TypeVar
 
 from .._core._codec import Control, Mode, batch_payload, encode
 from .._core._component import Component, EventRef, query
-from .._core._errors import LogFullError
+from .._core._errors import ApplyTimeout, LogFullError
 from .._core._log import LogStatistics
 from .._core._machine import Applied, Divergence
 from .._core._replica import DEFAULT_STALL_THRESHOLD, ReplicaCore
@@ -65,6 +86,11 @@ FULL_BACKOFF_MAX: Final = 0.005
 GROUP_MAX: Final = 256
 #: How long a joining replica waits for its snapshot before asking again.
 SNAPSHOT_TIMEOUT: Final = 2.0
+
+#: Seconds an apply may run before it is interrupted and the replica rolls back
+#: (None: never).  A legitimate entry must finish well within it, on a loaded
+#: machine too: every replica that gives up on an entry makes it an error.
+DEFAULT_APPLY_TIMEOUT: Final = 2.0
 
 #: Seconds between samples of loop lag and rates.
 SAMPLE_EVERY: Final = 0.25
@@ -95,6 +121,7 @@ class Replica:
         cpu: int | None = None,
         digest_every: int | None = None,
         stall_threshold: float = DEFAULT_STALL_THRESHOLD,
+        apply_timeout: float | None = DEFAULT_APPLY_TIMEOUT,
     ) -> None:
         self.service = service
         self.index = index
@@ -116,6 +143,9 @@ class Replica:
             on_stall=self._on_stall,
         )
         self.stall_threshold = stall_threshold
+        self.apply_timeout = apply_timeout
+        self.syncs = 0
+        self.poisoned_seen = 0
         self._wake_fds = wake_fds
         self._my_fd = wake_fds[index]
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -254,9 +284,43 @@ class Replica:
         return self._track(self.core.append_nowait(payload))
 
     def query(self, ref: str | query[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """Run a ``@query`` against this replica's local state."""
+        """Run a ``@query`` against this replica's state.
+
+        A linearizable query (the default) first catches up to the completed
+        tail (:meth:`sync`), so it reflects every write acknowledged anywhere
+        before it; a ``local`` one reads the state as it is.
+        """
         self.queries += 1
-        return self.core.machine.query(ref, *args, **kwargs)
+        machine = self.core.machine
+        name = machine.resolve(ref)
+        if name not in machine.local_queries:
+            self.sync()
+        return machine.query(name, *args, **kwargs)
+
+    def sync(self) -> None:
+        """Apply, now, every entry some replica has applied and this one has not.
+
+        One atomic load when there is nothing to do.  Call it before answering
+        reads from the local state (DESIGN invariant 8); replies and effects of
+        the entries it applies go out as usual.  A joining replica, or one
+        waiting for a poison verdict, reads at its own position: nothing past
+        it has been applied anywhere.
+        """
+        core = self.core
+        target = core.behind()
+        if not target or self._snapshot_wait is not None or core.gave_up:
+            return
+        self.syncs += 1
+        while core.machine.cursor < target:
+            before = core.machine.cursor
+            for applied in core.poll(until=target):
+                self._deliver(applied)
+            if core.interrupted():
+                self._on_gave_up()
+                return
+            if core.machine.cursor == before:  # cannot happen below `completed`
+                log.error("replica %d: catch-up stopped at %d of %d", self.index, before, target)
+                return
 
     def component(self, which: type[C] | str) -> C:
         """This replica's instance of a component (read it; never write it here)."""
@@ -374,6 +438,11 @@ class Replica:
         self.loop_name = loop_name or type(loop).__module__.split(".")[0]
         loop.add_reader(self._my_fd, self._on_wake)
         self._safety = loop.call_later(SAFETY_TICK, self._on_safety)
+        timeout = self.apply_timeout
+        if timeout is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGALRM, self._on_alarm)
+            tick = min(0.25, timeout / 4)
+            signal.setitimer(signal.ITIMER_REAL, tick, tick)
 
     def start_sampling(self) -> None:
         """Start measuring loop lag and rates (once serving: start-up is not lag)."""
@@ -445,8 +514,14 @@ class Replica:
         self._scheduled = False
         if self._snapshot_wait is not None:
             return
-        for applied in self.core.poll():
+        core = self.core
+        if core.gave_up and not self._verdict():
+            return  # waiting: the safety tick looks again
+        for applied in core.poll():
             self._deliver(applied)
+        if core.interrupted():
+            self._on_gave_up()
+            return
         if self.core.outbox:
             self.core.flush_outbox()
             self._after_append()
@@ -462,6 +537,51 @@ class Replica:
             self._schedule()
             return
         self._arm_timer()
+
+    # --- apply timeouts and poison entries ---------------------------------------------------
+
+    def _on_alarm(self, signum: int, frame: Any) -> None:
+        """SIGALRM: interrupt an apply that has run past ``apply_timeout``."""
+        began = self.core.applying
+        timeout = self.apply_timeout
+        if began and timeout is not None and time.perf_counter() - began > timeout:
+            self.core.applying = 0.0
+            raise ApplyTimeout(f"apply ran past {timeout}s")
+
+    def _on_gave_up(self) -> None:
+        """An apply was interrupted: roll back to just before it, announce, wait."""
+        core = self.core
+        seq = core.gave_up
+        log.error(
+            "replica %d: gave up applying seq=%d after %.1fs; rolled back to before it, "
+            "waiting for the other replicas",
+            self.index,
+            seq,
+            self.apply_timeout or 0.0,
+        )
+        core.rollback()
+        self._log.set_stuck(self.index, seq)
+
+    def _verdict(self) -> bool:
+        """Waiting at a given-up entry: True once it may be applied (poison or again)."""
+        core = self.core
+        seq = core.gave_up
+        if self._log.poisoned == seq:
+            self.poisoned_seen += 1
+            log.error("replica %d: seq=%d is poison; applying it as an error", self.index, seq)
+            for applied in core.apply_poisoned():
+                self._deliver(applied)
+            self._log.set_stuck(self.index, 0)
+            return True
+        from .._core._log import ReplicaState
+
+        log_ = self._log
+        if any(log_.cursor(i) > seq for i in log_.replicas_in(frozenset({ReplicaState.LIVE}))):
+            log.warning("replica %d: seq=%d was applied elsewhere; applying again", self.index, seq)
+            core.retry()
+            log_.set_stuck(self.index, 0)
+            return True
+        return False
 
     def _deliver(self, applied: Applied) -> None:
         if applied.divergence is not None:
@@ -544,6 +664,7 @@ class Replica:
 
     def start_fresh(self) -> None:
         """A replica present from the log's beginning (its line was set live)."""
+        self.core.enable_recovery()
         self._joined.set()
 
     def start_join(self, pid: int) -> None:
@@ -610,6 +731,7 @@ class Replica:
             return
         path.unlink(missing_ok=True)
         self.core.load(data)
+        self.core.enable_recovery()
         self._snapshot_wait = None
         self._joined.set()
         log.info("replica %d: joined at seq %d", self.index, self.core.machine.cursor - 1)
@@ -637,6 +759,8 @@ class Replica:
     def close(self, *, leave: bool = True) -> None:
         """Stop the loop's callbacks; ``leave`` marks the line absent (a clean exit)."""
         self.closed = True
+        if self.apply_timeout is not None and threading.current_thread() is threading.main_thread():
+            signal.setitimer(signal.ITIMER_REAL, 0)
         if self._loop is not None:
             self._loop.remove_reader(self._my_fd)
         for handle in (self._timer, self._safety, self._sampler):

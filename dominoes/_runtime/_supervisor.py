@@ -103,6 +103,10 @@ class SupervisorConfig:
     #: seconds a live replica may sit on a published entry before it is killed
     #: and restarted from a snapshot (None: never)
     stuck_after: float | None = STUCK_AFTER
+    #: seconds an apply may run before the replica gives up on it (None: never)
+    apply_timeout: float | None = 2.0
+    #: "linearizable" or "local" reads (None: the service's own setting)
+    reads: str | None = None
     #: the collector's thresholds in every replica once it serves, after freezing
     #: its start-up heap (None: CPython's defaults, nothing frozen)
     gc_threshold: tuple[int, int, int] | None = DEFAULT_GC_THRESHOLD
@@ -148,6 +152,7 @@ class Supervisor:
         self._control: asyncio.Server | None = None
         self._all_ready = asyncio.Event()
         self.deaths = 0
+        self.poisoned = 0
         self.exit_code = 0
         # the watchdog's view of the first unpublished seq every reader waits at
         self._held_head: int | None = None
@@ -214,6 +219,8 @@ class Supervisor:
             monitor_port=self.config.monitor_port,
             digest_every=self.config.digest_every,
             stall_threshold=self.config.stall_threshold,
+            apply_timeout=self.config.apply_timeout,
+            reads=self.config.reads,
             gc_threshold=self.config.gc_threshold,
         )
         env = dict(os.environ, PYTHONHASHSEED=self.config.hash_seed)
@@ -335,7 +342,17 @@ class Supervisor:
             return
         live = self._log.replicas_in(frozenset({ReplicaState.LIVE}))
         if not any(i < self.n for i in live):
-            log.error("no live replica left to take a snapshot from; stopping")
+            # Every replica is gone: no state is left to restore from.  Say so
+            # and exit non-zero, so that a service manager restarts (or
+            # alerts); exiting 0 would read as a clean stop.
+            cursor = self._log.cursor(child.index)
+            line = (
+                f"dominoes: every replica of {self.service.name!r} died; the last one at seq "
+                f"{cursor}; no live state is left to restart from, stopping with status 1"
+            )
+            log.error("%s", line)
+            print(line, file=sys.stderr, flush=True)
+            self.exit_code = 1
             self.stop()
             return
         if self._log.recovery_pending(child.index):
@@ -509,6 +526,7 @@ class Supervisor:
             "service": self.service.name,
             "supervisor": {"pid": os.getpid(), "replicas": self.n, "run_dir": str(self.run_dir)},
             "deaths": self.deaths,
+            "poisoned": self.poisoned,
             "replicas": replicas,
             "log": msgspec.to_builtins(self._log.statistics()),
         }
@@ -537,8 +555,7 @@ class Supervisor:
             os.chmod(sock, 0o600)
             for child in self.children:
                 self._spawn(child, join=False)
-            if self.config.stuck_after is not None:
-                loop.call_later(WATCHDOG_EVERY, self._watchdog)
+            loop.call_later(WATCHDOG_EVERY, self._watchdog)
             await self._stopped.wait()
             await self._shutdown()
         finally:
@@ -557,8 +574,10 @@ class Supervisor:
             return
         loop = asyncio.get_running_loop()
         loop.call_later(WATCHDOG_EVERY, self._watchdog)
+        waiting = self._judge_poison()
         limit = self.config.stuck_after
-        assert limit is not None
+        if limit is None:
+            return
         now = time.monotonic()
         self._watch_unpublished(now, limit)
         for c in self.children:
@@ -566,7 +585,7 @@ class Supervisor:
                 c.stuck_since = None
                 continue
             cursor = self._log.cursor(c.index)
-            if cursor != c.seen_cursor or not self._log.published(cursor):
+            if cursor != c.seen_cursor or not self._log.published(cursor) or c.index in waiting:
                 c.seen_cursor, c.stuck_since = cursor, None
                 continue
             if c.stuck_since is None:
@@ -583,6 +602,67 @@ class Supervisor:
                 c.stuck_since = None
                 with contextlib.suppress(ProcessLookupError):
                     c.proc.kill()
+
+    def _judge_poison(self) -> set[int]:
+        """Declare a poison entry when every live replica gave up on the same seq.
+
+        A replica that gave up on an apply (it ran past ``--apply-timeout``)
+        rolled back to just before the entry and announces the seq in its log
+        line.  If another replica applied the entry, it is not poison: the one
+        that gave up applies it again by itself.  If every live replica gave
+        up on it, nobody can apply it: the supervisor declares it poison, and
+        each replica applies it as an error (DESIGN invariant 9).  Returns the
+        replicas legitimately waiting for this verdict (the stuck-replica
+        watchdog spares them).
+        """
+        log_ = self._log
+        live = [
+            c.index
+            for c in self.children
+            if c.ready and log_.state(c.index) == ReplicaState.LIVE
+        ]
+        if not live:
+            return set()
+        cursors = {i: log_.cursor(i) for i in live}
+        stuck = {i: log_.stuck(i) for i in live}
+        waiting = {i for i in live if stuck[i] and stuck[i] == cursors[i]}
+        if not waiting:
+            return waiting
+        seqs = {stuck[i] for i in waiting}
+        if any(cursors[i] > min(seqs) for i in live):
+            return {i for i in waiting if not any(cursors[j] > stuck[i] for j in live)}
+        if len(waiting) == len(live) and len(seqs) == 1:
+            seq = seqs.pop()
+            if log_.poisoned != seq:
+                log_.declare_poisoned(seq)
+                self.poisoned += 1
+                what = self._describe(seq)
+                log.error(
+                    "POISON seq=%d (%s): every live replica (%s) gave up applying it; "
+                    "each applies it as an error and goes on from the state before it",
+                    seq,
+                    what,
+                    ",".join(map(str, sorted(live))),
+                )
+                with contextlib.suppress(OSError), open(self.run_dir / "poisoned.log", "a") as f:
+                    f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} seq={seq} {what}\n")
+                self._wake_all()
+        return waiting
+
+    def _describe(self, seq: int) -> str:
+        """The events of the entry at ``seq``, for the poison record."""
+        from .._core._codec import decode
+
+        got = self._log.read(seq)
+        if got is None:
+            return "unreadable"
+        try:
+            entry = decode(got[2], seq)
+        except Exception as exc:  # noqa: BLE001 - a record, not a decision
+            return f"undecodable: {exc}"
+        calls = getattr(entry, "calls", None) or [entry]
+        names = sorted({getattr(c, "event", type(c).__name__) for c in calls})
+        return f"{type(entry).__name__} of {', '.join(names)}"
 
     def _watch_unpublished(self, now: float, limit: float) -> None:
         """Kill a replica that holds a reservation unpublished for ``limit`` seconds.

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import sys
 import time
 
 import msgspec
@@ -179,3 +182,71 @@ def wedge(replica: Replica) -> None:
 
 
 wedged = Service("wedged", [Grudge()], tcp=call_protocol, on_start=wedge)
+
+
+class Poison(Component):
+    """Handlers that hang on request: on every replica, so only a poison verdict ends them."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    @update
+    def put(self, ctx: Context, key: str, value: str) -> str:
+        self.values[key] = value
+        return "OK"
+
+    @update
+    def spin(self, ctx: Context, key: str) -> str:
+        self.values[key] = "half-done"  # partial state: the rollback must undo it
+        while True:  # a pure-Python hang, on every replica
+            pass
+
+    @update
+    def backtrack(self, ctx: Context, key: str) -> str:
+        self.values[key] = "half-done"
+        # A catastrophic regex: the C matcher hangs (it checks for signals).
+        return str(re.fullmatch(rb"(a*)*b", b"a" * 64))
+
+    @update
+    def quit(self, ctx: Context) -> str:
+        sys.exit(3)  # must not end the replica: it is this entry's error
+
+    @update
+    def crash(self, ctx: Context) -> str:
+        os._exit(3)  # ends every replica at once: nothing is left to recover from
+
+    @query
+    def get(self, key: str) -> str:
+        return self.values.get(key, "(nil)")
+
+
+async def poison_protocol(
+    replica: Replica, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """``PUT k v``, ``SPIN k``, ``BACKTRACK k``, ``GET k``, ``INFO``."""
+    while line := await reader.readline():
+        words = line.decode().split()
+        try:
+            if words[:1] == ["PUT"] and len(words) == 3:
+                reply = await replica.submit(Poison.put, words[1], words[2])
+            elif words[:1] == ["SPIN"] and len(words) == 2:
+                reply = await replica.submit(Poison.spin, words[1])
+            elif words[:1] == ["BACKTRACK"] and len(words) == 2:
+                reply = await replica.submit(Poison.backtrack, words[1])
+            elif words == ["QUIT"]:
+                reply = await replica.submit(Poison.quit)
+            elif words == ["CRASH"]:
+                reply = await replica.submit(Poison.crash)
+            elif words[:1] == ["GET"] and len(words) == 2:
+                reply = replica.query(Poison.get, words[1])
+            elif words == ["INFO"]:
+                reply = f"replica {replica.index} seq {replica.applied_seq}"
+            else:
+                reply = "ERR unknown command"
+        except Exception as exc:  # noqa: BLE001 - every error is this request's reply
+            reply = f"ERR {type(exc).__name__}: {exc}"
+        writer.write(reply.encode() + b"\n")
+        await writer.drain()
+
+
+poison = Service("poison", [Poison()], tcp=poison_protocol)

@@ -90,13 +90,60 @@ def test_pending_resolves_when_its_origin_applies_it() -> None:
     assert p.result() == 1
 
 
-def test_query_runs_on_the_chosen_replica() -> None:
+def test_a_query_catches_up_to_what_any_replica_applied() -> None:
     cluster = counter_cluster()
+    cluster.submit_nowait(0, Counter.incr, "k")
+    cluster.step(2)  # replica 2 applied it: its reply could have left
+
+    assert cluster.replicas[0].cursor == 1
+    assert cluster.query(0, Counter.get, "k") == 1  # linearizable: replica 0 caught up
+    assert cluster.replicas[0].cursor == 2
+    assert cluster.replicas[1].cursor == 1  # only the replica that was read
+
+
+def test_a_query_does_not_apply_what_no_replica_applied() -> None:
+    cluster = counter_cluster()
+    cluster.submit_nowait(0, Counter.incr, "k")  # appended, applied nowhere: not acknowledged
+
+    assert cluster.query(1, Counter.get, "k") == 0
+    assert cluster.replicas[1].cursor == 1
+
+
+def test_local_reads_show_the_stale_state_the_default_prevents() -> None:
+    cluster = Cluster(Service("counter", [Counter()], reads="local"), replicas=3)
     cluster.submit_nowait(0, Counter.incr, "k")
     cluster.step(2)
 
     assert cluster.query(2, Counter.get, "k") == 1
-    assert cluster.query(0, Counter.get, "k") == 0
+    assert cluster.query(0, Counter.get, "k") == 0  # stale: replica 0 has not applied it
+    assert cluster.replicas[0].cursor == 1
+
+
+class _Mixed(Component):
+    def __init__(self) -> None:
+        self.n = 0
+
+    @update
+    def bump(self, ctx: Context) -> int:
+        self.n += 1
+        return self.n
+
+    @query
+    def fresh(self) -> int:
+        return self.n
+
+    @query.local
+    def cached(self) -> int:
+        return self.n
+
+
+def test_query_local_reads_locally_inside_a_linearizable_service() -> None:
+    cluster = Cluster(Service("mixed", [_Mixed()]), replicas=2)
+    cluster.submit_nowait(0, _Mixed.bump)
+    cluster.step(0)
+
+    assert cluster.query(1, _Mixed.cached) == 0
+    assert cluster.query(1, _Mixed.fresh) == 1
 
 
 # --- stepping ---------------------------------------------------------------------------

@@ -156,13 +156,28 @@ def test_query_reads_local_state_without_the_log() -> None:
     assert cluster.log.tail == tail
 
 
-def test_query_sees_only_what_its_replica_applied() -> None:
-    cluster = Cluster(Service("c", [Counter()]), replicas=2)
+def test_a_local_query_sees_only_what_its_replica_applied() -> None:
+    cluster = Cluster(Service("c", [Counter()], reads="local"), replicas=2)
     cluster.submit_nowait(0, Counter.incr, "k")
     cluster.step(0)
 
     assert cluster.query(0, Counter.get, "k") == 1
     assert cluster.query(1, Counter.get, "k") == 0
+
+
+def test_a_query_sees_what_any_replica_applied() -> None:
+    cluster = Cluster(Service("c", [Counter()]), replicas=2)
+    cluster.submit_nowait(0, Counter.incr, "k")
+    cluster.step(0)
+
+    assert cluster.query(1, Counter.get, "k") == 1
+
+
+def test_reads_and_query_consistency_are_checked() -> None:
+    with pytest.raises(ValueError, match="reads must be one of"):
+        Service("c", [Counter()], reads="eventual")
+    with pytest.raises(ValueError, match="consistency must be one of"):
+        query(lambda self: 0, "sometimes")
 
 
 def test_query_is_not_an_event() -> None:

@@ -24,6 +24,7 @@ from dominoes.testing import Cluster, Pending
 class FakeReplica:
     def __init__(self, cluster: Cluster, index: int) -> None:
         self.cluster = cluster
+        self.service = cluster.service
         self.index = index
         self.replicas = cluster.size
         self.cpu = None
@@ -69,6 +70,9 @@ class FakeReplica:
 
     def component(self, which: Any) -> Any:
         return self.cluster[self.index].component(which)
+
+    def sync(self) -> None:
+        self.cluster.sync(self.index)
 
     def statistics(self) -> Any:
         return self.cluster[self.index].statistics()

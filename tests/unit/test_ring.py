@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dominoes import EntryTooLargeError
+from dominoes._core._log import LAYOUT_VERSION
 from dominoes._runtime._atomics import AtomicWords
 from dominoes.lowlevel import KIND_ENTRY, KIND_NOOP, Log, PlainWords
 
@@ -140,13 +141,13 @@ def test_release_and_geometry():
     log.set_live(0)
     assert log.try_append(0, b"hi") == 1
     with pytest.raises(ValueError, match="layout"):
-        words.ring(2, log.slots_offset, CAP, SLOT, 4, 64, 128, REPL)
+        words.ring(LAYOUT_VERSION + 1, log.slots_offset, CAP, SLOT, 4, 64, 192, REPL)
     with pytest.raises(ValueError, match="geometry"):
-        words.ring(1, log.slots_offset, CAP * 2, SLOT, 4, 64, 128, REPL)
+        words.ring(LAYOUT_VERSION, log.slots_offset, CAP * 2, SLOT, 4, 64, 128, REPL)
     with pytest.raises(ValueError, match="geometry"):
-        words.ring(1, log.slots_offset, 6, SLOT, 4, 64, 128, REPL)
+        words.ring(LAYOUT_VERSION, log.slots_offset, 6, SLOT, 4, 64, 128, REPL)
     with pytest.raises(ValueError, match="geometry"):
-        words.ring(1, log.slots_offset, CAP, 100, 4, 64, 128, REPL)
+        words.ring(LAYOUT_VERSION, log.slots_offset, CAP, 100, 4, 64, 128, REPL)
     with pytest.raises(TypeError):
         type(ring)()
     log.release()

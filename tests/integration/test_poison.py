@@ -1,0 +1,95 @@
+"""Poison entries (DESIGN invariant 9): a request whose apply hangs on every replica.
+
+Each replica interrupts the apply after ``--apply-timeout``, rolls back to
+the state before the entry and waits; once every live replica gave up on the
+same entry, the supervisor declares it poison and each applies it as an
+error.  The service keeps its state and goes on serving.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .harness import ROOT, LineClient, clients_on_every_replica, free_port, running
+
+TARGET = "tests.integration.services:poison"
+ARGS = ("--apply-timeout", "0.5")
+
+
+@pytest.mark.parametrize("request_line", ["SPIN k", "BACKTRACK k"])
+def test_a_request_that_hangs_every_replica_fails_alone(tmp_path: Path, request_line: str) -> None:
+    with running(TARGET, tmp_path / "run", args=ARGS) as svc:
+        every = clients_on_every_replica(svc.port, 2)
+        try:
+            assert every[0].ask("PUT k before") == "OK"
+            reply = every[1].ask(request_line)  # hangs on both replicas, then fails
+            assert reply.startswith("ERR PoisonedEntryError: entry ")
+            assert "state is as it was before it" in reply
+            # The half-done write was rolled back on both replicas.
+            assert every[0].ask("GET k") == "before"
+            assert every[1].ask("GET k") == "before"
+            # And the service goes on, writes and reads, across replicas.
+            assert every[1].ask("PUT k after") == "OK"
+            assert every[0].ask("GET k") == "after"
+            assert "POISON seq=" in svc.wait_for_line("POISON seq=")
+            record = (tmp_path / "run" / "poisoned.log").read_text()
+            assert "Poison." in record
+            assert all(r["restarts"] == 0 for r in svc.status()["replicas"])
+        finally:
+            for c in every.values():
+                c.close()
+        assert svc.stop() == 0
+
+
+def test_a_single_replica_survives_a_poison_entry(tmp_path: Path) -> None:
+    with running(TARGET, tmp_path / "run", replicas=1, args=ARGS) as svc:
+        with LineClient(svc.port) as c:
+            assert c.ask("PUT a 1") == "OK"
+            assert c.ask("SPIN a").startswith("ERR PoisonedEntryError")
+            assert c.ask("GET a") == "1"
+            assert c.ask("SPIN b").startswith("ERR PoisonedEntryError")
+            assert c.ask("PUT b 2") == "OK"
+            assert c.ask("GET b") == "2"
+        assert svc.stop() == 0
+
+
+def test_sys_exit_in_a_handler_is_that_requests_error(tmp_path: Path) -> None:
+    with running(TARGET, tmp_path / "run", args=ARGS) as svc:
+        every = clients_on_every_replica(svc.port, 2)
+        try:
+            reply = every[0].ask("QUIT")
+            assert reply == "ERR RuntimeError: a handler of 'Poison.quit' called sys.exit(3)"
+            assert every[1].ask("PUT x 1") == "OK"
+            assert every[0].ask("GET x") == "1"
+            assert all(r["restarts"] == 0 for r in svc.status()["replicas"])
+        finally:
+            for c in every.values():
+                c.close()
+
+
+def test_losing_every_replica_exits_non_zero_with_one_clear_line(tmp_path: Path) -> None:
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "dominoes", "run", TARGET, "--replicas", "2",
+        "--port", str(port), "--run-dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "serving on" in line:
+                break
+        with LineClient(port) as c:
+            c.sock.sendall(b"CRASH\n")  # every replica exits applying it
+            assert c.file.readline() == b""  # the connection's replica died
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1
+    assert "every replica of 'poison' died" in err
