@@ -94,6 +94,9 @@ class ReplicaStatistics(msgspec.Struct, frozen=True, kw_only=True):
     timers_fired: int
     stalls: int
     divergences: int
+    rollbacks: int
+    checkpoints: int
+    poisoned: int
 
 
 class ReplicaCore:
@@ -445,4 +448,7 @@ class ReplicaCore:
             timers_fired=m.timers_fired,
             stalls=self.stalls,
             divergences=m.divergences,
+            rollbacks=self.rollbacks,
+            checkpoints=self.checkpoints,
+            poisoned=len(m.poisoned),
         )

@@ -617,9 +617,7 @@ class Supervisor:
         """
         log_ = self._log
         live = [
-            c.index
-            for c in self.children
-            if c.ready and log_.state(c.index) == ReplicaState.LIVE
+            c.index for c in self.children if c.ready and log_.state(c.index) == ReplicaState.LIVE
         ]
         if not live:
             return set()
