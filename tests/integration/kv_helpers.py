@@ -20,9 +20,9 @@ T = TypeVar("T")
 
 
 @contextlib.contextmanager
-def kv_service(run_dir: Path, replicas: int = 2) -> Iterator[Service]:
-    """``dominoes run dominoes.components.kv:service --replicas N`` on a free port."""
-    with running(KV, run_dir, replicas=replicas) as svc:
+def kv_service(run_dir: Path, replicas: int = 2, args: tuple[str, ...] = ()) -> Iterator[Service]:
+    """``dominoes run dominoes.components.kv:service --replicas N [ARGS]`` on a free port."""
+    with running(KV, run_dir, replicas=replicas, args=args) as svc:
         wait_for(lambda: _pings(svc.port), timeout=20)
         yield svc
 
