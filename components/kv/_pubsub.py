@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Protocol
 from dominoes import Component, Context, on, update
 
 from ._commands import REPLICA_BITS, ClientState, Commands, replica_of
-from ._glob import glob_matcher
+from ._glob import stringmatch
 from ._resp import Frames, Push
 from ._table import command
 
@@ -126,7 +126,7 @@ class PubSub(Component, ClientState):
             receivers += len(ids)
             targets += [(cid, None) for cid in ids if replica_of(cid) == here]
         for pattern, pids in self.patterns.items():
-            if glob_matcher(pattern)(channel):
+            if stringmatch(pattern, channel):
                 receivers += len(pids)
                 targets += [(cid, pattern) for cid in pids if replica_of(cid) == here]
         if targets:

@@ -277,6 +277,7 @@ class Server:
             "replica_core": "" if replica.cpu is None else replica.cpu,
             "applied_seq": replica.applied_seq,
             "lag": replica.lag,
+            "reads": replica.service.reads,
         }
         fields.update(_flatten(replica.statistics()))
         section("Dominoes", fields)

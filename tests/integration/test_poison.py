@@ -93,3 +93,35 @@ def test_losing_every_replica_exits_non_zero_with_one_clear_line(tmp_path: Path)
             proc.wait()
     assert proc.returncode == 1
     assert "every replica of 'poison' died" in err
+
+
+def test_the_kv_matches_an_exponential_glob_and_keeps_serving(tmp_path: Path) -> None:
+    """KEYS a*a*...*b (20 stars) against a 40-character key, alone and pipelined
+    behind a write (then every replica applies it), and PSUBSCRIBE with the same
+    pattern plus a PUBLISH to a 40-character channel: each answers at once."""
+    import redis
+
+    from .kv_helpers import clients_on_every_replica, kv_service
+
+    evil = b"a*" * 20 + b"b"
+    long = b"a" * 40
+    with kv_service(tmp_path / "run") as svc:
+        on = clients_on_every_replica(svc.port)
+        sub = redis.Redis(port=svc.port, socket_timeout=10).pubsub()
+        try:
+            on[0].set(long, "v")
+            assert on[1].keys(evil) == []
+            pipe = on[0].pipeline(transaction=False)
+            pipe.set("k", "1").keys(evil).keys(b"a*")
+            assert pipe.execute() == [True, [], [long]]
+            sub.psubscribe(evil)
+            assert sub.get_message(timeout=10)["type"] == "psubscribe"
+            assert on[1].publish(long, "m") == 0
+            assert on[0].publish(b"a" * 39 + b"b", "m") == 1
+            assert on[1].get(long) == b"v"
+            assert on[0].get("k") == b"1"
+            assert all(r["restarts"] == 0 for r in svc.status()["replicas"])
+        finally:
+            sub.close()
+            for r in on.values():
+                r.close()
