@@ -18,7 +18,12 @@ process has answered one), loaded, stopped (with all its children; leftovers
 are checked by process group and pid), then the next:
 
 ``dominoes_1`` / ``dominoes_2``
-    ``dominoes run dominoes.components.kv:service --replicas 1|2``.
+    ``dominoes run dominoes.components.kv:service --replicas 1|2``
+    (linearizable reads, the default).
+``dominoes_2_local``
+    the same with ``--reads local``: reads skip the catch-up to the log's
+    completed tail (possibly stale).  ``dominoes_2/dominoes_2_local`` on GET
+    is the price of linearizable reads.
 ``plain_1``
     ``baselines/plain_resp.py``: one uvloop process, ``hiredis.Reader``, a dict.
 ``plain_2``
@@ -95,6 +100,7 @@ BASELINES: Final = HERE / "baselines"
 SERVERS: Final = (
     "dominoes_1",
     "dominoes_2",
+    "dominoes_2_local",
     "plain_1",
     "plain_2",
     "redis_shared_2",
@@ -103,6 +109,7 @@ SERVERS: Final = (
 DESCRIPTIONS: Final = {
     "dominoes_1": "(1) dominoes KV, 1 replica",
     "dominoes_2": "(2) dominoes KV, 2 replicas",
+    "dominoes_2_local": "(2') dominoes KV, 2 replicas, --reads local",
     "plain_1": "(3) plain uvloop+hiredis+dict, 1 process",
     "plain_2": "(4) plain, 2 SO_REUSEPORT processes, no shared state (upper bound)",
     "redis_shared_2": "(5) 2 processes sharing state via redis-server (redis.asyncio)",
@@ -111,6 +118,7 @@ DESCRIPTIONS: Final = {
 WORKERS: Final = {
     "dominoes_1": 1,
     "dominoes_2": 2,
+    "dominoes_2_local": 2,
     "plain_1": 1,
     "plain_2": 2,
     "redis_shared_2": 2,
@@ -133,6 +141,8 @@ RATIOS: Final = (
     ("dominoes_1/plain_1", "dominoes_1", "plain_1", "get", 1, 0.85),
     ("dominoes_1/plain_1", "dominoes_1", "plain_1", "set", 16, 0.85),
     ("dominoes_1/plain_1", "dominoes_1", "plain_1", "get", 16, 0.85),
+    ("dominoes_2/dominoes_2_local (read cost)", "dominoes_2", "dominoes_2_local", "get", 1, 0.95),
+    ("dominoes_2/dominoes_2_local (read cost)", "dominoes_2", "dominoes_2_local", "get", 16, 0.95),
     ("dominoes_2/redis_server (stretch)", "dominoes_2", "redis_server", "set", 16, 1.0),
 )
 
@@ -416,6 +426,8 @@ def make_server(name: str, workdir: Path) -> Server:
         replicas = name.split("_")[1]
         argv = [py, "-m", "dominoes", "run", "dominoes.components.kv:service"]
         argv += ["--replicas", replicas, "--port", str(port)]
+        if name.endswith("_local"):
+            argv += ["--reads", "local"]
     elif name.startswith("plain_"):
         argv = [py, str(BASELINES / "plain_resp.py"), "--port", str(port)]
         argv += ["--processes", name.split("_")[1]]
