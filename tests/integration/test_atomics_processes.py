@@ -1,7 +1,7 @@
 """``AtomicWords`` across real processes over one shared-memory segment.
 
 These are the three checks that justify the extension (see
-``shared/notes/python-deps.md`` section 1): exact ``fetch_add`` totals under
+``docs/design/log.md``, on the atomic operations): exact ``fetch_add`` totals under
 contention, exactly one ``cas`` winner per slot, and the store->load (Dekker)
 litmus test that plain memoryview stores fail.
 
