@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         from ._core._log import DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE
+        from ._runtime._ports import PortInUseError
         from ._runtime._supervisor import DEFAULT_GC_THRESHOLD, SupervisorConfig, run
 
         logging.basicConfig(
@@ -204,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             return run(config)
+        except PortInUseError as exc:  # one line, exit 1: nothing was started
+            print(f"dominoes: {exc}", file=sys.stderr)
+            return 1
         except (ImportError, AttributeError, TypeError, ValueError, RuntimeError) as exc:
             print(f"dominoes: error: {exc}", file=sys.stderr)
             return 2

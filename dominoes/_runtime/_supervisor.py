@@ -38,6 +38,7 @@ import msgspec
 
 from .._core._log import DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE, ReplicaState
 from ._control import ask, replica_socket
+from ._ports import claim_ports
 from ._process import ReplicaConfig, load_service
 from ._shm import SharedLog
 
@@ -180,6 +181,14 @@ class Supervisor:
                 raise RuntimeError(f"service {self.service.name!r} is already running ({sock})")
             finally:
                 probe.close()
+        # Refuse a port any other socket holds, and hold it while the service runs:
+        # SO_REUSEPORT alone would let another service share it (see _ports).
+        self._ports = claim_ports(
+            self.config.host,
+            self.config.port,
+            tcp=self.service.tcp is not None,
+            udp=self.service.udp is not None,
+        )
         for stale in self.run_dir.glob("snapshot-*"):
             stale.unlink()
         self.shared = SharedLog.create(
@@ -560,6 +569,7 @@ class Supervisor:
             await self._shutdown()
         finally:
             self._release()
+            self._ports.close()
         return self.exit_code
 
     def _watchdog(self) -> None:
