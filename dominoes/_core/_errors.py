@@ -64,7 +64,7 @@ class PoisonedEntryError(DominoesError, RuntimeError):
     """The entry's apply did not finish within the apply timeout on any live replica.
 
     Every replica gave up on it, rolled its state back to just before it, and
-    then applied it as this error instead (DESIGN invariant 9): the service
+    then applied it as this error instead (invariant 9, docs/design/invariants.md): the service
     keeps its state and goes on, and the entry's owner reports this error.
     """
 

@@ -584,7 +584,7 @@ class Log:
         somewhere, so it is published, and any reply to it may have left.
 
         A read that catches up to this value first sees every write acknowledged
-        before it arrived (DESIGN invariant 8).  One acquire load.
+        before it arrived (invariant 8, docs/design/invariants.md).  One acquire load.
         """
         return self._w.load_acquire(_COMPLETED)
 

@@ -25,7 +25,7 @@ entry leaves before ``completed`` covers it.  A read first calls
 it, :meth:`poll` ``until`` it.  Everything below ``completed`` is published
 (some replica applied it), so that catch-up never waits.
 
-Giving up on an entry (poison entries, DESIGN invariant 9)
+Giving up on an entry (poison entries, invariant 9)
 -----------------------------------------------------------
 The core keeps a *recovery point*: a snapshot of the state at some cursor and
 a journal of the raw entries applied since, renewed every

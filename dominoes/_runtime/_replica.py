@@ -3,7 +3,7 @@
 The replica loop
 ----------------
 Nothing here busy-polls.  One callback, :meth:`Replica._drain`, does an
-iteration of DESIGN section 4 and is scheduled with ``call_soon`` whenever
+iteration of the replica loop (docs/design/invariants.md) and is scheduled with ``call_soon`` whenever
 there may be work:
 
 1. apply published entries up to the tail observed now, at most one batch
@@ -301,7 +301,7 @@ class Replica:
         """Apply, now, every entry some replica has applied and this one has not.
 
         One atomic load when there is nothing to do.  Call it before answering
-        reads from the local state (DESIGN invariant 8); replies and effects of
+        reads from the local state (invariant 8, docs/design/invariants.md); replies and effects of
         the entries it applies go out as usual.  A joining replica, or one
         waiting for a poison verdict, reads at its own position: nothing past
         it has been applied anywhere.

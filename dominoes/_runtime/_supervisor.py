@@ -577,8 +577,8 @@ class Supervisor:
 
         A replica that does not apply holds the log back; once the log is full,
         every writer waits on it.  Waiting on a slow replica is backpressure;
-        waiting forever on a stuck one would stall the service (DESIGN
-        invariant 7), so a stuck one is treated as dead.
+        waiting forever on a stuck one would stall the service (invariant 7,
+        docs/design/invariants.md), so a stuck one is treated as dead.
         """
         if self._stopping:
             return
@@ -621,7 +621,7 @@ class Supervisor:
         line.  If another replica applied the entry, it is not poison: the one
         that gave up applies it again by itself.  If every live replica gave
         up on it, nobody can apply it: the supervisor declares it poison, and
-        each replica applies it as an error (DESIGN invariant 9).  Returns the
+        each replica applies it as an error (invariant 9, docs/design/invariants.md).  Returns the
         replicas legitimately waiting for this verdict (the stuck-replica
         watchdog spares them).
         """

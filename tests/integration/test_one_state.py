@@ -1,5 +1,5 @@
 """One state, seen from anywhere: a write acknowledged on one replica is seen by
-the next read on any replica (DESIGN invariant 8), as a user would check it.
+the next read on any replica (invariant 8, docs/design/invariants.md), as a user would check it.
 
 The loop: ``SET k i`` on a connection that landed on replica 0, wait for its
 reply, then ``GET k`` on a connection that landed on replica 1 (and the other

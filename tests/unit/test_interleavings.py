@@ -2,7 +2,8 @@
 
 A hypothesis state machine drives a ``testing.Cluster`` of 3-4 replicas over a
 tiny log (8 slots, some entries spanning two), so wrap-around and backpressure
-happen all the time.  After every step it checks DESIGN section 3:
+happen all the time.  After every step it checks the invariants of
+docs/design/invariants.md:
 
 1. same order, exactly once;   3. one owner per entry;
 4. no entry lost or overwritten;   5. each timer fires once;
