@@ -1,4 +1,4 @@
-"""Poison entries (invariant 9, docs/design/invariants.md): a request whose apply hangs on every replica.
+"""Poison entries (invariant 9): a request whose apply hangs on every replica.
 
 Each replica interrupts the apply after ``--apply-timeout``, rolls back to
 the state before the entry and waits; once every live replica gave up on the

@@ -178,7 +178,7 @@ def test_sigterm_exits_0_and_leaves_no_shared_memory(tmp_path: Path) -> None:
                     modes.append(stat.S_IMODE(os.stat(fd).st_mode))
         assert modes, "replicas must map the log's memfd"
         assert set(modes) == {0o600}
-        # invariant 2 (docs/design/invariants.md): every replica runs with the same hash seed (set order).
+        # invariant 2: every replica runs with the same hash seed (set order).
         seeds = set()
         for pid in pids:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
