@@ -4,8 +4,7 @@ The replica loop
 ----------------
 Nothing here busy-polls.  One callback, :meth:`Replica._drain`, does an
 iteration of the replica loop (docs/design/invariants.md) and is scheduled
-with ``call_soon`` whenever
-there may be work:
+with ``call_soon`` whenever there may be work:
 
 1. apply published entries up to the tail observed now, at most one batch
    (``ReplicaCore.poll``: the batch rule);
