@@ -16,6 +16,7 @@ from ._core._codec import Entry as Entry
 from ._core._codec import Fire as Fire
 from ._core._codec import decode as decode
 from ._core._codec import encode as encode
+from ._core._errors import ApplyTimeout as ApplyTimeout
 from ._core._errors import LayoutError as LayoutError
 from ._core._log import KIND_ENTRY as KIND_ENTRY
 from ._core._log import KIND_NOOP as KIND_NOOP
@@ -36,6 +37,7 @@ __all__ = (
     "KIND_ENTRY",
     "KIND_NOOP",
     "Applied",
+    "ApplyTimeout",
     "Batch",
     "Binding",
     "Call",

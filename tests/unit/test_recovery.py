@@ -1,0 +1,169 @@
+"""The recovery point and poison entries, in the sans-IO core (no processes).
+
+A handler that overruns is interrupted by ``ApplyTimeout`` (the runtime raises
+it from a timer signal; here the handler raises it itself, after changing
+state, as an interrupted handler would have).  ``poll`` stops before the
+entry, ``rollback`` restores the state before it, and the entry is then
+applied again or applied as a ``PoisonedEntryError``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from dominoes import Component, Context, Mode, PoisonedEntryError, Service, query, update
+from dominoes.lowlevel import ApplyTimeout, Log, PlainWords, ReplicaCore
+
+
+class Store(Component):
+    def __init__(self) -> None:
+        self.values: dict[str, int] = {}
+
+    @update
+    def put(self, ctx: Context, key: str, value: int) -> int:
+        self.values[key] = value
+        return value
+
+    @update
+    def hang(self, ctx: Context, key: str) -> None:
+        self.values[key] = -1  # a change the rollback must undo
+        raise ApplyTimeout("interrupted")
+
+    @query
+    def get(self, key: str) -> int | None:
+        return self.values.get(key)
+
+
+SERVICE = Service("store", [Store()])
+_ticks = itertools.count()
+
+
+def clock() -> float:
+    return float(next(_ticks))  # a fake clock: poll times applies only with one
+
+
+def new_log() -> tuple[bytearray, PlainWords]:
+    buf = bytearray(Log.size_for(64, 256, 4))
+    words = PlainWords(buf)
+    Log.create(buf, words, capacity=64, slot_size=256, max_replicas=4)
+    return buf, words
+
+
+def pair(checkpoint_entries: int = 4) -> tuple[ReplicaCore, ReplicaCore]:
+    buf, words = new_log()
+    cores = []
+    for i in range(2):
+        core = ReplicaCore(
+            Log(buf, words), SERVICE.new_machine(i), replicas=2, clock=clock, stall_threshold=1e9
+        )
+        core.start()
+        core.checkpoint_entries = checkpoint_entries
+        core.enable_recovery()
+        cores.append(core)
+    return cores[0], cores[1]
+
+
+def append(
+    core: ReplicaCore, event: str, *args: Any, rid: str = "", mode: Mode = Mode.AFFINITY
+) -> int:
+    payload = core.encode_call(event, args, {}, now=1.0, mode=mode, request_id=rid)
+    return core.append_nowait(payload)
+
+
+def values(core: ReplicaCore) -> dict[str, int]:
+    return dict(core.machine.component(Store).values)
+
+
+def test_rollback_restores_the_state_before_the_interrupted_entry() -> None:
+    a, b = pair()
+    for i in range(10):
+        append(a, "Store.put", f"k{i}", i)
+    seq = append(a, "Store.hang", "k3")
+    append(a, "Store.put", "after", 1)
+    while not a.gave_up:  # small batches: a checkpoint at the end of some
+        a.poll(limit=3)
+    assert a.gave_up == seq
+    assert a.machine.cursor == seq
+    assert values(a)["k3"] == -1  # the handler got that far
+    a.rollback()
+    assert values(a)["k3"] == 3
+    assert a.machine.cursor == seq
+    assert a.checkpoints == 2  # the start, and one after 6 entries: the rest is replayed
+    # Replica b gave up too; with every replica waiting, the entry is poison.
+    b.poll()
+    assert b.gave_up == seq
+    b.rollback()
+    outs = [a.apply_poisoned(), b.apply_poisoned()]
+    for out in outs:
+        assert isinstance(out[0].error, PoisonedEntryError)
+        assert "Store.hang" in str(out[0].error)
+    assert [o[0].owner for o in outs] == [True, False]  # affinity: the appender owns it
+    a.poll()
+    b.poll()
+    assert values(a) == values(b)
+    assert values(a)["after"] == 1
+    assert values(a)["k3"] == 3
+    assert a.machine.poisoned == b.machine.poisoned == {seq: "Store.hang"}
+    assert a.machine.digest() == b.machine.digest()
+    assert a.log.completed == a.machine.cursor
+
+
+def test_a_rollback_replays_an_earlier_poison_entry_as_poison() -> None:
+    a, _ = pair(checkpoint_entries=1000)  # no checkpoint between the two
+    first = append(a, "Store.hang", "x")
+    a.poll()
+    a.rollback()
+    a.apply_poisoned()
+    append(a, "Store.put", "y", 2)
+    second = append(a, "Store.hang", "z")
+    a.poll()
+    assert a.gave_up == second
+    a.rollback()  # replays `first` as poison, not by running it again
+    assert a.machine.poisoned == {first: "Store.hang"}
+    assert values(a) == {"y": 2}
+
+
+def test_a_retry_keeps_the_claim_of_the_first_attempt() -> None:
+    a, b = pair()
+    seq = append(a, "Store.hang", "k", mode=Mode.RACE)
+    b.poll()  # b claims it first, then gives up
+    assert b.gave_up == seq
+    b.rollback()
+    a.poll()
+    a.rollback()
+    assert [a.apply_poisoned()[0].owner, b.apply_poisoned()[0].owner] == [False, True]
+
+
+def test_a_poisoned_batch_fails_every_call_and_remembers_request_ids() -> None:
+    a, _ = pair()
+    calls = [
+        a.make_call("Store.put", ["k", 1], {}, now=1.0),
+        a.make_call("Store.hang", ["k"], {}, now=1.0),
+    ]
+    seq = a.append_nowait(a.encode_batch(calls, now=1.0))
+    a.poll()
+    assert a.gave_up == seq
+    a.rollback()
+    outs = a.apply_poisoned()
+    assert [type(o.error) for o in outs] == [PoisonedEntryError, PoisonedEntryError]
+    assert a.machine.poisoned == {seq: "Store.hang, Store.put"}
+    assert values(a) == {}
+    rid_seq = append(a, "Store.hang", "r", rid="req-1")
+    a.poll()
+    assert a.gave_up == rid_seq
+    a.rollback()
+    a.apply_poisoned()
+    append(a, "Store.hang", "r", rid="req-1")  # a retry gets the recorded error
+    (retry,) = a.poll()
+    assert retry.duplicate
+    assert "PoisonedEntryError" in str(retry.error)
+
+
+def test_rollback_needs_a_recovery_point() -> None:
+    buf, words = new_log()
+    core = ReplicaCore(Log(buf, words), SERVICE.new_machine(0), replicas=1)
+    with pytest.raises(RuntimeError, match="recovery point"):
+        core.rollback()
