@@ -14,7 +14,7 @@ which may hide a violation but never invents one.
   one replica, then at once a read of the key on the other) and runs rounds
   until the checker finds one, for up to ``STALE_BUDGET_S``.
 
-``DOMINOES_LINCHECK_SECONDS`` sets test A's duration (default 5 s).
+``DOMINOES_LINCHECK_SECONDS`` sets test A's duration (default 10 s).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from .kv_helpers import kv_service
 pytestmark = pytest.mark.integration
 
 #: How long test A's clients run.
-DURATION_S = float(os.environ.get("DOMINOES_LINCHECK_SECONDS", "5"))
+DURATION_S = float(os.environ.get("DOMINOES_LINCHECK_SECONDS", "10"))
 #: Test B's rounds stop once a violation is found, or after this long.
 STALE_BUDGET_S = 20.0
 #: One round of test B (a short history: quick to check, and to explain).
