@@ -6,13 +6,15 @@
 * it names every option of ``dominoes run``, ``dominoes stats`` and
   ``dominoes top``, read from the real argparse parser, and its option tables
   give the parser's defaults;
-* every Python block of docs/tutorial.md runs, in order, in one namespace.
+* every Python block of docs/tutorial.md runs, in order, in one namespace, and
+  prints the text block that follows it.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import re
 import subprocess
 import sys
@@ -143,17 +145,39 @@ def test_the_fence_pattern() -> None:
     assert _FENCE.findall(text) == ["a = 1\n", "b = a\n"]
 
 
-def test_the_tutorial_runs() -> None:
-    blocks = tutorial_blocks()
-    assert len(blocks) >= 10
-    # Each block continues the previous one, as in one Python session.
+_BLOCK = re.compile(r"^```(python|text)\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+def tutorial_examples() -> list[tuple[str, str | None]]:
+    """Each python block, with the text block right after it (its output), if any."""
+    fences = _BLOCK.findall(TUTORIAL.read_text())
+    out: list[tuple[str, str | None]] = []
+    for i, (kind, body) in enumerate(fences):
+        if kind == "python":
+            follows = fences[i + 1] if i + 1 < len(fences) else None
+            out.append((body, follows[1] if follows and follows[0] == "text" else None))
+    return out
+
+
+def test_the_tutorial_runs_and_prints_what_it_says() -> None:
+    examples = tutorial_examples()
+    assert [code for code, _ in examples] == tutorial_blocks()
+    assert len(examples) >= 10
+    # Each block continues the previous one, as in one Python session; each
+    # block's output is captured on its own.
     script = textwrap.dedent(
         """
+        import contextlib, io, json
         namespace = {"__name__": "__main__"}
+        outputs = []
         for number, block in enumerate(BLOCKS, 1):
-            exec(compile(block, f"docs/tutorial.md, python block {number}", "exec"), namespace)
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                exec(compile(block, f"docs/tutorial.md, python block {number}", "exec"), namespace)
+            outputs.append(out.getvalue())
+        print(json.dumps(outputs))
         """
-    ).replace("BLOCKS", repr(blocks))
+    ).replace("BLOCKS", repr([code for code, _ in examples]))
     done = subprocess.run(
         [sys.executable, "-c", script],
         cwd=PROJECT_DIR,
@@ -163,3 +187,7 @@ def test_the_tutorial_runs() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
+    outputs = json.loads(done.stdout.splitlines()[-1])
+    for number, ((code, expected), got) in enumerate(zip(examples, outputs, strict=True), 1):
+        if expected is not None and got:
+            assert got == expected, f"python block {number} printed:\n{got}\nnot:\n{expected}"
