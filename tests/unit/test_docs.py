@@ -188,6 +188,6 @@ def test_the_tutorial_runs_and_prints_what_it_says() -> None:
     )
     assert done.returncode == 0, done.stderr[-4000:]
     outputs = json.loads(done.stdout.splitlines()[-1])
-    for number, ((code, expected), got) in enumerate(zip(examples, outputs, strict=True), 1):
+    for number, ((_, expected), got) in enumerate(zip(examples, outputs, strict=True), 1):
         if expected is not None and got:
             assert got == expected, f"python block {number} printed:\n{got}\nnot:\n{expected}"
