@@ -290,6 +290,10 @@ class ReplicaCore:
                     t0 = self.applying = clock()
                     try:
                         applied = machine.apply(entry, owner, nslots)
+                        # Cleared inside the try: a timeout raised between the
+                        # apply's return and this store is still caught (the
+                        # rollback then undoes a whole entry, which is safe).
+                        self.applying = 0.0
                     except ApplyTimeout:
                         # The state may hold part of this entry: stop before
                         # it; the driver rolls back (see the module doc).  Its
@@ -299,7 +303,6 @@ class ReplicaCore:
                         self._memo_owner = owner
                         machine.cursor = seq
                         break
-                    self.applying = 0.0
                     took = clock() - t0
                     if took > self.stall_threshold:
                         self.stalls += 1

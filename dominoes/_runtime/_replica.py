@@ -545,7 +545,8 @@ class Replica:
         began = self.core.applying
         timeout = self.apply_timeout
         if began and timeout is not None and time.perf_counter() - began > timeout:
-            self.core.applying = 0.0
+            # ``applying`` stays set: a handler that swallows this (a bare
+            # ``except:``) gets it again at the next tick.
             raise ApplyTimeout(f"apply ran past {timeout}s")
 
     def _on_gave_up(self) -> None:

@@ -208,6 +208,17 @@ class Poison(Component):
         return str(re.fullmatch(rb"(a*)*b", b"a" * 64))
 
     @update
+    def stubborn(self, ctx: Context, key: str) -> str:
+        self.values[key] = "half-done"
+        try:
+            while True:
+                pass
+        except BaseException:  # noqa: BLE001 - swallows the first interrupt
+            pass
+        while True:  # the next tick interrupts it again
+            pass
+
+    @update
     def quit(self, ctx: Context) -> str:
         sys.exit(3)  # must not end the replica: it is this entry's error
 
@@ -223,7 +234,7 @@ class Poison(Component):
 async def poison_protocol(
     replica: Replica, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
-    """``PUT k v``, ``SPIN k``, ``BACKTRACK k``, ``GET k``, ``INFO``."""
+    """``PUT k v``, ``SPIN k``, ``BACKTRACK k``, ``STUBBORN k``, ``GET k``, ``INFO``."""
     while line := await reader.readline():
         words = line.decode().split()
         try:
@@ -233,6 +244,8 @@ async def poison_protocol(
                 reply = await replica.submit(Poison.spin, words[1])
             elif words[:1] == ["BACKTRACK"] and len(words) == 2:
                 reply = await replica.submit(Poison.backtrack, words[1])
+            elif words[:1] == ["STUBBORN"] and len(words) == 2:
+                reply = await replica.submit(Poison.stubborn, words[1])
             elif words == ["QUIT"]:
                 reply = await replica.submit(Poison.quit)
             elif words == ["CRASH"]:

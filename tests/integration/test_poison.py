@@ -20,7 +20,7 @@ TARGET = "tests.integration.services:poison"
 ARGS = ("--apply-timeout", "0.5")
 
 
-@pytest.mark.parametrize("request_line", ["SPIN k", "BACKTRACK k"])
+@pytest.mark.parametrize("request_line", ["SPIN k", "BACKTRACK k", "STUBBORN k"])
 def test_a_request_that_hangs_every_replica_fails_alone(tmp_path: Path, request_line: str) -> None:
     with running(TARGET, tmp_path / "run", args=ARGS) as svc:
         every = clients_on_every_replica(svc.port, 2)
