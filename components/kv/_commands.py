@@ -113,6 +113,10 @@ class Commands(Component):
         #: the components implementing the commands, by name (links, not state)
         self.parts = {c.name: c for c in parts}
         self._bound: Bound | None = None
+        #: ``CONFIG SET client-output-buffer-limit``: normal hard, soft, seconds, then
+        #: pubsub hard, soft, seconds (empty: the server's defaults).  Replicated, so
+        #: every replica's connections obey what a client set on any of them.
+        self.output_limits: list[int] = []
 
     @property
     def bound(self) -> Bound:
@@ -133,6 +137,12 @@ class Commands(Component):
         Its WATCH check ran before, at order -5.
         """
         return _execute(ctx, self.bound, commands)
+
+    @update
+    def set_output_limits(self, ctx: Context, limits: list[int]) -> Status:
+        """CONFIG SET client-output-buffer-limit (the connection parsed and checked ``limits``)."""
+        self.output_limits = [int(n) for n in limits]
+        return OK
 
     @update
     def clients_gone(self, ctx: Context, replica: int, below: int) -> None:

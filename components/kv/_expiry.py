@@ -162,15 +162,15 @@ class Expiry(Component):
     @command("EXPIREAT", -3, write=True, keys=(1, 1, 1), flags=("fast",))
     @command("PEXPIREAT", -3, write=True, keys=(1, 1, 1), flags=("fast",))
     def expire(self, ctx: Context, args: list[bytes]) -> int:
+        """EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT, in Redis 7.0's order of checks.
+
+        The options first (an unknown or incompatible one wins over a bad
+        time), then the time (not an integer; overflowing 64 bits of ms when
+        converted or added to now), then the key (missing: 0).  A time at or
+        before now deletes the key.
+        """
         name = args[0]
         now = now_ms(ctx)
-        when = deadline_ms(
-            parse_int(args[2]),
-            seconds=name in (b"EXPIRE", b"EXPIREAT"),
-            relative=name in (b"EXPIRE", b"PEXPIRE"),
-            now=now,
-            command=name.decode().lower(),
-        )
         nx = xx = gt = lt = False
         for opt in args[3:]:
             o = opt.upper()
@@ -188,6 +188,13 @@ class Expiry(Component):
             raise KvError("ERR NX and XX, GT or LT options at the same time are not compatible")
         if gt and lt:
             raise KvError("ERR GT and LT options at the same time are not compatible")
+        when = deadline_ms(
+            parse_int(args[2]),
+            seconds=name in (b"EXPIRE", b"EXPIREAT"),
+            relative=name in (b"EXPIRE", b"PEXPIRE"),
+            now=now,
+            command=name.decode().lower(),
+        )
         ks = self.keyspace
         key = args[1]
         if ks.get(key, now) is None:

@@ -37,7 +37,7 @@ from ._table import command
 if TYPE_CHECKING:
     from ._expiry import Expiry
 
-__all__ = ("Keyspace", "Value", "now_ms", "type_name")
+__all__ = ("Keyspace", "Value", "deadline_ms", "invalid_expire_time", "now_ms", "type_name")
 
 Value: TypeAlias = bytes | dict[bytes, bytes] | deque[bytes] | set[bytes]
 
@@ -56,22 +56,41 @@ def now_ms(ctx: Context) -> int:
     return int(ctx.now * 1000)
 
 
-def deadline_ms(when: int, *, seconds: bool, relative: bool, now: int, command: str) -> int:
-    """The absolute deadline, in ms, that ``when`` names (SET's and EXPIRE's options).
+#: The seconds a 64-bit millisecond count holds: C's ``LLONG_MAX / 1000`` and
+#: ``LLONG_MIN / 1000``, which truncate toward zero (Python's ``//`` floors,
+#: and ``INT64_MIN // 1000`` seconds would overflow once multiplied by 1000).
+SECONDS_MAX: Final = INT64_MAX // 1000
+SECONDS_MIN: Final = -(-INT64_MIN // 1000)
 
-    ``when`` is in seconds or milliseconds, from ``now`` or since the epoch;
-    beyond a 64-bit millisecond count it is Redis's "invalid expire time" error.
+
+def deadline_ms(
+    when: int, *, seconds: bool, relative: bool, now: int, command: str, positive: bool = False
+) -> int:
+    """The absolute deadline, in ms, that ``when`` names, checked as Redis 7.0 checks it.
+
+    ``when`` is in seconds or milliseconds, from ``now`` or since the epoch.
+    Redis refuses, with ``ERR invalid expire time in '<command>' command``, a
+    time whose conversion to milliseconds or whose sum with ``now`` leaves the
+    64-bit range (``expireGenericCommand``), so it never stores a wrapped
+    deadline.  ``positive``: SET, SETEX, PSETEX and GETEX also refuse a time
+    at or below zero (``getExpireMillisecondsOrReply``); EXPIRE and its kin
+    take one and delete the key.
     """
-    bad = KvError(f"ERR invalid expire time in '{command}' command")
+    if positive and when <= 0:
+        raise invalid_expire_time(command)
     if seconds:
-        if not INT64_MIN // 1000 <= when <= INT64_MAX // 1000:
-            raise bad
+        if not SECONDS_MIN <= when <= SECONDS_MAX:
+            raise invalid_expire_time(command)
         when *= 1000
     if relative:
         if when > INT64_MAX - now:
-            raise bad
+            raise invalid_expire_time(command)
         when += now
     return when
+
+
+def invalid_expire_time(command: str) -> KvError:
+    return KvError(f"ERR invalid expire time in '{command}' command")
 
 
 def type_name(value: Value | None) -> str:

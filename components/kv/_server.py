@@ -31,8 +31,23 @@ WATCH and UNWATCH are writes (their entries register the keys in the
 replicated state); EXEC's entry names the client so its check finds them.
 
 Flow control: reading pauses while many entries are in flight, while appends
-wait for room in a full log, and while the transport's write buffer is full;
-it resumes when they drain.
+wait for room in a full log, and while the transport's write buffer is over
+its high-water mark, which is the connection's output watermark (at most
+:data:`OUTPUT_WATERMARK`); it resumes when they drain.  One read can hold
+thousands of pipelined commands, so the commands of one read stop running
+too, kept in ``backlog``, once the output they made passes the watermark (or
+many entries are in flight); done entries' replies are encoded no faster
+either.  A client that pipelines large GETs and never reads thereby holds
+about a watermark of output, not a reply per command it sent.
+
+Output limits: Redis's ``client-output-buffer-limit`` for the normal and
+pubsub classes (``CONFIG SET``, replicated through the log).  The output a
+client holds is its queued reply frames plus the transport's write buffer;
+at the hard limit it is disconnected at once, at or above the soft limit for
+its seconds it is disconnected too (a timer looks, so an idle stuck client is
+found).  The watermark stays under the soft limit and half the hard one, so
+a client that reads keeps below them: it takes a client that stops reading
+(soft), or a single reply larger than the limit (hard), to reach them.
 """
 
 from __future__ import annotations
@@ -42,6 +57,7 @@ import functools
 import itertools
 import logging
 import os
+import re
 import sys
 import time
 import weakref
@@ -54,7 +70,7 @@ import msgspec
 from dominoes import EntryTooLargeError, LogFullError, Replica
 
 from ._commands import IN_TRANSACTION, Bound, Commands, client_id, internal_error
-from ._errors import KvError, arity_error, parse_int, unknown_command
+from ._errors import INT64_MAX, KvError, arity_error, parse_int, unknown_command
 from ._glob import glob_matcher
 from ._keyspace import Keyspace
 from ._pubsub import PubSub
@@ -71,6 +87,21 @@ MAX_IN_FLIGHT: Final = 64
 MAX_BATCH: Final = 1024
 #: A subscriber whose unsent output exceeds this is disconnected (Redis: 32 MB).
 PUBSUB_OUTPUT_LIMIT: Final = 32 * 1024 * 1024
+#: ``client-output-buffer-limit`` for normal clients: hard bytes, soft bytes, soft
+#: seconds.  Redis's default is ``0 0 0`` (unlimited), which let one client that
+#: pipelined GETs of a large value without reading make a replica hold gigabytes.
+#: 256 MB hard and 64 MB for 60 s are Redis's own limits for replica links, the
+#: clients it expects to lag most: no healthy client waits on that much output,
+#: and a handful of stuck ones cannot exhaust the machine.
+NORMAL_OUTPUT_LIMITS: Final = (256 * 1024 * 1024, 64 * 1024 * 1024, 60)
+#: The same for subscribers: a hard limit only (the behaviour before the limits
+#: became configurable; Redis's is ``32mb 8mb 60``).
+PUBSUB_OUTPUT_LIMITS: Final = (PUBSUB_OUTPUT_LIMIT, 0, 0)
+#: Output a connection may hold before reading and running its commands stop
+#: until the client reads (flow control, below the limits): large enough to
+#: keep the socket busy, small enough that a stuck client costs little.  A soft
+#: limit, or half a hard limit, set lower than it lowers it.
+OUTPUT_WATERMARK: Final = 1024 * 1024
 #: Back-off bounds (seconds) while the log is full and appends wait for room.
 FULL_BACKOFF_MIN: Final = 0.0002
 FULL_BACKOFF_MAX: Final = 0.005
@@ -92,6 +123,28 @@ _NOT_IN_MULTI: Final = KvError("ERR Command not allowed inside a transaction")
 #: Most spellings of command names :attr:`Server.known` keeps (a client
 #: sending random names cannot grow it without bound).
 MAX_KNOWN_SPELLINGS: Final = 4096
+
+
+class _Limits:
+    """One client class's output limits, and where its connections first look at them."""
+
+    __slots__ = ("check", "flow", "hard", "seconds", "soft")
+
+    def __init__(self, hard: int, soft: int, seconds: int) -> None:
+        self.hard = hard
+        self.soft = soft
+        self.seconds = seconds
+        #: the output at which reading and running commands stop (flow control)
+        self.flow = min(OUTPUT_WATERMARK, soft or OUTPUT_WATERMARK, hard // 2 or OUTPUT_WATERMARK)
+        #: the least output at which a limit may apply (0 is no limit)
+        self.check = min([n for n in (hard, soft) if n] or [sys.maxsize])
+
+    def values(self) -> list[int]:
+        return [self.hard, self.soft, self.seconds]
+
+    def next_check(self, held: int) -> int:
+        """The next output, above ``held``, at which something happens."""
+        return min([n for n in (self.hard, self.soft, self.flow) if n > held] or [sys.maxsize])
 
 
 class _Cmd:
@@ -139,6 +192,10 @@ class Server:
         #: the commands by name as clients spell it (``SET``, ``set``, ...)
         self.known: dict[bytes, _Cmd] = {}
         self.keyspace: Keyspace = replica.component(Keyspace)
+        self.commands: Commands = replica.component(Commands)
+        self._limits_of: list[int] | None = None
+        self._normal = _Limits(*NORMAL_OUTPUT_LIMITS)
+        self._pubsub = _Limits(*PUBSUB_OUTPUT_LIMITS)
         #: catch up to the completed tail before answering reads (``--reads``)
         self.linearizable = replica.service.reads != "local"
         pubsub: PubSub = replica.component(PubSub)
@@ -159,7 +216,25 @@ class Server:
         self.connections_received = 0
         self.commands_processed = 0
         self.protocol_errors = 0
+        #: clients disconnected for their output (Redis 7.0 does not count them;
+        #: later versions print the same INFO field)
+        self.output_limit_disconnections = 0
         self.background(Commands.clients_gone, self.index, first)
+
+    def limits(self, pubsub: bool) -> _Limits:
+        """The output limits of a normal client, or of a subscriber (``pubsub``)."""
+        configured = self.commands.output_limits
+        if configured is not self._limits_of:  # CONFIG SET applied (on any replica)
+            self._limits_of = configured
+            values = configured or [*NORMAL_OUTPUT_LIMITS, *PUBSUB_OUTPUT_LIMITS]
+            self._normal = _Limits(*values[:3])
+            self._pubsub = _Limits(*values[3:6])
+        return self._pubsub if pubsub else self._normal
+
+    def limits_text(self) -> bytes:
+        """``CONFIG GET client-output-buffer-limit``'s value (Redis's layout, no replica class)."""
+        normal, pubsub = self.limits(False).values(), self.limits(True).values()
+        return b"normal %d %d %d pubsub %d %d %d" % (*normal, *pubsub)
 
     def lookup(self, spelled: bytes) -> _Cmd | None:
         """The command a client named ``spelled`` (any case); None if unknown."""
@@ -267,6 +342,7 @@ class Server:
                 "total_connections_received": self.connections_received,
                 "total_commands_processed": self.commands_processed,
                 "protocol_errors": self.protocol_errors,
+                "client_output_buffer_limit_disconnections": self.output_limit_disconnections,
                 "expired_keys": replica.component("expiry").expired,
             },
         )
@@ -382,6 +458,11 @@ class _Entry:
         return out
 
 
+def _ready(head: bytes | _Entry) -> bool:
+    """Whether a head of ``pending`` can be sent: a frame, or an applied entry."""
+    return type(head) is bytes or head.done()  # type: ignore[union-attr]
+
+
 def _outcome(fut: asyncio.Future[Any]) -> Any:
     try:
         return fut.result()
@@ -426,11 +507,30 @@ class Connection(asyncio.Protocol):
         self._push_scheduled = False
         #: MULTI, or RESP2 with subscriptions: commands need more than the fast path
         self.special = False
+        #: bytes of the reply frames waiting in ``pending`` behind entries
+        self.queued = 0
+        #: bytes ``_reply`` added since ``_run`` last counted them
+        self.replied = 0
+        #: bytes of the pub/sub frames in ``out`` (written at the next flush)
+        self._push_bytes = 0
+        #: commands read but not run yet: their replies wait for the client to read
+        self.backlog: list[list[bytes]] = []
+        #: ``pending`` has replies ready that were held back for the same reason
+        self.more = False
+        self._continue_scheduled = False
+        #: a protocol error, answered once the commands before it have run
+        self.failure: str | None = None
+        #: the transport's high-water mark: the output watermark of this client's class
+        self.watermark = 0
+        #: since when (monotonic) the output has been at or above the soft limit
+        self.soft_since: float | None = None
+        self._soft_timer: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._watermark(self._limits().flow)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
@@ -440,6 +540,11 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.closing = True
+        self.backlog = []
+        self.more = False
+        if self._soft_timer is not None:
+            self._soft_timer.cancel()
+            self._soft_timer = None
         self.server.connections.pop(self.id, None)
         if self.channels or self.patterns:
             self.channels.clear()
@@ -458,23 +563,53 @@ class Connection(asyncio.Protocol):
         self._flow()
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.failure is not None:
             return
-        failure = None
         try:
             commands: list[list[bytes]] = self.parser.feed(data)
         except ProtocolError as exc:
             commands = exc.commands
-            failure = exc.message
+            self.failure = exc.message
             self.server.protocol_errors += 1
-        self._now = int(time.time() * 1000)
-        if commands:
+        if self.backlog:  # read before reading paused: after the held-back commands
+            self.backlog += commands
+        else:
+            self._now = int(time.time() * 1000)
+            if commands:
+                if self.server.linearizable:
+                    self.replica.sync()
+                self._run(commands)
+            self._answer_failure()
+        self._finish()
+
+    def _answer_failure(self) -> None:
+        """A protocol error: answer it and close, once every command before it has run."""
+        if self.failure is not None and not self.backlog and not self.closing:
+            self._reply(KvError(f"ERR Protocol error: {self.failure}"))
+            self.closing = True
+
+    def _continue(self) -> None:
+        """The client read some output: send held-back replies, run held-back commands."""
+        self._continue_scheduled = False
+        if self.transport is None:
+            return
+        if self.more:
+            self._drain(progress=True)
+        if (
+            self.backlog
+            and not self.more
+            and not self.closing
+            and self.writable
+            and not self.delayed
+            and len(self.pending) <= MAX_IN_FLIGHT
+        ):
+            commands = self.backlog
+            self.backlog = []
+            self._now = int(time.time() * 1000)
             if self.server.linearizable:
                 self.replica.sync()
             self._run(commands)
-        if failure is not None and not self.closing:
-            self._reply(KvError(f"ERR Protocol error: {failure}"))
-            self.closing = True
+            self._answer_failure()
         self._finish()
 
     # --- running commands ------------------------------------------------------------------
@@ -495,6 +630,12 @@ class Connection(asyncio.Protocol):
         pending = self.pending
         out = self.out
         now = self._now
+        reads = 0  # answered here: added to the replica's queries once, after the loop
+        # The output this connection holds, and the next amount at which to look
+        # at the limits (a cheap integer compare per reply in between).
+        held = self._held()
+        self.replied = 0
+        check_at = self._limits().next_check(held)
         for args in commands:
             cmd = known.get(args[0])
             if cmd is None:
@@ -503,7 +644,7 @@ class Connection(asyncio.Protocol):
                     self._refuse(unknown_command(args))
                     batch = self.batch
                     if self.closing:
-                        return
+                        break
                     continue
             n = len(args)
             if n < cmd.lo or n > cmd.hi:
@@ -530,13 +671,20 @@ class Connection(asyncio.Protocol):
                 if len(batch) >= MAX_BATCH:
                     self._flush_batch()
                     batch = self.batch
+                    if len(pending) > MAX_IN_FLIGHT:  # the rest when entries drain
+                        self._hold_back(commands, args)
+                        break
             elif kind is READ:
                 if batch or pending:  # behind this connection's writes
                     batch.append(args)
                     if len(batch) >= MAX_BATCH:
                         self._flush_batch()
                         batch = self.batch
+                        if len(pending) > MAX_IN_FLIGHT:
+                            self._hold_back(commands, args)
+                            break
                     continue
+                reads += 1
                 try:
                     value = cmd.read(now, args)
                 except KvError as exc:
@@ -545,9 +693,16 @@ class Connection(asyncio.Protocol):
                     log.exception("replica %d: %s failed", server.index, cmd.name.decode())
                     value = internal_error(exc)
                 if type(value) is bytes:  # encode()'s commonest case, inline
-                    out.append(b"$%d\r\n%s\r\n" % (len(value), value))
+                    frame = b"$%d\r\n%s\r\n" % (len(value), value)
                 else:
-                    out.append(encode(value, resp3))
+                    frame = encode(value, resp3)
+                out.append(frame)
+                held += len(frame)
+                if held >= check_at:
+                    if self._output_full(held):
+                        self._hold_back(commands, args)
+                        break
+                    check_at = self._limits().next_check(held)
             else:
                 self.last_command = cmd.name
                 try:
@@ -556,10 +711,55 @@ class Connection(asyncio.Protocol):
                     log.exception("replica %d: %s failed", server.index, cmd.name.decode())
                     self._reply(internal_error(exc))
                 if self.closing:
-                    return
+                    break
                 batch = self.batch
                 special = self.special
                 resp3 = self.resp3
+                held += self.replied
+                self.replied = 0
+                if held >= check_at:
+                    if self._output_full(held):
+                        self._hold_back(commands, args)
+                        break
+                    check_at = self._limits().next_check(held)
+        self.replica.queries += reads
+
+    def _held(self) -> int:
+        """The output this connection holds: queued and unsent frames, the transport's buffer."""
+        transport = self.transport
+        buffered = 0 if transport is None else transport.get_write_buffer_size()
+        return buffered + self.queued + sum(map(len, self.out))
+
+    def _limits(self) -> _Limits:
+        return self.server.limits(bool(self.channels or self.patterns))
+
+    def _output_full(self, held: int) -> bool:
+        """Whether commands must stop running: ``held`` is over a limit (the client is
+        cut off) or over the flow-control watermark (the rest waits until it reads)."""
+        return self._check_limits(held) or self.closing or held >= self._limits().flow
+
+    def _hold_back(self, commands: list[list[bytes]], last: list[bytes]) -> None:
+        """Keep the commands after ``last`` until the client has read; stop reading meanwhile."""
+        if self.closing:
+            return
+        start = next(i for i, args in enumerate(commands) if args is last) + 1
+        rest = commands[start:]
+        if rest:
+            self.server.commands_processed -= len(rest)  # counted when they run
+            self.backlog = rest + self.backlog
+        self._stop_reading()
+
+    def _watermark(self, flow: int) -> None:
+        """The transport pauses writing (so reading pauses) past ``flow`` bytes of output."""
+        self.watermark = flow
+        transport = self.transport
+        if transport is not None:
+            transport.set_write_buffer_limits(high=flow)
+
+    def _stop_reading(self) -> None:
+        if self.reading and self.transport is not None:
+            self.reading = False
+            self.transport.pause_reading()
 
     def _special(self, name: bytes, spec: Spec, args: list[bytes]) -> bool:
         """Inside MULTI, or subscribed in RESP2: whether the command was handled here."""
@@ -602,10 +802,76 @@ class Connection(asyncio.Protocol):
         if self.batch:
             self._flush_batch()
         frame = encode(value, self.resp3)
+        self.replied += len(frame)
         if self.pending:
             self.pending.append(frame)
+            self.queued += len(frame)
         else:
             self.out.append(frame)
+
+    # --- output limits ---------------------------------------------------------------------
+
+    def _check_limits(self, held: int) -> bool:
+        """Enforce the output limits on ``held`` bytes of output; True if the client is cut off.
+
+        As in Redis: at or above the hard limit, at once; at or above the soft
+        limit, once it has stayed there for the soft seconds (a timer looks
+        again then, since a stuck client makes no callback of its own).
+        """
+        limits = self._limits()
+        if limits.hard and held >= limits.hard:
+            self._cut(held, "hard", limits.hard)
+            return True
+        if limits.soft and held >= limits.soft:
+            now = time.monotonic()
+            if self.soft_since is None:
+                self.soft_since = now
+                if self._soft_timer is None:
+                    self._soft_timer = asyncio.get_running_loop().call_later(
+                        limits.seconds, self._soft_due
+                    )
+            elif now - self.soft_since >= limits.seconds:
+                self._cut(held, "soft", limits.soft, limits.seconds)
+                return True
+        else:
+            self.soft_since = None
+        return False
+
+    def _soft_due(self) -> None:
+        self._soft_timer = None
+        if self.transport is None or self.soft_since is None:
+            return
+        limits = self._limits()
+        held = self._held()
+        if self._check_limits(held) or self.soft_since is None:
+            return
+        left = self.soft_since + limits.seconds - time.monotonic()
+        self._soft_timer = asyncio.get_running_loop().call_later(max(left, 0.0), self._soft_due)
+
+    def _cut(self, held: int, which: str, limit: int, seconds: int = 0) -> None:
+        """Disconnect a client over its output limit, dropping what it holds."""
+        server = self.server
+        server.output_limit_disconnections += 1
+        kind = "pubsub" if self.channels or self.patterns else "normal"
+        during = f" for {seconds} s" if which == "soft" else ""
+        log.warning(
+            "replica %d: client id=%d addr=%s closed for its output buffer: %d bytes over "
+            "the %s limit of %d bytes%s (client-output-buffer-limit %s)",
+            server.index, self.id, self.peer, held, which, limit, during, kind,
+        )  # fmt: skip
+        transport = self.transport
+        self.transport = None  # connection_lost still runs (unsubscribes, unwatches)
+        self.closing = True
+        self.backlog = []
+        self.more = False
+        self.out.clear()
+        self.pending.clear()
+        self.queued = self._push_bytes = 0
+        if self._soft_timer is not None:
+            self._soft_timer.cancel()
+            self._soft_timer = None
+        if transport is not None:
+            transport.abort()
 
     # --- log entries -----------------------------------------------------------------------
 
@@ -686,18 +952,45 @@ class Connection(asyncio.Protocol):
         self._flow()
 
     def _on_done(self, fut: asyncio.Future[Any]) -> None:
+        self._drain()
+        self._finish()
+
+    def _drain(self, progress: bool = False) -> None:
+        """Move the ready head of ``pending`` to ``out``, about a watermark at a time.
+
+        A done entry's replies are encoded here.  Once the transport and ``out``
+        hold a watermark of output, the rest waits (``more``) until the client
+        has read some.  ``progress``: move at least one head (the continuation
+        runs when the transport has room, so that cannot spin).
+        """
         pending = self.pending
         out = self.out
+        transport = self.transport
+        room = self._limits().flow - sum(map(len, out))
+        if transport is not None:
+            room -= transport.get_write_buffer_size()
+        self.more = False
+        if room <= 0 and not progress and pending and _ready(pending[0]):
+            self.more = True
+            self._stop_reading()
+            return
         while pending:
             head = pending[0]
             if type(head) is bytes:
                 out.append(head)
+                self.queued -= len(head)
+                room -= len(head)
             elif head.done():  # type: ignore[union-attr]
-                out.extend(head.frames())  # type: ignore[union-attr]
+                frames = head.frames()  # type: ignore[union-attr]
+                out.extend(frames)
+                room -= sum(map(len, frames))
             else:
                 break
             pending.popleft()
-        self._finish()
+            if room <= 0 and pending and _ready(pending[0]):
+                self.more = True
+                self._stop_reading()
+                break
 
     def _finish(self) -> None:
         """End of a callback: submit the open batch, write what is ready, adjust reading."""
@@ -711,9 +1004,16 @@ class Connection(asyncio.Protocol):
         if out:
             transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+            self._push_bytes = 0
         if self.closing and not self.pending:
             transport.close()
             return
+        held = transport.get_write_buffer_size() + self.queued
+        limits = self._limits()
+        if (held >= limits.check or self.soft_since is not None) and self._check_limits(held):
+            return
+        if limits.flow != self.watermark:  # CONFIG SET, or this client (un)subscribed
+            self._watermark(limits.flow)
         self._flow()
 
     def _flow(self) -> None:
@@ -728,10 +1028,15 @@ class Connection(asyncio.Protocol):
         ):
             return  # the common case: reading, and nothing says stop
         stop = not self.writable or bool(self.delayed) or len(self.pending) > MAX_IN_FLIGHT
-        if stop and self.reading:
-            self.reading = False
-            transport.pause_reading()
-        elif not stop and not self.reading and not self.closing:
+        if stop:
+            self._stop_reading()
+        # Held back for the client to read: go on once the transport has room
+        # (ready replies), and the log too (commands).
+        if (self.more and self.writable) or (self.backlog and not stop):
+            if not self._continue_scheduled:
+                self._continue_scheduled = True
+                asyncio.get_running_loop().call_soon(self._continue)
+        elif not stop and not self.reading and not self.closing and not self.more:
             self.reading = True
             transport.resume_reading()
 
@@ -744,23 +1049,23 @@ class Connection(asyncio.Protocol):
         frame = encode(value, self.resp3)
         if self.pending:
             self.pending.append(frame)
-            return
-        if transport.get_write_buffer_size() > PUBSUB_OUTPUT_LIMIT:
-            log.warning(
-                "replica %d: client %d too slow for its messages", self.server.index, self.id
-            )
-            transport.abort()
-            return
-        self.out.append(frame)
-        if not self._push_scheduled:
-            self._push_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_pushes)
+            self.queued += len(frame)
+        else:
+            self.out.append(frame)
+            self._push_bytes += len(frame)
+            if not self._push_scheduled:
+                self._push_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush_pushes)
+        held = transport.get_write_buffer_size() + self.queued + self._push_bytes
+        if held >= self._limits().check or self.soft_since is not None:
+            self._check_limits(held)  # a subscriber too slow for its messages is cut off
 
     def _flush_pushes(self) -> None:
         self._push_scheduled = False
         if self.out and self.transport is not None:
             self.transport.write(b"".join(self.out))
         self.out.clear()
+        self._push_bytes = 0
 
     def _client_command(self, name: bytes, args: list[bytes]) -> None:
         """Put this client's id in ``args`` and mirror what it changes locally.
@@ -929,7 +1234,7 @@ class Connection(asyncio.Protocol):
             f"id={self.id} addr={self.peer} name={name} age={int(now - self.created)} "
             f"db=0 sub={len(self.channels)} psub={len(self.patterns)} "
             f"multi={-1 if self.multi is None else len(self.multi)} "
-            f"resp={3 if self.resp3 else 2} replica={self.server.index} "
+            f"omem={self._held()} resp={3 if self.resp3 else 2} replica={self.server.index} "
             f"cmd={self.last_command.decode('ascii', 'replace').lower()} "
             f"lib-name={self.lib.get(b'LIB-NAME', b'').decode('utf-8', 'replace')} "
             f"lib-ver={self.lib.get(b'LIB-VER', b'').decode('utf-8', 'replace')}"
@@ -967,7 +1272,13 @@ class Connection(asyncio.Protocol):
     def cmd_config(self, args: list[bytes]) -> None:
         sub = args[1].upper()
         if sub == b"GET" and len(args) >= 3:
-            known = {b"save": b"", b"appendonly": b"no", b"databases": b"1", b"maxmemory": b"0"}
+            known = {
+                b"save": b"",
+                b"appendonly": b"no",
+                b"databases": b"1",
+                b"maxmemory": b"0",
+                _OUTPUT_LIMIT: self.server.limits_text(),
+            }
             found: dict[bytes, bytes] = {}
             for pattern in args[2:]:
                 match = glob_matcher(pattern.lower())
@@ -976,10 +1287,46 @@ class Connection(asyncio.Protocol):
         elif sub == b"RESETSTAT" and len(args) == 2:
             self._reply(OK)
         elif sub == b"SET":
-            self._reply(KvError("ERR CONFIG SET is not supported by the dominoes KV service"))
+            self._config_set(args[2:])
         else:
             text = args[1].decode("utf-8", "replace")
             self._reply(_unknown_subcommand(text))
+
+    def _config_set(self, pairs: list[bytes]) -> None:
+        """CONFIG SET: only client-output-buffer-limit, which goes through the log.
+
+        So every replica's connections obey it, whichever replica the client
+        that set it is connected to.
+        """
+        if len(pairs) < 2 or len(pairs) % 2:
+            self._reply(arity_error(b"config|set"))
+            return
+        names = [p.lower() for p in pairs[::2]]
+        for name in names:
+            if name != _OUTPUT_LIMIT:
+                text = name.decode("utf-8", "replace")
+                self._reply(
+                    KvError(
+                        f"ERR CONFIG SET '{text}' is not supported by the dominoes KV service "
+                        "(only client-output-buffer-limit is)"
+                    )
+                )
+                return
+        if len(names) > 1:
+            self._reply(_config_failed("duplicate parameter"))
+            return
+        normal, pubsub = self.server.limits(False), self.server.limits(True)
+        limits = [*normal.values(), *pubsub.values()]
+        try:
+            _parse_output_limits(pairs[1], limits)
+        except KvError as exc:
+            self._reply(exc)
+            return
+        if self.batch:
+            self._flush_batch()
+        entry = _Entry(self.resp3, transaction=True)
+        self.pending.append(entry)
+        self._submit(entry, _SET_LIMITS, (limits,), "affinity")
 
     @command("INFO", -1, kind=CONN)
     def cmd_info(self, args: list[bytes]) -> None:
@@ -1046,6 +1393,56 @@ class Connection(asyncio.Protocol):
         entry = self.pending[-1]
         assert isinstance(entry, _Entry)
         entry.silent = True
+
+
+_OUTPUT_LIMIT: Final = b"client-output-buffer-limit"
+_SET_LIMITS: Final = Commands.set_output_limits.event
+#: ``client-output-buffer-limit`` classes: where their three numbers go in the list
+_CLASSES: Final = {b"normal": 0, b"pubsub": 3, b"replica": -1, b"slave": -1}
+_UNITS: Final = {
+    b"": 1,
+    b"b": 1,
+    b"k": 1000,
+    b"kb": 1024,
+    b"m": 1000**2,
+    b"mb": 1024**2,
+    b"g": 1000**3,
+    b"gb": 1024**3,
+}
+_MEMORY: Final = re.compile(rb"([0-9]+)([a-z]*)")
+
+
+def _config_failed(why: str) -> KvError:
+    return KvError(
+        f"ERR CONFIG SET failed (possibly related to argument 'client-output-buffer-limit') - {why}"
+    )
+
+
+def _parse_output_limits(value: bytes, limits: list[int]) -> None:
+    """Redis's ``<class> <hard> <soft> <soft seconds>`` groups, applied to ``limits`` in place.
+
+    Sizes take Redis's units (``kb``, ``mb``, ``gb``: powers of 1024; ``k``,
+    ``m``, ``g``: of 1000).  The replica class is accepted and ignored: the
+    service has no replica links.
+    """
+    words = value.split()
+    if len(words) % 4:
+        raise _config_failed("Wrong number of arguments in buffer limit configuration.")
+    for i in range(0, len(words), 4):
+        at = _CLASSES.get(words[i].lower())
+        if at is None:
+            raise _config_failed("Invalid client class specified in buffer limit configuration.")
+        numbers: list[int] = []
+        for word in words[i + 1 : i + 4]:
+            match = _MEMORY.fullmatch(word.lower())
+            unit = _UNITS.get(match[2]) if match else None
+            if match is None or unit is None or (match[2] and len(numbers) == 2):
+                raise _config_failed(
+                    "Error in hard, soft or soft_seconds setting in buffer limit configuration."
+                )
+            numbers.append(min(int(match[1]) * unit, INT64_MAX))
+        if at >= 0:
+            limits[at : at + 3] = numbers
 
 
 def _unknown_subcommand(text: str) -> KvError:

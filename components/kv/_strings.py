@@ -1,4 +1,4 @@
-"""Strings: SET (NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL), GET, INCR, APPEND, ..."""
+"""Strings: SET (NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL), GET, GETEX, SETEX, INCR, ..."""
 
 from __future__ import annotations
 
@@ -68,6 +68,25 @@ def add_float(current: bytes | None, increment: bytes, *, hash_field: bool = Fal
     if abs(result) > _LONG_DOUBLE_MAX:
         raise KvError("ERR increment would produce NaN or Infinity")
     return format_decimal(result)
+
+
+_TIMES: Final = frozenset({b"EX", b"PX", b"EXAT", b"PXAT"})
+
+
+def _deadline(unit: bytes, raw: bytes, now: int, command: str) -> int:
+    """The deadline an EX, PX, EXAT or PXAT option names (SET, SETEX, PSETEX, GETEX).
+
+    Redis's ``getExpireMillisecondsOrReply``: an integer, above zero, that
+    stays within 64 bits of milliseconds once converted and added to now.
+    """
+    return deadline_ms(
+        parse_int(raw),
+        seconds=unit in (b"EX", b"EXAT"),
+        relative=unit in (b"EX", b"PX"),
+        now=now,
+        command=command,
+        positive=True,
+    )
 
 
 class Strings(Component):
@@ -169,7 +188,7 @@ class Strings(Component):
                 get = True
             elif opt == b"KEEPTTL" and not unit:
                 keepttl = True
-            elif opt in (b"EX", b"PX", b"EXAT", b"PXAT") and not unit and not keepttl:
+            elif opt in _TIMES and unit in (b"", opt) and not keepttl:  # EX twice: the last
                 if i + 1 >= len(args):
                     raise syntax_error()
                 unit = opt
@@ -181,16 +200,7 @@ class Strings(Component):
         now = now_ms(ctx)
         deadline = None
         if unit:  # parsed after the options, so a syntax error wins, as in Redis
-            when = parse_int(raw)
-            if when <= 0:
-                raise KvError("ERR invalid expire time in 'set' command")
-            deadline = deadline_ms(
-                when,
-                seconds=unit in (b"EX", b"EXAT"),
-                relative=unit in (b"EX", b"PX"),
-                now=now,
-                command="set",
-            )
+            deadline = _deadline(unit, raw, now, "set")
         old = ks.get(key, now)
         if get and old is not None and type(old) is not bytes:
             raise wrong_type()
@@ -202,6 +212,58 @@ class Strings(Component):
         elif not keepttl:
             ks.clear_deadline(key)
         return old if get else OK
+
+    @command("SETEX", 4, write=True, keys=(1, 1, 1))
+    @command("PSETEX", 4, write=True, keys=(1, 1, 1))
+    def setex(self, ctx: Context, args: list[bytes]) -> Any:
+        """SETEX key seconds value, PSETEX key milliseconds value: SET with EX or PX."""
+        name = args[0]
+        deadline = _deadline(
+            b"EX" if name == b"SETEX" else b"PX", args[2], now_ms(ctx), name.decode().lower()
+        )
+        ks = self.keyspace
+        ks.put(args[1], args[3])
+        ks.set_deadline(ctx, args[1], deadline)
+        return OK
+
+    @command("GETEX", -2, write=True, keys=(1, 1, 1), flags=("fast",))
+    def getex(self, ctx: Context, args: list[bytes]) -> bytes | None:
+        """GET, then set (EX, PX, EXAT, PXAT) or remove (PERSIST) the key's time to live.
+
+        Redis 7.0's order: the options' syntax, then the key (missing: nil,
+        whatever the time says; not a string: WRONGTYPE), then the time.  An
+        EXAT or PXAT already past deletes the key after returning its value.
+        """
+        unit = raw = b""
+        persist = False
+        i = 2
+        while i < len(args):
+            opt = args[i].upper()
+            if opt == b"PERSIST" and not unit:
+                persist = True
+            elif opt in _TIMES and unit in (b"", opt) and not persist and i + 1 < len(args):
+                unit = opt
+                raw = args[i + 1]
+                i += 1
+            else:
+                raise syntax_error()
+            i += 1
+        now = now_ms(ctx)
+        key = args[1]
+        value = self._string(key, now)
+        if value is None:
+            return None
+        ks = self.keyspace
+        if unit:
+            deadline = _deadline(unit, raw, now, "getex")
+            if deadline <= now:  # only EXAT and PXAT can be past
+                ks.remove(key)
+            else:
+                ks.set_deadline(ctx, key, deadline)
+                ks.bump(key)
+        elif persist and ks.clear_deadline(key):
+            ks.bump(key)
+        return value
 
     @command("SETNX", 3, write=True, keys=(1, 1, 1), flags=("fast",))
     def setnx(self, ctx: Context, args: list[bytes]) -> int:

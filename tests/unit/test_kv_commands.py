@@ -114,6 +114,149 @@ def test_set_errors(kv: KV, args: tuple[str, ...], message: str) -> None:
     assert err(kv, *args) == message
 
 
+def test_set_takes_the_last_of_a_repeated_time_option(kv: KV) -> None:
+    assert kv("SET", "k", "v", "EX", "10", "EX", "20") == OK  # Redis: the last one
+    assert kv.read("TTL", "k") == 20
+    assert kv("SET", "k", "v", "EX", "abc", "EX", "30") == OK  # only the last is parsed
+    assert kv.read("TTL", "k") == 30
+
+
+# The overflow edges, as Redis 7.0.15 answers them (tests/integration/
+# test_kv_expire_oracle.py asks a real redis-server the same).  The cluster's
+# clock is 1,800,000,000 s, so now is 1.8e12 ms.
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+BAD_TIMES = [
+    # EXPIRE: seconds * 1000 must fit (C truncates LLONG_MIN / 1000 toward zero) ...
+    ("EXPIRE", "-9223372036854776"),  # the issue: it deleted the key and answered 1
+    ("EXPIRE", str(INT64_MIN)),
+    ("EXPIRE", "9223372036854776"),
+    # ... and so must the sum with now
+    ("EXPIRE", "9223372036854775"),
+    ("EXPIRE", str(INT64_MAX // 1000 - 1_800_000)),
+    ("PEXPIRE", str(INT64_MAX)),
+    ("PEXPIRE", str(INT64_MAX - 1_800_000_000_000 + 1)),
+    ("EXPIREAT", "9223372036854776"),
+    ("EXPIREAT", "-9223372036854776"),
+]
+GOOD_TIMES = [
+    ("EXPIRE", "-9223372036854775", 1),  # the least that fits: in the past, deleted
+    ("PEXPIRE", str(INT64_MIN), 1),
+    ("PEXPIRE", str(INT64_MAX - 1_800_000_000_000), 1),
+    ("EXPIREAT", "9223372036854775", 1),
+    ("EXPIREAT", "-9223372036854775", 1),
+    ("PEXPIREAT", str(INT64_MAX), 1),
+    ("PEXPIREAT", str(INT64_MIN), 1),
+]
+
+
+@pytest.mark.parametrize(("name", "when"), BAD_TIMES)
+def test_expire_refuses_a_time_that_overflows(kv: KV, name: str, when: str) -> None:
+    kv("SET", "k", "v")
+    assert err(kv, name, "k", when) == f"ERR invalid expire time in '{name.lower()}' command"
+    assert kv.read("GET", "k") == b"v"  # untouched
+    assert kv.read("TTL", "k") == -1
+    assert err(kv, name, "missing", when).startswith("ERR invalid expire time")  # before the key
+
+
+@pytest.mark.parametrize(("name", "when", "reply"), GOOD_TIMES)
+def test_expire_takes_every_time_that_fits(kv: KV, name: str, when: str, reply: int) -> None:
+    kv("SET", "k", "v")
+    assert kv(name, "k", when) == reply
+    deleted = int(when) * (1000 if name in ("EXPIRE", "EXPIREAT") else 1) <= 0
+    assert kv.read("EXISTS", "k") == (0 if deleted else 1)
+
+
+def test_expire_checks_its_options_before_its_time(kv: KV) -> None:
+    kv("SET", "k", "v")
+    assert err(kv, "EXPIRE", "k", "abc", "FOO") == "ERR Unsupported option FOO"
+    assert err(kv, "EXPIRE", "k", "9223372036854776", "FOO") == "ERR Unsupported option FOO"
+    assert err(kv, "EXPIRE", "k", "abc", "NX", "XX").startswith("ERR NX and XX, GT or LT")
+    assert err(kv, "EXPIRE", "k", "abc") == "ERR value is not an integer or out of range"
+    assert err(kv, "EXPIRE", "k", "99999999999999999999") == (
+        "ERR value is not an integer or out of range"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("SET", "k", "v", "EX", "9223372036854775"), "set"),  # * 1000 + now overflows
+        (("SET", "k", "v", "EX", "9223372036854776"), "set"),
+        (("SET", "k", "v", "PX", str(INT64_MAX)), "set"),
+        (("SET", "k", "v", "EXAT", "9223372036854776"), "set"),
+        (("SET", "k", "v", "PXAT", "0"), "set"),
+        (("SET", "k", "v", "EXAT", "-1"), "set"),
+        (("SETEX", "k", "0", "v"), "setex"),
+        (("SETEX", "k", "-5", "v"), "setex"),
+        (("SETEX", "k", "9223372036854775", "v"), "setex"),
+        (("PSETEX", "k", "0", "v"), "psetex"),
+        (("PSETEX", "k", str(INT64_MAX), "v"), "psetex"),
+        (("GETEX", "k", "EX", "0"), "getex"),
+        (("GETEX", "k", "EX", "9223372036854775"), "getex"),
+        (("GETEX", "k", "PX", str(INT64_MAX)), "getex"),
+        (("GETEX", "k", "EXAT", "9223372036854776"), "getex"),
+        (("GETEX", "k", "EXAT", "-1"), "getex"),
+    ],
+)
+def test_set_setex_getex_refuse_bad_times(kv: KV, args: tuple[str, ...], message: str) -> None:
+    kv("SET", "k", "old")
+    assert err(kv, *args) == f"ERR invalid expire time in '{message}' command"
+    assert kv.read("GET", "k") == b"old"
+    assert kv.read("TTL", "k") == -1
+
+
+def test_set_setex_getex_take_the_largest_times(kv: KV) -> None:
+    assert kv("SET", "k", "v", "PXAT", str(INT64_MAX)) == OK
+    assert kv.read("PEXPIRETIME", "k") == INT64_MAX
+    assert kv("SET", "k", "v", "EXAT", "9223372036854775") == OK
+    assert kv.read("EXPIRETIME", "k") == 9223372036854775
+    most = INT64_MAX - 1_800_000_000_000
+    assert kv("PSETEX", "k", str(most), "v") == OK
+    assert kv.read("PEXPIRETIME", "k") == INT64_MAX
+    assert kv("GETEX", "k", "PXAT", str(INT64_MAX)) == b"v"
+    assert kv.read("PEXPIRETIME", "k") == INT64_MAX
+
+
+def test_setex_psetex(kv: KV) -> None:
+    kv("LPUSH", "k", "x")
+    assert kv("SETEX", "k", "100", "v") == OK  # any type is replaced, as by SET
+    assert kv.read("GET", "k") == b"v"
+    assert kv.read("TTL", "k") == 100
+    assert kv("PSETEX", "k", "1500", "w") == OK
+    assert kv.read("PTTL", "k") == 1500
+    assert err(kv, "SETEX", "k", "abc", "v") == "ERR value is not an integer or out of range"
+    kv.c.assert_converged()
+
+
+def test_getex(kv: KV) -> None:
+    assert kv("GETEX", "missing", "EX", "abc") is None  # no key: the time is never read
+    assert kv("GETEX", "missing", "EX", "0") is None
+    kv("SET", "k", "v")
+    assert kv("GETEX", "k") == b"v"
+    assert kv("GETEX", "k", "EX", "100") == b"v"
+    assert kv.read("TTL", "k") == 100
+    assert kv("GETEX", "k", "EX", "10", "EX", "20") == b"v"  # the last one
+    assert kv.read("TTL", "k") == 20
+    assert kv("GETEX", "k", "PX", "1500") == b"v"
+    assert kv.read("PTTL", "k") == 1500
+    assert kv("GETEX", "k", "PERSIST", "PERSIST") == b"v"
+    assert kv.read("TTL", "k") == -1
+    at = int(kv.c.clock) + 50
+    assert kv("GETEX", "k", "EXAT", at) == b"v"
+    assert kv.read("EXPIRETIME", "k") == at
+    assert kv("GETEX", "k", "PXAT", "1") == b"v"  # past: answered, then deleted
+    assert kv.read("EXISTS", "k") == 0
+    kv("LPUSH", "l", "x")
+    wrong = "WRONGTYPE Operation against a key holding the wrong kind of value"
+    assert err(kv, "GETEX", "l", "EX", "0") == wrong  # the type before the time
+    kv("SET", "k", "v")
+    for args in (("EX",), ("EX", "1", "PX", "1"), ("PERSIST", "EX", "1"), ("EX", "1", "PERSIST"),
+                 ("FOO",), ("KEEPTTL",), ("NX",)):  # fmt: skip
+        assert err(kv, "GETEX", "k", *args) == "ERR syntax error"
+    kv.c.assert_converged()
+
+
 def test_wrongtype(kv: KV) -> None:
     kv("LPUSH", "l", "a")
     wrong = "WRONGTYPE Operation against a key holding the wrong kind of value"

@@ -29,6 +29,7 @@ class FakeReplica:
         self.replicas = cluster.size
         self.cpu = None
         self.lag = 0
+        self.queries = 0  # reads the connection answered locally (Replica.queries)
         self.waiting: list[tuple[Pending, asyncio.Future[Any]]] = []
         self.full = False  # pretend the log is full
         # submit_soon calls held back while the log is "full" (group commit waits)
@@ -116,6 +117,9 @@ class FakeTransport:
 
     def get_write_buffer_size(self) -> int:
         return self.buffered
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.high_water = high
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 12345) if name == "peername" else default
