@@ -11,7 +11,8 @@ How it works
 ------------
 * **Attach.**  The client connects to ``<run dir>/control.sock`` (0600, in a
   0700 directory; the supervisor also refuses any other uid with
-  ``SO_PEERCRED``) and sends ``{"op": "connect"}``.  The supervisor answers
+  ``SO_PEERCRED``), checks with ``SO_PEERCRED`` in turn that the supervisor
+  runs as its own uid, and sends ``{"op": "connect"}``.  The supervisor answers
   with a *client line* ``L`` (a log header line above the replicas, which
   never holds the log back), the service's events and limits, and passes the
   log's memfd and every replica's eventfd with ``SCM_RIGHTS``.  The
@@ -356,10 +357,13 @@ async def connect(
     ``run_dir`` is the service's run directory (``dominoes run --run-dir``);
     by default ``$XDG_RUNTIME_DIR/dominoes/NAME`` or ``/tmp/dominoes-UID/NAME``.
     Raises ``ConnectionError`` if no such service runs, ``PermissionError``
-    if it runs as another user.
+    if it runs as another user, or if a process of another user serves its
+    control socket (a run directory someone else created or swapped: the
+    client sends nothing to it and believes nothing from it).
     """
-    # The supervisor module is imported only here: ``import dominoes`` stays light.
-    from ._runtime._supervisor import default_run_dir
+    # Imported only here: ``import dominoes`` stays light.
+    from ._runtime._peercred import ForeignServerError, check_server
+    from ._runtime._rundir import default_run_dir
 
     loop = asyncio.get_running_loop()
     path = (run_dir or default_run_dir(name)) / "control.sock"
@@ -370,12 +374,15 @@ async def connect(
         try:
             async with asyncio.timeout(timeout):
                 await loop.sock_connect(sock, str(path))
+                check_server(sock, path)  # SO_PEERCRED: the supervisor runs as this uid
                 await loop.sock_sendall(sock, b'{"op": "connect"}\n')
                 data, fds = await _receive_reply(loop, sock)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise ConnectionError(
                 f"service {name!r} is not running (no control socket at {path}): {exc}"
             ) from None
+        except ForeignServerError as exc:
+            raise ForeignServerError(f"cannot attach to service {name!r}: {exc}") from None
         except PermissionError as exc:
             raise PermissionError(
                 f"cannot attach to service {name!r} at {path} ({exc}); only the user running it can"

@@ -4,6 +4,10 @@ Each replica serves a unix socket ``replica-<i>.sock`` (mode 0600) in the
 service's run directory, speaking JSON lines: ``{"op": "stats"}`` returns its
 ``statistics()`` structs, ``{"op": "digest"}`` its state digest.  The
 supervisor's ``control.sock`` gathers them into one document.
+
+Both ends check the other's uid with ``SO_PEERCRED`` (see ``_peercred``): a
+replica answers only its own uid, as the supervisor does, and :func:`ask`
+believes only a server of its own uid.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 import orjson
+
+from ._peercred import check_server, peer_refusal
 
 if TYPE_CHECKING:
     from ._replica import Replica
@@ -49,6 +55,20 @@ async def serve_replica(replica: Replica) -> asyncio.Server:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            refusal = peer_refusal(
+                writer.get_extra_info("socket"),
+                f"replica {replica.index} of service {replica.service.name!r}",
+                f"replica-{replica.index}.sock",
+            )
+            if refusal is not None:
+                # Read the request first, so the peer's write cannot fail with
+                # EPIPE before it has read why it is refused.
+                with contextlib.suppress(TimeoutError, ValueError):
+                    async with asyncio.timeout(ASK_TIMEOUT):
+                        await reader.readline()
+                writer.write(orjson.dumps({"error": refusal}) + b"\n")
+                await writer.drain()
+                return
             while line := await reader.readline():
                 try:
                     op = orjson.loads(line).get("op")
@@ -74,10 +94,14 @@ async def serve_replica(replica: Replica) -> asyncio.Server:
 
 
 async def ask(path: Path, request: dict[str, Any], timeout: float = ASK_TIMEOUT) -> Any:  # noqa: ASYNC109
-    """One request on a JSON-lines unix socket; the decoded reply."""
+    """One request on a JSON-lines unix socket; the decoded reply.
+
+    Raises ``ForeignServerError`` (a ``PermissionError``) if another uid serves ``path``.
+    """
     async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_unix_connection(str(path), limit=16 * 1024 * 1024)
         try:
+            check_server(writer.get_extra_info("socket"), path)
             writer.write(orjson.dumps(request) + b"\n")
             await writer.drain()
             line = await reader.readline()

@@ -1,10 +1,21 @@
 """aiomonitor on a live replica, with dominoes commands (opt-in: ``--monitor``).
 
-Replica ``i`` serves aiomonitor's telnet console on ``BASE + 10*i``, its web
-UI on ``BASE + 10*i + 1`` and its Python REPL on ``BASE + 10*i + 2``, on
-127.0.0.1 only: the console is a Python REPL inside the replica.
+The monitor's console runs Python inside the replica (its ``console``
+command is a REPL), so who may reach it is the whole question.
 
-aiomonitor reports port clashes silently (the web UI binds with
+* ``--monitor`` (the default way): replica ``i`` serves the console on the
+  unix socket ``monitor-<i>.sock`` and the web UI on ``monitor-<i>-web.sock``
+  in the service's 0700 run directory, and refuses any process of another uid
+  (``SO_PEERCRED``); the REPL needs no socket of its own.  See
+  ``_monitor_unix``.  ``dominoes monitor NAME --replica i`` is the client
+  (:func:`monitor_main`): a small telnet that checks, in turn, that the
+  socket is served by its own uid.
+* ``--monitor-tcp`` (an explicit opt-in, warned about at start): aiomonitor
+  as it comes, the console on ``BASE + 10*i``, the web UI on ``+ 1`` and the
+  REPL on ``+ 2``, on 127.0.0.1.  TCP cannot tell who connects: every local
+  user gets a Python shell as the service's user.
+
+aiomonitor reports TCP port clashes silently (the web UI binds with
 ``reuse_port``; the telnet bind fails in a background thread), so every port
 is checked before the start and the telnet port probed after it; a clash is a
 startup error naming the port.
@@ -17,28 +28,62 @@ view.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
+import selectors
+import signal
 import socket
+import struct
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+
+from ._peercred import ForeignServerError, check_server
 
 if TYPE_CHECKING:
     from ._replica import Replica
 
-__all__ = ("MonitorPortError", "monitor_ports", "start_monitor")
+__all__ = (
+    "MONITOR_UNIX",
+    "MonitorPortError",
+    "monitor_main",
+    "monitor_ports",
+    "monitor_socket",
+    "monitor_web_socket",
+    "start_monitor",
+)
 
+log = logging.getLogger("dominoes.monitor")
+
+#: The ``monitor_port`` (of ``SupervisorConfig`` and ``ReplicaConfig``) that
+#: means "unix sockets in the run dir" (``--monitor``); a positive one is the
+#: TCP base port of ``--monitor-tcp``, and None is no monitor.
+MONITOR_UNIX: Final = 0
 #: Ports per replica: telnet console, web UI, Python REPL.
 PORT_STRIDE: Final = 10
 PROBE_TIMEOUT: Final = 3.0
 
 
 class MonitorPortError(RuntimeError):
-    """A monitor port is already in use."""
+    """The monitor cannot serve: a port in use, or a socket that cannot be bound."""
 
 
 def monitor_ports(base: int, index: int) -> tuple[int, int, int]:
     first = base + PORT_STRIDE * index
     return first, first + 1, first + 2
+
+
+def monitor_socket(run_dir: Path, index: int) -> Path:
+    """Replica ``index``'s console socket (``--monitor``)."""
+    return run_dir / f"monitor-{index}.sock"
+
+
+def monitor_web_socket(run_dir: Path, index: int) -> Path:
+    """Replica ``index``'s web UI socket (``--monitor``)."""
+    return run_dir / f"monitor-{index}-web.sock"
 
 
 def _check_free(host: str, port: int) -> None:
@@ -73,28 +118,55 @@ def _probe(host: str, port: int) -> None:
 
 
 def start_monitor(replica: Replica, base: int, host: str = "127.0.0.1") -> Any:
-    """Start aiomonitor for ``replica`` on its ports; raises MonitorPortError on a clash."""
+    """Start aiomonitor for ``replica``: on unix sockets if ``base`` is
+    :data:`MONITOR_UNIX`, else on TCP ports from ``base``.  Raises
+    MonitorPortError if it cannot serve."""
     import aiomonitor  # heavy (0.4 s, 30 MiB): only when asked for
 
     _register_commands()
-    termui, webui, console = monitor_ports(base, replica.index)
-    for port in (termui, webui, console):
-        _check_free(host, port)
+    locals_ = {
+        "replica": replica,
+        "service": replica.service,
+        "components": replica.core.machine.components,
+    }
     loop = asyncio.get_running_loop()
+    if base == MONITOR_UNIX:
+        from ._monitor_unix import UnixMonitor, register_console
+
+        register_console()
+        console = monitor_socket(replica.run_dir, replica.index)
+        unix = UnixMonitor(
+            loop,
+            console_path=console,
+            web_path=monitor_web_socket(replica.run_dir, replica.index),
+            what=f"the monitor of replica {replica.index} of service {replica.service.name!r}",
+            locals=locals_,
+        )
+        try:
+            unix.start()
+        except OSError as exc:
+            raise MonitorPortError(f"cannot serve the monitor on {console}: {exc}") from None
+        log.info("replica %d: monitor on %s (dominoes monitor)", replica.index, console)
+        return unix
+    termui, webui, repl = monitor_ports(base, replica.index)
+    for port in (termui, webui, repl):
+        _check_free(host, port)
     monitor = aiomonitor.start_monitor(
-        loop,
-        host=host,
-        port=termui,
-        webui_port=webui,
-        console_port=console,
-        locals={
-            "replica": replica,
-            "service": replica.service,
-            "components": replica.core.machine.components,
-        },
+        loop, host=host, port=termui, webui_port=webui, console_port=repl, locals=locals_
     )
     _probe(host, termui)
     _probe(host, webui)
+    log.warning(
+        "replica %d: --monitor-tcp: the monitor listens on %s ports %d (console), %d (web UI) "
+        "and %d (Python REPL) without authentication: every local user can reach it and run "
+        "Python in this replica as uid %d",
+        replica.index,
+        host,
+        termui,
+        webui,
+        repl,
+        os.geteuid(),
+    )
     return monitor
 
 
@@ -199,3 +271,203 @@ def _register_commands() -> None:
         """The state digest at the current seq, per component"""
         seq, digest = _on_loop(ctx.obj, replica_of(ctx).digest)
         click.echo(_table([("seq", seq), *sorted(digest.items())]))
+
+
+# --- the client: dominoes monitor -------------------------------------------------------------
+
+IAC, DONT, DO, WONT, WILL, SB, SE = 255, 254, 253, 252, 251, 250, 240
+TTYPE, NAWS = 24, 31
+TTYPE_IS: Final = 0
+CTRL_D: Final = b"\x04"
+#: What the monitor prints when a Python REPL session ends (``_monitor_unix``).
+REPL_CLOSED: Final = b"console session is closed"
+
+
+def monitor_main(run_dir: Path, replica: int) -> int:
+    """``dominoes monitor``: replica ``replica``'s console on this terminal, like telnet.
+
+    On a terminal, keys go to the console as typed (raw mode; the console
+    echoes and edits the line) and Ctrl-D or ``exit`` leaves.  From a pipe,
+    each line is a command, and the end of input leaves once the commands
+    before it have run.
+    """
+    path = monitor_socket(run_dir, replica)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            print(
+                f"dominoes: error: no monitor at {path} (is the service running with --monitor, "
+                f"with a replica {replica}?)",
+                file=sys.stderr,
+            )
+            return 1
+        except OSError as exc:
+            print(f"dominoes: error: cannot reach {path} ({exc.strerror})", file=sys.stderr)
+            return 1
+        try:
+            check_server(sock, path)
+        except ForeignServerError as exc:
+            print(f"dominoes: error: {exc}", file=sys.stderr)
+            return 1
+        return _Session(sock, sys.stdin.fileno(), sys.stdout.fileno()).run()
+    finally:
+        sock.close()
+
+
+def telnet_split(data: bytes) -> tuple[bytes, list[bytes], bytes]:
+    """Split what a telnet server sent: (text, commands, an incomplete command left over).
+
+    ``IAC IAC`` is a 0xFF byte of text; ``IAC DO x`` and the like are
+    commands, and so is a whole ``IAC SB ... IAC SE`` subnegotiation.
+    """
+    text = bytearray()
+    commands: list[bytes] = []
+    i, n = 0, len(data)
+    while i < n:
+        j = data.find(IAC, i)
+        if j < 0:
+            text += data[i:]
+            break
+        text += data[i:j]
+        if j + 1 >= n:
+            return bytes(text), commands, data[j:]
+        op = data[j + 1]
+        if op == IAC:
+            text.append(IAC)
+            i = j + 2
+        elif op in (WILL, WONT, DO, DONT):
+            if j + 2 >= n:
+                return bytes(text), commands, data[j:]
+            commands.append(data[j : j + 3])
+            i = j + 3
+        elif op == SB:
+            end = data.find(bytes([IAC, SE]), j + 2)
+            if end < 0:
+                return bytes(text), commands, data[j:]
+            commands.append(data[j : end + 2])
+            i = end + 2
+        else:
+            commands.append(data[j : j + 2])
+            i = j + 2
+    return bytes(text), commands, b""
+
+
+class _Session:
+    """One console session: the socket on one side, this process's stdin and stdout on the other.
+
+    prompt_toolkit's telnet server waits for the client's terminal type and
+    window size before it reads any input, so both are sent at once (the
+    size again whenever the terminal is resized).
+    """
+
+    def __init__(self, sock: socket.socket, stdin: int, stdout: int) -> None:
+        self.sock = sock
+        self.stdin = stdin
+        self.stdout = stdout
+        self.tty = os.isatty(stdin)
+        self.term = (os.environ.get("TERM") or "xterm") if self.tty else "xterm"
+        self.leftover = b""
+        self.eof = False  # stdin ended: leaving
+
+    def run(self) -> int:
+        import termios
+        import tty
+
+        saved = termios.tcgetattr(self.stdin) if self.tty else None
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old_wakeup = signal.set_wakeup_fd(wake_w)
+        old_winch = signal.signal(signal.SIGWINCH, lambda *_: None)
+        sel = selectors.DefaultSelector()
+        try:
+            self._send(self._terminal_type() + self._window_size())
+            if saved is not None:
+                tty.setraw(self.stdin)
+            sel.register(self.sock, selectors.EVENT_READ, "sock")
+            sel.register(self.stdin, selectors.EVENT_READ, "stdin")
+            sel.register(wake_r, selectors.EVENT_READ, "signal")
+            first = True
+            while True:
+                for key, _ in sel.select():
+                    if key.data == "sock":
+                        data = self._recv()
+                        if data is None:
+                            return 0
+                        if first and data.startswith(b"dominoes: PermissionError"):
+                            os.write(2, data.strip() + b"\n")
+                            return 1
+                        first = False
+                        self._from_server(data)
+                    elif key.data == "stdin":
+                        self._from_user(sel)
+                    else:
+                        with contextlib.suppress(OSError):
+                            os.read(wake_r, 512)
+                        self._send(self._window_size())
+        finally:
+            sel.close()
+            signal.signal(signal.SIGWINCH, old_winch)
+            signal.set_wakeup_fd(old_wakeup)
+            os.close(wake_r)
+            os.close(wake_w)
+            if saved is not None:
+                termios.tcsetattr(self.stdin, termios.TCSADRAIN, saved)
+
+    def _recv(self) -> bytes | None:
+        try:
+            data = self.sock.recv(65536)
+        except OSError:
+            return None
+        return data or None
+
+    def _send(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):  # the server went away: reading says so
+            self.sock.sendall(data)
+
+    def _from_server(self, data: bytes) -> None:
+        # The server's negotiation (echo, line mode, "send your terminal type")
+        # needs no answer: the terminal type and size went unasked.
+        text, _, self.leftover = telnet_split(self.leftover + data)
+        view = memoryview(text)
+        while view:
+            view = view[os.write(self.stdout, view) :]
+        if self.eof and REPL_CLOSED in text:
+            self._send(CTRL_D)  # out of the REPL: now leave the console too
+
+    def _from_user(self, sel: selectors.BaseSelector) -> None:
+        try:
+            data = os.read(self.stdin, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            # The end of a pipe (or a hang-up): Ctrl-D leaves the console once the
+            # commands sent before it have run; the server then closes.
+            sel.unregister(self.stdin)
+            self.eof = True
+            self._send(CTRL_D)
+            return
+        if not self.tty:
+            data = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")  # Enter is CR
+        self._send(data.replace(bytes([IAC]), bytes([IAC, IAC])))
+
+    def _terminal_type(self) -> bytes:
+        return (
+            bytes([IAC, WILL, TTYPE, IAC, SB, TTYPE, TTYPE_IS])
+            + self.term.encode("ascii", "replace")
+            + bytes([IAC, SE])
+        )
+
+    def _window_size(self) -> bytes:
+        cols, rows = 200, 50  # a pipe: wide enough for the tables
+        for fd in (self.stdout, self.stdin):
+            if os.isatty(fd):
+                with contextlib.suppress(OSError):
+                    cols, rows = os.get_terminal_size(fd)
+                    break
+        size = struct.pack(">HH", min(cols, 0xFFFF), min(rows, 0xFFFF))
+        return (
+            bytes([IAC, WILL, NAWS, IAC, SB, NAWS])
+            + size.replace(b"\xff", b"\xff\xff")
+            + (bytes([IAC, SE]))
+        )

@@ -1,4 +1,7 @@
-"""Operating a live service: aiomonitor, ``dominoes stats``/``top``, divergence, stalls."""
+"""Operating a live service: aiomonitor, ``dominoes stats``/``top``, divergence, stalls.
+
+The monitor's security (another uid reaches none of it) is tested in test_security.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from .harness import ROOT, LineClient, Telnet, clients_on_every_replica, running, wait_until
+from .monitor_helpers import MonitorSession, plain
 
 pytestmark = pytest.mark.integration
 
@@ -55,10 +59,14 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_monitor_shows_live_figures_on_every_replica(tmp_path: Path) -> None:
-    base = free_base()
-    args = ("--monitor", "--monitor-port", str(base))
-    with running(COUNTER, tmp_path / "run", args=args) as svc:
-        consoles = {i: Telnet(base + 10 * i) for i in range(2)}
+    run_dir = tmp_path / "run"
+    with running(COUNTER, run_dir, args=("--monitor",)) as svc:
+        for i in range(2):
+            assert (run_dir / f"monitor-{i}.sock").exists()
+            assert (run_dir / f"monitor-{i}-web.sock").exists()
+        consoles = {
+            i: MonitorSession("--run-dir", str(run_dir), "--replica", str(i)) for i in range(2)
+        }
         try:
             before = {}
             for i, t in consoles.items():
@@ -85,8 +93,36 @@ def test_the_monitor_shows_live_figures_on_every_replica(tmp_path: Path) -> None
             digests = {i: t.command("digest", expect="Counter") for i, t in consoles.items()}
             assert field(digests[0], "Counter") == field(digests[1], "Counter")
         finally:
-            for t in consoles.values():
-                t.close()
+            codes = [t.exit() for t in consoles.values()]
+        assert codes == [0, 0]
+        # From a pipe: one command per line, and the end of the input leaves.
+        piped = subprocess.run(
+            [sys.executable, "-m", "dominoes", "monitor", "--run-dir", str(run_dir)],
+            input="replica\n", cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert piped.returncode == 0, piped.stderr
+        assert "append refusals" in plain(piped.stdout.encode())
+        assert svc.stop() == 0
+    # The monitor's sockets go with the service.
+    assert not list(run_dir.glob("monitor-*"))
+    gone = cli("monitor", "--run-dir", str(run_dir))
+    assert gone.returncode == 1
+    assert "no monitor at" in gone.stderr
+
+
+def test_the_tcp_monitor_is_an_opt_in_with_a_warning(tmp_path: Path) -> None:
+    base = free_base()
+    args = ("--monitor-tcp", "--monitor-port", str(base))
+    with running(COUNTER, tmp_path / "run", replicas=1, args=args) as svc:
+        warning = svc.wait_for_line("dominoes: warning: --monitor-tcp")
+        assert f"ports {base}+10*i" in warning
+        assert "every local user can reach it and run Python as uid" in warning
+        console = Telnet(base)
+        try:
+            assert field(console.command("replica", expect="append refusals"), "index") == "0"
+        finally:
+            console.close()
+        assert not list((tmp_path / "run").glob("monitor-*"))
         assert svc.stop() == 0
 
 
@@ -98,7 +134,7 @@ def test_a_monitor_port_clash_is_a_clear_startup_error(tmp_path: Path) -> None:
         done = subprocess.run(
             [sys.executable, "-m", "dominoes", "run", COUNTER, "--replicas", "2",
              "--port", str(free_base(1)), "--run-dir", str(tmp_path / "run"),
-             "--monitor", "--monitor-port", str(base)],
+             "--monitor-tcp", "--monitor-port", str(base)],
             cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
     assert done.returncode == 1
