@@ -7,7 +7,7 @@ Run it on every core::
 and talk to it with any line client (``nc 127.0.0.1 7000``)::
 
     INCR <key> [n]     -> the new value (an update: appended to the log)
-    GET <key>          -> the value      (a query: read locally)
+    GET <key>          -> the value      (a query: answered locally, after catching up)
     INFO               -> "replica <index> seq <last applied>" (which replica you reached)
     anything else      -> ERR ...
 

@@ -18,6 +18,7 @@ not, so nothing of the service ever appears in ``/dev/shm``.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import mmap
 import os
@@ -37,6 +38,14 @@ class SharedLog:
     ``create`` makes a new one (the supervisor); ``attach`` maps an inherited
     fd (a replica, a local client).  ``close`` releases every view before
     unmapping, so a ``BufferError`` can never keep the mapping alive.
+
+    A process that exits without calling ``close`` (an error path that forgot
+    it) is closed at exit all the same (``atexit``).  Left to the
+    interpreter's final garbage collection, the views would be torn down in
+    any order: the memoryview still exported to ``AtomicWords`` fails to
+    clear (``BufferError: memoryview has 1 exported buffer``), the mapping
+    goes anyway, and the process dies of SIGSEGV: what a replica that could
+    not bind its address did, and a supervisor refusing ``--replicas 2000``.
     """
 
     def __init__(self, fd: int, size: int, *, owner: bool) -> None:
@@ -47,6 +56,7 @@ class SharedLog:
         self._view = memoryview(self._map)
         self.words = AtomicWords(self._view)
         self._handles: list[Log] = []
+        atexit.register(self.close)
 
     @classmethod
     def create(
@@ -95,6 +105,13 @@ class SharedLog:
         return handle
 
     def close(self) -> None:
+        """Release every handle and view, unmap, close the fd.  Idempotent.
+
+        Nothing may use the log afterwards: a handle's next access raises
+        ``ValueError: buffer released``.  A replica therefore closes it only
+        once its event loop is closed (see ``_process.main``).
+        """
+        atexit.unregister(self.close)
         for handle in self._handles:
             handle.release()
         self._handles.clear()

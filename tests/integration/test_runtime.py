@@ -254,7 +254,10 @@ def test_an_unknown_service_is_a_clear_error(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 2
-    assert done.stderr.strip() == "dominoes: error: No module named 'examples.nope'"
+    assert done.stderr.strip() == (
+        "dominoes: error: cannot import examples.nope: "
+        "ModuleNotFoundError: No module named 'examples.nope'"
+    )
 
 
 def test_replicas_exit_when_the_supervisor_is_killed(tmp_path: Path) -> None:
@@ -286,8 +289,10 @@ def test_a_stuck_replica_is_restarted_and_never_stalls_the_service(tmp_path: Pat
         # replica 1 if the supervisor did not take it out.
         for k in range(2, 200):
             assert every[0].ask("CALL Grudge.snub 0") == str(k)
-        line = svc.wait_for_line("stuck seq=")
-        assert "replica 1 stuck" in line
+        # Its loop is blocked too, so the heartbeat watchdog (or the stuck or
+        # ejection one, whichever looks first) kills it.
+        line = svc.wait_for_line("killing it")
+        assert "replica 1 " in line
         svc.wait_for_line("died with -9")
         svc.wait_restarted(1)
         again = clients_on_every_replica(svc.port, 2)

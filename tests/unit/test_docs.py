@@ -3,8 +3,8 @@
 * docs/reference.md has a heading for every public name (the ``__all__`` of
   ``dominoes``, ``dominoes.testing``, ``dominoes.lowlevel`` and
   ``dominoes.loops``);
-* it names every option of ``dominoes run``, ``dominoes stats`` and
-  ``dominoes top``, read from the real argparse parser, and its option tables
+* it names every option of ``dominoes run``, ``dominoes stats``, ``dominoes top`` and
+  ``dominoes monitor``, read from the real argparse parser, and its option tables
   give the parser's defaults;
 * every Python block of docs/tutorial.md runs, in order, in one namespace, and
   prints the text block that follows it.
@@ -31,7 +31,7 @@ REFERENCE = DOCS / "reference.md"
 TUTORIAL = DOCS / "tutorial.md"
 
 PUBLIC_MODULES = ["dominoes", "dominoes.testing", "dominoes.lowlevel", "dominoes.loops"]
-COMMANDS = ["run", "stats", "top"]
+COMMANDS = ["run", "stats", "top", "monitor"]
 
 _HEADING = re.compile(r"^#+ ")
 _FENCE = re.compile(r"^```python\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
