@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -12,10 +13,13 @@ __all__ = ("main",)
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="dominoes",
         description="Run replicated multi-core asyncio services.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run",
@@ -28,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--replicas",
-        type=int,
+        type=_positive_int,
         default=None,
         help="replicas (default: one per core in the affinity mask)",
     )
@@ -49,14 +53,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--monitor",
         action="store_true",
-        help="start aiomonitor on every replica (127.0.0.1 only; it offers a Python REPL)",
+        help="start aiomonitor on every replica, on unix sockets in the run dir that only this "
+        "user can use ('dominoes monitor NAME'); it offers a Python REPL",
+    )
+    run.add_argument(
+        "--monitor-tcp",
+        action="store_true",
+        help="serve the monitor on TCP ports of 127.0.0.1 instead (implies --monitor): EVERY "
+        "local user can then reach it and run Python as this service's user",
     )
     run.add_argument(
         "--monitor-port",
         type=int,
         default=20100,
         metavar="BASE",
-        help="replica i serves the monitor on BASE+10*i (web UI +1, REPL +2); default 20100",
+        help="with --monitor-tcp: replica i serves the monitor on BASE+10*i (web UI +1, REPL "
+        "+2); default 20100",
     )
     run.add_argument(
         "--digest-every",
@@ -68,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--stall-ms",
-        type=float,
+        type=_positive_float,
         default=100.0,
         help="log an apply or effect slower than this many milliseconds (default 100)",
     )
@@ -99,6 +111,32 @@ def _parser() -> argparse.ArgumentParser:
         "disables)",
     )
     run.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=65536,
+        metavar="ENTRIES",
+        help="renew each replica's recovery point (a snapshot written by a forked child) every "
+        "ENTRIES log entries or 64 MiB of them; a rollback replays at most that much "
+        "(default 65536)",
+    )
+    run.add_argument(
+        "--eject-after",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="kill and restart a replica that has applied nothing for this long while the log "
+        "is full and another replica is ahead of it: it bounds how long every writer waits on "
+        "one frozen replica (default 1; 0 disables)",
+    )
+    run.add_argument(
+        "--snapshots",
+        choices=["fork", "inline"],
+        default="fork",
+        help="how a replica writes snapshots (for joiners and recovery points) and state "
+        "digests: 'fork' (a forked child does it while the replica serves; the default) or "
+        "'inline' (the replica stops applying while it does it)",
+    )
+    run.add_argument(
         "--reads",
         choices=["linearizable", "local"],
         default=None,
@@ -121,7 +159,41 @@ def _parser() -> argparse.ArgumentParser:
         else:
             cmd.add_argument("--once", action="store_true", help="print one frame and exit")
             cmd.add_argument("--interval", type=float, default=1.0, help="seconds per refresh")
+    monitor = sub.add_parser(
+        "monitor",
+        help="attach this terminal to a replica's monitor console (a service run with --monitor)",
+        description="Attach this terminal to the aiomonitor console of one replica of a service "
+        "run with --monitor, through its unix socket (like telnet: Ctrl-D or 'exit' leaves).",
+    )
+    monitor.add_argument(
+        "name", nargs="?", default=None, help="the service's name (finds its run dir)"
+    )
+    monitor.add_argument("--run-dir", type=Path, default=None, help="the service's run dir")
+    monitor.add_argument(
+        "--replica", type=int, default=0, metavar="I", help="the replica's index (default 0)"
+    )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """A number above zero (``--stall-ms``: 0 or less would report every apply as a stall)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
 
 
 def _gc_threshold(text: str) -> tuple[int, int, int] | str:
@@ -139,6 +211,22 @@ def _gc_threshold(text: str) -> tuple[int, int, int] | str:
     return (g0, g1, g2)
 
 
+def _monitor_setting(args: argparse.Namespace) -> int | None:
+    """``monitor_port`` for the supervisor: a TCP base port (``--monitor-tcp``),
+    MONITOR_UNIX (``--monitor``: unix sockets in the run dir) or None."""
+    from ._runtime._monitor import MONITOR_UNIX
+
+    if args.monitor_tcp:
+        if not 0 < args.monitor_port < 65536:
+            print(
+                f"dominoes: error: --monitor-port {args.monitor_port} is not a port",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        return int(args.monitor_port)
+    return MONITOR_UNIX if args.monitor else None
+
+
 def _gc_setting(
     given: tuple[int, int, int] | str | None, default: tuple[int, int, int]
 ) -> tuple[int, int, int] | None:
@@ -150,6 +238,41 @@ def _gc_setting(
     return given
 
 
+def _check_loop(name: str | None) -> str | None:
+    """Why ``--loop name`` cannot run here (None: it can), asked before any replica starts.
+
+    Each replica builds its loop from the policy; an unknown or unavailable
+    one would otherwise end every replica in a traceback.
+    """
+    # dominoes.loops is a mapped package (loops/ in the source tree); imported
+    # by name so type checkers that do not follow the mapping are not misled.
+    loops = importlib.import_module("dominoes.loops")
+    try:
+        loops.get(name)
+    except (LookupError, RuntimeError) as exc:
+        return f"--loop {name}: {exc}"
+    return None
+
+
+def _replicas_warning(replicas: int | None, cpus: set[int]) -> str | None:
+    """Why ``--replicas`` is a bad idea on these CPUs (None: it is not).
+
+    Every replica applies every write, so a write costs each replica one
+    apply: replicas that share a core add that core's work without adding a
+    core, and take turns on it (context switches, cold caches, wake-ups that
+    wait for a time slice).  Measured on 2 cores (``redis-benchmark -P 16 -t
+    set`` against the KV): 8 replicas did 146k SETs/s, 2 replicas 396k.
+    """
+    if replicas is None or replicas <= len(cpus):
+        return None
+    cores = len(cpus)
+    return (
+        f"{replicas} replicas on {cores} core{'s' if cores != 1 else ''} (the CPUs this process "
+        f"may run on): replicas will share cores, and since every replica applies every write, "
+        f"writes get slower, not faster; use --replicas {cores} or fewer"
+    )
+
+
 def _find_run_dir(name: str | None, run_dir: Path | None) -> Path:
     from ._runtime._supervisor import default_run_dir
 
@@ -157,10 +280,16 @@ def _find_run_dir(name: str | None, run_dir: Path | None) -> Path:
         return run_dir
     if name is not None:
         return default_run_dir(name)
+    from ._runtime._top import control_state
+
     parent = default_run_dir("x").parent
-    running = sorted(p.parent for p in parent.glob("*/control.sock")) if parent.exists() else []
+    found = sorted(p.parent for p in parent.glob("*/control.sock")) if parent.exists() else []
+    # A supervisor killed with SIGKILL leaves its control.sock: not a service.
+    running = [d for d in found if control_state(d / "control.sock") == "running"]
     if len(running) == 1:
         return running[0]
+    if not running and len(found) == 1:
+        return found[0]  # stats/top then say it is not running (stale socket)
     names = ", ".join(p.name for p in running) or "none found"
     raise SystemExit(f"dominoes: error: name the service (running: {names}) or pass --run-dir")
 
@@ -170,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from ._core._log import DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE
         from ._runtime._ports import PortInUseError
+        from ._runtime._process import ServiceLoadError
         from ._runtime._supervisor import DEFAULT_GC_THRESHOLD, SupervisorConfig, run
 
         logging.basicConfig(
@@ -184,6 +314,13 @@ def main(argv: list[str] | None = None) -> int:
         # shadow the installed package.
         if cwd not in sys.path:
             sys.path.append(cwd)
+        problem = _check_loop(args.loop)
+        if problem is not None:
+            print(f"dominoes: error: {problem}", file=sys.stderr)
+            return 2
+        warning = _replicas_warning(args.replicas, os.sched_getaffinity(0))
+        if warning is not None:
+            print(f"dominoes: warning: {warning}", file=sys.stderr, flush=True)
         config = SupervisorConfig(
             target=args.target,
             replicas=args.replicas,
@@ -195,20 +332,39 @@ def main(argv: list[str] | None = None) -> int:
             run_dir=args.run_dir,
             log_level=args.log_level.upper(),
             sys_path=[cwd],
-            monitor_port=args.monitor_port if args.monitor else None,
+            monitor_port=_monitor_setting(args),
             digest_every=args.digest_every,
             stall_threshold=args.stall_ms / 1000,
             stuck_after=args.stuck_after or None,
             apply_timeout=args.apply_timeout or None,
+            checkpoint_every=args.checkpoint_every,
+            fork_snapshots=args.snapshots == "fork",
+            eject_after=args.eject_after or None,
             reads=args.reads,
             gc_threshold=_gc_setting(args.gc_threshold, DEFAULT_GC_THRESHOLD),
         )
+        if args.monitor_tcp:
+            print(
+                f"dominoes: warning: --monitor-tcp: replica i's monitor listens on 127.0.0.1 "
+                f"ports {args.monitor_port}+10*i (console), +1 (web UI) and +2 (Python REPL) "
+                f"without authentication: every local user can reach it and run Python as uid "
+                f"{os.geteuid()}; --monitor alone serves it to this user only",
+                file=sys.stderr,
+                flush=True,
+            )
         try:
             return run(config)
         except PortInUseError as exc:  # one line, exit 1: nothing was started
             print(f"dominoes: {exc}", file=sys.stderr)
             return 1
-        except (ImportError, AttributeError, TypeError, ValueError, RuntimeError) as exc:
+        except (
+            ServiceLoadError,
+            ImportError,
+            AttributeError,
+            TypeError,
+            ValueError,
+            RuntimeError,
+        ) as exc:
             print(f"dominoes: error: {exc}", file=sys.stderr)
             return 2
     if args.command in ("stats", "top"):
@@ -218,4 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "stats":
             return stats_main(run_dir, args.json)
         return top_main(run_dir, args.once, args.interval)
+    if args.command == "monitor":
+        from ._runtime._monitor import monitor_main
+
+        return monitor_main(_find_run_dir(args.name, args.run_dir), args.replica)
     return 2

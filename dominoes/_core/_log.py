@@ -21,6 +21,9 @@ Layout (every hot word on its own 64-byte line)::
     line 2      completed: the highest cursor any replica has applied up to
     line 3+i    replica i: cursor, state, pid, asleep, intent_seq, intent_n,
                 generation, stuck (the seq whose apply it gave up on; 0: none)
+    line 3+R+i  replica i's heartbeat: bumped by its event loop while it serves
+                (R = max_replicas; its own line, so the bumps never share a
+                line with the cursor other replicas read)
     slots       slot k at slots_offset + k * slot_size:
                   +0   claim word (own line): 0, or winner replica + 1
                   +64  published_seq  (stored with release, LAST)
@@ -604,6 +607,21 @@ class Log:
                 return
             seen = w.load_acquire(_COMPLETED)
 
+    # --- liveness ---------------------------------------------------------------------
+
+    def _beat_line(self, replica: int) -> int:
+        if not 0 <= replica < self.max_replicas:
+            raise IndexError(f"replica {replica} out of range 0..{self.max_replicas - 1}")
+        return _REPLICAS + (self.max_replicas + replica) * LINE
+
+    def beat(self, replica: int) -> None:
+        """Bump ``replica``'s heartbeat: its event loop is running (serving)."""
+        self._w.fetch_add(self._beat_line(replica), 1)
+
+    def heartbeat(self, replica: int) -> int:
+        """``replica``'s heartbeat count; a value that stops moving means a frozen loop."""
+        return self._w.load_acquire(self._beat_line(replica))
+
     # --- poison entries ----------------------------------------------------------------
 
     def stuck(self, replica: int) -> int:
@@ -742,4 +760,4 @@ class Log:
 
 
 def _slots_offset(max_replicas: int) -> int:
-    return _REPLICAS + max_replicas * LINE
+    return _REPLICAS + 2 * max_replicas * LINE

@@ -66,6 +66,7 @@ class Applied:
     __slots__ = (
         "batch",
         "digest",
+        "digest_due",
         "divergence",
         "duplicate",
         "effects",
@@ -75,6 +76,7 @@ class Applied:
         "result",
         "seq",
         "snapshot",
+        "snapshot_for",
         "sub",
     )
 
@@ -91,6 +93,10 @@ class Applied:
         self.effects: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
         self.duplicate = False
         self.snapshot: bytes | None = None
+        #: a snapshot of this replica's state is asked for this joiner (-1: none)
+        self.snapshot_for = -1
+        #: this entry crossed a digest point on this replica
+        self.digest_due = False
         #: this replica's state digest, when this entry crossed a digest point
         self.digest: dict[str, str] | None = None
         #: set when a digest report from another replica disagrees with ours
@@ -202,7 +208,25 @@ class StateMachine:
         # every replica -- and keep the last few to compare with reports.
         self.digest_every = digest_every
         self._next_digest = digest_every
+        #: apply() leaves snapshots and digests to the caller's :meth:`finish`
+        #: (``ReplicaCore`` does, outside its apply timing); False: apply()
+        #: calls it itself.  A replay of already-applied entries calls neither.
+        self.defer_outputs = False
+        #: the driver's way to write a snapshot asked through the log without
+        #: encoding it here: ``writer(seq, joiner)`` starts writing the state
+        #: as it is now (after entry ``seq``) and returns True; None or False:
+        #: the snapshot is encoded into ``Applied.snapshot``
+        self.snapshot_writer: Callable[[int, int], bool] | None = None
+        #: the driver's way to digest the state without stopping for it:
+        #: ``writer(seq)`` starts digesting the state as it is now (after entry
+        #: ``seq``) and returns True; the driver then calls :meth:`digest_done`.
+        #: None or False: the digest is computed here, into ``Applied.digest``
+        self.digest_writer: Callable[[int], bool] | None = None
         self._digests: dict[int, dict[str, str]] = {}
+        # digests being computed by the driver, and other replicas' reports
+        # for them that arrived first (compared once ours is done)
+        self._digest_pending: set[int] = set()
+        self._early_reports: dict[int, list[tuple[int, dict[str, str]]]] = {}
         self.divergences = 0
         # local statistics
         self.applied_entries = 0
@@ -247,28 +271,82 @@ class StateMachine:
         elif type(entry) is Control:
             self.now = now
             if entry.op == "snapshot" and entry.arg and entry.arg[0] == self.index:
-                out.snapshot = self.snapshot()
+                out.snapshot_for = int(entry.arg[1])
             elif entry.op == "digest":
                 self._compare(out, entry)
                 return out  # a report is not itself a digest point
         if self.digest_every and seq >= self._next_digest:
             self._next_digest = (seq // self.digest_every + 1) * self.digest_every
-            out.digest = self.digest()
-            self._digests[seq] = out.digest
-            if len(self._digests) > _DIGESTS_KEPT:
-                del self._digests[next(iter(self._digests))]
+            out.digest_due = True
+        if not self.defer_outputs:
+            self.finish(out)
         return out
+
+    def finish(self, out: Applied) -> None:
+        """Produce what applying ``out``'s entry asked of this replica: a
+        snapshot for a joiner, a digest at a digest point.
+
+        It runs right after the apply, before the next entry, so it sees the
+        state at exactly that log position; a driver that times applies
+        (the apply timeout) calls it outside the timed window, since its cost
+        is the state's size, not the entry's (``defer_outputs``).  A writer
+        the driver set may take the work elsewhere (a forked child).
+        """
+        seq = out.seq
+        if out.snapshot_for >= 0:
+            writer = self.snapshot_writer
+            if writer is None or not writer(seq, out.snapshot_for):
+                out.snapshot = self.snapshot()
+        if out.digest_due:
+            digest_writer = self.digest_writer
+            if digest_writer is not None and digest_writer(seq):
+                self._digest_pending.add(seq)
+            else:
+                out.digest = self.digest()
+                self._keep_digest(seq, out.digest)
+
+    def _keep_digest(self, seq: int, digest: dict[str, str]) -> None:
+        self._digests[seq] = digest
+        if len(self._digests) > _DIGESTS_KEPT:
+            del self._digests[next(iter(self._digests))]
 
     def _compare(self, out: Applied, entry: Control) -> None:
         reporter, at, theirs = entry.arg
-        mine = self._digests.get(at)
-        if reporter == self.index or mine is None:
+        if reporter == self.index:
             return
+        if at in self._digest_pending:  # ours is still being computed: compare later
+            early = self._early_reports.setdefault(at, [])
+            early.append((reporter, theirs))
+            if len(self._early_reports) > _DIGESTS_KEPT:
+                del self._early_reports[next(iter(self._early_reports))]
+            return
+        mine = self._digests.get(at)
+        if mine is not None:
+            out.divergence = self._check(at, reporter, theirs, mine)
+
+    def _check(
+        self, at: int, reporter: int, theirs: dict[str, str], mine: dict[str, str]
+    ) -> Divergence | None:
         for name in sorted(mine):
             if theirs.get(name) != mine[name]:
                 self.divergences += 1
-                out.divergence = Divergence(seq=at, replicas=(reporter, self.index), component=name)
-                return
+                return Divergence(seq=at, replicas=(reporter, self.index), component=name)
+        return None
+
+    def digest_done(self, seq: int, digest: dict[str, str] | None) -> list[Divergence]:
+        """The driver's digest of the state at ``seq`` (None: it failed).
+
+        Compares it with the reports other replicas made for ``seq`` while it
+        was being computed; what disagrees is returned.  Local bookkeeping
+        only: divergence detection is an observation, not replicated state.
+        """
+        self._digest_pending.discard(seq)
+        early = self._early_reports.pop(seq, [])
+        if digest is None:
+            return []
+        self._keep_digest(seq, digest)
+        found = [self._check(seq, reporter, theirs, digest) for reporter, theirs in early]
+        return [d for d in found if d is not None]
 
     def _call(self, call: Call, out: Applied, now: float) -> None:
         """Apply one call (an entry, or one call of a batch) into ``out``."""

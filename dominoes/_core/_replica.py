@@ -50,7 +50,7 @@ import msgspec
 from ._codec import Call, Control, Entry, Fire, Mode, batch_payload, decode, encode
 from ._errors import ApplyTimeout, LogFullError, UnknownEventError
 from ._log import KIND_NOOP, Log
-from ._machine import Applied, StateMachine
+from ._machine import Applied, Divergence, StateMachine
 
 __all__ = ("ReplicaCore", "ReplicaStatistics")
 
@@ -71,6 +71,7 @@ DEFAULT_TIMER_GRACE: Final = 0.05
 #: these, and so is the replay a rollback does.
 DEFAULT_CHECKPOINT_ENTRIES: Final = 65536
 DEFAULT_CHECKPOINT_BYTES: Final = 64 * 1024 * 1024
+
 
 #: A journal entry's kind for an entry applied as poison (never a log kind).
 _POISONED: Final = -1
@@ -118,6 +119,7 @@ class ReplicaCore:
             raise ValueError("batch must be >= 1")
         self.log = log
         self.machine = machine
+        machine.defer_outputs = True  # poll() calls finish() outside the timed apply
         self.index = machine.index
         #: how many replicas the service runs (for spreading timer fires)
         self.replicas = replicas
@@ -148,9 +150,15 @@ class ReplicaCore:
         self.checkpoint_bytes = DEFAULT_CHECKPOINT_BYTES
         # The recovery point: None until enable_recovery() (testing.Cluster
         # replicas run without one).
-        self._recovery: bytes | None = None
+        self._recovery: Callable[[], bytes] | None = None
         self._journal: list[tuple[int, int, int, bytes]] | None = None
         self._journal_bytes = 0
+        # a background checkpoint in progress: (its cursor, journal length then)
+        self._pending: tuple[int, int] | None = None
+        #: the driver's background snapshot: ``snapshotter(cursor)`` starts
+        #: encoding the state at ``cursor`` elsewhere and returns True, or
+        #: returns False (then the checkpoint is taken inline)
+        self.snapshotter: Callable[[int], bool] | None = None
         # who owns the last given-up seq (its claim CAS cannot be won twice)
         self._memo_seq = 0
         self._memo_owner = False
@@ -286,6 +294,7 @@ class ReplicaCore:
                 clock = self._clock
                 if clock is None:
                     applied = machine.apply(entry, owner, nslots)
+                    machine.finish(applied)
                 else:
                     t0 = self.applying = clock()
                     try:
@@ -308,6 +317,7 @@ class ReplicaCore:
                         self.stalls += 1
                         if self._on_stall is not None:
                             self._on_stall(entry, took)
+                    machine.finish(applied)  # a snapshot or digest is not the entry's time
                 if journal is not None:
                     journal.append((seq, kind, nslots, payload))
                     added += len(payload)
@@ -333,30 +343,76 @@ class ReplicaCore:
 
     # --- the recovery point --------------------------------------------------------
 
-    def enable_recovery(self) -> None:
-        """Keep a recovery point from now on (the runtime does; see the module doc)."""
-        self._journal = []
-        self.checkpoint()
+    def enable_recovery(self, snapshot: bytes | None = None) -> None:
+        """Keep a recovery point from now on (the runtime does; see the module doc).
 
-    def checkpoint(self) -> None:
-        """Renew the recovery point: snapshot the state now, empty the journal."""
-        self._recovery = self.machine.snapshot()
+        ``snapshot``: the state at the current cursor, when the caller has it
+        already (a joiner's loaded snapshot); otherwise it is taken now.
+        """
+        data = self.machine.snapshot() if snapshot is None else snapshot
+        self._recovery = lambda: data
         self._journal = []
         self._journal_bytes = 0
+        self._pending = None
         self.checkpoints += 1
+
+    def checkpoint(self) -> None:
+        """Renew the recovery point at the current cursor.
+
+        Without a :attr:`snapshotter` the snapshot is taken here, on the
+        caller's time.  With one (the runtime's forks a child that encodes
+        the state while the replica goes on), the snapshot is only started:
+        the journal keeps everything until :meth:`checkpoint_done` says the
+        snapshot at that cursor is complete.  One runs at a time.
+        """
+        journal = self._journal
+        if journal is None:
+            return
+        if self.snapshotter is not None:
+            if self._pending is not None:
+                return
+            cursor = self.machine.cursor
+            if self.snapshotter(cursor):
+                self._pending = (cursor, len(journal))
+                return
+        # no background snapshot (none offered, or it could not start): here
+        data = self.machine.snapshot()
+        self._recovery = lambda: data
+        journal.clear()
+        self._journal_bytes = 0
+        self.checkpoints += 1
+
+    def checkpoint_done(self, cursor: int, load: Callable[[], bytes]) -> None:
+        """The background snapshot at ``cursor`` is complete; ``load()`` reads it."""
+        pending = self._pending
+        if pending is None or pending[0] != cursor or self._journal is None:
+            return
+        self._pending = None
+        self._recovery = load
+        del self._journal[: pending[1]]
+        self._journal_bytes = sum(len(p) for _, _, _, p in self._journal)
+        self.checkpoints += 1
+
+    def checkpoint_failed(self, cursor: int) -> None:
+        """The background snapshot at ``cursor`` failed: the older point stays."""
+        if self._pending is not None and self._pending[0] == cursor:
+            self._pending = None
 
     def rollback(self) -> None:
         """Restore the state to just before :attr:`gave_up` (snapshot, then replay).
 
         The replay applies the journal as a non-owner: the effects and replies
-        of those entries already happened.  ``gave_up`` stays set until the
-        entry is applied (:meth:`retry` or :meth:`apply_poisoned`).
+        of those entries already happened, and snapshots asked of this
+        replica were written then.  ``gave_up`` stays set until the entry is
+        applied (:meth:`retry` or :meth:`apply_poisoned`).
         """
         if self._recovery is None or self._journal is None:
             raise RuntimeError("rollback without a recovery point (call enable_recovery)")
         machine = self.machine
         stats = (machine.applied_entries, machine.errors, machine.timers_fired)
-        machine.restore(self._recovery)
+        # A replay produces no snapshot or digest (defer_outputs, and no
+        # finish()): those were written the first time.
+        machine.restore(self._recovery())
         for seq, kind, nslots, payload in self._journal:
             if kind == KIND_NOOP:
                 machine.skip(seq, nslots)
@@ -370,6 +426,21 @@ class ReplicaCore:
                 f"replica {self.index}: rollback reached {machine.cursor}, not {self.gave_up}"
             )
         self.rollbacks += 1
+
+    def digest_done(
+        self, seq: int, digest: dict[str, str] | None, *, now: float
+    ) -> list[Divergence]:
+        """A digest the driver computed for ``seq`` (``StateMachine.digest_writer``).
+
+        Queues this replica's report of it in :attr:`outbox` and returns the
+        divergences it shows against reports that arrived first.
+        """
+        found = self.machine.digest_done(seq, digest)
+        if digest is not None:
+            self.outbox.append(
+                encode(Control("digest", [self.index, seq, digest], now, self.index))
+            )
+        return found
 
     def interrupted(self) -> int:
         """:attr:`gave_up`, as a call (a driver checks it again after :meth:`poll`)."""

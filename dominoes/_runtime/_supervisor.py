@@ -26,7 +26,6 @@ import logging
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -38,8 +37,10 @@ import msgspec
 
 from .._core._log import DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE, ReplicaState
 from ._control import ask, replica_socket
+from ._peercred import peer_refusal
 from ._ports import claim_ports
 from ._process import ReplicaConfig, load_service
+from ._rundir import default_run_dir, make_run_dir
 from ._shm import SharedLog
 
 __all__ = ("Supervisor", "SupervisorConfig", "default_run_dir")
@@ -65,8 +66,6 @@ CLIENT_FILL_INTERVAL: Final = 0.005
 #: Looks after which a still-ambiguous departed client is logged, and the
 #: interval grows tenfold (the line stays out of use until it is resolved).
 CLIENT_FILL_PATIENCE: Final = 200
-#: ``struct ucred`` as SO_PEERCRED returns it: pid, uid, gid.
-_UCRED: Final = struct.Struct("3i")
 #: A seed shared by every replica, so set and dict-of-str iteration orders match.
 DEFAULT_HASH_SEED: Final = "20260429"
 #: The collector's thresholds in a serving replica (see ``_process.tune_gc``):
@@ -74,11 +73,15 @@ DEFAULT_HASH_SEED: Final = "20260429"
 DEFAULT_GC_THRESHOLD: Final = (20_000, 20, 20)
 
 
-def default_run_dir(name: str) -> Path:
-    """``$XDG_RUNTIME_DIR/dominoes/NAME``, else ``/tmp/dominoes-UID/NAME``."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    root = Path(base) / "dominoes" if base else Path(f"/tmp/dominoes-{os.getuid()}")
-    return root / name
+#: Files of an earlier run in the run dir (snapshots, recovery points, their
+#: temporaries, replica sockets a killed supervisor's replicas left behind).
+_LEFTOVERS: Final = (
+    "snapshot-*",
+    "recovery-*",
+    ".snapshot-*",
+    ".recovery-*",
+    "replica-*.sock",
+)
 
 
 @dataclass
@@ -106,6 +109,13 @@ class SupervisorConfig:
     stuck_after: float | None = STUCK_AFTER
     #: seconds an apply may run before the replica gives up on it (None: never)
     apply_timeout: float | None = 2.0
+    #: seconds a replica may hold a full log without applying anything while
+    #: another is ahead, before it is ejected (None: never)
+    eject_after: float | None = 1.0
+    #: entries between a replica's recovery points
+    checkpoint_every: int = 65536
+    #: snapshots and digests written by a forked child (False: inline)
+    fork_snapshots: bool = True
     #: "linearizable" or "local" reads (None: the service's own setting)
     reads: str | None = None
     #: the collector's thresholds in every replica once it serves, after freezing
@@ -130,6 +140,11 @@ class _Child:
     #: the watchdog's last view: cursor, and since when it has not moved
     seen_cursor: int = 0
     stuck_since: float | None = None
+    #: its heartbeat, and since when it has not moved
+    seen_beat: int = -1
+    beat_since: float = 0.0
+    #: since when its cursor has held a full log while another replica was ahead
+    holding_since: float | None = None
 
 
 class Supervisor:
@@ -154,6 +169,7 @@ class Supervisor:
         self._all_ready = asyncio.Event()
         self.deaths = 0
         self.poisoned = 0
+        self._last_watch = time.monotonic()
         self.exit_code = 0
         # the watchdog's view of the first unpublished seq every reader waits at
         self._held_head: int | None = None
@@ -168,8 +184,9 @@ class Supervisor:
     # --- start ---------------------------------------------------------------------------
 
     def _prepare(self) -> None:
-        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.run_dir, 0o700)
+        # mkdir without following symlinks, then refuse a directory that is not
+        # this uid's alone (another user's /tmp/dominoes-UID): see _rundir.
+        make_run_dir(self.config.run_dir, self.service.name)
         sock = self.run_dir / "control.sock"
         if sock.exists():
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -189,8 +206,9 @@ class Supervisor:
             tcp=self.service.tcp is not None,
             udp=self.service.udp is not None,
         )
-        for stale in self.run_dir.glob("snapshot-*"):
-            stale.unlink()
+        for pattern in _LEFTOVERS:
+            for stale in self.run_dir.glob(pattern):
+                stale.unlink(missing_ok=True)
         self.shared = SharedLog.create(
             self.service.name,
             capacity=self.config.capacity,
@@ -229,6 +247,9 @@ class Supervisor:
             digest_every=self.config.digest_every,
             stall_threshold=self.config.stall_threshold,
             apply_timeout=self.config.apply_timeout,
+            checkpoint_every=self.config.checkpoint_every,
+            fork_snapshots=self.config.fork_snapshots,
+            supervisor_pid=os.getpid(),
             reads=self.config.reads,
             gc_threshold=self.config.gc_threshold,
         )
@@ -258,7 +279,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         loop.add_reader(child.pidfd, self._on_exit, child)
         loop.add_reader(ready_r, self._on_ready, child)
-        log.warning(
+        log.info(  # routine: the "serving on" line says when all are up
             "replica %d %s: pid %d on core %s",
             child.index,
             "joining" if join else "started",
@@ -279,12 +300,19 @@ class Supervisor:
             child.failures = 0
             if all(c.ready for c in self.children) and not self._all_ready.is_set():
                 self._all_ready.set()
-                print(
-                    f"dominoes: {self.service.name} serving on {self.config.host}:"
-                    f"{self.config.port} with {self.n} replicas (run dir {self.run_dir})",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                name, n, run_dir = self.service.name, self.n, self.run_dir
+                if self.service.tcp is None and self.service.udp is None:
+                    line = (
+                        f"dominoes: {name} serving no network ingress with {n} replicas "
+                        f"(no tcp handler or udp event: dominoes.connect reaches it; "
+                        f"run dir {run_dir})"
+                    )
+                else:
+                    where = f"{self.config.host}:{self.config.port}"
+                    line = (
+                        f"dominoes: {name} serving on {where} with {n} replicas (run dir {run_dir})"
+                    )
+                print(line, file=sys.stderr, flush=True)
 
     # --- deaths and restarts ---------------------------------------------------------------
 
@@ -420,21 +448,8 @@ class Supervisor:
 
     def _peer_refusal(self, writer: asyncio.StreamWriter) -> str | None:
         """Why the peer of a control connection is refused (another uid), or None."""
-        sock = writer.get_extra_info("socket")
-        if sock is None:
-            return "PermissionError: cannot read the peer's credentials (connection closed)"
-        try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-        except OSError as exc:
-            return f"PermissionError: cannot read the peer's credentials: {exc}"
-        pid, uid, _ = _UCRED.unpack(raw)
-        mine = os.geteuid()
-        if uid == mine:
-            return None
-        log.warning("control: refused pid %d of uid %d (service uid %d)", pid, uid, mine)
-        return (
-            f"PermissionError: service {self.service.name!r} runs as uid {mine}; "
-            f"a process of uid {uid} may not attach to it (only the same uid can)"
+        return peer_refusal(
+            writer.get_extra_info("socket"), f"service {self.service.name!r}", "control"
         )
 
     def _new_client(self, writer: asyncio.StreamWriter) -> int:
@@ -555,6 +570,8 @@ class Supervisor:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        # Outside the try: a failed _prepare (the service is already running,
+        # a bad run dir, a port in use) must not clean up another run's files.
         self._prepare()
         try:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -589,7 +606,16 @@ class Supervisor:
         if limit is None:
             return
         now = time.monotonic()
+        if now - self._last_watch > 4 * WATCHDOG_EVERY:
+            # The supervisor itself did not run for a while (a paused VM, an
+            # overloaded host): what it measured since is unreliable, so
+            # every clock restarts rather than blame a replica for the gap.
+            for c in self.children:
+                c.stuck_since = c.holding_since = None
+                c.beat_since = now
+        self._last_watch = now
         self._watch_unpublished(now, limit)
+        self._watch_liveness(now, limit)
         for c in self.children:
             if not c.ready or c.proc is None or self._log.state(c.index) != ReplicaState.LIVE:
                 c.stuck_since = None
@@ -613,6 +639,67 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     c.proc.kill()
 
+    def _watch_liveness(self, now: float, limit: float) -> None:
+        """Kill a replica that stopped serving, or that alone holds a full log.
+
+        * **No heartbeat.**  A replica's event loop bumps its heartbeat word
+          every few milliseconds.  One that has not moved for ``stuck_after``
+          seconds means a loop that no longer runs (SIGSTOP, a blocked
+          handler, a frozen process): its clients and its accept queue wait
+          in vain, even when no write exposes it.
+        * **Holding a full log.**  A replica whose cursor has not moved for
+          ``eject_after`` seconds while the log is (nearly) full and another
+          live replica is ahead of it stalls every writer of the service.
+          It is ejected and restarts from a snapshot, so no write waits on it
+          for longer than that bound.  A slow replica that makes progress is
+          never ejected; it causes backpressure.
+
+        Either way only while another live replica is serving (fresh
+        heartbeat): killing the last one would lose the state.
+        """
+        log_ = self._log
+        live = [
+            c
+            for c in self.children
+            if c.ready and c.proc is not None and log_.state(c.index) == ReplicaState.LIVE
+        ]
+        for c in live:
+            beat = log_.heartbeat(c.index)
+            if beat != c.seen_beat:
+                c.seen_beat, c.beat_since = beat, now
+        fresh = {c.index for c in live if now - c.beat_since < limit}
+        stats = log_.statistics()
+        nearly_full = stats.free_slots < max(1, stats.capacity // 16)
+        cursors = {c.index: log_.cursor(c.index) for c in live}
+        eject = self.config.eject_after
+        for c in live:
+            others_fresh = bool(fresh - {c.index})
+            if c.index not in fresh and others_fresh:
+                self._kill(c, f"stopped serving: no heartbeat for {now - c.beat_since:.1f}s")
+                continue
+            ahead = any(cursors[o] > cursors[c.index] for o in cursors if o != c.index)
+            holding = nearly_full and ahead and stats.slowest_replica == c.index
+            if not holding or cursors[c.index] != c.seen_cursor:
+                c.holding_since = None if not holding else now
+                continue
+            if c.holding_since is None:
+                c.holding_since = now
+            elif eject is not None and now - c.holding_since >= eject and others_fresh:
+                self._kill(
+                    c,
+                    f"held the full log for {now - c.holding_since:.1f}s at seq "
+                    f"{cursors[c.index]} while others were ahead (ejected; "
+                    "--eject-after bounds how long writers wait on one replica)",
+                )
+
+    def _kill(self, child: _Child, why: str) -> None:
+        log.error("replica %d %s; killing it (it restarts from a snapshot)", child.index, why)
+        child.holding_since = child.stuck_since = None
+        child.beat_since = time.monotonic()
+        if child.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.kill()
+
     def _judge_poison(self) -> set[int]:
         """Declare a poison entry when every live replica gave up on the same seq.
 
@@ -621,7 +708,8 @@ class Supervisor:
         line.  If another replica applied the entry, it is not poison: the one
         that gave up applies it again by itself.  If every live replica gave
         up on it, nobody can apply it: the supervisor declares it poison, and
-        each replica applies it as an error (invariant 9, docs/design/invariants.md).  Returns the
+        each replica applies it as an error (invariant 9,
+        docs/design/invariants.md).  Returns the
         replicas legitimately waiting for this verdict (the stuck-replica
         watchdog spares them).
         """
@@ -717,7 +805,7 @@ class Supervisor:
         """Begin a clean stop (idempotent)."""
         if not self._stopping:
             self._stopping = True
-            log.warning("stopping: draining %d replicas", self.n)
+            log.info("stopping: draining %d replicas", self.n)
             self._stopped.set()
 
     async def _shutdown(self) -> None:
@@ -765,8 +853,9 @@ class Supervisor:
             self.shared = None
         with contextlib.suppress(FileNotFoundError):
             (self.run_dir / "control.sock").unlink()
-        for stale in self.run_dir.glob("snapshot-*"):
-            stale.unlink()
+        for pattern in _LEFTOVERS:
+            for stale in self.run_dir.glob(pattern):
+                stale.unlink(missing_ok=True)
 
 
 async def _send_with_fds(writer: asyncio.StreamWriter, data: bytes, fds: list[int]) -> None:

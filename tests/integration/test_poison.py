@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import ROOT, LineClient, clients_on_every_replica, free_port, running
+from .harness import ROOT, LineClient, clients_on_every_replica, free_port, running, wait_until
 
 TARGET = "tests.integration.services:poison"
 ARGS = ("--apply-timeout", "0.5")
@@ -125,3 +125,35 @@ def test_the_kv_matches_an_exponential_glob_and_keeps_serving(tmp_path: Path) ->
             sub.close()
             for r in on.values():
                 r.close()
+
+
+def test_recovery_points_are_written_by_a_child_and_rolled_back_to(tmp_path: Path) -> None:
+    """With a recovery point every 8 entries, each replica's forked child writes
+    it (0600) while the replica serves; a poison entry later rolls back to the
+    newest one plus the journal since, and every earlier write is still there."""
+    run_dir = tmp_path / "run"
+    args = (*ARGS, "--checkpoint-every", "8")
+    with running(TARGET, run_dir, args=args) as svc:
+        every = clients_on_every_replica(svc.port, 2)
+        try:
+            for i in range(60):
+                assert every[i % 2].ask(f"PUT k{i} v{i}") == "OK"
+
+            def both_written() -> bool:
+                names = [p.name for p in run_dir.glob("recovery-*.bin")]
+                return {n.split("-")[1] for n in names} == {"0", "1"}
+
+            wait_until(both_written, timeout=20)
+            for path in run_dir.glob("recovery-*.bin"):
+                assert path.stat().st_mode & 0o777 == 0o600
+            assert every[1].ask("SPIN k7").startswith("ERR PoisonedEntryError")
+            for i in range(60):
+                assert every[i % 2].ask(f"GET k{i}") == f"v{i}"
+            assert every[0].ask("PUT k7 again") == "OK"
+            assert every[1].ask("GET k7") == "again"
+        finally:
+            for c in every.values():
+                c.close()
+        assert svc.stop() == 0
+    assert not list(run_dir.glob("recovery-*")), "recovery points outlived a clean stop"
+    assert not list(run_dir.glob(".recovery-*"))

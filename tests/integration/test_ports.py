@@ -24,7 +24,7 @@ import redis
 from dominoes._runtime import _ports
 from dominoes._runtime._ports import PortInUseError, claim_ports
 
-from .harness import ROOT, LineClient, Service, free_port, running
+from .harness import ROOT, LineClient, Service, free_port, running, wait_until
 from .kv_helpers import KV, wait_for
 
 pytestmark = pytest.mark.integration
@@ -265,18 +265,31 @@ def test_a_udp_socket_does_not_refuse_a_tcp_only_service(tmp_path: Path) -> None
         answers(KV, svc.port)
 
 
-def test_an_orphaned_replica_keeps_its_port(tmp_path: Path) -> None:
+def test_a_stopped_replica_of_a_killed_supervisor_frees_the_port(tmp_path: Path) -> None:
+    """An orphan cannot hold the port: a replica dies with its supervisor
+    (PR_SET_PDEATHSIG), even while stopped, so the next service starts."""
     with serving(COUNTER, tmp_path / "first") as svc:
         pids = svc.replica_pids()
+        port = svc.port
         try:
             os.kill(pids[1], signal.SIGSTOP)  # frozen: it cannot notice its supervisor is gone
             svc.proc.kill()
             svc.proc.wait(10)
-            refused(COUNTER, tmp_path / "second", svc.port)
+            wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=20)
         finally:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+    with serving(COUNTER, tmp_path / "second", port) as again:
+        answers(COUNTER, again.port)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_the_port_is_free_again_after_a_clean_stop(tmp_path: Path) -> None:

@@ -68,3 +68,44 @@ def test_digests_are_off_by_default() -> None:
     for i in range(30):
         cluster.call(0, Honest.add, i)
     assert cluster.log.tail == 31
+
+
+def test_a_digest_computed_later_is_compared_with_reports_that_came_first() -> None:
+    """A driver may digest in the background (``StateMachine.digest_writer``):
+    reports that arrive before its own digest are compared once it is done."""
+    service = Service("d", [Honest(), Liar()], digest_every=5)
+    cluster = Cluster(service, replicas=2)
+    late: list[int] = []
+    machine = cluster[1].core.machine
+
+    def later(seq: int) -> bool:
+        late.append(seq)
+        return True
+
+    machine.digest_writer = later
+    for i in range(4):
+        cluster.call(0, Honest.add, i)
+    cluster.call(0, Liar.wobble)  # seq 5: a digest point; replica 0 digests at once
+    cluster.run_until_quiet()  # replica 0's report reaches replica 1 before its digest
+    assert late == [5]
+    assert cluster.divergences == []
+    assert machine.divergences == 0
+    found = cluster[1].core.digest_done(5, machine.digest(), now=cluster.clock)
+    assert [(d.seq, d.component) for d in found] == [(5, "Liar")]
+    assert machine.divergences == 1
+    assert cluster[1].core.outbox  # replica 1's own report waits to be appended
+    assert cluster[1].core.flush_outbox() == 0
+    cluster.run_until_quiet()
+    assert [d.component for d in cluster.divergences] == ["Liar"]  # replica 0 compared it
+
+
+def test_a_failed_background_digest_drops_its_early_reports() -> None:
+    service = Service("d", [Honest()], digest_every=2)
+    cluster = Cluster(service, replicas=2)
+    machine = cluster[1].core.machine
+    machine.digest_writer = lambda seq: True
+    cluster.call(0, Honest.add, 1)
+    cluster.call(0, Honest.add, 2)
+    cluster.run_until_quiet()
+    assert cluster[1].core.digest_done(2, None, now=cluster.clock) == []
+    assert not cluster[1].core.outbox
