@@ -202,9 +202,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=2_000_000)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--only", choices=["restart", "digest", "sigstop"], default=None, help="one experiment"
+    )
     args = parser.parse_args()
     out: dict[str, Any] = {"keys": args.keys}
-    experiments = (("restart", restart), ("digest", digest)) if args.keys else ()
+    experiments = tuple(
+        (name, run)
+        for name, run in (("restart", restart), ("digest", digest))
+        if args.keys and args.only in (None, name)
+    )
     for name, run in experiments:
         for mode in ("fork", "inline"):
             print(f"{name} with --snapshots {mode} ...", file=sys.stderr, flush=True)
@@ -213,12 +220,14 @@ def main() -> None:
         out[f"{name}/ratio_inline_over_fork"] = (
             inline["longest_write_ms"] / fork["longest_write_ms"]
         )
-    print("sigstop ...", file=sys.stderr, flush=True)
-    out["sigstop/eject_1s"] = sigstop("1")
-    out["sigstop/no_eject"] = sigstop("0")
-    out["sigstop/ratio_off_over_on"] = (
-        out["sigstop/no_eject"]["longest_write_ms"] / out["sigstop/eject_1s"]["longest_write_ms"]
-    )
+    if args.only in (None, "sigstop"):
+        print("sigstop ...", file=sys.stderr, flush=True)
+        out["sigstop/eject_1s"] = sigstop("1")
+        out["sigstop/no_eject"] = sigstop("0")
+        out["sigstop/ratio_off_over_on"] = (
+            out["sigstop/no_eject"]["longest_write_ms"]
+            / out["sigstop/eject_1s"]["longest_write_ms"]
+        )
     if args.json:
         print(json.dumps(out))
         return
@@ -230,6 +239,8 @@ def main() -> None:
             f"  {name:<8} fork {fork['longest_write_ms']:8.1f} ms   "
             f"inline {inline['longest_write_ms']:8.1f} ms   inline/fork {ratio:6.1f}x"
         )
+    if "sigstop/eject_1s" not in out:
+        return
     on, off = out["sigstop/eject_1s"], out["sigstop/no_eject"]
     print(
         f"  sigstop  eject {on['longest_write_ms']:7.1f} ms   no eject "

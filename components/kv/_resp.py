@@ -83,10 +83,12 @@ __all__ = (
 #: Most arguments one command may have.  Redis allows 2**31; a ``*<n>`` header
 #: costs a list of n slots as soon as hiredis reads it, so keep it modest.
 MAX_ARGS: Final = 1024 * 1024
-#: Longest bulk string accepted (bytes).  Redis's default is 512 MiB; a value
-#: must fit in one log entry (about 2 MiB with the default log), so anything
-#: much bigger could only be refused later, after being buffered.
-MAX_BULK: Final = 16 * 1024 * 1024
+#: Longest bulk string accepted (bytes): Redis's default ``proto-max-bulk-len``,
+#: 512 MiB.  A value over the ring's entry limit (1,441,792 bytes with the
+#: default log) travels through the run dir's blob store instead of the ring
+#: (up to 1 GiB per entry), so large values work as in Redis; each replica
+#: holds its own copy of every value.
+MAX_BULK: Final = 512 * 1024 * 1024
 #: Longest inline command (``PING\r\n`` typed into telnet), as in Redis.
 MAX_INLINE: Final = 64 * 1024
 #: Longest ``*<n>`` / ``$<len>`` header line; any valid count fits in 20 bytes.

@@ -104,6 +104,7 @@ from ._words import Words
 
 __all__ = (
     "KIND_ENTRY",
+    "KIND_BLOB",
     "KIND_NOOP",
     "LAYOUT_VERSION",
     "MAGIC",
@@ -161,6 +162,9 @@ _R_CURSOR, _R_STATE, _R_PID, _R_ASLEEP, _R_INTENT_SEQ, _R_INTENT_N, _R_GEN, _R_S
 
 KIND_ENTRY: Final = 1
 KIND_NOOP: Final = 2
+#: An entry too large for the ring: the payload is a reference to it in the
+#: driver's blob store (see ``ReplicaCore.blobs``), which holds the bytes.
+KIND_BLOB: Final = 3
 
 _META = struct.Struct("<IHH")
 _MAX_NSLOTS: Final = 0xFFFF
@@ -427,6 +431,11 @@ class Log:
             if w.load_acquire(line + _R_STATE) in holding and (best is None or cursors[i] < low):
                 best, low = i, cursors[i]
         return best, low
+
+    def slowest_cursor(self) -> int:
+        """The cursor of the slowest holding replica (the tail if none): every
+        seq below it is applied by every replica that holds the log."""
+        return self._slowest()[1]
 
     def free_slots(self) -> int:
         _, low = self._slowest()

@@ -43,16 +43,16 @@ replica.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 
 from ._codec import Call, Control, Entry, Fire, Mode, batch_payload, decode, encode
-from ._errors import ApplyTimeout, LogFullError, UnknownEventError
-from ._log import KIND_NOOP, Log
+from ._errors import ApplyTimeout, EntryTooLargeError, LogFullError, UnknownEventError
+from ._log import KIND_BLOB, KIND_ENTRY, KIND_NOOP, Log
 from ._machine import Applied, Divergence, StateMachine
 
-__all__ = ("ReplicaCore", "ReplicaStatistics")
+__all__ = ("BlobStore", "ReplicaCore", "ReplicaStatistics")
 
 #: Entries applied per poll before the caller gets control back.  Larger
 #: batches amortise the cursor store and the loop's overhead; smaller ones
@@ -79,6 +79,26 @@ _POISONED: Final = -1
 assert DEFAULT_BATCH > 0
 
 
+#: The largest entry a blob store takes (bytes).  Past it an append raises
+#: EntryTooLargeError: every replica holds the whole payload in memory while
+#: it applies it, and so does its state afterwards.
+DEFAULT_BLOB_MAX_BYTES: Final = 1024 * 1024 * 1024
+
+
+class BlobStore(Protocol):
+    """Where entries larger than the ring's limit live (the driver's I/O).
+
+    The ring then carries a ``KIND_BLOB`` entry whose payload is the
+    reference ``put`` returned; every replica reads the bytes with ``get``.
+    ``appended`` tells the store the seq of the entry that holds the
+    reference, so it can delete the bytes once every replica is past it.
+    """
+
+    def put(self, data: bytes) -> bytes: ...
+    def get(self, ref: bytes) -> bytes: ...
+    def appended(self, ref: bytes, seq: int) -> None: ...
+
+
 class ReplicaStatistics(msgspec.Struct, frozen=True, kw_only=True):
     """Counters of one replica (local, not replicated)."""
 
@@ -98,6 +118,7 @@ class ReplicaStatistics(msgspec.Struct, frozen=True, kw_only=True):
     rollbacks: int
     checkpoints: int
     poisoned: int
+    blobs_appended: int
 
 
 class ReplicaCore:
@@ -159,6 +180,14 @@ class ReplicaCore:
         #: encoding the state at ``cursor`` elsewhere and returns True, or
         #: returns False (then the checkpoint is taken inline)
         self.snapshotter: Callable[[int], bool] | None = None
+        #: where entries over the ring's limit go (None: such an entry raises
+        #: EntryTooLargeError); ``blob_max_bytes`` bounds them
+        self.blobs: BlobStore | None = None
+        self.blob_max_bytes = DEFAULT_BLOB_MAX_BYTES
+        self.blobs_appended = 0
+        # a blob written for an append the full log refused: the retry of the
+        # same payload reuses it instead of writing it again
+        self._blob_retry: tuple[bytes, bytes] | None = None
         # who owns the last given-up seq (its claim CAS cannot be won twice)
         self._memo_seq = 0
         self._memo_owner = False
@@ -184,6 +213,85 @@ class ReplicaCore:
         """Restore a snapshot taken through the log, then go live at its cursor."""
         self.machine.restore(snapshot)
         self.log.set_live(self.index, self.machine.cursor)
+
+    def copy_backlog(self, backlog: list[tuple[int, int, int, bytes]], start: int) -> int:
+        """While joining: copy published entries from ``start`` into ``backlog``, and
+        release them (the line's hold moves past them).  Returns the next seq.
+
+        A joiner waits for its snapshot, which for a large state takes
+        seconds to write and to load.  Holding the ring all that time would
+        fill it and stall every writer; copying what arrives meanwhile (and
+        resolving blobs, whose files go once every holder is past them) lets
+        the ring move on.  :meth:`load_with_backlog` applies the copy.
+        """
+        log = self.log
+        seq, stop = start, log.tail
+        while seq < stop:
+            got = log.read(seq)
+            if got is None:
+                break
+            kind, nslots, payload = got
+            if kind == KIND_BLOB:
+                payload, kind = self._blob(payload), KIND_ENTRY
+            backlog.append((seq, kind, nslots, payload))
+            seq += nslots
+        if seq != start:
+            log.advance(self.index, seq)
+        return seq
+
+    def load_with_backlog(
+        self,
+        snapshot: bytes,
+        backlog: list[tuple[int, int, int, bytes]],
+        copied: int,
+        *,
+        recovery: bool = False,
+    ) -> list[Applied]:
+        """Restore ``snapshot``, apply the backlog past it, and go live after both.
+
+        The backlog's entries were applied by the replicas that were live
+        then; their claims are decided, so this replica owns only its own
+        affinity entries and ``every`` ones.  The recovery point, when kept,
+        starts at the snapshot (``recovery``), with the backlog in its journal.
+        """
+        machine = self.machine
+        machine.restore(snapshot)
+        if recovery:
+            self.enable_recovery(snapshot)
+        journal = self._journal
+        out: list[Applied] = []
+        for seq, kind, nslots, payload in backlog:
+            if seq < machine.cursor:
+                continue
+            if seq != machine.cursor:
+                raise RuntimeError(
+                    f"replica {self.index}: backlog gap at {seq}, not {machine.cursor}"
+                )
+            if kind == KIND_NOOP:
+                machine.skip(seq, nslots)
+            else:
+                entry = decode(payload, seq)
+                applied = machine.apply(entry, self._owns_decided(entry), nslots)
+                machine.finish(applied)
+                out.extend([applied] if applied.batch is None else applied.batch)
+            if journal is not None:
+                journal.append((seq, kind, nslots, payload))
+        cursor = max(copied, machine.cursor)
+        if machine.cursor < copied:
+            raise RuntimeError(
+                f"replica {self.index}: backlog ends at {machine.cursor}, not {copied}"
+            )
+        self.log.set_live(self.index, cursor)
+        self.log.applied(self.index, cursor)
+        return out
+
+    def _owns_decided(self, entry: Entry) -> bool:
+        """Ownership of an entry others applied already (no claim is made)."""
+        if type(entry) is Call:
+            return entry.mode == Mode.EVERY or (
+                entry.mode == Mode.AFFINITY and entry.origin == self.index
+            )
+        return type(entry) is not Fire and entry.origin == self.index
 
     # --- appending -----------------------------------------------------------------
 
@@ -233,14 +341,55 @@ class ReplicaCore:
                 raise ValueError("only this replica's affinity calls without request ids batch")
         return batch_payload([encode(c) for c in calls], now, self.index)
 
+    @property
+    def max_entry_bytes(self) -> int:
+        """The largest payload an append takes (the blob limit when there is a store)."""
+        return self.blob_max_bytes if self.blobs is not None else self.log.max_entry_bytes
+
+    def check_size(self, nbytes: int) -> None:
+        """Raise :class:`EntryTooLargeError` if no append can take ``nbytes``."""
+        if nbytes > self.log.max_entry_bytes and (
+            self.blobs is None or nbytes > self.blob_max_bytes
+        ):
+            raise EntryTooLargeError(nbytes, self.max_entry_bytes)
+
     def try_append(self, payload: bytes) -> int:
-        """Append an encoded entry; its seq, or 0 when the log is full (backpressure)."""
-        seq = self.log.try_append(self.index, payload)
+        """Append an encoded entry; its seq, or 0 when the log is full (backpressure).
+
+        A payload over the ring's limit goes to the blob store, and the ring
+        carries a reference to it (``KIND_BLOB``).
+        """
+        log = self.log
+        if len(payload) > log.max_entry_bytes and self.blobs is not None:
+            return self._append_blob(payload)
+        seq = log.try_append(self.index, payload)
         if seq:
             self.appended += 1
         else:
             self.append_refusals += 1
         return seq
+
+    def _append_blob(self, payload: bytes) -> int:
+        blobs = self.blobs
+        assert blobs is not None
+        self.check_size(len(payload))
+        retry = self._blob_retry
+        ref = retry[1] if retry is not None and retry[0] is payload else blobs.put(payload)
+        seq = self.log.try_append(self.index, ref, KIND_BLOB)
+        if seq:
+            self._blob_retry = None
+            blobs.appended(ref, seq)
+            self.appended += 1
+            self.blobs_appended += 1
+        else:
+            self._blob_retry = (payload, ref)
+            self.append_refusals += 1
+        return seq
+
+    def _blob(self, ref: bytes) -> bytes:
+        if self.blobs is None:
+            raise RuntimeError(f"replica {self.index}: a blob entry, but no blob store")
+        return self.blobs.get(ref)
 
     def append_nowait(self, payload: bytes) -> int:
         """Append an encoded entry or raise :class:`LogFullError`."""
@@ -289,6 +438,9 @@ class ReplicaCore:
                 machine.skip(seq, nslots)
                 self.noops_skipped += 1
             else:
+                if kind == KIND_BLOB:
+                    payload = self._blob(payload)
+                    kind = KIND_ENTRY  # the journal keeps the bytes, not the reference
                 entry = decode(payload, seq)
                 owner = self._owns(entry)
                 clock = self._clock
@@ -457,7 +609,9 @@ class ReplicaCore:
         got = self.log.read(seq)
         if got is None or machine.cursor != seq:
             raise RuntimeError(f"replica {self.index}: poison seq {seq} is not the next entry")
-        _, nslots, payload = got
+        kind, nslots, payload = got
+        if kind == KIND_BLOB:
+            payload = self._blob(payload)
         entry = decode(payload, seq)
         applied = machine.apply_poisoned(entry, self._owns(entry), nslots)
         if self._journal is not None:
@@ -525,4 +679,5 @@ class ReplicaCore:
             rollbacks=self.rollbacks,
             checkpoints=self.checkpoints,
             poisoned=len(m.poisoned),
+            blobs_appended=self.blobs_appended,
         )

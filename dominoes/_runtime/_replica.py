@@ -66,6 +66,7 @@ from .._core._log import LogStatistics, ReplicaState
 from .._core._machine import Applied, Divergence
 from .._core._replica import DEFAULT_STALL_THRESHOLD, ReplicaCore
 from .._core._service import Service
+from ._blobs import FileBlobs
 from ._fork import fork_pipe, fork_write, read_all, watch_child
 from ._shm import SharedLog
 from ._stats import (
@@ -148,6 +149,9 @@ class Replica:
             on_stall=self._on_stall,
         )
         self.stall_threshold = stall_threshold
+        #: entries over the ring's limit go to files in the run dir
+        self.blobs = FileBlobs(run_dir, index)
+        self.core.blobs = self.blobs
         self.apply_timeout = apply_timeout
         #: write snapshots and digests from a forked child (False: inline)
         self.fork_snapshots = fork_snapshots
@@ -178,6 +182,10 @@ class Replica:
         self._safety: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._snapshot_wait: tuple[int, int] | None = None  # (source, request seq)
+        # While joining: entries copied out of the ring (seq, kind, nslots,
+        # payload), and the next seq to copy (see ReplicaCore.copy_backlog).
+        self._backlog: list[tuple[int, int, int, bytes]] = []
+        self._copied = 0
         self._snapshot_asked = 0.0
         self._joined = asyncio.Event()
         #: called with every applied entry this replica owns (ingress replies)
@@ -242,7 +250,7 @@ class Replica:
             return self._stopped_future()
         call = self.core.make_call(self.core.machine.resolve(event), args, kwargs, now=time.time())
         payload = encode(call)  # encoded once: the batch is framed from these bytes
-        self._log.slots_for(len(payload))
+        self.core.check_size(len(payload))
         fut = self._loop.create_future()
         self._group.append((payload, fut))
         if not self._group_scheduled:
@@ -495,6 +503,8 @@ class Replica:
         self._loop_lag = lag
         self._loop_lag_max = max(self._loop_lag_max * 0.99, lag)
         self._rates.update(self.core.machine.applied_entries, self.queries, time.monotonic())
+        if self.blobs._live:
+            self.blobs.collect(self._log.slowest_cursor())
         if not self.closed:
             self._sampler = self._loop.call_later(SAMPLE_EVERY, self._sample, now)
 
@@ -567,6 +577,7 @@ class Replica:
             self._safety = self._loop.call_later(SAFETY_TICK, self._on_safety)
             self._log.beat(self.index)  # the loop runs: the supervisor watches this
         if self._snapshot_wait is not None:
+            self._copied = self.core.copy_backlog(self._backlog, self._copied)
             self._check_snapshot()
         elif self.core.ready():
             self._awake()
@@ -871,7 +882,8 @@ class Replica:
         if not live:
             raise RuntimeError("no live replica to take a snapshot from")
         source = live[0]
-        self.core.hold_from_tail()
+        self._copied = self.core.hold_from_tail()
+        self._backlog = []
         payload = self.core.request_snapshot(source, now=time.time())
         seq = 0
         deadline = time.monotonic() + SNAPSHOT_TIMEOUT
@@ -925,9 +937,11 @@ class Replica:
                 self._ask_snapshot()
             return
         path.unlink(missing_ok=True)
-        self.core.load(data)
-        self.core.enable_recovery(data)
+        self._copied = self.core.copy_backlog(self._backlog, self._copied)
+        backlog, self._backlog = self._backlog, []
         self._snapshot_wait = None
+        for applied in self.core.load_with_backlog(data, backlog, self._copied, recovery=True):
+            self._deliver(applied)
         self._joined.set()
         log.info("replica %d: joined at seq %d", self.index, self.core.machine.cursor - 1)
         self._schedule()
@@ -969,6 +983,8 @@ class Replica:
             signal.setitimer(signal.ITIMER_REAL, 0)
         if self._recovery_path is not None:
             self._recovery_path.unlink(missing_ok=True)
+        if leave:  # a clean exit: every replica drained, nobody reads them any more
+            self.blobs.close()
         if self._loop is not None:
             self._loop.remove_reader(self._my_fd)
         for handle in (self._timer, self._safety, self._sampler):

@@ -81,6 +81,7 @@ _LEFTOVERS: Final = (
     ".snapshot-*",
     ".recovery-*",
     "replica-*.sock",
+    "blob-*",
 )
 
 
@@ -170,6 +171,8 @@ class Supervisor:
         self.deaths = 0
         self.poisoned = 0
         self._last_watch = time.monotonic()
+        # (glob of a dead replica's blob files, the tail at its death)
+        self._dead_blobs: list[tuple[str, int]] = []
         self.exit_code = 0
         # the watchdog's view of the first unpublished seq every reader waits at
         self._held_head: int | None = None
@@ -348,6 +351,8 @@ class Supervisor:
                 return
         self.deaths += 1
         log.warning("replica %d (pid %d) died with %s", child.index, child.proc.pid, code)
+        # Its blobs (entries too large for the ring) go once every replica is past them.
+        self._dead_blobs.append((f"blob-{child.index}-{child.proc.pid}-*", self._log.tail))
         self._log.mark_dead(child.index)
         self._fill(child.index, tries=20)
         if time.monotonic() - child.started_at > 10:
@@ -602,6 +607,12 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         loop.call_later(WATCHDOG_EVERY, self._watchdog)
         waiting = self._judge_poison()
+        if self._dead_blobs:
+            low = self._log.slowest_cursor()
+            for pattern, tail in [d for d in self._dead_blobs if d[1] <= low]:
+                self._dead_blobs.remove((pattern, tail))
+                for path in self.run_dir.glob(pattern):
+                    path.unlink(missing_ok=True)
         limit = self.config.stuck_after
         if limit is None:
             return

@@ -167,3 +167,41 @@ def test_rollback_needs_a_recovery_point() -> None:
     core = ReplicaCore(Log(buf, words), SERVICE.new_machine(0), replicas=1)
     with pytest.raises(RuntimeError, match="recovery point"):
         core.rollback()
+
+
+class MemoryBlobs:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.seqs: dict[bytes, int] = {}
+
+    def put(self, data: bytes) -> bytes:
+        ref = b"blob-0-0-%d" % len(self.data)
+        self.data[ref] = data
+        return ref
+
+    def get(self, ref: bytes) -> bytes:
+        return self.data[ref]
+
+    def appended(self, ref: bytes, seq: int) -> None:
+        self.seqs[ref] = seq
+
+
+def test_an_entry_over_the_ring_limit_goes_through_the_blob_store() -> None:
+    from dominoes import EntryTooLargeError
+
+    a, b = pair()
+    blobs = MemoryBlobs()
+    a.blobs = b.blobs = blobs
+    big = "x" * (a.log.max_entry_bytes + 10)
+    a.blob_max_bytes = 100
+    with pytest.raises(EntryTooLargeError):
+        a.check_size(a.log.max_entry_bytes + 1)
+    a.blob_max_bytes = 1 << 20
+    seq = append(a, "Store.put", big, 1)
+    assert list(blobs.seqs.values()) == [seq]
+    (out,) = b.poll()
+    assert out.result == 1
+    assert values(b) == {big: 1}
+    a.poll()
+    assert values(a) == values(b)
+    assert a.statistics().blobs_appended == 1
