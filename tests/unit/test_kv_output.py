@@ -245,7 +245,7 @@ async def test_above_the_soft_limit_for_its_seconds_the_client_is_cut_off() -> N
     assert conn.soft_since is not None
     timer = conn._soft_timer
     assert timer is not None
-    assert 0 < timer.when() - asyncio.get_running_loop().time() <= 10  # due within 10 s
+    assert 0 < timer.when() - asyncio.get_running_loop().time() <= 10.001  # due within 10 s
     timer.cancel()
     conn._soft_due()  # the timer, early: it looks again later
     assert not t.aborted
