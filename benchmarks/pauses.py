@@ -60,7 +60,8 @@ class Service:
         self.run_dir = run_dir
         cmd = [sys.executable, "-m", "dominoes", "run", "dominoes.components.kv:service"]
         cmd += ["--replicas", "2", "--port", str(self.port), "--run-dir", str(run_dir), *args]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.DEVNULL)
+        quiet = "--log-level" not in args  # a caller asking for logs sees them
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.DEVNULL if quiet else None)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

@@ -247,17 +247,31 @@ class ReplicaCore:
         *,
         recovery: bool = False,
     ) -> list[Applied]:
-        """Restore ``snapshot``, apply the backlog past it, and go live after both.
+        """Restore ``snapshot``, apply the backlog past it, and go live after both
+        (:meth:`restore_snapshot`, :meth:`apply_backlog` and :meth:`go_live` in one)."""
+        self.restore_snapshot(snapshot, recovery=recovery)
+        out = self.apply_backlog(backlog)
+        self.go_live(copied)
+        return out
+
+    def restore_snapshot(self, snapshot: bytes, *, recovery: bool = False) -> None:
+        """Restore a joiner's snapshot without going live (its backlog comes next).
+
+        ``recovery``: the recovery point starts at the snapshot, and the
+        backlog applied after it goes into its journal.
+        """
+        self.machine.restore(snapshot)
+        if recovery:
+            self.enable_recovery(snapshot)
+
+    def apply_backlog(self, backlog: list[tuple[int, int, int, bytes]]) -> list[Applied]:
+        """Apply copied entries, in order, skipping those the snapshot holds.
 
         The backlog's entries were applied by the replicas that were live
         then; their claims are decided, so this replica owns only its own
-        affinity entries and ``every`` ones.  The recovery point, when kept,
-        starts at the snapshot (``recovery``), with the backlog in its journal.
+        affinity entries and ``every`` ones.
         """
         machine = self.machine
-        machine.restore(snapshot)
-        if recovery:
-            self.enable_recovery(snapshot)
         journal = self._journal
         out: list[Applied] = []
         for seq, kind, nslots, payload in backlog:
@@ -276,14 +290,18 @@ class ReplicaCore:
                 out.extend([applied] if applied.batch is None else applied.batch)
             if journal is not None:
                 journal.append((seq, kind, nslots, payload))
-        cursor = max(copied, machine.cursor)
+        return out
+
+    def go_live(self, copied: int) -> None:
+        """After the backlog: live from ``copied`` (everything before it is applied)."""
+        machine = self.machine
         if machine.cursor < copied:
             raise RuntimeError(
                 f"replica {self.index}: backlog ends at {machine.cursor}, not {copied}"
             )
+        cursor = machine.cursor
         self.log.set_live(self.index, cursor)
         self.log.applied(self.index, cursor)
-        return out
 
     def _owns_decided(self, entry: Entry) -> bool:
         """Ownership of an entry others applied already (no claim is made)."""

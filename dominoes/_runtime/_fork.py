@@ -24,13 +24,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from ._pdeath import die_with_parent
 
-__all__ = ("fork_pipe", "fork_write", "read_all", "watch_child")
+__all__ = ("BacklogCopier", "fork_pipe", "fork_write", "read_all", "watch_child")
 
 
 def fork_write(
@@ -122,3 +126,76 @@ def watch_child(loop: asyncio.AbstractEventLoop, pid: int, done: Callable[[bool]
         done(status == 0)
 
     loop.add_reader(pidfd, exited)
+
+
+class BacklogCopier:
+    """A forked child that keeps a joining replica's backlog moving while the
+    replica itself is blocked restoring a large snapshot.
+
+    The joiner holds the ring from the position it has copied up to; while it
+    decodes seconds of snapshot it cannot copy, the ring fills and every
+    writer waits.  The child shares the ring (the mapping is inherited), so it
+    copies what arrives (``ReplicaCore.copy_backlog``, which also moves the
+    joiner's hold) into a 0600 file until the joiner asks it to stop; the
+    joiner then takes the file as the rest of its backlog.
+    """
+
+    def __init__(self, copy: Callable[[list[Any], int], int], start: int, path: Path) -> None:
+        self.path = path
+        self._stop_r, self._stop_w = os.pipe()
+        self._done_r, done_w = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid:
+            self.pid = pid
+            os.close(self._stop_r)
+            os.close(done_w)
+            return
+        code = 1
+        try:  # the child: never returns into the caller
+            os.close(self._stop_w)
+            os.close(self._done_r)
+            die_with_parent(parent)
+            signal.set_wakeup_fd(-1)
+            encoder = msgspec.msgpack.Encoder()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            seq = start
+            stopping = False
+            while True:
+                backlog: list[Any] = []
+                seq = copy(backlog, seq)
+                for item in backlog:
+                    frame = encoder.encode(item)
+                    view = memoryview(len(frame).to_bytes(4, "little") + frame)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                if stopping:
+                    break
+                stopping = bool(select.select([self._stop_r], [], [], 0.002)[0])
+            os.close(fd)
+            os.write(done_w, seq.to_bytes(8, "little"))
+            code = 0
+        finally:
+            os._exit(code)
+
+    def finish(self) -> tuple[list[tuple[int, int, int, bytes]], int]:
+        """Stop the child; what it copied, and the next seq to copy."""
+        os.write(self._stop_w, b"x")
+        os.close(self._stop_w)
+        try:
+            raw = read_all(self._done_r)
+        finally:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+        if len(raw) != 8:
+            self.path.unlink(missing_ok=True)
+            raise RuntimeError("the backlog copier failed")
+        data = self.path.read_bytes()
+        self.path.unlink(missing_ok=True)
+        decoder = msgspec.msgpack.Decoder(tuple[int, int, int, bytes])
+        out, pos = [], 0
+        while pos < len(data):
+            n = int.from_bytes(data[pos : pos + 4], "little")
+            out.append(decoder.decode(data[pos + 4 : pos + 4 + n]))
+            pos += 4 + n
+        return out, int.from_bytes(raw, "little")

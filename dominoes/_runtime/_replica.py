@@ -67,7 +67,7 @@ from .._core._machine import Applied, Divergence
 from .._core._replica import DEFAULT_STALL_THRESHOLD, ReplicaCore
 from .._core._service import Service
 from ._blobs import FileBlobs
-from ._fork import fork_pipe, fork_write, read_all, watch_child
+from ._fork import BacklogCopier, fork_pipe, fork_write, read_all, watch_child
 from ._shm import SharedLog
 from ._stats import (
     ComponentSummary,
@@ -186,6 +186,7 @@ class Replica:
         # payload), and the next seq to copy (see ReplicaCore.copy_backlog).
         self._backlog: list[tuple[int, int, int, bytes]] = []
         self._copied = 0
+        self._catching_up = False
         self._snapshot_asked = 0.0
         self._joined = asyncio.Event()
         #: called with every applied entry this replica owns (ingress replies)
@@ -345,7 +346,7 @@ class Replica:
         if self.closed:  # stopped applying: nothing to catch up with
             return
         target = core.behind()
-        if not target or self._snapshot_wait is not None or core.gave_up:
+        if not target or self._snapshot_wait is not None or self._catching_up or core.gave_up:
             return
         self.syncs += 1
         self._batch_usage = _thread_usage()  # see _on_stall
@@ -384,7 +385,7 @@ class Replica:
             pid=os.getpid(),
             cpu=self.cpu,
             loop=self.loop_name,
-            state="joining" if self._snapshot_wait is not None else "live",
+            state="joining" if self._snapshot_wait is not None or self._catching_up else "live",
             applied_seq=core.cursor - 1,
             tail=tail,
             lag=max(0, tail - core.cursor),
@@ -599,6 +600,9 @@ class Replica:
         if self._snapshot_wait is not None or self.closed:
             return
         core = self.core
+        if self._catching_up and not self._catch_up():
+            self._schedule()  # ingress and timers run between batches
+            return
         if core.gave_up and not self._verdict():
             return  # waiting: the safety tick looks again
         self._batch_usage = _thread_usage()  # see _on_stall
@@ -855,7 +859,7 @@ class Replica:
         self._timer = self._loop.call_later(delay, self._fire_timers)
 
     def _fire_timers(self) -> None:
-        if self._snapshot_wait is not None or self.closed:
+        if self._snapshot_wait is not None or self._catching_up or self.closed:
             return
         for payload in self.core.due_fires(time.time()):
             if not self.append_payload(payload):
@@ -938,13 +942,43 @@ class Replica:
             return
         path.unlink(missing_ok=True)
         self._copied = self.core.copy_backlog(self._backlog, self._copied)
-        backlog, self._backlog = self._backlog, []
+        self._restore_while_copying(data)
         self._snapshot_wait = None
-        for applied in self.core.load_with_backlog(data, backlog, self._copied, recovery=True):
-            self._deliver(applied)
-        self._joined.set()
-        log.info("replica %d: joined at seq %d", self.index, self.core.machine.cursor - 1)
+        self._catching_up = True  # _drain applies the backlog, a batch at a time
+        log.info("replica %d: restored the snapshot at seq %d", self.index, seq)
         self._schedule()
+
+    def _restore_while_copying(self, data: bytes) -> None:
+        """Restore a joiner's snapshot while a forked child keeps copying the ring."""
+        copier = None
+        if self.fork_snapshots:
+            path = self.run_dir / f".backlog-{self.index}-{os.getpid()}"
+            try:
+                copier = BacklogCopier(self.core.copy_backlog, self._copied, path)
+            except OSError as exc:
+                log.warning("replica %d: no backlog copier (%s)", self.index, exc)
+        try:
+            self.core.restore_snapshot(data, recovery=True)
+        finally:
+            if copier is not None:
+                more, self._copied = copier.finish()
+                self._backlog.extend(more)
+
+    def _catch_up(self) -> bool:
+        """Apply a batch of the joiner's backlog; True once it is live."""
+        core = self.core
+        self._copied = core.copy_backlog(self._backlog, self._copied)
+        chunk = self._backlog[: core.batch]
+        del self._backlog[: core.batch]
+        for applied in core.apply_backlog(chunk):
+            self._deliver(applied)
+        if self._backlog:
+            return False
+        core.go_live(self._copied)
+        self._catching_up = False
+        self._joined.set()
+        log.info("replica %d: joined at seq %d", self.index, core.machine.cursor - 1)
+        return True
 
     async def joined(self) -> None:
         """Wait until this replica is live (immediately, unless it is joining)."""
@@ -958,7 +992,7 @@ class Replica:
         Bound it with ``asyncio.timeout``: a dead producer's unpublished slot
         is only filled once the supervisor notices the death.
         """
-        if self._snapshot_wait is not None or self.closed:
+        if self._snapshot_wait is not None or self._catching_up or self.closed:
             return  # joining (nothing applied here to drain), or stopped already
         target = self._log.tail
         while self.core.machine.cursor < target and not self.closed:
