@@ -63,7 +63,12 @@ runs kept.  The git HEAD and any source file under ``dominoes/``,
 
 Progress goes to stderr; ``--json`` prints exactly one JSON object on stdout
 with a key per server and test (``"dominoes_2/set/P16": {"rps": ...,
-"cpu_s_per_100k": ...}``), ``"ratios"`` and ``"meta"``.
+"cpu_s_per_100k": ...}``), ``"ratios"`` (``"dominoes_2/plain_2/set/P16": 0.7``)
+and ``"meta"``.
+
+The ratios are reported, not judged: the script has no targets, and its exit
+status says only whether the run itself worked (1 when a server failed to
+start or to answer, or left a process behind; 0 otherwise).
 
 Requires ``apt-get install -y redis-tools redis-server`` and
 ``pip install -e '.[bench]'`` (redis, hiredis).  A server whose requirements
@@ -129,21 +134,24 @@ TESTS: Final = (("set", 1), ("get", 1), ("set", 16), ("get", 16))
 #: extra attempts of an invocation that other processes disturbed (see --busy-limit)
 RETRIES: Final = 2
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
-# (name, numerator, denominator, test, pipeline, target): value = num/den, met if >= target
+# (name, numerator, denominator, test, pipeline): value = num/den of the requests/s
+# medians.  Reported, never judged: what each tells, and one run's values, are in
+# benchmarks/README.md; a benchmark that passed or failed on them would only say how
+# busy the machine was.
 RATIOS: Final = (
-    ("dominoes_2/plain_2", "dominoes_2", "plain_2", "set", 16, 0.8),
-    ("dominoes_2/plain_2", "dominoes_2", "plain_2", "get", 16, 0.8),
-    ("dominoes_2/redis_shared_2", "dominoes_2", "redis_shared_2", "set", 16, 20.0),
-    ("dominoes_2/redis_shared_2", "dominoes_2", "redis_shared_2", "get", 16, 20.0),
-    ("dominoes_2/redis_shared_2", "dominoes_2", "redis_shared_2", "set", 1, 20.0),
-    ("dominoes_2/redis_shared_2", "dominoes_2", "redis_shared_2", "get", 1, 20.0),
-    ("dominoes_1/plain_1", "dominoes_1", "plain_1", "set", 1, 0.85),
-    ("dominoes_1/plain_1", "dominoes_1", "plain_1", "get", 1, 0.85),
-    ("dominoes_1/plain_1", "dominoes_1", "plain_1", "set", 16, 0.85),
-    ("dominoes_1/plain_1", "dominoes_1", "plain_1", "get", 16, 0.85),
-    ("dominoes_2/dominoes_2_local (read cost)", "dominoes_2", "dominoes_2_local", "get", 1, 0.95),
-    ("dominoes_2/dominoes_2_local (read cost)", "dominoes_2", "dominoes_2_local", "get", 16, 0.95),
-    ("dominoes_2/redis_server (stretch)", "dominoes_2", "redis_server", "set", 16, 1.0),
+    ("dominoes_2/plain_2", "dominoes_2", "plain_2", "set", 16),
+    ("dominoes_2/plain_2", "dominoes_2", "plain_2", "get", 16),
+    ("dominoes_2/redis_shared_2", "dominoes_2", "redis_shared_2", "set", 16),
+    ("dominoes_2/redis_shared_2", "dominoes_2", "redis_shared_2", "get", 16),
+    ("dominoes_2/redis_shared_2", "dominoes_2", "redis_shared_2", "set", 1),
+    ("dominoes_2/redis_shared_2", "dominoes_2", "redis_shared_2", "get", 1),
+    ("dominoes_1/plain_1", "dominoes_1", "plain_1", "set", 1),
+    ("dominoes_1/plain_1", "dominoes_1", "plain_1", "get", 1),
+    ("dominoes_1/plain_1", "dominoes_1", "plain_1", "set", 16),
+    ("dominoes_1/plain_1", "dominoes_1", "plain_1", "get", 16),
+    ("dominoes_2/dominoes_2_local", "dominoes_2", "dominoes_2_local", "get", 1),
+    ("dominoes_2/dominoes_2_local", "dominoes_2", "dominoes_2_local", "get", 16),
+    ("dominoes_2/redis_server", "dominoes_2", "redis_server", "set", 16),
 )
 
 
@@ -667,16 +675,11 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_s_per_100k_runs": [_round(s.cpu_s_per_100k, 4) for s in ss],
             "busy_elsewhere_pct_runs": [round(s.busy_elsewhere, 1) for s in ss],
         }
-    ratios: dict[str, Any] = {}
-    for label, num, den, test, pipeline, target in RATIOS:
+    ratios: dict[str, float | None] = {}
+    for label, num, den, test, pipeline in RATIOS:
         a = results.get(_key(num, test, pipeline), {}).get("rps")
         b = results.get(_key(den, test, pipeline), {}).get("rps")
-        value = round(a / b, 3) if a and b else None
-        ratios[f"{label}/{test}/P{pipeline}"] = {
-            "value": value,
-            "target": target,
-            "met": None if value is None else value >= target,
-        }
+        ratios[f"{label}/{test}/P{pipeline}"] = round(a / b, 3) if a and b else None
     meta = {
         "requests_p1": n_p1,
         "requests_p16": n_p16,
@@ -742,16 +745,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for name in servers:
         print(f"  {name:16s} {DESCRIPTIONS[name]}")
-    print("\nratios of requests/s (target):")
-    for key, ratio in ratios.items():
-        value = ratio["value"]
-        verdict = (
-            "n/a (a server was skipped or failed)"
-            if value is None
-            else ("met" if ratio["met"] else "MISSED")
-        )
-        shown = "-" if value is None else f"{value:.2f}"
-        print(f"  {key:46s} {shown:>7s}   target >= {ratio['target']:<5g} {verdict}")
+    print("\nratios of requests/s (what each tells: benchmarks/README.md):")
+    for key, value in ratios.items():
+        shown = "n/a (a server was skipped or failed)" if value is None else f"{value:.2f}"
+        print(f"  {key:40s} {shown:>7s}")
     if failures:
         print("\nfailures:")
         for f in failures:

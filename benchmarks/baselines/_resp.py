@@ -18,7 +18,11 @@ What both baselines have in common:
   affinity mask, like dominoes replicas) and runs one uvloop event loop.
 
 SIGTERM or SIGINT stops the parent, which stops its workers (and whatever
-else it started) before it exits.
+else it started) before it exits, within ``STOP_GRACE`` seconds whatever they
+do: a worker still running then is killed.  A worker also dies with its
+parent (``PR_SET_PDEATHSIG``), so killing the parent, even with SIGKILL,
+leaves nothing listening.  A benchmark that stops one server and starts the
+next must not find the last one still holding cores or ports.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -33,7 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import uvloop
 
@@ -42,6 +47,9 @@ NIL = b"$-1\r\n"
 PONG = b"+PONG\r\n"
 EMPTY_ARRAY = b"*0\r\n"
 CONFIG_DEFAULTS = {b"save": b"", b"appendonly": b"no"}
+#: Seconds a stopping parent gives its workers before it kills them.
+STOP_GRACE: Final = 2.0
+_PR_SET_PDEATHSIG: Final = 1
 
 
 def bulk(value: bytes) -> bytes:
@@ -136,6 +144,7 @@ def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.
     parser.add_argument("--redis-url", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.processes < 1:
         parser.error("--processes must be >= 1")
@@ -150,6 +159,19 @@ def _listener(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def die_with_parent(parent: int | None = None) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux).
+
+    PARENT is the pid the parent had: if it is already gone (it died before
+    this call), exit now.  Also safe as a ``preexec_fn``.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 def _pin(index: int) -> None:
@@ -170,14 +192,17 @@ def serve_socket(sock: socket.socket, setup: Setup) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        factory, cleanup = await setup()
-        server = await loop.create_server(factory, sock=sock, backlog=1024)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        factory, cleanup = await setup()
+        server = await loop.create_server(factory, sock=sock, backlog=1024)
         await stop.wait()
         server.close()
-        await cleanup()
+        # Clients still connected are dropped with the loop; the cleanup (closing a
+        # redis client) gets a bounded time, so a stop never waits on a peer.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(cleanup(), STOP_GRACE / 2)
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
@@ -191,6 +216,7 @@ def run(
 ) -> int:
     """Entry point: the parent (binds and supervises) or one worker."""
     if args.worker is not None:  # a worker started by the parent below
+        die_with_parent(args.parent)
         if not args.no_pin:
             _pin(args.worker)
         serve_socket(socket.socket(fileno=args.fd), setup)
@@ -220,6 +246,8 @@ def run(
             str(i),
             "--fd",
             str(sock.fileno()),
+            "--parent",
+            str(os.getpid()),
             *(["--no-pin"] if args.no_pin else []),
             *extra_argv,
         ]
@@ -235,14 +263,24 @@ def run(
                 break
             time.sleep(0.1)
     finally:
-        for c in children:
-            if c.poll() is None:
-                c.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for c in children:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                c.wait(max(0.0, deadline - time.monotonic()))
-            if c.poll() is None:
-                c.kill()
-                c.wait()
+        stop_children(children)
     return status
+
+
+def stop_children(children: Sequence[subprocess.Popen[Any]]) -> None:
+    """SIGTERM every child, give them STOP_GRACE seconds together, then SIGKILL the rest.
+
+    SIGCONT first: a stopped child would not act on SIGTERM until continued.
+    """
+    for c in children:
+        if c.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                c.send_signal(signal.SIGTERM)
+                c.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + STOP_GRACE
+    for c in children:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            c.wait(max(0.0, deadline - time.monotonic()))
+        if c.poll() is None:
+            c.kill()
+            c.wait()

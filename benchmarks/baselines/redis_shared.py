@@ -8,8 +8,8 @@
 processes), but every SET/GET/DEL/EXISTS/INCR goes to one redis-server through
 ``redis.asyncio`` (redis-py, hiredis-backed parser).  Without ``--redis-url``
 the parent starts its own redis-server (``--save '' --appendonly no``, on a
-free 127.0.0.1 port, not pinned) and stops it on exit, so the server's whole
-process tree includes it.
+free 127.0.0.1 port, not pinned) and stops it on exit (the kernel kills it if
+this process dies first), so the server's whole process tree includes it.
 
 Client settings, chosen to be fast and free of surprises under redis-py 8.x's
 defaults: ``protocol=2`` (RESP2), ``socket_timeout=None`` (8.x defaults to
@@ -245,6 +245,7 @@ def _redis_server() -> Any:
                 *("no", "--daemonize", "no", "--dir", tmp, "--logfile", os.path.join(tmp, "log")),
             ],
             stdin=subprocess.DEVNULL,
+            preexec_fn=_resp.die_with_parent,  # gone with us, even after a SIGKILL
         )
         try:
             deadline = time.monotonic() + 10
