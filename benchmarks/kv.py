@@ -20,6 +20,9 @@ are checked by process group and pid), then the next:
 ``dominoes_1`` / ``dominoes_2``
     ``dominoes run dominoes.components.kv:service --replicas 1|2``
     (linearizable reads, the default).
+``dominoes_2_digest``
+    the same with ``--digest-every 10000``: replicas digest their whole
+    state every 10,000 log positions (in a forked child) and compare.
 ``dominoes_2_local``
     the same with ``--reads local``: reads skip the catch-up to the log's
     completed tail (possibly stale).  ``dominoes_2/dominoes_2_local`` on GET
@@ -106,6 +109,7 @@ SERVERS: Final = (
     "dominoes_1",
     "dominoes_2",
     "dominoes_2_local",
+    "dominoes_2_digest",
     "plain_1",
     "plain_2",
     "redis_shared_2",
@@ -115,6 +119,7 @@ DESCRIPTIONS: Final = {
     "dominoes_1": "(1) dominoes KV, 1 replica",
     "dominoes_2": "(2) dominoes KV, 2 replicas",
     "dominoes_2_local": "(2') dominoes KV, 2 replicas, --reads local",
+    "dominoes_2_digest": "(2'') dominoes KV, 2 replicas, --digest-every 10000",
     "plain_1": "(3) plain uvloop+hiredis+dict, 1 process",
     "plain_2": "(4) plain, 2 SO_REUSEPORT processes, no shared state (upper bound)",
     "redis_shared_2": "(5) 2 processes sharing state via redis-server (redis.asyncio)",
@@ -124,6 +129,7 @@ WORKERS: Final = {
     "dominoes_1": 1,
     "dominoes_2": 2,
     "dominoes_2_local": 2,
+    "dominoes_2_digest": 2,
     "plain_1": 1,
     "plain_2": 2,
     "redis_shared_2": 2,
@@ -151,6 +157,8 @@ RATIOS: Final = (
     ("dominoes_1/plain_1", "dominoes_1", "plain_1", "get", 16),
     ("dominoes_2/dominoes_2_local", "dominoes_2", "dominoes_2_local", "get", 1),
     ("dominoes_2/dominoes_2_local", "dominoes_2", "dominoes_2_local", "get", 16),
+    ("dominoes_2_digest/dominoes_2", "dominoes_2_digest", "dominoes_2", "set", 16),
+    ("dominoes_2_digest/dominoes_2", "dominoes_2_digest", "dominoes_2", "set", 1),
     ("dominoes_2/redis_server", "dominoes_2", "redis_server", "set", 16),
 )
 
@@ -436,6 +444,8 @@ def make_server(name: str, workdir: Path) -> Server:
         argv += ["--replicas", replicas, "--port", str(port)]
         if name.endswith("_local"):
             argv += ["--reads", "local"]
+        if name.endswith("_digest"):  # the price of leaving divergence detection on
+            argv += ["--digest-every", "10000"]
     elif name.startswith("plain_"):
         argv = [py, str(BASELINES / "plain_resp.py"), "--port", str(port)]
         argv += ["--processes", name.split("_")[1]]

@@ -159,6 +159,8 @@ class Replica:
         self._recovery_path: Path | None = None
         self.background_snapshots = 0
         self._digesting = False
+        #: forked children still running (snapshots, digests)
+        self._children: set[int] = set()
         #: digest points skipped because the previous digest was still running
         self.digests_skipped = 0
         self.syncs = 0
@@ -640,7 +642,7 @@ class Replica:
             log.warning("replica %d: cannot fork for a recovery point: %s", self.index, exc)
             return False
         self.background_snapshots += 1
-        watch_child(self._loop, pid, lambda ok: self._checkpoint_written(cursor, path, ok))
+        self._watch(pid, lambda ok: self._checkpoint_written(cursor, path, ok))
         return True
 
     def _checkpoint_written(self, cursor: int, path: Path, ok: bool) -> None:
@@ -654,6 +656,17 @@ class Replica:
         self.core.checkpoint_done(cursor, path.read_bytes)
         if old is not None and old != path:
             old.unlink(missing_ok=True)
+
+    def _watch(self, pid: int, done: Callable[[bool], None]) -> None:
+        """Reap a forked child on this loop; ``close`` kills those still running."""
+        assert self._loop is not None
+        self._children.add(pid)
+
+        def exited(ok: bool) -> None:
+            self._children.discard(pid)
+            done(ok)
+
+        watch_child(self._loop, pid, exited)
 
     def _fork_join_snapshot(self, seq: int, joiner: int) -> bool:
         """``StateMachine.snapshot_writer``: a joiner's snapshot, written by a child.
@@ -699,7 +712,7 @@ class Replica:
                     joiner,
                 )
 
-        watch_child(self._loop, pid, written)
+        self._watch(pid, written)
         return True
 
     def _fork_digest(self, seq: int) -> bool:
@@ -742,7 +755,7 @@ class Replica:
             if not self.closed:
                 self._schedule()  # the report waits in the outbox
 
-        watch_child(loop, pid, done)
+        self._watch(pid, done)
         return True
 
     # --- apply timeouts and poison entries ---------------------------------------------------
@@ -1019,6 +1032,9 @@ class Replica:
             self._recovery_path.unlink(missing_ok=True)
         if leave:  # a clean exit: every replica drained, nobody reads them any more
             self.blobs.close()
+        for pid in self._children:  # their work is moot now; do not let them outlive us
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if self._loop is not None:
             self._loop.remove_reader(self._my_fd)
         for handle in (self._timer, self._safety, self._sampler):
