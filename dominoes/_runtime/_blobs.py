@@ -23,6 +23,8 @@ import re
 from pathlib import Path
 from typing import Final
 
+from ._fork import write_all
+
 __all__ = ("FileBlobs",)
 
 _NAME: Final = re.compile(rb"blob-\d+-\d+-\d+")
@@ -45,9 +47,7 @@ class FileBlobs:
         self._next += 1
         fd = os.open(self.run_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
         finally:
             os.close(fd)
         self.written += 1

@@ -34,7 +34,7 @@ import msgspec
 
 from ._pdeath import die_with_parent
 
-__all__ = ("BacklogCopier", "fork_pipe", "fork_write", "read_all", "watch_child")
+__all__ = ("BacklogCopier", "fork_pipe", "fork_write", "read_all", "watch_child", "write_all")
 
 
 def fork_write(
@@ -53,9 +53,7 @@ def fork_write(
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -79,12 +77,17 @@ def fork_pipe(produce: Callable[[], bytes]) -> tuple[int, int]:
     try:  # the child: never returns into the caller
         os.close(r)
         _become_background(parent)
-        view = memoryview(produce())
-        while view:
-            view = view[os.write(w, view) :]
+        write_all(w, produce())
         code = 0
     finally:
         os._exit(code)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _become_background(parent: int) -> None:
@@ -166,9 +169,7 @@ class BacklogCopier:
                 seq = copy(backlog, seq)
                 for item in backlog:
                     frame = encoder.encode(item)
-                    view = memoryview(len(frame).to_bytes(4, "little") + frame)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                    write_all(fd, len(frame).to_bytes(4, "little") + frame)
                 if stopping:
                     break
                 stopping = bool(select.select([self._stop_r], [], [], 0.002)[0])

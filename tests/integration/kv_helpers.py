@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio as aioredis
 
-from .harness import Service, running
+from .harness import Service, free_port, running
 
 KV = "dominoes.components.kv:service"
 
@@ -115,3 +117,36 @@ def raw_exchange(port: int, data: bytes, timeout: float = 0.3) -> tuple[bytes, b
             return out, False
         except OSError:
             return out, True
+
+
+@contextlib.contextmanager
+def redis_oracle(run_dir: Path) -> Iterator[redis.Redis]:
+    """A real ``redis-server`` on 127.0.0.1 and a free port, for differential
+    tests (the oracle of Redis semantics); killed and waited for afterwards."""
+    exe = shutil.which("redis-server")
+    assert exe is not None, "redis-server is not installed"
+    port = free_port()
+    log = run_dir / "redis.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(run_dir)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=10)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited:\n{log.read_text(errors='replace')}")
+        try:
+            return bool(r.ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_for(up, timeout=20)
+        yield r
+    finally:
+        r.close()
+        proc.kill()
+        proc.wait(timeout=10)

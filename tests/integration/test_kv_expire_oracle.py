@@ -13,17 +13,15 @@ edge are avoided, since the two servers' clocks read a few ms apart.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from .harness import Service, free_port
-from .kv_helpers import client, wait_for
+from .harness import Service
+from .kv_helpers import client, redis_oracle
 
 pytestmark = pytest.mark.integration
 
@@ -37,36 +35,11 @@ INT64_MIN = -(2**63)
 
 @pytest.fixture(scope="module")
 def real_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
-    assert REDIS_SERVER is not None
-    run_dir: Path = tmp_path_factory.mktemp("redis-oracle")
-    port = free_port()
-    log = run_dir / "redis.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(run_dir)],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=10)
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited:\n{log.read_text(errors='replace')}")
-        try:
-            return bool(r.ping())
-        except redis.ConnectionError:
-            return False
-
-    try:
-        wait_for(up, timeout=20)
+    with redis_oracle(tmp_path_factory.mktemp("redis-oracle")) as r:
         version = r.info("server")["redis_version"]
         if not str(version).startswith("7."):
             pytest.skip(f"the oracle is Redis 7, this is {version}")
         yield r
-    finally:
-        r.close()
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

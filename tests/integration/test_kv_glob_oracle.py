@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import platform
 import shutil
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import cast
 
 import pytest
@@ -21,8 +19,7 @@ from dominoes.components.kv._glob import glob_matcher, stringmatch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from .harness import free_port
-from .kv_helpers import wait_for
+from .kv_helpers import redis_oracle, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -36,33 +33,8 @@ SIGNED_CHAR = platform.machine().lower() in {"x86_64", "amd64", "i386", "i686"}
 
 @pytest.fixture(scope="module")
 def real_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
-    assert REDIS_SERVER is not None
-    run_dir: Path = tmp_path_factory.mktemp("redis-oracle")
-    port = free_port()
-    log = run_dir / "redis.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(run_dir)],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=10)
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited:\n{log.read_text(errors='replace')}")
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    try:
-        wait_for(up, timeout=20)
-        yield client
-    finally:
-        client.close()
-        proc.kill()
-        proc.wait(timeout=10)
+    with redis_oracle(tmp_path_factory.mktemp("redis-oracle")) as r:
+        yield r
 
 
 def redis_keys(r: redis.Redis, pattern: bytes, keys: list[bytes] | set[bytes]) -> list[bytes]:
