@@ -26,7 +26,7 @@ it, :meth:`poll` ``until`` it.  Everything below ``completed`` is published
 (some replica applied it), so that catch-up never waits.
 
 Giving up on an entry (poison entries, invariant 9)
------------------------------------------------------------
+---------------------------------------------------
 The core keeps a *recovery point*: a snapshot of the state at some cursor and
 a journal of the raw entries applied since, renewed every
 ``checkpoint_entries`` entries or ``checkpoint_bytes`` of journal.  When the
@@ -66,9 +66,9 @@ DEFAULT_STALL_THRESHOLD: Final = 0.1
 DEFAULT_TIMER_GRACE: Final = 0.05
 
 #: Entries and journal bytes after which the recovery point is renewed.  A
-#: renewal snapshots the whole state (a cost proportional to its size, paid
-#: once per period on the replica's loop); the journal's memory is bounded by
-#: these, and so is the replay a rollback does.
+#: renewal snapshots the whole state (a cost proportional to its size, paid by
+#: a forked child at run time, inline without a ``snapshotter``); the
+#: journal's memory is bounded by these, and so is the replay a rollback does.
 DEFAULT_CHECKPOINT_ENTRIES: Final = 65536
 DEFAULT_CHECKPOINT_BYTES: Final = 64 * 1024 * 1024
 
