@@ -385,7 +385,10 @@ class _Session:
             if saved is not None:
                 tty.setraw(self.stdin)
             sel.register(self.sock, selectors.EVENT_READ, "sock")
-            sel.register(self.stdin, selectors.EVENT_READ, "stdin")
+            try:
+                sel.register(self.stdin, selectors.EVENT_READ, "stdin")
+            except PermissionError:  # a regular file or /dev/null: epoll refuses it
+                self._from_file()
             sel.register(wake_r, selectors.EVENT_READ, "signal")
             first = True
             while True:
@@ -435,6 +438,13 @@ class _Session:
         if self.eof and REPL_CLOSED in text:
             self._send(CTRL_D)  # out of the REPL: now leave the console too
 
+    def _from_file(self) -> None:
+        """Input that is always readable (a file, /dev/null): send it all, then leave."""
+        while data := os.read(self.stdin, 65536):
+            self._forward(data)
+        self.eof = True
+        self._send(CTRL_D)
+
     def _from_user(self, sel: selectors.BaseSelector) -> None:
         try:
             data = os.read(self.stdin, 4096)
@@ -447,6 +457,9 @@ class _Session:
             self.eof = True
             self._send(CTRL_D)
             return
+        self._forward(data)
+
+    def _forward(self, data: bytes) -> None:
         if not self.tty:
             data = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")  # Enter is CR
         self._send(data.replace(bytes([IAC]), bytes([IAC, IAC])))

@@ -90,6 +90,41 @@ def test_a_piped_session_sends_lines_as_enter_and_leaves_with_ctrl_d() -> None:
     assert out == b"monitor >>> ps\r\n1 tasks running\r\nmonitor >>> "
 
 
+def test_input_from_a_file_or_dev_null_is_sent_then_the_session_ends(tmp_path: Path) -> None:
+    """epoll refuses regular files and /dev/null; such input is read at once."""
+    for path, data, expect in (
+        (tmp_path / "commands", b"ps\n", b"ps\r\x04"),
+        (Path("/dev/null"), b"", b"\x04"),
+    ):
+        if data:
+            path.write_bytes(data)
+        client, server = socket.socketpair()
+        seen: list[bytes] = []
+
+        def record(server: socket.socket = server, seen: list[bytes] = seen) -> None:
+            buf = b""
+            with server:
+                server.settimeout(10)
+                while b"\x04" not in buf and (chunk := server.recv(4096)):
+                    buf += chunk
+            seen.append(buf)
+
+        thread = threading.Thread(target=record)
+        thread.start()
+        out_r, out_w = os.pipe()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with client:
+                assert _Session(client, fd, out_w).run() == 0
+        finally:
+            os.close(fd)
+            os.close(out_w)
+            os.close(out_r)
+            thread.join(10)
+        assert seen
+        assert seen[0].endswith(expect)
+
+
 def test_ctrl_d_leaves_the_repl_first_then_the_console() -> None:
     script = [
         (b"console\r", b"\r\n>>> "),
