@@ -455,6 +455,8 @@ class ReplicaCore:
             if kind == KIND_NOOP:
                 machine.skip(seq, nslots)
                 self.noops_skipped += 1
+                if journal is not None:  # a replay must skip it too, or it meets a gap
+                    journal.append((seq, kind, nslots, payload))
             else:
                 if kind == KIND_BLOB:
                     payload = self._blob(payload)
@@ -464,7 +466,6 @@ class ReplicaCore:
                 clock = self._clock
                 if clock is None:
                     applied = machine.apply(entry, owner, nslots)
-                    machine.finish(applied)
                 else:
                     t0 = self.applying = clock()
                     try:
@@ -487,7 +488,10 @@ class ReplicaCore:
                         self.stalls += 1
                         if self._on_stall is not None:
                             self._on_stall(entry, took)
-                    machine.finish(applied)  # a snapshot or digest is not the entry's time
+                # A snapshot or digest asked here is not the entry's time, so it
+                # is produced outside the timed apply (and rarely: test first).
+                if applied.digest_due or applied.snapshot_for >= 0:
+                    machine.finish(applied)
                 if journal is not None:
                     journal.append((seq, kind, nslots, payload))
                     added += len(payload)

@@ -111,6 +111,24 @@ def test_rollback_restores_the_state_before_the_interrupted_entry() -> None:
     assert a.log.completed == a.machine.cursor
 
 
+def test_a_rollback_replays_a_no_op_slot_in_the_journal() -> None:
+    """A dead producer's slot filled with a no-op is part of the journal: the
+    replay skips it instead of stopping at a gap."""
+    a, _ = pair(checkpoint_entries=1000)
+    append(a, "Store.put", "x", 1)
+    dead = a.log.try_reserve(2)  # replica line 2 reserves, dies before publishing
+    a.log.mark_dead(2)
+    assert a.log.fill_abandoned(2) == 1
+    append(a, "Store.put", "y", 2)
+    seq = append(a, "Store.hang", "z")
+    while not a.gave_up:
+        a.poll(limit=1)
+    assert dead < seq
+    a.rollback()
+    assert a.machine.cursor == seq
+    assert values(a) == {"x": 1, "y": 2}
+
+
 def test_a_rollback_replays_an_earlier_poison_entry_as_poison() -> None:
     a, _ = pair(checkpoint_entries=1000)  # no checkpoint between the two
     first = append(a, "Store.hang", "x")
