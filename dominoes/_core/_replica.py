@@ -91,12 +91,15 @@ class BlobStore(Protocol):
     The ring then carries a ``KIND_BLOB`` entry whose payload is the
     reference ``put`` returned; every replica reads the bytes with ``get``.
     ``appended`` tells the store the seq of the entry that holds the
-    reference, so it can delete the bytes once every replica is past it.
+    reference, so it can delete the bytes once every replica is past it;
+    ``discard`` drops a blob no entry will ever name (its append was refused
+    and the caller went on with another payload).
     """
 
     def put(self, data: bytes) -> bytes: ...
     def get(self, ref: bytes) -> bytes: ...
     def appended(self, ref: bytes, seq: int) -> None: ...
+    def discard(self, ref: bytes) -> None: ...
 
 
 class ReplicaStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -392,7 +395,12 @@ class ReplicaCore:
         assert blobs is not None
         self.check_size(len(payload))
         retry = self._blob_retry
-        ref = retry[1] if retry is not None and retry[0] is payload else blobs.put(payload)
+        if retry is not None and retry[0] is payload:
+            ref = retry[1]
+        else:
+            if retry is not None:  # the refused payload was given up: its blob too
+                blobs.discard(retry[1])
+            ref = blobs.put(payload)
         seq = self.log.try_append(self.index, ref, KIND_BLOB)
         if seq:
             self._blob_retry = None

@@ -55,12 +55,18 @@ class FileBlobs:
         return name.encode()
 
     def get(self, ref: bytes) -> bytes:
+        return self._path(ref).read_bytes()
+
+    def _path(self, ref: bytes) -> Path:
         if not _NAME.fullmatch(ref):  # a reference is a bare name, never a path
             raise ValueError(f"not a blob reference: {ref[:64]!r}")
-        return (self.run_dir / ref.decode()).read_bytes()
+        return self.run_dir / ref.decode()
 
     def appended(self, ref: bytes, seq: int) -> None:
         self._live.append((seq, self.run_dir / ref.decode()))
+
+    def discard(self, ref: bytes) -> None:
+        self._path(ref).unlink(missing_ok=True)
 
     def collect(self, low: int) -> int:
         """Delete this replica's blobs below ``low`` (every holding cursor is past them)."""

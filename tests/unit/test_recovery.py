@@ -203,6 +203,9 @@ class MemoryBlobs:
     def appended(self, ref: bytes, seq: int) -> None:
         self.seqs[ref] = seq
 
+    def discard(self, ref: bytes) -> None:
+        del self.data[ref]
+
 
 def test_an_entry_over_the_ring_limit_goes_through_the_blob_store() -> None:
     from dominoes import EntryTooLargeError
@@ -223,3 +226,24 @@ def test_an_entry_over_the_ring_limit_goes_through_the_blob_store() -> None:
     a.poll()
     assert values(a) == values(b)
     assert a.statistics().blobs_appended == 1
+
+
+def test_a_refused_blob_is_reused_by_its_retry_and_dropped_when_given_up() -> None:
+    a, b = pair()
+    blobs = MemoryBlobs()
+    a.blobs = b.blobs = blobs
+    while a.try_append(a.encode_call("Store.put", ["f", 0], {}, now=1.0)):
+        pass  # the log is full: nobody applied anything yet
+    size = a.log.max_entry_bytes + 10
+    first = a.encode_call("Store.put", ["x" * size, 1], {}, now=1.0)
+    assert a.try_append(first) == 0
+    assert a.try_append(first) == 0  # the same payload again: the same blob
+    assert len(blobs.data) == 1
+    second = a.encode_call("Store.put", ["y" * size, 2], {}, now=1.0)
+    assert a.try_append(second) == 0  # the first was given up: its blob goes
+    assert len(blobs.data) == 1
+    while a.poll() or b.poll():
+        pass
+    seq = a.try_append(second)
+    assert seq
+    assert list(blobs.seqs.values()) == [seq]
