@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--stuck-after",
-        type=float,
+        type=_seconds,
         default=5.0,
         metavar="SECONDS",
         help="restart a replica that has not applied its next entry for this long "
@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--apply-timeout",
-        type=float,
+        type=_seconds,
         default=2.0,
         metavar="SECONDS",
         help="interrupt an apply that runs this long and roll the replica back to before its "
@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--eject-after",
-        type=float,
+        type=_seconds,
         default=1.0,
         metavar="SECONDS",
         help="kill and restart a replica that has applied nothing for this long while the log "
@@ -193,6 +193,17 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
     if not value > 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A duration in seconds, 0 or more (0 disables what the option bounds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
     return value
 
 
@@ -274,7 +285,7 @@ def _replicas_warning(replicas: int | None, cpus: set[int]) -> str | None:
 
 
 def _find_run_dir(name: str | None, run_dir: Path | None) -> Path:
-    from ._runtime._supervisor import default_run_dir
+    from ._runtime._rundir import default_run_dir
 
     if run_dir is not None:
         return run_dir

@@ -272,3 +272,17 @@ def test_without_a_status_the_reports_are_shown() -> None:
     text = table_text(doc)
     assert "(3 behind)" in text
     assert "not ready" in text
+
+
+@pytest.mark.parametrize("option", ["--stuck-after", "--apply-timeout", "--eject-after"])
+def test_durations_must_not_be_negative(option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from dominoes._cli import _parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        _parser().parse_args(["run", "examples.counter:service", option, "-1"])
+    assert exit_info.value.code == 2
+    assert "must be 0 or more" in capsys.readouterr().err
+    assert (
+        getattr(_parser().parse_args(["run", "x:y", option, "0"]), option[2:].replace("-", "_"))
+        == 0
+    )
