@@ -744,6 +744,9 @@ class Supervisor:
                 log_.declare_poisoned(seq)
                 self.poisoned += 1
                 what = self._describe(seq)
+                # The record first: whoever reads the log line finds it written.
+                with contextlib.suppress(OSError), open(self.run_dir / "poisoned.log", "a") as f:
+                    f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} seq={seq} {what}\n")
                 log.error(
                     "POISON seq=%d (%s): every live replica (%s) gave up applying it; "
                     "each applies it as an error and goes on from the state before it",
@@ -751,8 +754,6 @@ class Supervisor:
                     what,
                     ",".join(map(str, sorted(live))),
                 )
-                with contextlib.suppress(OSError), open(self.run_dir / "poisoned.log", "a") as f:
-                    f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} seq={seq} {what}\n")
                 self._wake_all()
         return waiting
 

@@ -430,7 +430,16 @@ def test_kv_gets_count_as_queries(tmp_path: Path) -> None:
                 pipe.get("k")
             assert pipe.execute() == [b"v"] * 500
             assert r.get("k") == b"v"
-        doc = json.loads(control(run_dir, b'{"op": "stats"}'))
+        docs: list[dict[str, Any]] = []
+
+        def every_replica_reported() -> bool:
+            # A replica busy past the supervisor's 2 s ask gets "error", not
+            # "report": ask again rather than read a missing figure.
+            docs[:] = [json.loads(control(run_dir, b'{"op": "stats"}'))]
+            return all("report" in entry for entry in docs[0]["replicas"])
+
+        wait_until(every_replica_reported, timeout=30)
+        doc = docs[0]
         svc.proc.send_signal(signal.SIGTERM)
         assert svc.wait(60) == 0, svc.output
     queries = sum(entry["report"]["replica"]["queries"] for entry in doc["replicas"])

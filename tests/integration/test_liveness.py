@@ -129,7 +129,8 @@ def test_a_restart_under_writes_catches_up_through_its_backlog(tmp_path: Path) -
     written and restored, applies them, and ends with exactly the same data."""
     import threading
 
-    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     from .kv_helpers import clients_on_every_replica as kv_clients
     from .kv_helpers import kv_service
@@ -144,8 +145,14 @@ def test_a_restart_under_writes_catches_up_through_its_backlog(tmp_path: Path) -
             stop = threading.Event()
             written: list[int] = []
 
+            # The writer stays on replica 0 (the one not killed) and never
+            # retries: a resent INCR whose first reply was lost would count twice.
+            pinned = kv_clients(svc.port, retry=Retry(NoBackoff(), 0))
+            pinned[1].close()
+            w = pinned[0]
+
             def write() -> None:
-                with redis.Redis(port=svc.port, single_connection_client=True) as r:
+                with w as r:
                     i = 0
                     while not stop.is_set():
                         r.incr("counter")
