@@ -203,6 +203,17 @@ def clients_on_every_replica(port: int, replicas: int, tries: int = 200) -> dict
     return found
 
 
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and has not exited (a zombie waiting for its
+    reaper, or a pid already gone, counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return False
+    return raw[raw.rindex(b")") + 2 :].split()[0] not in (b"Z", b"X")
+
+
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import ROOT, free_port, wait_until
+from .harness import ROOT, alive, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -38,16 +38,6 @@ def request(port: int, payload: bytes, timeout: float = 5.0) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(payload)
         return s.recv(65536)
-
-
-def alive(pid: int) -> bool:
-    """Is PID a live process (not a zombie)?"""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return False
-    return raw[raw.rindex(b")") + 2 :].split()[0] != b"Z"
 
 
 def children(pid: int) -> list[int]:

@@ -26,7 +26,7 @@ import pytest
 from dominoes import Component, Context, Service, update
 from dominoes._runtime._shm import SharedLog
 
-from .harness import ROOT, free_port, wait_until
+from .harness import ROOT, alive, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -138,15 +138,6 @@ def control(run_dir: Path, request: bytes) -> bytes:
     return buf
 
 
-def gone(pid: int) -> bool:
-    """The process has exited (a zombie waiting for its reaper counts as exited)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state in ("Z", "X")
-
-
 # --- stopping under load (issue item 8) ----------------------------------------------------
 
 
@@ -252,7 +243,7 @@ def test_a_killed_supervisor_leaves_a_stale_socket_that_stats_names_and_run_clea
         svc.proc.send_signal(signal.SIGKILL)  # the supervisor only
         svc.wait(30)
         # Its replicas die with it (the kernel's parent-death signal).
-        wait_until(lambda: all(gone(pid) for pid in pids), timeout=30)
+        wait_until(lambda: all(not alive(pid) for pid in pids), timeout=30)
     # A SIGKILLed process removes nothing: its socket stays, nobody listens.
     assert "control.sock" in sockets_in(run_dir)
 

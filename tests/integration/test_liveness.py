@@ -17,7 +17,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .harness import ROOT, LineClient, clients_on_every_replica, free_port, running, wait_until
+from .harness import (
+    ROOT,
+    LineClient,
+    alive,
+    clients_on_every_replica,
+    free_port,
+    running,
+    wait_until,
+)
 
 COUNTER = "examples.counter:service"
 
@@ -100,7 +108,7 @@ def test_a_stopped_replica_does_not_outlive_a_killed_supervisor(tmp_path: Path) 
         proc.wait(10)
 
         def gone() -> bool:
-            return all(not _alive(pid) for pid in pids)
+            return all(not alive(pid) for pid in pids)
 
         wait_until(gone, timeout=20)
     finally:
@@ -112,16 +120,6 @@ def test_a_stopped_replica_does_not_outlive_a_killed_supervisor(tmp_path: Path) 
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def test_a_restart_under_writes_catches_up_through_its_backlog(tmp_path: Path) -> None:

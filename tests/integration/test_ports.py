@@ -24,7 +24,7 @@ import redis
 from dominoes._runtime import _ports
 from dominoes._runtime._ports import PortInUseError, claim_ports
 
-from .harness import ROOT, LineClient, Service, free_port, running, wait_until
+from .harness import ROOT, LineClient, Service, alive, free_port, running, wait_until
 from .kv_helpers import KV, wait_for
 
 pytestmark = pytest.mark.integration
@@ -275,21 +275,13 @@ def test_a_stopped_replica_of_a_killed_supervisor_frees_the_port(tmp_path: Path)
             os.kill(pids[1], signal.SIGSTOP)  # frozen: it cannot notice its supervisor is gone
             svc.proc.kill()
             svc.proc.wait(10)
-            wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=20)
+            wait_until(lambda: not any(alive(pid) for pid in pids), timeout=20)
         finally:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
     with serving(COUNTER, tmp_path / "second", port) as again:
         answers(COUNTER, again.port)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_the_port_is_free_again_after_a_clean_stop(tmp_path: Path) -> None:
