@@ -32,12 +32,19 @@ from ._core._replica import ReplicaCore as ReplicaCore
 from ._core._replica import ReplicaStatistics as ReplicaStatistics
 from ._core._words import PlainWords as PlainWords
 from ._core._words import Words as Words
+from ._runtime._backoff import FULL_BACKOFF_MAX as FULL_BACKOFF_MAX
+from ._runtime._backoff import FULL_BACKOFF_MIN as FULL_BACKOFF_MIN
+from ._runtime._backoff import Backoff as Backoff
+from ._runtime._backoff import when_room as when_room
 
 __all__ = (
+    "FULL_BACKOFF_MAX",
+    "FULL_BACKOFF_MIN",
     "KIND_ENTRY",
     "KIND_NOOP",
     "Applied",
     "ApplyTimeout",
+    "Backoff",
     "Batch",
     "Binding",
     "Call",
@@ -57,4 +64,5 @@ __all__ = (
     "decode",
     "dispatch",
     "encode",
+    "when_room",
 )
