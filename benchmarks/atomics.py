@@ -21,8 +21,7 @@ import sys
 import timeit
 from typing import Any
 
-from dominoes._core._words import PlainWords
-from dominoes._runtime._atomics import AtomicWords
+from dominoes.lowlevel import AtomicWords, PlainWords
 
 REPEAT = 5
 OFF = 64

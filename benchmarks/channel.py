@@ -19,7 +19,7 @@ core.
 Transports
 ----------
 ``dominoes``
-    A :class:`~dominoes._runtime._shm.SharedLog` (memfd) with the default
+    A :class:`~dominoes.lowlevel.SharedLog` (memfd) with the default
     shape.  The producer appends with ``Log.try_append`` (backing off like
     ``Replica.submit`` when the log is full), then calls ``Log.wake_list`` and
     writes the consumer's eventfd only if its asleep flag is set.  The
@@ -83,9 +83,15 @@ from typing import Any, Final
 
 import msgspec
 
-from dominoes._core._log import DEFAULT_CAPACITY
-from dominoes._core._replica import DEFAULT_BATCH
-from dominoes._runtime._replica import FULL_BACKOFF_MAX, FULL_BACKOFF_MIN, SAFETY_TICK
+from dominoes.lowlevel import (
+    DEFAULT_BATCH,
+    DEFAULT_CAPACITY,
+    FULL_BACKOFF_MAX,
+    FULL_BACKOFF_MIN,
+    KIND_NOOP,
+    SAFETY_TICK,
+    SharedLog,
+)
 
 TRANSPORTS: Final = ("dominoes", "mp_queue", "faster_fifo", "pyzmq")
 WARMUP: Final = 1_000
@@ -256,8 +262,6 @@ def _produce(plan: Plan, send: Callable[[bytes], None]) -> None:
 
 
 def dominoes_producer(plan: Plan) -> None:
-    from dominoes._runtime._shm import SharedLog
-
     _pin(plan.core)
     log_fd, wake_fd = plan.handle
     shared = SharedLog.attach(log_fd.fd)
@@ -291,9 +295,6 @@ def dominoes_producer(plan: Plan) -> None:
 
 def dominoes_consumer(plan: Plan) -> None:
     import uvloop
-
-    from dominoes._core._log import KIND_NOOP
-    from dominoes._runtime._shm import SharedLog
 
     _pin(plan.core)
     log_fd, wake_fd = plan.handle
@@ -574,8 +575,6 @@ def _transport_handle(
     transport: str, ctx: multiprocessing.context.SpawnContext, capacity: int
 ) -> Any:  # Iterator of (producer handle, consumer handle)
     if transport == "dominoes":
-        from dominoes._runtime._shm import SharedLog
-
         shared = SharedLog.create(f"bench-{os.getpid()}", capacity=capacity)
         wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         try:
@@ -593,7 +592,7 @@ def _transport_handle(
             q.join_thread()
             del q
     elif transport == "faster_fifo":
-        import faster_fifo  # type: ignore[import-not-found]
+        import faster_fifo
 
         fq = faster_fifo.Queue(max_size_bytes=4 * 1024 * 1024)
         try:

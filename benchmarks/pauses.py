@@ -132,7 +132,8 @@ def restart(keys: int, mode: str) -> dict[str, float]:
             svc.load(keys)
             r = svc.on_replica(0)
             victim = svc.status()["replicas"][1]["pid"]
-            stop, times = threading.Event(), []
+            stop = threading.Event()
+            times: list[float] = []
             t = threading.Thread(target=writer, args=(r, stop, times))
             t.start()
             time.sleep(0.5)
@@ -165,7 +166,8 @@ def digest(keys: int, mode: str) -> dict[str, float]:
         try:
             svc.load(keys)
             r = svc.on_replica(0)
-            stop, times = threading.Event(), []
+            stop = threading.Event()
+            times: list[float] = []
             t = threading.Thread(target=writer, args=(r, stop, times))
             t.start()
             time.sleep(5)
@@ -183,7 +185,8 @@ def sigstop(eject: str) -> dict[str, float]:
         try:
             r = svc.on_replica(0)
             victim = svc.status()["replicas"][1]["pid"]
-            stop, times = threading.Event(), []
+            stop = threading.Event()
+            times: list[float] = []
             t = threading.Thread(target=writer, args=(r, stop, times))
             t.start()
             time.sleep(0.5)

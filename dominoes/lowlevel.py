@@ -5,6 +5,14 @@ the multi-process runtime are built from: a :class:`Log` laid out in any
 writable buffer, the :class:`Words` interface its atomics go through, the
 entry codec, and :class:`ReplicaCore`, which applies the log to a
 :class:`StateMachine`.
+
+The multi-process runtime's own pieces are here too, for benchmarks and for
+runtimes built on it: :class:`SharedLog` (a log in a sealed memfd, created by a
+supervisor and attached by fd in other processes), :class:`AtomicWords` (the C
+extension's cross-process atomics over any buffer), and the defaults a replica
+runs with: ``DEFAULT_CAPACITY`` (slots in the ring), ``DEFAULT_BATCH`` (entries
+applied per poll) and ``SAFETY_TICK`` (seconds between re-checks of the log
+while asleep).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from ._core._codec import decode as decode
 from ._core._codec import encode as encode
 from ._core._errors import ApplyTimeout as ApplyTimeout
 from ._core._errors import LayoutError as LayoutError
+from ._core._log import DEFAULT_CAPACITY as DEFAULT_CAPACITY
 from ._core._log import KIND_ENTRY as KIND_ENTRY
 from ._core._log import KIND_NOOP as KIND_NOOP
 from ._core._log import Log as Log
@@ -28,22 +37,30 @@ from ._core._machine import StateMachine as StateMachine
 from ._core._registry import Binding as Binding
 from ._core._registry import Registry as Registry
 from ._core._registry import dispatch as dispatch
+from ._core._replica import DEFAULT_BATCH as DEFAULT_BATCH
 from ._core._replica import ReplicaCore as ReplicaCore
 from ._core._replica import ReplicaStatistics as ReplicaStatistics
 from ._core._words import PlainWords as PlainWords
 from ._core._words import Words as Words
+from ._runtime._atomics import AtomicWords as AtomicWords
 from ._runtime._backoff import FULL_BACKOFF_MAX as FULL_BACKOFF_MAX
 from ._runtime._backoff import FULL_BACKOFF_MIN as FULL_BACKOFF_MIN
 from ._runtime._backoff import Backoff as Backoff
 from ._runtime._backoff import when_room as when_room
+from ._runtime._replica import SAFETY_TICK as SAFETY_TICK
+from ._runtime._shm import SharedLog as SharedLog
 
 __all__ = (
+    "DEFAULT_BATCH",
+    "DEFAULT_CAPACITY",
     "FULL_BACKOFF_MAX",
     "FULL_BACKOFF_MIN",
     "KIND_ENTRY",
     "KIND_NOOP",
+    "SAFETY_TICK",
     "Applied",
     "ApplyTimeout",
+    "AtomicWords",
     "Backoff",
     "Batch",
     "Binding",
@@ -59,6 +76,7 @@ __all__ = (
     "ReplicaCore",
     "ReplicaState",
     "ReplicaStatistics",
+    "SharedLog",
     "StateMachine",
     "Words",
     "decode",

@@ -1,8 +1,9 @@
 """The public surface: thin re-exporting modules, and who may import what.
 
 Like trio's ``test_exports.py``: the public namespaces only re-export names
-from underscore modules, ``components/``, ``loops/`` and ``examples/`` build on
-the public API only, and the sans-IO core imports no I/O or concurrency module.
+from underscore modules, ``components/``, ``loops/``, ``examples/`` and
+``benchmarks/`` build on the public API only, and the sans-IO core imports no
+I/O or concurrency module.
 Every check reads source with ``ast``, so nothing is imported just to check it.
 """
 
@@ -27,11 +28,17 @@ PUBLIC_MODULES = ["dominoes", "dominoes.testing", "dominoes.lowlevel"]
 
 #: Top-level directories that must use only public names, and the package
 #: each installs as (``components`` and ``loops`` map into ``dominoes``).
+#: A benchmark measures what users get, so it may need no more than they have;
+#: what it needs of the runtime is exported from ``dominoes.lowlevel``.
 CLIENT_DIRS = {
     "components": "dominoes.components",
     "loops": "dominoes.loops",
     "examples": "examples",
+    "benchmarks": "benchmarks",
 }
+
+#: Calls that import the module named by their first argument.
+IMPORT_CALLS = frozenset({"import_module", "__import__"})
 
 #: What the sans-IO core must never import.
 FORBIDDEN_IN_CORE = frozenset(
@@ -63,10 +70,26 @@ def is_private_dominoes(name: str) -> bool:
     return len(parts) > 1 and parts[0] == "dominoes" and parts[1].startswith("_")
 
 
+def imported_by_call(node: ast.Call) -> str | None:
+    """The module ``importlib.import_module("...")`` or ``__import__("...")`` names."""
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    if name not in IMPORT_CALLS or not node.args:
+        return None
+    first = node.args[0]
+    if isinstance(first, ast.Constant) and isinstance(first.value, str):
+        return first.value
+    return None
+
+
 def private_imports(tree: ast.AST, package: str) -> Iterator[str]:
-    """Every ``dominoes._...`` name an import statement in ``tree`` reaches."""
+    """Every ``dominoes._...`` name an import (statement or call) in ``tree`` reaches."""
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Call):
+            called = imported_by_call(node)
+            if called is not None and is_private_dominoes(called):
+                yield called
+        elif isinstance(node, ast.Import):
             for alias in node.names:
                 if is_private_dominoes(alias.name):
                     yield alias.name
@@ -180,7 +203,7 @@ def test_version_is_a_string() -> None:
     assert isinstance(dominoes.__version__, str)
 
 
-# --- components, loops and examples use only public names ---------------------------------------
+# --- components, loops, examples and benchmarks use only public names ----------------------
 
 
 def client_files() -> list[tuple[str, Path]]:
@@ -213,6 +236,13 @@ def test_there_are_client_files_to_check() -> None:
     assert client_files(), "components/ and loops/ should at least have __init__.py"
 
 
+def test_every_benchmark_is_checked() -> None:
+    checked = {path for _, path in client_files()}
+    benchmarks = set((PROJECT_DIR / "benchmarks").rglob("*.py"))
+    assert benchmarks, "benchmarks/ should hold the benchmark scripts"
+    assert benchmarks <= checked
+
+
 @pytest.mark.parametrize(
     ("source", "module_name", "filename", "expected"),
     [
@@ -228,6 +258,23 @@ def test_there_are_client_files_to_check() -> None:
         ("from dominoes.testing import Cluster", "examples.x", "x.py", []),
         ("from .helpers import thing", "dominoes.components.x", "x.py", []),
         ("from .. import testing", "dominoes.components.x", "x.py", []),
+        ("from dominoes.lowlevel import SharedLog", "benchmarks.x", "x.py", []),
+        (
+            "from dominoes._runtime._shm import SharedLog",
+            "benchmarks.x",
+            "x.py",
+            ["dominoes._runtime._shm"],
+        ),
+        ("import _resp\nfrom _resp import encode", "benchmarks.baselines.x", "x.py", []),
+        (
+            "importlib.import_module('dominoes._runtime._shm')",
+            "benchmarks.x",
+            "x.py",
+            ["dominoes._runtime._shm"],
+        ),
+        ("__import__('dominoes._core._log')", "benchmarks.x", "x.py", ["dominoes._core._log"]),
+        ("importlib.import_module('dominoes.loops')", "dominoes.x", "x.py", []),
+        ("importlib.import_module(name)", "benchmarks.x", "x.py", []),
     ],
 )
 def test_the_private_import_check_itself(
