@@ -8,6 +8,7 @@ __all__ = (
     "DominoesError",
     "EntryTooLargeError",
     "LayoutError",
+    "LifecycleError",
     "LogFullError",
     "PoisonedEntryError",
     "QueryWroteStateError",
@@ -42,6 +43,23 @@ class EntryTooLargeError(DominoesError, ValueError):
 
 class LayoutError(DominoesError):
     """A buffer does not hold a log of the layout and version this code expects."""
+
+
+class LifecycleError(DominoesError, ValueError):
+    """A replica-lifecycle call its line's current state does not allow.
+
+    ``join``, ``set_live``, ``mark_dead`` and ``leave`` move a replica line
+    between ``absent``, ``joining``, ``live`` and ``dead`` along the table in
+    ``docs/design/log.md``; any other move is a caller's bug, refused before
+    the line is touched.
+    """
+
+    def __init__(self, replica: int, state: str, operation: str, detail: str = "") -> None:
+        message = f"replica {replica} is {state}: {operation}() is not allowed"
+        super().__init__(f"{message} ({detail})" if detail else message)
+        self.replica = replica
+        self.state = state
+        self.operation = operation
 
 
 class ApplySuspendedError(DominoesError, RuntimeError):

@@ -4,32 +4,15 @@ Theory of operation
 ===================
 
 The log is a ring of ``capacity`` fixed-size slots plus a header, laid out in
-any writable buffer: a ``bytearray`` for ``testing.Cluster``, a POSIX
-shared-memory segment for the runtime.  Every shared word is reached through a
+any writable buffer: a ``bytearray`` for ``testing.Cluster``, a shared memfd
+for the runtime.  Every shared word is reached through a
 :class:`~dominoes._core._words.Words` implementation, so this module decides
-*what* is ordered and the words decide *how*.
+*what* is ordered and the words decide *how*.  The byte layout (word offsets,
+shape limits) is :mod:`._layout`; every name it defines is re-exported here.
 
 Sequence numbers start at 1 and never wrap (64 bits).  Entry ``seq`` lives in
 slot ``seq % capacity``.  ``tail`` is the next seq to reserve.  Each replica's
 ``cursor`` is the next seq it will apply.
-
-Layout (every hot word on its own 64-byte line)::
-
-    line 0      magic, version, capacity, slot_size, max_replicas, max_entry_slots,
-                poisoned (the last seq declared a poison entry; rarely written)
-    line 1      tail
-    line 2      completed: the highest cursor any replica has applied up to
-    line 3+i    replica i: cursor, state, pid, asleep, intent_seq, intent_n,
-                generation, stuck (the seq whose apply it gave up on; 0: none)
-    line 3+R+i  replica i's heartbeat: bumped by its event loop while it serves
-                (R = max_replicas; its own line, so the bumps never share a
-                line with the cursor other replicas read)
-    slots       slot k at slots_offset + k * slot_size:
-                  +0   claim word (own line): 0, or winner replica + 1
-                  +64  published_seq  (stored with release, LAST)
-                  +72  payload length (u32) | nslots (u16) | kind (u16)
-                  +80  payload bytes; an entry spanning n slots continues in
-                       the payload area (+80) of the next n - 1 slots, wrapping
 
 Slot lifecycle
 --------------
@@ -81,97 +64,163 @@ of ~2 us (``benchmarks/channel.py``).  Only the cached ``_limit`` refresh
 
 Replica lifecycle
 -----------------
+:data:`LIFECYCLE` is the contract: (state, operation) -> next state.  Every
+``join``, ``set_live``, ``mark_dead`` and ``leave`` goes through
+:func:`lifecycle_step`, which raises :class:`LifecycleError` for a pair the
+table lacks, before the line is touched.  These calls are rare (a start, a
+death, a restart), so the check costs the hot path nothing.
 
-==========  ===========================  =====================================
-state       holds the log back?          next
-==========  ===========================  =====================================
-absent      no                           ``join`` -> joining
-joining     yes (from its join cursor)   ``set_live`` -> live, ``mark_dead``
-live        yes                          ``mark_dead`` -> dead, ``leave``
-dead        no                           ``join`` again (a restart)
-==========  ===========================  =====================================
+=========  ==========================  ========  ========  =========  ======
+state      holds the log back?         join      set_live  mark_dead  leave
+=========  ==========================  ========  ========  =========  ======
+absent     no                          joining   --        dead [1]   --
+joining    yes (from its join cursor)  --        live      dead       absent
+live       yes                         --        --        dead       absent
+dead       no                          joining   --        dead [2]   absent
+                                       [3]                            [4]
+=========  ==========================  ========  ========  =========  ======
+
+[1] A line that never joined can still produce: a local client appends on
+    a line of its own without holding the log.  When it goes, the supervisor
+    marks the line dead, so that its announced reservation no longer counts
+    as a live producer's, fills what it left, then ``leave``\\ s it.  A
+    replica that left cleanly and then exited is marked dead the same way.
+[2] Idempotent: the supervisor marks a restarted replica dead again when it
+    died before it could rejoin.
+[3] Only once its abandoned reservation is filled (``fill_abandoned``):
+    ``join`` clears the intent it would be filled from.
+[4] The recovered client line of [1] becomes free again.
+
+Each single line has one writer at a time (its own replica, or the
+supervisor once that replica's process is gone), so reading the state and
+then storing the next one is not a race.
 """
 
 from __future__ import annotations
 
-import struct
 from typing import Final, Protocol
 
 import msgspec
 
-from ._errors import EntryTooLargeError, LayoutError
+from ._errors import EntryTooLargeError, LayoutError, LifecycleError
+from ._layout import (
+    COMPLETED,
+    DEFAULT_CAPACITY,
+    DEFAULT_MAX_REPLICAS,
+    DEFAULT_SLOT_SIZE,
+    H_CAPACITY,
+    H_MAGIC,
+    H_MAX_ENTRY,
+    H_MAX_REPLICAS,
+    H_POISONED,
+    H_SLOT_SIZE,
+    H_VERSION,
+    KIND_BLOB,
+    KIND_ENTRY,
+    KIND_NOOP,
+    LAYOUT_VERSION,
+    LINE,
+    MAGIC,
+    MAX_NSLOTS,
+    META,
+    R_ASLEEP,
+    R_CURSOR,
+    R_INTENT_N,
+    R_INTENT_SEQ,
+    R_PID,
+    R_RESERVED,
+    R_STATE,
+    R_STUCK,
+    REPLICAS,
+    SLOT_HEADER,
+    SLOT_META,
+    SLOT_SEQ,
+    TAIL,
+    ReplicaState,
+    check_shape,
+    size_for,
+    slots_offset,
+)
 from ._words import Words
 
 __all__ = (
-    "KIND_ENTRY",
-    "KIND_BLOB",
-    "KIND_NOOP",
-    "LAYOUT_VERSION",
-    "MAGIC",
+    # defined here
+    "LIFECYCLE",
     "Log",
     "LogStatistics",
+    "lifecycle_step",
+    # the layout (._layout), re-exported
+    "COMPLETED",
+    "DEFAULT_CAPACITY",
+    "DEFAULT_MAX_REPLICAS",
+    "DEFAULT_SLOT_SIZE",
+    "H_CAPACITY",
+    "H_MAGIC",
+    "H_MAX_ENTRY",
+    "H_MAX_REPLICAS",
+    "H_POISONED",
+    "H_SLOT_SIZE",
+    "H_VERSION",
+    "KIND_BLOB",
+    "KIND_ENTRY",
+    "KIND_NOOP",
+    "LAYOUT_VERSION",
+    "LINE",
+    "MAGIC",
+    "MAX_NSLOTS",
+    "META",
+    "REPLICAS",
+    "R_ASLEEP",
+    "R_CURSOR",
+    "R_INTENT_N",
+    "R_INTENT_SEQ",
+    "R_PID",
+    "R_RESERVED",
+    "R_STATE",
+    "R_STUCK",
+    "SLOT_HEADER",
+    "SLOT_META",
+    "SLOT_SEQ",
+    "TAIL",
     "ReplicaState",
+    "check_shape",
+    "size_for",
+    "slots_offset",
 )
 
-# --- Tunables ---------------------------------------------------------------
-
-#: Bytes per slot.  Larger slots waste memory on small entries; smaller slots
-#: make ~100-byte requests span two slots (two cache lines more per entry).
-#: 256 leaves 176 payload bytes, which holds a typical command in one slot.
-DEFAULT_SLOT_SIZE: Final = 256
-#: Slots in the ring.  The log's capacity bounds how far the slowest live
-#: replica may lag before producers feel backpressure: 16384 x 256 B = 4 MiB.
-DEFAULT_CAPACITY: Final = 16384
-#: Replica lines in the header.  Each costs one 64-byte line.
-DEFAULT_MAX_REPLICAS: Final = 64
-
-MAGIC: Final = 0x444F4D494E4F4553  # b"DOMINOES", big-endian
-LAYOUT_VERSION: Final = 2
-
-LINE: Final = 64
-_SLOT_SEQ: Final = 64
-_SLOT_META: Final = 72
-SLOT_HEADER: Final = 80
-
-# header words
-_H_MAGIC, _H_VERSION, _H_CAPACITY, _H_SLOT_SIZE, _H_MAX_REPLICAS, _H_MAX_ENTRY = (
-    0,
-    8,
-    16,
-    24,
-    32,
-    40,
-)
-_H_POISONED: Final = 48
-_TAIL: Final = LINE
-#: Its own line: every replica raises it once per applied batch and every
-#: linearizable read loads it, while producers hammer ``tail``.
-_COMPLETED: Final = 2 * LINE
-_REPLICAS: Final = 3 * LINE
-# replica line words
-_R_CURSOR, _R_STATE, _R_PID, _R_ASLEEP, _R_INTENT_SEQ, _R_INTENT_N, _R_GEN, _R_STUCK = (
-    0,
-    8,
-    16,
-    24,
-    32,
-    40,
-    48,
-    56,
+_ABSENT, _JOINING, _LIVE, _DEAD = (
+    ReplicaState.ABSENT,
+    ReplicaState.JOINING,
+    ReplicaState.LIVE,
+    ReplicaState.DEAD,
 )
 
-KIND_ENTRY: Final = 1
-KIND_NOOP: Final = 2
-#: An entry too large for the ring: the payload is a reference to it in the
-#: driver's blob store (see ``ReplicaCore.blobs``), which holds the bytes.
-KIND_BLOB: Final = 3
+#: The replica lifecycle: ``(state, operation) -> next state``.  A pair not
+#: here is an illegal transition (see the module doc for the table and its
+#: footnotes).  Other backends keep the same table.
+LIFECYCLE: Final[dict[tuple[int, str], int]] = {
+    (_ABSENT, "join"): _JOINING,
+    (_DEAD, "join"): _JOINING,  # a restart, once its reservation is filled
+    (_JOINING, "set_live"): _LIVE,
+    (_ABSENT, "mark_dead"): _DEAD,  # a producer-only line (a local client) that went
+    (_JOINING, "mark_dead"): _DEAD,
+    (_LIVE, "mark_dead"): _DEAD,
+    (_DEAD, "mark_dead"): _DEAD,  # a restarted replica that died before rejoining
+    (_JOINING, "leave"): _ABSENT,
+    (_LIVE, "leave"): _ABSENT,
+    (_DEAD, "leave"): _ABSENT,  # a recovered producer-only line becomes free
+}
 
-_META = struct.Struct("<IHH")
-_MAX_NSLOTS: Final = 0xFFFF
 
-assert DEFAULT_CAPACITY & (DEFAULT_CAPACITY - 1) == 0, "capacity must be a power of two"
-assert DEFAULT_SLOT_SIZE % LINE == 0
-assert DEFAULT_SLOT_SIZE > SLOT_HEADER
+def lifecycle_step(replica: int, state: int, operation: str) -> int:
+    """The state ``operation`` moves ``replica`` to from ``state``; raises if the table lacks it."""
+    try:
+        return LIFECYCLE[state, operation]
+    except KeyError:
+        name = ReplicaState.NAMES.get(state, f"in an unknown state ({state})")
+        allowed = [ReplicaState.NAMES[s] for s in ReplicaState.NAMES if (s, operation) in LIFECYCLE]
+        detail = f"only from {' or '.join(allowed)}" if allowed else "no such operation"
+        raise LifecycleError(replica, name, operation, detail) from None
 
 
 class _Ring(Protocol):
@@ -182,18 +231,6 @@ class _Ring(Protocol):
     def published(self, seq: int, /) -> bool: ...
     def claim(self, seq: int, replica: int, /) -> bool: ...
     def sleepers(self, count: int, /) -> list[int]: ...
-
-
-class ReplicaState:
-    """Values of a replica line's ``state`` word (see the lifecycle table)."""
-
-    ABSENT: Final = 0
-    JOINING: Final = 1
-    LIVE: Final = 2
-    DEAD: Final = 3
-    #: states whose cursor holds the log back
-    HOLDING: Final = frozenset({JOINING, LIVE})
-    NAMES: Final = {ABSENT: "absent", JOINING: "joining", LIVE: "live", DEAD: "dead"}
 
 
 class LogStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -234,17 +271,17 @@ class Log:
     def __init__(self, buf: bytearray | memoryview, words: Words) -> None:
         self._buf = memoryview(buf)
         self._w = words
-        if words.load_acquire(_H_MAGIC) != MAGIC:
+        if words.load_acquire(H_MAGIC) != MAGIC:
             raise LayoutError("buffer does not hold a dominoes log (bad magic)")
-        version = words.load_acquire(_H_VERSION)
+        version = words.load_acquire(H_VERSION)
         if version != LAYOUT_VERSION:
             raise LayoutError(f"log layout version {version}, this code reads {LAYOUT_VERSION}")
-        self.capacity = words.load_acquire(_H_CAPACITY)
-        self.slot_size = words.load_acquire(_H_SLOT_SIZE)
-        self.max_replicas = words.load_acquire(_H_MAX_REPLICAS)
-        self.max_entry_slots = words.load_acquire(_H_MAX_ENTRY)
+        self.capacity = words.load_acquire(H_CAPACITY)
+        self.slot_size = words.load_acquire(H_SLOT_SIZE)
+        self.max_replicas = words.load_acquire(H_MAX_REPLICAS)
+        self.max_entry_slots = words.load_acquire(H_MAX_ENTRY)
         self.payload_per_slot = self.slot_size - SLOT_HEADER
-        self.slots_offset = _slots_offset(self.max_replicas)
+        self.slots_offset = slots_offset(self.max_replicas)
         if len(self._buf) < self.slots_offset + self.capacity * self.slot_size:
             raise LayoutError("buffer is smaller than the log its header describes")
         self._limit = 0
@@ -257,8 +294,8 @@ class Log:
                 self.capacity,
                 self.slot_size,
                 self.max_entry_slots,
-                _TAIL,
-                _REPLICAS,
+                TAIL,
+                REPLICAS,
                 self.max_replicas,
             )
 
@@ -271,7 +308,7 @@ class Log:
         max_replicas: int = DEFAULT_MAX_REPLICAS,
     ) -> int:
         """Bytes of buffer a log of this shape needs."""
-        return _slots_offset(max_replicas) + capacity * slot_size
+        return size_for(capacity, slot_size, max_replicas)
 
     @classmethod
     def create(
@@ -285,31 +322,20 @@ class Log:
         max_entry_slots: int | None = None,
     ) -> Log:
         """Lay out an empty log in ``buf`` (which must be zero-filled) and attach to it."""
-        if capacity < 2 or capacity & (capacity - 1):
-            raise ValueError(f"capacity must be a power of two >= 2, not {capacity}")
-        if slot_size % LINE or slot_size <= SLOT_HEADER:
-            raise ValueError(f"slot_size must be a multiple of {LINE} above {SLOT_HEADER}")
-        if not 1 <= max_replicas <= 1024:
-            raise ValueError("max_replicas must be in 1..1024")
-        if max_entry_slots is None:
-            max_entry_slots = max(1, min(capacity // 2, _MAX_NSLOTS))
-        if not 1 <= max_entry_slots <= min(capacity, _MAX_NSLOTS):
-            raise ValueError(
-                f"max_entry_slots must be in 1..{min(capacity, _MAX_NSLOTS)}, not {max_entry_slots}"
-            )
-        if len(buf) < cls.size_for(capacity, slot_size, max_replicas):
+        max_entry_slots = check_shape(capacity, slot_size, max_replicas, max_entry_slots)
+        if len(buf) < size_for(capacity, slot_size, max_replicas):
             raise ValueError("buffer too small; use Log.size_for()")
         w = words
-        w.store_release(_H_CAPACITY, capacity)
-        w.store_release(_H_SLOT_SIZE, slot_size)
-        w.store_release(_H_MAX_REPLICAS, max_replicas)
-        w.store_release(_H_MAX_ENTRY, max_entry_slots)
-        w.store_release(_H_VERSION, LAYOUT_VERSION)
-        w.store_release(_TAIL, 1)
-        w.store_release(_COMPLETED, 1)
+        w.store_release(H_CAPACITY, capacity)
+        w.store_release(H_SLOT_SIZE, slot_size)
+        w.store_release(H_MAX_REPLICAS, max_replicas)
+        w.store_release(H_MAX_ENTRY, max_entry_slots)
+        w.store_release(H_VERSION, LAYOUT_VERSION)
+        w.store_release(TAIL, 1)
+        w.store_release(COMPLETED, 1)
         for i in range(max_replicas):
-            w.store_release(_REPLICAS + i * LINE + _R_CURSOR, 1)
-        w.store_release(_H_MAGIC, MAGIC)  # last: attachers check it first
+            w.store_release(REPLICAS + i * LINE + R_CURSOR, 1)
+        w.store_release(H_MAGIC, MAGIC)  # last: attachers check it first
         return cls(buf, words)
 
     # --- replica lines --------------------------------------------------------
@@ -317,19 +343,31 @@ class Log:
     def _line(self, replica: int) -> int:
         if not 0 <= replica < self.max_replicas:
             raise IndexError(f"replica {replica} out of range 0..{self.max_replicas - 1}")
-        return _REPLICAS + replica * LINE
+        return REPLICAS + replica * LINE
 
     def cursor(self, replica: int) -> int:
-        return self._w.load_acquire(self._line(replica) + _R_CURSOR)
+        return self._w.load_acquire(self._line(replica) + R_CURSOR)
 
     def state(self, replica: int) -> int:
-        return self._w.load_acquire(self._line(replica) + _R_STATE)
+        return self._w.load_acquire(self._line(replica) + R_STATE)
 
-    def pid(self, replica: int) -> int:
-        return self._w.load_acquire(self._line(replica) + _R_PID)
+    def _step(self, replica: int, operation: str) -> tuple[int, int]:
+        """``(line, next state)`` of a lifecycle ``operation``: the one place it is checked.
 
-    def generation(self, replica: int) -> int:
-        return self._w.load_acquire(self._line(replica) + _R_GEN)
+        Raises :class:`LifecycleError` for a move :data:`LIFECYCLE` lacks, and
+        for a ``join`` of a dead line whose reservation is not filled yet.
+        """
+        line = self._line(replica)
+        state = self._w.load_acquire(line + R_STATE)
+        after = lifecycle_step(replica, state, operation)
+        if operation == "join" and state == _DEAD and self.recovery_pending(replica):
+            raise LifecycleError(
+                replica,
+                ReplicaState.NAMES[state],
+                operation,
+                "it died holding a reservation; fill_abandoned() it first",
+            )
+        return line, after
 
     def join(self, replica: int, *, pid: int = 0, cursor: int | None = None) -> int:
         """Register ``replica`` as joining, holding the log from ``cursor``.
@@ -337,60 +375,61 @@ class Log:
         The default cursor is the current tail: everything appended from now on
         is kept until this replica applies it (or is marked dead).  Returns the
         cursor.  A joining replica holds the log back but is not yet live.
+        Allowed from absent or dead (see :data:`LIFECYCLE`).
         """
-        line = self._line(replica)
+        line, after = self._step(replica, "join")
         w = self._w
-        if w.load_acquire(line + _R_STATE) in ReplicaState.HOLDING:
-            raise ValueError(f"replica {replica} is already joined")
-        if w.load_acquire(line + _R_STATE) == ReplicaState.DEAD and self.recovery_pending(replica):
-            raise ValueError(
-                f"replica {replica} died holding a reservation; fill_abandoned() it first"
-            )
         if cursor is None:
-            cursor = w.load_acquire(_TAIL)
-        w.store_release(line + _R_INTENT_SEQ, 0)
-        w.store_release(line + _R_STUCK, 0)
-        w.store_release(line + _R_PID, pid)
-        w.store_release(line + _R_CURSOR, cursor)
-        w.fetch_add(line + _R_GEN, 1)
-        w.store_seqcst(line + _R_STATE, ReplicaState.JOINING)
+            cursor = w.load_acquire(TAIL)
+        w.store_release(line + R_INTENT_SEQ, 0)
+        w.store_release(line + R_STUCK, 0)
+        w.store_release(line + R_PID, pid)
+        w.store_release(line + R_CURSOR, cursor)
+        w.store_seqcst(line + R_STATE, after)
         # A producer's cached limit was computed before we joined; it is at most
         # (old slowest cursor + capacity) <= (cursor + capacity), so it cannot
         # reuse anything this replica still needs.
         return cursor
 
     def set_live(self, replica: int, cursor: int | None = None) -> None:
-        """Mark a joined replica live, optionally moving its cursor forward first."""
-        line = self._line(replica)
+        """Mark a joining replica live, optionally moving its cursor forward first.
+
+        Only a joining replica goes live; a live one moves its cursor with
+        :meth:`advance` or :meth:`applied`.
+        """
+        line, after = self._step(replica, "set_live")
         if cursor is not None:
             self.advance(replica, cursor)
-        self._w.store_seqcst(line + _R_STATE, ReplicaState.LIVE)
+        self._w.store_seqcst(line + R_STATE, after)
 
     def mark_dead(self, replica: int) -> None:
         """Stop ``replica``'s cursor from holding the log back.
 
         Call it only once the replica can no longer touch the log (its process
         has exited).  Then call :meth:`abandoned` / :meth:`fill_abandoned`.
+        Allowed from any state (see :data:`LIFECYCLE`).
         """
-        self._w.store_seqcst(self._line(replica) + _R_STATE, ReplicaState.DEAD)
+        line, after = self._step(replica, "mark_dead")
+        self._w.store_seqcst(line + R_STATE, after)
 
     def leave(self, replica: int) -> None:
-        """A clean exit: the replica's line becomes absent."""
-        self._w.store_seqcst(self._line(replica) + _R_STATE, ReplicaState.ABSENT)
+        """A clean exit: the replica's line becomes absent (not from absent)."""
+        line, after = self._step(replica, "leave")
+        self._w.store_seqcst(line + R_STATE, after)
 
     def set_asleep(self, replica: int, asleep: bool) -> None:
         """The reader's half of the wake-up protocol (seq_cst store, then re-check)."""
-        self._w.store_seqcst(self._line(replica) + _R_ASLEEP, int(asleep))
+        self._w.store_seqcst(self._line(replica) + R_ASLEEP, int(asleep))
 
     def asleep(self, replica: int) -> bool:
-        return self._w.load_acquire(self._line(replica) + _R_ASLEEP) != 0
+        return self._w.load_acquire(self._line(replica) + R_ASLEEP) != 0
 
     def replicas_in(self, states: frozenset[int]) -> list[int]:
         w = self._w
         return [
             i
             for i in range(self.max_replicas)
-            if w.load_acquire(_REPLICAS + i * LINE + _R_STATE) in states
+            if w.load_acquire(REPLICAS + i * LINE + R_STATE) in states
         ]
 
     # --- the producer side -----------------------------------------------------
@@ -398,7 +437,7 @@ class Log:
     @property
     def tail(self) -> int:
         """The next seq to be reserved."""
-        return self._w.load_acquire(_TAIL)
+        return self._w.load_acquire(TAIL)
 
     @property
     def max_entry_bytes(self) -> int:
@@ -421,14 +460,14 @@ class Log:
         a joiner and then see cursors already past its request.)
         """
         w = self._w
-        tail = w.load_acquire(_TAIL)
-        lines = range(_REPLICAS, _REPLICAS + self.max_replicas * LINE, LINE)
-        cursors = [w.load_acquire(line + _R_CURSOR) for line in lines]
+        tail = w.load_acquire(TAIL)
+        lines = range(REPLICAS, REPLICAS + self.max_replicas * LINE, LINE)
+        cursors = [w.load_acquire(line + R_CURSOR) for line in lines]
         holding = ReplicaState.HOLDING
         best: int | None = None
         low = tail
         for i, line in enumerate(lines):
-            if w.load_acquire(line + _R_STATE) in holding and (best is None or cursors[i] < low):
+            if w.load_acquire(line + R_STATE) in holding and (best is None or cursors[i] < low):
                 best, low = i, cursors[i]
         return best, low
 
@@ -449,17 +488,17 @@ class Log:
         """
         w = self._w
         line = self._line(replica)
-        w.store_release(line + _R_INTENT_N, nslots)
+        w.store_release(line + R_INTENT_N, nslots)
         while True:
-            t = w.load_acquire(_TAIL)
+            t = w.load_acquire(TAIL)
             end = t + nslots
             if end > self._limit:
                 self._limit = self._slowest()[1] + self.capacity
                 if end > self._limit:
-                    w.store_release(line + _R_INTENT_SEQ, 0)
+                    w.store_release(line + R_INTENT_SEQ, 0)
                     return 0
-            w.store_seqcst(line + _R_INTENT_SEQ, t)
-            if w.cas(_TAIL, t, end):
+            w.store_seqcst(line + R_INTENT_SEQ, t)
+            if w.cas(TAIL, t, end):
                 return t
 
     def write(self, seq: int, nslots: int, payload: bytes, kind: int = KIND_ENTRY) -> None:
@@ -476,14 +515,14 @@ class Log:
         head = base + (seq % cap) * size
         first = payload[:pps]
         buf[head + SLOT_HEADER : head + SLOT_HEADER + len(first)] = first
-        _META.pack_into(buf, head + _SLOT_META, n, nslots, kind)
+        META.pack_into(buf, head + SLOT_META, n, nslots, kind)
         w = self._w
         w.store_release(head, 0)  # the claim word, for this seq
-        w.store_release(head + _SLOT_SEQ, seq)  # publish: last
+        w.store_release(head + SLOT_SEQ, seq)  # publish: last
 
     def done(self, replica: int) -> None:
         """Clear the producer's reservation intent after a successful write."""
-        self._w.store_release(self._line(replica) + _R_INTENT_SEQ, 0)
+        self._w.store_release(self._line(replica) + R_INTENT_SEQ, 0)
 
     def try_append(self, replica: int, payload: bytes, kind: int = KIND_ENTRY) -> int:
         """Reserve, write and publish ``payload`` in one step; 0 if the log is full."""
@@ -522,7 +561,7 @@ class Log:
             return ring.sleepers(n)
         w = self._w
         w.fence()
-        return [i for i in range(n) if w.load_acquire(_REPLICAS + i * LINE + _R_ASLEEP)]
+        return [i for i in range(n) if w.load_acquire(REPLICAS + i * LINE + R_ASLEEP)]
 
     def take_sleepers(self, replicas: int | None = None) -> list[int]:
         """The sleepers of :meth:`wake_list` whose flag this caller cleared first.
@@ -532,9 +571,7 @@ class Log:
         others see 0 and skip it.  The sleeper wakes on the signal either way.
         """
         w = self._w
-        return [
-            i for i in self.wake_list(replicas) if w.cas(_REPLICAS + i * LINE + _R_ASLEEP, 1, 0)
-        ]
+        return [i for i in self.wake_list(replicas) if w.cas(REPLICAS + i * LINE + R_ASLEEP, 1, 0)]
 
     # --- the reader side -------------------------------------------------------
 
@@ -543,7 +580,7 @@ class Log:
         if ring is not None:
             return ring.published(seq)
         head = self.slots_offset + (seq % self.capacity) * self.slot_size
-        return self._w.load_acquire(head + _SLOT_SEQ) == seq
+        return self._w.load_acquire(head + SLOT_SEQ) == seq
 
     def read(self, seq: int) -> tuple[int, int, bytes] | None:
         """``(kind, nslots, payload)`` of the entry at ``seq``, or None if unpublished.
@@ -555,9 +592,9 @@ class Log:
             return ring.read(seq)
         size, cap, buf = self.slot_size, self.capacity, self._buf
         head = self.slots_offset + (seq % cap) * size
-        if self._w.load_acquire(head + _SLOT_SEQ) != seq:
+        if self._w.load_acquire(head + SLOT_SEQ) != seq:
             return None
-        n, nslots, kind = _META.unpack_from(buf, head + _SLOT_META)
+        n, nslots, kind = META.unpack_from(buf, head + SLOT_META)
         pps = self.payload_per_slot
         if nslots == 1:
             return kind, 1, bytes(buf[head + SLOT_HEADER : head + SLOT_HEADER + n])
@@ -586,7 +623,7 @@ class Log:
 
     def advance(self, replica: int, cursor: int) -> None:
         """Move ``replica``'s cursor: every seq below ``cursor`` is applied there."""
-        self._w.store_release(self._line(replica) + _R_CURSOR, cursor)
+        self._w.store_release(self._line(replica) + R_CURSOR, cursor)
 
     # --- the completed tail (linearizable reads) ------------------------------------
 
@@ -598,7 +635,7 @@ class Log:
         A read that catches up to this value first sees every write acknowledged
         before it arrived (invariant 8, docs/design/invariants.md).  One acquire load.
         """
-        return self._w.load_acquire(_COMPLETED)
+        return self._w.load_acquire(COMPLETED)
 
     def applied(self, replica: int, cursor: int) -> None:
         """Publish ``replica``'s cursor and raise the completed tail to it.
@@ -609,19 +646,19 @@ class Log:
         covers its entry.
         """
         w = self._w
-        w.store_release(self._line(replica) + _R_CURSOR, cursor)
-        seen = w.load_acquire(_COMPLETED)
+        w.store_release(self._line(replica) + R_CURSOR, cursor)
+        seen = w.load_acquire(COMPLETED)
         while seen < cursor:
-            if w.cas(_COMPLETED, seen, cursor):
+            if w.cas(COMPLETED, seen, cursor):
                 return
-            seen = w.load_acquire(_COMPLETED)
+            seen = w.load_acquire(COMPLETED)
 
     # --- liveness ---------------------------------------------------------------------
 
     def _beat_line(self, replica: int) -> int:
         if not 0 <= replica < self.max_replicas:
             raise IndexError(f"replica {replica} out of range 0..{self.max_replicas - 1}")
-        return _REPLICAS + (self.max_replicas + replica) * LINE
+        return REPLICAS + (self.max_replicas + replica) * LINE
 
     def beat(self, replica: int) -> None:
         """Bump ``replica``'s heartbeat: its event loop is running (serving)."""
@@ -635,20 +672,20 @@ class Log:
 
     def stuck(self, replica: int) -> int:
         """The seq ``replica`` gave up applying (rolled back before it), or 0."""
-        return self._w.load_acquire(self._line(replica) + _R_STUCK)
+        return self._w.load_acquire(self._line(replica) + R_STUCK)
 
     def set_stuck(self, replica: int, seq: int) -> None:
         """Announce that ``replica`` waits before ``seq`` for a poison verdict (0: clears)."""
-        self._w.store_seqcst(self._line(replica) + _R_STUCK, seq)
+        self._w.store_seqcst(self._line(replica) + R_STUCK, seq)
 
     @property
     def poisoned(self) -> int:
         """The last seq the supervisor declared a poison entry (0: none yet)."""
-        return self._w.load_acquire(_H_POISONED)
+        return self._w.load_acquire(H_POISONED)
 
     def declare_poisoned(self, seq: int) -> None:
         """Every live replica gave up on ``seq``: each applies it as an error instead."""
-        self._w.store_seqcst(_H_POISONED, seq)
+        self._w.store_seqcst(H_POISONED, seq)
 
     # --- recovery ------------------------------------------------------------------
 
@@ -675,28 +712,28 @@ class Log:
         """
         w = self._w
         line = self._line(dead)
-        t = w.load_acquire(line + _R_INTENT_SEQ)
+        t = w.load_acquire(line + R_INTENT_SEQ)
         if not t:
             return [], False
-        n = w.load_acquire(line + _R_INTENT_N)
-        tail = w.load_acquire(_TAIL)
+        n = w.load_acquire(line + R_INTENT_N)
+        tail = w.load_acquire(TAIL)
         live: dict[int, int] = {}
         for i in range(self.max_replicas):
-            other = _REPLICAS + i * LINE
-            if i == dead or w.load_acquire(other + _R_STATE) == ReplicaState.DEAD:
+            other = REPLICAS + i * LINE
+            if i == dead or w.load_acquire(other + R_STATE) == ReplicaState.DEAD:
                 continue
-            seq = w.load_acquire(other + _R_INTENT_SEQ)
+            seq = w.load_acquire(other + R_INTENT_SEQ)
             if seq:
-                live[seq] = max(live.get(seq, 0), w.load_acquire(other + _R_INTENT_N))
+                live[seq] = max(live.get(seq, 0), w.load_acquire(other + R_INTENT_N))
         found: list[int] = []
         undecided = False
         s, end = t, min(t + n, tail)
         cap, size, base = self.capacity, self.slot_size, self.slots_offset
         while s < end:
             head = base + (s % cap) * size
-            published = w.load_acquire(head + _SLOT_SEQ)
+            published = w.load_acquire(head + SLOT_SEQ)
             if published == s:
-                s += max(1, _META.unpack_from(self._buf, head + _SLOT_META)[1])
+                s += max(1, META.unpack_from(self._buf, head + SLOT_META)[1])
             elif published > s:
                 break  # the slot was reused since: everything here is long done
             elif s in live:
@@ -727,20 +764,20 @@ class Log:
         for s in found:
             self.write(s, 1, b"", KIND_NOOP)
         if not undecided:
-            self._w.store_release(self._line(dead) + _R_INTENT_SEQ, 0)
+            self._w.store_release(self._line(dead) + R_INTENT_SEQ, 0)
         return len(found)
 
     def announcer(self, seq: int) -> int | None:
         """The line whose announced reservation starts at ``seq`` (a held-up head), or None."""
         w = self._w
         for i in range(self.max_replicas):
-            if w.load_acquire(_REPLICAS + i * LINE + _R_INTENT_SEQ) == seq:
+            if w.load_acquire(REPLICAS + i * LINE + R_INTENT_SEQ) == seq:
                 return i
         return None
 
     def recovery_pending(self, dead: int) -> bool:
         """True while ``dead``'s intent still names slots that may need a no-op."""
-        return self._w.load_acquire(self._line(dead) + _R_INTENT_SEQ) != 0
+        return self._w.load_acquire(self._line(dead) + R_INTENT_SEQ) != 0
 
     # --- introspection ---------------------------------------------------------------
 
@@ -766,7 +803,3 @@ class Log:
         """Drop this handle's view of the buffer (shared memory cannot close while it lives)."""
         self._ring = None
         self._buf.release()
-
-
-def _slots_offset(max_replicas: int) -> int:
-    return _REPLICAS + 2 * max_replicas * LINE

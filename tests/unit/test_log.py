@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+import dominoes._core._layout as layout
+import dominoes._core._log as log_module
 from dominoes import EntryTooLargeError
+from dominoes._core._errors import LifecycleError
+from dominoes._core._log import LIFECYCLE, lifecycle_step
 from dominoes.lowlevel import KIND_ENTRY, KIND_NOOP, LayoutError, Log, PlainWords, ReplicaState
 
 
@@ -275,10 +279,98 @@ def test_a_dead_replica_cannot_rejoin_before_its_reservation_is_filled() -> None
     log = make_log(replicas=2)
     log.try_reserve(1, 1)
     log.mark_dead(1)
-    with pytest.raises(ValueError, match="fill_abandoned"):
+    with pytest.raises(LifecycleError, match="fill_abandoned") as err:
         log.join(1)
+    assert (err.value.replica, err.value.state, err.value.operation) == (1, "dead", "join")
+    assert log.state(1) == ReplicaState.DEAD
     log.fill_abandoned(1)
     assert log.join(1) == 2
+
+
+# --- the replica lifecycle: every (state, operation) pair, against the table ------------
+
+STATES = tuple(ReplicaState.NAMES)
+OPERATIONS = ("join", "set_live", "mark_dead", "leave")
+
+
+def line_in(state: int) -> Log:
+    """A log whose line 1 is in ``state`` (reached by legal moves), line 0 live."""
+    log = make_log(replicas=2)
+    log.leave(1)
+    path = {
+        ReplicaState.ABSENT: (),
+        ReplicaState.JOINING: ("join",),
+        ReplicaState.LIVE: ("join", "set_live"),
+        ReplicaState.DEAD: ("mark_dead",),
+    }[state]
+    for op in path:
+        getattr(log, op)(1)
+    assert log.state(1) == state
+    return log
+
+
+def test_the_lifecycle_table_is_the_documented_one() -> None:
+    names = ReplicaState.NAMES
+    table = {(names[s], op): names[t] for (s, op), t in LIFECYCLE.items()}
+    assert table == {
+        ("absent", "join"): "joining",
+        ("dead", "join"): "joining",
+        ("joining", "set_live"): "live",
+        ("absent", "mark_dead"): "dead",
+        ("joining", "mark_dead"): "dead",
+        ("live", "mark_dead"): "dead",
+        ("dead", "mark_dead"): "dead",
+        ("joining", "leave"): "absent",
+        ("live", "leave"): "absent",
+        ("dead", "leave"): "absent",
+    }
+
+
+@pytest.mark.parametrize("state", STATES, ids=ReplicaState.NAMES.get)
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_every_lifecycle_move_follows_the_table(state: int, operation: str) -> None:
+    log = line_in(state)
+    line = bytes(log._buf[log._line(1) : log._line(1) + 64])
+    expected = LIFECYCLE.get((state, operation))
+    if expected is None:
+        with pytest.raises(LifecycleError) as err:
+            getattr(log, operation)(1)
+        assert isinstance(err.value, ValueError)
+        assert bytes(log._buf[log._line(1) : log._line(1) + 64]) == line  # untouched
+    else:
+        getattr(log, operation)(1)
+        assert log.state(1) == expected
+    assert log.state(0) == ReplicaState.LIVE
+
+
+def test_an_illegal_move_names_the_replica_the_state_and_the_operation() -> None:
+    log = make_log(replicas=2)
+    with pytest.raises(LifecycleError, match=r"^replica 1 is live: set_live\(\) is not allowed "):
+        log.set_live(1)
+    with pytest.raises(
+        LifecycleError, match=r"replica 0 is live: join\(\) .*only from absent or dead"
+    ):
+        log.join(0)
+    with pytest.raises(LifecycleError, match="unknown state"):
+        lifecycle_step(3, 9, "join")
+    with pytest.raises(LifecycleError, match="no such operation"):
+        lifecycle_step(3, ReplicaState.LIVE, "explode")
+
+
+def test_join_stores_no_generation_any_more() -> None:
+    log = make_log(replicas=2)
+    log.mark_dead(1)
+    log.join(1, pid=1234)
+    line = log._line(1)
+    assert log._w.load_acquire(line + layout.R_PID) == 1234
+    assert log._w.load_acquire(line + layout.R_RESERVED) == 0
+
+
+def test_the_layout_names_are_importable_from_the_log_module() -> None:
+    for name in layout.__all__:
+        assert getattr(log_module, name) is getattr(layout, name), name
+        assert name in log_module.__all__
+    assert Log.size_for(8, 128, 2) == layout.size_for(8, 128, 2)
 
 
 def test_wake_list_names_replicas_that_said_they_sleep() -> None:

@@ -1,0 +1,193 @@
+"""The log's byte layout: word offsets, shape limits and their checks.
+
+Everything here is a number or a check on numbers; :mod:`._log` does the
+ring's operations over it.  The C fast path (``dominoes/_runtime/_atomics.c``)
+repeats the offsets it uses (``R_ASLEEP``, ``R_INTENT_SEQ``, ``R_INTENT_N``,
+``SLOT_SEQ``, ``SLOT_META``, ``SLOT_HEADER``) and checks ``LAYOUT_VERSION``;
+change one here and you change it there.
+
+Layout (every hot word on its own 64-byte line)::
+
+    line 0      magic, version, capacity, slot_size, max_replicas, max_entry_slots,
+                poisoned (the last seq declared a poison entry; rarely written)
+    line 1      tail
+    line 2      completed: the highest cursor any replica has applied up to
+    line 3+i    replica i: cursor, state, pid, asleep, intent_seq, intent_n,
+                (reserved), stuck (the seq whose apply it gave up on; 0: none)
+    line 3+R+i  replica i's heartbeat: bumped by its event loop while it serves
+                (R = max_replicas; its own line, so the bumps never share a
+                line with the cursor other replicas read)
+    slots       slot k at slots_offset + k * slot_size:
+                  +0   claim word (own line): 0, or winner replica + 1
+                  +64  published_seq  (stored with release, LAST)
+                  +72  payload length (u32) | nslots (u16) | kind (u16)
+                  +80  payload bytes; an entry spanning n slots continues in
+                       the payload area (+80) of the next n - 1 slots, wrapping
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+__all__ = (
+    "COMPLETED",
+    "DEFAULT_CAPACITY",
+    "DEFAULT_MAX_REPLICAS",
+    "DEFAULT_SLOT_SIZE",
+    "H_CAPACITY",
+    "H_MAGIC",
+    "H_MAX_ENTRY",
+    "H_MAX_REPLICAS",
+    "H_POISONED",
+    "H_SLOT_SIZE",
+    "H_VERSION",
+    "KIND_BLOB",
+    "KIND_ENTRY",
+    "KIND_NOOP",
+    "LAYOUT_VERSION",
+    "LINE",
+    "MAGIC",
+    "MAX_NSLOTS",
+    "META",
+    "REPLICAS",
+    "R_ASLEEP",
+    "R_CURSOR",
+    "R_INTENT_N",
+    "R_INTENT_SEQ",
+    "R_PID",
+    "R_RESERVED",
+    "R_STATE",
+    "R_STUCK",
+    "SLOT_HEADER",
+    "SLOT_META",
+    "SLOT_SEQ",
+    "TAIL",
+    "ReplicaState",
+    "check_shape",
+    "size_for",
+    "slots_offset",
+)
+
+# --- Tunables ---------------------------------------------------------------
+
+#: Bytes per slot.  Larger slots waste memory on small entries; smaller slots
+#: make ~100-byte requests span two slots (two cache lines more per entry).
+#: 256 leaves 176 payload bytes, which holds a typical command in one slot.
+DEFAULT_SLOT_SIZE: Final = 256
+#: Slots in the ring.  The log's capacity bounds how far the slowest live
+#: replica may lag before producers feel backpressure: 16384 x 256 B = 4 MiB.
+DEFAULT_CAPACITY: Final = 16384
+#: Replica lines in the header.  Each costs two 64-byte lines (its words and
+#: its heartbeat).
+DEFAULT_MAX_REPLICAS: Final = 64
+
+MAGIC: Final = 0x444F4D494E4F4553  # b"DOMINOES", big-endian
+LAYOUT_VERSION: Final = 2
+
+LINE: Final = 64
+
+# --- Header words (line 0) and the shared lines after it ----------------------
+
+H_MAGIC: Final = 0
+H_VERSION: Final = 8
+H_CAPACITY: Final = 16
+H_SLOT_SIZE: Final = 24
+H_MAX_REPLICAS: Final = 32
+H_MAX_ENTRY: Final = 40
+H_POISONED: Final = 48
+TAIL: Final = LINE
+#: Its own line: every replica raises it once per applied batch and every
+#: linearizable read loads it, while producers hammer ``tail``.
+COMPLETED: Final = 2 * LINE
+#: Replica i's line is at ``REPLICAS + i * LINE``; its heartbeat line at
+#: ``REPLICAS + (max_replicas + i) * LINE``.
+REPLICAS: Final = 3 * LINE
+
+# --- Replica line words --------------------------------------------------------
+
+R_CURSOR: Final = 0
+R_STATE: Final = 8
+#: The pid given to ``join``.  Nothing in dominoes reads it back: it is there
+#: for whoever inspects a log image (a core dump, a debugger).
+R_PID: Final = 16
+R_ASLEEP: Final = 24
+R_INTENT_SEQ: Final = 32
+R_INTENT_N: Final = 40
+#: Unused and reserved.  Layout version 2 counted joins here (``generation``);
+#: nothing ever read the count, so it is no longer written.  The word stays so
+#: that ``stuck`` keeps its offset.
+R_RESERVED: Final = 48
+R_STUCK: Final = 56
+
+# --- Slot words -------------------------------------------------------------------
+
+SLOT_SEQ: Final = 64
+SLOT_META: Final = 72
+SLOT_HEADER: Final = 80
+#: payload length (u32), nslots (u16), kind (u16), little-endian, at ``SLOT_META``
+META: Final = struct.Struct("<IHH")
+#: the most slots one entry can span: ``nslots`` is 16 bits
+MAX_NSLOTS: Final = 0xFFFF
+
+KIND_ENTRY: Final = 1
+KIND_NOOP: Final = 2
+#: An entry too large for the ring: the payload is a reference to it in the
+#: driver's blob store (see ``ReplicaCore.blobs``), which holds the bytes.
+KIND_BLOB: Final = 3
+
+assert DEFAULT_CAPACITY & (DEFAULT_CAPACITY - 1) == 0, "capacity must be a power of two"
+assert DEFAULT_SLOT_SIZE % LINE == 0
+assert DEFAULT_SLOT_SIZE > SLOT_HEADER
+
+
+class ReplicaState:
+    """Values of a replica line's ``state`` word (see the lifecycle table in ``_log``)."""
+
+    ABSENT: Final = 0
+    JOINING: Final = 1
+    LIVE: Final = 2
+    DEAD: Final = 3
+    #: states whose cursor holds the log back
+    HOLDING: Final = frozenset({JOINING, LIVE})
+    NAMES: Final = {ABSENT: "absent", JOINING: "joining", LIVE: "live", DEAD: "dead"}
+
+
+# --- Shape -------------------------------------------------------------------------
+
+
+def slots_offset(max_replicas: int) -> int:
+    """Where slot 0 starts: after the header, the replica lines and the heartbeat lines."""
+    return REPLICAS + 2 * max_replicas * LINE
+
+
+def size_for(
+    capacity: int = DEFAULT_CAPACITY,
+    slot_size: int = DEFAULT_SLOT_SIZE,
+    max_replicas: int = DEFAULT_MAX_REPLICAS,
+) -> int:
+    """Bytes of buffer a log of this shape needs."""
+    return slots_offset(max_replicas) + capacity * slot_size
+
+
+def check_shape(
+    capacity: int, slot_size: int, max_replicas: int, max_entry_slots: int | None
+) -> int:
+    """Refuse a shape the layout cannot hold; returns ``max_entry_slots`` (its default filled in).
+
+    The default ``max_entry_slots`` is half the capacity, capped at what a
+    slot header can count.
+    """
+    if capacity < 2 or capacity & (capacity - 1):
+        raise ValueError(f"capacity must be a power of two >= 2, not {capacity}")
+    if slot_size % LINE or slot_size <= SLOT_HEADER:
+        raise ValueError(f"slot_size must be a multiple of {LINE} above {SLOT_HEADER}")
+    if not 1 <= max_replicas <= 1024:
+        raise ValueError("max_replicas must be in 1..1024")
+    if max_entry_slots is None:
+        max_entry_slots = max(1, min(capacity // 2, MAX_NSLOTS))
+    if not 1 <= max_entry_slots <= min(capacity, MAX_NSLOTS):
+        raise ValueError(
+            f"max_entry_slots must be in 1..{min(capacity, MAX_NSLOTS)}, not {max_entry_slots}"
+        )
+    return max_entry_slots
