@@ -1,9 +1,12 @@
 """``testing.Cluster``: N replicas in one process over one in-memory log.
 
 It is to dominoes what h11's ``ConnectionPair`` is to h11: the real core (the
-same ``Log``, ``StateMachine`` and ``ReplicaCore`` the runtime uses) stepped
-explicitly, so a test decides who appends, who applies first (and so who wins
-a ``race`` claim), when time passes, and who dies.
+same ``Log``, ``StateMachine`` and ``ReplicaCore`` the runtime uses, over the
+``memory`` log backend) stepped explicitly, so a test decides who appends, who
+applies first (and so who wins a ``race`` claim), when time passes, and who
+dies.  Submitting, group commit, timers and snapshot requests go through the
+same ``ReplicaCore`` calls as in the runtime; this module only maps their
+outcomes to :class:`Pending` objects and recorded effects.
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ from typing import Any, Final, TypeVar
 from ._core._codec import Mode
 from ._core._component import Component, EventRef, query
 from ._core._errors import DominoesError, LogFullError
-from ._core._log import DEFAULT_MAX_REPLICAS, Log, ReplicaState
+from ._core._log import DEFAULT_MAX_REPLICAS, ReplicaState
 from ._core._machine import Applied, Divergence
+from ._core._memory import MemoryLogHost
 from ._core._replica import DEFAULT_TIMER_GRACE, ReplicaCore, ReplicaStatistics
 from ._core._service import Service
-from ._core._words import PlainWords
 
 __all__ = ("Cluster", "ClusterReplica", "DivergenceError", "Pending", "ReplicaDeadError")
 
@@ -29,8 +32,6 @@ C = TypeVar("C", bound=Component)
 #: The fake clock's start: a plausible epoch time, so handlers that format
 #: ``ctx.now`` see a real-looking date.
 START_TIME: Final = 1_800_000_000.0
-
-_MODES: Final = {"race": Mode.RACE, "affinity": Mode.AFFINITY, "every": Mode.EVERY}
 
 
 class DivergenceError(AssertionError):
@@ -42,7 +43,10 @@ class ReplicaDeadError(DominoesError):
 
 
 class Pending:
-    """A submitted entry, resolved when its origin replica applies it."""
+    """A submitted entry, resolved when its origin replica applies it.
+
+    ``seq`` is 0 while the call waits in a group commit for room in the log.
+    """
 
     __slots__ = ("applied", "origin", "seq")
 
@@ -80,13 +84,11 @@ class ClusterReplica:
         self.applied: list[int] = []
         #: seq of each applied entry this replica owned
         self.owned: list[int] = []
-        self._pending: dict[tuple[int, int], Pending] = {}  # (seq, sub) -> pending
 
-    def _new_core(self) -> ReplicaCore:
+    def _new_core(self) -> ReplicaCore[Pending]:
         c = self.cluster
-        log = Log(c._buf, c._words)
         machine = c.service.new_machine(self.index)
-        return ReplicaCore(log, machine, replicas=c.size, timer_grace=c.timer_grace)
+        return ReplicaCore(c._host.handle(), machine, replicas=c.size, timer_grace=c.timer_grace)
 
     @property
     def machine(self) -> Any:
@@ -136,16 +138,13 @@ class Cluster:
         self.timer_grace = timer_grace
         #: the fake clock every replica reads (seconds since the epoch)
         self.clock = start_time
-        self._buf = bytearray(Log.size_for(capacity, slot_size, replicas))
-        self._words = PlainWords(self._buf)
-        self.log = Log.create(
-            self._buf,
-            self._words,
+        self._host = MemoryLogHost(
             capacity=capacity,
             slot_size=slot_size,
-            max_replicas=replicas,
+            replicas=replicas,
             max_entry_slots=max_entry_slots,
         )
+        self.log = self._host.log
         self.replicas = [ClusterReplica(self, i) for i in range(replicas)]
         for r in self.replicas:
             r.core.start()
@@ -181,45 +180,82 @@ class Cluster:
         event: EventRef,
         /,
         *args: Any,
-        _mode: str = "affinity",
+        _mode: Mode | str = Mode.AFFINITY,
         _request_id: str = "",
         **kwargs: Any,
     ) -> Pending:
         """Append a call on ``replica``; raises :class:`LogFullError` when the log is full.
 
-        ``_mode`` is ``"affinity"`` (default: the submitting replica owns the
-        entry), ``"race"`` or ``"every"``.
+        ``_mode`` is :class:`Mode` ``AFFINITY`` (default: the submitting
+        replica owns the entry), ``RACE`` or ``EVERY`` (or its name).
         """
-        r = self._replica(replica)
-        if r.joining:
-            raise ReplicaDeadError(f"replica {replica} is still joining")
-        core = r.core
-        name = core.machine.resolve(event)
+        core = self._live_core(replica)
         payload = core.encode_call(
-            name, args, kwargs, now=self.clock, mode=_MODES[_mode], request_id=_request_id
+            event, args, kwargs, now=self.clock, mode=Mode.parse(_mode), request_id=_request_id
         )
-        seq = core.append_nowait(payload)
-        pending = Pending(replica, seq)
-        r._pending[seq, -1] = pending
+        pending = Pending(replica, 0)
+        pending.seq = core.submit_nowait(payload, pending, now=self.clock)
+        return pending
+
+    def submit_soon(
+        self,
+        replica: int,
+        event: EventRef,
+        /,
+        *args: Any,
+        _mode: Mode | str = Mode.AFFINITY,
+        **kwargs: Any,
+    ) -> Pending:
+        """Queue a call for group commit on ``replica``, as ``Replica.submit_soon`` does.
+
+        Queued calls are appended, as few entries as fit, by :meth:`commit`
+        (which :meth:`step` calls first); a full log keeps them queued.
+        """
+        core = self._live_core(replica)
+        call = core.make_call(event, args, kwargs, now=self.clock, mode=Mode.parse(_mode))
+        pending = Pending(replica, 0)
+        core.queue(call, pending)
         return pending
 
     def submit_batch_nowait(
         self, replica: int, calls: list[tuple[EventRef, tuple[Any, ...], dict[str, Any]]]
     ) -> list[Pending]:
-        """Append several ``affinity`` calls as one entry (the runtime's group commit)."""
+        """Append several ``affinity`` calls now through group commit (the runtime's path).
+
+        They share one entry when it fits (else the batch is halved until
+        each part does).  Raises :class:`LogFullError` when the log takes
+        none of them; calls a full log refuses after the first part fail
+        with :class:`LogFullError` (``Pending.seq`` stays 0).
+        """
+        core = self._live_core(replica)
+        if core.group:
+            raise LogFullError("earlier submit_soon calls are still waiting for room")
+        pendings = [
+            self.submit_soon(replica, event, *args, **kwargs) for event, args, kwargs in calls
+        ]
+        if not self.commit(replica):
+            core.group.clear()
+            raise LogFullError("log full: no room for the batch")
+        for _, pending, _ in core.group:  # a nowait call never waits
+            pending.applied = Applied(0, None, False)
+            pending.applied.error = LogFullError("log full: this part of the batch was refused")
+        core.group.clear()
+        return pendings
+
+    def commit(self, replica: int) -> int:
+        """Append ``replica``'s queued calls (group commit); entries appended."""
+        core = self.replicas[replica].core
+        n = core.commit(self.clock)
+        if n:
+            for (seq, _), pending in core.pending.items():
+                pending.seq = seq
+        return n
+
+    def _live_core(self, replica: int) -> ReplicaCore[Pending]:
         r = self._replica(replica)
         if r.joining:
             raise ReplicaDeadError(f"replica {replica} is still joining")
-        core = r.core
-        made = [
-            core.make_call(core.machine.resolve(event), args, kwargs, now=self.clock)
-            for event, args, kwargs in calls
-        ]
-        seq = core.append_nowait(core.encode_batch(made, now=self.clock))
-        pendings = [Pending(replica, seq) for _ in made]
-        for i, pending in enumerate(pendings):
-            r._pending[seq, i] = pending
-        return pendings
+        return r.core
 
     def call(self, replica: int, event: EventRef, /, *args: Any, **kwargs: Any) -> Any:
         """Submit, run every replica until the origin applied it, return its result.
@@ -281,6 +317,8 @@ class Cluster:
         n = 0
         for r in targets:
             if r.alive and not r.joining:
+                if r.core.group:
+                    self.commit(r.index)
                 n += self._poll(r, limit)
         return n
 
@@ -298,8 +336,9 @@ class Cluster:
                     r.owned.append(applied.seq)
                 for fn, args, kwargs in applied.effects:
                     self._run_effect(r.index, applied.seq, fn, args, kwargs)
-            pending = r._pending.pop((applied.seq, applied.sub), None)
+            pending = applied.waiter
             if pending is not None:
+                pending.seq = applied.seq
                 pending.applied = applied
             if applied.snapshot is not None:
                 self._deliver_snapshot(applied)
@@ -353,14 +392,7 @@ class Cluster:
     def fire_due(self, replica: int | None = None) -> int:
         """Let live replicas append ``Fire`` entries for due timers; how many were appended."""
         targets = self.live if replica is None else [self._replica(replica)]
-        n = 0
-        for r in targets:
-            for payload in r.core.due_fires(self.clock):
-                if r.core.try_append(payload):
-                    n += 1
-                else:
-                    r.core.machine._fire_sent.clear()  # ask again next time
-        return n
+        return sum(r.core.fire_due(self.clock) for r in targets)
 
     def advance(self, seconds: float) -> None:
         """Move the fake clock forward, fire due timers and run until quiet."""
@@ -378,10 +410,9 @@ class Cluster:
         r = self._replica(replica)
         r.alive = False
         r.joining = False
-        for pending in r._pending.values():
+        for pending in r.core.drop_pending():
             pending.applied = Applied(pending.seq, None, False)
             pending.applied.error = ReplicaDeadError(f"replica {replica} died")
-        r._pending.clear()
         self._snapshot_waits.pop(replica, None)
         self.log.mark_dead(replica)
         self.log.fill_abandoned(replica)
@@ -398,8 +429,6 @@ class Cluster:
         r = self.replicas[replica]
         if r.alive:
             raise ValueError(f"replica {replica} is alive")
-        if source is None:
-            source = self._pick_source(exclude=replica)
         r.core = r._new_core()
         r.alive = True
         r.joining = True
@@ -408,19 +437,16 @@ class Cluster:
         r.core.join()
         self._request_snapshot(replica, source)
 
-    def _pick_source(self, exclude: int) -> int:
-        live = [x.index for x in self.live if x.index != exclude]
-        if not live:
-            raise ReplicaDeadError("no live replica to take a snapshot from")
-        return live[0]
-
-    def _request_snapshot(self, joiner: int, source: int) -> None:
+    def _request_snapshot(self, joiner: int, source: int | None) -> None:
         core = self.replicas[joiner].core
-        payload = core.request_snapshot(source, now=self.clock)
+        try:
+            ask = core.ask_snapshot(now=self.clock, source=source)
+        except RuntimeError as exc:
+            raise ReplicaDeadError(str(exc)) from None
         for _ in range(self.log.capacity + 2):
-            seq = core.try_append(payload)
+            seq = core.try_append(ask.payload)
             if seq:
-                self._snapshot_waits[joiner] = (source, seq)
+                self._snapshot_waits[joiner] = (ask.source, seq)
                 return
             if not self.step():
                 # Other joiners may hold the log for sources that died.
@@ -440,11 +466,7 @@ class Cluster:
         for joiner, (source, asked_at) in list(self._snapshot_waits.items()):
             src = self.replicas[source]
             if not src.alive or src.joining or src.cursor > asked_at:
-                # The joiner has applied nothing yet, so it may hold the log from
-                # the current tail instead: otherwise a log filled up behind it
-                # would leave no room for the new request.
-                self.replicas[joiner].core.hold_from_tail()
-                self._request_snapshot(joiner, self._pick_source(exclude=joiner))
+                self._request_snapshot(joiner, None)
 
     def _deliver_snapshot(self, applied: Applied) -> None:
         entry = applied.entry

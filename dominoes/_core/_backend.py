@@ -18,8 +18,9 @@ Three protocols split the work by who calls it:
 * :class:`LogBackend`: a replica's handle (append, read, claim, progress,
   membership, waiting).  ``ReplicaCore`` and the runtime's ``Replica`` use
   nothing else of the log.
-* :class:`Wakeups`: how a producer wakes a sleeping replica, and how a
-  replica waits (an eventfd per replica for ``shm``).
+* ``Wakeups`` (in ``dominoes._runtime._wakeups``, being I/O): how a producer
+  wakes a sleeping replica, and how a replica waits on its event loop (an
+  eventfd per replica for ``shm``).
 * :class:`LogHost` / :class:`LogFactory`: the supervisor's side: create the
   log, hand it to replica processes, watch membership.  ``dominoes run --log
   NAME`` loads the factory named ``NAME`` from the ``dominoes.logs`` entry-point
@@ -36,15 +37,11 @@ assumes a replica starts at the log's current tail.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from ._log import KIND_ENTRY, LogStatistics
 
-if TYPE_CHECKING:
-    import asyncio
-
-__all__ = ("LogBackend", "LogFactory", "LogHost", "Wakeups")
+__all__ = ("LogBackend", "LogFactory", "LogHost")
 
 
 @runtime_checkable
@@ -167,24 +164,6 @@ class LogBackend(Protocol):
     # --- statistics --------------------------------------------------------------------
     def statistics(self) -> LogStatistics:
         """Shape, tail and membership, as this handle sees them."""
-        ...
-
-
-class Wakeups(Protocol):
-    """How producers wake a sleeping replica and how a replica waits on an event loop."""
-
-    def signal(self, replica: int, /) -> bool:
-        """Wake ``replica`` (it had set its asleep flag); False if it could not be."""
-        ...
-
-    def listen(
-        self, loop: asyncio.AbstractEventLoop, replica: int, callback: Callable[[], None], /
-    ) -> None:
-        """Call ``callback`` on ``loop`` after each signal to ``replica``."""
-        ...
-
-    def unlisten(self, loop: asyncio.AbstractEventLoop, replica: int, /) -> None:
-        """Stop calling back (idempotent)."""
         ...
 
 

@@ -42,6 +42,18 @@ class Mode(enum.IntEnum):
     #: every replica performs the effects for its own local resources
     EVERY = 2
 
+    @classmethod
+    def parse(cls, mode: Mode | str) -> Mode:
+        """``mode`` as a :class:`Mode`; a name (``"race"``) is accepted too."""
+        if isinstance(mode, Mode):
+            return mode
+        try:
+            return cls[mode.upper()]
+        except (KeyError, AttributeError):
+            raise ValueError(
+                f"mode must be a Mode or one of race, affinity, every; not {mode!r}"
+            ) from None
+
 
 class Call(msgspec.Struct, tag="c", array_like=True, gc=False):
     """Raise ``event`` with ``args``/``kwargs`` on every replica."""

@@ -112,16 +112,15 @@ class Context:
         entry in the log), even if the replica that armed it dies.
         """
         deadline = self.now + max(0.0, delay)
-        return self._machine._arm(deadline, self._machine.resolve(event), args, kwargs)
+        return self._machine.timers.arm(deadline, self._machine.resolve(event), args, kwargs)
 
     def cancel(self, timer_id: int) -> bool:
         """Cancel a replicated timer; False if it already fired or never existed."""
-        return self._machine._cancel(timer_id)
+        return self._machine.timers.cancel(timer_id)
 
     def timer_deadline(self, timer_id: int) -> float | None:
         """When a pending timer is due (replicated time), or None."""
-        t = self._machine._timers.get(timer_id)
-        return t[0] if t is not None else None
+        return self._machine.timers.deadline(timer_id)
 
     # --- effects -------------------------------------------------------------------------
 

@@ -24,7 +24,6 @@ Applying one entry
 from __future__ import annotations
 
 import hashlib
-import heapq
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -35,6 +34,7 @@ from ._component import Component, EventRef, query, resolve
 from ._context import Context
 from ._errors import DominoesError, PoisonedEntryError, QueryWroteStateError, UnknownEventError
 from ._registry import Registry, dispatch
+from ._timers import Timers
 
 __all__ = ("Applied", "Divergence", "RemoteError", "StateMachine")
 
@@ -61,7 +61,10 @@ class RemoteError(DominoesError):
 
 
 class Applied:
-    """What applying one entry produced on this replica."""
+    """What applying one entry produced on this replica (an outcome of ``ReplicaCore.poll``).
+
+    The machine fills it while applying; drivers only read it.
+    """
 
     __slots__ = (
         "batch",
@@ -78,6 +81,7 @@ class Applied:
         "snapshot",
         "snapshot_for",
         "sub",
+        "waiter",
     )
 
     def __init__(self, seq: int, entry: Entry | None, owner: bool, sub: int = -1) -> None:
@@ -101,6 +105,9 @@ class Applied:
         self.digest: dict[str, str] | None = None
         #: set when a digest report from another replica disagrees with ours
         self.divergence: Divergence | None = None
+        #: what the driver registered to learn this outcome (``ReplicaCore``'s
+        #: pending table: a future, a ``Pending``), or None
+        self.waiter: Any = None
 
     def __repr__(self) -> str:
         what = f"error={self.error!r}" if self.error else f"result={self.result!r}"
@@ -192,21 +199,16 @@ class StateMachine:
         self.cursor = 1
         #: replicated time: the newest ``ctx.now`` applied
         self.now = 0.0
-        # replicated timers: id -> (deadline, event, args, kwargs)
-        self._timers: dict[int, tuple[float, str, tuple[Any, ...] | list[Any], dict[str, Any]]] = {}
-        self._next_timer = 1
+        #: replicated timers (and this replica's local bookkeeping of them)
+        self.timers = Timers()
         # request id -> its encoded result (bytes) or error text (str), oldest first
         self._recent: dict[str, bytes | str] = {}
         #: poison entries applied as errors (seq -> event), the last POISONED_KEPT
         self.poisoned: dict[int, str] = {}
-        # local only: a heap of (deadline, id) for finding due timers, and the
-        # timers this replica already asked to fire (id -> local time asked)
-        self._heap: list[tuple[float, int]] = []
-        self._fire_sent: dict[int, float] = {}
         # Divergence detection (local): digest the state after the first entry
         # at or past every multiple of ``digest_every`` -- the same entry on
         # every replica -- and keep the last few to compare with reports.
-        self.digest_every = digest_every
+        self._digest_every = digest_every
         self._next_digest = digest_every
         #: apply() leaves snapshots and digests to the caller's :meth:`finish`
         #: (``ReplicaCore`` does, outside its apply timing); False: apply()
@@ -231,7 +233,31 @@ class StateMachine:
         # local statistics
         self.applied_entries = 0
         self.errors = 0
-        self.timers_fired = 0
+
+    @property
+    def digest_every(self) -> int:
+        """Digest the state every this many log positions (0: never)."""
+        return self._digest_every
+
+    @digest_every.setter
+    def digest_every(self, every: int) -> None:
+        if every < 0:
+            raise ValueError("digest_every must be >= 0")
+        self._digest_every = every
+        self._next_digest = -(-self.cursor // every) * every if every else 0  # next multiple
+
+    @property
+    def timers_fired(self) -> int:
+        return self.timers.fired
+
+    @timers_fired.setter
+    def timers_fired(self, n: int) -> None:
+        self.timers.fired = n
+
+    @property
+    def query_names(self) -> frozenset[str]:
+        """The names of this service's ``@query`` functions."""
+        return frozenset(self._queries)
 
     # --- apply ---------------------------------------------------------------------
 
@@ -244,43 +270,48 @@ class StateMachine:
         self.applied_entries += 1
         out = Applied(seq, entry, owner)
         now = entry.ts if entry.ts > self.now else self.now
-        if type(entry) is Call:
-            self._call(entry, out, now)
-        elif type(entry) is Batch:
-            subs = []
-            for i, call in enumerate(entry.calls):
-                sub = Applied(seq, call, owner, i)
-                self._call(call, sub, call.ts if call.ts > self.now else self.now)
-                subs.append(sub)
-            out.batch = subs
-        elif type(entry) is Fire:
-            timer = self._timers.pop(entry.timer_id, None)
-            self._fire_sent.pop(entry.timer_id, None)
-            if timer is None:  # already fired or cancelled: a no-op everywhere
-                self.now = now
-                return out
-            deadline, event, args, kwargs = timer
-            if deadline > now:
-                now = deadline
-            self.now = now
-            self.timers_fired += 1
-            ctx = Context(
-                self, seq=seq, now=now, origin=entry.origin, mode=Mode.RACE, is_owner=owner
-            )
-            self._run(ctx, out, event, args, kwargs)
-        elif type(entry) is Control:
-            self.now = now
-            if entry.op == "snapshot" and entry.arg and entry.arg[0] == self.index:
-                out.snapshot_for = int(entry.arg[1])
-            elif entry.op == "digest":
-                self._compare(out, entry)
-                return out  # a report is not itself a digest point
-        if self.digest_every and seq >= self._next_digest:
-            self._next_digest = (seq // self.digest_every + 1) * self.digest_every
+        if _APPLY[type(entry)](self, entry, out, now):
+            return out  # not a digest point
+        if self._digest_every and seq >= self._next_digest:
+            self._next_digest = (seq // self._digest_every + 1) * self._digest_every
             out.digest_due = True
         if not self.defer_outputs:
             self.finish(out)
         return out
+
+    def _apply_batch(self, entry: Batch, out: Applied, now: float) -> None:
+        subs = []
+        seq, owner = out.seq, out.owner
+        for i, call in enumerate(entry.calls):
+            sub = Applied(seq, call, owner, i)
+            self._call(call, sub, call.ts if call.ts > self.now else self.now)
+            subs.append(sub)
+        out.batch = subs
+
+    def _apply_fire(self, entry: Fire, out: Applied, now: float) -> bool:
+        timer = self.timers.take(entry.timer_id)
+        if timer is None:  # already fired or cancelled: a no-op everywhere
+            self.now = now
+            return True
+        deadline, event, args, kwargs = timer
+        if deadline > now:
+            now = deadline
+        self.now = now
+        self.timers.fired += 1
+        ctx = Context(
+            self, seq=out.seq, now=now, origin=entry.origin, mode=Mode.RACE, is_owner=out.owner
+        )
+        self._run(ctx, out, event, args, kwargs)
+        return False
+
+    def _apply_control(self, entry: Control, out: Applied, now: float) -> bool:
+        self.now = now
+        if entry.op == "snapshot" and entry.arg and entry.arg[0] == self.index:
+            out.snapshot_for = int(entry.arg[1])
+        elif entry.op == "digest":
+            self._compare(out, entry)
+            return True  # a report is not itself a digest point
+        return False
 
     def finish(self, out: Applied) -> None:
         """Produce what applying ``out``'s entry asked of this replica: a
@@ -392,8 +423,7 @@ class StateMachine:
         if entry.ts > self.now:
             self.now = entry.ts
         if type(entry) is Fire:  # the timer is spent: it must not fire (and hang) again
-            self._timers.pop(entry.timer_id, None)
-            self._fire_sent.pop(entry.timer_id, None)
+            self.timers.take(entry.timer_id)
         calls = entry.calls if type(entry) is Batch else [entry]
         what = ", ".join(sorted({getattr(c, "event", type(c).__name__) for c in calls}))
         self.poisoned[seq] = what
@@ -476,60 +506,19 @@ class StateMachine:
 
     # --- timers --------------------------------------------------------------------
 
-    def _arm(
-        self, deadline: float, event: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> int:
-        tid = self._next_timer
-        self._next_timer += 1
-        self._timers[tid] = (deadline, event, list(args), dict(kwargs))
-        heapq.heappush(self._heap, (deadline, tid))
-        return tid
-
-    def _cancel(self, timer_id: int) -> bool:
-        self._fire_sent.pop(timer_id, None)
-        return self._timers.pop(timer_id, None) is not None
-
     @property
     def pending_timers(self) -> int:
-        return len(self._timers)
+        return len(self.timers)
 
     def next_deadline(self) -> float | None:
         """The earliest pending timer's deadline (replicated time), or None."""
-        heap, timers = self._heap, self._timers
-        while heap and heap[0][1] not in timers:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        return self.timers.next_deadline()
 
     def due_timers(
         self, local_now: float, replicas: int, grace: float, resend: float | None = None
     ) -> list[int]:
-        """Timers this replica should ask to fire now (by appending ``Fire`` entries).
-
-        Timer ``id`` is fired first by replica ``id % replicas``; every other
-        replica asks ``grace`` seconds later, so a timer still fires when its
-        designated replica is dead.  Duplicate ``Fire`` entries are harmless:
-        the first one applied fires the timer, the rest are no-ops.  A replica
-        asks again after ``resend`` seconds (default: ``grace``) in case its
-        append was lost with a dying process.
-        """
-        if resend is None:
-            resend = grace
-        heap, timers, sent = self._heap, self._timers, self._fire_sent
-        due: list[int] = []
-        keep: list[tuple[float, int]] = []
-        while heap and heap[0][0] <= local_now:
-            deadline, tid = heapq.heappop(heap)
-            if tid not in timers:
-                continue
-            keep.append((deadline, tid))
-            start = deadline if tid % replicas == self.index % replicas else deadline + grace
-            asked = sent.get(tid)
-            if local_now >= start and (asked is None or local_now - asked >= resend):
-                sent[tid] = local_now
-                due.append(tid)
-        for item in keep:
-            heapq.heappush(heap, item)
-        return due
+        """Timers this replica should ask to fire now (:meth:`Timers.due`)."""
+        return self.timers.due(local_now, self.index, replicas, grace, resend)
 
     # --- queries ---------------------------------------------------------------------
 
@@ -569,8 +558,8 @@ class StateMachine:
                 service=self.service_name,
                 cursor=self.cursor,
                 now=self.now,
-                next_timer=self._next_timer,
-                timers=[(tid, d, e, list(a), kw) for tid, (d, e, a, kw) in self._timers.items()],
+                next_timer=self.timers.next_id,
+                timers=self.timers.dump(),
                 recent=list(self._recent.items()),
                 poisoned=list(self.poisoned.items()),
                 components={name: c.snapshot() for name, c in self.components.items()},
@@ -586,11 +575,7 @@ class StateMachine:
             raise ValueError("snapshot's components differ from this service's")
         self.cursor = snap.cursor
         self.now = snap.now
-        self._next_timer = snap.next_timer
-        self._timers = {tid: (d, e, a, kw) for tid, d, e, a, kw in snap.timers}
-        self._heap = [(d, tid) for tid, (d, _, _, _) in self._timers.items()]
-        heapq.heapify(self._heap)
-        self._fire_sent = {}
+        self.timers.load(snap.next_timer, snap.timers)
         self._recent = dict(snap.recent)
         self.poisoned = dict(snap.poisoned)
         for name, state in snap.components.items():
@@ -603,8 +588,22 @@ class StateMachine:
         snapshot digests like the one it came from.
         """
         out = {name: _hash(c.snapshot()) for name, c in self.components.items()}
-        timers = sorted((k, *v[:2]) for k, v in self._timers.items())
         out["_dominoes"] = _hash(
-            [self._next_timer, timers, list(self._recent.items()), list(self.poisoned.items())]
+            [
+                self.timers.next_id,
+                self.timers.digest_items(),
+                list(self._recent.items()),
+                list(self.poisoned.items()),
+            ]
         )
         return out
+
+
+#: How each entry type is applied; an applier returns True when the entry is
+#: not a digest point (a fired-already timer, a digest report).
+_APPLY: Final[dict[type, Callable[[StateMachine, Any, Applied, float], bool | None]]] = {
+    Call: StateMachine._call,
+    Batch: StateMachine._apply_batch,
+    Fire: StateMachine._apply_fire,
+    Control: StateMachine._apply_control,
+}

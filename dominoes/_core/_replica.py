@@ -6,7 +6,19 @@ publish), how to drain the log in order (read, claim, decode, apply, advance)
 and when to ask for timers to fire.  It never sleeps, reads a clock or touches
 a socket: the caller passes ``now`` and decides when to call it.  The
 in-process ``testing.Cluster`` and the multi-process runtime drive the same
-class.
+class, and own nothing of the replica's logic themselves.
+
+What the core owns (the drivers only map it to futures, sockets, eventfds):
+
+* the pending table: a driver registers a *waiter* (an ``asyncio.Future``, a
+  ``testing.Pending``) with each append, and :meth:`poll` hands it back on
+  the entry's :class:`Applied` (``applied.waiter``);
+* encoding a submit (:meth:`encode_call`, taking a :class:`Mode`);
+* group commit (:meth:`queue` then :meth:`commit`): many calls, one entry;
+* asking for due timers to fire (:meth:`fire_due`);
+* choosing whom to ask for a snapshot (:meth:`ask_snapshot`);
+* digests and their reports (:meth:`digest_done`, :meth:`flush_outbox`);
+* the recovery point (``_recovery.RecoveryPoint``).
 
 The batch rule
 --------------
@@ -43,16 +55,28 @@ replica.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar
 
 import msgspec
 
+from ._backend import LogBackend
 from ._codec import Call, Control, Entry, Fire, Mode, batch_payload, decode, encode
+from ._component import EventRef
 from ._errors import ApplyTimeout, EntryTooLargeError, LogFullError, UnknownEventError
-from ._log import KIND_BLOB, KIND_ENTRY, KIND_NOOP, Log
+from ._log import KIND_BLOB, KIND_ENTRY, KIND_NOOP, ReplicaState
 from ._machine import Applied, Divergence, StateMachine
+from ._recovery import (
+    DEFAULT_CHECKPOINT_BYTES,
+    DEFAULT_CHECKPOINT_ENTRIES,
+    POISONED,
+    Journaled,
+    RecoveryPoint,
+)
 
-__all__ = ("BlobStore", "ReplicaCore", "ReplicaStatistics")
+__all__ = ("BlobStore", "ReplicaCore", "ReplicaStatistics", "SnapshotAsk")
+
+#: The driver's waiter type (what it registers to learn an outcome).
+W = TypeVar("W")
 
 #: Entries applied per poll before the caller gets control back.  Larger
 #: batches amortise the cursor store and the loop's overhead; smaller ones
@@ -65,16 +89,8 @@ DEFAULT_STALL_THRESHOLD: Final = 0.1
 #: deadline before it asks for the timer to fire (covers a dead designee).
 DEFAULT_TIMER_GRACE: Final = 0.05
 
-#: Entries and journal bytes after which the recovery point is renewed.  A
-#: renewal snapshots the whole state (a cost proportional to its size, paid by
-#: a forked child at run time, inline without a ``snapshotter``); the
-#: journal's memory is bounded by these, and so is the replay a rollback does.
-DEFAULT_CHECKPOINT_ENTRIES: Final = 65536
-DEFAULT_CHECKPOINT_BYTES: Final = 64 * 1024 * 1024
-
-
-#: A journal entry's kind for an entry applied as poison (never a log kind).
-_POISONED: Final = -1
+#: Calls at most in one group commit (one ``Batch`` entry).
+GROUP_MAX: Final = 256
 
 assert DEFAULT_BATCH > 0
 
@@ -122,14 +138,26 @@ class ReplicaStatistics(msgspec.Struct, frozen=True, kw_only=True):
     checkpoints: int
     poisoned: int
     blobs_appended: int
+    group_commits: int
 
 
-class ReplicaCore:
-    """One replica's view of the log and its state machine."""
+class SnapshotAsk(NamedTuple):
+    """A joiner's request for a snapshot (:meth:`ReplicaCore.ask_snapshot`)."""
+
+    #: the live replica asked to write it
+    source: int
+    #: the entry to append (the source writes its state when it applies it)
+    payload: bytes
+    #: the seq the joiner now holds the log from (it copies entries from there)
+    held_from: int
+
+
+class ReplicaCore(Generic[W]):
+    """One replica's view of the log and its state machine (see the module doc)."""
 
     def __init__(
         self,
-        log: Log,
+        log: LogBackend,
         machine: StateMachine,
         *,
         replicas: int,
@@ -168,17 +196,17 @@ class ReplicaCore:
         self.applying = 0.0
         #: the seq whose apply was interrupted (0: none); see the module doc
         self.gave_up = 0
-        self.rollbacks = 0
-        self.checkpoints = 0
+        #: the recovery point: None until enable_recovery() (testing.Cluster
+        #: replicas run without one)
+        self.recovery: RecoveryPoint | None = None
+        #: renew the recovery point after this many entries or journal bytes
         self.checkpoint_entries = DEFAULT_CHECKPOINT_ENTRIES
         self.checkpoint_bytes = DEFAULT_CHECKPOINT_BYTES
-        # The recovery point: None until enable_recovery() (testing.Cluster
-        # replicas run without one).
-        self._recovery: Callable[[], bytes] | None = None
-        self._journal: list[tuple[int, int, int, bytes]] | None = None
-        self._journal_bytes = 0
-        # a background checkpoint in progress: (its cursor, journal length then)
-        self._pending: tuple[int, int] | None = None
+        #: the pending table: (seq, call index in a batch or -1) -> waiter
+        self.pending: dict[tuple[int, int], W] = {}
+        #: calls queued for group commit, in order: (encoded call, waiter, batchable)
+        self.group: list[tuple[bytes, W, bool]] = []
+        self.group_commits = 0
         #: the driver's background snapshot: ``snapshotter(cursor)`` starts
         #: encoding the state at ``cursor`` elsewhere and returns True, or
         #: returns False (then the checkpoint is taken inline)
@@ -217,7 +245,7 @@ class ReplicaCore:
         self.machine.restore(snapshot)
         self.log.set_live(self.index, self.machine.cursor)
 
-    def copy_backlog(self, backlog: list[tuple[int, int, int, bytes]], start: int) -> int:
+    def copy_backlog(self, backlog: list[Journaled], start: int) -> int:
         """While joining: copy published entries from ``start`` into ``backlog``, and
         release them (the line's hold moves past them).  Returns the next seq.
 
@@ -245,7 +273,7 @@ class ReplicaCore:
     def load_with_backlog(
         self,
         snapshot: bytes,
-        backlog: list[tuple[int, int, int, bytes]],
+        backlog: list[Journaled],
         copied: int,
         *,
         recovery: bool = False,
@@ -267,7 +295,7 @@ class ReplicaCore:
         if recovery:
             self.enable_recovery(snapshot)
 
-    def apply_backlog(self, backlog: list[tuple[int, int, int, bytes]]) -> list[Applied]:
+    def apply_backlog(self, backlog: list[Journaled]) -> list[Applied]:
         """Apply copied entries, in order, skipping those the snapshot holds.
 
         The backlog's entries were applied by the replicas that were live
@@ -275,7 +303,7 @@ class ReplicaCore:
         affinity entries and ``every`` ones.
         """
         machine = self.machine
-        journal = self._journal
+        journal = None if self.recovery is None else self.recovery.journal
         out: list[Applied] = []
         for seq, kind, nslots, payload in backlog:
             if seq < machine.cursor:
@@ -290,7 +318,7 @@ class ReplicaCore:
                 entry = decode(payload, seq)
                 applied = machine.apply(entry, self._owns_decided(entry), nslots)
                 machine.finish(applied)
-                out.extend([applied] if applied.batch is None else applied.batch)
+                self._outcomes(applied, out)
             if journal is not None:
                 journal.append((seq, kind, nslots, payload))
         return out
@@ -316,9 +344,25 @@ class ReplicaCore:
 
     # --- appending -----------------------------------------------------------------
 
+    def make_call(
+        self,
+        event: EventRef,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any],
+        *,
+        now: float,
+        mode: Mode = Mode.AFFINITY,
+        request_id: str = "",
+    ) -> Call:
+        """A call entry from this replica (raises :class:`UnknownEventError`)."""
+        name = event if type(event) is str else self.machine.resolve(event)
+        if name not in self.machine.registry:
+            raise UnknownEventError(f"no handler is bound to event {name!r}")
+        return Call(name, list(args), kwargs, now, self.index, mode, request_id)
+
     def encode_call(
         self,
-        event: str,
+        event: EventRef,
         args: tuple[Any, ...] | list[Any],
         kwargs: dict[str, Any],
         *,
@@ -336,31 +380,97 @@ class ReplicaCore:
             self.make_call(event, args, kwargs, now=now, mode=mode, request_id=request_id)
         )
 
-    def make_call(
-        self,
-        event: str,
-        args: tuple[Any, ...] | list[Any],
-        kwargs: dict[str, Any],
-        *,
-        now: float,
-        mode: Mode = Mode.AFFINITY,
-        request_id: str = "",
-    ) -> Call:
-        """A call entry from this replica (raises :class:`UnknownEventError`)."""
-        if event not in self.machine.registry:
-            raise UnknownEventError(f"no handler is bound to event {event!r}")
-        return Call(event, list(args), kwargs, now, self.index, mode, request_id)
-
     def encode_batch(self, calls: list[Call], *, now: float) -> bytes:
-        """One entry holding several of this replica's ``affinity`` calls (group commit).
+        """One entry holding several of this replica's ``affinity`` calls.
 
         Raises ``TypeError`` for arguments msgpack cannot encode, naming no
-        call: encode calls alone to find it.
+        call: encode calls alone to find it.  (Drivers batch through
+        :meth:`queue` and :meth:`commit`.)
         """
         for call in calls:
             if call.mode != Mode.AFFINITY or call.origin != self.index or call.request_id:
                 raise ValueError("only this replica's affinity calls without request ids batch")
         return batch_payload([encode(c) for c in calls], now, self.index)
+
+    # --- submitting: the pending table and group commit ------------------------------
+
+    def submit(self, payload: bytes, waiter: W, *, now: float) -> int:
+        """Append an encoded entry and register ``waiter`` for its outcome; 0 when full.
+
+        Calls queued for group commit go first (order is kept across forms),
+        so 0 also means some of them are still waiting for room.
+        """
+        if self.group and (not self.commit(now) or self.group):
+            return 0
+        seq = self.try_append(payload)
+        if seq:
+            self.pending[seq, -1] = waiter
+        return seq
+
+    def submit_nowait(self, payload: bytes, waiter: W, *, now: float) -> int:
+        """:meth:`submit`, raising :class:`LogFullError` instead of returning 0."""
+        seq = self.submit(payload, waiter, now=now)
+        if not seq:
+            raise self._full_error()
+        return seq
+
+    def queue(self, call: Call, waiter: W) -> None:
+        """Queue a call for group commit (:meth:`commit` appends it).
+
+        Raises :class:`EntryTooLargeError` for a call no append can take, and
+        ``TypeError`` for arguments msgpack cannot encode.  Only ``affinity``
+        calls without a request id share an entry; others are appended alone,
+        in their turn.
+        """
+        payload = encode(call)  # encoded once: a batch is framed from these bytes
+        self.check_size(len(payload))
+        batchable = call.mode == Mode.AFFINITY and not call.request_id
+        self.group.append((payload, waiter, batchable))
+
+    def commit(self, now: float) -> int:
+        """Append the queued calls in order, as few entries as fit; entries appended.
+
+        Consecutive batchable calls (at most :data:`GROUP_MAX`) share one
+        ``Batch`` entry, halved until it fits the log's entry limit.  Stops at
+        the first refusal (the log is full): :attr:`group` keeps the rest.
+        """
+        group = self.group
+        limit = self.log.max_entry_bytes
+        appended = 0
+        while group:
+            chunk = group[:GROUP_MAX]
+            for i, item in enumerate(chunk):
+                if not item[2]:
+                    del chunk[max(i, 1) :]  # a lone call ends the batch (or is it)
+                    break
+            while len(chunk) > 1:  # shrink until the batch fits one entry
+                payload = batch_payload([p for p, _, _ in chunk], now, self.index)
+                if len(payload) <= limit:
+                    break
+                del chunk[len(chunk) // 2 :]
+            else:
+                payload = chunk[0][0]  # one call: a plain Call entry
+            seq = self.try_append(payload)
+            if not seq:
+                break
+            appended += 1
+            pending = self.pending
+            if len(chunk) == 1:
+                pending[seq, -1] = chunk[0][1]
+            else:
+                self.group_commits += 1
+                for i, (_, waiter, _) in enumerate(chunk):
+                    pending[seq, i] = waiter
+            del group[: len(chunk)]
+        return appended
+
+    def drop_pending(self) -> list[W]:
+        """Forget every waiter (registered and queued); they get no outcome now."""
+        out = list(self.pending.values())
+        out.extend(w for _, w, _ in self.group)
+        self.pending.clear()
+        self.group.clear()
+        return out
 
     @property
     def max_entry_bytes(self) -> int:
@@ -418,18 +528,35 @@ class ReplicaCore:
         return self.blobs.get(ref)
 
     def append_nowait(self, payload: bytes) -> int:
-        """Append an encoded entry or raise :class:`LogFullError`."""
+        """Append an encoded entry or raise :class:`LogFullError` (no waiter)."""
         seq = self.try_append(payload)
         if not seq:
-            raise LogFullError(
-                f"log full: {self.log.capacity} slots, slowest replica at "
-                f"{self.log.statistics().slowest_cursor}; retry, or await the append"
-            )
+            raise self._full_error()
         return seq
 
-    def request_snapshot(self, source: int, *, now: float) -> bytes:
-        """The payload asking replica ``source`` to snapshot its state at that entry."""
-        return encode(Control("snapshot", [source, self.index], now, self.index))
+    def _full_error(self) -> LogFullError:
+        return LogFullError(
+            f"log full: {self.log.capacity} slots, slowest replica at "
+            f"{self.log.slowest_cursor()}; retry, or await the append"
+        )
+
+    def ask_snapshot(self, *, now: float, source: int | None = None) -> SnapshotAsk:
+        """While joining: whom to ask for a snapshot, and the entry that asks.
+
+        ``source`` defaults to the lowest live replica other than this one.
+        The joiner's hold on the log moves up to the current tail first:
+        nothing it held before is needed (it applied nothing yet), and a log
+        that filled up behind it must have room for the request.
+        """
+        if source is None:
+            live = self.log.replicas_in(frozenset({ReplicaState.LIVE}))
+            others = [i for i in live if i != self.index and i < self.replicas]
+            if not others:
+                raise RuntimeError("no live replica to take a snapshot from")
+            source = others[0]
+        held = self.hold_from_tail()
+        payload = encode(Control("snapshot", [source, self.index], now, self.index))
+        return SnapshotAsk(source, payload, held)
 
     # --- applying --------------------------------------------------------------------
 
@@ -446,13 +573,16 @@ class ReplicaCore:
         """Apply published entries in order (the batch rule above); what they produced.
 
         ``until`` stops before that seq instead of the tail observed now (a
-        read's catch-up); ``limit`` bounds the entries applied.
+        read's catch-up); ``limit`` bounds the entries applied.  Each outcome
+        carries the waiter registered for it (``applied.waiter``), a call of
+        a batch its own; :attr:`gave_up` is set when an apply was interrupted.
         """
-        log, machine, index = self.log, self.machine, self.index
+        log, machine, index, pending = self.log, self.machine, self.index, self.pending
         stop = log.tail if until is None else until
         budget = self.batch if limit is None else limit
         out: list[Applied] = []
-        journal = self._journal
+        recovery = self.recovery
+        journal = None if recovery is None else recovery.journal
         added = 0
         seq = start = machine.cursor
         while budget and seq < stop:
@@ -506,22 +636,33 @@ class ReplicaCore:
                 if applied.digest is not None:
                     report = Control("digest", [index, seq, applied.digest], entry.ts, index)
                     self.outbox.append(encode(report))
-                if applied.batch is None:
+                batch = applied.batch
+                if batch is None:
+                    if pending:
+                        applied.waiter = pending.pop((seq, -1), None)
                     out.append(applied)
                 else:
-                    out.extend(applied.batch)
+                    if pending:
+                        for sub in batch:
+                            sub.waiter = pending.pop((seq, sub.sub), None)
+                    out.extend(batch)
             budget -= 1
             seq = machine.cursor
         if seq != start:
             log.applied(index, seq)
-        if journal is not None and not self.gave_up:
-            self._journal_bytes += added
-            if (
-                len(journal) >= self.checkpoint_entries
-                or self._journal_bytes >= self.checkpoint_bytes
-            ):
+        if recovery is not None and not self.gave_up:
+            recovery.journal_bytes += added
+            if recovery.due():
                 self.checkpoint()
         return out
+
+    def _outcomes(self, applied: Applied, out: list[Applied]) -> None:
+        """Append ``applied`` (or its batch's calls) to ``out``, with their waiters."""
+        pending = self.pending
+        for one in [applied] if applied.batch is None else applied.batch:
+            if pending:
+                one.waiter = pending.pop((one.seq, one.sub), None)
+            out.append(one)
 
     # --- the recovery point --------------------------------------------------------
 
@@ -531,12 +672,10 @@ class ReplicaCore:
         ``snapshot``: the state at the current cursor, when the caller has it
         already (a joiner's loaded snapshot); otherwise it is taken now.
         """
-        data = self.machine.snapshot() if snapshot is None else snapshot
-        self._recovery = lambda: data
-        self._journal = []
-        self._journal_bytes = 0
-        self._pending = None
-        self.checkpoints += 1
+        point = RecoveryPoint(self.machine.snapshot() if snapshot is None else snapshot)
+        point.every_entries = self.checkpoint_entries
+        point.every_bytes = self.checkpoint_bytes
+        self.recovery = point
 
     def checkpoint(self) -> None:
         """Renew the recovery point at the current cursor.
@@ -547,38 +686,28 @@ class ReplicaCore:
         the journal keeps everything until :meth:`checkpoint_done` says the
         snapshot at that cursor is complete.  One runs at a time.
         """
-        journal = self._journal
-        if journal is None:
+        recovery = self.recovery
+        if recovery is None:
             return
         if self.snapshotter is not None:
-            if self._pending is not None:
+            if recovery.renewing:
                 return
             cursor = self.machine.cursor
             if self.snapshotter(cursor):
-                self._pending = (cursor, len(journal))
+                recovery.started(cursor)
                 return
         # no background snapshot (none offered, or it could not start): here
-        data = self.machine.snapshot()
-        self._recovery = lambda: data
-        journal.clear()
-        self._journal_bytes = 0
-        self.checkpoints += 1
+        recovery.renewed(self.machine.snapshot())
 
     def checkpoint_done(self, cursor: int, load: Callable[[], bytes]) -> None:
         """The background snapshot at ``cursor`` is complete; ``load()`` reads it."""
-        pending = self._pending
-        if pending is None or pending[0] != cursor or self._journal is None:
-            return
-        self._pending = None
-        self._recovery = load
-        del self._journal[: pending[1]]
-        self._journal_bytes = sum(len(p) for _, _, _, p in self._journal)
-        self.checkpoints += 1
+        if self.recovery is not None:
+            self.recovery.done(cursor, load)
 
     def checkpoint_failed(self, cursor: int) -> None:
         """The background snapshot at ``cursor`` failed: the older point stays."""
-        if self._pending is not None and self._pending[0] == cursor:
-            self._pending = None
+        if self.recovery is not None:
+            self.recovery.failed(cursor)
 
     def rollback(self) -> None:
         """Restore the state to just before :attr:`gave_up` (snapshot, then replay).
@@ -588,26 +717,22 @@ class ReplicaCore:
         replica were written then.  ``gave_up`` stays set until the entry is
         applied (:meth:`retry` or :meth:`apply_poisoned`).
         """
-        if self._recovery is None or self._journal is None:
+        if self.recovery is None:
             raise RuntimeError("rollback without a recovery point (call enable_recovery)")
         machine = self.machine
-        stats = (machine.applied_entries, machine.errors, machine.timers_fired)
-        # A replay produces no snapshot or digest (defer_outputs, and no
-        # finish()): those were written the first time.
-        machine.restore(self._recovery())
-        for seq, kind, nslots, payload in self._journal:
-            if kind == KIND_NOOP:
-                machine.skip(seq, nslots)
-            elif kind == _POISONED:
-                machine.apply_poisoned(decode(payload, seq), False, nslots)
-            else:
-                machine.apply(decode(payload, seq), False, nslots)
-        machine.applied_entries, machine.errors, machine.timers_fired = stats
+        self.recovery.replay(machine)
         if self.gave_up and machine.cursor != self.gave_up:
             raise RuntimeError(
                 f"replica {self.index}: rollback reached {machine.cursor}, not {self.gave_up}"
             )
-        self.rollbacks += 1
+
+    @property
+    def rollbacks(self) -> int:
+        return 0 if self.recovery is None else self.recovery.rollbacks
+
+    @property
+    def checkpoints(self) -> int:
+        return 0 if self.recovery is None else self.recovery.checkpoints
 
     def digest_done(
         self, seq: int, digest: dict[str, str] | None, *, now: float
@@ -644,11 +769,13 @@ class ReplicaCore:
             payload = self._blob(payload)
         entry = decode(payload, seq)
         applied = machine.apply_poisoned(entry, self._owns(entry), nslots)
-        if self._journal is not None:
-            self._journal.append((seq, _POISONED, nslots, payload))
+        if self.recovery is not None:
+            self.recovery.journal.append((seq, POISONED, nslots, payload))
         self.gave_up = 0
         self.log.applied(self.index, machine.cursor)
-        return [applied] if applied.batch is None else applied.batch
+        out: list[Applied] = []
+        self._outcomes(applied, out)
+        return out
 
     def _owns(self, entry: Entry) -> bool:
         if entry.seq == self._memo_seq:  # again: the claim was decided the first time
@@ -685,6 +812,20 @@ class ReplicaCore:
         due = self.machine.due_timers(now, self.replicas, self.timer_grace)
         return [encode(Fire(tid, now, self.index)) for tid in due]
 
+    def fire_due(self, now: float) -> int:
+        """Append ``Fire`` entries for the timers due at local time ``now``; how many.
+
+        A refusal (the log is full) stops it, and every due timer is asked
+        for again at the next call.
+        """
+        n = 0
+        for payload in self.due_fires(now):
+            if not self.try_append(payload):
+                self.machine.timers.refused()
+                break
+            n += 1
+        return n
+
     def next_deadline(self) -> float | None:
         return self.machine.next_deadline()
 
@@ -710,4 +851,5 @@ class ReplicaCore:
             checkpoints=self.checkpoints,
             poisoned=len(m.poisoned),
             blobs_appended=self.blobs_appended,
+            group_commits=self.group_commits,
         )

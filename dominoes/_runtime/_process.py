@@ -32,6 +32,7 @@ from ._monitor import MonitorPortError, start_monitor
 from ._pdeath import die_with_parent
 from ._replica import Replica
 from ._shm import SharedLog
+from ._wakeups import EventfdWakeups
 
 log = logging.getLogger("dominoes.replica")
 
@@ -180,8 +181,8 @@ async def serve(config: ReplicaConfig, service: Service, shared: SharedLog) -> i
     replica = Replica(
         service,
         config.index,
-        shared,
-        config.wake_fds,
+        shared.log(),
+        EventfdWakeups(config.wake_fds),
         replicas=config.replicas,
         run_dir=Path(config.run_dir),
         cpu=config.core,

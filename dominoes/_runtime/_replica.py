@@ -37,8 +37,15 @@ it poison and each applies it as an error.  The replica keeps serving reads
 meanwhile (at the state before the entry).
 
 Appending never awaits between reserve and publish (``Log.try_append`` is
-synchronous).  When the log is full, :meth:`Replica.submit` waits with a short
-back-off and the ingress that called it stops reading: backpressure.
+synchronous).  When the log is full, :meth:`Replica.submit` waits with the one
+back-off (``_backoff``) and the ingress that called it stops reading:
+backpressure.
+
+Everything a replica decides (what to append, whose outcome an applied entry
+is, when a timer is due, whom to ask for a snapshot) is ``ReplicaCore``'s;
+this class maps the core's outcomes to futures, sockets, eventfds and forked
+children.  The log is reached only through the ``LogBackend`` protocol, and
+wake-ups through ``Wakeups``.
 """
 
 from __future__ import annotations
@@ -59,22 +66,24 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
-from .._core._codec import Control, Mode, batch_payload, encode
+from .._core._backend import LogBackend
+from .._core._codec import Control, Mode
 from .._core._component import Component, EventRef, query
 from .._core._errors import ApplyTimeout, LogFullError
 from .._core._log import LogStatistics, ReplicaState
 from .._core._machine import Applied, Divergence
 from .._core._replica import DEFAULT_STALL_THRESHOLD, ReplicaCore
 from .._core._service import Service
+from ._backoff import FULL_BACKOFF_MAX, Backoff, when_room
 from ._blobs import FileBlobs
 from ._fork import BacklogCopier, fork_pipe, fork_write, read_all, watch_child
-from ._shm import SharedLog
 from ._stats import (
     ComponentSummary,
     IngressStatistics,
     RegistryStatistics,
     RuntimeStatistics,
 )
+from ._wakeups import Wakeups, wake_sleepers
 
 __all__ = ("Replica",)
 
@@ -84,11 +93,6 @@ log = logging.getLogger("dominoes.replica")
 #: signalled, so this only bounds the delay after a producer died between
 #: publishing and signalling (or a supervisor filled a no-op).
 SAFETY_TICK: Final = 0.005
-#: Back-off bounds while the log is full (seconds).
-FULL_BACKOFF_MIN: Final = 0.0001
-FULL_BACKOFF_MAX: Final = 0.005
-#: Calls at most in one group commit (one ``Batch`` entry).
-GROUP_MAX: Final = 256
 #: How long a joining replica waits for its snapshot before asking again.
 SNAPSHOT_TIMEOUT: Final = 2.0
 
@@ -99,8 +103,6 @@ DEFAULT_APPLY_TIMEOUT: Final = 2.0
 
 #: Seconds between samples of loop lag and rates.
 SAMPLE_EVERY: Final = 0.25
-
-_MODES: Final = {"race": Mode.RACE, "affinity": Mode.AFFINITY, "every": Mode.EVERY}
 
 OwnerHook = Callable[[Applied], None]
 C = TypeVar("C", bound=Component)
@@ -118,8 +120,8 @@ class Replica:
         self,
         service: Service,
         index: int,
-        shared: SharedLog,
-        wake_fds: list[int],
+        log: LogBackend,
+        wakeups: Wakeups,
         *,
         replicas: int,
         run_dir: Path,
@@ -135,12 +137,12 @@ class Replica:
         self.run_dir = run_dir
         #: the CPU this replica is pinned to (None if unpinned)
         self.cpu = cpu
-        self._shared = shared
-        self._log = shared.log()
+        self._log = log
+        self._wakeups = wakeups
         machine = service.new_machine(index)
         if digest_every is not None:
-            machine.digest_every = machine._next_digest = digest_every
-        self.core = ReplicaCore(
+            machine.digest_every = digest_every
+        self.core: ReplicaCore[asyncio.Future[Any]] = ReplicaCore(
             self._log,
             machine,
             replicas=replicas,
@@ -168,16 +170,11 @@ class Replica:
         #: slow applies that were the core's other processes, not the apply (see _on_stall)
         self.preempted = 0
         self._batch_usage: resource.struct_rusage | None = None
-        self._wake_fds = wake_fds
-        self._my_fd = wake_fds[index]
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: dict[tuple[int, int], asyncio.Future[Any]] = {}  # (seq, sub)
-        # Group commit: calls queued by submit_soon, appended together once per
-        # loop iteration (FIFO; the head waits while the log is full).
-        self._group: list[tuple[bytes, asyncio.Future[Any]]] = []  # encoded Call, its future
+        # Group commit (submit_soon): the core queues the calls; this callback
+        # appends them once per loop iteration, or after a back-off when full.
         self._group_scheduled = False
-        self._group_delay = FULL_BACKOFF_MIN
-        self.group_commits = 0
+        self._group_backoff = Backoff()
         self._scheduled = False
         self._asleep = False
         self._timer: asyncio.TimerHandle | None = None
@@ -216,7 +213,7 @@ class Replica:
         event: EventRef,
         /,
         *args: Any,
-        _mode: str = "affinity",
+        _mode: Mode | str = Mode.AFFINITY,
         _request_id: str = "",
         **kwargs: Any,
     ) -> Any:
@@ -225,25 +222,27 @@ class Replica:
         Waits while the log is full.  The handler's exception is raised here.
         """
         payload = self._encode(event, args, kwargs, _mode, _request_id)
-        delay = FULL_BACKOFF_MIN
-        while True:
-            if self.closed:
-                raise asyncio.CancelledError("the replica is stopping")
-            seq = self.core.try_append(payload) if self._commit_queued() else 0
-            if seq:
-                return await self._track(seq)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, FULL_BACKOFF_MAX)
+        assert self._loop is not None
+        fut = self._loop.create_future()
+        await when_room(
+            lambda: self.core.submit_nowait(payload, fut, now=time.time()),
+            stopped=lambda: self.closed,
+        )
+        self._after_append()
+        return await fut
 
-    def submit_soon(self, event: EventRef, /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
-        """Queue an ``affinity`` update for group commit; a future of its result.
+    def submit_soon(
+        self, event: EventRef, /, *args: Any, _mode: Mode | str = Mode.AFFINITY, **kwargs: Any
+    ) -> asyncio.Future[Any]:
+        """Queue an update for group commit; a future of its result.
 
         Every ``submit_soon`` of one event-loop iteration goes into one log
         entry (a ``Batch``, in call order), so many connections' requests cost
-        one reservation, one publication and one wake-up.  It never raises
-        :class:`LogFullError`: a full log delays the group, in order.  An
-        unknown event, unencodable arguments (``TypeError``) and an update
-        over the size limit (:class:`EntryTooLargeError`) raise here.
+        one reservation, one publication and one wake-up; a call in another
+        mode than ``affinity`` gets an entry of its own, in its turn.  It
+        never raises :class:`LogFullError`: a full log delays the group, in
+        order.  An unknown event, unencodable arguments (``TypeError``) and an
+        update over the size limit (:class:`EntryTooLargeError`) raise here.
 
         Order is kept across forms: ``submit`` and ``submit_nowait`` append
         what this replica queued before them first.
@@ -251,11 +250,10 @@ class Replica:
         assert self._loop is not None
         if self.closed:
             return self._stopped_future()
-        call = self.core.make_call(self.core.machine.resolve(event), args, kwargs, now=time.time())
-        payload = encode(call)  # encoded once: the batch is framed from these bytes
-        self.core.check_size(len(payload))
+        core = self.core
+        call = core.make_call(event, args, kwargs, now=time.time(), mode=Mode.parse(_mode))
         fut = self._loop.create_future()
-        self._group.append((payload, fut))
+        core.queue(call, fut)
         if not self._group_scheduled:
             self._group_scheduled = True
             self._loop.call_soon(self._commit_group)
@@ -265,48 +263,22 @@ class Replica:
         """The group commit callback: append what is queued, or retry after a back-off."""
         if self.closed:  # a late callback: close() cancelled the group
             return
-        if self._commit_queued():
+        core = self.core
+        if core.commit(time.time()):
+            self._after_append()
+        if not core.group:
             self._group_scheduled = False
-            self._group_delay = FULL_BACKOFF_MIN
+            self._group_backoff.reset()
             return
         assert self._loop is not None
-        self._loop.call_later(self._group_delay, self._commit_group)
-        self._group_delay = min(self._group_delay * 2, FULL_BACKOFF_MAX)
-
-    def _commit_queued(self) -> bool:
-        """Append the queued calls, in order, as few entries as fit; False if the log filled."""
-        group = self._group
-        appended = False
-        while group:
-            chunk = group[:GROUP_MAX]
-            while len(chunk) > 1:  # shrink until the batch fits one entry
-                payload = batch_payload([p for p, _ in chunk], time.time(), self.index)
-                if len(payload) <= self._log.max_entry_bytes:
-                    break
-                del chunk[len(chunk) // 2 :]
-            else:
-                payload = chunk[0][0]  # one call: a plain Call entry
-            seq = self.core.try_append(payload)
-            if not seq:
-                break
-            appended = True
-            if len(chunk) == 1:
-                self._pending[seq, -1] = chunk[0][1]
-            else:
-                self.group_commits += 1
-                for i, (_, fut) in enumerate(chunk):
-                    self._pending[seq, i] = fut
-            del group[: len(chunk)]
-        if appended:
-            self._after_append()
-        return not group
+        self._loop.call_later(self._group_backoff.next(), self._commit_group)
 
     def submit_nowait(
         self,
         event: EventRef,
         /,
         *args: Any,
-        _mode: str = "affinity",
+        _mode: Mode | str = Mode.AFFINITY,
         _request_id: str = "",
         **kwargs: Any,
     ) -> asyncio.Future[Any]:
@@ -317,9 +289,11 @@ class Replica:
         if self.closed:
             return self._stopped_future()
         payload = self._encode(event, args, kwargs, _mode, _request_id)
-        if not self._commit_queued():
-            raise LogFullError("log full: earlier submit_soon calls are still waiting for room")
-        return self._track(self.core.append_nowait(payload))
+        assert self._loop is not None
+        fut = self._loop.create_future()
+        self.core.submit_nowait(payload, fut, now=time.time())
+        self._after_append()
+        return fut
 
     def query(self, ref: str | query[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run a ``@query`` against this replica's state.
@@ -400,7 +374,7 @@ class Replica:
             loop_lag_ms=self._loop_lag * 1000,
             loop_lag_max_ms=self._loop_lag_max * 1000,
             wakeups_sent=self.wakeups_sent,
-            group_commits=self.group_commits,
+            group_commits=self.core.group_commits,
             gc_threshold=gc.get_threshold(),
             gc_frozen=gc.get_freeze_count(),
             gc_collections=tuple(s["collections"] for s in gc.get_stats()),
@@ -425,7 +399,7 @@ class Replica:
         return RegistryStatistics(
             events=len(m.registry.events()),
             bindings=len(m.registry),
-            queries=len(m._queries),
+            queries=len(m.query_names),
             components=tuple(
                 ComponentSummary(name=name, cls=type(c).__name__, sizes=_sizes(c))
                 for name, c in m.components.items()
@@ -439,11 +413,15 @@ class Replica:
     # --- appending ----------------------------------------------------------------------
 
     def _encode(
-        self, event: EventRef, args: tuple[Any, ...], kwargs: dict[str, Any], mode: str, rid: str
+        self,
+        event: EventRef,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        mode: Mode | str,
+        rid: str,
     ) -> bytes:
-        name = self.core.machine.resolve(event)
         return self.core.encode_call(
-            name, args, kwargs, now=time.time(), mode=_MODES[mode], request_id=rid
+            event, args, kwargs, now=time.time(), mode=Mode.parse(mode), request_id=rid
         )
 
     def append_payload(self, payload: bytes) -> int:
@@ -455,23 +433,9 @@ class Replica:
             self._after_append()
         return seq
 
-    def _track(self, seq: int) -> asyncio.Future[Any]:
-        assert self._loop is not None
-        fut = self._loop.create_future()
-        self._pending[seq, -1] = fut
-        self._after_append()
-        return fut
-
     def _after_append(self) -> None:
-        for i in self._log.take_sleepers(self.replicas):
-            if i != self.index:
-                self._signal(i)
+        self.wakeups_sent += wake_sleepers(self._log, self._wakeups, self.replicas, self.index)
         self._schedule()
-
-    def _signal(self, i: int) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.eventfd_write(self._wake_fds[i], 1)
-            self.wakeups_sent += 1
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -479,7 +443,7 @@ class Replica:
         """Register the wake-up fd and timers on ``loop`` (call from inside it)."""
         self._loop = loop
         self.loop_name = loop_name or type(loop).__module__.split(".")[0]
-        loop.add_reader(self._my_fd, self._on_wake)
+        self._wakeups.listen(loop, self.index, self._on_wake)
         self._safety = loop.call_later(SAFETY_TICK, self._on_safety)
         # Snapshots (recovery points, and those asked through the log by a
         # joining replica) are written by a forked child: the replica goes on.
@@ -569,8 +533,6 @@ class Replica:
         )
 
     def _on_wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.eventfd_read(self._my_fd)
         self._awake()
         self._schedule()
 
@@ -613,8 +575,8 @@ class Replica:
         if core.interrupted():
             self._on_gave_up()
             return
-        if self.core.outbox:
-            self.core.flush_outbox()
+        if core.outbox:
+            core.flush_outbox()
             self._after_append()
         if self.core.ready():
             self._schedule()
@@ -678,15 +640,13 @@ class Replica:
         if self._loop is None:
             return False
         path = self._snapshot_path(joiner, seq)
-        fd = self._wake_fds[joiner] if joiner < len(self._wake_fds) else -1
         # Tells the joiner that its snapshot is on its way, so it does not ask
         # again (and start another child) while a large state is encoded.
         marker = path.with_name(f".{path.name}.writing")
         marker.touch(mode=0o600)
 
-        def wake() -> None:
-            if fd >= 0:
-                os.eventfd_write(fd, 1)
+        def wake() -> None:  # in the child, once the file is in place
+            self._wakeups.signal(joiner)
 
         try:
             pid = fork_write(self.core.machine.snapshot, path, wake)
@@ -805,7 +765,7 @@ class Replica:
     def _deliver(self, applied: Applied) -> None:
         if applied.divergence is not None:
             self._on_divergence(applied.divergence)
-        fut = self._pending.pop((applied.seq, applied.sub), None)
+        fut = applied.waiter
         if fut is not None and not fut.done():
             if applied.error is not None:
                 fut.set_exception(applied.error)
@@ -874,10 +834,8 @@ class Replica:
     def _fire_timers(self) -> None:
         if self._snapshot_wait is not None or self._catching_up or self.closed:
             return
-        for payload in self.core.due_fires(time.time()):
-            if not self.append_payload(payload):
-                self.core.machine._fire_sent.clear()  # full: ask again on the next tick
-                break
+        if self.core.fire_due(time.time()):
+            self._after_append()
 
     # --- joining ---------------------------------------------------------------------------
 
@@ -892,16 +850,9 @@ class Replica:
         self._ask_snapshot()
 
     def _ask_snapshot(self) -> None:
-        live = [
-            i for i in self._log.replicas_in(frozenset({ReplicaState.LIVE})) if i < self.replicas
-        ]
-        live = [i for i in live if i != self.index]
-        if not live:
-            raise RuntimeError("no live replica to take a snapshot from")
-        source = live[0]
-        self._copied = self.core.hold_from_tail()
+        ask = self.core.ask_snapshot(now=time.time())
+        source, payload, self._copied = ask
         self._backlog = []
-        payload = self.core.request_snapshot(source, now=time.time())
         seq = 0
         deadline = time.monotonic() + SNAPSHOT_TIMEOUT
         while not seq:
@@ -928,8 +879,7 @@ class Replica:
         with open(fd, "wb") as f:
             f.write(applied.snapshot)
         os.replace(tmp, path)
-        if joiner < len(self._wake_fds):
-            self._signal(joiner)
+        self._wakeups.signal(joiner)
         log.info(
             "replica %d: wrote a snapshot at seq %d for replica %d", self.index, entry.seq, joiner
         )
@@ -1036,17 +986,12 @@ class Replica:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         if self._loop is not None:
-            self._loop.remove_reader(self._my_fd)
+            self._wakeups.unlisten(self._loop, self.index)
         for handle in (self._timer, self._safety, self._sampler):
             if handle is not None:
                 handle.cancel()
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.cancel()
-        self._pending.clear()
-        for _, fut in self._group:
+        for fut in self.core.drop_pending():
             fut.cancel()
-        self._group.clear()
         if leave:
             self._log.leave(self.index)
 

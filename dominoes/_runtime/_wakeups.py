@@ -22,15 +22,32 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable
+from typing import Protocol
 
 from .._core._backend import LogBackend
 
-__all__ = ("EventfdWakeups", "LoopWakeups", "wake_sleepers")
+__all__ = ("EventfdWakeups", "LoopWakeups", "Wakeups", "wake_sleepers")
 
 
-def wake_sleepers(
-    log: LogBackend, wakeups: EventfdWakeups | LoopWakeups, replicas: int, skip: int = -1
-) -> int:
+class Wakeups(Protocol):
+    """How producers wake a sleeping replica and how a replica waits on an event loop."""
+
+    def signal(self, replica: int, /) -> bool:
+        """Wake ``replica`` (it had set its asleep flag); False if it could not be."""
+        ...
+
+    def listen(
+        self, loop: asyncio.AbstractEventLoop, replica: int, callback: Callable[[], None], /
+    ) -> None:
+        """Call ``callback`` on ``loop`` after each signal to ``replica``."""
+        ...
+
+    def unlisten(self, loop: asyncio.AbstractEventLoop, replica: int, /) -> None:
+        """Stop calling back (idempotent)."""
+        ...
+
+
+def wake_sleepers(log: LogBackend, wakeups: Wakeups, replicas: int, skip: int = -1) -> int:
     """The producer's half: signal every replica asleep now (but ``skip``); how many."""
     sent = 0
     for i in log.take_sleepers(replicas):

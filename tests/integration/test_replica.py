@@ -11,6 +11,7 @@ import pytest
 
 from dominoes import Component, Context, LogFullError, Replica, Service, update
 from dominoes._runtime._shm import SharedLog
+from dominoes._runtime._wakeups import EventfdWakeups
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +33,9 @@ async def replica(tmp_path: Path) -> AsyncIterator[Replica]:
     log.join(0, cursor=1)
     log.set_live(0)
     efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    r = Replica(Service("trail", [Trail()]), 0, shared, [efd], replicas=1, run_dir=tmp_path)
+    r = Replica(
+        Service("trail", [Trail()]), 0, log, EventfdWakeups([efd]), replicas=1, run_dir=tmp_path
+    )
     r.attach(asyncio.get_running_loop())
     r.start_fresh()
     try:
