@@ -7,12 +7,20 @@ A backend's test module subclasses :class:`LogBackendSuite` and gives it a
   and returns an :class:`Opened`: ``host`` is the supervisor's handle
   (``LogHost.log``), ``handle()`` gives a new participant's handle (each
   replica uses its own), ``close()`` releases the log.
+* ``Opened.settle()`` returns once every entry given a seq so far, through
+  any handle, can be read.  The ring publishes inside ``try_append``, so its
+  ``settle`` does nothing; a backend whose appends complete later (a remote
+  sequencer, a group commit) waits for them there.  Tests call it between
+  appending and reading, never a sleep.
 * ``Opened.elsewhere`` (None if the backend cannot) runs a participant in
   another process: ``elsewhere(target, [args, ...])`` calls
   ``target(handle, sync, *args)`` once per ``args`` in a process of its own
   with a handle of its own, and returns their results in order.  ``sync`` is a
   barrier across those processes (``sync.wait(timeout)``).  Targets are the
-  module-level functions below, so a child process can import them.
+  module-level functions below, so a child process can import them.  They
+  append and then read or wake at once, so the handle they get must publish
+  before ``try_append`` returns (a backend whose appends complete later
+  gives them a handle that settles after each append).
 
 Every test calls only what the ``LogBackend`` protocol declares, plus
 ``ReplicaState`` and the errors the contract names (``EntryTooLargeError``,
@@ -79,6 +87,8 @@ class Opened(AbstractContextManager["Opened"]):
     close: Callable[[], None]
     #: run participants in other processes (None: this backend cannot)
     elsewhere: Elsewhere | None = None
+    #: wait until every entry given a seq so far is readable (the ring: at once)
+    settle: Callable[[], None] = lambda: None
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -119,8 +129,9 @@ def fill(log: LogBackend, replica: int, tag: bytes = b"") -> list[int]:
     raise AssertionError("unreachable")
 
 
-def apply_all(log: LogBackend, replica: int) -> int:
+def apply_all(opened: Opened, log: LogBackend, replica: int) -> int:
     """Read ``replica``'s entries up to the tail and report them applied; the new cursor."""
+    opened.settle()
     seq, tail = log.cursor(replica), log.tail
     while seq < tail:
         got = log.read(seq)
@@ -185,6 +196,7 @@ def check_appends_and_applies(backend: Backend, ops: list[tuple[str, int, int]])
                 seq = log.try_append(r, payload)
                 if seq:
                     assert seq == before  # positions are dense and in order
+                    opened.settle()
                     got = host.read(seq)
                     assert got is not None
                     assert got[2] == payload
@@ -323,6 +335,7 @@ class LogBackendSuite:
             seqs = [h.try_append(i, p) for (i, h), p in zip(producers, payloads, strict=True)]
             assert seqs == [1, 2, 3, 4]
             assert opened.host.tail == 5
+            opened.settle()
             for reader in (opened.host, a, b, c, opened.handle()):
                 got = [reader.read(s) for s in seqs]
                 assert [(g[1], g[2]) for g in got if g] == [(1, p) for p in payloads]
@@ -334,6 +347,7 @@ class LogBackendSuite:
         opened, (a, *_) = live_log(backend)
         with opened:
             seqs = [a.try_append(0, b"k", kind) for kind in (1, 2, 3, 7)]
+            opened.settle()
             assert [opened.host.read(s)[0] for s in seqs] == [1, 2, 3, 7]  # type: ignore[index]
 
     def test_multi_position_entries_read_back_whole_across_the_wrap(self, backend: Backend) -> None:
@@ -344,13 +358,14 @@ class LogBackendSuite:
             for start in range(9):  # every offset of the ring, then once more
                 seq = a.try_append(0, big)
                 assert seq
+                opened.settle()
                 _, nslots, payload = opened.handle().read(seq)  # type: ignore[misc]
                 assert payload == big
                 assert nslots >= 1
                 assert a.tail == seq + nslots  # the next entry is at seq + nslots
-                assert apply_all(a, 0) == a.tail
+                assert apply_all(opened, a, 0) == a.tail
                 assert a.try_append(0, b"s%d" % start)  # shift the next one by one
-                apply_all(a, 0)
+                apply_all(opened, a, 0)
 
     def test_an_entry_too_large_is_refused_and_reserves_nothing(self, backend: Backend) -> None:
         opened, (a,) = live_log(backend, replicas=1)
@@ -371,8 +386,9 @@ class LogBackendSuite:
             assert a.try_append(0, b"late") == 0
             assert b.try_append(1, b"late") == 0
             assert a.tail == tail  # a refusal gives out no position
-            apply_all(a, 0)  # replica 1 has applied nothing: it still holds all 8
+            apply_all(opened, a, 0)  # replica 1 has applied nothing: it still holds all 8
             assert a.try_append(0, b"late") == 0
+            opened.settle()
             for s in seqs:
                 assert opened.host.read(s) == (1, 1, (s - 1).to_bytes(4, "little"))
 
@@ -380,12 +396,13 @@ class LogBackendSuite:
         opened, (a, b) = live_log(backend, capacity=8, replicas=2)
         with opened:
             fill(a, 0)
-            apply_all(a, 0)
+            apply_all(opened, a, 0)
             b.applied(1, 3)  # replica 1 applied seqs 1 and 2
             assert b.slowest_cursor() == 3
             assert fill(a, 0, b"more") == [9, 10]
             b.advance(1, 5)  # advance frees as applied does
             assert fill(a, 0, b"again") == [11, 12]
+            opened.settle()
             for s in range(5, 13):
                 assert opened.host.published(s)  # everything replica 1 still needs
 
@@ -419,11 +436,12 @@ class LogBackendSuite:
             a = handles[0]
             for round_ in range(3):  # the slots are reused: each new seq is claimed afresh
                 seqs = fill(a, 0, b"%d" % round_)
+                opened.settle()
                 for seq in seqs:
                     calls = [(r, h.claim(seq, r)) for r, h in enumerate(handles) for _ in range(2)]
                     assert [ok for _, ok in calls].count(True) == 1, calls
                 for r, h in enumerate(handles):
-                    apply_all(h, r)
+                    apply_all(opened, h, r)
 
     @pytest.mark.integration
     def test_claim_has_one_winner_across_processes(self, backend: Backend) -> None:
@@ -433,6 +451,7 @@ class LogBackendSuite:
                 pytest.skip(f"{backend.name}: every participant runs in one process")
             seqs = fill(handles[0], 0)
             assert len(seqs) == 4096
+            opened.settle()
             won = opened.elsewhere(claim_all, [(1, seqs), (2, seqs)])
             assert set(won[0]).isdisjoint(won[1])
             assert sorted(won[0] + won[1]) == seqs
@@ -448,6 +467,7 @@ class LogBackendSuite:
             if opened.elsewhere is None:
                 pytest.skip(f"{backend.name}: every participant runs in one process")
             got = opened.elsewhere(append_many, [(0, count), (1, count)])
+            opened.settle()
             assert sorted(got[0] + got[1]) == list(range(1, 2 * count + 1))
             for r in (0, 1):
                 assert got[r] == sorted(got[r])  # one producer's entries stay in its order
@@ -480,8 +500,8 @@ class LogBackendSuite:
         opened, (a, b, _) = live_log(backend, capacity=8, replicas=3)
         with opened:
             fill(a, 0)
-            apply_all(a, 0)
-            apply_all(b, 1)
+            apply_all(opened, a, 0)
+            apply_all(opened, b, 1)
             assert a.try_append(0, b"x") == 0  # replica 2 applied nothing: it holds
             opened.host.mark_dead(2)
             assert opened.host.state(2) == DEAD
@@ -494,7 +514,7 @@ class LogBackendSuite:
         opened, (a, b) = live_log(backend, capacity=8, replicas=2)
         with opened:
             fill(a, 0)
-            apply_all(a, 0)
+            apply_all(opened, a, 0)
             b.leave(1)
             assert b.state(1) == ABSENT
             assert fill(a, 0, b"y") == list(range(9, 17))
@@ -505,14 +525,14 @@ class LogBackendSuite:
             b.leave(1)
             for _ in range(3):
                 assert a.try_append(0, b"before")
-            apply_all(a, 0)
+            apply_all(opened, a, 0)
             assert b.join(1) == 4 == b.cursor(1)
             assert b.state(1) == JOINING
             assert b.replicas_in(frozenset({JOINING})) == [1]
             held = []
             while seq := a.try_append(0, b"after"):
                 held.append(seq)
-                apply_all(a, 0)
+                apply_all(opened, a, 0)
             assert held == list(range(4, 12))  # a whole log from its join cursor, no more
             b.set_live(1, 6)  # live, its cursor moved forward: two positions free up
             assert b.state(1) == LIVE
@@ -525,13 +545,14 @@ class LogBackendSuite:
         with opened:
             for _ in range(5):
                 assert a.try_append(0, b"e")
-            apply_all(a, 0)
+            apply_all(opened, a, 0)
             b.applied(1, 3)
             opened.host.mark_dead(1)
             assert b.join(1, cursor=3) == 3
             assert b.cursor(1) == 3
             assert b.slowest_cursor() == 3
             b.set_live(1)
+            opened.settle()
             assert [b.read(s) for s in (3, 4, 5)] == [(1, 1, b"e")] * 3
 
     @pytest.mark.parametrize("state", [ABSENT, JOINING, LIVE, DEAD])
@@ -590,8 +611,9 @@ class LogBackendSuite:
                     reader.set_asleep(1, True)
                 elif step == "check":
                     saw_entry = reader.published(reader.cursor(1))
-                elif step == "append":
+                elif step == "append":  # publish: the entry is readable after this step
                     assert producer.try_append(0, b"wake") == 1
+                    opened.settle()
                 else:
                     took = 1 in producer.take_sleepers(2)
             assert saw_entry or took, order
@@ -637,7 +659,7 @@ class LogBackendSuite:
             host = opened.host
             for _ in range(5):
                 a.try_append(0, b"s")
-            apply_all(a, 0)
+            apply_all(opened, a, 0)
             b.applied(1, 3)
             host.mark_dead(2)
             stats = host.statistics()
