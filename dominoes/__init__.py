@@ -6,8 +6,6 @@ the owner of an entry performs its effects.  See ``docs/`` for the tutorial.
 
 from __future__ import annotations
 
-from ._client import Client as Client
-from ._client import connect as connect
 from ._core._codec import Mode as Mode
 from ._core._component import Component as Component
 from ._core._component import EventRef as EventRef
@@ -24,6 +22,8 @@ from ._core._errors import QueryWroteStateError as QueryWroteStateError
 from ._core._errors import UnknownEventError as UnknownEventError
 from ._core._machine import RemoteError as RemoteError
 from ._core._service import Service as Service
+from ._runtime._client import Client as Client
+from ._runtime._client import connect as connect
 from ._runtime._replica import Replica as Replica
 
 __version__ = "0.1.0"

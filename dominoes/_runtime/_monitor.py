@@ -41,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from ._peercred import ForeignServerError, check_server
+from ._peercred import ForeignServerError, connect_checked
 
 if TYPE_CHECKING:
     from ._replica import Replica
@@ -292,28 +292,23 @@ def monitor_main(run_dir: Path, replica: int) -> int:
     before it have run.
     """
     path = monitor_socket(run_dir, replica)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        try:
-            sock.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):
-            print(
-                f"dominoes: error: no monitor at {path} (is the service running with --monitor, "
-                f"with a replica {replica}?)",
-                file=sys.stderr,
-            )
-            return 1
-        except OSError as exc:
-            print(f"dominoes: error: cannot reach {path} ({exc.strerror})", file=sys.stderr)
-            return 1
-        try:
-            check_server(sock, path)
-        except ForeignServerError as exc:
-            print(f"dominoes: error: {exc}", file=sys.stderr)
-            return 1
+        sock = connect_checked(path, None)
+    except (FileNotFoundError, ConnectionRefusedError):
+        print(
+            f"dominoes: error: no monitor at {path} (is the service running with --monitor, "
+            f"with a replica {replica}?)",
+            file=sys.stderr,
+        )
+        return 1
+    except ForeignServerError as exc:
+        print(f"dominoes: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"dominoes: error: cannot reach {path} ({exc.strerror})", file=sys.stderr)
+        return 1
+    with sock:
         return _Session(sock, sys.stdin.fileno(), sys.stdout.fileno()).run()
-    finally:
-        sock.close()
 
 
 def telnet_split(data: bytes) -> tuple[bytes, list[bytes], bytes]:

@@ -15,6 +15,8 @@ The rule works both ways.  A server refuses a peer of another uid
 answers with a made-up document, or takes the request and what comes with it.
 SO_PEERCRED on the client's end gives the credentials of the process that
 called ``listen()``, so the check cannot be fooled by who created the file.
+Every client of a service socket connects through :func:`connect_checked`,
+which does both in one step.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ import struct
 from pathlib import Path
 from typing import Final, NamedTuple, Protocol
 
-__all__ = ("ForeignServerError", "Peer", "check_server", "peer", "peer_refusal")
+__all__ = (
+    "ForeignServerError",
+    "Peer",
+    "check_server",
+    "connect_checked",
+    "peer",
+    "peer_refusal",
+)
 
 log = logging.getLogger("dominoes.peercred")
 
@@ -97,3 +106,25 @@ def check_server(sock: _Sockopts, path: Path | str) -> None:
             f"{path} is served by uid {who.uid} (pid {who.pid}), not by this user (uid {mine}); "
             "refusing to trust it: another user created or replaced the service's run directory"
         )
+
+
+def connect_checked(path: Path | str, timeout: float | None) -> socket.socket:
+    """A unix stream socket connected to ``path``, whose server runs as this uid.
+
+    The socket is blocking with ``timeout`` (``socket.settimeout``; None: no
+    limit).  A unix connect completes at once, or waits only while the
+    server's accept queue is full.  What the connect raises propagates as is
+    (``FileNotFoundError`` or ``ConnectionRefusedError``: nobody serves
+    ``path``; ``TimeoutError``), and :class:`ForeignServerError` (a
+    ``PermissionError``) if a process of another uid serves it; either way the
+    socket is closed.  Nothing is sent before the check.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        check_server(sock, path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

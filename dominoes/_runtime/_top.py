@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from ._peercred import ForeignServerError, check_server
+from ._peercred import ForeignServerError, connect_checked
 
 __all__ = ("NotRunningError", "control_state", "fetch_stats", "render", "stats_main", "top_main")
 
@@ -32,16 +32,14 @@ def control_state(path: Path, timeout: float = 1.0) -> str:
     listens on it any more, so a connect is refused (``ECONNREFUSED``).  The
     next ``dominoes run`` of the service finds it stale and removes it.
     """
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        try:
-            s.connect(str(path))
-        except (FileNotFoundError, NotADirectoryError):
-            return "absent"
-        except ConnectionRefusedError:
-            return "stale"
-        except OSError:
-            return "running"  # there, but not ours to reach (a permission): not stale
+    try:
+        connect_checked(path, timeout).close()
+    except (FileNotFoundError, NotADirectoryError):
+        return "absent"
+    except ConnectionRefusedError:
+        return "stale"
+    except OSError:  # ForeignServerError included
+        return "running"  # there, but not ours to reach (a permission): not stale
     return "running"
 
 
@@ -56,23 +54,20 @@ def fetch_stats(run_dir: Path, timeout: float = 5.0) -> dict[str, Any]:
     process of another uid serves the socket).
     """
     path = run_dir / "control.sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        try:
-            s.connect(str(path))
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotRunningError(f"no service is running at {path}") from None
-        except ConnectionRefusedError:
-            raise NotRunningError(
-                f"not running (stale socket {path}: its supervisor was killed; the next "
-                "'dominoes run' of the service removes it)"
-            ) from None
-        except OSError as exc:
-            raise ConnectionError(f"cannot reach the service at {path} ({exc.strerror})") from None
-        try:  # before believing it: in a hijacked run dir, another uid's socket
-            check_server(s, path)
-        except ForeignServerError as exc:
-            raise RuntimeError(str(exc)) from None
+    try:  # its server is checked first: in a hijacked run dir, it may be another uid's
+        s = connect_checked(path, timeout)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotRunningError(f"no service is running at {path}") from None
+    except ConnectionRefusedError:
+        raise NotRunningError(
+            f"not running (stale socket {path}: its supervisor was killed; the next "
+            "'dominoes run' of the service removes it)"
+        ) from None
+    except ForeignServerError as exc:
+        raise RuntimeError(str(exc)) from None
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach the service at {path} ({exc.strerror})") from None
+    with s:
         try:
             s.sendall(b'{"op": "stats"}\n{"op": "status"}\n')
             lines = _read_lines(s, 2)

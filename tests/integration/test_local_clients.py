@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -45,6 +46,14 @@ STEP_TIMEOUT = 30.0
 #: What pytest-of-<user> directories allow: the other-uid test needs a run
 #: directory whose parents it can traverse, so the module makes its own.
 NOBODY = 65534
+
+_runs = itertools.count(1)
+
+
+def fresh(key: str) -> str:
+    """A counter key no earlier test touched: the module's one service outlives each test
+    (and every async test runs once per event loop)."""
+    return f"{key}-{next(_runs)}"
 
 
 class Running(Service):
@@ -196,13 +205,14 @@ async def test_concurrent_duplicates_are_applied_once(
 ) -> None:
     # Many requests in flight at once (more than a unix datagram queue holds),
     # each submitted twice concurrently under one id.
+    key = fresh("burst")
     async with asyncio.timeout(STEP_TIMEOUT):
         results = await asyncio.gather(
-            *(client.submit(Counter.incr, "burst", _request_id=f"b{i % 300}") for i in range(600))
+            *(client.submit(Counter.incr, key, _request_id=f"b{i % 300}") for i in range(600))
         )
     assert sorted(set(results)) == list(range(1, 301))
     assert [results[i] == results[i + 300] for i in range(300)] == [True] * 300
-    assert service.get("burst") == 300
+    assert service.get(key) == 300
     assert client.statistics().pending == 0
 
 
@@ -217,10 +227,11 @@ async def test_too_large_request_is_refused_locally(
     with pytest.raises(dominoes.EntryTooLargeError, match="larger than the log's limit"):
         await client.submit(Counter.incr, "x" * (limit + 1))
     assert service.control({"op": "status"})["log"]["tail"] == tail  # nothing appended
+    key = fresh("after-large")
     async with asyncio.timeout(STEP_TIMEOUT):
-        assert await client.submit(Counter.incr, "after-large") == 1
-    assert service.get("after-large") == 1
-    assert service.tcp("INCR after-large") == "2"
+        assert await client.submit(Counter.incr, key) == 1
+    assert service.get(key) == 1
+    assert service.tcp(f"INCR {key}") == "2"
 
 
 async def test_unknown_event_is_refused_locally(service: Running, client: dominoes.Client) -> None:
@@ -233,22 +244,23 @@ async def test_unknown_event_is_refused_locally(service: Running, client: domino
         await client.submit(Counter.incr, object())
     assert service.control({"op": "status"})["log"]["tail"] == tail
     async with asyncio.timeout(STEP_TIMEOUT):
-        assert await client.submit(Counter.incr, "after-unknown") == 1
+        assert await client.submit(Counter.incr, fresh("after-unknown")) == 1
 
 
 async def test_handler_exception_comes_back_as_remote_error(
     service: Running, client: dominoes.Client
 ) -> None:
     big = 2**63 - 1
+    key = fresh("overflow")
     async with asyncio.timeout(STEP_TIMEOUT):
-        assert await client.submit(Counter.incr, "overflow", by=big) == big
+        assert await client.submit(Counter.incr, key, by=big) == big
         with pytest.raises(dominoes.RemoteError, match="OverflowError: increment would overflow"):
-            await client.submit(Counter.incr, "overflow", by=big, _request_id="o1")
+            await client.submit(Counter.incr, key, by=big, _request_id="o1")
         # The retry gets the recorded error, and the state did not change.
         with pytest.raises(dominoes.RemoteError, match="OverflowError"):
-            await client.submit(Counter.incr, "overflow", by=big, _request_id="o1")
-        assert await client.submit(Counter.incr, "overflow", by=-1) == big - 1
-    assert service.get("overflow") == big - 1
+            await client.submit(Counter.incr, key, by=big, _request_id="o1")
+        assert await client.submit(Counter.incr, key, by=-1) == big - 1
+    assert service.get(key) == big - 1
 
 
 # --- 5. a client dying with a reservation stalls nothing ------------------------------------------
@@ -277,10 +289,11 @@ async def test_client_killed_holding_a_reservation_stalls_nothing(
     assert done.returncode == -signal.SIGKILL, done.stderr
     seq, line = map(int, done.stdout.split())
     assert seq > 0
+    key = fresh("after-death")
     async with asyncio.timeout(STEP_TIMEOUT):
         for _ in range(50):
-            await client.submit(Counter.incr, "after-death")
-    assert service.get("after-death") == 50
+            await client.submit(Counter.incr, key)
+    assert service.get(key) == 50
     # Every replica gets past the filled slot; one that owned none of the 50
     # requests may still be applying them, so wait for it rather than assume.
     await until(lambda: min(r["cursor"] for r in service.status()["replicas"]) > seq)
@@ -365,7 +378,7 @@ async def test_replies_from_another_uid_are_refused(
     await until(lambda: client.statistics().stale_replies == 1)
     assert client.statistics().refused_replies == 1
     async with asyncio.timeout(STEP_TIMEOUT):
-        assert await client.submit(Counter.incr, "after-forgery") == 1
+        assert await client.submit(Counter.incr, fresh("after-forgery")) == 1
 
 
 def test_results_that_cannot_be_encoded_become_error_text() -> None:
@@ -404,10 +417,11 @@ async def test_requests_survive_a_replica_killed_mid_stream(
     """An owner that dies before replying costs a retry; the retry is applied once."""
     victim = service.control({"op": "status"})["replicas"][1]["pid"]
     values: list[int] = []
+    key = fresh("survivor")
 
     async def worker(n: int) -> None:
         for _ in range(n):
-            values.append(await client.submit(Counter.incr, "survivor", _timeout=0.3))
+            values.append(await client.submit(Counter.incr, key, _timeout=0.3))
 
     async with asyncio.timeout(STEP_TIMEOUT * 2):
         workers = [asyncio.create_task(worker(100)) for _ in range(20)]
@@ -419,4 +433,4 @@ async def test_requests_survive_a_replica_killed_mid_stream(
         )
         await worker(100)
     assert sorted(values) == list(range(1, 2101))
-    assert service.get("survivor") == 2100
+    assert service.get(key) == 2100

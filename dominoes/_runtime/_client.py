@@ -53,18 +53,17 @@ from typing import Any, Final, Self
 
 import msgspec
 
-from ._core._codec import Call, Mode, encode
-from ._core._component import EventRef
-from ._core._errors import DominoesError, LogFullError, UnknownEventError
-from ._core._machine import RemoteError
-from ._runtime._local import MAX_REPLY, NONCE_HEX, client_request_prefix, reply_address
-from ._runtime._shm import SharedLog
+from .._core._codec import Call, Mode, encode
+from .._core._component import EventRef
+from .._core._errors import DominoesError, LogFullError, UnknownEventError
+from .._core._machine import RemoteError
+from ._backoff import Backoff
+from ._local import MAX_REPLY, NONCE_HEX, client_request_prefix, reply_address
+from ._shm import SharedLog
+from ._wakeups import EventfdWakeups, wake_sleepers
 
 __all__ = ("Client", "ClientStatistics", "connect")
 
-#: Back-off bounds while the log is full (seconds).
-FULL_BACKOFF_MIN: Final = 0.0001
-FULL_BACKOFF_MAX: Final = 0.005
 #: Most fds a connect reply may carry: the log and one eventfd per replica.
 _MAX_FDS: Final = 1 + 1024
 _UCRED: Final = struct.Struct("3i")
@@ -116,6 +115,7 @@ class Client:
         self._shared = shared
         self._log = shared.log()
         self._wake_fds = wake_fds
+        self._wake = EventfdWakeups(wake_fds)
         self._loop = loop
         self._nonce = os.urandom(NONCE_HEX // 2).hex()
         self._prefix = client_request_prefix(line, self._nonce)
@@ -126,7 +126,7 @@ class Client:
         self._closed = False
         self._gone = False  # the supervisor closed our control connection
         self._submitted = self._replies = self._retries = self._timeouts = 0
-        self._full_waits = self._wakeups = self._stale = self._refused = 0
+        self._full_waits = self._wakeups_sent = self._stale = self._refused = 0
         sock = socket.socket(
             socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
         )
@@ -216,7 +216,7 @@ class Client:
             retries=self._retries,
             timeouts=self._timeouts,
             full_waits=self._full_waits,
-            wakeups_sent=self._wakeups,
+            wakeups_sent=self._wakeups_sent,
             stale_replies=self._stale,
             refused_replies=self._refused,
             pending=sum(len(w) for w in self._waiting.values()),
@@ -255,7 +255,7 @@ class Client:
 
     async def _append(self, payload: bytes, deadline: float) -> None:
         """Append ``payload`` on this client's line (waiting while the log is full)."""
-        delay = FULL_BACKOFF_MIN
+        backoff = Backoff()
         while True:
             self._check_open()
             # Reserve and publish with no suspension in between.
@@ -264,13 +264,9 @@ class Client:
             self._full_waits += 1
             if self._loop.time() > deadline:
                 raise LogFullError(f"the log of service {self.service!r} stayed full")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, FULL_BACKOFF_MAX)
-        # The producer's half of the wake-up protocol (as Replica._after_append).
-        for i in self._log.take_sleepers(self.replicas):
-            with contextlib.suppress(OSError):
-                os.eventfd_write(self._wake_fds[i], 1)
-                self._wakeups += 1
+            await asyncio.sleep(backoff.next())
+        # The producer's half of the wake-up protocol (as the replicas do).
+        self._wakeups_sent += wake_sleepers(self._log, self._wake, self.replicas)
 
     # --- replies ------------------------------------------------------------------
 
@@ -343,6 +339,7 @@ class Client:
         for fd in self._wake_fds:
             os.close(fd)
         self._wake_fds = []
+        self._wake = EventfdWakeups(self._wake_fds)
         self._control.close()
 
 
@@ -362,19 +359,22 @@ async def connect(
     client sends nothing to it and believes nothing from it).
     """
     # Imported only here: ``import dominoes`` stays light.
-    from ._runtime._peercred import ForeignServerError, check_server
-    from ._runtime._rundir import default_run_dir
+    from ._peercred import ForeignServerError, connect_checked
+    from ._rundir import default_run_dir
 
     loop = asyncio.get_running_loop()
     path = (run_dir or default_run_dir(name)) / "control.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    sock.setblocking(False)
+    deadline = loop.time() + timeout
+    sock: socket.socket | None = None
     fds: list[int] = []
     try:
         try:
-            async with asyncio.timeout(timeout):
-                await loop.sock_connect(sock, str(path))
-                check_server(sock, path)  # SO_PEERCRED: the supervisor runs as this uid
+            # SO_PEERCRED: the supervisor runs as this uid.  A unix connect
+            # completes at once (it waits only on a full accept queue, within
+            # ``timeout``), so it is made here without the loop.
+            sock = connect_checked(path, timeout)
+            sock.setblocking(False)
+            async with asyncio.timeout_at(deadline):
                 await loop.sock_sendall(sock, b'{"op": "connect"}\n')
                 data, fds = await _receive_reply(loop, sock)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
@@ -423,7 +423,8 @@ async def connect(
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        sock.close()
+        if sock is not None:
+            sock.close()
         raise
     return client
 
