@@ -43,7 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     run.add_argument("--port", type=int, default=7000, help="TCP and UDP port (default 7000)")
-    run.add_argument("--log", default="shm", choices=["shm"], help="log backend (default shm)")
+    run.add_argument(
+        "--log",
+        default="shm",
+        metavar="NAME",
+        help="log backend, by its name in the dominoes.logs entry points (default shm, shared "
+        "memory; memory keeps the log in one process, which dominoes run cannot use)",
+    )
     run.add_argument(
         "--capacity", type=int, default=None, help="log slots, a power of two (default 16384)"
     )
@@ -265,6 +271,17 @@ def _check_loop(name: str | None) -> str | None:
     return None
 
 
+def _check_log(name: str) -> str | None:
+    """Why ``--log name`` cannot run here (None: it can), asked before anything starts."""
+    from ._runtime._logs import for_processes
+
+    try:
+        for_processes(name)
+    except (LookupError, RuntimeError, ValueError) as exc:
+        return f"--log {name}: {exc}"
+    return None
+
+
 def _replicas_warning(replicas: int | None, cpus: set[int]) -> str | None:
     """Why ``--replicas`` is a bad idea on these CPUs (None: it is not).
 
@@ -325,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         # shadow the installed package.
         if cwd not in sys.path:
             sys.path.append(cwd)
-        problem = _check_loop(args.loop)
+        problem = _check_loop(args.loop) or _check_log(args.log)
         if problem is not None:
             print(f"dominoes: error: {problem}", file=sys.stderr)
             return 2
@@ -353,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             eject_after=args.eject_after or None,
             reads=args.reads,
             gc_threshold=_gc_setting(args.gc_threshold, DEFAULT_GC_THRESHOLD),
+            log=args.log,
         )
         if args.monitor_tcp:
             print(

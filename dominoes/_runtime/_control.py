@@ -1,9 +1,17 @@
-"""Control sockets: how ``dominoes stats`` and ``dominoes top`` reach live replicas.
+"""Control sockets: how ``dominoes stats``, ``dominoes top`` and local clients reach a service.
 
 Each replica serves a unix socket ``replica-<i>.sock`` (mode 0600) in the
 service's run directory, speaking JSON lines: ``{"op": "stats"}`` returns its
-``statistics()`` structs, ``{"op": "digest"}`` its state digest.  The
-supervisor's ``control.sock`` gathers them into one document.
+``statistics()`` structs, ``{"op": "digest"}`` its state digest
+(:func:`serve_replica`).
+
+The supervisor serves ``control.sock`` (:class:`ControlServer`), also JSON
+lines: ``{"op": "status"}`` is its own reading of the log and the replicas,
+``{"op": "stats"}`` gathers every replica's report into one document (asked
+with :func:`ask`), and ``{"op": "connect"}`` makes the connection a local
+client's (``dominoes.connect``): the reply carries the log's file
+descriptors (``SCM_RIGHTS``), and the connection stays open for the client's
+lifetime; its close gives the client's line back (see ``_leases``).
 
 Both ends check the other's uid with ``SO_PEERCRED`` (see ``_peercred``): a
 replica answers only its own uid, as the supervisor does, and :func:`ask`
@@ -14,19 +22,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 import orjson
 
+from .._core._log import ReplicaState
 from ._peercred import check_server, peer_refusal
 
 if TYPE_CHECKING:
     from ._replica import Replica
+    from ._supervisor import Child, Supervisor
 
-__all__ = ("ask", "replica_socket", "serve_replica")
+__all__ = ("ControlServer", "ask", "replica_socket", "serve_replica")
+
+log = logging.getLogger("dominoes.supervisor")
 
 ASK_TIMEOUT: Final = 2.0
 
@@ -110,3 +125,168 @@ async def ask(path: Path, request: dict[str, Any], timeout: float = ASK_TIMEOUT)
     if not line:
         raise ConnectionError(f"{path} closed the connection")
     return orjson.loads(line)
+
+
+class ControlServer:
+    """The supervisor's ``control.sock``: status, stats, and local clients' connects.
+
+    Only the service's uid may use it: the socket is 0600 in a 0700 run
+    directory, and a peer of another uid (``SO_PEERCRED``) is refused with a
+    reason.  The connections stay open as long as their peers want (a local
+    client holds its own for its lifetime); :meth:`close` ends them all.
+    """
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._sup = supervisor
+        self._server: asyncio.Server | None = None
+        # Open control connections (clients hold theirs for their lifetime).
+        self._connections: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+
+    async def start(self, path: Path) -> None:
+        self._server = await asyncio.start_unix_server(self._serve, str(path))
+        os.chmod(path, 0o600)
+
+    async def close(self) -> None:
+        """Stop accepting, close every connection and let its handler finish."""
+        if self._server is not None:
+            self._server.close()
+        # Rather than leave asyncio.run to cancel the handlers (3.11's stream
+        # callback then logs a CancelledError traceback); local clients learn
+        # that the service stopped.
+        for writer in list(self._connections.values()):
+            writer.close()
+        if self._connections:
+            await asyncio.wait(list(self._connections), timeout=1.0)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        leases = self._sup.leases
+        client_line: int | None = None  # set by a "connect": the connection is a local client
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections[task] = writer
+        try:
+            refusal = peer_refusal(
+                writer.get_extra_info("socket"), f"service {self._sup.service.name!r}", "control"
+            )
+            if refusal is not None:
+                # Read the request first, so the peer's write cannot fail with
+                # EPIPE before it has read why it is refused.
+                await reader.readline()
+                writer.write(json.dumps({"error": refusal}).encode() + b"\n")
+                await writer.drain()
+                return
+            while line := await reader.readline():
+                fds: list[int] = []
+                try:
+                    request = json.loads(line)
+                    if isinstance(request, dict) and request.get("op") == "connect":
+                        if client_line is not None:
+                            raise ValueError("this connection is already a local client")
+                        client_line = leases.grant(writer)
+                        reply, fds = leases.welcome(client_line)
+                    elif isinstance(request, dict) and request.get("op") == "stats":
+                        reply = await self.stats()
+                    else:
+                        reply = self.handle(request)
+                except Exception as exc:  # noqa: BLE001 - reported to the client
+                    reply = {"error": f"{type(exc).__name__}: {exc}"}
+                data = json.dumps(reply).encode() + b"\n"
+                if fds:
+                    await send_with_fds(writer, data, fds)
+                else:
+                    writer.write(data)
+                    await writer.drain()
+        except OSError as exc:  # the peer went away mid-reply
+            log.info("control connection lost: %s", exc)
+        finally:
+            writer.close()
+            if task is not None:
+                self._connections.pop(task, None)
+            if client_line is not None:
+                leases.release(client_line)
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The reply to a request other than ``connect`` and ``stats``."""
+        op = request.get("op")
+        if op == "status":
+            return self.status()
+        raise ValueError(f"unknown op {op!r}")
+
+    def _summary(self, child: Child) -> dict[str, Any]:
+        """What the supervisor itself knows of one replica."""
+        return {
+            "index": child.index,
+            "pid": child.proc.pid if child.proc else None,
+            "core": child.core,
+            "ready": child.ready,
+            "restarts": child.restarts,
+            "state": ReplicaState.NAMES[self._sup.log.state(child.index)],
+        }
+
+    async def stats(self) -> dict[str, Any]:
+        """Every replica's statistics (asked over its control socket) and the log's."""
+        sup = self._sup
+
+        async def one(child: Child) -> dict[str, Any]:
+            entry = self._summary(child)
+            if child.ready:
+                try:
+                    entry["report"] = await ask(
+                        replica_socket(sup.run_dir, child.index), {"op": "stats"}
+                    )
+                except (OSError, TimeoutError) as exc:
+                    entry["error"] = f"no answer: {exc or type(exc).__name__}"
+            return entry
+
+        replicas = await asyncio.gather(*(one(c) for c in sup.children))
+        return {
+            "service": sup.service.name,
+            "supervisor": {"pid": os.getpid(), "replicas": sup.n, "run_dir": str(sup.run_dir)},
+            "deaths": sup.deaths,
+            "poisoned": sup.watchdog.poisoned,
+            "replicas": replicas,
+            "log": msgspec.to_builtins(sup.log.statistics()),
+        }
+
+    def status(self) -> dict[str, Any]:
+        sup = self._sup
+        stats = sup.log.statistics()
+        return {
+            "service": sup.service.name,
+            "replicas": [
+                self._summary(c) | {"cursor": sup.log.cursor(c.index)} for c in sup.children
+            ],
+            "log": msgspec.to_builtins(stats),
+            "clients": sup.leases.lines(),
+        }
+
+
+async def send_with_fds(writer: asyncio.StreamWriter, data: bytes, fds: list[int]) -> None:
+    """Write ``data`` with ``fds`` attached (SCM_RIGHTS) on a stream's socket.
+
+    asyncio transports cannot pass fds, so this goes through a dup of the
+    transport's socket, once the transport has flushed what it buffered (the
+    bytes stay in order).
+    """
+    transport = writer.transport
+    for _ in range(1000):
+        if not transport.get_write_buffer_size():
+            break
+        await asyncio.sleep(0.001)
+    else:
+        raise TimeoutError("the control connection does not drain")
+    sock: socket.socket = writer.get_extra_info("socket").dup()
+    try:
+        for _ in range(1000):
+            try:
+                sent = socket.send_fds(sock, [data], fds)
+                break
+            except (BlockingIOError, InterruptedError):
+                await asyncio.sleep(0.001)
+        else:
+            raise TimeoutError("the control connection does not take the reply")
+    finally:
+        sock.close()
+    if sent < len(data):
+        writer.write(data[sent:])
+        await writer.drain()

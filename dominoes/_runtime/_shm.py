@@ -14,6 +14,11 @@ and SIGBUS the replicas) and hands the fd to replicas (``pass_fds``) and to
 local clients (``SCM_RIGHTS`` over the 0600 control socket).  The memory is
 freed when the last process holding the fd or a mapping exits, clean stop or
 not, so nothing of the service ever appears in ``/dev/shm``.
+
+:class:`ShmLogFactory` is this backend's entry in the ``dominoes.logs``
+group (``dominoes run --log shm``, the default): its host is the
+supervisor's side of one log, and its one handle, the memfd, is what every
+replica inherits.
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ import mmap
 import os
 from typing import Final
 
+from .._core._backend import LogBackend
 from .._core._log import DEFAULT_CAPACITY, DEFAULT_MAX_REPLICAS, DEFAULT_SLOT_SIZE, Log
 from ._atomics import AtomicWords
 
-__all__ = ("SharedLog",)
+__all__ = ("SharedLog", "ShmLogFactory", "ShmLogHost")
 
 _SEALS: Final = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
@@ -66,6 +72,7 @@ class SharedLog:
         capacity: int = DEFAULT_CAPACITY,
         slot_size: int = DEFAULT_SLOT_SIZE,
         max_replicas: int = DEFAULT_MAX_REPLICAS,
+        max_entry_slots: int | None = None,
     ) -> SharedLog:
         size = Log.size_for(capacity, slot_size, max_replicas)
         fd = os.memfd_create(f"dominoes-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
@@ -77,13 +84,18 @@ class SharedLog:
         except BaseException:
             os.close(fd)
             raise
-        Log.create(
-            shared._view,
-            shared.words,
-            capacity=capacity,
-            slot_size=slot_size,
-            max_replicas=max_replicas,
-        )
+        try:
+            Log.create(
+                shared._view,
+                shared.words,
+                capacity=capacity,
+                slot_size=slot_size,
+                max_replicas=max_replicas,
+                max_entry_slots=max_entry_slots,
+            )
+        except BaseException:  # a shape Log refuses
+            shared.close()
+            raise
         return shared
 
     @classmethod
@@ -121,3 +133,44 @@ class SharedLog:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class ShmLogHost:
+    """The supervisor's side of one ``shm`` log (the ``LogHost`` protocol)."""
+
+    def __init__(self, shared: SharedLog) -> None:
+        self.shared = shared
+        #: the supervisor's own handle (membership, dead replicas, poison verdicts);
+        #: a ``Log``, typed as the protocol's settable attribute requires
+        self.log: LogBackend = shared.log()
+
+    def handles(self) -> list[int]:
+        """What a replica process inherits to reach the log: the memfd."""
+        return [self.shared.fd]
+
+    def close(self) -> None:
+        """Unmap and close the memfd (replicas and clients holding it keep the memory)."""
+        self.shared.close()
+
+
+class ShmLogFactory:
+    """The ``shm`` entry of the ``dominoes.logs`` group: a log in a sealed memfd."""
+
+    name: str = "shm"  # not Final: the protocol's attribute is settable
+
+    def __init__(self, service: str = "log") -> None:
+        #: names the memfd (``/proc/PID/fd`` shows ``/memfd:dominoes-SERVICE``)
+        self.service = service
+
+    def create(
+        self, *, capacity: int, slot_size: int, replicas: int, max_entry_slots: int | None
+    ) -> ShmLogHost:
+        return ShmLogHost(
+            SharedLog.create(
+                self.service,
+                capacity=capacity,
+                slot_size=slot_size,
+                max_replicas=replicas,
+                max_entry_slots=max_entry_slots,
+            )
+        )

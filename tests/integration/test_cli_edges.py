@@ -25,6 +25,7 @@ import pytest
 
 from dominoes import Component, Context, Service, update
 from dominoes._runtime._shm import SharedLog
+from dominoes._runtime._wakeups import EventfdWakeups
 
 from .harness import ROOT, alive, free_port, wait_until
 
@@ -379,7 +380,8 @@ async def test_callbacks_left_after_close_do_not_touch_the_released_log(tmp_path
     log.join(0, cursor=1)
     log.set_live(0)
     efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    replica = Replica(Service("trail", [Trail()]), 0, shared, [efd], replicas=1, run_dir=tmp_path)
+    wakeups = EventfdWakeups([efd])
+    replica = Replica(Service("trail", [Trail()]), 0, log, wakeups, replicas=1, run_dir=tmp_path)
     try:
         replica.attach(loop)
         replica.start_fresh()
@@ -484,8 +486,8 @@ async def test_only_applies_that_compute_or_block_count_as_stalls(
     replica = Replica(
         Service("slow", [Slow()]),
         0,
-        shared,
-        [efd],
+        log,
+        EventfdWakeups([efd]),
         replicas=1,
         run_dir=tmp_path,
         stall_threshold=0.05,

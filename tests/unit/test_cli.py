@@ -17,6 +17,7 @@ import pytest
 
 import dominoes
 from dominoes._cli import _find_run_dir, _replicas_warning, main
+from dominoes._runtime._logs import names as log_names
 from dominoes._runtime._process import ServiceLoadError, load_service
 from dominoes._runtime._top import (
     COLUMNS,
@@ -71,6 +72,37 @@ def test_an_unknown_loop_is_one_line_before_any_replica_starts(
     assert err.count("\n") == 1, err
     assert err.startswith("dominoes: error: --loop nosuch: no loop policy named 'nosuch'")
     assert "asyncio" in err  # the available ones are listed
+
+
+def test_an_unknown_log_is_one_line_listing_the_backends(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    argv = ["run", "examples.counter:service", "--log", "nope", "--run-dir", str(run_dir)]
+    code, err = run_cli(argv, capsys)
+    assert code == 2
+    assert err == (
+        f"dominoes: error: --log nope: no log backend named 'nope'; available: "
+        f"{', '.join(log_names())}\n"
+    )
+    assert {"memory", "shm"} <= set(log_names())
+    assert not run_dir.exists()  # refused before anything started
+
+
+@pytest.mark.parametrize("replicas", ["1", "2"])
+def test_the_memory_log_is_refused_for_replica_processes(
+    replicas: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Even one replica is a process of its own, apart from the supervisor's.
+    run_dir = tmp_path / "run"
+    argv = ["run", "examples.counter:service", "--log", "memory", "--replicas", replicas,
+            "--run-dir", str(run_dir)]  # fmt: skip
+    code, err = run_cli(argv, capsys)
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert err.startswith("dominoes: error: --log memory: the memory log works in one process only")
+    assert err.rstrip().endswith("use --log shm")
+    assert not run_dir.exists()
 
 
 def test_more_replicas_than_cores_is_a_warning_that_says_why() -> None:
