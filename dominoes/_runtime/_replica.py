@@ -51,7 +51,6 @@ wake-ups through ``Wakeups``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import inspect
 import logging
@@ -64,24 +63,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-import msgspec
-
 from .._core._backend import LogBackend
-from .._core._codec import Control, Mode
+from .._core._codec import Mode
 from .._core._component import Component, EventRef, query
-from .._core._errors import ApplyTimeout, LogFullError
+from .._core._errors import ApplyTimeout
 from .._core._log import LogStatistics, ReplicaState
 from .._core._machine import Applied, Divergence
 from .._core._replica import DEFAULT_STALL_THRESHOLD, ReplicaCore
 from .._core._service import Service
-from ._backoff import FULL_BACKOFF_MAX, Backoff, when_room
+from ._backoff import Backoff, when_room
 from ._blobs import FileBlobs
-from ._fork import BacklogCopier, fork_pipe, fork_write, read_all, watch_child
+from ._children import Children
+from ._joining import Joining, write_snapshot
 from ._stats import (
     ComponentSummary,
+    IngressCounters,
     IngressStatistics,
+    Rates,
     RegistryStatistics,
     RuntimeStatistics,
+    component_sizes,
+    thread_usage,
 )
 from ._wakeups import Wakeups, wake_sleepers
 
@@ -93,8 +95,6 @@ log = logging.getLogger("dominoes.replica")
 #: signalled, so this only bounds the delay after a producer died between
 #: publishing and signalling (or a supervisor filled a no-op).
 SAFETY_TICK: Final = 0.005
-#: How long a joining replica waits for its snapshot before asking again.
-SNAPSHOT_TIMEOUT: Final = 2.0
 
 #: Seconds an apply may run before it is interrupted and the replica rolls back
 #: (None: never).  A legitimate entry must finish well within it, on a loaded
@@ -137,13 +137,15 @@ class Replica:
         self.run_dir = run_dir
         #: the CPU this replica is pinned to (None if unpinned)
         self.cpu = cpu
-        self._log = log
-        self._wakeups = wakeups
+        #: the log backend this replica appends to and applies from
+        self.log = log
+        #: how it wakes sleeping replicas and is woken
+        self.wakeups = wakeups
         machine = service.new_machine(index)
         if digest_every is not None:
             machine.digest_every = digest_every
         self.core: ReplicaCore[asyncio.Future[Any]] = ReplicaCore(
-            self._log,
+            self.log,
             machine,
             replicas=replicas,
             clock=time.perf_counter,
@@ -157,14 +159,8 @@ class Replica:
         self.apply_timeout = apply_timeout
         #: write snapshots and digests from a forked child (False: inline)
         self.fork_snapshots = fork_snapshots
-        #: the file of the current background recovery point (see ``_fork``)
-        self._recovery_path: Path | None = None
-        self.background_snapshots = 0
-        self._digesting = False
-        #: forked children still running (snapshots, digests)
-        self._children: set[int] = set()
-        #: digest points skipped because the previous digest was still running
-        self.digests_skipped = 0
+        #: forked children writing snapshots and digests
+        self.children = Children(self)
         self.syncs = 0
         self.poisoned_seen = 0
         #: slow applies that were the core's other processes, not the apply (see _on_stall)
@@ -180,14 +176,8 @@ class Replica:
         self._timer: asyncio.TimerHandle | None = None
         self._safety: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._snapshot_wait: tuple[int, int] | None = None  # (source, request seq)
-        # While joining: entries copied out of the ring (seq, kind, nslots,
-        # payload), and the next seq to copy (see ReplicaCore.copy_backlog).
-        self._backlog: list[tuple[int, int, int, bytes]] = []
-        self._copied = 0
-        self._catching_up = False
-        self._snapshot_asked = 0.0
-        self._joined = asyncio.Event()
+        #: joining a running service (restarted replicas)
+        self.joining = Joining(self)
         #: called with every applied entry this replica owns (ingress replies)
         self.owner_hooks: list[OwnerHook] = []
         self.effects_run = 0
@@ -202,7 +192,7 @@ class Replica:
         self.loop_name = ""
         self._loop_lag = 0.0
         self._loop_lag_max = 0.0
-        self._rates = _Rates()
+        self._rates = Rates()
         self._sampler: asyncio.TimerHandle | None = None
         self.closed = False
 
@@ -322,10 +312,10 @@ class Replica:
         if self.closed:  # stopped applying: nothing to catch up with
             return
         target = core.behind()
-        if not target or self._snapshot_wait is not None or self._catching_up or core.gave_up:
+        if not target or self.joining.active or core.gave_up:
             return
         self.syncs += 1
-        self._batch_usage = _thread_usage()  # see _on_stall
+        self._batch_usage = thread_usage()  # see _on_stall
         while core.machine.cursor < target:
             before = core.machine.cursor
             for applied in core.poll(until=target):
@@ -336,6 +326,11 @@ class Replica:
             if core.machine.cursor == before:  # cannot happen below `completed`
                 log.error("replica %d: catch-up stopped at %d of %d", self.index, before, target)
                 return
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop this replica is attached to (None before ``attach``)."""
+        return self._loop
 
     def component(self, which: type[C] | str) -> C:
         """This replica's instance of a component (read it; never write it here)."""
@@ -349,19 +344,19 @@ class Replica:
     @property
     def lag(self) -> int:
         """Log positions appended but not yet applied here."""
-        return max(0, self._log.tail - self.core.machine.cursor)
+        return max(0, self.log.tail - self.core.machine.cursor)
 
     def statistics(self) -> RuntimeStatistics:
         """This replica's counters, as one frozen struct."""
         core = self.core.statistics()
-        tail = self._log.tail
+        tail = self.log.tail
         i = self.ingress
         return RuntimeStatistics(
             index=self.index,
             pid=os.getpid(),
             cpu=self.cpu,
             loop=self.loop_name,
-            state="joining" if self._snapshot_wait is not None or self._catching_up else "live",
+            state="joining" if self.joining.active else "live",
             applied_seq=core.cursor - 1,
             tail=tail,
             lag=max(0, tail - core.cursor),
@@ -391,7 +386,7 @@ class Replica:
 
     def log_statistics(self) -> LogStatistics:
         """The shared log's header, as this replica sees it."""
-        return self._log.statistics()
+        return self.log.statistics()
 
     def registry_statistics(self) -> RegistryStatistics:
         """Events, bindings and a size summary of every component's state."""
@@ -401,7 +396,7 @@ class Replica:
             bindings=len(m.registry),
             queries=len(m.query_names),
             components=tuple(
-                ComponentSummary(name=name, cls=type(c).__name__, sizes=_sizes(c))
+                ComponentSummary(name=name, cls=type(c).__name__, sizes=component_sizes(c))
                 for name, c in m.components.items()
             ),
         )
@@ -434,7 +429,7 @@ class Replica:
         return seq
 
     def _after_append(self) -> None:
-        self.wakeups_sent += wake_sleepers(self._log, self._wakeups, self.replicas, self.index)
+        self.wakeups_sent += wake_sleepers(self.log, self.wakeups, self.replicas, self.index)
         self._schedule()
 
     # --- the loop -------------------------------------------------------------------------
@@ -443,14 +438,12 @@ class Replica:
         """Register the wake-up fd and timers on ``loop`` (call from inside it)."""
         self._loop = loop
         self.loop_name = loop_name or type(loop).__module__.split(".")[0]
-        self._wakeups.listen(loop, self.index, self._on_wake)
+        self.wakeups.listen(loop, self.index, self._on_wake)
         self._safety = loop.call_later(SAFETY_TICK, self._on_safety)
         # Snapshots (recovery points, and those asked through the log by a
         # joining replica) are written by a forked child: the replica goes on.
         if self.fork_snapshots:
-            self.core.snapshotter = self._start_checkpoint
-            self.core.machine.snapshot_writer = self._fork_join_snapshot
-            self.core.machine.digest_writer = self._fork_digest
+            self.children.install()
         timeout = self.apply_timeout
         if timeout is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGALRM, self._on_alarm)
@@ -471,7 +464,7 @@ class Replica:
         self._loop_lag_max = max(self._loop_lag_max * 0.99, lag)
         self._rates.update(self.core.machine.applied_entries, self.queries, time.monotonic())
         if self.blobs._live:
-            self.blobs.collect(self._log.slowest_cursor())
+            self.blobs.collect(self.log.slowest_cursor())
         if not self.closed:
             self._sampler = self._loop.call_later(SAMPLE_EVERY, self._sample, now)
 
@@ -493,7 +486,7 @@ class Replica:
         """
         event = getattr(entry, "event", type(entry).__name__)
         before = self._batch_usage
-        now = _thread_usage()
+        now = thread_usage()
         cpu = blocked = None
         if before is not None:
             cpu = max(0.0, now.ru_utime + now.ru_stime - before.ru_utime - before.ru_stime)
@@ -540,10 +533,11 @@ class Replica:
         assert self._loop is not None
         if not self.closed:
             self._safety = self._loop.call_later(SAFETY_TICK, self._on_safety)
-            self._log.beat(self.index)  # the loop runs: the supervisor watches this
-        if self._snapshot_wait is not None:
-            self._copied = self.core.copy_backlog(self._backlog, self._copied)
-            self._check_snapshot()
+            self.log.beat(self.index)  # the loop runs: the supervisor watches this
+        if self.joining.waiting:
+            self.joining.copy()
+            if self.joining.check():
+                self._schedule()
         elif self.core.ready():
             self._awake()
             self._schedule()
@@ -552,24 +546,24 @@ class Replica:
     def _awake(self) -> None:
         if self._asleep:
             self._asleep = False
-            self._log.set_asleep(self.index, False)
+            self.log.set_asleep(self.index, False)
 
     def _schedule(self) -> None:
-        if not self._scheduled and self._loop is not None and self._snapshot_wait is None:
+        if not self._scheduled and self._loop is not None and not self.joining.waiting:
             self._scheduled = True
             self._loop.call_soon(self._drain)
 
     def _drain(self) -> None:
         self._scheduled = False
-        if self._snapshot_wait is not None or self.closed:
+        if self.joining.waiting or self.closed:
             return
         core = self.core
-        if self._catching_up and not self._catch_up():
+        if self.joining.catching_up and not self.joining.catch_up(self._deliver):
             self._schedule()  # ingress and timers run between batches
             return
         if core.gave_up and not self._verdict():
             return  # waiting: the safety tick looks again
-        self._batch_usage = _thread_usage()  # see _on_stall
+        self._batch_usage = thread_usage()  # see _on_stall
         for applied in core.poll():
             self._deliver(applied)
         if core.interrupted():
@@ -584,139 +578,12 @@ class Replica:
         # Sleep: flag first (seq_cst), then look once more, so a producer that
         # published before seeing the flag is not missed.
         self._asleep = True
-        self._log.set_asleep(self.index, True)
+        self.log.set_asleep(self.index, True)
         if self.core.ready():
             self._awake()
             self._schedule()
             return
         self._arm_timer()
-
-    # --- snapshots in a forked child -------------------------------------------------------
-
-    def _start_checkpoint(self, cursor: int) -> bool:
-        """``ReplicaCore.snapshotter``: write the recovery point at ``cursor`` from a child."""
-        if self._loop is None or self.closed:
-            return False
-        path = self.run_dir / f"recovery-{self.index}-{cursor}.bin"
-        try:
-            pid = fork_write(self.core.machine.snapshot, path)
-        except OSError as exc:  # no memory for a child (strict overcommit), no pids
-            log.warning("replica %d: cannot fork for a recovery point: %s", self.index, exc)
-            return False
-        self.background_snapshots += 1
-        self._watch(pid, lambda ok: self._checkpoint_written(cursor, path, ok))
-        return True
-
-    def _checkpoint_written(self, cursor: int, path: Path, ok: bool) -> None:
-        if not ok or self.closed:
-            if not self.closed:  # a child that outlived a clean stop is no failure
-                log.warning("replica %d: recovery point at %d not written", self.index, cursor)
-            self.core.checkpoint_failed(cursor)
-            path.unlink(missing_ok=True)
-            return
-        old, self._recovery_path = self._recovery_path, path
-        self.core.checkpoint_done(cursor, path.read_bytes)
-        if old is not None and old != path:
-            old.unlink(missing_ok=True)
-
-    def _watch(self, pid: int, done: Callable[[bool], None]) -> None:
-        """Reap a forked child on this loop; ``close`` kills those still running."""
-        assert self._loop is not None
-        self._children.add(pid)
-
-        def exited(ok: bool) -> None:
-            self._children.discard(pid)
-            done(ok)
-
-        watch_child(self._loop, pid, exited)
-
-    def _fork_join_snapshot(self, seq: int, joiner: int) -> bool:
-        """``StateMachine.snapshot_writer``: a joiner's snapshot, written by a child.
-
-        Called while the snapshot request (entry ``seq``) is being applied, so
-        the child holds the state at exactly that log position.  The child
-        wakes the joiner once the file is in place.
-        """
-        if self._loop is None:
-            return False
-        path = self._snapshot_path(joiner, seq)
-        # Tells the joiner that its snapshot is on its way, so it does not ask
-        # again (and start another child) while a large state is encoded.
-        marker = path.with_name(f".{path.name}.writing")
-        marker.touch(mode=0o600)
-
-        def wake() -> None:  # in the child, once the file is in place
-            self._wakeups.signal(joiner)
-
-        try:
-            pid = fork_write(self.core.machine.snapshot, path, wake)
-        except OSError as exc:
-            marker.unlink(missing_ok=True)
-            log.warning(
-                "replica %d: cannot fork for a snapshot (%s); writing it inline", self.index, exc
-            )
-            return False
-        self.background_snapshots += 1
-
-        def written(ok: bool) -> None:
-            marker.unlink(missing_ok=True)
-            if ok:
-                log.info(
-                    "replica %d: wrote a snapshot at seq %d for replica %d", self.index, seq, joiner
-                )
-            else:
-                log.error(
-                    "replica %d: the snapshot at seq %d for replica %d failed",
-                    self.index,
-                    seq,
-                    joiner,
-                )
-
-        self._watch(pid, written)
-        return True
-
-    def _fork_digest(self, seq: int) -> bool:
-        """``StateMachine.digest_writer``: digest the state at ``seq`` in a child.
-
-        Hashing the whole state takes time proportional to its size; a child
-        holding the state as it was at ``seq`` does it while the replica goes
-        on.  The result comes back through a pipe; the report is appended then.
-        """
-        loop = self._loop
-        if loop is None or self.closed:
-            return False
-        if self._digesting:
-            # The previous digest is still being computed (a large state, a
-            # short period): skip this point rather than pile up children.
-            # Reports of it from other replicas are then not compared here.
-            self.digests_skipped += 1
-            loop.call_soon(lambda: self.core.digest_done(seq, None, now=time.time()))
-            return True
-        machine = self.core.machine
-        try:
-            pid, fd = fork_pipe(lambda: msgspec.json.encode(machine.digest()))
-        except OSError as exc:
-            log.warning(
-                "replica %d: cannot fork for a digest (%s); digesting inline", self.index, exc
-            )
-            return False
-        self.background_snapshots += 1
-
-        self._digesting = True
-
-        def done(ok: bool) -> None:
-            self._digesting = False
-            data = read_all(fd)
-            digest = msgspec.json.decode(data, type=dict[str, str]) if ok and data else None
-            if digest is None:
-                log.warning("replica %d: the digest at seq %d failed", self.index, seq)
-            for divergence in self.core.digest_done(seq, digest, now=time.time()):
-                self._on_divergence(divergence)
-            if not self.closed:
-                self._schedule()  # the report waits in the outbox
-
-        self._watch(pid, done)
-        return True
 
     # --- apply timeouts and poison entries ---------------------------------------------------
 
@@ -741,20 +608,20 @@ class Replica:
             self.apply_timeout or 0.0,
         )
         core.rollback()
-        self._log.set_stuck(self.index, seq)
+        self.log.set_stuck(self.index, seq)
 
     def _verdict(self) -> bool:
         """Waiting at a given-up entry: True once it may be applied (poison or again)."""
         core = self.core
         seq = core.gave_up
-        if self._log.poisoned == seq:
+        if self.log.poisoned == seq:
             self.poisoned_seen += 1
             log.error("replica %d: seq=%d is poison; applying it as an error", self.index, seq)
             for applied in core.apply_poisoned():
                 self._deliver(applied)
-            self._log.set_stuck(self.index, 0)
+            self.log.set_stuck(self.index, 0)
             return True
-        log_ = self._log
+        log_ = self.log
         if any(log_.cursor(i) > seq for i in log_.replicas_in(frozenset({ReplicaState.LIVE}))):
             log.warning("replica %d: seq=%d was applied elsewhere; applying again", self.index, seq)
             core.retry()
@@ -772,7 +639,7 @@ class Replica:
             else:
                 fut.set_result(applied.result)
         if applied.snapshot is not None:
-            self._write_snapshot(applied)
+            write_snapshot(self, applied)
         if not applied.owner:
             return
         for fn, args, kwargs in applied.effects:
@@ -832,7 +699,7 @@ class Replica:
         self._timer = self._loop.call_later(delay, self._fire_timers)
 
     def _fire_timers(self) -> None:
-        if self._snapshot_wait is not None or self._catching_up or self.closed:
+        if self.joining.active or self.closed:
             return
         if self.core.fire_due(time.time()):
             self._after_append()
@@ -842,110 +709,16 @@ class Replica:
     def start_fresh(self) -> None:
         """A replica present from the log's beginning (its line was set live)."""
         self.core.enable_recovery()
-        self._joined.set()
+        self.joining.joined.set()
 
     def start_join(self, pid: int) -> None:
         """Join a running service: hold the log, ask a live replica for a snapshot."""
         self.core.join(pid)
-        self._ask_snapshot()
-
-    def _ask_snapshot(self) -> None:
-        ask = self.core.ask_snapshot(now=time.time())
-        source, payload, self._copied = ask
-        self._backlog = []
-        seq = 0
-        deadline = time.monotonic() + SNAPSHOT_TIMEOUT
-        while not seq:
-            seq = self.append_payload(payload)
-            if not seq and time.monotonic() > deadline:
-                raise LogFullError("log full while asking for a snapshot")
-            if not seq:
-                time.sleep(FULL_BACKOFF_MAX)
-        self._snapshot_wait = (source, seq)
-        self._snapshot_asked = time.monotonic()
-        log.info("replica %d: asked replica %d for a snapshot at seq %d", self.index, source, seq)
-
-    def _snapshot_path(self, joiner: int, seq: int) -> Path:
-        return self.run_dir / f"snapshot-{joiner}-{seq}.bin"
-
-    def _write_snapshot(self, applied: Applied) -> None:
-        entry = applied.entry
-        assert isinstance(entry, Control)
-        assert applied.snapshot is not None
-        joiner = int(entry.arg[1])
-        path = self._snapshot_path(joiner, entry.seq)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with open(fd, "wb") as f:
-            f.write(applied.snapshot)
-        os.replace(tmp, path)
-        self._wakeups.signal(joiner)
-        log.info(
-            "replica %d: wrote a snapshot at seq %d for replica %d", self.index, entry.seq, joiner
-        )
-
-    def _check_snapshot(self) -> None:
-        assert self._snapshot_wait is not None
-        _, seq = self._snapshot_wait
-        path = self._snapshot_path(self.index, seq)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            source = self._snapshot_wait[0]
-            writing = path.with_name(f".{path.name}.writing").exists()
-            if writing and self._log.state(source) == ReplicaState.LIVE:
-                return  # a child of the source is writing it: a large state takes time
-            if time.monotonic() - self._snapshot_asked > SNAPSHOT_TIMEOUT:
-                log.warning(
-                    "replica %d: no snapshot after %.1fs, asking again",
-                    self.index,
-                    SNAPSHOT_TIMEOUT,
-                )
-                self._ask_snapshot()
-            return
-        path.unlink(missing_ok=True)
-        self._copied = self.core.copy_backlog(self._backlog, self._copied)
-        self._restore_while_copying(data)
-        self._snapshot_wait = None
-        self._catching_up = True  # _drain applies the backlog, a batch at a time
-        log.info("replica %d: restored the snapshot at seq %d", self.index, seq)
-        self._schedule()
-
-    def _restore_while_copying(self, data: bytes) -> None:
-        """Restore a joiner's snapshot while a forked child keeps copying the ring."""
-        copier = None
-        if self.fork_snapshots:
-            path = self.run_dir / f".backlog-{self.index}-{os.getpid()}"
-            try:
-                copier = BacklogCopier(self.core.copy_backlog, self._copied, path)
-            except OSError as exc:
-                log.warning("replica %d: no backlog copier (%s)", self.index, exc)
-        try:
-            self.core.restore_snapshot(data, recovery=True)
-        finally:
-            if copier is not None:
-                more, self._copied = copier.finish()
-                self._backlog.extend(more)
-
-    def _catch_up(self) -> bool:
-        """Apply a batch of the joiner's backlog; True once it is live."""
-        core = self.core
-        self._copied = core.copy_backlog(self._backlog, self._copied)
-        chunk = self._backlog[: core.batch]
-        del self._backlog[: core.batch]
-        for applied in core.apply_backlog(chunk):
-            self._deliver(applied)
-        if self._backlog:
-            return False
-        core.go_live(self._copied)
-        self._catching_up = False
-        self._joined.set()
-        log.info("replica %d: joined at seq %d", self.index, core.machine.cursor - 1)
-        return True
+        self.joining.ask()
 
     async def joined(self) -> None:
         """Wait until this replica is live (immediately, unless it is joining)."""
-        await self._joined.wait()
+        await self.joining.joined.wait()
 
     # --- stopping ----------------------------------------------------------------------------
 
@@ -955,9 +728,9 @@ class Replica:
         Bound it with ``asyncio.timeout``: a dead producer's unpublished slot
         is only filled once the supervisor notices the death.
         """
-        if self._snapshot_wait is not None or self._catching_up or self.closed:
+        if self.joining.active or self.closed:
             return  # joining (nothing applied here to drain), or stopped already
-        target = self._log.tail
+        target = self.log.tail
         while self.core.machine.cursor < target and not self.closed:
             self._drain()
             await asyncio.sleep(0.001)
@@ -978,22 +751,18 @@ class Replica:
         self.closed = True
         if self.apply_timeout is not None and threading.current_thread() is threading.main_thread():
             signal.setitimer(signal.ITIMER_REAL, 0)
-        if self._recovery_path is not None:
-            self._recovery_path.unlink(missing_ok=True)
+        self.children.close()  # their work is moot now; do not let them outlive us
         if leave:  # a clean exit: every replica drained, nobody reads them any more
             self.blobs.close()
-        for pid in self._children:  # their work is moot now; do not let them outlive us
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
         if self._loop is not None:
-            self._wakeups.unlisten(self._loop, self.index)
+            self.wakeups.unlisten(self._loop, self.index)
         for handle in (self._timer, self._safety, self._sampler):
             if handle is not None:
                 handle.cancel()
         for fut in self.core.drop_pending():
             fut.cancel()
         if leave:
-            self._log.leave(self.index)
+            self.log.leave(self.index)
 
     def _stopped_future(self) -> asyncio.Future[Any]:
         """What a submit gets once the replica is closed: a future cancelled already."""
@@ -1007,61 +776,5 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
-class IngressCounters:
-    """Mutable counters the ingress adapters bump (read through ``statistics()``)."""
-
-    __slots__ = (
-        "replies_sent",
-        "tcp_accepted",
-        "tcp_connections",
-        "udp_dropped_full",
-        "udp_received",
-        "udp_refused",
-    )
-
-    def __init__(self) -> None:
-        self.tcp_connections = 0
-        self.tcp_accepted = 0
-        self.udp_received = 0
-        self.udp_dropped_full = 0
-        self.udp_refused = 0
-        self.replies_sent = 0
-
-
-class _Rates:
-    """Entries and queries per second, from counters sampled once a second or so."""
-
-    __slots__ = ("_at", "_entries", "_queries", "entries_per_s", "queries_per_s")
-
-    def __init__(self) -> None:
-        self._at = time.monotonic()
-        self._entries = 0
-        self._queries = 0
-        self.entries_per_s = 0.0
-        self.queries_per_s = 0.0
-
-    def update(self, entries: int, queries: int, now: float) -> None:
-        span = now - self._at
-        if span < 1.0:
-            return
-        self.entries_per_s = (entries - self._entries) / span
-        self.queries_per_s = (queries - self._queries) / span
-        self._at, self._entries, self._queries = now, entries, queries
-
-
-def _thread_usage() -> resource.struct_rusage:
-    """This thread's CPU time and context switches (one system call, ~0.5 us)."""
-    return resource.getrusage(resource.RUSAGE_THREAD)
-
-
 def _name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
-
-
-def _sizes(component: Any) -> dict[str, int]:
-    """Items per sized attribute of a component's replicated state."""
-    out: dict[str, int] = {}
-    for key, value in component.snapshot().items():
-        if hasattr(value, "__len__") and not isinstance(value, str | bytes):
-            out[key] = len(value)
-    return out

@@ -7,6 +7,10 @@ counters: there is no second bookkeeping to keep in step.
 
 from __future__ import annotations
 
+import resource
+import time
+from typing import Any
+
 import msgspec
 
 from .._core._log import LogStatistics
@@ -14,6 +18,10 @@ from .._core._replica import ReplicaStatistics
 
 __all__ = (
     "ComponentSummary",
+    "IngressCounters",
+    "Rates",
+    "component_sizes",
+    "thread_usage",
     "IngressStatistics",
     "LogStatistics",
     "RegistryStatistics",
@@ -77,3 +85,59 @@ class RuntimeStatistics(msgspec.Struct, frozen=True, kw_only=True):
     gc_collections: tuple[int, int, int]
     core: ReplicaStatistics
     ingress: IngressStatistics
+
+
+class IngressCounters:
+    """Mutable counters the ingress adapters bump (read through ``statistics()``)."""
+
+    __slots__ = (
+        "replies_sent",
+        "tcp_accepted",
+        "tcp_connections",
+        "udp_dropped_full",
+        "udp_received",
+        "udp_refused",
+    )
+
+    def __init__(self) -> None:
+        self.tcp_connections = 0
+        self.tcp_accepted = 0
+        self.udp_received = 0
+        self.udp_dropped_full = 0
+        self.udp_refused = 0
+        self.replies_sent = 0
+
+
+class Rates:
+    """Entries and queries per second, from counters sampled once a second or so."""
+
+    __slots__ = ("_at", "_entries", "_queries", "entries_per_s", "queries_per_s")
+
+    def __init__(self) -> None:
+        self._at = time.monotonic()
+        self._entries = 0
+        self._queries = 0
+        self.entries_per_s = 0.0
+        self.queries_per_s = 0.0
+
+    def update(self, entries: int, queries: int, now: float) -> None:
+        span = now - self._at
+        if span < 1.0:
+            return
+        self.entries_per_s = (entries - self._entries) / span
+        self.queries_per_s = (queries - self._queries) / span
+        self._at, self._entries, self._queries = now, entries, queries
+
+
+def thread_usage() -> resource.struct_rusage:
+    """This thread's CPU time and context switches (one system call, ~0.5 us)."""
+    return resource.getrusage(resource.RUSAGE_THREAD)
+
+
+def component_sizes(component: Any) -> dict[str, int]:
+    """Items per sized attribute of a component's replicated state."""
+    out: dict[str, int] = {}
+    for key, value in component.snapshot().items():
+        if hasattr(value, "__len__") and not isinstance(value, str | bytes):
+            out[key] = len(value)
+    return out

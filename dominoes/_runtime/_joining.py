@@ -1,0 +1,173 @@
+"""Joining a running service: a snapshot through the log, then the backlog.
+
+A joiner (a restarted replica) holds the log from the tail and appends a
+request for a snapshot (``ReplicaCore.ask_snapshot`` picks the source).  The
+source writes its state when it applies the request, so the snapshot is the
+state at exactly that log position; it lands in the run directory as
+``snapshot-<joiner>-<seq>.bin`` and the source wakes the joiner.  Meanwhile
+the joiner copies what the log publishes (its *backlog*) so that it does not
+hold the ring for the seconds a large snapshot takes.  Once the snapshot is
+restored, the backlog is applied a batch at a time, between which ingress
+and timers run, and the replica goes live.
+
+A snapshot that does not come (its source died, or restarted past the
+request) is asked for again after ``SNAPSHOT_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from .._core._codec import Control
+from .._core._errors import LogFullError
+from .._core._log import ReplicaState
+from .._core._machine import Applied
+from ._backoff import FULL_BACKOFF_MAX
+from ._fork import BacklogCopier
+
+if TYPE_CHECKING:
+    from ._replica import Replica
+
+__all__ = ("SNAPSHOT_TIMEOUT", "Joining", "snapshot_path", "write_snapshot")
+
+log = logging.getLogger("dominoes.replica")
+
+#: How long a joining replica waits for its snapshot before asking again.
+SNAPSHOT_TIMEOUT: Final = 2.0
+
+
+def snapshot_path(run_dir: Path, joiner: int, seq: int) -> Path:
+    """Where the snapshot asked by ``joiner`` at entry ``seq`` is written."""
+    return run_dir / f"snapshot-{joiner}-{seq}.bin"
+
+
+def write_snapshot(replica: Replica, applied: Applied) -> None:
+    """The source's side, inline: write the snapshot ``applied`` carries, wake the joiner."""
+    entry = applied.entry
+    assert isinstance(entry, Control)
+    assert applied.snapshot is not None
+    joiner = int(entry.arg[1])
+    path = snapshot_path(replica.run_dir, joiner, entry.seq)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "wb") as f:
+        f.write(applied.snapshot)
+    os.replace(tmp, path)
+    replica.wakeups.signal(joiner)
+    log.info(
+        "replica %d: wrote a snapshot at seq %d for replica %d", replica.index, entry.seq, joiner
+    )
+
+
+class Joining:
+    """One replica's join: waiting for its snapshot, then catching up."""
+
+    def __init__(self, replica: Replica) -> None:
+        self._r = replica
+        #: (source, request seq) while waiting for the snapshot, else None
+        self.wait: tuple[int, int] | None = None
+        #: the snapshot is restored; the backlog is being applied
+        self.catching_up = False
+        #: entries copied out of the ring: (seq, kind, nslots, payload)
+        self.backlog: list[tuple[int, int, int, bytes]] = []
+        #: the next seq to copy
+        self.copied = 0
+        self._asked = 0.0
+        #: set once the replica is live
+        self.joined = asyncio.Event()
+
+    @property
+    def waiting(self) -> bool:
+        """Waiting for the snapshot (nothing is applied yet)."""
+        return self.wait is not None
+
+    @property
+    def active(self) -> bool:
+        """Joining: waiting for the snapshot or catching up."""
+        return self.wait is not None or self.catching_up
+
+    def ask(self) -> None:
+        """Append a request for a snapshot (the log being full, retry a while)."""
+        r = self._r
+        source, payload, self.copied = r.core.ask_snapshot(now=time.time())
+        self.backlog = []
+        seq = 0
+        deadline = time.monotonic() + SNAPSHOT_TIMEOUT
+        while not seq:
+            seq = r.append_payload(payload)
+            if not seq and time.monotonic() > deadline:
+                raise LogFullError("log full while asking for a snapshot")
+            if not seq:
+                time.sleep(FULL_BACKOFF_MAX)
+        self.wait = (source, seq)
+        self._asked = time.monotonic()
+        log.info("replica %d: asked replica %d for a snapshot at seq %d", r.index, source, seq)
+
+    def copy(self) -> None:
+        """Copy what the log published since the last copy into the backlog."""
+        self.copied = self._r.core.copy_backlog(self.backlog, self.copied)
+
+    def check(self) -> bool:
+        """Restore the snapshot if it arrived (True); ask again if it is overdue."""
+        r = self._r
+        assert self.wait is not None
+        source, seq = self.wait
+        path = snapshot_path(r.run_dir, r.index, seq)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            writing = path.with_name(f".{path.name}.writing").exists()
+            if writing and r.log.state(source) == ReplicaState.LIVE:
+                return False  # a child of the source is writing it: a large state takes time
+            if time.monotonic() - self._asked > SNAPSHOT_TIMEOUT:
+                log.warning(
+                    "replica %d: no snapshot after %.1fs, asking again", r.index, SNAPSHOT_TIMEOUT
+                )
+                self.ask()
+            return False
+        path.unlink(missing_ok=True)
+        self.copy()
+        self._restore_while_copying(data)
+        self.wait = None
+        self.catching_up = True  # the drain applies the backlog, a batch at a time
+        log.info("replica %d: restored the snapshot at seq %d", r.index, seq)
+        return True
+
+    def _restore_while_copying(self, data: bytes) -> None:
+        """Restore a joiner's snapshot while a forked child keeps copying the ring."""
+        r = self._r
+        copier = None
+        if r.fork_snapshots:
+            path = r.run_dir / f".backlog-{r.index}-{os.getpid()}"
+            try:
+                copier = BacklogCopier(r.core.copy_backlog, self.copied, path)
+            except OSError as exc:
+                log.warning("replica %d: no backlog copier (%s)", r.index, exc)
+        try:
+            r.core.restore_snapshot(data, recovery=True)
+        finally:
+            if copier is not None:
+                more, self.copied = copier.finish()
+                self.backlog.extend(more)
+
+    def catch_up(self, deliver: Callable[[Applied], None]) -> bool:
+        """Apply a batch of the backlog (``deliver`` each outcome); True once live."""
+        core = self._r.core
+        self.copy()
+        chunk = self.backlog[: core.batch]
+        del self.backlog[: core.batch]
+        for applied in core.apply_backlog(chunk):
+            deliver(applied)
+        if self.backlog:
+            return False
+        core.go_live(self.copied)
+        self.catching_up = False
+        self.joined.set()
+        log.info("replica %d: joined at seq %d", self._r.index, core.machine.cursor - 1)
+        return True
