@@ -13,10 +13,20 @@ extension's cross-process atomics over any buffer), and the defaults a replica
 runs with: ``DEFAULT_CAPACITY`` (slots in the ring), ``DEFAULT_BATCH`` (entries
 applied per poll) and ``SAFETY_TICK`` (seconds between re-checks of the log
 while asleep).
+
+The log-backend protocols are here as well (:class:`LogBackend`,
+:class:`LogHost`, :class:`LogFactory`; docs/design/log-backend.md), with the
+in-process ``memory`` backend (:class:`MemoryLogHost`) and the wake-ups a
+runtime ``Replica`` needs (:class:`EventfdWakeups` across processes,
+:class:`LoopWakeups` for replicas sharing one event loop), and the one
+back-off for a full log (:func:`when_room`, :class:`Backoff`).
 """
 
 from __future__ import annotations
 
+from ._core._backend import LogBackend as LogBackend
+from ._core._backend import LogFactory as LogFactory
+from ._core._backend import LogHost as LogHost
 from ._core._codec import Batch as Batch
 from ._core._codec import Call as Call
 from ._core._codec import Control as Control
@@ -34,6 +44,7 @@ from ._core._log import LogStatistics as LogStatistics
 from ._core._log import ReplicaState as ReplicaState
 from ._core._machine import Applied as Applied
 from ._core._machine import StateMachine as StateMachine
+from ._core._memory import MemoryLogHost as MemoryLogHost
 from ._core._registry import Binding as Binding
 from ._core._registry import Registry as Registry
 from ._core._registry import dispatch as dispatch
@@ -49,6 +60,10 @@ from ._runtime._backoff import Backoff as Backoff
 from ._runtime._backoff import when_room as when_room
 from ._runtime._replica import SAFETY_TICK as SAFETY_TICK
 from ._runtime._shm import SharedLog as SharedLog
+from ._runtime._wakeups import EventfdWakeups as EventfdWakeups
+from ._runtime._wakeups import LoopWakeups as LoopWakeups
+from ._runtime._wakeups import Wakeups as Wakeups
+from ._runtime._wakeups import wake_sleepers as wake_sleepers
 
 __all__ = (
     "DEFAULT_BATCH",
@@ -67,10 +82,16 @@ __all__ = (
     "Call",
     "Control",
     "Entry",
+    "EventfdWakeups",
     "Fire",
     "LayoutError",
     "Log",
+    "LogBackend",
+    "LogFactory",
+    "LogHost",
     "LogStatistics",
+    "LoopWakeups",
+    "MemoryLogHost",
     "PlainWords",
     "Registry",
     "ReplicaCore",
@@ -78,9 +99,11 @@ __all__ = (
     "ReplicaStatistics",
     "SharedLog",
     "StateMachine",
+    "Wakeups",
     "Words",
     "decode",
     "dispatch",
     "encode",
+    "wake_sleepers",
     "when_room",
 )
