@@ -749,6 +749,24 @@ class ReplicaCore(Generic[W]):
             )
         return found
 
+    def verdict(self) -> str:
+        """Waiting at the given-up entry: may it be applied now, and how?
+
+        ``"poison"``: the supervisor declared it poison (every live replica
+        gave up on it): :meth:`apply_poisoned`.  ``"again"``: some live
+        replica applied it, so it is not poison: :meth:`retry`.  ``""``: keep
+        waiting.
+        """
+        seq, log = self.gave_up, self.log
+        if not seq:
+            return ""
+        if log.poisoned == seq:
+            return "poison"
+        live = log.replicas_in(frozenset({ReplicaState.LIVE}))
+        if any(log.cursor(i) > seq for i in live):
+            return "again"
+        return ""
+
     def interrupted(self) -> int:
         """:attr:`gave_up`, as a call (a driver checks it again after :meth:`poll`)."""
         return self.gave_up

@@ -51,10 +51,8 @@ wake-ups through ``Wakeups``.
 from __future__ import annotations
 
 import asyncio
-import gc
 import inspect
 import logging
-import os
 import resource
 import signal
 import threading
@@ -67,7 +65,7 @@ from .._core._backend import LogBackend
 from .._core._codec import Mode
 from .._core._component import Component, EventRef, query
 from .._core._errors import ApplyTimeout
-from .._core._log import LogStatistics, ReplicaState
+from .._core._log import LogStatistics
 from .._core._machine import Applied, Divergence
 from .._core._replica import DEFAULT_STALL_THRESHOLD, ReplicaCore
 from .._core._service import Service
@@ -78,11 +76,11 @@ from ._joining import Joining, write_snapshot
 from ._stats import (
     ComponentSummary,
     IngressCounters,
-    IngressStatistics,
     Rates,
     RegistryStatistics,
     RuntimeStatistics,
     component_sizes,
+    runtime_statistics,
     thread_usage,
 )
 from ._wakeups import Wakeups, wake_sleepers
@@ -190,9 +188,9 @@ class Replica:
         #: ingress counters, kept by the ingress adapters
         self.ingress = IngressCounters()
         self.loop_name = ""
-        self._loop_lag = 0.0
-        self._loop_lag_max = 0.0
-        self._rates = Rates()
+        self.loop_lag = 0.0
+        self.loop_lag_max = 0.0
+        self.rates = Rates()
         self._sampler: asyncio.TimerHandle | None = None
         self.closed = False
 
@@ -348,41 +346,7 @@ class Replica:
 
     def statistics(self) -> RuntimeStatistics:
         """This replica's counters, as one frozen struct."""
-        core = self.core.statistics()
-        tail = self.log.tail
-        i = self.ingress
-        return RuntimeStatistics(
-            index=self.index,
-            pid=os.getpid(),
-            cpu=self.cpu,
-            loop=self.loop_name,
-            state="joining" if self.joining.active else "live",
-            applied_seq=core.cursor - 1,
-            tail=tail,
-            lag=max(0, tail - core.cursor),
-            entries_per_s=self._rates.entries_per_s,
-            queries=self.queries,
-            queries_per_s=self._rates.queries_per_s,
-            effects_run=self.effects_run,
-            effect_errors=self.effect_errors,
-            effect_stalls=self.effect_stalls,
-            loop_lag_ms=self._loop_lag * 1000,
-            loop_lag_max_ms=self._loop_lag_max * 1000,
-            wakeups_sent=self.wakeups_sent,
-            group_commits=self.core.group_commits,
-            gc_threshold=gc.get_threshold(),
-            gc_frozen=gc.get_freeze_count(),
-            gc_collections=tuple(s["collections"] for s in gc.get_stats()),
-            core=core,
-            ingress=IngressStatistics(
-                tcp_connections=i.tcp_connections,
-                tcp_accepted=i.tcp_accepted,
-                udp_received=i.udp_received,
-                udp_dropped_full=i.udp_dropped_full,
-                udp_refused=i.udp_refused,
-                replies_sent=i.replies_sent,
-            ),
-        )
+        return runtime_statistics(self)
 
     def log_statistics(self) -> LogStatistics:
         """The shared log's header, as this replica sees it."""
@@ -460,9 +424,9 @@ class Replica:
         assert self._loop is not None
         now = self._loop.time()
         lag = max(0.0, now - scheduled - SAMPLE_EVERY)
-        self._loop_lag = lag
-        self._loop_lag_max = max(self._loop_lag_max * 0.99, lag)
-        self._rates.update(self.core.machine.applied_entries, self.queries, time.monotonic())
+        self.loop_lag = lag
+        self.loop_lag_max = max(self.loop_lag_max * 0.99, lag)
+        self.rates.update(self.core.machine.applied_entries, self.queries, time.monotonic())
         if self.blobs._live:
             self.blobs.collect(self.log.slowest_cursor())
         if not self.closed:
@@ -614,20 +578,19 @@ class Replica:
         """Waiting at a given-up entry: True once it may be applied (poison or again)."""
         core = self.core
         seq = core.gave_up
-        if self.log.poisoned == seq:
+        verdict = core.verdict()
+        if verdict == "poison":
             self.poisoned_seen += 1
             log.error("replica %d: seq=%d is poison; applying it as an error", self.index, seq)
             for applied in core.apply_poisoned():
                 self._deliver(applied)
-            self.log.set_stuck(self.index, 0)
-            return True
-        log_ = self.log
-        if any(log_.cursor(i) > seq for i in log_.replicas_in(frozenset({ReplicaState.LIVE}))):
+        elif verdict == "again":
             log.warning("replica %d: seq=%d was applied elsewhere; applying again", self.index, seq)
             core.retry()
-            log_.set_stuck(self.index, 0)
-            return True
-        return False
+        else:
+            return False
+        self.log.set_stuck(self.index, 0)
+        return True
 
     def _deliver(self, applied: Applied) -> None:
         if applied.divergence is not None:

@@ -7,20 +7,26 @@ counters: there is no second bookkeeping to keep in step.
 
 from __future__ import annotations
 
+import gc
+import os
 import resource
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from .._core._log import LogStatistics
 from .._core._replica import ReplicaStatistics
 
+if TYPE_CHECKING:
+    from ._replica import Replica
+
 __all__ = (
     "ComponentSummary",
     "IngressCounters",
     "Rates",
     "component_sizes",
+    "runtime_statistics",
     "thread_usage",
     "IngressStatistics",
     "LogStatistics",
@@ -141,3 +147,42 @@ def component_sizes(component: Any) -> dict[str, int]:
         if hasattr(value, "__len__") and not isinstance(value, str | bytes):
             out[key] = len(value)
     return out
+
+
+def runtime_statistics(replica: Replica) -> RuntimeStatistics:
+    """A replica's counters, as one frozen struct (``Replica.statistics``)."""
+    core = replica.core.statistics()
+    tail = replica.log.tail
+    i = replica.ingress
+    return RuntimeStatistics(
+        index=replica.index,
+        pid=os.getpid(),
+        cpu=replica.cpu,
+        loop=replica.loop_name,
+        state="joining" if replica.joining.active else "live",
+        applied_seq=core.cursor - 1,
+        tail=tail,
+        lag=max(0, tail - core.cursor),
+        entries_per_s=replica.rates.entries_per_s,
+        queries=replica.queries,
+        queries_per_s=replica.rates.queries_per_s,
+        effects_run=replica.effects_run,
+        effect_errors=replica.effect_errors,
+        effect_stalls=replica.effect_stalls,
+        loop_lag_ms=replica.loop_lag * 1000,
+        loop_lag_max_ms=replica.loop_lag_max * 1000,
+        wakeups_sent=replica.wakeups_sent,
+        group_commits=replica.core.group_commits,
+        gc_threshold=gc.get_threshold(),
+        gc_frozen=gc.get_freeze_count(),
+        gc_collections=tuple(s["collections"] for s in gc.get_stats()),
+        core=core,
+        ingress=IngressStatistics(
+            tcp_connections=i.tcp_connections,
+            tcp_accepted=i.tcp_accepted,
+            udp_received=i.udp_received,
+            udp_dropped_full=i.udp_dropped_full,
+            udp_refused=i.udp_refused,
+            replies_sent=i.replies_sent,
+        ),
+    )
