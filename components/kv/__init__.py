@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ._commands import Commands as Commands
 from ._commands import Transactions as Transactions
+from ._connection import Connection as Connection
 from ._errors import KvError as KvError
 from ._expiry import Expiry as Expiry
 from ._hashes import Hashes as Hashes
@@ -25,7 +26,6 @@ from ._lists import Lists as Lists
 from ._pubsub import PubSub as PubSub
 from ._resp import RequestParser as RequestParser
 from ._resp import encode as encode
-from ._server import Connection as Connection
 from ._server import Server as Server
 from ._service import DEFAULT_PORT as DEFAULT_PORT
 from ._service import TABLE as TABLE

@@ -1,3 +1,3 @@
-from collections.abc import Buffer
-
-def scan(data: Buffer, pos: int, max_args: int, max_bulk: int, /) -> int: ...
+def scan(
+    data: bytes | bytearray | memoryview, pos: int, max_args: int, max_bulk: int, /
+) -> int: ...

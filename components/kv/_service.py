@@ -17,12 +17,13 @@ from typing import Final
 from dominoes import Component, Service
 
 from ._commands import Commands, Transactions
+from ._connection import Connection
 from ._expiry import Expiry
 from ._hashes import Hashes
 from ._keyspace import Keyspace
 from ._lists import Lists
 from ._pubsub import PubSub
-from ._server import Connection, start_hook, tcp_factory
+from ._server import start_hook, tcp_factory
 from ._sets import Sets
 from ._strings import Strings
 from ._table import Spec, commands_of

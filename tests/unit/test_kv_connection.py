@@ -15,7 +15,8 @@ from typing import Any
 import hiredis
 import pytest
 from dominoes.components.kv import TABLE, Commands, Connection, PubSub, make_service
-from dominoes.components.kv._server import MAX_IN_FLIGHT, tcp_factory
+from dominoes.components.kv._connection import MAX_IN_FLIGHT
+from dominoes.components.kv._server import tcp_factory
 
 from dominoes import LogFullError
 from dominoes.testing import Cluster, Pending

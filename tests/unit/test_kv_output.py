@@ -14,8 +14,9 @@ import logging
 from typing import Any
 
 import pytest
-from dominoes.components.kv import _server
-from dominoes.components.kv._server import OUTPUT_WATERMARK, Connection
+from dominoes.components.kv import _connection
+from dominoes.components.kv._connection import Connection
+from dominoes.components.kv._limits import OUTPUT_WATERMARK
 
 from .test_kv_connection import Client, World, pack
 
@@ -168,7 +169,7 @@ async def test_a_protocol_error_is_answered_after_the_held_back_commands() -> No
 
 
 async def test_done_entries_are_encoded_a_watermark_at_a_time(monkeypatch: Any) -> None:
-    monkeypatch.setattr(_server, "MAX_BATCH", 2)  # one SET + GET per entry
+    monkeypatch.setattr(_connection, "MAX_BATCH", 2)  # one SET + GET per entry
     w = World()
     c, t = stuck(w)
     await c.ask(("SET", "big", VALUE))
@@ -183,12 +184,12 @@ async def test_done_entries_are_encoded_a_watermark_at_a_time(monkeypatch: Any) 
 
 
 async def test_entries_in_flight_hold_back_the_rest_of_a_read(monkeypatch: Any) -> None:
-    monkeypatch.setattr(_server, "MAX_BATCH", 4)
+    monkeypatch.setattr(_connection, "MAX_BATCH", 4)
     w = World()
     c = w.client(0)
-    n = 4 * (_server.MAX_IN_FLIGHT + 10)
+    n = 4 * (_connection.MAX_IN_FLIGHT + 10)
     c.send(*[("SET", "k", i) for i in range(n)])
-    assert len(c.conn.pending) == _server.MAX_IN_FLIGHT + 1  # not one entry per 4 commands
+    assert len(c.conn.pending) == _connection.MAX_IN_FLIGHT + 1  # not one entry per 4 commands
     assert c.conn.backlog
     assert not c.transport.reading
     await w.settle()
