@@ -182,10 +182,7 @@ class Children:
             digest = msgspec.json.decode(data, type=dict[str, str]) if ok and data else None
             if digest is None:
                 log.warning("replica %d: the digest at seq %d failed", self._r.index, seq)
-            for divergence in self._r.core.digest_done(seq, digest, now=time.time()):
-                self._r._on_divergence(divergence)
-            if not self._r.closed:
-                self._r._schedule()  # the report waits in the outbox
+            self._r.digest_done(seq, digest)
 
         self.watch(pid, done)
         return True

@@ -212,11 +212,7 @@ class Replica:
         payload = self._encode(event, args, kwargs, _mode, _request_id)
         assert self._loop is not None
         fut = self._loop.create_future()
-        await when_room(
-            lambda: self.core.submit_nowait(payload, fut, now=time.time()),
-            stopped=lambda: self.closed,
-        )
-        self._after_append()
+        await when_room(lambda: self._submit_now(payload, fut), stopped=lambda: self.closed)
         return await fut
 
     def submit_soon(
@@ -279,9 +275,22 @@ class Replica:
         payload = self._encode(event, args, kwargs, _mode, _request_id)
         assert self._loop is not None
         fut = self._loop.create_future()
-        self.core.submit_nowait(payload, fut, now=time.time())
-        self._after_append()
+        self._submit_now(payload, fut)
         return fut
+
+    def _submit_now(self, payload: bytes, fut: asyncio.Future[Any]) -> int:
+        """Append (queued group-commit calls first) or raise :class:`LogFullError`.
+
+        Wakes sleeping replicas after anything was appended, even when this
+        payload itself found the log full behind the group.
+        """
+        core = self.core
+        before = core.appended
+        try:
+            return core.submit_nowait(payload, fut, now=time.time())
+        finally:
+            if core.appended != before:
+                self._after_append()
 
     def query(self, ref: str | query[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run a ``@query`` against this replica's state.
@@ -477,6 +486,13 @@ class Replica:
             took * 1000,
             self.stall_threshold * 1000,
         )
+
+    def digest_done(self, seq: int, digest: dict[str, str] | None) -> None:
+        """A digest of the state at ``seq`` computed elsewhere (None: it failed)."""
+        for divergence in self.core.digest_done(seq, digest, now=time.time()):
+            self._on_divergence(divergence)
+        if not self.closed:
+            self._schedule()  # the report waits in the outbox
 
     def _on_divergence(self, d: Divergence) -> None:
         self.divergences = [*self.divergences[-9:], d]
