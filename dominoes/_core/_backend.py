@@ -127,7 +127,7 @@ class LogBackend(Protocol):
         ...
 
     def mark_dead(self, replica: int, /) -> None:
-        """A dead replica stops holding the log (invariant 5)."""
+        """A dead replica stops holding the log (invariant 7)."""
         ...
 
     def state(self, replica: int, /) -> int:

@@ -14,20 +14,28 @@ process, no fork, no shared memory.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import dominoes._core._replica as core_replica
-from dominoes import Component, Context, Replica, Service, query, update
+from dominoes import Component, Context, Replica, Service, update
 from dominoes._core._codec import Fire
 from dominoes._core._memory import MemoryLogHost
 from dominoes._runtime._wakeups import LoopWakeups
 from dominoes.testing import Cluster
 
 DRIVERS = ["cluster", "runtime"]
+#: events the timer's effect sets (on whichever replica owns the Fire entry)
+RANG: list[asyncio.Event] = []
+
+
+def rang() -> None:
+    for event in RANG:
+        event.set()
+
+
 CALLS = 5
 DELAY = 0.05
 
@@ -50,10 +58,7 @@ class Ledger(Component):
     @update
     def ring(self, ctx: Context, deadline: float) -> None:
         self.fired.append((ctx.now, deadline))
-
-    @query
-    def count(self) -> int:
-        return len(self.fired)
+        ctx.effect(rang)
 
 
 def service() -> Service:
@@ -121,11 +126,14 @@ async def on_runtime(tmp_path: Path) -> Observed:
         a, b = replicas
         futs = [a.submit_soon(Ledger.add, f"l{i}") for i in range(CALLS)]
         results = await asyncio.wait_for(asyncio.gather(*futs), 10)
-        await b.submit(Ledger.arm, DELAY)
-        deadline = time.monotonic() + 10
-        while not b.query(Ledger.count) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)  # the replicas' own timers fire it
-        b.sync()
+        fired = asyncio.Event()
+        RANG.append(fired)
+        try:
+            await b.submit(Ledger.arm, DELAY)
+            await asyncio.wait_for(fired.wait(), 10)  # the replicas' own timers fire it
+        finally:
+            RANG.remove(fired)
+        b.sync()  # the owner of the Fire entry may have been the other replica
         entries = b.statistics().core.applied_entries
         ledger = b.component(Ledger)
         return Observed(list(results), entries - 2, ledger.lines, ledger.fired)
