@@ -1,7 +1,10 @@
 """Shared test configuration.
 
-Async tests run on uvloop by default; ``DOMINOES_TEST_LOOP=asyncio`` runs the
-whole suite on the stdlib loop instead.
+Every ``async def`` test runs twice, once on each event loop dominoes supports:
+``test_x[asyncio]`` on the stdlib loop and ``test_x[uvloop]`` on uvloop
+(``-k uvloop`` keeps the uvloop runs).  pytest-asyncio parametrizes them from
+:func:`pytest_asyncio_loop_factories`; async fixtures run on the loop of the
+test that requests them.
 """
 
 from __future__ import annotations
@@ -9,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from typing import Any
 
 import pytest
+import uvloop
 from hypothesis import HealthCheck, settings
 
 # Hypothesis: 200 examples per property in CI (the foundation issue's floor),
@@ -27,22 +30,18 @@ settings.register_profile(
 settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=2000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-LOOP = os.environ.get("DOMINOES_TEST_LOOP", "uvloop")
+#: The event loops every async test runs on: parametrization id -> loop factory.
+LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
 
 
-def _factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    if LOOP == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop
-    if LOOP == "asyncio":
-        return asyncio.new_event_loop
-    raise pytest.UsageError(f"DOMINOES_TEST_LOOP must be uvloop or asyncio, not {LOOP!r}")
-
-
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
-    return {LOOP: _factory()}
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    return LOOP_FACTORIES
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"dominoes event loop: {LOOP}"
+    return f"dominoes event loops: {', '.join(LOOP_FACTORIES)} (every async test on each)"

@@ -34,10 +34,20 @@ def free_port() -> int:
 
 
 class Service:
-    """A ``dominoes run`` process: its port, run dir, output and control socket."""
+    """A ``dominoes run`` process: its port, run dir, output and control socket.
+
+    ``loop`` is its ``--loop``, the replicas' event loop: uvloop, the default
+    in production, unless a test asks for another.
+    """
 
     def __init__(
-        self, target: str, run_dir: Path, *, replicas: int = 2, args: tuple[str, ...] = ()
+        self,
+        target: str,
+        run_dir: Path,
+        *,
+        replicas: int = 2,
+        args: tuple[str, ...] = (),
+        loop: str = "uvloop",
     ) -> None:
         self.target = target
         self.run_dir = run_dir
@@ -46,7 +56,7 @@ class Service:
             sys.executable, "-m", "dominoes", "run", target,
             "--replicas", str(replicas), "--port", str(self.port),
             "--run-dir", str(run_dir), "--log-level", "INFO",
-            "--loop", os.environ.get("DOMINOES_TEST_LOOP", "uvloop"), *args,
+            "--loop", loop, *args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
