@@ -355,7 +355,7 @@ class _Search:
 
     def _remember(self, stack: list[tuple[int, str | None]], state: str | None) -> None:
         """Note the deepest configuration: its last operations and what could follow."""
-        window = []
+        window: list[int] = []
         e = self.nxt[0]
         while e != self.tail:
             i = self.ev_op[e]

@@ -7,10 +7,12 @@ import os
 import re
 import sys
 import time
+from typing import cast
 
 import msgspec
 
 from dominoes import Component, Context, DominoesError, Replica, Service, query, update
+from dominoes.lowlevel import Log
 
 
 class Journal(Component):
@@ -178,7 +180,8 @@ def wedge(replica: Replica) -> None:
     marker = replica.run_dir / "wedged"
     if replica.index == 1 and not marker.exists():
         marker.touch()
-        replica.core.log.try_reserve(1, 1)
+        # the runtime's log backend is the shared-memory Log, which can reserve
+        cast(Log, replica.core.log).try_reserve(1, 1)
 
 
 wedged = Service("wedged", [Grudge()], tcp=call_protocol, on_start=wedge)

@@ -68,6 +68,12 @@ def segment() -> Iterator[Callable[[int], SharedMemory]]:
         assert not os.path.exists(f"/dev/shm/{shm.name}")
 
 
+def mapped(shm: SharedMemory) -> memoryview:
+    """The segment's mapping (typed ``memoryview | None``: None once closed)."""
+    assert shm.buf is not None
+    return shm.buf
+
+
 def _start_together(w: Words) -> None:
     """Child side of the start line: report ready, then wait (politely) for GO."""
     w.fetch_add(READY, 1)
@@ -91,7 +97,7 @@ def _run(shm: SharedMemory, target: Callable[..., None], args: list[tuple[Any, .
     def failed() -> bool:
         return any(p.exitcode not in (None, 0) for p in procs)
 
-    with AtomicWords(shm.buf) as w:
+    with AtomicWords(mapped(shm)) as w:
         try:
             for p in procs:
                 p.start()
@@ -122,7 +128,7 @@ def _run(shm: SharedMemory, target: Callable[..., None], args: list[tuple[Any, .
 
 def _attach(name: str) -> tuple[SharedMemory, AtomicWords]:
     shm = SharedMemory(name=name)
-    return shm, AtomicWords(shm.buf)
+    return shm, AtomicWords(mapped(shm))
 
 
 def _detach(shm: SharedMemory, w: AtomicWords) -> None:
@@ -148,7 +154,7 @@ def _fetch_add_child(name: str, n: int) -> None:
 def test_fetch_add_total_is_exact(segment: Callable[[int], SharedMemory], nprocs: int) -> None:
     shm = segment(8)
     _run(shm, _fetch_add_child, [(shm.name, FETCH_ADD_N)] * nprocs)
-    with AtomicWords(shm.buf) as w:
+    with AtomicWords(mapped(shm)) as w:
         assert w.load_acquire(DATA) == nprocs * FETCH_ADD_N
 
 
@@ -175,7 +181,7 @@ def _cas_child(name: str, me: int, nslots: int) -> None:
 def test_cas_claims_have_exactly_one_winner(segment: Callable[[int], SharedMemory]) -> None:
     shm = segment(8 * CAS_SLOTS)
     _run(shm, _cas_child, [(shm.name, i, CAS_SLOTS) for i in range(CAS_PROCS)])
-    with AtomicWords(shm.buf) as w:
+    with AtomicWords(mapped(shm)) as w:
         wins = [w.load_acquire(RESULT + i * LINE) for i in range(CAS_PROCS)]
         owners = [w.load_acquire(off) for off in range(DATA, DATA + 8 * CAS_SLOTS, 8)]
     # every slot has a winner, and each winner's tally matches the slots that
@@ -200,8 +206,8 @@ def _dekker_child(name: str, me: int, rounds: int, plain: bool = False) -> None:
         # Both sides must really run at once for the litmus test to mean anything.
         os.sched_setaffinity(0, {cpus[me]})
     shm, w = _attach(name)
-    q = shm.buf.cast("Q")
-    seen = shm.buf[DATA + me * rounds : DATA + (me + 1) * rounds]
+    q = mapped(shm).cast("Q")
+    seen = mapped(shm)[DATA + me * rounds : DATA + (me + 1) * rounds]
     try:
         _start_together(w)
         mine, theirs = FLAG + me * LINE, FLAG + (1 - me) * LINE
@@ -233,8 +239,8 @@ def _dekker_child(name: str, me: int, rounds: int, plain: bool = False) -> None:
 def test_store_load_is_never_reordered(segment: Callable[[int], SharedMemory]) -> None:
     shm = segment(2 * DEKKER_ROUNDS)
     _run(shm, _dekker_child, [(shm.name, 0, DEKKER_ROUNDS), (shm.name, 1, DEKKER_ROUNDS)])
-    a = bytes(shm.buf[DATA : DATA + DEKKER_ROUNDS])
-    b = bytes(shm.buf[DATA + DEKKER_ROUNDS : DATA + 2 * DEKKER_ROUNDS])
+    a = bytes(mapped(shm)[DATA : DATA + DEKKER_ROUNDS])
+    b = bytes(mapped(shm)[DATA + DEKKER_ROUNDS : DATA + 2 * DEKKER_ROUNDS])
     assert set(a) <= {0, 1}
     assert set(b) <= {0, 1}
     both_missed = sum(1 for x, y in zip(a, b, strict=True) if not x and not y)

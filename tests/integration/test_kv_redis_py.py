@@ -3,6 +3,8 @@ WATCH across replicas and expiry, against ``dominoes run ... --replicas 2``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import redis
 
@@ -56,7 +58,7 @@ def test_errors_like_redis(on: dict[int, redis.Redis]) -> None:
     r.rpush("l", "x")
     r.set("t", "text")
     r.set("big", 2**63 - 1)
-    cases = [
+    cases: list[tuple[Callable[[], object], str]] = [
         (lambda: r.get("l"), "WRONGTYPE Operation against a key holding the wrong kind of value"),
         (lambda: r.incr("t"), "value is not an integer or out of range"),
         (lambda: r.incr("big"), "increment or decrement would overflow"),
@@ -152,11 +154,12 @@ def test_pipeline_without_transaction_keeps_order_and_reads_its_writes(
 def test_multi_exec_pipeline(on: dict[int, redis.Redis]) -> None:
     r0, r1 = on[0], on[1]
     pipe = r0.pipeline(transaction=True)
-    pipe.set("t", 1).incr("t").get("t").rpush("tl", "a").lrange("tl", 0, -1)
+    # redis-py types a pipeline's commands as the client's: they return the pipeline
+    pipe.set("t", 1).incr("t").get("t").rpush("tl", "a").lrange("tl", 0, -1)  # type: ignore[union-attr]
     assert pipe.execute() == [True, 2, b"2", 1, [b"a"]]
     settled(on, "t", b"2")
     pipe = r1.pipeline(transaction=True)
-    pipe.set("t", "text").incr("t").get("t")
+    pipe.set("t", "text").incr("t").get("t")  # type: ignore[union-attr]
     out = pipe.execute(raise_on_error=False)
     assert out[0] is True
     assert isinstance(out[1], redis.ResponseError)
@@ -169,7 +172,8 @@ def test_watch_conflict_between_replicas(on: dict[int, redis.Redis]) -> None:
     settled(on, "balance", b"100")
     with r0.pipeline() as pipe:
         pipe.watch("balance")
-        current = int(pipe.get("balance"))
+        # watching, a pipeline runs a command at once and returns its reply
+        current = int(pipe.get("balance"))  # type: ignore[arg-type]
         r1.set("balance", 50)  # another client, on the other replica
         wait_for(lambda: r0.get("balance") == b"50")
         pipe.multi()
@@ -179,7 +183,7 @@ def test_watch_conflict_between_replicas(on: dict[int, redis.Redis]) -> None:
     assert r0.get("balance") == b"50"
 
     def credit(pipe: redis.client.Pipeline) -> None:
-        value = int(pipe.get("balance"))
+        value = int(pipe.get("balance"))  # type: ignore[arg-type]
         pipe.multi()
         pipe.set("balance", value + 10)
 

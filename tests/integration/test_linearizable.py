@@ -76,6 +76,7 @@ class Recorder:
         invoke = time.monotonic_ns()
         try:
             if op == "SET":
+                assert arg is not None, "SET needs a value"
                 result: Any = await conn.set(key, arg)
             elif op == "GET":
                 result = await conn.get(key)

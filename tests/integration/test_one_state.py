@@ -26,7 +26,9 @@ from .kv_helpers import client, clients_on_every_replica
 ROUNDS = 10_000
 
 
-def stale_reads(on: dict[int, redis.Redis], rounds: int, key: str) -> list[tuple[int, bytes]]:
+def stale_reads(
+    on: dict[int, redis.Redis], rounds: int, key: str
+) -> list[tuple[int, bytes | str | None]]:
     """Write on one replica, read on the other, alternating; the reads that missed."""
     stale = []
     for i in range(rounds):
@@ -92,7 +94,7 @@ def test_every_read_sees_a_write_a_local_client_had_acknowledged(
     replica claims it applies it first and replies); the read through either
     replica's RESP connection."""
 
-    async def main() -> list[tuple[int, int, bytes | None]]:
+    async def main() -> list[tuple[int, int, bytes | str | None]]:
         stale = []
         async with await dominoes.connect("kv", run_dir=svc.run_dir) as c:
             for i in range(ROUNDS):

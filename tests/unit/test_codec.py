@@ -80,7 +80,7 @@ def test_decoded_entries_hold_no_view_into_the_source_buffer() -> None:
     )
     buf = bytearray(encode(entry))
 
-    got = decode(buf, 5)
+    got = decode(buf, 5)  # type: ignore[arg-type]  # typed for bytes; takes any buffer
     for i in range(len(buf)):
         buf[i] = 0xFF - buf[i]  # scribble over every byte
 
@@ -95,7 +95,7 @@ def test_decode_accepts_a_memoryview_and_copies_out() -> None:
     buf = bytearray(encode(entry))
     view = memoryview(buf)
 
-    got = decode(view, 1)
+    got = decode(view, 1)  # type: ignore[arg-type]  # typed for bytes; takes any buffer
     view.release()
     buf[:] = bytes(len(buf))
 

@@ -245,7 +245,8 @@ def executions(draw: st.DrawFn) -> list[Op]:
         invoke = at - draw(st.integers(0, 45))
         response: float = at + draw(st.integers(0, 45))
         fate = draw(st.sampled_from(["done"] * 8 + ["lost reply", "never ran"]))
-        arg = result = None
+        arg: int | None = None
+        result: int | bool | None = None
         if fate != "never ran":
             if kind == "SET":
                 arg = 100 * i
@@ -330,7 +331,8 @@ def small_histories(draw: st.DrawFn) -> list[Op]:
         response: float = invoke + draw(st.integers(0, 10))
         if draw(st.integers(0, 5)) == 0:
             response = INF
-        arg = result = None
+        arg: str | None = None
+        result: object = None
         if kind == "SET":
             arg = draw(st.sampled_from(["1", "2", "x"]))
             result = True

@@ -147,8 +147,8 @@ def test_the_default_falls_back_to_asyncio(monkeypatch: pytest.MonkeyPatch) -> N
 def test_asyncio_policy_makes_a_stdlib_loop() -> None:
     loop = loops.get("asyncio").new_event_loop()
     try:
-        assert isinstance(loop, asyncio.BaseEventLoop)
         assert not isinstance(loop, uvloop.Loop)
+        assert isinstance(loop, asyncio.BaseEventLoop)
         assert type(loop).__module__.startswith("asyncio.")
     finally:
         loop.close()
