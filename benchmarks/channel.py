@@ -76,7 +76,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing import reduction
 from typing import Any, Final
@@ -573,7 +573,8 @@ def _quantile(sorted_values: list[int], q: float) -> float:
 @contextlib.contextmanager
 def _transport_handle(
     transport: str, ctx: multiprocessing.context.SpawnContext, capacity: int
-) -> Any:  # Iterator of (producer handle, consumer handle)
+) -> Iterator[tuple[Any, Any]]:
+    """(producer handle, consumer handle): what each child needs to reach the channel."""
     if transport == "dominoes":
         shared = SharedLog.create(f"bench-{os.getpid()}", capacity=capacity)
         wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
