@@ -168,10 +168,16 @@ class LogBackend(Protocol):
 
 
 class LogHost(Protocol):
-    """The supervisor's side of one backend instance."""
+    """One process's hold on one backend instance: the supervisor's, or a replica's.
 
-    #: the supervisor's own handle (membership, dead replicas, poison verdicts)
-    log: LogBackend
+    The supervisor gets one from :meth:`LogFactory.create`; a replica process
+    from :meth:`LogFactory.attach`, given the handles the supervisor passed.
+    """
+
+    @property
+    def log(self) -> LogBackend:
+        """This process's handle (the supervisor's: membership, dead replicas, verdicts)."""
+        ...
 
     def handles(self) -> list[int]:
         """File descriptors a replica process inherits to reach this log."""
@@ -185,10 +191,21 @@ class LogHost(Protocol):
 class LogFactory(Protocol):
     """What a ``dominoes.logs`` entry point names: creates hosts, attaches replicas."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The backend's name (``--log NAME``)."""
+        ...
 
     def create(
         self, *, capacity: int, slot_size: int, replicas: int, max_entry_slots: int | None
     ) -> LogHost:
-        """A new, empty log for ``replicas`` replicas."""
+        """A new, empty log for ``replicas`` replicas (in the supervisor)."""
+        ...
+
+    def attach(self, handles: list[int]) -> LogHost:
+        """Reach a log :meth:`create` made, in another process, from its ``handles()``.
+
+        Raises ``ValueError`` for a backend whose log cannot be reached from
+        another process.
+        """
         ...

@@ -9,8 +9,6 @@ replicas explicitly, and runtime ``Replica`` objects sharing one event loop
 
 from __future__ import annotations
 
-from typing import Final
-
 from ._log import DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE, Log
 from ._words import PlainWords
 
@@ -40,6 +38,9 @@ class MemoryLogHost:
             max_entry_slots=max_entry_slots,
         )
 
+    def attach(self, handles: list[int]) -> MemoryLogHost:
+        raise ValueError("the memory log lives in one process: no other process can attach")
+
     def handle(self) -> Log:
         """A new participant's handle (each keeps its own cached reserve limit)."""
         return Log(self._buf, self._words)
@@ -54,7 +55,9 @@ class MemoryLogHost:
 class MemoryLogFactory:
     """The ``memory`` entry of the ``dominoes.logs`` group (one process only)."""
 
-    name: Final = "memory"
+    @property
+    def name(self) -> str:
+        return "memory"
 
     def create(
         self, *, capacity: int, slot_size: int, replicas: int, max_entry_slots: int | None
@@ -65,3 +68,6 @@ class MemoryLogFactory:
             replicas=replicas,
             max_entry_slots=max_entry_slots,
         )
+
+    def attach(self, handles: list[int]) -> MemoryLogHost:
+        raise ValueError("the memory log lives in one process: no other process can attach")

@@ -1,6 +1,6 @@
 """Local clients, the replica side: reply to entries appended by ``dominoes.connect``.
 
-A local client (``dominoes._client``) appends ``race`` entries straight into
+A local client (``dominoes._runtime._client``) appends ``race`` entries straight into
 the shared log from its own *client line* (a header line above the replicas,
 ``n .. max_replicas - 1``, that never holds the log back), so the replica
 that claims such an entry first owns it.  The owner learns where to reply

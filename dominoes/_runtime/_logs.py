@@ -20,7 +20,7 @@ replica as processes of their own (:func:`for_processes`).
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint, entry_points
-from typing import Final, cast
+from typing import Final
 
 from .._core._backend import LogFactory
 from .._core._memory import MemoryLogFactory
@@ -54,9 +54,7 @@ def get(name: str, *, service: str = "log") -> LogFactory:
     if name == "shm":
         return ShmLogFactory(service)
     if name == "memory":
-        # Its name is Final and its host's log a Log, where the protocol declares
-        # settable attributes: right at run time, stricter than it in a type checker.
-        return cast("LogFactory", MemoryLogFactory())
+        return MemoryLogFactory()
     candidates = [ep for ep in entry_points(group=GROUP) if ep.name == name]
     if not candidates:
         raise LookupError(f"no log backend named {name!r}; available: {', '.join(names())}")

@@ -24,14 +24,15 @@ from typing import Any
 
 import msgspec
 
+from .._core._backend import LogHost
 from .._core._service import Service
+from . import _logs as logs
 from ._control import replica_socket, serve_replica
 from ._ingress import start_tcp, start_udp
 from ._local import LocalReplies, start_local
 from ._monitor import MonitorPortError, start_monitor
 from ._pdeath import die_with_parent
 from ._replica import Replica
-from ._shm import SharedLog
 from ._wakeups import EventfdWakeups
 
 log = logging.getLogger("dominoes.replica")
@@ -52,6 +53,8 @@ class ReplicaConfig(msgspec.Struct, kw_only=True):
     port: int
     run_dir: str
     log_fd: int
+    #: the log backend (``--log``) whose factory attaches ``log_fd``
+    log: str = "shm"
     wake_fds: list[int]
     parent_fd: int
     ready_fd: int
@@ -163,12 +166,12 @@ def _where(filename: str, lineno: int | None) -> str:
     return f"{path}:{lineno}" if lineno else str(path)
 
 
-async def serve(config: ReplicaConfig, service: Service, shared: SharedLog) -> int:
+async def serve(config: ReplicaConfig, service: Service, attached: LogHost) -> int:
     """Serve until SIGTERM/SIGINT (drain, exit 0) or the supervisor's death (exit 1).
 
     Stopping goes in order: ingress first (listening sockets, the control
     socket, the monitor), then the drain of what is already in the log, then
-    the replica closes (its callbacks become no-ops).  ``shared`` is released
+    the replica closes (its callbacks become no-ops).  ``attached`` is released
     by :func:`main` only once the event loop is closed: a connection's late
     data or a scheduled drain must never find the log's memory gone (that
     was ``ValueError: buffer released`` on Ctrl-C under load).  A failure
@@ -181,7 +184,7 @@ async def serve(config: ReplicaConfig, service: Service, shared: SharedLog) -> i
     replica = Replica(
         service,
         config.index,
-        shared.log(),
+        attached.log,
         EventfdWakeups(config.wake_fds),
         replicas=config.replicas,
         run_dir=Path(config.run_dir),
@@ -323,9 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         # meanwhile, a plugin removed), in one line.
         log.error("replica %d: %s", config.index, exc)
         return 2
-    shared = SharedLog.attach(config.log_fd)
+    attached = logs.get(config.log).attach([config.log_fd])
     try:
-        return int(policy.run(serve(config, service, shared)))
+        return int(policy.run(serve(config, service, attached)))
     except OSError as exc:
         # Typically the address: say so in one line rather than a traceback.
         log.error(
@@ -336,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         # The loop is closed (and gave SIGINT back to Python: a second Ctrl-C
         # must not raise here): nothing can touch the log any more.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        shared.close()
+        attached.close()
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import mmap
 import os
 from typing import Final
 
-from .._core._backend import LogBackend
 from .._core._log import DEFAULT_CAPACITY, DEFAULT_MAX_REPLICAS, DEFAULT_SLOT_SIZE, Log
 from ._atomics import AtomicWords
 
@@ -140,9 +139,9 @@ class ShmLogHost:
 
     def __init__(self, shared: SharedLog) -> None:
         self.shared = shared
-        #: the supervisor's own handle (membership, dead replicas, poison verdicts);
-        #: a ``Log``, typed as the protocol's settable attribute requires
-        self.log: LogBackend = shared.log()
+        #: this process's own handle (the supervisor's: membership, dead
+        #: replicas, poison verdicts)
+        self.log: Log = shared.log()
 
     def handles(self) -> list[int]:
         """What a replica process inherits to reach the log: the memfd."""
@@ -156,7 +155,7 @@ class ShmLogHost:
 class ShmLogFactory:
     """The ``shm`` entry of the ``dominoes.logs`` group: a log in a sealed memfd."""
 
-    name: str = "shm"  # not Final: the protocol's attribute is settable
+    name: Final = "shm"
 
     def __init__(self, service: str = "log") -> None:
         #: names the memfd (``/proc/PID/fd`` shows ``/memfd:dominoes-SERVICE``)
@@ -174,3 +173,9 @@ class ShmLogFactory:
                 max_entry_slots=max_entry_slots,
             )
         )
+
+    def attach(self, handles: list[int]) -> ShmLogHost:
+        """Map the memfd a replica process inherited (``handles()`` of the host)."""
+        if len(handles) != 1:
+            raise ValueError(f"the shm log is reached through one memfd, not {len(handles)} fds")
+        return ShmLogHost(SharedLog.attach(handles[0]))

@@ -244,7 +244,8 @@ class Supervisor:
                 # recovery of dead lines needs (fill_abandoned: the ring's own).
                 raise RuntimeError(
                     f"log backend {self.config.log!r} cannot serve replica processes: they "
-                    f"attach through one inherited fd to a ring log (it gives "
+                    f"inherit one fd, and the supervisor recovers dead lines of a ring log "
+                    f"(it gives "
                     f"{type(log_handle).__name__} and {len(handles)} fds)"
                 )
             if self.n > log_handle.max_replicas:
@@ -270,6 +271,7 @@ class Supervisor:
             port=self.config.port,
             run_dir=str(self.run_dir),
             log_fd=self._log_fd,
+            log=self.config.log,
             wake_fds=self.wake_fds,
             parent_fd=self._parent_r,
             ready_fd=ready_w,

@@ -8,7 +8,7 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from dominoes._core._log import Log
+from dominoes._core._log import KIND_ENTRY, Log
 from dominoes._core._memory import MemoryLogFactory
 from dominoes._runtime import _logs
 from dominoes._runtime._shm import SharedLog, ShmLogFactory, ShmLogHost
@@ -107,3 +107,23 @@ def test_a_shape_the_log_refuses_leaves_nothing_mapped() -> None:
     with pytest.raises(ValueError, match="capacity must be a power of two"):
         ShmLogFactory().create(capacity=3, slot_size=128, replicas=2, max_entry_slots=None)
     assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_replica_process_attaches_through_the_factory() -> None:
+    """What ``_process`` does with the fds the supervisor's host hands out."""
+    factory = _logs.get("shm", service="attach")
+    host = factory.create(capacity=16, slot_size=128, replicas=2, max_entry_slots=None)
+    try:
+        seq = host.log.try_append(0, b"hello")
+        attached = factory.attach([os.dup(fd) for fd in host.handles()])
+        try:
+            assert attached.log.read(seq) == (KIND_ENTRY, 1, b"hello")
+        finally:
+            attached.close()
+    finally:
+        host.close()
+
+
+def test_the_memory_log_cannot_be_attached_from_elsewhere() -> None:
+    with pytest.raises(ValueError, match="one process"):
+        _logs.get("memory").attach([])
