@@ -15,13 +15,14 @@ journal keeps everything until then.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from ._codec import decode
-from ._log import KIND_NOOP
-from ._machine import StateMachine
+from ._backend import LogBackend
+from ._codec import Control, Entry, decode, encode
+from ._log import KIND_BLOB, KIND_NOOP, ReplicaState
+from ._machine import Applied, Divergence, StateMachine
 
-__all__ = ("POISONED", "RecoveryPoint")
+__all__ = ("POISONED", "Recovering", "RecoveryPoint")
 
 #: Entries and journal bytes after which the recovery point is renewed.  A
 #: renewal snapshots the whole state (a cost proportional to its size, paid by
@@ -117,3 +118,156 @@ class RecoveryPoint:
                 machine.apply(decode(payload, seq), False, nslots)
         machine.applied_entries, machine.errors, machine.timers_fired = stats
         self.rollbacks += 1
+
+
+class Recovering:
+    """``ReplicaCore``'s recovery point, poison-entry and digest calls (a mixin of it).
+
+    See the module doc of ``_replica`` (giving up on an entry) and
+    docs/design/reads-and-poison.md.
+    """
+
+    log: LogBackend
+    machine: StateMachine
+    index: int
+    recovery: RecoveryPoint | None
+    gave_up: int
+    checkpoint_entries: int
+    checkpoint_bytes: int
+    snapshotter: Callable[[int], bool] | None
+    outbox: list[bytes]
+
+    if TYPE_CHECKING:
+
+        def _blob(self, ref: bytes) -> bytes: ...
+        def _outcomes(self, applied: Applied, out: list[Applied]) -> None: ...
+        def _owns(self, entry: Entry) -> bool: ...
+
+    def enable_recovery(self, snapshot: bytes | None = None) -> None:
+        """Keep a recovery point from now on (the runtime does; see the module doc).
+
+        ``snapshot``: the state at the current cursor, when the caller has it
+        already (a joiner's loaded snapshot); otherwise it is taken now.
+        """
+        point = RecoveryPoint(self.machine.snapshot() if snapshot is None else snapshot)
+        point.every_entries = self.checkpoint_entries
+        point.every_bytes = self.checkpoint_bytes
+        self.recovery = point
+
+    def checkpoint(self) -> None:
+        """Renew the recovery point at the current cursor.
+
+        Without a :attr:`snapshotter` the snapshot is taken here, on the
+        caller's time.  With one (the runtime's forks a child that encodes
+        the state while the replica goes on), the snapshot is only started:
+        the journal keeps everything until :meth:`checkpoint_done` says the
+        snapshot at that cursor is complete.  One runs at a time.
+        """
+        recovery = self.recovery
+        if recovery is None:
+            return
+        if self.snapshotter is not None:
+            if recovery.renewing:
+                return
+            cursor = self.machine.cursor
+            if self.snapshotter(cursor):
+                recovery.started(cursor)
+                return
+        # no background snapshot (none offered, or it could not start): here
+        recovery.renewed(self.machine.snapshot())
+
+    def checkpoint_done(self, cursor: int, load: Callable[[], bytes]) -> None:
+        """The background snapshot at ``cursor`` is complete; ``load()`` reads it."""
+        if self.recovery is not None:
+            self.recovery.done(cursor, load)
+
+    def checkpoint_failed(self, cursor: int) -> None:
+        """The background snapshot at ``cursor`` failed: the older point stays."""
+        if self.recovery is not None:
+            self.recovery.failed(cursor)
+
+    def rollback(self) -> None:
+        """Restore the state to just before :attr:`gave_up` (snapshot, then replay).
+
+        The replay applies the journal as a non-owner: the effects and replies
+        of those entries already happened, and snapshots asked of this
+        replica were written then.  ``gave_up`` stays set until the entry is
+        applied (:meth:`retry` or :meth:`apply_poisoned`).
+        """
+        if self.recovery is None:
+            raise RuntimeError("rollback without a recovery point (call enable_recovery)")
+        machine = self.machine
+        self.recovery.replay(machine)
+        if self.gave_up and machine.cursor != self.gave_up:
+            raise RuntimeError(
+                f"replica {self.index}: rollback reached {machine.cursor}, not {self.gave_up}"
+            )
+
+    @property
+    def rollbacks(self) -> int:
+        return 0 if self.recovery is None else self.recovery.rollbacks
+
+    @property
+    def checkpoints(self) -> int:
+        return 0 if self.recovery is None else self.recovery.checkpoints
+
+    def digest_done(
+        self, seq: int, digest: dict[str, str] | None, *, now: float
+    ) -> list[Divergence]:
+        """A digest the driver computed for ``seq`` (``StateMachine.digest_writer``).
+
+        Queues this replica's report of it in :attr:`outbox` and returns the
+        divergences it shows against reports that arrived first.
+        """
+        found = self.machine.digest_done(seq, digest)
+        if digest is not None:
+            self.outbox.append(
+                encode(Control("digest", [self.index, seq, digest], now, self.index))
+            )
+        return found
+
+    def verdict(self) -> str:
+        """Waiting at the given-up entry: may it be applied now, and how?
+
+        ``"poison"``: the supervisor declared it poison (every live replica
+        gave up on it): :meth:`apply_poisoned`.  ``"again"``: some live
+        replica applied it, so it is not poison: :meth:`retry`.  ``""``: keep
+        waiting.
+        """
+        seq, log = self.gave_up, self.log
+        if not seq:
+            return ""
+        if log.poisoned == seq:
+            return "poison"
+        live = log.replicas_in(frozenset({ReplicaState.LIVE}))
+        if any(log.cursor(i) > seq for i in live):
+            return "again"
+        return ""
+
+    def interrupted(self) -> int:
+        """:attr:`gave_up`, as a call (a driver checks it again after :meth:`poll`)."""
+        return self.gave_up
+
+    def retry(self) -> None:
+        """Apply the given-up entry again (another replica finished it: not poison)."""
+        self.gave_up = 0
+
+    def apply_poisoned(self) -> list[Applied]:
+        """Apply the given-up entry as a :class:`PoisonedEntryError` (every replica does)."""
+        seq = self.gave_up
+        machine = self.machine
+        got = self.log.read(seq)
+        if got is None or machine.cursor != seq:
+            raise RuntimeError(f"replica {self.index}: poison seq {seq} is not the next entry")
+        kind, nslots, payload = got
+        if kind == KIND_BLOB:
+            payload = self._blob(payload)
+        entry = decode(payload, seq)
+        applied = machine.apply_poisoned(entry, self._owns(entry), nslots)
+        if self.recovery is not None:
+            self.recovery.journal.append((seq, POISONED, nslots, payload))
+        self.gave_up = 0
+        self.log.applied(self.index, machine.cursor)
+        out: list[Applied] = []
+        self._outcomes(applied, out)
+        return out

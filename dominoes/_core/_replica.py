@@ -55,7 +55,7 @@ replica.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -63,13 +63,13 @@ from ._backend import LogBackend
 from ._codec import Call, Control, Entry, Fire, Mode, batch_payload, decode, encode
 from ._component import EventRef
 from ._errors import ApplyTimeout, EntryTooLargeError, LogFullError, UnknownEventError
-from ._log import KIND_BLOB, KIND_ENTRY, KIND_NOOP, ReplicaState
-from ._machine import Applied, Divergence, StateMachine
+from ._log import KIND_BLOB, KIND_ENTRY, KIND_NOOP
+from ._machine import Applied, StateMachine
+from ._membership import Membership, SnapshotAsk
 from ._recovery import (
     DEFAULT_CHECKPOINT_BYTES,
     DEFAULT_CHECKPOINT_ENTRIES,
-    POISONED,
-    Journaled,
+    Recovering,
     RecoveryPoint,
 )
 
@@ -141,18 +141,7 @@ class ReplicaStatistics(msgspec.Struct, frozen=True, kw_only=True):
     group_commits: int
 
 
-class SnapshotAsk(NamedTuple):
-    """A joiner's request for a snapshot (:meth:`ReplicaCore.ask_snapshot`)."""
-
-    #: the live replica asked to write it
-    source: int
-    #: the entry to append (the source writes its state when it applies it)
-    payload: bytes
-    #: the seq the joiner now holds the log from (it copies entries from there)
-    held_from: int
-
-
-class ReplicaCore(Generic[W]):
+class ReplicaCore(Membership, Recovering, Generic[W]):
     """One replica's view of the log and its state machine (see the module doc)."""
 
     def __init__(
@@ -222,125 +211,6 @@ class ReplicaCore(Generic[W]):
         # who owns the last given-up seq (its claim CAS cannot be won twice)
         self._memo_seq = 0
         self._memo_owner = False
-
-    # --- membership -------------------------------------------------------------
-
-    def start(self, pid: int = 0) -> None:
-        """Join a new log at its beginning and go live (a replica present from seq 1)."""
-        self.log.join(self.index, pid=pid, cursor=self.machine.cursor)
-        self.log.set_live(self.index)
-
-    def join(self, pid: int = 0) -> int:
-        """Join a running log: hold it from the current tail until a snapshot arrives."""
-        return self.log.join(self.index, pid=pid)
-
-    def hold_from_tail(self) -> int:
-        """While joining, move the hold point up to the current tail (before re-asking)."""
-        tail = self.log.tail
-        self.log.advance(self.index, tail)
-        return tail
-
-    def load(self, snapshot: bytes) -> None:
-        """Restore a snapshot taken through the log, then go live at its cursor."""
-        self.machine.restore(snapshot)
-        self.log.set_live(self.index, self.machine.cursor)
-
-    def copy_backlog(self, backlog: list[Journaled], start: int) -> int:
-        """While joining: copy published entries from ``start`` into ``backlog``, and
-        release them (the line's hold moves past them).  Returns the next seq.
-
-        A joiner waits for its snapshot, which for a large state takes
-        seconds to write and to load.  Holding the ring all that time would
-        fill it and stall every writer; copying what arrives meanwhile (and
-        resolving blobs, whose files go once every holder is past them) lets
-        the ring move on.  :meth:`load_with_backlog` applies the copy.
-        """
-        log = self.log
-        seq, stop = start, log.tail
-        while seq < stop:
-            got = log.read(seq)
-            if got is None:
-                break
-            kind, nslots, payload = got
-            if kind == KIND_BLOB:
-                payload, kind = self._blob(payload), KIND_ENTRY
-            backlog.append((seq, kind, nslots, payload))
-            seq += nslots
-        if seq != start:
-            log.advance(self.index, seq)
-        return seq
-
-    def load_with_backlog(
-        self,
-        snapshot: bytes,
-        backlog: list[Journaled],
-        copied: int,
-        *,
-        recovery: bool = False,
-    ) -> list[Applied]:
-        """Restore ``snapshot``, apply the backlog past it, and go live after both
-        (:meth:`restore_snapshot`, :meth:`apply_backlog` and :meth:`go_live` in one)."""
-        self.restore_snapshot(snapshot, recovery=recovery)
-        out = self.apply_backlog(backlog)
-        self.go_live(copied)
-        return out
-
-    def restore_snapshot(self, snapshot: bytes, *, recovery: bool = False) -> None:
-        """Restore a joiner's snapshot without going live (its backlog comes next).
-
-        ``recovery``: the recovery point starts at the snapshot, and the
-        backlog applied after it goes into its journal.
-        """
-        self.machine.restore(snapshot)
-        if recovery:
-            self.enable_recovery(snapshot)
-
-    def apply_backlog(self, backlog: list[Journaled]) -> list[Applied]:
-        """Apply copied entries, in order, skipping those the snapshot holds.
-
-        The backlog's entries were applied by the replicas that were live
-        then; their claims are decided, so this replica owns only its own
-        affinity entries and ``every`` ones.
-        """
-        machine = self.machine
-        journal = None if self.recovery is None else self.recovery.journal
-        out: list[Applied] = []
-        for seq, kind, nslots, payload in backlog:
-            if seq < machine.cursor:
-                continue
-            if seq != machine.cursor:
-                raise RuntimeError(
-                    f"replica {self.index}: backlog gap at {seq}, not {machine.cursor}"
-                )
-            if kind == KIND_NOOP:
-                machine.skip(seq, nslots)
-            else:
-                entry = decode(payload, seq)
-                applied = machine.apply(entry, self._owns_decided(entry), nslots)
-                machine.finish(applied)
-                self._outcomes(applied, out)
-            if journal is not None:
-                journal.append((seq, kind, nslots, payload))
-        return out
-
-    def go_live(self, copied: int) -> None:
-        """After the backlog: live from ``copied`` (everything before it is applied)."""
-        machine = self.machine
-        if machine.cursor < copied:
-            raise RuntimeError(
-                f"replica {self.index}: backlog ends at {machine.cursor}, not {copied}"
-            )
-        cursor = machine.cursor
-        self.log.set_live(self.index, cursor)
-        self.log.applied(self.index, cursor)
-
-    def _owns_decided(self, entry: Entry) -> bool:
-        """Ownership of an entry others applied already (no claim is made)."""
-        if type(entry) is Call:
-            return entry.mode == Mode.EVERY or (
-                entry.mode == Mode.AFFINITY and entry.origin == self.index
-            )
-        return type(entry) is not Fire and entry.origin == self.index
 
     # --- appending -----------------------------------------------------------------
 
@@ -540,24 +410,6 @@ class ReplicaCore(Generic[W]):
             f"{self.log.slowest_cursor()}; retry, or await the append"
         )
 
-    def ask_snapshot(self, *, now: float, source: int | None = None) -> SnapshotAsk:
-        """While joining: whom to ask for a snapshot, and the entry that asks.
-
-        ``source`` defaults to the lowest live replica other than this one.
-        The joiner's hold on the log moves up to the current tail first:
-        nothing it held before is needed (it applied nothing yet), and a log
-        that filled up behind it must have room for the request.
-        """
-        if source is None:
-            live = self.log.replicas_in(frozenset({ReplicaState.LIVE}))
-            others = [i for i in live if i != self.index and i < self.replicas]
-            if not others:
-                raise RuntimeError("no live replica to take a snapshot from")
-            source = others[0]
-        held = self.hold_from_tail()
-        payload = encode(Control("snapshot", [source, self.index], now, self.index))
-        return SnapshotAsk(source, payload, held)
-
     # --- applying --------------------------------------------------------------------
 
     def ready(self) -> bool:
@@ -663,137 +515,6 @@ class ReplicaCore(Generic[W]):
             if pending:
                 one.waiter = pending.pop((one.seq, one.sub), None)
             out.append(one)
-
-    # --- the recovery point --------------------------------------------------------
-
-    def enable_recovery(self, snapshot: bytes | None = None) -> None:
-        """Keep a recovery point from now on (the runtime does; see the module doc).
-
-        ``snapshot``: the state at the current cursor, when the caller has it
-        already (a joiner's loaded snapshot); otherwise it is taken now.
-        """
-        point = RecoveryPoint(self.machine.snapshot() if snapshot is None else snapshot)
-        point.every_entries = self.checkpoint_entries
-        point.every_bytes = self.checkpoint_bytes
-        self.recovery = point
-
-    def checkpoint(self) -> None:
-        """Renew the recovery point at the current cursor.
-
-        Without a :attr:`snapshotter` the snapshot is taken here, on the
-        caller's time.  With one (the runtime's forks a child that encodes
-        the state while the replica goes on), the snapshot is only started:
-        the journal keeps everything until :meth:`checkpoint_done` says the
-        snapshot at that cursor is complete.  One runs at a time.
-        """
-        recovery = self.recovery
-        if recovery is None:
-            return
-        if self.snapshotter is not None:
-            if recovery.renewing:
-                return
-            cursor = self.machine.cursor
-            if self.snapshotter(cursor):
-                recovery.started(cursor)
-                return
-        # no background snapshot (none offered, or it could not start): here
-        recovery.renewed(self.machine.snapshot())
-
-    def checkpoint_done(self, cursor: int, load: Callable[[], bytes]) -> None:
-        """The background snapshot at ``cursor`` is complete; ``load()`` reads it."""
-        if self.recovery is not None:
-            self.recovery.done(cursor, load)
-
-    def checkpoint_failed(self, cursor: int) -> None:
-        """The background snapshot at ``cursor`` failed: the older point stays."""
-        if self.recovery is not None:
-            self.recovery.failed(cursor)
-
-    def rollback(self) -> None:
-        """Restore the state to just before :attr:`gave_up` (snapshot, then replay).
-
-        The replay applies the journal as a non-owner: the effects and replies
-        of those entries already happened, and snapshots asked of this
-        replica were written then.  ``gave_up`` stays set until the entry is
-        applied (:meth:`retry` or :meth:`apply_poisoned`).
-        """
-        if self.recovery is None:
-            raise RuntimeError("rollback without a recovery point (call enable_recovery)")
-        machine = self.machine
-        self.recovery.replay(machine)
-        if self.gave_up and machine.cursor != self.gave_up:
-            raise RuntimeError(
-                f"replica {self.index}: rollback reached {machine.cursor}, not {self.gave_up}"
-            )
-
-    @property
-    def rollbacks(self) -> int:
-        return 0 if self.recovery is None else self.recovery.rollbacks
-
-    @property
-    def checkpoints(self) -> int:
-        return 0 if self.recovery is None else self.recovery.checkpoints
-
-    def digest_done(
-        self, seq: int, digest: dict[str, str] | None, *, now: float
-    ) -> list[Divergence]:
-        """A digest the driver computed for ``seq`` (``StateMachine.digest_writer``).
-
-        Queues this replica's report of it in :attr:`outbox` and returns the
-        divergences it shows against reports that arrived first.
-        """
-        found = self.machine.digest_done(seq, digest)
-        if digest is not None:
-            self.outbox.append(
-                encode(Control("digest", [self.index, seq, digest], now, self.index))
-            )
-        return found
-
-    def verdict(self) -> str:
-        """Waiting at the given-up entry: may it be applied now, and how?
-
-        ``"poison"``: the supervisor declared it poison (every live replica
-        gave up on it): :meth:`apply_poisoned`.  ``"again"``: some live
-        replica applied it, so it is not poison: :meth:`retry`.  ``""``: keep
-        waiting.
-        """
-        seq, log = self.gave_up, self.log
-        if not seq:
-            return ""
-        if log.poisoned == seq:
-            return "poison"
-        live = log.replicas_in(frozenset({ReplicaState.LIVE}))
-        if any(log.cursor(i) > seq for i in live):
-            return "again"
-        return ""
-
-    def interrupted(self) -> int:
-        """:attr:`gave_up`, as a call (a driver checks it again after :meth:`poll`)."""
-        return self.gave_up
-
-    def retry(self) -> None:
-        """Apply the given-up entry again (another replica finished it: not poison)."""
-        self.gave_up = 0
-
-    def apply_poisoned(self) -> list[Applied]:
-        """Apply the given-up entry as a :class:`PoisonedEntryError` (every replica does)."""
-        seq = self.gave_up
-        machine = self.machine
-        got = self.log.read(seq)
-        if got is None or machine.cursor != seq:
-            raise RuntimeError(f"replica {self.index}: poison seq {seq} is not the next entry")
-        kind, nslots, payload = got
-        if kind == KIND_BLOB:
-            payload = self._blob(payload)
-        entry = decode(payload, seq)
-        applied = machine.apply_poisoned(entry, self._owns(entry), nslots)
-        if self.recovery is not None:
-            self.recovery.journal.append((seq, POISONED, nslots, payload))
-        self.gave_up = 0
-        self.log.applied(self.index, machine.cursor)
-        out: list[Applied] = []
-        self._outcomes(applied, out)
-        return out
 
     def _owns(self, entry: Entry) -> bool:
         if entry.seq == self._memo_seq:  # again: the claim was decided the first time
