@@ -51,7 +51,9 @@ async def test_group_commit_keeps_order_with_the_other_submit_forms(replica: Rep
     second = replica.submit_nowait(Trail.mark, "nowait")  # must land after soon-1
     third = replica.submit_soon(Trail.mark, "soon-2")
     fourth = asyncio.ensure_future(replica.submit(Trail.mark, "submit"))
-    assert await asyncio.wait_for(asyncio.gather(first, second, third, fourth), 5) == [1, 2, 3, 4]
+    # gather's result is a list (typed as a tuple)
+    results = await asyncio.wait_for(asyncio.gather(first, second, third, fourth), 5)
+    assert list(results) == [1, 2, 3, 4]
     assert replica.component(Trail).seen == ["soon-1", "nowait", "soon-2", "submit"]
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from dominoes import Component, Context, Service, update
+from dominoes import Component, Context, EventRef, Service, update
 from dominoes.lowlevel import Batch, Call, decode, encode
 from dominoes.testing import Cluster
 
@@ -32,8 +34,10 @@ def cluster() -> Cluster:
 
 
 def test_a_batch_is_one_entry_and_each_call_gets_its_own_result(cluster: Cluster) -> None:
-    calls = [(Ledger.add, (w,), {}) for w in ("a", "b", "boom", "c")]
-    pendings = cluster.submit_batch_nowait(1, calls)  # type: ignore[arg-type]
+    calls: list[tuple[EventRef, tuple[Any, ...], dict[str, Any]]] = [
+        (Ledger.add, (w,), {}) for w in ("a", "b", "boom", "c")
+    ]
+    pendings = cluster.submit_batch_nowait(1, calls)
     assert cluster.log.tail == 2  # one entry
     cluster.run_until_quiet()
     assert [p.seq for p in pendings] == [1, 1, 1, 1]

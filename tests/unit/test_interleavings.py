@@ -27,7 +27,16 @@ from hypothesis.stateful import (
     rule,
 )
 
-from dominoes import Component, Context, EntryTooLargeError, LogFullError, Service, update
+from dominoes import (
+    Component,
+    Context,
+    EntryTooLargeError,
+    EventRef,
+    LogFullError,
+    Service,
+    update,
+)
+from dominoes.lowlevel import Log
 from dominoes.testing import Cluster
 
 
@@ -136,9 +145,11 @@ class Interleavings(RuleBasedStateMachine):
             return
         tokens = [self.token() for _ in range(n)]
         tail = self.cluster.log.tail
-        calls = [(Journal.note, (tok,), {"pad": "x" * pad}) for tok in tokens]
+        calls: list[tuple[EventRef, tuple[Any, ...], dict[str, Any]]] = [
+            (Journal.note, (tok,), {"pad": "x" * pad}) for tok in tokens
+        ]
         try:
-            pendings = self.cluster.submit_batch_nowait(replica, calls)  # type: ignore[arg-type]
+            pendings = self.cluster.submit_batch_nowait(replica, calls)
         except LogFullError:
             self.full += 1
             return
@@ -199,7 +210,9 @@ class Interleavings(RuleBasedStateMachine):
     @rule(data=st.data(), nslots=st.integers(1, 2))
     def reserve_then_die(self, data: st.DataObject, nslots: int) -> None:
         victim = data.draw(st.sampled_from(self.live()))
-        self.cluster[victim].core.log.try_reserve(victim, nslots)  # may be refused
+        log = self.cluster[victim].core.log
+        assert isinstance(log, Log)  # a Cluster's replicas append to the memory backend's ring
+        log.try_reserve(victim, nslots)  # may be refused
         self.cluster.kill(victim)
 
     @precondition(lambda self: any(not r.alive for r in self.cluster) and self.live())

@@ -52,11 +52,15 @@ def new_log() -> tuple[bytearray, PlainWords]:
     return buf, words
 
 
-def pair(checkpoint_entries: int = 4) -> tuple[ReplicaCore, ReplicaCore]:
+#: The cores here register no waiters (``append_nowait``, ``poll``): no waiter type.
+Core = ReplicaCore[None]
+
+
+def pair(checkpoint_entries: int = 4) -> tuple[Core, Core]:
     buf, words = new_log()
-    cores = []
+    cores: list[Core] = []
     for i in range(2):
-        core = ReplicaCore(
+        core: Core = ReplicaCore(
             Log(buf, words), SERVICE.new_machine(i), replicas=2, clock=clock, stall_threshold=1e9
         )
         core.start()
@@ -66,15 +70,15 @@ def pair(checkpoint_entries: int = 4) -> tuple[ReplicaCore, ReplicaCore]:
     return cores[0], cores[1]
 
 
-def append(
-    core: ReplicaCore, event: str, *args: Any, rid: str = "", mode: Mode = Mode.AFFINITY
-) -> int:
+def append(core: Core, event: str, *args: Any, rid: str = "", mode: Mode = Mode.AFFINITY) -> int:
     payload = core.encode_call(event, args, {}, now=1.0, mode=mode, request_id=rid)
     return core.append_nowait(payload)
 
 
-def values(core: ReplicaCore) -> dict[str, int]:
-    return dict(core.machine.component(Store).values)
+def values(core: Core) -> dict[str, int]:
+    store = core.machine.component(Store)
+    assert isinstance(store, Store)
+    return dict(store.values)
 
 
 def test_rollback_restores_the_state_before_the_interrupted_entry() -> None:
@@ -116,9 +120,11 @@ def test_a_rollback_replays_a_no_op_slot_in_the_journal() -> None:
     replay skips it instead of stopping at a gap."""
     a, _ = pair(checkpoint_entries=1000)
     append(a, "Store.put", "x", 1)
-    dead = a.log.try_reserve(2)  # replica line 2 reserves, dies before publishing
-    a.log.mark_dead(2)
-    assert a.log.fill_abandoned(2) == 1
+    log = a.log
+    assert isinstance(log, Log)  # pair() builds the cores over the ring itself
+    dead = log.try_reserve(2)  # replica line 2 reserves, dies before publishing
+    log.mark_dead(2)
+    assert log.fill_abandoned(2) == 1
     append(a, "Store.put", "y", 2)
     seq = append(a, "Store.hang", "z")
     while not a.gave_up:
@@ -182,7 +188,7 @@ def test_a_poisoned_batch_fails_every_call_and_remembers_request_ids() -> None:
 
 def test_rollback_needs_a_recovery_point() -> None:
     buf, words = new_log()
-    core = ReplicaCore(Log(buf, words), SERVICE.new_machine(0), replicas=1)
+    core: Core = ReplicaCore(Log(buf, words), SERVICE.new_machine(0), replicas=1)
     with pytest.raises(RuntimeError, match="recovery point"):
         core.rollback()
 
