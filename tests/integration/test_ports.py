@@ -31,7 +31,6 @@ pytestmark = pytest.mark.integration
 
 H = "127.0.0.1"
 COUNTER = "examples.counter:service"
-LOOP = os.environ.get("DOMINOES_TEST_LOOP", "uvloop")
 SOL, ADDR, PORT = socket.SOL_SOCKET, socket.SO_REUSEADDR, socket.SO_REUSEPORT
 
 
@@ -209,10 +208,14 @@ def pings(port: int) -> bool:
 
 
 def refused(target: str, run_dir: Path, port: int) -> str:
-    """Run ``dominoes run TARGET --port PORT``: it must exit 1 with one line, starting nothing."""
+    """Run ``dominoes run TARGET --port PORT``: it must exit 1 with one line, starting nothing.
+
+    The supervisor refuses the port before any replica starts an event loop:
+    the replicas get the default one, uvloop.
+    """
     cmd = [
         sys.executable, "-m", "dominoes", "run", target, "--replicas", "2",
-        "--port", str(port), "--run-dir", str(run_dir), "--loop", LOOP,
+        "--port", str(port), "--run-dir", str(run_dir), "--loop", "uvloop",
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     lines = done.stderr.splitlines()
