@@ -19,6 +19,7 @@ from dominoes.components.kv._connection import MAX_IN_FLIGHT
 from dominoes.components.kv._server import tcp_factory
 
 from dominoes import LogFullError
+from dominoes.lowlevel import when_room
 from dominoes.testing import Cluster, Pending
 
 
@@ -64,11 +65,8 @@ class FakeReplica:
             self.waiting.append((pending, fut))
 
     async def submit(self, event: Any, /, *args: Any, **kwargs: Any) -> Any:
-        while True:
-            try:
-                return await self.submit_nowait(event, *args, **kwargs)
-            except LogFullError:
-                await asyncio.sleep(0.001)
+        # As Replica.submit: wait for room through the one back-off.
+        return await (await when_room(lambda: self.submit_nowait(event, *args, **kwargs)))
 
     def component(self, which: Any) -> Any:
         return self.cluster[self.index].component(which)
