@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from dominoes import Component, Context, EventRef, Service, update
+from dominoes import Component, Context, EventRef, LogFullError, Mode, Service, update
 from dominoes.lowlevel import Batch, Call, decode, encode
 from dominoes.testing import Cluster
 
@@ -98,3 +98,67 @@ def test_a_batch_framed_from_encoded_calls_is_the_batch_encoding() -> None:
 
     calls = [Call("Ledger.add", ["a"], {}, 1.0, 0), Call("Ledger.add", ["b"], {"x": 1}, 2.0, 0)]
     assert batch_payload([encode(c) for c in calls], 2.0, 0) == encode(Batch(calls, 2.0, 0))
+
+
+def test_a_call_in_another_mode_is_appended_alone_in_its_turn(cluster: Cluster) -> None:
+    """submit_soon in race mode between affinity calls: three entries, order kept."""
+    pendings = [
+        cluster.submit_soon(0, Ledger.add, "a"),
+        cluster.submit_soon(0, Ledger.add, "b"),
+        cluster.submit_soon(0, Ledger.add, "r", _mode=Mode.RACE),
+        cluster.submit_soon(0, Ledger.add, "c"),
+    ]
+    assert cluster.commit(0) == 3
+    cluster.run_until_quiet()
+    assert [p.seq for p in pendings] == [1, 1, 2, 3]
+    assert [p.result() for p in pendings] == [1, 2, 3, 4]
+    assert [what for what, _, _ in cluster[1].component(Ledger).lines] == ["a", "b", "r", "c"]
+    cluster.assert_converged()
+
+
+def test_a_full_log_keeps_the_group_queued_in_order_until_there_is_room() -> None:
+    cluster = Cluster(Service("ledger", [Ledger()]), replicas=2, capacity=4, slot_size=128)
+    while True:  # fill the log without applying anything
+        try:
+            cluster.submit_nowait(0, Ledger.add, "fill")
+        except LogFullError:
+            break
+    queued = [cluster.submit_soon(1, Ledger.add, w) for w in "xyz"]
+    assert cluster.commit(1) == 0  # no room: still queued, nothing refused
+    assert [p.seq for p in queued] == [0, 0, 0]
+    with pytest.raises(LogFullError):
+        cluster.submit_nowait(1, Ledger.add, "behind")  # may not overtake the group
+    cluster.run_until_quiet()  # step() commits the group once the log has room
+    assert all(p.done for p in queued)
+    lines = [what for what, _, _ in cluster[0].component(Ledger).lines]
+    assert lines[-3:] == ["x", "y", "z"]
+    cluster.assert_converged()
+
+
+def test_timer_fires_refused_by_a_full_log_are_asked_for_again() -> None:
+    small = Cluster(Service("ledger", [Ledger(), Alarm()]), replicas=2, capacity=4, slot_size=128)
+    small.call(0, Alarm.arm, 1.0)
+    small.clock += 2.0
+    while True:  # fill the log: the due timer's Fire entry finds no room
+        try:
+            small.submit_nowait(0, Ledger.add, "fill")
+        except LogFullError:
+            break
+    assert small.fire_due(0) == 0
+    small.run_until_quiet()  # room again
+    assert small.fire_due(0) == 1  # asked again, not forgotten
+    small.run_until_quiet()
+    assert small[1].component(Alarm).rang == 1
+
+
+class Alarm(Component):
+    def __init__(self) -> None:
+        self.rang = 0
+
+    @update
+    def arm(self, ctx: Context, delay: float) -> None:
+        ctx.raise_later(delay, Alarm.ring)
+
+    @update
+    def ring(self, ctx: Context) -> None:
+        self.rang += 1

@@ -140,3 +140,11 @@ def test_unencodable_arguments_raise_type_error_at_submit_and_append_nothing() -
     assert [s.appended for s in cluster.statistics()] == [0, 0]
     assert cluster.run_until_quiet() == 0
     assert [r.component(Echo).seen for r in cluster] == [[], []]
+
+
+def test_a_mode_is_parsed_from_itself_or_its_name() -> None:
+    assert Mode.parse(Mode.RACE) is Mode.RACE
+    assert Mode.parse("every") is Mode.EVERY
+    assert Mode.parse("AFFINITY") is Mode.AFFINITY
+    with pytest.raises(ValueError, match="race, affinity, every"):
+        Mode.parse("sometimes")
