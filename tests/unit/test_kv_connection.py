@@ -1,196 +1,37 @@
-"""The KV front end in process: real connections over fake transports, replicas in a Cluster.
+"""The KV front end in process: real connections over fake transports, real replicas.
 
-A :class:`FakeReplica` gives the connection the ``Replica`` surface it uses
-(``submit_nowait``, ``submit``, ``component``, ``applied_seq``, ...) on top of
-one replica of a ``testing.Cluster``, so pipelining, batching, transactions,
-WATCH across replicas, pub/sub across replicas and backpressure are checked in
+A :class:`~tests.unit.kv_world.World` runs production ``Replica`` objects of
+the KV service on the test's event loop over an in-memory log, so pipelining,
+batching, group commit, transactions, WATCH across replicas, pub/sub across
+replicas and backpressure (a log that is really full) are checked in
 milliseconds, without processes or sockets.
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+from collections.abc import AsyncIterator
 
 import hiredis
 import pytest
-from dominoes.components.kv import TABLE, Commands, Connection, PubSub, make_service
+from dominoes.components.kv import TABLE, Commands, PubSub
 from dominoes.components.kv._connection import MAX_IN_FLIGHT
-from dominoes.components.kv._server import tcp_factory
 
-from dominoes import LogFullError
-from dominoes.lowlevel import when_room
-from dominoes.testing import Cluster, Pending
+from .kv_world import Worlds, pack
 
 
-class FakeReplica:
-    def __init__(self, cluster: Cluster, index: int) -> None:
-        self.cluster = cluster
-        self.service = cluster.service
-        self.index = index
-        self.replicas = cluster.size
-        self.cpu = None
-        self.lag = 0
-        self.queries = 0  # reads the connection answered locally (Replica.queries)
-        self.waiting: list[tuple[Pending, asyncio.Future[Any]]] = []
-        self.full = False  # pretend the log is full
-        # submit_soon calls held back while the log is "full" (group commit waits)
-        self.held: list[tuple[Any, tuple[Any, ...], asyncio.Future[Any]]] = []
-
-    @property
-    def applied_seq(self) -> int:
-        return int(self.cluster[self.index].cursor) - 1
-
-    def submit_nowait(
-        self, event: Any, /, *args: Any, _mode: str = "affinity", **kwargs: Any
-    ) -> asyncio.Future[Any]:
-        if self.full:
-            raise LogFullError("the test says the log is full")
-        pending = self.cluster.submit_nowait(self.index, event, *args, _mode=_mode, **kwargs)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.waiting.append((pending, fut))
-        return fut
-
-    def submit_soon(self, event: Any, /, *args: Any) -> asyncio.Future[Any]:
-        """Group commit: never raises LogFullError; a full log holds the calls, in order."""
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.held.append((event, args, fut))
-        self._release()
-        return fut
-
-    def _release(self) -> None:
-        while self.held and not self.full:
-            event, args, fut = self.held.pop(0)
-            pending = self.cluster.submit_nowait(self.index, event, *args)
-            self.waiting.append((pending, fut))
-
-    async def submit(self, event: Any, /, *args: Any, **kwargs: Any) -> Any:
-        # As Replica.submit: wait for room through the one back-off.
-        return await (await when_room(lambda: self.submit_nowait(event, *args, **kwargs)))
-
-    def component(self, which: Any) -> Any:
-        return self.cluster[self.index].component(which)
-
-    def sync(self) -> None:
-        self.cluster.sync(self.index)
-
-    def statistics(self) -> Any:
-        return self.cluster[self.index].statistics()
-
-    def settle(self) -> None:
-        self._release()
-        still = []
-        for pending, fut in self.waiting:
-            if not pending.done:
-                still.append((pending, fut))
-            elif not fut.done():
-                try:
-                    fut.set_result(pending.result())
-                except Exception as exc:  # noqa: BLE001
-                    fut.set_exception(exc)
-        self.waiting = still
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closed = False
-        self.reading = True
-        self.buffered = 0
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "write after close"
-        self.data += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def is_reading(self) -> bool:
-        return self.reading
-
-    def get_write_buffer_size(self) -> int:
-        return self.buffered
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self.high_water = high
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 12345) if name == "peername" else default
-
-
-class Client:
-    """One connection to one replica; ``send`` raw bytes or commands, ``replies`` decoded."""
-
-    def __init__(self, world: World, replica: int) -> None:
-        self.world = world
-        # The fakes stand in for a Replica and an asyncio transport on purpose:
-        # they have the surface the connection uses, not the classes' types.
-        self.conn: Connection = world.factory(world.replicas[replica])  # type: ignore[arg-type]
-        self.transport = FakeTransport()
-        self.conn.connection_made(self.transport)  # type: ignore[arg-type]
-        self.reader = hiredis.Reader()
-
-    def send(self, *commands: Any) -> None:
-        data = b"".join(c if isinstance(c, bytes) else pack(*c) for c in commands)
-        self.conn.data_received(data)
-
-    def replies(self) -> list[Any]:
-        self.reader.feed(bytes(self.transport.data))
-        self.transport.data.clear()
-        out = []
-        while (r := self.reader.gets()) is not False:
-            out.append(r)
-        return out
-
-    async def ask(self, *commands: Any) -> list[Any]:
-        self.send(*commands)
-        await self.world.settle()
-        return self.replies()
-
-
-def pack(*args: Any) -> bytes:
-    parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in parts)
-
-
-class World:
-    def __init__(self, replicas: int = 2, **kwargs: Any) -> None:
-        self.cluster = Cluster(make_service(), replicas=replicas, **kwargs)
-        self.replicas = [FakeReplica(self.cluster, i) for i in range(replicas)]
-        self.factory = tcp_factory(TABLE)
-
-    def client(self, replica: int = 0) -> Client:
-        return Client(self, replica)
-
-    def entries(self) -> int:
-        return int(self.cluster.log.tail)
-
-    async def settle(self) -> None:
-        for _ in range(20):
-            self.cluster.run_until_quiet()
-            for r in self.replicas:
-                r.settle()
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
+@pytest.fixture
+async def worlds() -> AsyncIterator[Worlds]:
+    async with Worlds() as made:
+        yield made
 
 
 # --- pipelining ----------------------------------------------------------------------------
 
 
-async def test_a_pipeline_of_writes_and_reads_is_one_entry_with_replies_in_order() -> None:
-    w = World()
+async def test_a_pipeline_of_writes_and_reads_is_one_entry_with_replies_in_order(
+    worlds: Worlds,
+) -> None:
+    w = worlds()
     c = w.client(0)
     await w.settle()
     before = w.entries()
@@ -210,22 +51,24 @@ async def test_a_pipeline_of_writes_and_reads_is_one_entry_with_replies_in_order
     assert w.entries() - before == 1
 
 
-async def test_one_iterations_batches_from_every_connection_are_one_entry() -> None:
-    w = World()
+async def test_one_iterations_batches_from_every_connection_are_one_entry(worlds: Worlds) -> None:
+    w = worlds()
     clients = [w.client(0) for _ in range(5)]
     await w.settle()
-    before = len(w.cluster[1].applied)
+    before = w.applied(1)
     for i, c in enumerate(clients):  # one loop iteration: no settle in between
         c.send(("SET", f"k{i}", "a"), ("APPEND", f"k{i}", str(i)), ("GET", f"k{i}"))
     await w.settle()
-    assert len(w.cluster[1].applied) - before == 1  # one entry, one Commands.run
+    assert w.applied(1) - before == 1  # one entry, one Commands.run
     for i, c in enumerate(clients):
         assert c.replies() == [b"OK", 2, f"a{i}".encode()]
-    assert w.cluster[1].component("keyspace").values[b"k3"] == b"a3"
+    assert w.replicas[1].component("keyspace").values[b"k3"] == b"a3"
 
 
-async def test_an_exec_or_publish_lands_after_the_batches_gathered_before_it() -> None:
-    w = World()
+async def test_an_exec_or_publish_lands_after_the_batches_gathered_before_it(
+    worlds: Worlds,
+) -> None:
+    w = worlds()
     a, b, sub = w.client(0), w.client(0), w.client(1)
     assert await sub.ask(("SUBSCRIBE", "ch")) == [[b"subscribe", b"ch", 1]]
     # b's batch joins the group first; a's EXEC and PUBLISH must not overtake
@@ -237,23 +80,23 @@ async def test_an_exec_or_publish_lands_after_the_batches_gathered_before_it() -
     assert a.replies() == [b"OK", b"OK", b"QUEUED", [2], 1]
     assert b.replies() == [b"OK", 11]
     assert sub.replies() == [[b"message", b"ch", b"m"]]
-    w.cluster.assert_converged()
+    await w.assert_converged()
 
 
-async def test_a_client_closing_with_a_batched_watch_leaves_no_watch_behind() -> None:
-    w = World()
+async def test_a_client_closing_with_a_batched_watch_leaves_no_watch_behind(worlds: Worlds) -> None:
+    w = worlds()
     c = w.client(0)
     await w.settle()
     c.send(("WATCH", "k"))  # batched, not yet appended
     c.conn.connection_lost(None)  # its UNWATCH must land after the WATCH
     await w.settle()
-    for r in w.cluster:
+    for r in w.replicas:
         assert r.component("keyspace").watched == {}
         assert r.component("transactions").watches == {}
 
 
-async def test_reads_after_a_pipeline_in_a_later_read_see_the_writes() -> None:
-    w = World()
+async def test_reads_after_a_pipeline_in_a_later_read_see_the_writes(worlds: Worlds) -> None:
+    w = worlds()
     c = w.client(0)
     c.send(("SET", "a", "1"))
     c.send(("GET", "a"), ("PING",), ("GET", "a"))  # while the SET is in flight
@@ -261,8 +104,8 @@ async def test_reads_after_a_pipeline_in_a_later_read_see_the_writes() -> None:
     assert c.replies() == [b"OK", b"1", b"PONG", b"1"]
 
 
-async def test_a_read_is_answered_locally_on_the_other_replica() -> None:
-    w = World()
+async def test_a_read_is_answered_locally_on_the_other_replica(worlds: Worlds) -> None:
+    w = worlds()
     a, b = w.client(0), w.client(1)
     assert await a.ask(("SET", "shared", "v")) == [b"OK"]
     before = w.entries()
@@ -270,15 +113,15 @@ async def test_a_read_is_answered_locally_on_the_other_replica() -> None:
     assert w.entries() == before
 
 
-async def test_connection_commands_keep_their_place() -> None:
-    w = World()
+async def test_connection_commands_keep_their_place(worlds: Worlds) -> None:
+    w = worlds()
     c = w.client(0)
     replies = await c.ask(("SET", "a", "1"), ("ECHO", "hi"), ("SET", "a", "2"), ("PING",))
     assert replies == [b"OK", b"hi", b"OK", b"PONG"]
 
 
-async def test_unknown_command_and_arity_errors() -> None:
-    w = World()
+async def test_unknown_command_and_arity_errors(worlds: Worlds) -> None:
+    w = worlds()
     c = w.client(0)
     replies = await c.ask(("FOO", "bar", "baz"), ("GET",), ("get", "a", "b"), ("SeT", "a", "b"))
     assert [str(r) for r in replies[:3]] == [
@@ -289,8 +132,8 @@ async def test_unknown_command_and_arity_errors() -> None:
     assert replies[3] == b"OK"
 
 
-async def test_resp3_after_hello_3() -> None:
-    w = World()
+async def test_resp3_after_hello_3(worlds: Worlds) -> None:
+    w = worlds()
     c = w.client(0)
     hello = (await c.ask(("HELLO", "3")))[0]
     assert hello[b"proto"] == 3
@@ -305,8 +148,8 @@ async def test_resp3_after_hello_3() -> None:
 # --- bad input -----------------------------------------------------------------------------
 
 
-async def test_a_protocol_error_answers_after_the_good_commands_and_closes() -> None:
-    w = World()
+async def test_a_protocol_error_answers_after_the_good_commands_and_closes(worlds: Worlds) -> None:
+    w = worlds()
     c = w.client(0)
     c.send(pack("SET", "a", "1") + pack("GET", "a") + b"*1\r\n$999999999999\r\n")
     await w.settle()
@@ -316,8 +159,8 @@ async def test_a_protocol_error_answers_after_the_good_commands_and_closes() -> 
     assert c.transport.closed
 
 
-async def test_quit_closes_after_pending_replies() -> None:
-    w = World()
+async def test_quit_closes_after_pending_replies(worlds: Worlds) -> None:
+    w = worlds()
     c = w.client(0)
     c.send(("SET", "a", "1"), ("QUIT",), ("SET", "a", "2"))
     # is_closing(), not .closed: mypy would keep `not closed` narrowed across the await
@@ -325,14 +168,14 @@ async def test_quit_closes_after_pending_replies() -> None:
     await w.settle()
     assert c.replies() == [b"OK", b"OK"]
     assert c.transport.is_closing()
-    assert w.cluster[0].component("keyspace").values[b"a"] == b"1"
+    assert w.replicas[0].component("keyspace").values[b"a"] == b"1"
 
 
 # --- transactions --------------------------------------------------------------------------
 
 
-async def test_multi_exec_is_one_atomic_entry() -> None:
-    w = World()
+async def test_multi_exec_is_one_atomic_entry(worlds: Worlds) -> None:
+    w = worlds()
     c = w.client(0)
     await w.settle()
     before = w.entries()
@@ -343,8 +186,8 @@ async def test_multi_exec_is_one_atomic_entry() -> None:
     assert w.entries() - before == 1
 
 
-async def test_queue_time_errors_abort_the_transaction() -> None:
-    w = World()
+async def test_queue_time_errors_abort_the_transaction(worlds: Worlds) -> None:
+    w = worlds()
     c = w.client(0)
     replies = await c.ask(("MULTI",), ("SET", "a", "1"), ("NOPE",), ("EXEC",), ("GET", "a"))
     assert str(replies[3]).startswith("EXECABORT")
@@ -361,8 +204,8 @@ async def test_queue_time_errors_abort_the_transaction() -> None:
     ]
 
 
-async def test_watch_conflict_between_replicas() -> None:
-    w = World()
+async def test_watch_conflict_between_replicas(worlds: Worlds) -> None:
+    w = worlds()
     a, b = w.client(0), w.client(1)
     await a.ask(("SET", "k", "1"))
     assert await a.ask(("WATCH", "k")) == [b"OK"]
@@ -387,8 +230,8 @@ async def test_watch_conflict_between_replicas() -> None:
     ]
 
 
-async def test_watch_pipelined_behind_own_writes() -> None:
-    w = World()
+async def test_watch_pipelined_behind_own_writes(worlds: Worlds) -> None:
+    w = worlds()
     c = w.client(0)
     replies = await c.ask(
         ("SET", "k", "1"), ("WATCH", "k"), ("MULTI",), ("INCR", "k"), ("EXEC",), ("GET", "k")
@@ -398,22 +241,22 @@ async def test_watch_pipelined_behind_own_writes() -> None:
     assert replies == [b"OK", b"OK", b"OK", b"QUEUED", None]  # its own write after WATCH
 
 
-async def test_discard_reset_and_closing_unwatch() -> None:
-    w = World()
+async def test_discard_reset_and_closing_unwatch(worlds: Worlds) -> None:
+    w = worlds()
     c = w.client(0)
     await c.ask(("WATCH", "a", "b"), ("MULTI",), ("UNWATCH",), ("DISCARD",))
-    assert w.cluster[0].component("keyspace").watched == {}
+    assert w.replicas[0].component("keyspace").watched == {}
     await c.ask(("WATCH", "a"), ("RESET",))
-    assert w.cluster[0].component("keyspace").watched == {}
+    assert w.replicas[0].component("keyspace").watched == {}
     await c.ask(("WATCH", "a"))
-    assert w.cluster[0].component("keyspace").watched == {b"a": 1}
+    assert w.replicas[0].component("keyspace").watched == {b"a": 1}
     c.conn.connection_lost(None)
     await w.settle()
-    assert w.cluster[1].component("keyspace").watched == {}
+    assert w.replicas[1].component("keyspace").watched == {}
 
 
-async def test_reset_answers_only_reset() -> None:
-    w = World()
+async def test_reset_answers_only_reset(worlds: Worlds) -> None:
+    w = worlds()
     c = w.client(0)
     assert await c.ask(("SUBSCRIBE", "x"), ("RESET",), ("GET", "x")) == [
         [b"subscribe", b"x", 1],
@@ -425,8 +268,8 @@ async def test_reset_answers_only_reset() -> None:
 # --- pub/sub -------------------------------------------------------------------------------
 
 
-async def test_publish_reaches_subscribers_on_every_replica_and_counts_them() -> None:
-    w = World()
+async def test_publish_reaches_subscribers_on_every_replica_and_counts_them(worlds: Worlds) -> None:
+    w = worlds()
     sub0, sub1, pat1, pub = w.client(0), w.client(1), w.client(1), w.client(0)
     assert await sub0.ask(("SUBSCRIBE", "news")) == [[b"subscribe", b"news", 1]]
     assert await sub1.ask(("SUBSCRIBE", "news", "other")) == [
@@ -451,8 +294,8 @@ async def test_publish_reaches_subscribers_on_every_replica_and_counts_them() ->
     assert await pub.ask(("PUBLISH", "news", "x")) == [1]
 
 
-async def test_resp3_subscriber_gets_push_frames_and_may_run_commands() -> None:
-    w = World()
+async def test_resp3_subscriber_gets_push_frames_and_may_run_commands(worlds: Worlds) -> None:
+    w = worlds()
     sub, pub = w.client(1), w.client(0)
     await sub.ask(("HELLO", "3"))
     sub.transport.data.clear()
@@ -466,49 +309,51 @@ async def test_resp3_subscriber_gets_push_frames_and_may_run_commands() -> None:
     assert await sub.ask(("GET", "nothing")) == [None]
 
 
-async def test_a_new_server_drops_its_replicas_stale_subscriptions() -> None:
-    w = World()
+async def test_a_new_server_drops_its_replicas_stale_subscriptions(worlds: Worlds) -> None:
+    w = worlds(start=False)  # no KV server yet: the state is a previous incarnation's
     stale = (5 << 10) | 1  # a client id a previous incarnation of replica 1 held
-    w.cluster.call(1, Commands.run, [[b"SUBSCRIBE", b"%d" % stale, b"ch"]])
-    w.cluster.call(1, Commands.run, [[b"WATCH", b"%d" % stale, b"k"]])
-    assert w.cluster.call(0, Commands.run, [[b"PUBLISH", b"ch", b"x"]]) == [1]
-    c = w.client(1)  # replica 1's server starts with its first connection
+    r0, r1 = w.replicas
+    await r1.submit(Commands.run, [[b"SUBSCRIBE", b"%d" % stale, b"ch"]])
+    await r1.submit(Commands.run, [[b"WATCH", b"%d" % stale, b"k"]])
+    assert await r0.submit(Commands.run, [[b"PUBLISH", b"ch", b"x"]]) == [1]
+    w.start()  # the service's start hook makes each replica's server, as serve() does
+    c = w.client(1)
     await w.settle()
-    assert w.cluster[0].component(PubSub).by_client == {}
-    assert w.cluster[0].component("transactions").watches == {}
+    assert r0.component(PubSub).by_client == {}
+    assert r0.component("transactions").watches == {}
     assert c.conn.id == (6 << 10) | 1  # numbered past the previous incarnation's clients
 
 
 # --- flow control --------------------------------------------------------------------------
 
 
-async def test_a_full_log_delays_appends_in_order_and_pauses_reading() -> None:
-    w = World()
+async def test_a_full_log_delays_appends_in_order_and_pauses_reading(worlds: Worlds) -> None:
+    w = worlds()
     c = w.client(0)
-    await w.settle()
-    w.replicas[0].full = True
+    await w.fill()  # a spare log line holds the log, no-ops fill it
+    core = w.replicas[0].core
+    refused = core.append_refusals
     c.send(("SET", "a", "1"), ("GET", "a"))
     c.send(("PING",), ("INCR", "a"))
     for i in range(MAX_IN_FLIGHT):  # the log stays full: entries pile up, bounded
         c.send(("SET", "b", i))
     assert not c.transport.reading
-    for _ in range(5):
-        await asyncio.sleep(0.002)
+    # The group commit tries again after each back-off, and the log refuses it.
+    await w.run_until(lambda: core.append_refusals >= refused + 5, "refused 5 times")
+    assert core.group  # still queued, in order
     assert c.replies() == []
-    w.replicas[0].full = False
-    for _ in range(50):
-        await w.settle()
-        await asyncio.sleep(0.001)
-        if not c.conn.delayed and not c.conn.pending:
-            break
+    w.unfill()  # room again: the next back-off try appends the group
+    await w.settle()
+    assert not c.conn.delayed
+    assert not c.conn.pending
     replies = c.replies()
     assert replies[:4] == [b"OK", b"1", b"PONG", 2]
     assert replies[4:] == [b"OK"] * MAX_IN_FLIGHT
     assert c.transport.reading
 
 
-async def test_many_entries_in_flight_pause_reading() -> None:
-    w = World()
+async def test_many_entries_in_flight_pause_reading(worlds: Worlds) -> None:
+    w = worlds()
     c = w.client(0)
     for i in range(MAX_IN_FLIGHT + 2):
         c.send(("SET", "k", i), ("ECHO", "x"))
@@ -519,8 +364,8 @@ async def test_many_entries_in_flight_pause_reading() -> None:
     assert len(c.replies()) == 2 * (MAX_IN_FLIGHT + 2)
 
 
-async def test_a_full_write_buffer_pauses_reading() -> None:
-    w = World()
+async def test_a_full_write_buffer_pauses_reading(worlds: Worlds) -> None:
+    w = worlds()
     c = w.client(0)
     c.conn.pause_writing()
     assert not c.transport.reading
@@ -528,20 +373,27 @@ async def test_a_full_write_buffer_pauses_reading() -> None:
     assert c.transport.reading
 
 
-async def test_a_batch_too_big_for_one_entry_is_split_and_a_huge_command_refused() -> None:
-    w = World(slot_size=256, max_entry_slots=4)  # about 900 bytes per entry
+async def test_a_batch_too_big_for_one_entry_is_split_and_a_huge_command_refused(
+    worlds: Worlds,
+) -> None:
+    # About 900 bytes per entry in the ring; entries up to 2 KB go to blob
+    # files (the runtime's limit is 1 GiB): a 40-command batch is split twice.
+    w = worlds(slot_size=256, max_entry_slots=4, blob_max_bytes=2048)
     c = w.client(0)
     value = "v" * 100
     replies = await c.ask(*[("SET", f"k{i}", value) for i in range(40)], ("DBSIZE",))
     assert replies == [b"OK"] * 40 + [40]
+    assert w.replicas[0].core.blobs_appended > 0  # parts over the ring's limit
     replies = await c.ask(("SET", "big", "x" * 5000), ("GET", "k1"))
     assert str(replies[0]).startswith("ERR request too large for the log")
     assert replies[1] == value.encode()
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64])
-async def test_replies_are_identical_however_the_bytes_are_chunked(chunk: int) -> None:
-    w = World()
+async def test_replies_are_identical_however_the_bytes_are_chunked(
+    chunk: int, worlds: Worlds
+) -> None:
+    w = worlds()
     c = w.client(0)
     data = (
         b"".join(
@@ -556,8 +408,8 @@ async def test_replies_are_identical_however_the_bytes_are_chunked(chunk: int) -
     assert c.replies() == [b"OK", b"1", 1, 1, b"PONG"]
 
 
-async def test_info_has_a_dominoes_section() -> None:
-    w = World()
+async def test_info_has_a_dominoes_section(worlds: Worlds) -> None:
+    w = worlds()
     c = w.client(1)
     info = (await c.ask(("INFO", "dominoes")))[0].decode()
     assert info.startswith("# Dominoes\r\n")
@@ -569,8 +421,8 @@ async def test_info_has_a_dominoes_section() -> None:
     assert "# Keyspace" in full
 
 
-async def test_client_and_command_and_config() -> None:
-    w = World()
+async def test_client_and_command_and_config(worlds: Worlds) -> None:
+    w = worlds()
     c = w.client(0)
     replies = await c.ask(
         ("CLIENT", "SETNAME", "worker-1"),

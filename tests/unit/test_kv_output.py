@@ -3,14 +3,15 @@
 A :class:`StuckTransport` plays a client that does not read: what the server
 writes stays in its buffer, and past asyncio's high-water mark it calls
 ``pause_writing`` as a real transport would.  ``read()`` is the client catching
-up.  Everything runs in the fake cluster of ``test_kv_connection``, so each
-check takes milliseconds.
+up.  Everything runs on real replicas in this process (``kv_world``), so
+each check takes milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from dominoes.components.kv import _connection
 from dominoes.components.kv._connection import Connection
 from dominoes.components.kv._limits import OUTPUT_WATERMARK
 
-from .test_kv_connection import Client, World, pack
+from .kv_world import Client, World, Worlds, pack
 
 VALUE = b"v" * 80_000  # under the test log's entry limit
 
@@ -78,6 +79,12 @@ class StuckTransport:
         return ("127.0.0.1", 12345) if name == "peername" else default
 
 
+@pytest.fixture
+async def worlds() -> AsyncIterator[Worlds]:
+    async with Worlds() as made:
+        yield made
+
+
 def stuck(world: World, replica: int = 0) -> tuple[Client, StuckTransport]:
     c = world.client(replica)
     t = StuckTransport(c.conn)
@@ -114,8 +121,8 @@ async def config(world: World, value: str) -> None:
 # --- flow control --------------------------------------------------------------------------
 
 
-async def test_a_pipeline_of_large_gets_runs_a_watermark_at_a_time() -> None:
-    w = World()
+async def test_a_pipeline_of_large_gets_runs_a_watermark_at_a_time(worlds: Worlds) -> None:
+    w = worlds()
     c, t = stuck(w)
     assert await c.ask(("SET", "big", VALUE)) == [b"OK"]
     t.read()
@@ -134,8 +141,8 @@ async def test_a_pipeline_of_large_gets_runs_a_watermark_at_a_time() -> None:
     assert t.reading
 
 
-async def test_held_back_commands_keep_their_order_with_writes_and_errors() -> None:
-    w = World()
+async def test_held_back_commands_keep_their_order_with_writes_and_errors(worlds: Worlds) -> None:
+    w = worlds()
     c, t = stuck(w)
     await c.ask(("SET", "big", VALUE))
     t.read()
@@ -153,8 +160,8 @@ async def test_held_back_commands_keep_their_order_with_writes_and_errors() -> N
         assert got[4] == b"PONG"
 
 
-async def test_a_protocol_error_is_answered_after_the_held_back_commands() -> None:
-    w = World()
+async def test_a_protocol_error_is_answered_after_the_held_back_commands(worlds: Worlds) -> None:
+    w = worlds()
     c, t = stuck(w)
     await c.ask(("SET", "big", VALUE))
     t.read()
@@ -168,9 +175,11 @@ async def test_a_protocol_error_is_answered_after_the_held_back_commands() -> No
     assert t.closed
 
 
-async def test_done_entries_are_encoded_a_watermark_at_a_time(monkeypatch: Any) -> None:
+async def test_done_entries_are_encoded_a_watermark_at_a_time(
+    monkeypatch: Any, worlds: Worlds
+) -> None:
     monkeypatch.setattr(_connection, "MAX_BATCH", 2)  # one SET + GET per entry
-    w = World()
+    w = worlds()
     c, t = stuck(w)
     await c.ask(("SET", "big", VALUE))
     t.read()
@@ -183,9 +192,11 @@ async def test_done_entries_are_encoded_a_watermark_at_a_time(monkeypatch: Any) 
     assert replies == [b"OK", VALUE] * n
 
 
-async def test_entries_in_flight_hold_back_the_rest_of_a_read(monkeypatch: Any) -> None:
+async def test_entries_in_flight_hold_back_the_rest_of_a_read(
+    monkeypatch: Any, worlds: Worlds
+) -> None:
     monkeypatch.setattr(_connection, "MAX_BATCH", 4)
-    w = World()
+    w = worlds()
     c = w.client(0)
     n = 4 * (_connection.MAX_IN_FLIGHT + 10)
     c.send(*[("SET", "k", i) for i in range(n)])
@@ -195,7 +206,7 @@ async def test_entries_in_flight_hold_back_the_rest_of_a_read(monkeypatch: Any) 
     await w.settle()
     assert c.replies() == [b"OK"] * n
     assert c.transport.reading
-    assert w.cluster[1].component("keyspace").values[b"k"] == b"%d" % (n - 1)
+    assert w.replicas[1].component("keyspace").values[b"k"] == b"%d" % (n - 1)
 
 
 # --- the limits ----------------------------------------------------------------------------
@@ -203,8 +214,9 @@ async def test_entries_in_flight_hold_back_the_rest_of_a_read(monkeypatch: Any) 
 
 async def test_a_reply_over_the_hard_limit_cuts_the_client_off_at_once(
     caplog: pytest.LogCaptureFixture,
+    worlds: Worlds,
 ) -> None:
-    w = World()
+    w = worlds()
     await config(w, "normal 200kb 0 0")
     c, t = stuck(w)
     await c.ask(("SET", "big", VALUE))
@@ -233,8 +245,8 @@ async def test_a_reply_over_the_hard_limit_cuts_the_client_off_at_once(
     assert await other.ask(("GET", "missing")) == [None]  # the others are served
 
 
-async def test_above_the_soft_limit_for_its_seconds_the_client_is_cut_off() -> None:
-    w = World()
+async def test_above_the_soft_limit_for_its_seconds_the_client_is_cut_off(worlds: Worlds) -> None:
+    w = worlds()
     await config(w, "normal 0 300kb 10")
     c, t = stuck(w)
     await c.ask(("SET", "big", VALUE))
@@ -258,8 +270,8 @@ async def test_above_the_soft_limit_for_its_seconds_the_client_is_cut_off() -> N
     assert conn.server.output_limit_disconnections == 1
 
 
-async def test_a_client_that_reads_in_time_is_not_cut_off_by_the_soft_limit() -> None:
-    w = World()
+async def test_a_client_that_reads_in_time_is_not_cut_off_by_the_soft_limit(worlds: Worlds) -> None:
+    w = worlds()
     await config(w, "normal 0 300kb 3600")
     c, t = stuck(w)
     await c.ask(("SET", "big", VALUE))
@@ -276,8 +288,8 @@ async def test_a_client_that_reads_in_time_is_not_cut_off_by_the_soft_limit() ->
         c.conn._soft_timer.cancel()
 
 
-async def test_subscribers_keep_the_pubsub_limit() -> None:
-    w = World()
+async def test_subscribers_keep_the_pubsub_limit(worlds: Worlds) -> None:
+    w = worlds()
     await config(w, "normal 1kb 0 0 pubsub 300kb 0 0")
     sub, t = stuck(w, 0)
     sub.send(("SUBSCRIBE", "ch"))
@@ -293,16 +305,18 @@ async def test_subscribers_keep_the_pubsub_limit() -> None:
     assert sub.conn.server.output_limit_disconnections == 1
 
 
-async def test_the_default_limits_are_redis_like_but_finite() -> None:
-    w = World()
+async def test_the_default_limits_are_redis_like_but_finite(worlds: Worlds) -> None:
+    w = worlds()
     c = w.client(0)
     assert await c.ask(("CONFIG", "GET", "client-output-buffer-limit")) == [
         [b"client-output-buffer-limit", b"normal 268435456 67108864 60 pubsub 33554432 0 0"]
     ]
 
 
-async def test_config_set_output_limits_reaches_every_replica_and_checks_its_value() -> None:
-    w = World()
+async def test_config_set_output_limits_reaches_every_replica_and_checks_its_value(
+    worlds: Worlds,
+) -> None:
+    w = worlds()
     a, b = w.client(0), w.client(1)
     replies = await a.ask(
         ("CONFIG", "SET", "client-output-buffer-limit", "NORMAL 1mb 2K 3 slave 1 2 3"),
@@ -333,14 +347,14 @@ async def test_config_set_output_limits_reaches_every_replica_and_checks_its_val
             [b"client-output-buffer-limit", b"normal 1048576 2000 3 pubsub 33554432 0 0"]
         ]
     assert await b.ask(("CONFIG", "SET", "client-output-buffer-limit", "pubsub 1gb 0 0")) == [b"OK"]
-    assert w.cluster[0].component("commands").output_limits == [
+    assert w.replicas[0].component("commands").output_limits == [
         1048576, 2000, 3, 1024**3, 0, 0
     ]  # fmt: skip
-    w.cluster.assert_converged()
+    await w.assert_converged()
 
 
-async def test_the_transport_pauses_at_the_watermark_of_the_clients_limits() -> None:
-    w = World()
+async def test_the_transport_pauses_at_the_watermark_of_the_clients_limits(worlds: Worlds) -> None:
+    w = worlds()
     c, t = stuck(w)
     assert t.high == OUTPUT_WATERMARK
     await config(w, "normal 0 256kb 10")  # a soft limit under the watermark lowers it
