@@ -27,6 +27,7 @@ from __future__ import annotations
 from ._core._backend import LogBackend as LogBackend
 from ._core._backend import LogFactory as LogFactory
 from ._core._backend import LogHost as LogHost
+from ._core._backend import SupervisedLog as SupervisedLog
 from ._core._codec import Batch as Batch
 from ._core._codec import Call as Call
 from ._core._codec import Control as Control
@@ -99,6 +100,7 @@ __all__ = (
     "ReplicaStatistics",
     "SharedLog",
     "StateMachine",
+    "SupervisedLog",
     "Wakeups",
     "Words",
     "decode",

@@ -18,6 +18,9 @@ Three protocols split the work by who calls it:
 * :class:`LogBackend`: a replica's handle (append, read, claim, progress,
   membership, waiting).  ``ReplicaCore`` and the runtime's ``Replica`` use
   nothing else of the log.
+* :class:`SupervisedLog`: the supervisor's handle, a ``LogBackend`` that can
+  also judge and repair (heartbeats, poison verdicts, a dead producer's
+  unpublished positions).
 * ``Wakeups`` (in ``dominoes._runtime._wakeups``, being I/O): how a producer
   wakes a sleeping replica, and how a replica waits on its event loop (an
   eventfd per replica for ``shm``).
@@ -41,7 +44,7 @@ from typing import Protocol, runtime_checkable
 
 from ._log import KIND_ENTRY, LogStatistics
 
-__all__ = ("LogBackend", "LogFactory", "LogHost")
+__all__ = ("LogBackend", "LogFactory", "LogHost", "SupervisedLog")
 
 
 @runtime_checkable
@@ -167,6 +170,45 @@ class LogBackend(Protocol):
         ...
 
 
+@runtime_checkable
+class SupervisedLog(LogBackend, Protocol):
+    """The supervisor's handle: a replica's calls, and those that judge and repair.
+
+    The supervisor watches every line (heartbeats, gave-up seqs), declares
+    poison entries, and makes a dead producer's unpublished positions no-ops
+    so that nobody waits on them (invariant 7).  ``LogHost.log`` gives one.
+    """
+
+    @property
+    def max_replicas(self) -> int:
+        """Lines in the log: replicas first, then local clients."""
+        ...
+
+    def heartbeat(self, replica: int, /) -> int:
+        """A counter ``beat`` bumps; it stops moving when a replica's loop does."""
+        ...
+
+    def stuck(self, replica: int, /) -> int:
+        """The seq ``replica`` gave up applying (0: none)."""
+        ...
+
+    def declare_poisoned(self, seq: int, /) -> None:
+        """Every live replica gave up on ``seq``: each applies it as an error (invariant 9)."""
+        ...
+
+    def fill_abandoned(self, dead: int, /) -> int:
+        """Publish no-ops where the dead line reserved and never published; how many."""
+        ...
+
+    def recovery_pending(self, dead: int, /) -> bool:
+        """The dead line may still own unpublished positions (fill before it rejoins)."""
+        ...
+
+    def announcer(self, seq: int, /) -> int | None:
+        """The line that announced a reservation covering ``seq``, if any."""
+        ...
+
+
 class LogHost(Protocol):
     """One process's hold on one backend instance: the supervisor's, or a replica's.
 
@@ -175,7 +217,7 @@ class LogHost(Protocol):
     """
 
     @property
-    def log(self) -> LogBackend:
+    def log(self) -> SupervisedLog:
         """This process's handle (the supervisor's: membership, dead replicas, verdicts)."""
         ...
 

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from .._core._log import Log
+from .._core._backend import SupervisedLog
 
 if TYPE_CHECKING:
     from .._core._service import Service
@@ -48,7 +48,7 @@ class ClientLeases:
         *,
         service: Service,
         replicas: int,
-        log: Log,
+        log: SupervisedLog,
         fds: list[int],
         wake: Callable[[], None],
         stopping: Callable[[], bool],
@@ -56,7 +56,7 @@ class ClientLeases:
         self._service = service
         self._n = replicas
         #: None once the log is released (the service is gone, the log with it)
-        self._log: Log | None = log
+        self._log: SupervisedLog | None = log
         self._fds = fds
         self._wake = wake
         self._stopping = stopping

@@ -40,12 +40,11 @@ from typing import Final
 
 import msgspec
 
-from .._core._backend import LogHost
+from .._core._backend import LogHost, SupervisedLog
 from .._core._log import (
     DEFAULT_CAPACITY,
     DEFAULT_MAX_REPLICAS,
     DEFAULT_SLOT_SIZE,
-    Log,
     ReplicaState,
 )
 from ._control import ControlServer
@@ -239,13 +238,12 @@ class Supervisor:
         )
         try:
             log_handle, handles = host.log, host.handles()
-            if not isinstance(log_handle, Log) or len(handles) != 1:
-                # What _process attaches to (one inherited memfd), and what the
-                # recovery of dead lines needs (fill_abandoned: the ring's own).
+            if not isinstance(log_handle, SupervisedLog) or len(handles) != 1:
+                # What the watchdog and the recovery of dead lines call, and
+                # what _process passes a replica (one inherited fd).
                 raise RuntimeError(
-                    f"log backend {self.config.log!r} cannot serve replica processes: they "
-                    f"inherit one fd, and the supervisor recovers dead lines of a ring log "
-                    f"(it gives "
+                    f"log backend {self.config.log!r} cannot serve replica processes: the "
+                    f"supervisor needs a SupervisedLog and one fd to pass (it gives "
                     f"{type(log_handle).__name__} and {len(handles)} fds)"
                 )
             if self.n > log_handle.max_replicas:

@@ -32,7 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from .._core._log import Log, ReplicaState
+from .._core._backend import SupervisedLog
+from .._core._log import ReplicaState
 
 if TYPE_CHECKING:
     from ._supervisor import Child
@@ -56,7 +57,7 @@ class Watchdog:
         self,
         *,
         children: list[Child],
-        log: Log,
+        log: SupervisedLog,
         run_dir: Path,
         stuck_after: float | None,
         eject_after: float | None,

@@ -22,7 +22,8 @@ A backend's test module subclasses :class:`LogBackendSuite` and gives it a
   before ``try_append`` returns (a backend whose appends complete later
   gives them a handle that settles after each append).
 
-Every test calls only what the ``LogBackend`` protocol declares, plus
+Every test calls only what the ``LogBackend`` protocol declares (and, on
+``host``, what ``SupervisedLog`` adds), plus
 ``ReplicaState`` and the errors the contract names (``EntryTooLargeError``,
 ``LifecycleError``).  Nothing here knows about slots, words or offsets, except
 one stated assumption: a payload of at most :data:`SMALL` bytes takes one
@@ -42,7 +43,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dominoes import EntryTooLargeError
-from dominoes._core._backend import LogBackend
+from dominoes._core._backend import LogBackend, SupervisedLog
 from dominoes._core._errors import LifecycleError
 from dominoes._core._log import ReplicaState
 
@@ -82,7 +83,8 @@ Elsewhere = Callable[[Callable[..., Any], Sequence[tuple[Any, ...]]], list[Any]]
 class Opened(AbstractContextManager["Opened"]):
     """One log under test."""
 
-    host: LogBackend
+    #: the supervisor's handle (``LogHost.log``)
+    host: SupervisedLog
     handle: Callable[[], LogBackend]
     close: Callable[[], None]
     #: run participants in other processes (None: this backend cannot)
@@ -686,3 +688,50 @@ class LogBackendSuite:
             assert stats.slowest_cursor == stats.tail
             assert stats.free_slots == 8
             assert (stats.live, stats.dead) == ((), (2,))
+
+    # --- the supervisor's calls (SupervisedLog) -------------------------------------------------
+
+    def test_the_host_is_a_supervised_log_with_a_line_per_replica(self, backend: Backend) -> None:
+        opened, _ = live_log(backend, replicas=2)
+        with opened:
+            assert isinstance(opened.host, SupervisedLog)
+            assert opened.host.max_replicas >= 2
+
+    def test_a_heartbeat_moves_only_with_its_own_replicas_beat(self, backend: Backend) -> None:
+        opened, (a, b) = live_log(backend, replicas=2)
+        with opened:
+            host = opened.host
+            before = (host.heartbeat(0), host.heartbeat(1))
+            a.beat(0)
+            a.beat(0)
+            assert host.heartbeat(0) != before[0]
+            assert host.heartbeat(1) == before[1]
+            b.beat(1)
+            assert host.heartbeat(1) != before[1]
+
+    def test_a_gave_up_seq_and_a_poison_verdict_reach_every_handle(self, backend: Backend) -> None:
+        opened, (a, b) = live_log(backend, replicas=2)
+        with opened:
+            host = opened.host
+            seq = a.try_append(0, b"hang")
+            opened.settle()
+            a.set_stuck(0, seq)
+            b.set_stuck(1, seq)
+            assert (host.stuck(0), host.stuck(1)) == (seq, seq)
+            host.declare_poisoned(seq)
+            assert a.poisoned == b.poisoned == host.poisoned == seq
+            a.set_stuck(0, 0)
+            assert host.stuck(0) == 0
+
+    def test_a_dead_line_that_published_everything_needs_no_repair(self, backend: Backend) -> None:
+        opened, (a, _) = live_log(backend, replicas=2)
+        with opened:
+            host = opened.host
+            seqs = [a.try_append(0, b"done") for _ in range(3)]
+            opened.settle()
+            host.mark_dead(0)
+            assert not host.recovery_pending(0)
+            assert host.fill_abandoned(0) == 0
+            assert all(host.announcer(seq) is None for seq in seqs)
+            assert host.tail == seqs[-1] + 1  # nothing was added
+            assert host.join(0) == host.tail  # and the line may rejoin at once
