@@ -110,6 +110,25 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")
 _OFFLINE = ("Could not find a version", "NewConnectionError", "Temporary failure in name")
 
 
+def run_bounded(
+    argv: list[str], cwd: Path, env: dict[str, str], what: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to its end, its output captured; over ``LINE_TIMEOUT`` fails the test."""
+    try:
+        return subprocess.run(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=LINE_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"{what} ran over {LINE_TIMEOUT:g} s") from exc
+
+
 @dataclass(frozen=True)
 class Block:
     doc: str
@@ -173,19 +192,7 @@ class Terminal:
             f"pwd > {shlex.quote(str(state / 'pwd'))}\n"
             "exit $status\n"
         )
-        try:
-            done = subprocess.run(
-                ["bash", "-c", script],
-                cwd=self.cwd,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=LINE_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise AssertionError(f"{where}: `{line}` ran over {LINE_TIMEOUT:g} s") from exc
+        done = run_bounded(["bash", "-c", script], self.cwd, self.env, f"{where}: `{line}`")
         assert done.returncode == 0, (
             f"{where}: `{line}` exited {done.returncode}:\n{done.stdout[-2000:]}"
             f"\n{done.stderr[-3000:]}"
@@ -408,19 +415,7 @@ class Run:
         here = Path(tempfile.mkdtemp(dir=self.terminal.scratch))
         (here / "blocks.py").write_text("\n\n".join(self.python))
         env = {k: v for k, v in self.terminal.env.items() if k != "PYTHONPATH"}
-        try:
-            done = subprocess.run(
-                [str(self.venv_python), "blocks.py"],
-                cwd=here,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=LINE_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise AssertionError(f"{block.where()} ran over {LINE_TIMEOUT:g} s") from exc
+        done = run_bounded([str(self.venv_python), "blocks.py"], here, env, block.where())
         assert done.returncode == 0, f"{block.where()} failed:\n{done.stderr[-3000:]}"
         for text in PRINTS.get((block.doc, number), ()):
             assert text in done.stdout, f"{block.where()} printed {done.stdout!r}, not {text!r}"
