@@ -435,6 +435,7 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
         out: list[Applied] = []
         recovery = self.recovery
         journal = None if recovery is None else recovery.journal
+        clock = self._clock
         added = 0
         seq = start = machine.cursor
         while budget and seq < stop:
@@ -453,7 +454,6 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
                     kind = KIND_ENTRY  # the journal keeps the bytes, not the reference
                 entry = decode(payload, seq)
                 owner = self._owns(entry)
-                clock = self._clock
                 if clock is None:
                     applied = machine.apply(entry, owner, nslots)
                 else:
@@ -482,12 +482,12 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
                 # is produced outside the timed apply (and rarely: test first).
                 if applied.digest_due or applied.snapshot_for >= 0:
                     machine.finish(applied)
+                    if applied.digest is not None:  # computed here, not by a digest_writer
+                        report = Control("digest", [index, seq, applied.digest], entry.ts, index)
+                        self.outbox.append(encode(report))
                 if journal is not None:
                     journal.append((seq, kind, nslots, payload))
                     added += len(payload)
-                if applied.digest is not None:
-                    report = Control("digest", [index, seq, applied.digest], entry.ts, index)
-                    self.outbox.append(encode(report))
                 batch = applied.batch
                 if batch is None:
                     if pending:
