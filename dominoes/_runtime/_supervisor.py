@@ -149,8 +149,9 @@ class Child:
     #: its heartbeat, and since when it has not moved
     seen_beat: int = -1
     beat_since: float = 0.0
-    #: since when its cursor has held a full log while another replica was ahead
+    #: since when its cursor has held a full log while another replica was ahead, and at what
     holding_since: float | None = None
+    holding_cursor: int = 0
 
 
 class Supervisor:

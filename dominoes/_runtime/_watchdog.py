@@ -108,7 +108,7 @@ class Watchdog:
                 for path in self._run_dir.glob(pattern):
                     path.unlink(missing_ok=True)
         limit = self._stuck_after
-        if limit is None:
+        if limit is None and self._eject_after is None:
             return
         now = time.monotonic()
         if now - self._last_watch > 4 * WATCHDOG_EVERY:
@@ -119,8 +119,12 @@ class Watchdog:
                 c.stuck_since = c.holding_since = None
                 c.beat_since = now
         self._last_watch = now
-        self._watch_unpublished(now, limit)
+        if limit is not None:
+            self._watch_unpublished(now, limit)
+        # Even with --stuck-after 0: --eject-after bounds writers' waits on its own.
         self._watch_liveness(now, limit)
+        if limit is None:
+            return
         for c in self.children:
             if not c.ready or c.proc is None or self._log.state(c.index) != ReplicaState.LIVE:
                 c.stuck_since = None
@@ -144,7 +148,7 @@ class Watchdog:
                 with contextlib.suppress(ProcessLookupError):
                     c.proc.kill()
 
-    def _watch_liveness(self, now: float, limit: float) -> None:
+    def _watch_liveness(self, now: float, limit: float | None) -> None:
         """Kill a replica that stopped serving, or that alone holds a full log.
 
         * **No heartbeat.**  A replica's event loop bumps its heartbeat word
@@ -160,7 +164,9 @@ class Watchdog:
           never ejected; it causes backpressure.
 
         Either way only while another live replica is serving (fresh
-        heartbeat): killing the last one would lose the state.
+        heartbeat): killing the last one would lose the state.  With no
+        ``limit`` (``--stuck-after 0``) heartbeats are not judged, and every
+        live replica counts as serving.
         """
         log_ = self._log
         live = [
@@ -172,7 +178,7 @@ class Watchdog:
             beat = log_.heartbeat(c.index)
             if beat != c.seen_beat:
                 c.seen_beat, c.beat_since = beat, now
-        fresh = {c.index for c in live if now - c.beat_since < limit}
+        fresh = {c.index for c in live if limit is None or now - c.beat_since < limit}
         stats = log_.statistics()
         nearly_full = stats.free_slots < max(1, stats.capacity // 16)
         cursors = {c.index: log_.cursor(c.index) for c in live}
@@ -182,18 +188,17 @@ class Watchdog:
             if c.index not in fresh and others_fresh:
                 self._kill(c, f"stopped serving: no heartbeat for {now - c.beat_since:.1f}s")
                 continue
-            ahead = any(cursors[o] > cursors[c.index] for o in cursors if o != c.index)
-            holding = nearly_full and ahead and stats.slowest_replica == c.index
-            if not holding or cursors[c.index] != c.seen_cursor:
-                c.holding_since = None if not holding else now
-                continue
-            if c.holding_since is None:
-                c.holding_since = now
+            cursor = cursors[c.index]
+            ahead = any(cursors[o] > cursor for o in cursors if o != c.index)
+            if not (nearly_full and ahead and stats.slowest_replica == c.index):
+                c.holding_since = None
+            elif c.holding_since is None or cursor != c.holding_cursor:
+                c.holding_cursor, c.holding_since = cursor, now  # holding, or it moved
             elif eject is not None and now - c.holding_since >= eject and others_fresh:
                 self._kill(
                     c,
                     f"held the full log for {now - c.holding_since:.1f}s at seq "
-                    f"{cursors[c.index]} while others were ahead (ejected; "
+                    f"{cursor} while others were ahead (ejected; "
                     "--eject-after bounds how long writers wait on one replica)",
                 )
 
