@@ -224,9 +224,10 @@ class Watchdog:
         watchdog spares them).
         """
         log_ = self._log
-        live = [
-            c.index for c in self.children if c.ready and log_.state(c.index) == ReplicaState.LIVE
-        ]
+        # Every live line has a say, ready or not: a replica that joined (live
+        # from its snapshot on) but still runs on_start applies entries too,
+        # and may yet apply the one the others gave up on.
+        live = [c.index for c in self.children if log_.state(c.index) == ReplicaState.LIVE]
         if not live:
             return set()
         cursors = {i: log_.cursor(i) for i in live}

@@ -1,7 +1,7 @@
 """The supervisor's watchdog, on a log header it is shown (no processes).
 
-The ejection of a replica holding a full log works with the stuck-replica
-watchdog off.
+A poison verdict waits for every live replica, ready or not; the ejection of
+a replica holding a full log works with the stuck-replica watchdog off.
 """
 
 from __future__ import annotations
@@ -101,6 +101,26 @@ def ticks(dog: Watchdog, n: int) -> None:
             dog._tick()
 
     asyncio.run(run())
+
+
+def test_no_poison_verdict_while_a_live_replica_not_ready_yet_may_apply_the_entry(
+    tmp_path: Path,
+) -> None:
+    log = FakeLog(2)
+    kids = children(2)
+    kids[1].ready = False  # live from its snapshot on, still running on_start
+    log.tail = 10
+    log.cursors = {0: 5, 1: 3}
+    log.stucks = {0: 5, 1: 0}  # replica 0 gave up on seq 5; replica 1 is not there yet
+    dog = watchdog(kids, log, tmp_path, stuck_after=5.0)
+    ticks(dog, 1)
+    assert log.poisoned == 0
+    assert dog.poisoned == 0
+    log.cursors[1] = log.stucks[1] = 5  # it gave up on it too: now nobody can apply it
+    ticks(dog, 1)
+    assert log.poisoned == 5
+    assert dog.poisoned == 1
+    assert "seq=5" in (tmp_path / "poisoned.log").read_text()
 
 
 def test_a_replica_holding_a_full_log_is_ejected_with_the_stuck_watchdog_off(
