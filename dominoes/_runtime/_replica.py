@@ -311,15 +311,19 @@ class Replica:
 
         One atomic load when there is nothing to do.  Call it before answering
         reads from the local state (invariant 8, docs/design/invariants.md); replies and effects of
-        the entries it applies go out as usual.  A joining replica, or one
-        waiting for a poison verdict, reads at its own position: nothing past
-        it has been applied anywhere.
+        the entries it applies go out as usual.  A joining replica serves no
+        reads yet (ingress starts once it joined).  One that gave up on an
+        entry first looks for the verdict: if another replica applied the
+        entry (its reply may have left), it applies it again now; otherwise
+        it reads at its own position, where every live replica waits.
         """
         core = self.core
         if self.closed:  # stopped applying: nothing to catch up with
             return
         target = core.behind()
-        if not target or self.joining.active or core.gave_up:
+        if not target or self.joining.active:
+            return
+        if core.gave_up and not self._verdict():
             return
         self.syncs += 1
         self._batch_usage = thread_usage()  # see _on_stall

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dominoes import Component, Context, LogFullError, Replica, Service, update
+from dominoes import Component, Context, LogFullError, Replica, Service, query, update
+from dominoes._core._errors import ApplyTimeout
 from dominoes._runtime._shm import SharedLog
 from dominoes._runtime._wakeups import EventfdWakeups
 
@@ -78,3 +79,73 @@ async def test_a_full_log_delays_the_group_and_refuses_nowait_behind_it(replica:
         replica.submit_nowait(Trail.mark, "behind")  # would overtake "late"
     await asyncio.wait_for(asyncio.gather(*blockers, queued), 5)
     assert replica.component(Trail).seen[-1] == "late"
+
+
+class GivesUp(Component):
+    """``mark`` gives up (as an apply timeout would) once, on the replica that does not own it."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @update
+    def mark(self, ctx: Context, what: str) -> int:
+        if not ctx.is_owner and what in _GIVE_UP_ONCE:
+            _GIVE_UP_ONCE.discard(what)
+            raise ApplyTimeout("slow here")
+        self.seen.append(what)
+        return len(self.seen)
+
+    @query
+    def count(self) -> int:
+        return len(self.seen)
+
+
+_GIVE_UP_ONCE: set[str] = set()
+
+
+async def test_a_read_on_a_replica_that_gave_up_sees_the_entry_another_applied(
+    tmp_path: Path,
+) -> None:
+    """Invariant 8 while waiting for a verdict: a write acknowledged by another
+    replica is in the next read here, not only after the next safety tick."""
+    shared = SharedLog.create("gives-up", capacity=16, slot_size=128, max_replicas=2)
+    efds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(2)]
+    wakeups = EventfdWakeups(efds)
+    replicas = []
+    for i in range(2):
+        log = shared.log()
+        log.join(i, cursor=1)
+        log.set_live(i)
+        r = Replica(
+            Service("gives-up", [GivesUp()]),
+            i,
+            log,
+            wakeups,
+            replicas=2,
+            run_dir=tmp_path,
+            apply_timeout=None,  # the handler gives up by itself
+            fork_snapshots=False,
+        )
+        r.attach(asyncio.get_running_loop())
+        r.start_fresh()
+        replicas.append(r)
+    stuck, owner = replicas
+    try:
+        _GIVE_UP_ONCE.add("w")
+        acked = owner.submit_nowait(GivesUp.mark, "w")
+        # One loop iteration each, in this order and nothing in between: the
+        # first gives up and rolls back, the second applies and replies.
+        stuck._drain()
+        assert stuck.core.gave_up
+        owner._drain()
+        assert acked.done()
+        assert acked.result() == 1
+        assert stuck.query(GivesUp.count) == 1
+        assert not stuck.core.gave_up
+    finally:
+        _GIVE_UP_ONCE.clear()
+        for r in replicas:
+            r.close()
+        shared.close()
+        for fd in efds:
+            os.close(fd)
