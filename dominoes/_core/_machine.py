@@ -228,7 +228,9 @@ class StateMachine:
         # digests being computed by the driver, and other replicas' reports
         # for them that arrived first (compared once ours is done)
         self._digest_pending: set[int] = set()
-        self._early_reports: dict[int, list[tuple[int, dict[str, str]]]] = {}
+        # (at -> reporter -> digest: a replay after a rollback re-applies a
+        # report, and must not keep it twice)
+        self._early_reports: dict[int, dict[int, dict[str, str]]] = {}
         self.divergences = 0
         # local statistics
         self.applied_entries = 0
@@ -346,8 +348,7 @@ class StateMachine:
         if reporter == self.index:
             return
         if at in self._digest_pending:  # ours is still being computed: compare later
-            early = self._early_reports.setdefault(at, [])
-            early.append((reporter, theirs))
+            self._early_reports.setdefault(at, {})[reporter] = theirs
             if len(self._early_reports) > _DIGESTS_KEPT:
                 del self._early_reports[next(iter(self._early_reports))]
             return
@@ -372,11 +373,11 @@ class StateMachine:
         only: divergence detection is an observation, not replicated state.
         """
         self._digest_pending.discard(seq)
-        early = self._early_reports.pop(seq, [])
+        early = self._early_reports.pop(seq, {})
         if digest is None:
             return []
         self._keep_digest(seq, digest)
-        found = [self._check(seq, reporter, theirs, digest) for reporter, theirs in early]
+        found = [self._check(seq, reporter, theirs, digest) for reporter, theirs in early.items()]
         return [d for d in found if d is not None]
 
     def _call(self, call: Call, out: Applied, now: float) -> None:

@@ -105,9 +105,10 @@ class RecoveryPoint:
 
         A replay produces no snapshot or digest (the machine defers outputs
         and nothing calls ``finish``): those were written the first time.
-        Local statistics are kept as they were.
+        Local statistics are kept as they were (a digest report replayed is
+        not a second divergence).
         """
-        stats = (machine.applied_entries, machine.errors, machine.timers_fired)
+        stats = (machine.applied_entries, machine.errors, machine.timers_fired, machine.divergences)
         machine.restore(self.load())
         for seq, kind, nslots, payload in self.journal:
             if kind == KIND_NOOP:
@@ -116,7 +117,7 @@ class RecoveryPoint:
                 machine.apply_poisoned(decode(payload, seq), False, nslots)
             else:
                 machine.apply(decode(payload, seq), False, nslots)
-        machine.applied_entries, machine.errors, machine.timers_fired = stats
+        machine.applied_entries, machine.errors, machine.timers_fired, machine.divergences = stats
         self.rollbacks += 1
 
 

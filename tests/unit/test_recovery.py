@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from dominoes import Component, Context, Mode, PoisonedEntryError, Service, query, update
-from dominoes.lowlevel import ApplyTimeout, Log, PlainWords, ReplicaCore
+from dominoes.lowlevel import ApplyTimeout, Control, Log, PlainWords, ReplicaCore, encode
 
 
 class Store(Component):
@@ -253,3 +253,48 @@ def test_a_refused_blob_is_reused_by_its_retry_and_dropped_when_given_up() -> No
     seq = a.try_append(second)
     assert seq
     assert list(blobs.seqs.values()) == [seq]
+
+
+def _bogus_report(reporter: int, at: int) -> bytes:
+    """A digest report from ``reporter`` for seq ``at`` that disagrees with any state."""
+    return encode(
+        Control("digest", [reporter, at, {"Store": "x", "_dominoes": "y"}], 1.0, reporter)
+    )
+
+
+def test_a_rollback_does_not_count_a_divergence_again() -> None:
+    """The replay re-applies a digest report already compared: divergence
+    detection is local bookkeeping, and the replay must not repeat it."""
+    a, _ = pair(checkpoint_entries=100)
+    a.machine.digest_every = 2
+    append(a, "Store.put", "k", 1)
+    append(a, "Store.put", "k", 2)  # seq 2: a digest point
+    a.poll()
+    a.append_nowait(_bogus_report(1, 2))
+    a.poll()
+    assert a.machine.divergences == 1
+    append(a, "Store.hang", "k")
+    a.poll()
+    assert a.gave_up
+    a.rollback()
+    assert a.machine.divergences == 1
+
+
+def test_a_rollback_does_not_queue_an_early_digest_report_twice() -> None:
+    """A report that came before this replica's background digest is kept for
+    :meth:`digest_done`; replaying it after a rollback must not keep it twice."""
+    a, _ = pair(checkpoint_entries=100)
+    a.machine.digest_every = 2
+    a.machine.digest_writer = lambda seq: True  # digests in the background
+    append(a, "Store.put", "k", 1)
+    append(a, "Store.put", "k", 2)  # seq 2: a digest point, pending
+    a.poll()
+    a.append_nowait(_bogus_report(1, 2))
+    append(a, "Store.hang", "k")
+    a.poll()
+    assert a.gave_up
+    a.rollback()
+    digest = a.machine.digest()  # the state at seq 2 (only put k=2 since)
+    found = a.digest_done(2, digest, now=1.0)
+    assert [(d.seq, d.replicas) for d in found] == [(2, (1, 0))]
+    assert a.machine.divergences == 1
