@@ -17,9 +17,13 @@ heartbeats, reservations, gave-up seqs) and acts on what it finds:
   a dead replica wrote are removed once every replica is past them.
 
 Waiting on a slow replica is backpressure; waiting forever on a stuck one
-would stall the service (invariant 7, docs/design/invariants.md).  A replica
-is only killed while another live one serves: killing the last would lose the
-state.  Killed replicas are restarted by the supervisor like any dead one.
+would stall the service (invariant 7, docs/design/invariants.md).  The
+liveness pass kills a replica only while another live one serves: killing the
+last would lose the state.  The stuck and unpublished passes do not ask: an
+entry that wedges every replica beyond ``--apply-timeout``'s reach (C code
+that never checks for signals) gets them all killed, and the supervisor
+stops with status 1 (docs/design/reads-and-poison.md, "Where it stops").
+Killed replicas are restarted by the supervisor like any dead one.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from .._core._backend import SupervisedLog
-from .._core._log import ReplicaState
+from .._core._log import LogStatistics, ReplicaState
 
 if TYPE_CHECKING:
     from ._supervisor import Child
@@ -101,8 +105,9 @@ class Watchdog:
         loop = asyncio.get_running_loop()
         loop.call_later(WATCHDOG_EVERY, self._tick)
         waiting = self._judge_poison()
+        stats = self._log.statistics()  # one reading of the header for the whole round
         if self._dead_blobs:
-            low = self._log.slowest_cursor()
+            low = stats.slowest_cursor
             for pattern, tail in [d for d in self._dead_blobs if d[1] <= low]:
                 self._dead_blobs.remove((pattern, tail))
                 for path in self._run_dir.glob(pattern):
@@ -120,9 +125,9 @@ class Watchdog:
                 c.beat_since = now
         self._last_watch = now
         if limit is not None:
-            self._watch_unpublished(now, limit)
+            self._watch_unpublished(now, limit, stats)
         # Even with --stuck-after 0: --eject-after bounds writers' waits on its own.
-        self._watch_liveness(now, limit)
+        self._watch_liveness(now, limit, stats)
         if limit is None:
             return
         for c in self.children:
@@ -136,19 +141,10 @@ class Watchdog:
             if c.stuck_since is None:
                 c.stuck_since = now
             elif now - c.stuck_since >= limit:
-                log.error(
-                    "replica %d stuck seq=%d for %.1fs with lag %d; killing it so the others "
-                    "go on (it restarts from a snapshot)",
-                    c.index,
-                    cursor,
-                    now - c.stuck_since,
-                    self._log.tail - cursor,
-                )
-                c.stuck_since = None
-                with contextlib.suppress(ProcessLookupError):
-                    c.proc.kill()
+                lag = stats.tail - cursor
+                self._kill(c, f"stuck seq={cursor} for {now - c.stuck_since:.1f}s with lag {lag}")
 
-    def _watch_liveness(self, now: float, limit: float | None) -> None:
+    def _watch_liveness(self, now: float, limit: float | None, stats: LogStatistics) -> None:
         """Kill a replica that stopped serving, or that alone holds a full log.
 
         * **No heartbeat.**  A replica's event loop bumps its heartbeat word
@@ -179,7 +175,6 @@ class Watchdog:
             if beat != c.seen_beat:
                 c.seen_beat, c.beat_since = beat, now
         fresh = {c.index for c in live if limit is None or now - c.beat_since < limit}
-        stats = log_.statistics()
         nearly_full = stats.free_slots < max(1, stats.capacity // 16)
         cursors = {c.index: log_.cursor(c.index) for c in live}
         eject = self._eject_after
@@ -272,7 +267,7 @@ class Watchdog:
         names = sorted({getattr(c, "event", type(c).__name__) for c in calls})
         return f"{type(entry).__name__} of {', '.join(names)}"
 
-    def _watch_unpublished(self, now: float, limit: float) -> None:
+    def _watch_unpublished(self, now: float, limit: float, stats: LogStatistics) -> None:
         """Kill a replica that holds a reservation unpublished for ``limit`` seconds.
 
         Every reader waits at the first unpublished seq.  Its producer never
@@ -281,7 +276,6 @@ class Watchdog:
         it can never write that slot late), and its death fills the slot.  A
         local client cannot be killed safely from here; it is reported.
         """
-        stats = self._log.statistics()
         head = stats.slowest_cursor
         if head >= stats.tail or self._log.published(head):
             self._held_head = None
@@ -296,15 +290,7 @@ class Watchdog:
         n = len(self.children)
         child = self.children[line] if line is not None and line < n else None
         if child is not None and child.proc is not None:
-            log.error(
-                "replica %d reserved seq=%d and has not published it for %.1fs; killing it so "
-                "the others go on",
-                line,
-                head,
-                limit,
-            )
-            with contextlib.suppress(ProcessLookupError):
-                child.proc.kill()
+            self._kill(child, f"reserved seq={head} and has not published it for {limit:.1f}s")
         else:
             log.error(
                 "seq=%d has been reserved and unpublished for %.1fs (line %s): every replica "
