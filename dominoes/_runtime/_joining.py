@@ -76,6 +76,8 @@ class Joining:
         self.catching_up = False
         #: entries copied out of the ring: (seq, kind, nslots, payload)
         self.backlog: list[tuple[int, int, int, bytes]] = []
+        #: how many at its head are applied already (catching up)
+        self._done = 0
         #: the next seq to copy
         self.copied = 0
         self._asked = 0.0
@@ -160,12 +162,21 @@ class Joining:
         """Apply a batch of the backlog (``deliver`` each outcome); True once live."""
         core = self._r.core
         self.copy()
-        chunk = self.backlog[: core.batch]
-        del self.backlog[: core.batch]
-        for applied in core.apply_backlog(chunk):
+        backlog = self.backlog
+        end = self._done + core.batch
+        for applied in core.apply_backlog(backlog[self._done : end]):
             deliver(applied)
-        if self.backlog:
+        if end < len(backlog):
+            # Drop the applied head once it is half the list, not every batch:
+            # ``del backlog[:batch]`` moved the rest of a backlog of millions
+            # of entries for each batch (quadratic).
+            if end > len(backlog) // 2:
+                del backlog[:end]
+                end = 0
+            self._done = end
             return False
+        self.backlog = []
+        self._done = 0
         core.go_live(self.copied)
         self.catching_up = False
         self.joined.set()

@@ -6,11 +6,14 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from dominoes import Component, Context, LogFullError, Replica, Service, query, update
 from dominoes._core._errors import ApplyTimeout
+from dominoes._runtime._joining import Joining
 from dominoes._runtime._shm import SharedLog
 from dominoes._runtime._wakeups import EventfdWakeups
 
@@ -149,3 +152,48 @@ async def test_a_read_on_a_replica_that_gave_up_sees_the_entry_another_applied(
         shared.close()
         for fd in efds:
             os.close(fd)
+
+
+class _BacklogCore:
+    """What ``Joining.catch_up`` uses of a ``ReplicaCore``: batches, copying, applying."""
+
+    def __init__(self, arriving: list[int]) -> None:
+        self.batch = 3
+        self.arriving = arriving  # seqs published while catching up, one per copy
+        self.applied: list[int] = []
+        self.live_at = 0
+
+        class Machine:
+            cursor = 1
+
+        self.machine = Machine()
+
+    def copy_backlog(self, backlog: list[tuple[int, int, int, bytes]], start: int) -> int:
+        if self.arriving:
+            backlog.append((self.arriving.pop(0), 0, 1, b""))
+            return start + 1
+        return start
+
+    def apply_backlog(self, chunk: list[tuple[int, int, int, bytes]]) -> list[Any]:
+        self.applied += [seq for seq, *_ in chunk]
+        self.machine.cursor += len(chunk)
+        return []
+
+    def go_live(self, copied: int) -> None:
+        self.live_at = copied
+
+
+def test_catching_up_applies_the_backlog_once_in_order_while_it_grows() -> None:
+    core = _BacklogCore(arriving=list(range(11, 16)))
+    joining = Joining(SimpleNamespace(core=core, index=1))  # type: ignore[arg-type]
+    joining.backlog = [(seq, 0, 1, b"") for seq in range(1, 11)]
+    joining.copied = 11
+    joining.catching_up = True
+    rounds = 0
+    while not joining.catch_up(lambda applied: None):
+        rounds += 1
+        assert rounds < 100
+    assert core.applied == list(range(1, 16))
+    assert core.live_at == 16
+    assert joining.backlog == []
+    assert joining.joined.is_set()
