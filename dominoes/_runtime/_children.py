@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -162,7 +161,7 @@ class Children:
             # short period): skip this point rather than pile up children.
             # Reports of it from other replicas are then not compared here.
             self.digests_skipped += 1
-            loop.call_soon(lambda: self._r.core.digest_done(seq, None, now=time.time()))
+            loop.call_soon(self._r.digest_done, seq, None)
             return True
         machine = self._r.core.machine
         try:
