@@ -204,9 +204,7 @@ class Supervisor:
             tcp=self.service.tcp is not None,
             udp=self.service.udp is not None,
         )
-        for pattern in _LEFTOVERS:
-            for stale in self.run_dir.glob(pattern):
-                stale.unlink(missing_ok=True)
+        self._remove_leftovers()
         handles = self._open_log()
         self.wake_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(self.n)]
         self._parent_r, self._parent_w = os.pipe()
@@ -227,6 +225,12 @@ class Supervisor:
             wake=self._wake_all,
             stopping=lambda: self._stopping,
         )
+
+    def _remove_leftovers(self) -> None:
+        """Remove an earlier run's files from the run dir (``_LEFTOVERS``)."""
+        for pattern in _LEFTOVERS:
+            for stale in self.run_dir.glob(pattern):
+                stale.unlink(missing_ok=True)
 
     def _open_log(self) -> list[int]:
         """Create the log (``--log``), every replica live at seq 1; the fds replicas inherit."""
@@ -500,9 +504,7 @@ class Supervisor:
             self.host = None
         with contextlib.suppress(FileNotFoundError):
             (self.run_dir / "control.sock").unlink()
-        for pattern in _LEFTOVERS:
-            for stale in self.run_dir.glob(pattern):
-                stale.unlink(missing_ok=True)
+        self._remove_leftovers()
 
 
 def run(config: SupervisorConfig) -> int:
