@@ -502,9 +502,10 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
             seq = machine.cursor
         if seq != start:
             log.applied(index, seq)
-        if recovery is not None and not self.gave_up:
+        if recovery is not None:
             recovery.journal_bytes += added
-            if recovery.due():
+            # never checkpoint a state that may hold part of a given-up entry
+            if not self.gave_up and recovery.due():
                 self.checkpoint()
         return out
 

@@ -298,3 +298,17 @@ def test_a_rollback_does_not_queue_an_early_digest_report_twice() -> None:
     found = a.digest_done(2, digest, now=1.0)
     assert [(d.seq, d.replicas) for d in found] == [(2, (1, 0))]
     assert a.machine.divergences == 1
+
+
+def test_the_journal_counts_the_bytes_of_a_poll_that_gave_up() -> None:
+    """Entries applied before the given-up one are journaled, and their bytes
+    count toward ``checkpoint_bytes`` like any others."""
+    a, _ = pair(checkpoint_entries=100)
+    append(a, "Store.put", "k", 1)
+    append(a, "Store.hang", "k")
+    a.poll()
+    assert a.gave_up == 2
+    point = a.recovery
+    assert point is not None
+    assert len(point.journal) == 1
+    assert point.journal_bytes == sum(len(p) for _, _, _, p in point.journal)
