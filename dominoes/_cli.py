@@ -191,12 +191,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _float(text: str, what: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, not {text!r}") from None
+
+
 def _positive_float(text: str) -> float:
     """A number above zero (``--stall-ms``: 0 or less would report every apply as a stall)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    value = _float(text, "a number")
     if not value > 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
     return value
@@ -204,10 +208,7 @@ def _positive_float(text: str) -> float:
 
 def _seconds(text: str) -> float:
     """A duration in seconds, 0 or more (0 disables what the option bounds)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    value = _float(text, "a number of seconds")
     if not value >= 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
     return value
