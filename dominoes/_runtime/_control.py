@@ -63,6 +63,21 @@ def replica_report(replica: Replica) -> dict[str, Any]:
     return report
 
 
+async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, refusal: str) -> None:
+    """Answer a peer refused by ``SO_PEERCRED`` (``_peercred.peer_refusal``) with why.
+
+    Its request is read first (for ``ASK_TIMEOUT`` at most, a line too long
+    ending the read), so the peer's write cannot fail with EPIPE before it
+    has read why it is refused, and a peer that sends nothing cannot hold
+    the connection open.
+    """
+    with contextlib.suppress(TimeoutError, ValueError):
+        async with asyncio.timeout(ASK_TIMEOUT):
+            await reader.readline()
+    writer.write(orjson.dumps({"error": refusal}) + b"\n")
+    await writer.drain()
+
+
 async def serve_replica(replica: Replica) -> asyncio.Server:
     path = replica_socket(replica.run_dir, replica.index)
     with contextlib.suppress(FileNotFoundError):
@@ -76,13 +91,7 @@ async def serve_replica(replica: Replica) -> asyncio.Server:
                 f"replica-{replica.index}.sock",
             )
             if refusal is not None:
-                # Read the request first, so the peer's write cannot fail with
-                # EPIPE before it has read why it is refused.
-                with contextlib.suppress(TimeoutError, ValueError):
-                    async with asyncio.timeout(ASK_TIMEOUT):
-                        await reader.readline()
-                writer.write(orjson.dumps({"error": refusal}) + b"\n")
-                await writer.drain()
+                await refuse(reader, writer, refusal)
                 return
             while line := await reader.readline():
                 try:
@@ -169,11 +178,7 @@ class ControlServer:
                 writer.get_extra_info("socket"), f"service {self._sup.service.name!r}", "control"
             )
             if refusal is not None:
-                # Read the request first, so the peer's write cannot fail with
-                # EPIPE before it has read why it is refused.
-                await reader.readline()
-                writer.write(json.dumps({"error": refusal}).encode() + b"\n")
-                await writer.drain()
+                await refuse(reader, writer, refusal)
                 return
             while line := await reader.readline():
                 fds: list[int] = []
