@@ -13,7 +13,9 @@ Names are ``blob-<replica>-<pid>-<n>``.  The appender knows the seq of each
 of its blobs and deletes a blob once every holding replica's cursor is past
 it (``collect``, on the replica's sampling tick).  If the appender dies, the
 supervisor deletes its ``blob-<replica>-<pid>-*`` files once every replica
-is past the tail at its death; a clean stop deletes them all.
+is past the tail at its death.  A replica that stops deletes those every
+replica is past (others may still be draining); the supervisor deletes
+what is left as for a death, or when it exits.
 """
 
 from __future__ import annotations
@@ -76,8 +78,3 @@ class FileBlobs:
             live.pop(0)[1].unlink(missing_ok=True)
             n += 1
         return n
-
-    def close(self) -> None:
-        for _, path in self._live:
-            path.unlink(missing_ok=True)
-        self._live.clear()

@@ -735,8 +735,11 @@ class Replica:
         if self.apply_timeout is not None and threading.current_thread() is threading.main_thread():
             signal.setitimer(signal.ITIMER_REAL, 0)
         self.children.close()  # their work is moot now; do not let them outlive us
-        if leave:  # a clean exit: every replica drained, nobody reads them any more
-            self.blobs.close()
+        if leave:
+            # Only the blobs every replica is past: another replica still
+            # draining may have this one's next to apply.  The supervisor
+            # deletes the rest once every replica is past them (or at its exit).
+            self.blobs.collect(self.log.slowest_cursor())
         if self._loop is not None:
             self.wakeups.unlisten(self._loop, self.index)
         for handle in (self._timer, self._safety, self._sampler):
