@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from dominoes._core._machine import Applied
 from dominoes._runtime._local import encode_reply, reply_address
 from examples.counter import Counter
 
-from .harness import ROOT, Service
+from .harness import ROOT, Service, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -150,15 +149,6 @@ def run_child(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
-
-
 async def until(predicate: Any, seconds: float = 10.0) -> None:
     for _ in range(int(seconds / 0.01)):
         if predicate():
@@ -197,7 +187,7 @@ def test_every_request_sent_twice_is_applied_once(service: Running) -> None:
     assert all(first == again for first, again in values)
     assert service.get("retried") == 1000
     # The client's line was freed when it exited.
-    wait_for(lambda: out["line"] not in service.control({"op": "status"})["clients"])
+    wait_until(lambda: out["line"] not in service.control({"op": "status"})["clients"])
 
 
 async def test_concurrent_duplicates_are_applied_once(
