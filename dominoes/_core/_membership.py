@@ -126,7 +126,7 @@ class Membership:
         affinity entries and ``every`` ones.
         """
         machine = self.machine
-        journal = None if self.recovery is None else self.recovery.journal
+        recovery = self.recovery
         out: list[Applied] = []
         for seq, kind, nslots, payload in backlog:
             if seq < machine.cursor:
@@ -142,8 +142,9 @@ class Membership:
                 applied = machine.apply(entry, self._owns_decided(entry), nslots)
                 machine.finish(applied)
                 self._outcomes(applied, out)
-            if journal is not None:
-                journal.append((seq, kind, nslots, payload))
+            if recovery is not None:
+                recovery.journal.append((seq, kind, nslots, payload))
+                recovery.journal_bytes += len(payload)
         return out
 
     def go_live(self, copied: int) -> None:

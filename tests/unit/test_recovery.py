@@ -312,3 +312,23 @@ def test_the_journal_counts_the_bytes_of_a_poll_that_gave_up() -> None:
     assert point is not None
     assert len(point.journal) == 1
     assert point.journal_bytes == sum(len(p) for _, _, _, p in point.journal)
+
+
+def test_a_joiners_backlog_counts_toward_its_journal_bytes() -> None:
+    """A joiner that keeps a recovery point journals the backlog it applies
+    after its snapshot, and counts its bytes toward ``checkpoint_bytes``."""
+    a, b = pair(checkpoint_entries=100)
+    snapshot = a.machine.snapshot()  # the state at cursor 1
+    first, second = append(a, "Store.put", "k", 1), append(a, "Store.put", "j", 2)
+    backlog = []
+    for seq in (first, second):
+        got = a.log.read(seq)
+        assert got is not None
+        backlog.append((seq, *got))
+    b.restore_snapshot(snapshot, recovery=True)
+    b.apply_backlog(backlog)
+    assert values(b) == {"k": 1, "j": 2}
+    point = b.recovery
+    assert point is not None
+    assert len(point.journal) == 2
+    assert point.journal_bytes == sum(len(p) for _, _, _, p in point.journal)
