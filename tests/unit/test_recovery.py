@@ -332,3 +332,32 @@ def test_a_joiners_backlog_counts_toward_its_journal_bytes() -> None:
     assert point is not None
     assert len(point.journal) == 2
     assert point.journal_bytes == sum(len(p) for _, _, _, p in point.journal)
+
+
+def test_a_poisoned_group_commit_hands_each_call_its_own_waiter() -> None:
+    """Group commit registers a waiter per call of the batch; applying the
+    batch as poison must hand each call's error to that call's waiter, and
+    a retry of the same seq after the verdict finds none left over."""
+    buf, words = new_log()
+    core: ReplicaCore[str] = ReplicaCore(
+        Log(buf, words), SERVICE.new_machine(0), replicas=1, clock=clock, stall_threshold=1e9
+    )
+    core.start()
+    core.enable_recovery()
+    core.queue(core.make_call("Store.put", ["k", 1], {}, now=1.0), "put")
+    core.queue(core.make_call("Store.hang", ["k"], {}, now=1.0), "hang")
+    core.queue(core.make_call("Store.put", ["j", 2], {}, now=1.0, mode=Mode.RACE), "alone")
+    assert core.commit(1.0) == 2  # the batch, then the race call on its own
+    assert core.poll() == []
+    seq = core.gave_up
+    assert seq
+    core.rollback()
+    outs = core.apply_poisoned()
+    assert [(o.waiter, o.sub, type(o.error)) for o in outs] == [
+        ("put", 0, PoisonedEntryError),
+        ("hang", 1, PoisonedEntryError),
+    ]
+    (alone,) = core.poll()
+    assert (alone.waiter, alone.sub, alone.result) == ("alone", -1, 2)
+    assert core.pending == {}
+    assert values(core) == {"j": 2}
