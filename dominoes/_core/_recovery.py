@@ -133,6 +133,7 @@ class Recovering:
     index: int
     recovery: RecoveryPoint | None
     gave_up: int
+    retried: int
     checkpoint_entries: int
     checkpoint_bytes: int
     snapshotter: Callable[[int], bool] | None
@@ -234,6 +235,13 @@ class Recovering:
         gave up on it): :meth:`apply_poisoned`.  ``"again"``: some live
         replica applied it, so it is not poison: :meth:`retry`.  ``""``: keep
         waiting.
+
+        The completed tail past the entry also means some replica applied it
+        (and a reply may have left), even one that died since: that is
+        worth one more try here, once per entry.  Trying again each time
+        would keep every survivor busy on an entry none of them can finish
+        (the supervisor never sees them all waiting), so after that try the
+        replica waits for the supervisor's verdict like the others.
         """
         seq, log = self.gave_up, self.log
         if not seq:
@@ -242,6 +250,9 @@ class Recovering:
             return "poison"
         live = log.replicas_in(frozenset({ReplicaState.LIVE}))
         if any(log.cursor(i) > seq for i in live):
+            return "again"
+        if log.completed > seq and self.retried != seq:
+            self.retried = seq
             return "again"
         return ""
 

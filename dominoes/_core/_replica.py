@@ -185,6 +185,8 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
         self.applying = 0.0
         #: the seq whose apply was interrupted (0: none); see the module doc
         self.gave_up = 0
+        #: the last given-up seq tried again because the completed tail passed it
+        self.retried = 0
         #: the recovery point: None until enable_recovery() (testing.Cluster
         #: replicas run without one)
         self.recovery: RecoveryPoint | None = None

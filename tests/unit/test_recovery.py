@@ -32,6 +32,14 @@ class Store(Component):
         self.values[key] = -1  # a change the rollback must undo
         raise ApplyTimeout("interrupted")
 
+    @update
+    def hang_on(self, ctx: Context, key: str, replica: int) -> None:
+        """Hangs on one replica only (as a replica that is slow would), succeeds elsewhere."""
+        self.values[key] = -1
+        if ctx.replica == replica:
+            raise ApplyTimeout("interrupted")
+        self.values[key] = 1
+
     @query
     def get(self, key: str) -> int | None:
         return self.values.get(key)
@@ -75,7 +83,7 @@ def append(core: Core, event: str, *args: Any, rid: str = "", mode: Mode = Mode.
     return core.append_nowait(payload)
 
 
-def values(core: Core) -> dict[str, int]:
+def values(core: ReplicaCore[Any]) -> dict[str, int]:
     store = core.machine.component(Store)
     assert isinstance(store, Store)
     return dict(store.values)
@@ -361,3 +369,39 @@ def test_a_poisoned_group_commit_hands_each_call_its_own_waiter() -> None:
     assert (alone.waiter, alone.sub, alone.result) == ("alone", -1, 2)
     assert core.pending == {}
     assert values(core) == {"j": 2}
+
+
+def test_an_entry_a_live_replica_applied_is_tried_again() -> None:
+    a, b = pair()
+    seq = append(a, "Store.hang_on", "k", 1)
+    a.poll()  # a applies it (and could have replied)
+    b.poll()
+    assert b.gave_up == seq
+    b.rollback()
+    assert b.verdict() == "again"
+
+
+def test_an_entry_applied_by_a_replica_that_died_is_tried_again_once() -> None:
+    """The completed tail says it was applied (a reply may have left): not poison yet.
+
+    One more try, then the replica waits for the supervisor like the others,
+    instead of retrying for ever an entry it cannot finish.
+    """
+    a, b = pair()
+    seq = append(a, "Store.hang_on", "k", 1)
+    a.poll()
+    a.log.mark_dead(0)  # the only replica that applied it is gone
+    b.poll()
+    assert b.gave_up == seq
+    b.rollback()
+    assert b.log.completed > seq
+    assert b.verdict() == "again"
+    b.retry()
+    b.poll()
+    assert b.gave_up == seq  # it hangs here again
+    b.rollback()
+    assert b.verdict() == ""  # now it waits for the verdict
+    supervisor = b.log
+    assert isinstance(supervisor, Log)
+    supervisor.declare_poisoned(seq)  # what the supervisor does next
+    assert b.verdict() == "poison"
