@@ -256,10 +256,6 @@ class Recovering:
             return "again"
         return ""
 
-    def interrupted(self) -> int:
-        """:attr:`gave_up`, as a call (a driver checks it again after :meth:`poll`)."""
-        return self.gave_up
-
     def retry(self) -> None:
         """Apply the given-up entry again (another replica finished it: not poison)."""
         self.gave_up = 0

@@ -331,7 +331,7 @@ class Replica:
             before = core.machine.cursor
             for applied in core.poll(until=target):
                 self._deliver(applied)
-            if core.interrupted():
+            if core.gave_up:
                 self._on_gave_up()
                 return
             if core.machine.cursor == before:  # cannot happen below `completed`
@@ -550,7 +550,7 @@ class Replica:
         self._batch_usage = thread_usage()  # see _on_stall
         for applied in core.poll():
             self._deliver(applied)
-        if core.interrupted():
+        if core.gave_up:
             self._on_gave_up()
             return
         if core.outbox:
