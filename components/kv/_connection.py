@@ -227,7 +227,8 @@ class Connection(ConnectionCommands, OutputLimits, Appends, asyncio.Protocol):
         # at the limits (a cheap integer compare per reply in between).
         held = self._held()
         self.replied = 0
-        check_at = self._limits().next_check(held)
+        limits = self._limits()
+        check_at = limits.first if held < limits.first else limits.next_check(held)
         for args in commands:
             cmd = known.get(args[0])
             if cmd is None:
@@ -319,8 +320,9 @@ class Connection(ConnectionCommands, OutputLimits, Appends, asyncio.Protocol):
     def _held(self) -> int:
         """The output this connection holds: queued and unsent frames, the transport's buffer."""
         transport = self.transport
-        buffered = 0 if transport is None else transport.get_write_buffer_size()
-        return buffered + self.queued + sum(map(len, self.out))
+        held = self.queued if transport is None else transport.get_write_buffer_size() + self.queued
+        out = self.out
+        return held + sum(map(len, out)) if out else held
 
     def _hold_back(self, commands: list[list[bytes]], last: list[bytes]) -> None:
         """Keep the commands after ``last`` until the client has read; stop reading meanwhile."""

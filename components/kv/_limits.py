@@ -70,7 +70,7 @@ OUTPUT_LIMIT: Final = b"client-output-buffer-limit"
 class Limits:
     """One client class's output limits, and where its connections first look at them."""
 
-    __slots__ = ("check", "flow", "hard", "seconds", "soft")
+    __slots__ = ("check", "first", "flow", "hard", "seconds", "soft")
 
     def __init__(self, hard: int, soft: int, seconds: int) -> None:
         self.hard = hard
@@ -80,6 +80,8 @@ class Limits:
         self.flow = min(OUTPUT_WATERMARK, soft or OUTPUT_WATERMARK, hard // 2 or OUTPUT_WATERMARK)
         #: the least output at which a limit may apply (0 is no limit)
         self.check = min([n for n in (hard, soft) if n] or [sys.maxsize])
+        #: ``next_check(held)`` for every ``held`` below it (the common case, precomputed)
+        self.first = min(self.check, self.flow)
 
     def values(self) -> list[int]:
         return [self.hard, self.soft, self.seconds]

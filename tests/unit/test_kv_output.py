@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from dominoes.components.kv import _connection
 from dominoes.components.kv._connection import Connection
-from dominoes.components.kv._limits import OUTPUT_WATERMARK
+from dominoes.components.kv._limits import OUTPUT_WATERMARK, Limits
 
 from .kv_world import Client, World, Worlds, pack
 
@@ -303,6 +303,18 @@ async def test_subscribers_keep_the_pubsub_limit(worlds: Worlds) -> None:
         await pub.ask(("PUBLISH", "ch", big))
     assert t.aborted
     assert sub.conn.server.output_limit_disconnections == 1
+
+
+@pytest.mark.parametrize(
+    ("hard", "soft"),
+    [(0, 0), (1, 0), (3, 0), (0, 1), (100, 50), (1 << 28, 1 << 26), (1 << 21, 0)],
+)
+def test_first_is_next_check_below_it(hard: int, soft: int) -> None:
+    """``Limits.first`` stands for ``next_check(held)`` at the start of every read."""
+    limits = Limits(hard, soft, 1)
+    for held in {0, limits.first // 2, limits.first - 1}:
+        assert limits.next_check(held) == limits.first
+    assert limits.next_check(limits.first) > limits.first
 
 
 async def test_the_default_limits_are_redis_like_but_finite(worlds: Worlds) -> None:
