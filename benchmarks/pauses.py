@@ -32,6 +32,7 @@ redis-py's own time, and the machine is shared: compare within a run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import subprocess
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,22 @@ def writer(r: redis.Redis, stop: threading.Event, out: list[float]) -> None:
         i += 1
 
 
+@contextlib.contextmanager
+def writing(svc: Service) -> Iterator[list[float]]:
+    """A client on replica 0 SETs in a loop (a thread) while the block runs; its round trips."""
+    r = svc.on_replica(0)
+    stop = threading.Event()
+    times: list[float] = []
+    t = threading.Thread(target=writer, args=(r, stop, times))
+    t.start()
+    try:
+        yield times
+    finally:
+        stop.set()
+        t.join()
+        r.close()
+
+
 def restart(keys: int, mode: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="dominoes-pauses-") as tmp:
         # --stuck-after 60: an inline snapshot of a large state blocks the
@@ -130,28 +148,21 @@ def restart(keys: int, mode: str) -> dict[str, float]:
         svc = Service(Path(tmp) / "run", "--snapshots", mode, "--stuck-after", "60")
         try:
             svc.load(keys)
-            r = svc.on_replica(0)
             victim = svc.status()["replicas"][1]["pid"]
-            stop = threading.Event()
-            times: list[float] = []
-            t = threading.Thread(target=writer, args=(r, stop, times))
-            t.start()
-            time.sleep(0.5)
-            baseline = len(times)
-            subprocess.run(["kill", "-9", str(victim)], check=True)
-            began = time.monotonic()
-            while True:
-                reps = svc.status()["replicas"]
-                if reps[1]["restarts"] >= 1 and reps[1]["ready"]:
-                    break
-                if time.monotonic() - began > 300:
-                    raise SystemExit("replica 1 did not come back")
-                time.sleep(0.05)
-            took = time.monotonic() - began
-            time.sleep(0.5)
-            stop.set()
-            t.join()
-            r.close()
+            with writing(svc) as times:
+                time.sleep(0.5)
+                baseline = len(times)
+                subprocess.run(["kill", "-9", str(victim)], check=True)
+                began = time.monotonic()
+                while True:
+                    reps = svc.status()["replicas"]
+                    if reps[1]["restarts"] >= 1 and reps[1]["ready"]:
+                        break
+                    if time.monotonic() - began > 300:
+                        raise SystemExit("replica 1 did not come back")
+                    time.sleep(0.05)
+                took = time.monotonic() - began
+                time.sleep(0.5)
             window = times[baseline:]
             return {"longest_write_ms": max(window) * 1000, "rejoin_s": took}
         finally:
@@ -165,15 +176,8 @@ def digest(keys: int, mode: str) -> dict[str, float]:
         )
         try:
             svc.load(keys)
-            r = svc.on_replica(0)
-            stop = threading.Event()
-            times: list[float] = []
-            t = threading.Thread(target=writer, args=(r, stop, times))
-            t.start()
-            time.sleep(5)
-            stop.set()
-            t.join()
-            r.close()
+            with writing(svc) as times:
+                time.sleep(5)
             return {"longest_write_ms": max(times) * 1000, "writes": len(times)}
         finally:
             svc.stop()
@@ -183,20 +187,13 @@ def sigstop(eject: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="dominoes-pauses-") as tmp:
         svc = Service(Path(tmp) / "run", "--capacity", "256", "--eject-after", eject)
         try:
-            r = svc.on_replica(0)
             victim = svc.status()["replicas"][1]["pid"]
-            stop = threading.Event()
-            times: list[float] = []
-            t = threading.Thread(target=writer, args=(r, stop, times))
-            t.start()
-            time.sleep(0.5)
-            subprocess.run(["kill", "-STOP", str(victim)], check=True)
-            time.sleep(10)
-            subprocess.run(["kill", "-CONT", str(victim)], check=False, capture_output=True)
-            time.sleep(0.5)
-            stop.set()
-            t.join()
-            r.close()
+            with writing(svc) as times:
+                time.sleep(0.5)
+                subprocess.run(["kill", "-STOP", str(victim)], check=True)
+                time.sleep(10)
+                subprocess.run(["kill", "-CONT", str(victim)], check=False, capture_output=True)
+                time.sleep(0.5)
             return {"longest_write_ms": max(times) * 1000, "writes": len(times)}
         finally:
             svc.stop()
