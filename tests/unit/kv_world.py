@@ -27,10 +27,11 @@ at the end of the test, its temporary run directory removed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -317,6 +318,28 @@ class World:
     async def settle(self) -> None:
         """Run the loop until the world is quiet (:meth:`busy`) two checks in a row."""
         await self.run_until(lambda: self.busy() is None, "quiet", QUIET_CHECKS)
+
+    # --- a replica behind the log ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def holding(self, replica: int) -> Iterator[Replica]:
+        """While the block runs, ``replica`` applies nothing on its own.
+
+        Its scheduled drains do nothing, so only a catch-up (``Replica.sync``,
+        before a read) moves it: what a read there sees of the others' writes
+        is the catch-up's doing.  :meth:`settle` cannot finish meanwhile.
+        """
+        r = self.replicas[replica]
+
+        def held() -> None:
+            r._scheduled = False
+
+        r._drain = held  # type: ignore[method-assign]
+        try:
+            yield r
+        finally:
+            del r._drain
+            r._schedule()
 
     # --- a full log ------------------------------------------------------------------------
 

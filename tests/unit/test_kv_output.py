@@ -209,6 +209,34 @@ async def test_entries_in_flight_hold_back_the_rest_of_a_read(
     assert w.replicas[1].component("keyspace").values[b"k"] == b"%d" % (n - 1)
 
 
+async def test_a_read_held_back_behind_unread_output_sees_writes_acknowledged_before_it(
+    worlds: Worlds,
+) -> None:
+    """Invariant 8 on the held-back path: the GET arrives after replica 0 acknowledged
+    the SET, waits in ``backlog`` on replica 1 (whose apply loop is held), and runs
+    when the client reads: the catch-up before running held-back commands serves it."""
+    w = worlds()
+    a = w.client(0)
+    c, t = stuck(w, 1)
+    assert await a.ask(("SET", "big", VALUE), ("SET", "k", "old")) == [b"OK", b"OK"]
+    n = OUTPUT_WATERMARK // len(VALUE) + 2  # the last ones wait for the client to read
+    c.send(*[("GET", "big")] * n)
+    await w.settle()
+    assert c.conn.backlog
+    with w.holding(1) as r1:
+        a.send(("SET", "k", "new"))
+        await w.run_until(lambda: bool(a.transport.data), "replica 0 acknowledged")
+        assert a.replies() == [b"OK"]
+        assert r1.core.machine.cursor < w.log.tail
+        c.send(("GET", "k"))  # behind the held-back GETs
+        assert c.conn.backlog[-1] == [b"GET", b"k"]
+        replies = decode(c, t.read())  # the client reads: the held-back commands run
+        await w.run_until(lambda: not c.conn.backlog, "the held-back commands ran")
+        replies += decode(c, t.read())
+    assert replies == [VALUE] * n + [b"new"]
+    await w.settle()
+
+
 # --- the limits ----------------------------------------------------------------------------
 
 
