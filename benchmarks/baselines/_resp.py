@@ -270,7 +270,7 @@ def run(
 def stop_children(children: Sequence[subprocess.Popen[Any]]) -> None:
     """SIGTERM every child, give them STOP_GRACE seconds together, then SIGKILL the rest.
 
-    SIGCONT first: a stopped child would not act on SIGTERM until continued.
+    Each SIGTERM is followed by a SIGCONT: a stopped child acts on it only once continued.
     """
     for c in children:
         if c.poll() is None:
