@@ -12,9 +12,12 @@ Layout (every hot word on its own 64-byte line)::
                 poisoned (the last seq declared a poison entry; rarely written)
     line 1      tail
     line 2      completed: the highest cursor any replica has applied up to
-    line 3+i    replica i: cursor, state, pid, asleep, intent_seq, intent_n,
+    line 3      durability: the log writer's line + 1 (0: not durable), acked,
+                synced, error, snapshot asks, the last snapshot (seq, time),
+                the fsync policy (see ``D_*``)
+    line 4+i    replica i: cursor, state, pid, asleep, intent_seq, intent_n,
                 (reserved), stuck (the seq whose apply it gave up on; 0: none)
-    line 3+R+i  replica i's heartbeat: bumped by its event loop while it serves
+    line 4+R+i  replica i's heartbeat: bumped by its event loop while it serves
                 (R = max_replicas; its own line, so the bumps never share a
                 line with the cursor other replicas read)
     slots       slot k at slots_offset + k * slot_size:
@@ -32,6 +35,16 @@ from typing import Final
 
 __all__ = (
     "COMPLETED",
+    "DURABILITY",
+    "FSYNC_POLICIES",
+    "D_ACKED",
+    "D_ERROR",
+    "D_POLICY",
+    "D_SNAP_ASK",
+    "D_SNAP_SEQ",
+    "D_SNAP_TIME",
+    "D_SYNCED",
+    "D_WRITER",
     "DEFAULT_CAPACITY",
     "DEFAULT_MAX_REPLICAS",
     "DEFAULT_SLOT_SIZE",
@@ -83,7 +96,7 @@ DEFAULT_CAPACITY: Final = 16384
 DEFAULT_MAX_REPLICAS: Final = 64
 
 MAGIC: Final = 0x444F4D494E4F4553  # b"DOMINOES", big-endian
-LAYOUT_VERSION: Final = 2
+LAYOUT_VERSION: Final = 3
 
 LINE: Final = 64
 
@@ -100,9 +113,34 @@ TAIL: Final = LINE
 #: Its own line: every replica raises it once per applied batch and every
 #: linearizable read loads it, while producers hammer ``tail``.
 COMPLETED: Final = 2 * LINE
+#: The durability line: what the log writer (``--durable``) publishes to the
+#: replicas, and what they ask of it.  All zero when the log is not durable.
+DURABILITY: Final = 3 * LINE
 #: Replica i's line is at ``REPLICAS + i * LINE``; its heartbeat line at
 #: ``REPLICAS + (max_replicas + i) * LINE``.
-REPLICAS: Final = 3 * LINE
+REPLICAS: Final = 4 * LINE
+
+# --- Durability line words (offsets from DURABILITY) ---------------------------------
+
+#: the log writer's line + 1; 0 when no writer holds the log (not durable)
+D_WRITER: Final = 0
+#: every seq below it may be acknowledged: written (``everysec``, ``no``) or
+#: fsynced (``always``) by the log writer.  Replicas hold a reply to an entry
+#: at or above it.
+D_ACKED: Final = 8
+#: every seq below it is fsynced to the log file
+D_SYNCED: Final = 16
+#: the errno of the writer's last failed write or fsync (0: healthy); while it
+#: is set, new updates are refused with a clear error
+D_ERROR: Final = 24
+#: bumped to ask for a snapshot now (``dominoes snapshot``, ``BGSAVE``)
+D_SNAP_ASK: Final = 32
+#: the cursor of the newest snapshot on disk (0: none)
+D_SNAP_SEQ: Final = 40
+#: its wall-clock time, in whole seconds (0: none)
+D_SNAP_TIME: Final = 48
+#: the fsync policy: 1 always, 2 everysec, 3 no (0: not durable)
+D_POLICY: Final = 56
 
 # --- Replica line words --------------------------------------------------------
 
@@ -139,6 +177,10 @@ KIND_BLOB: Final = 3
 assert DEFAULT_CAPACITY & (DEFAULT_CAPACITY - 1) == 0, "capacity must be a power of two"
 assert DEFAULT_SLOT_SIZE % LINE == 0
 assert DEFAULT_SLOT_SIZE > SLOT_HEADER
+
+
+#: ``D_POLICY`` values, by name
+FSYNC_POLICIES: Final = {"always": 1, "everysec": 2, "no": 3}
 
 
 class ReplicaState:

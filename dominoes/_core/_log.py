@@ -105,9 +105,19 @@ import msgspec
 from ._errors import EntryTooLargeError, LayoutError, LifecycleError
 from ._layout import (
     COMPLETED,
+    D_ACKED,
+    D_ERROR,
+    D_POLICY,
+    D_SNAP_ASK,
+    D_SNAP_SEQ,
+    D_SNAP_TIME,
+    D_SYNCED,
+    D_WRITER,
     DEFAULT_CAPACITY,
     DEFAULT_MAX_REPLICAS,
     DEFAULT_SLOT_SIZE,
+    DURABILITY,
+    FSYNC_POLICIES,
     H_CAPACITY,
     H_MAGIC,
     H_MAX_ENTRY,
@@ -151,6 +161,16 @@ __all__ = (
     "lifecycle_step",
     # the layout (._layout), re-exported
     "COMPLETED",
+    "DURABILITY",
+    "D_ACKED",
+    "D_ERROR",
+    "D_POLICY",
+    "D_SNAP_ASK",
+    "D_SNAP_SEQ",
+    "D_SNAP_TIME",
+    "D_SYNCED",
+    "D_WRITER",
+    "FSYNC_POLICIES",
     "DEFAULT_CAPACITY",
     "DEFAULT_MAX_REPLICAS",
     "DEFAULT_SLOT_SIZE",
@@ -320,8 +340,16 @@ class Log:
         slot_size: int = DEFAULT_SLOT_SIZE,
         max_replicas: int = DEFAULT_MAX_REPLICAS,
         max_entry_slots: int | None = None,
+        first: int = 1,
     ) -> Log:
-        """Lay out an empty log in ``buf`` (which must be zero-filled) and attach to it."""
+        """Lay out an empty log in ``buf`` (which must be zero-filled) and attach to it.
+
+        ``first`` is the seq of its first entry: 1 for a new service, the
+        position after the last recorded entry for one restarted from its
+        durable log.
+        """
+        if first < 1:
+            raise ValueError(f"first must be >= 1, not {first}")
         max_entry_slots = check_shape(capacity, slot_size, max_replicas, max_entry_slots)
         if len(buf) < size_for(capacity, slot_size, max_replicas):
             raise ValueError("buffer too small; use Log.size_for()")
@@ -331,10 +359,10 @@ class Log:
         w.store_release(H_MAX_REPLICAS, max_replicas)
         w.store_release(H_MAX_ENTRY, max_entry_slots)
         w.store_release(H_VERSION, LAYOUT_VERSION)
-        w.store_release(TAIL, 1)
-        w.store_release(COMPLETED, 1)
+        w.store_release(TAIL, first)
+        w.store_release(COMPLETED, first)
         for i in range(max_replicas):
-            w.store_release(REPLICAS + i * LINE + R_CURSOR, 1)
+            w.store_release(REPLICAS + i * LINE + R_CURSOR, first)
         w.store_release(H_MAGIC, MAGIC)  # last: attachers check it first
         return cls(buf, words)
 
@@ -778,6 +806,47 @@ class Log:
     def recovery_pending(self, dead: int) -> bool:
         """True while ``dead``'s intent still names slots that may need a no-op."""
         return self._w.load_acquire(self._line(dead) + R_INTENT_SEQ) != 0
+
+    # --- durability (the log writer's line) ------------------------------------------
+
+    def durability_word(self, offset: int) -> int:
+        """One word of the durability line (``D_*``): what the log writer publishes."""
+        return self._w.load_acquire(DURABILITY + offset)
+
+    def set_durability_word(self, offset: int, value: int) -> None:
+        """Store one word of the durability line (the writer, the supervisor)."""
+        self._w.store_seqcst(DURABILITY + offset, value)
+
+    @property
+    def acked(self) -> int:
+        """Every seq below it may be acknowledged; 0 when no writer makes the log durable.
+
+        A replica holds the reply to an entry at or above it (the writer has
+        not written, or under ``always`` not fsynced, that entry yet).
+        """
+        return self._w.load_acquire(DURABILITY + D_ACKED)
+
+    @property
+    def writer_line(self) -> int | None:
+        """The log writer's line, or None when the log is not durable."""
+        v = self._w.load_acquire(DURABILITY + D_WRITER)
+        return v - 1 if v else None
+
+    @property
+    def write_error(self) -> int:
+        """The errno of the writer's last failed write (0: healthy)."""
+        return self._w.load_acquire(DURABILITY + D_ERROR)
+
+    def wake_writer(self) -> bool:
+        """True if the writer was asleep and this caller cleared its flag (then signal it)."""
+        line = self.writer_line
+        if line is None:
+            return False
+        return self._w.cas(REPLICAS + line * LINE + R_ASLEEP, 1, 0)
+
+    def ask_snapshot_now(self) -> int:
+        """Ask the designated replica for a durable snapshot now; the new ask count."""
+        return self._w.fetch_add(DURABILITY + D_SNAP_ASK, 1) + 1
 
     # --- introspection ---------------------------------------------------------------
 

@@ -323,7 +323,7 @@ aw_repr(AtomicWords *self)
 
 /* --- Ring: the log's hot path ------------------------------------------------
  *
- * Layout version 2 of dominoes._core._log (keep the two in step):
+ * Layout version 3 of dominoes._core._log (keep the two in step):
  *   replica line (64 B) at lines_offset + i * 64:
  *     +24 asleep, +32 intent_seq, +40 intent_n
  *   slot k at slots_offset + k * slot_size:
@@ -331,7 +331,7 @@ aw_repr(AtomicWords *self)
  *     (little-endian), +80 payload; continuation slots carry payload at +80.
  */
 
-#define RING_LAYOUT 2
+#define RING_LAYOUT 3
 #define LINE 64
 #define R_ASLEEP 24
 #define R_INTENT_SEQ 32
