@@ -15,6 +15,7 @@ from ._core._component import update as update
 from ._core._context import Context as Context
 from ._core._errors import ApplySuspendedError as ApplySuspendedError
 from ._core._errors import DominoesError as DominoesError
+from ._core._errors import DurabilityError as DurabilityError
 from ._core._errors import EntryTooLargeError as EntryTooLargeError
 from ._core._errors import LogFullError as LogFullError
 from ._core._errors import PoisonedEntryError as PoisonedEntryError
@@ -34,6 +35,7 @@ __all__ = (
     "Component",
     "Context",
     "DominoesError",
+    "DurabilityError",
     "EntryTooLargeError",
     "EventRef",
     "LogFullError",

@@ -51,6 +51,38 @@ def _parser() -> argparse.ArgumentParser:
         "memory; memory keeps the log in one process, which dominoes run cannot use)",
     )
     run.add_argument(
+        "--durable",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep the log in segment files and snapshots in DIR, and restart from them: "
+        "the service's state survives a stop, a crash or a reboot",
+    )
+    run.add_argument(
+        "--fsync",
+        choices=["always", "everysec", "no"],
+        default="everysec",
+        help="with --durable: always (a reply waits for the fsync that covers its write), "
+        "everysec (fsync every second; a crash of the processes loses nothing acknowledged, "
+        "a power failure at most ~1 s), no (the OS flushes) (default everysec)",
+    )
+    run.add_argument(
+        "--snapshot-every",
+        type=_snapshot_every,
+        default=(1_000_000, 600.0),
+        metavar="N[,Ts]",
+        help="with --durable: write a snapshot after N entries or T seconds, whichever comes "
+        "first (e.g. 100000,60s; 0 for never; default 1000000,600s); segments a snapshot "
+        "covers are deleted",
+    )
+    run.add_argument(
+        "--segment-mb",
+        type=_positive_int,
+        default=64,
+        metavar="MB",
+        help="with --durable: begin a new segment file past this size (default 64)",
+    )
+    run.add_argument(
         "--capacity", type=int, default=None, help="log slots, a power of two (default 16384)"
     )
     run.add_argument("--slot-size", type=int, default=None, help="bytes per log slot (default 256)")
@@ -283,6 +315,27 @@ def _check_log(name: str) -> str | None:
     return None
 
 
+def _snapshot_every(text: str) -> tuple[int, float]:
+    """``N``, ``Ts``, ``N,Ts`` (entries, seconds; ``m`` for minutes) -> (entries, seconds)."""
+    entries, seconds = 0, 0.0
+    for part in text.split(","):
+        part = part.strip().lower()
+        try:
+            if part.endswith("s"):
+                seconds = float(part[:-1])
+            elif part.endswith("m"):
+                seconds = float(part[:-1]) * 60
+            else:
+                entries = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected N entries, Ts seconds or both (N,Ts), not {text!r}"
+            ) from None
+        if entries < 0 or seconds < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return entries, seconds
+
+
 def _replicas_warning(replicas: int | None, cpus: set[int]) -> str | None:
     """Why ``--replicas`` is a bad idea on these CPUs (None: it is not).
 
@@ -327,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         from ._core._log import DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE
+        from ._runtime._durable import DurableLogError
         from ._runtime._ports import PortInUseError
         from ._runtime._process import ServiceLoadError
         from ._runtime._supervisor import DEFAULT_GC_THRESHOLD, SupervisorConfig, run
@@ -372,6 +426,12 @@ def main(argv: list[str] | None = None) -> int:
             reads=args.reads,
             gc_threshold=_gc_setting(args.gc_threshold, DEFAULT_GC_THRESHOLD),
             log=args.log,
+            durable=args.durable.absolute() if args.durable is not None else None,
+            fsync=args.fsync,
+            snapshot_entries=args.snapshot_every[0],
+            snapshot_seconds=args.snapshot_every[1],
+            segment_bytes=args.segment_mb * 1024 * 1024,
+            fsync_trace=os.environ.get("DOMINOES_FSYNC_TRACE", ""),
         )
         if args.monitor_tcp:
             print(
@@ -386,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
             return run(config)
         except PortInUseError as exc:  # one line, exit 1: nothing was started
             print(f"dominoes: {exc}", file=sys.stderr)
+            return 1
+        except DurableLogError as exc:  # a corrupt or busy data directory: say where
+            print(f"dominoes: error: {exc}", file=sys.stderr)
             return 1
         except (
             ServiceLoadError,

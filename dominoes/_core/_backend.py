@@ -71,6 +71,38 @@ class LogBackend(Protocol):
         """
         ...
 
+    # --- durability ---------------------------------------------------------------------
+    @property
+    def acked(self) -> int:
+        """Every seq below it may be acknowledged; 0 when the log is not durable.
+
+        A replica holds the reply to an owned entry at or above it (and its
+        effects) until it passes.
+        """
+        ...
+
+    @property
+    def writer_line(self) -> int | None:
+        """The line of the process that makes the log durable, or None."""
+        ...
+
+    @property
+    def write_error(self) -> int:
+        """The errno of the durable log's last failed write (0: healthy)."""
+        ...
+
+    def wake_writer(self) -> bool:
+        """True if the writer was asleep and this caller cleared its flag (then signal it)."""
+        ...
+
+    def durability_word(self, offset: int, /) -> int:
+        """A word the durable log publishes (``D_*`` of the layout)."""
+        ...
+
+    def set_durability_word(self, offset: int, value: int, /) -> None:
+        """Store a durability word (the writer; a replica's last snapshot)."""
+        ...
+
     # --- reading --------------------------------------------------------------------
     @property
     def tail(self) -> int:
@@ -239,9 +271,19 @@ class LogFactory(Protocol):
         ...
 
     def create(
-        self, *, capacity: int, slot_size: int, replicas: int, max_entry_slots: int | None
+        self,
+        *,
+        capacity: int,
+        slot_size: int,
+        replicas: int,
+        max_entry_slots: int | None,
+        first: int = 1,
     ) -> LogHost:
-        """A new, empty log for ``replicas`` replicas (in the supervisor)."""
+        """A new, empty log for ``replicas`` replicas (in the supervisor).
+
+        ``first`` is the seq its first entry gets: above 1 when a durable
+        service restarts after the entries its files hold.
+        """
         ...
 
     def attach(self, handles: list[int]) -> LogHost:

@@ -6,6 +6,7 @@ __all__ = (
     "ApplySuspendedError",
     "ApplyTimeout",
     "DominoesError",
+    "DurabilityError",
     "EntryTooLargeError",
     "LayoutError",
     "LifecycleError",
@@ -26,6 +27,16 @@ class LogFullError(DominoesError):
     The log never overwrites an entry that a live replica has not applied, so a
     full log is backpressure.  Retry later, or use the awaitable form, which
     waits for space.
+    """
+
+
+class DurabilityError(DominoesError):
+    """The durable log cannot take updates now (its last write or fsync failed).
+
+    Raised by ``submit``-family calls while the log writer reports an error
+    (a full disk, an I/O error); reads go on.  Updates accepted before the
+    error are acknowledged once the disk takes them; nothing acknowledged is
+    lost.  The message says what failed, e.g. ``No space left on device``.
     """
 
 

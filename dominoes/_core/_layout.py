@@ -13,7 +13,7 @@ Layout (every hot word on its own 64-byte line)::
     line 1      tail
     line 2      completed: the highest cursor any replica has applied up to
     line 3      durability: the log writer's line + 1 (0: not durable), acked,
-                synced, error, snapshot asks, the last snapshot (seq, time),
+                synced, error, the last snapshot (seq, time),
                 the fsync policy (see ``D_*``)
     line 4+i    replica i: cursor, state, pid, asleep, intent_seq, intent_n,
                 (reserved), stuck (the seq whose apply it gave up on; 0: none)
@@ -40,7 +40,7 @@ __all__ = (
     "D_ACKED",
     "D_ERROR",
     "D_POLICY",
-    "D_SNAP_ASK",
+    "D_RESERVED",
     "D_SNAP_SEQ",
     "D_SNAP_TIME",
     "D_SYNCED",
@@ -133,8 +133,8 @@ D_SYNCED: Final = 16
 #: the errno of the writer's last failed write or fsync (0: healthy); while it
 #: is set, new updates are refused with a clear error
 D_ERROR: Final = 24
-#: bumped to ask for a snapshot now (``dominoes snapshot``, ``BGSAVE``)
-D_SNAP_ASK: Final = 32
+#: unused and reserved
+D_RESERVED: Final = 32
 #: the cursor of the newest snapshot on disk (0: none)
 D_SNAP_SEQ: Final = 40
 #: its wall-clock time, in whole seconds (0: none)

@@ -108,7 +108,7 @@ from ._layout import (
     D_ACKED,
     D_ERROR,
     D_POLICY,
-    D_SNAP_ASK,
+    D_RESERVED,
     D_SNAP_SEQ,
     D_SNAP_TIME,
     D_SYNCED,
@@ -165,7 +165,7 @@ __all__ = (
     "D_ACKED",
     "D_ERROR",
     "D_POLICY",
-    "D_SNAP_ASK",
+    "D_RESERVED",
     "D_SNAP_SEQ",
     "D_SNAP_TIME",
     "D_SYNCED",
@@ -843,10 +843,6 @@ class Log:
         if line is None:
             return False
         return self._w.cas(REPLICAS + line * LINE + R_ASLEEP, 1, 0)
-
-    def ask_snapshot_now(self) -> int:
-        """Ask the designated replica for a durable snapshot now; the new ask count."""
-        return self._w.fetch_add(DURABILITY + D_SNAP_ASK, 1) + 1
 
     # --- introspection ---------------------------------------------------------------
 

@@ -25,6 +25,7 @@ class MemoryLogHost:
         slot_size: int = DEFAULT_SLOT_SIZE,
         replicas: int = 1,
         max_entry_slots: int | None = None,
+        first: int = 1,
     ) -> None:
         self._buf = bytearray(Log.size_for(capacity, slot_size, replicas))
         self._words = PlainWords(self._buf)
@@ -36,6 +37,7 @@ class MemoryLogHost:
             slot_size=slot_size,
             max_replicas=replicas,
             max_entry_slots=max_entry_slots,
+            first=first,
         )
 
     def attach(self, handles: list[int]) -> MemoryLogHost:
@@ -60,13 +62,20 @@ class MemoryLogFactory:
         return "memory"
 
     def create(
-        self, *, capacity: int, slot_size: int, replicas: int, max_entry_slots: int | None
+        self,
+        *,
+        capacity: int,
+        slot_size: int,
+        replicas: int,
+        max_entry_slots: int | None,
+        first: int = 1,
     ) -> MemoryLogHost:
         return MemoryLogHost(
             capacity=capacity,
             slot_size=slot_size,
             replicas=replicas,
             max_entry_slots=max_entry_slots,
+            first=first,
         )
 
     def attach(self, handles: list[int]) -> MemoryLogHost:

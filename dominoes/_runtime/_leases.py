@@ -52,9 +52,12 @@ class ClientLeases:
         fds: list[int],
         wake: Callable[[], None],
         stopping: Callable[[], bool],
+        first_line: int | None = None,
     ) -> None:
         self._service = service
         self._n = replicas
+        #: the first line a client may get (after the replicas and the log writer)
+        self._first = replicas if first_line is None else first_line
         #: None once the log is released (the service is gone, the log with it)
         self._log: SupervisedLog | None = log
         self._fds = fds
@@ -75,14 +78,14 @@ class ClientLeases:
         if self._stopping() or self._log is None:
             raise RuntimeError(f"service {name!r} is stopping")
         top = self._log.max_replicas
-        for line in range(self._n, top):
+        for line in range(self._first, top):
             if line not in self._clients and line not in self._departing:
                 self._clients[line] = writer
                 log.info("local client connected on line %d", line)
                 return line
         raise RuntimeError(
             f"service {name!r} has no free client line "
-            f"(at most {top - self._n} local clients at once)"
+            f"(at most {top - self._first} local clients at once)"
         )
 
     def welcome(self, line: int) -> tuple[dict[str, Any], list[int]]:

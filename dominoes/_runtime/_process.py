@@ -32,6 +32,7 @@ from ._ingress import start_tcp, start_udp
 from ._local import LocalReplies, start_local
 from ._monitor import MonitorPortError, start_monitor
 from ._pdeath import die_with_parent
+from ._persist import DurableOptions
 from ._replica import Replica
 from ._wakeups import EventfdWakeups
 
@@ -73,6 +74,15 @@ class ReplicaConfig(msgspec.Struct, kw_only=True):
     reads: str | None = None
     #: the collector's thresholds once serving (None: leave CPython's)
     gc_threshold: tuple[int, int, int] | None = None
+    #: the durable log's directory (empty: not durable), and its snapshot schedule
+    durable_dir: str = ""
+    snapshot_entries: int = 0
+    snapshot_seconds: float = 0.0
+    #: what to restore before serving (a fresh start only): the snapshot ("":
+    #: none), the first seq to replay and the seq after the last record
+    restore_snapshot: str = ""
+    restore_start: int = 1
+    restore_next: int = 1
 
 
 def tune_gc(threshold: tuple[int, int, int] | None) -> None:
@@ -181,6 +191,13 @@ async def serve(config: ReplicaConfig, service: Service, attached: LogHost) -> i
     loop = asyncio.get_running_loop()
     if config.reads is not None:
         service.reads = config.reads
+    durable = None
+    if config.durable_dir:
+        durable = DurableOptions(
+            Path(config.durable_dir),
+            snapshot_entries=config.snapshot_entries,
+            snapshot_seconds=config.snapshot_seconds,
+        )
     replica = Replica(
         service,
         config.index,
@@ -193,6 +210,7 @@ async def serve(config: ReplicaConfig, service: Service, attached: LogHost) -> i
         stall_threshold=config.stall_threshold,
         apply_timeout=config.apply_timeout,
         fork_snapshots=config.fork_snapshots,
+        durable=durable,
     )
     replica.core.checkpoint_entries = config.checkpoint_every
     stop = asyncio.Event()
@@ -207,6 +225,9 @@ async def serve(config: ReplicaConfig, service: Service, attached: LogHost) -> i
         if config.join:
             replica.start_join(os.getpid())
         else:
+            if durable is not None and config.restore_next > 1:
+                snapshot = Path(config.restore_snapshot) if config.restore_snapshot else None
+                replica.persist.restore(snapshot, config.restore_start, config.restore_next)
             replica.start_fresh()
         await replica.joined()
         if service.on_start is not None:

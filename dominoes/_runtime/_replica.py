@@ -73,6 +73,7 @@ from ._backoff import Backoff, when_room
 from ._blobs import FileBlobs
 from ._children import Children
 from ._joining import Joining, write_snapshot
+from ._persist import DurableOptions, Persistence
 from ._stats import (
     ComponentSummary,
     IngressCounters,
@@ -128,6 +129,7 @@ class Replica:
         stall_threshold: float = DEFAULT_STALL_THRESHOLD,
         apply_timeout: float | None = DEFAULT_APPLY_TIMEOUT,
         fork_snapshots: bool = True,
+        durable: DurableOptions | None = None,
     ) -> None:
         self.service = service
         self.index = index
@@ -159,6 +161,10 @@ class Replica:
         self.fork_snapshots = fork_snapshots
         #: forked children writing snapshots and digests
         self.children = Children(self)
+        #: the durable log's duties: held replies, restore, snapshots (``--durable``)
+        self.persist = Persistence(self, durable)
+        #: lines a producer here wakes: the replicas, and the log writer after them
+        self.wake_lines = replicas + 1 if self.persist.active else replicas
         self.syncs = 0
         self.poisoned_seen = 0
         #: slow applies that were the core's other processes, not the apply (see _on_stall)
@@ -209,6 +215,8 @@ class Replica:
 
         Waits while the log is full.  The handler's exception is raised here.
         """
+        if self.persist.active and (refused := self.persist.refusal()) is not None:
+            raise refused
         payload = self._encode(event, args, kwargs, _mode, _request_id)
         assert self._loop is not None
         fut = self._loop.create_future()
@@ -237,6 +245,9 @@ class Replica:
         core = self.core
         call = core.make_call(event, args, kwargs, now=time.time(), mode=Mode.parse(_mode))
         fut = self._loop.create_future()
+        if self.persist.active and (refused := self.persist.refusal()) is not None:
+            fut.set_exception(refused)
+            return fut
         core.queue(call, fut)
         if not self._group_scheduled:
             self._group_scheduled = True
@@ -275,6 +286,9 @@ class Replica:
         payload = self._encode(event, args, kwargs, _mode, _request_id)
         assert self._loop is not None
         fut = self._loop.create_future()
+        if self.persist.active and (refused := self.persist.refusal()) is not None:
+            fut.set_exception(refused)
+            return fut
         self._submit_now(payload, fut)
         return fut
 
@@ -406,7 +420,7 @@ class Replica:
         return seq
 
     def _after_append(self) -> None:
-        self.wakeups_sent += wake_sleepers(self.log, self.wakeups, self.replicas, self.index)
+        self.wakeups_sent += wake_sleepers(self.log, self.wakeups, self.wake_lines, self.index)
         self._schedule()
 
     # --- the loop -------------------------------------------------------------------------
@@ -442,6 +456,8 @@ class Replica:
         self.rates.update(self.core.machine.applied_entries, self.queries, time.monotonic())
         if self.blobs._live:
             self.blobs.collect(self.log.slowest_cursor())
+        if self.persist.active:
+            self.persist.tick(time.time())
         if not self.closed:
             self._sampler = self._loop.call_later(SAMPLE_EVERY, self._sample, now)
 
@@ -548,6 +564,9 @@ class Replica:
         if core.gave_up and not self._verdict():
             return  # waiting: the safety tick looks again
         self._batch_usage = thread_usage()  # see _on_stall
+        persist = self.persist
+        if persist.held:
+            persist.release()
         for applied in core.poll():
             self._deliver(applied)
         if core.gave_up:
@@ -560,9 +579,16 @@ class Replica:
             self._schedule()
             return
         # Sleep: flag first (seq_cst), then look once more, so a producer that
-        # published before seeing the flag is not missed.
+        # published before seeing the flag is not missed.  Held replies wait
+        # for the log writer, which wakes this replica when it moves on.
         self._asleep = True
         self.log.set_asleep(self.index, True)
+        if persist.held:
+            persist.wake_writer()
+            if persist.release():
+                self._awake()
+                self._schedule()
+                return
         if self.core.ready():
             self._awake()
             self._schedule()
@@ -613,6 +639,19 @@ class Replica:
         return True
 
     def _deliver(self, applied: Applied) -> None:
+        if self.persist.active and (applied.owner or applied.waiter is not None):
+            if applied.divergence is not None:
+                self._on_divergence(applied.divergence)
+                applied.divergence = None
+            if applied.snapshot is not None:
+                write_snapshot(self, applied)
+                applied.snapshot = None
+            if self.persist.hold(applied):
+                return  # its reply and effects wait for the log writer
+        self._deliver_now(applied)
+
+    def _deliver_now(self, applied: Applied) -> None:
+        """Resolve ``applied``'s waiter, write a snapshot it asked for, run its effects."""
         if applied.divergence is not None:
             self._on_divergence(applied.divergence)
         fut = applied.waiter
@@ -717,6 +756,11 @@ class Replica:
         while self.core.machine.cursor < target and not self.closed:
             self._drain()
             await asyncio.sleep(0.001)
+        persist = self.persist
+        while persist.held and not self.closed:  # replies the log writer has yet to take
+            persist.wake_writer()
+            persist.release()
+            await asyncio.sleep(0.001)
         if self._tasks:
             await asyncio.wait(list(self._tasks))
 
@@ -747,6 +791,9 @@ class Replica:
                 handle.cancel()
         for fut in self.core.drop_pending():
             fut.cancel()
+        for held in self.persist.drop():  # never acknowledged: the writer did not take them
+            if held.waiter is not None:
+                held.waiter.cancel()
         if leave:
             self.log.leave(self.index)
 

@@ -72,6 +72,7 @@ class SharedLog:
         slot_size: int = DEFAULT_SLOT_SIZE,
         max_replicas: int = DEFAULT_MAX_REPLICAS,
         max_entry_slots: int | None = None,
+        first: int = 1,
     ) -> SharedLog:
         size = Log.size_for(capacity, slot_size, max_replicas)
         fd = os.memfd_create(f"dominoes-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
@@ -91,6 +92,7 @@ class SharedLog:
                 slot_size=slot_size,
                 max_replicas=max_replicas,
                 max_entry_slots=max_entry_slots,
+                first=first,
             )
         except BaseException:  # a shape Log refuses
             shared.close()
@@ -162,7 +164,13 @@ class ShmLogFactory:
         self.service = service
 
     def create(
-        self, *, capacity: int, slot_size: int, replicas: int, max_entry_slots: int | None
+        self,
+        *,
+        capacity: int,
+        slot_size: int,
+        replicas: int,
+        max_entry_slots: int | None,
+        first: int = 1,
     ) -> ShmLogHost:
         return ShmLogHost(
             SharedLog.create(
@@ -171,6 +179,7 @@ class ShmLogFactory:
                 slot_size=slot_size,
                 max_replicas=replicas,
                 max_entry_slots=max_entry_slots,
+                first=first,
             )
         )
 

@@ -36,18 +36,26 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
 from .._core._backend import LogHost, SupervisedLog
 from .._core._log import (
+    D_ACKED,
+    D_POLICY,
+    D_SNAP_SEQ,
+    D_SNAP_TIME,
+    D_SYNCED,
+    D_WRITER,
     DEFAULT_CAPACITY,
     DEFAULT_MAX_REPLICAS,
     DEFAULT_SLOT_SIZE,
+    FSYNC_POLICIES,
     ReplicaState,
 )
 from ._control import ControlServer
+from ._durable import DEFAULT_SEGMENT_BYTES, Recovery, lock, recover
 from ._leases import ClientLeases
 from ._logs import DEFAULT as DEFAULT_LOG
 from ._logs import for_processes
@@ -55,6 +63,7 @@ from ._ports import claim_ports
 from ._process import ReplicaConfig, load_service
 from ._rundir import default_run_dir, make_run_dir
 from ._watchdog import STUCK_AFTER, Watchdog
+from ._writerproc import WriterProcess
 
 __all__ = ("Child", "Supervisor", "SupervisorConfig", "default_run_dir")
 
@@ -125,6 +134,17 @@ class SupervisorConfig:
     gc_threshold: tuple[int, int, int] | None = DEFAULT_GC_THRESHOLD
     #: the log backend, by its name in the ``dominoes.logs`` entry-point group
     log: str = DEFAULT_LOG
+    #: the durable log's directory (None: state lives in memory only)
+    durable: Path | None = None
+    #: the fsync policy: always, everysec or no
+    fsync: str = "everysec"
+    #: a durable snapshot after this many entries or seconds (0: not on that count)
+    snapshot_entries: int = 1_000_000
+    snapshot_seconds: float = 600.0
+    #: a segment file is closed and the next begun past this size
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    #: (tests) a file the writer appends ``path size`` to after every fsync
+    fsync_trace: str = ""
 
 
 @dataclass
@@ -178,6 +198,10 @@ class Supervisor:
         self._all_ready = asyncio.Event()
         self.deaths = 0
         self.exit_code = 0
+        #: the durable log's writer (None: not durable)
+        self.writer: WriterProcess | None = None
+        self.recovery: Recovery | None = None
+        self._lock_fd = -1
 
     # --- start ---------------------------------------------------------------------------
 
@@ -205,14 +229,18 @@ class Supervisor:
             udp=self.service.udp is not None,
         )
         self._remove_leftovers()
-        handles = self._open_log()
-        self.wake_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(self.n)]
+        first = self._recover()
+        handles = self._open_log(first)
+        # one eventfd per replica, and the log writer's after them
+        lines = self.n + (self.config.durable is not None)
+        self.wake_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(lines)]
         self._parent_r, self._parent_w = os.pipe()
         self.leases = ClientLeases(
             service=self.service,
             replicas=self.n,
             log=self.log,
-            fds=[*handles, *self.wake_fds],
+            fds=[*handles, *self.wake_fds[: self.n]],
+            first_line=lines,
             wake=self._wake_all,
             stopping=lambda: self._stopping,
         )
@@ -232,14 +260,26 @@ class Supervisor:
             for stale in self.run_dir.glob(pattern):
                 stale.unlink(missing_ok=True)
 
-    def _open_log(self) -> list[int]:
-        """Create the log (``--log``), every replica live at seq 1; the fds replicas inherit."""
-        # One header line per participant: the replicas, then local clients.
+    def _recover(self) -> int:
+        """With ``--durable``: lock and check the data directory; the seq the log goes on at."""
+        data_dir = self.config.durable
+        if data_dir is None:
+            return 1
+        self._lock_fd = lock(data_dir)
+        t0 = time.monotonic()
+        self.recovery = recovery = recover(data_dir)
+        self._replay_started = t0
+        return recovery.next_seq
+
+    def _open_log(self, first: int = 1) -> list[int]:
+        """Create the log (``--log``), every replica live at ``first``; the fds replicas inherit."""
+        # One header line per participant: the replicas, the log writer, then local clients.
         host = self.factory.create(
             capacity=self.config.capacity,
             slot_size=self.config.slot_size,
             replicas=DEFAULT_MAX_REPLICAS,
             max_entry_slots=None,
+            first=first,
         )
         try:
             log_handle, handles = host.log, host.handles()
@@ -257,10 +297,24 @@ class Supervisor:
             host.close()
             raise
         self.host, self.log, self._log_fd = host, log_handle, handles[0]
-        for i in range(self.n):
-            log_handle.join(i, cursor=1)
+        lines = self.n + (self.config.durable is not None)  # the writer holds the log too
+        for i in range(lines):
+            log_handle.join(i, cursor=first)
             log_handle.set_live(i)
+        if self.config.durable is not None:
+            self._publish_durability(log_handle)
         return handles
+
+    def _publish_durability(self, log_handle: SupervisedLog) -> None:
+        recovery = self.recovery
+        assert recovery is not None
+        log_handle.set_durability_word(D_WRITER, self.n + 1)
+        log_handle.set_durability_word(D_POLICY, FSYNC_POLICIES[self.config.fsync])
+        log_handle.set_durability_word(D_ACKED, recovery.next_seq)
+        log_handle.set_durability_word(D_SYNCED, recovery.next_seq)
+        if recovery.snapshot is not None:
+            log_handle.set_durability_word(D_SNAP_SEQ, recovery.start)
+            log_handle.set_durability_word(D_SNAP_TIME, int(recovery.snapshot.stat().st_mtime))
 
     def _spawn(self, child: Child, *, join: bool) -> None:
         ready_r, ready_w = os.pipe()
@@ -290,6 +344,7 @@ class Supervisor:
             supervisor_pid=os.getpid(),
             reads=self.config.reads,
             gc_threshold=self.config.gc_threshold,
+            **self._durable_config(),
         )
         env = dict(os.environ, PYTHONHASHSEED=self.config.hash_seed)
         fds = [self._log_fd, *self.wake_fds, self._parent_r, ready_w]
@@ -325,6 +380,20 @@ class Supervisor:
             child.core,
         )
 
+    def _durable_config(self) -> dict[str, Any]:
+        """What a replica process needs of ``--durable`` (restoring: only at the first start)."""
+        cfg, recovery = self.config, self.recovery
+        if cfg.durable is None or recovery is None:
+            return {}
+        return {
+            "durable_dir": str(cfg.durable),
+            "snapshot_entries": cfg.snapshot_entries,
+            "snapshot_seconds": cfg.snapshot_seconds,
+            "restore_snapshot": str(recovery.snapshot or ""),
+            "restore_start": recovery.start,
+            "restore_next": recovery.next_seq,
+        }
+
     def _on_ready(self, child: Child) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(child.ready_r)
@@ -350,7 +419,21 @@ class Supervisor:
                     line = (
                         f"dominoes: {name} serving on {where} with {n} replicas (run dir {run_dir})"
                     )
+                if self.recovery is not None:
+                    print(self._restored_line(), file=sys.stderr, flush=True)
                 print(line, file=sys.stderr, flush=True)
+
+    def _restored_line(self) -> str:
+        r = self.recovery
+        assert r is not None
+        assert self.config.durable is not None
+        took = time.monotonic() - self._replay_started
+        base = f"from the snapshot at seq {r.start}" if r.snapshot is not None else "from seq 1"
+        return (
+            f"dominoes: {self.service.name}: durable log {self.config.durable} "
+            f"(fsync {self.config.fsync}): replayed {r.entries} entries {base} in {took:.2f} s; "
+            f"the log goes on at seq {r.next_seq}"
+        )
 
     # --- deaths and restarts ---------------------------------------------------------------
 
@@ -449,6 +532,9 @@ class Supervisor:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
             await self._control.start(self.run_dir / "control.sock")
+            if self.config.durable is not None:
+                self.writer = WriterProcess(self)
+                await self.writer.start()
             for child in self.children:
                 self._spawn(child, join=False)
             self.watchdog.start()
@@ -483,6 +569,8 @@ class Supervisor:
                 log.error("replica %d did not stop in %.0fs; killing it", c.index, STOP_TIMEOUT)
                 c.proc.kill()
                 c.proc.wait()
+        if self.writer is not None:  # last: it writes what the replicas left, then fsyncs
+            await self.writer.stop()
         await self._control.close()
 
     def _release(self) -> None:
@@ -505,6 +593,9 @@ class Supervisor:
         with contextlib.suppress(FileNotFoundError):
             (self.run_dir / "control.sock").unlink()
         self._remove_leftovers()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
 
 def run(config: SupervisorConfig) -> int:

@@ -1,0 +1,284 @@
+"""A replica's side of a durable log: held replies, restore at start, snapshots.
+
+With ``--durable DIR`` the log writer (``_writer``) copies every entry to
+segment files and publishes ``acked``: the seq below which entries may be
+acknowledged under the fsync policy.  A replica applies entries as soon as
+they are published, as always; what waits is what the world sees of them:
+
+* the owner's reply (the future of ``submit``, the ingress reply) and its
+  effects are *held* while the entry's seq is at or above ``acked``, in
+  order, and delivered as soon as the writer passes them (it wakes the
+  replicas when it does);
+* a replica holding replies wakes the writer before it sleeps, so a reply
+  never waits for the writer's idle tick.
+
+State other replicas read may hold an entry whose reply is still held (it
+is applied, not yet durable): a read can see a write that a power failure
+would then lose.  Redis behaves the same way; docs/design/durability.md
+says more.
+
+Snapshots: the lowest-numbered live replica writes one on the schedule
+(``--snapshot-every``), and any replica on demand (``dominoes snapshot``,
+the KV's ``SAVE``/``BGSAVE``).  A forked child encodes the state at the
+replica's cursor (copy-on-write: the replica goes on serving; the pause is
+the ``fork``), writes it atomically and deletes what it makes redundant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from .._core._codec import decode
+from .._core._errors import DurabilityError
+from .._core._layout import D_POLICY, D_SNAP_SEQ, D_SNAP_TIME, D_SYNCED, KIND_NOOP, ReplicaState
+from .._core._machine import Applied
+from .._core._segment import decode_snapshot
+from ._durable import prune, replay, segments, snapshots, write_snapshot
+from ._fork import _become_background
+
+if TYPE_CHECKING:
+    from ._replica import Replica
+
+__all__ = ("DurableOptions", "Persistence", "SnapshotInfo")
+
+log = logging.getLogger("dominoes.replica")
+
+POLICY_NAMES: Final = {1: "always", 2: "everysec", 3: "no"}
+
+
+@dataclass(frozen=True)
+class DurableOptions:
+    """How a replica of a durable service persists (from ``dominoes run``)."""
+
+    data_dir: Path
+    #: write a snapshot after this many entries (0: never on a count)
+    snapshot_entries: int = 1_000_000
+    #: or after this many seconds with new entries (0: never on a clock)
+    snapshot_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A snapshot on disk."""
+
+    seq: int
+    path: Path
+    #: seconds the fork took (the serving replica's pause)
+    pause: float
+
+
+class Persistence:
+    """One replica's durable-log duties (see the module doc)."""
+
+    def __init__(self, replica: Replica, options: DurableOptions | None) -> None:
+        self._r = replica
+        self.options = options
+        #: owned outcomes whose entries the writer has not acknowledged yet, in order
+        self.held: collections.deque[Applied] = collections.deque()
+        self.active = options is not None and replica.log.writer_line is not None
+        self._acked = 0
+        self._writer = replica.log.writer_line
+        self._saving: asyncio.Future[SnapshotInfo] | None = None
+        self.snapshots_written = 0
+        self.last_pause = 0.0
+        self.replayed = 0
+        self.replay_seconds = 0.0
+        self._since = time.time()
+
+    # --- what the writer publishes ---------------------------------------------------
+
+    @property
+    def policy(self) -> str:
+        return POLICY_NAMES.get(self._r.log.durability_word(D_POLICY), "")
+
+    def refusal(self) -> DurabilityError | None:
+        """The error a new update gets while the writer cannot write (None: it can)."""
+        code = self._r.log.write_error
+        if not code:
+            return None
+        return DurabilityError(
+            f"the durable log cannot be written ({os.strerror(code)}); updates are refused "
+            f"until it can, reads go on"
+        )
+
+    def status(self) -> dict[str, Any]:
+        """The persistence section of statistics (INFO persistence reads it)."""
+        log = self._r.log
+        snaps = snapshots(self.options.data_dir) if self.options is not None else []
+        segs = segments(self.options.data_dir) if self.options is not None else []
+        size = 0
+        for _, path in segs:
+            with contextlib.suppress(OSError):
+                size += path.stat().st_size
+        return {
+            "enabled": self.active,
+            "dir": str(self.options.data_dir) if self.options is not None else "",
+            "policy": self.policy,
+            "acked": log.acked,
+            "synced": log.durability_word(D_SYNCED),
+            "error": os.strerror(log.write_error) if log.write_error else "",
+            "snapshot_seq": log.durability_word(D_SNAP_SEQ),
+            "snapshot_time": log.durability_word(D_SNAP_TIME),
+            "snapshot_in_progress": self._saving is not None and not self._saving.done(),
+            "snapshots_on_disk": len(snaps),
+            "segments": len(segs),
+            "log_bytes": size,
+            "held_replies": len(self.held),
+            "snapshots_written": self.snapshots_written,
+            "last_snapshot_pause": self.last_pause,
+            "replayed": self.replayed,
+            "replay_seconds": self.replay_seconds,
+        }
+
+    # --- held replies ---------------------------------------------------------------------
+
+    def hold(self, applied: Applied) -> bool:
+        """Keep ``applied``'s reply and effects until the writer acknowledges it; True if held."""
+        if self.held or applied.seq >= self._acked:
+            self._acked = self._r.log.acked
+            if self.held or applied.seq >= self._acked:
+                self.held.append(applied)
+                return True
+        return False
+
+    def release(self) -> int:
+        """Deliver the held outcomes the writer has acknowledged since; how many."""
+        held = self.held
+        if not held:
+            return 0
+        acked = self._acked = self._r.log.acked
+        n = 0
+        deliver = self._r._deliver_now
+        while held and held[0].seq < acked:
+            deliver(held.popleft())
+            n += 1
+        return n
+
+    def wake_writer(self) -> None:
+        """Replies wait for the writer: make sure it is not asleep."""
+        if self.held and self._writer is not None and self._r.log.wake_writer():
+            self._r.wakeups.signal(self._writer)
+
+    def drop(self) -> list[Applied]:
+        held = list(self.held)
+        self.held.clear()
+        return held
+
+    # --- restore at start -------------------------------------------------------------------
+
+    def restore(self, snapshot: Path | None, start: int, next_seq: int) -> int:
+        """Load the snapshot, replay the records after it; how many were replayed."""
+        assert self.options is not None
+        t0 = time.monotonic()
+        machine = self._r.core.machine
+        if snapshot is not None:
+            cursor, state = decode_snapshot(snapshot.read_bytes())
+            machine.restore(state)
+            assert machine.cursor == cursor == start, (machine.cursor, cursor, start)
+        n = 0
+        for record in replay(self.options.data_dir, start, next_seq):
+            if record.seq != machine.cursor:
+                raise RuntimeError(f"replay: record {record.seq}, expected {machine.cursor}")
+            if record.kind == KIND_NOOP:
+                machine.skip(record.seq, record.nslots)
+            else:
+                machine.apply(decode(record.payload, record.seq), False, record.nslots)
+            n += 1
+        if machine.cursor != next_seq:
+            raise RuntimeError(f"replay ended at {machine.cursor}, not {next_seq}")
+        self.replayed, self.replay_seconds = n, time.monotonic() - t0
+        return n
+
+    # --- snapshots ---------------------------------------------------------------------------
+
+    def designated(self) -> bool:
+        """True on the lowest-numbered live replica: the one that snapshots on schedule."""
+        r = self._r
+        for i in range(r.replicas):
+            if r.log.state(i) == ReplicaState.LIVE:
+                return i == r.index
+        return False
+
+    def tick(self, now: float) -> None:
+        """The sampling tick: start a scheduled snapshot when one is due here."""
+        opts = self.options
+        if opts is None or not self.active or self._saving is not None:
+            return
+        r = self._r
+        if r.joining.active or r.core.gave_up:
+            return
+        log = r.log
+        cursor = r.core.machine.cursor
+        last = log.durability_word(D_SNAP_SEQ) or 1
+        if cursor <= last:
+            return
+        due = opts.snapshot_entries and cursor - last >= opts.snapshot_entries
+        if not due and opts.snapshot_seconds:
+            since = log.durability_word(D_SNAP_TIME)
+            if not since:  # none yet: count from when this replica started
+                since = int(self._since)
+            due = now - since >= opts.snapshot_seconds
+        if due and self.designated():
+            self.snapshot()
+
+    def snapshot(self) -> asyncio.Future[SnapshotInfo]:
+        """Write a snapshot of the state at this replica's cursor; a future of where.
+
+        One at a time: while one is being written, its future is returned.
+        """
+        r = self._r
+        loop = r.loop
+        assert loop is not None
+        if self._saving is not None and not self._saving.done():
+            return self._saving
+        fut: asyncio.Future[SnapshotInfo] = loop.create_future()
+        if self.options is None:
+            fut.set_exception(
+                DurabilityError("this service is not durable (run it with --durable)")
+            )
+            return fut
+        if r.core.gave_up or r.joining.active:
+            fut.set_exception(DurabilityError("the replica is recovering; try again"))
+            return fut
+        self._saving = fut
+        data_dir = self.options.data_dir
+        machine = r.core.machine
+        cursor = machine.cursor
+        t0 = time.perf_counter()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: the state exactly at ``cursor``, copy-on-write
+            code = 1
+            try:
+                _become_background(parent)
+                write_snapshot(data_dir, cursor, machine.snapshot())
+                prune(data_dir)
+                code = 0
+            finally:
+                os._exit(code)
+        pause = self.last_pause = time.perf_counter() - t0
+
+        def done(ok: bool) -> None:
+            if fut.done():
+                return
+            if not ok:
+                log.error("replica %d: the snapshot at seq %d failed", r.index, cursor)
+                fut.set_exception(DurabilityError(f"the snapshot at seq {cursor} failed"))
+                return
+            if cursor > r.log.durability_word(D_SNAP_SEQ):
+                r.log.set_durability_word(D_SNAP_SEQ, cursor)
+                r.log.set_durability_word(D_SNAP_TIME, int(time.time()))
+            self.snapshots_written += 1
+            log.info("replica %d: snapshot at seq %d (fork %.1f ms)", r.index, cursor, pause * 1e3)
+            fut.set_result(SnapshotInfo(cursor, data_dir / f"snapshot-{cursor:020d}.snap", pause))
+
+        r.children.watch(pid, done)
+        return fut

@@ -1,0 +1,166 @@
+"""The supervisor's side of the log writer: start it, restart it, stop it last.
+
+The writer (``_writer``) is a process of its own, so that writing and
+fsyncing never run on a replica's loop.  It holds the log from its own line
+(the one after the replicas).  If it dies, its line keeps holding the log:
+no slot it has not written can be reused, producers feel backpressure, and
+replies wait.  The supervisor starts it again at once; it picks up the newest
+segment at its last whole record and goes on from there.  Reads go on
+meanwhile.  On a clean stop it is stopped after the replicas: it writes what
+they left and fsyncs, whatever the policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from ._writer import WriterConfig
+
+if TYPE_CHECKING:
+    from ._supervisor import Supervisor
+
+__all__ = ("WriterProcess",)
+
+log = logging.getLogger("dominoes.supervisor")
+
+#: Seconds the writer gets to write, fsync and exit on a clean stop.
+WRITER_STOP_TIMEOUT: Final = 30.0
+#: Seconds before restarting a writer that died.
+WRITER_RESTART_DELAY: Final = 0.2
+#: Deaths before it was ready, in a row, after which the service stops.
+WRITER_MAX_FAILURES: Final = 3
+
+
+class WriterProcess:
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._sup = supervisor
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._failures = 0
+        self._pidfd = -1
+        self._stopping = False
+        self._exited = asyncio.Event()
+
+    def _config(self, ready_w: int) -> WriterConfig:
+        sup, cfg = self._sup, self._sup.config
+        assert cfg.durable is not None
+        return WriterConfig(
+            data_dir=str(cfg.durable),
+            run_dir=str(sup.run_dir),
+            policy=cfg.fsync,
+            line=sup.n,
+            replicas=sup.n,
+            log_fd=sup._log_fd,
+            wake_fds=sup.wake_fds,
+            parent_fd=sup._parent_r,
+            ready_fd=ready_w,
+            supervisor_pid=os.getpid(),
+            segment_bytes=cfg.segment_bytes,
+            log_level=cfg.log_level,
+            fsync_trace=cfg.fsync_trace,
+        )
+
+    def _spawn(self) -> int:
+        """Start the writer process; the read end of its readiness pipe."""
+        sup = self._sup
+        ready_r, ready_w = os.pipe()
+        cfg = self._config(ready_w)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-P", "-m", "dominoes._runtime._writer", msgspec.json.encode(cfg)],
+            pass_fds=[sup._log_fd, *sup.wake_fds, sup._parent_r, ready_w],
+            stdin=subprocess.DEVNULL,
+        )
+        os.close(ready_w)
+        return ready_r
+
+    async def start(self) -> None:
+        """Start the writer and wait until it has opened the log file."""
+        ready_r = self._spawn()
+        assert self.proc is not None
+        loop = asyncio.get_running_loop()
+        try:
+            data = await loop.run_in_executor(None, _read_ready, ready_r)
+        finally:
+            os.close(ready_r)
+        if data != b"R":
+            code = self.proc.wait()
+            raise RuntimeError(f"the log writer exited with {code} before it was ready")
+        self._failures = 0
+        self._exited = asyncio.Event()
+        self._pidfd = os.pidfd_open(self.proc.pid)
+        loop.add_reader(self._pidfd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = -1
+        assert self.proc is not None
+        code = self.proc.wait()
+        self._exited.set()
+        if self._stopping:
+            return
+        log.error(
+            "the log writer (pid %d) died with %s; updates wait until it is back",
+            self.proc.pid,
+            code,
+        )
+        self.restarts += 1
+        loop.call_later(WRITER_RESTART_DELAY, self._restart)
+
+    def _restart(self) -> None:
+        if self._stopping:
+            return
+        task = asyncio.ensure_future(self.start())
+
+        def started(t: asyncio.Task[None]) -> None:
+            exc = t.exception()
+            if exc is None:
+                log.warning("the log writer is back (restart %d)", self.restarts)
+                self._sup._wake_all()
+                return
+            self._failures += 1
+            log.error("the log writer could not start again: %s", exc)
+            if self._failures >= WRITER_MAX_FAILURES:
+                self._sup.exit_code = 1
+                self._sup.stop()
+            else:
+                asyncio.get_running_loop().call_later(WRITER_RESTART_DELAY, self._restart)
+
+        task.add_done_callback(started)
+
+    async def stop(self) -> None:
+        """SIGTERM, then wait: it writes everything published and fsyncs before it exits."""
+        self._stopping = True
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(WRITER_STOP_TIMEOUT):
+                await self._exited.wait()
+        if proc.poll() is None:
+            log.error("the log writer did not stop in %.0fs; killing it", WRITER_STOP_TIMEOUT)
+            proc.kill()
+            proc.wait()
+        if self._pidfd >= 0:
+            asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+
+def _read_ready(fd: int) -> bytes:
+    try:
+        return os.read(fd, 1)
+    except OSError:
+        return b""
