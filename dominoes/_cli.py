@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--snapshot-every",
         type=_snapshot_every,
-        default=(1_000_000, 600.0),
+        default="1000000,600s",
         metavar="N[,Ts]",
         help="with --durable: write a snapshot after N entries or T seconds, whichever comes "
         "first (e.g. 100000,60s; 0 for never; default 1000000,600s); segments a snapshot "
