@@ -210,7 +210,7 @@ class Persistence:
     def tick(self, now: float) -> None:
         """The sampling tick: start a scheduled snapshot when one is due here."""
         opts = self.options
-        if opts is None or not self.active or self._saving is not None:
+        if opts is None or not self.active or (self._saving and not self._saving.done()):
             return
         r = self._r
         if r.joining.active or r.core.gave_up:
