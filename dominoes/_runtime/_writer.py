@@ -331,9 +331,12 @@ class LogWriter:
     def close(self) -> None:
         """Write what is left, fsync (every policy: a clean stop loses nothing), close."""
         self.stopping = True
-        self._sync_wanted.set()
         while self.round():
             pass
+        if self._sync_thread is not None:
+            self._sync_wanted.set()
+            self._sync_thread.join()
+            self._sync_thread = None
         if self.fd >= 0:
             self._sync()
             os.close(self.fd)
