@@ -86,7 +86,7 @@ def test_a_torn_record_in_a_segment_that_is_not_the_last_is_corrupt(tmp_path: Pa
 def test_a_missing_segment_is_an_error(tmp_path: Path) -> None:
     write_segment(tmp_path, 1, [b"a", b"b"])
     write_segment(tmp_path, 5, [b"e"])
-    with pytest.raises(DurableLogError, match="segment missing: .* starts at seq 5.* ends at 3"):
+    with pytest.raises(DurableLogError, match=r"segment missing: .* starts at seq 5.* ends at 3"):
         recover(tmp_path)
 
 
