@@ -240,7 +240,7 @@ class LogWriter:
     def _sync(self) -> bool:
         """fdatasync what is written; False (and the error set) if it failed."""
         with self._sync_lock:
-            upto, fd = self.written, self.fd
+            upto, fd, offset, first = self.written, self.fd, self.offset, self.first
             try:
                 os.fdatasync(fd)
             except OSError as exc:
@@ -252,7 +252,7 @@ class LogWriter:
                 self.log.set_durability_word(D_SYNCED, upto)
             if self._trace:
                 with open(self._trace, "a") as f:
-                    f.write(f"{self.data_dir / segment_name(self.first)} {self.offset}\n")
+                    f.write(f"{self.data_dir / segment_name(first)} {offset}\n")
         return True
 
     def _sync_loop(self) -> None:

@@ -1,0 +1,185 @@
+"""Run a durable KV service in a process group of its own, crash it, start it again."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+from .harness import ROOT, free_port
+
+KV = "dominoes.components.kv:service"
+
+
+class DurableKV:
+    """``dominoes run KV --durable DIR`` as the leader of its own process group.
+
+    ``crash()`` is ``kill -9`` of the whole group: the supervisor, the replicas
+    and the log writer die at once, as in a power cut of the processes (not
+    of the machine: the page cache survives).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        run_dir: Path,
+        *,
+        fsync: str,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        cmd = [
+            sys.executable, "-m", "dominoes", "run", KV,
+            "--replicas", "2", "--port", str(self.port), "--run-dir", str(run_dir),
+            "--durable", str(data_dir), "--fsync", fsync, *args,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            if "serving on" in line:
+                self._ready.set()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        end = time.monotonic() + timeout
+        while not self._ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > end:
+                self._reader.join(5)
+                raise AssertionError(f"service did not start:\n{self.output}")
+
+    def client(self, **kwargs: object) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=30, **kwargs)  # type: ignore[arg-type]
+
+    def crash(self) -> None:
+        """SIGKILL every process of the service's group at once."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        self._reader.join(10)
+        # the group's other members (replicas, the writer) are gone too
+        wait_group_gone(self.proc.pid)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(60)
+        self._reader.join(10)
+        wait_group_gone(self.proc.pid)
+        return code
+
+
+def wait_group_gone(pgid: int, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    raise AssertionError(f"process group {pgid} outlived its supervisor")
+
+
+@contextlib.contextmanager
+def durable_kv(data_dir: Path, run_dir: Path, **kwargs: object) -> Iterator[DurableKV]:
+    svc = DurableKV(data_dir, run_dir, **kwargs)  # type: ignore[arg-type]
+    try:
+        svc.wait_ready()
+        yield svc
+    finally:
+        if svc.proc.poll() is None:
+            svc.crash()
+
+
+class Writers:
+    """Threads that SET distinct keys as fast as they can, recording each acknowledgment.
+
+    ``acked`` maps every key whose SET returned OK to its value; a write that
+    got no reply (the service died under it) is not in it.
+    """
+
+    def __init__(self, port: int, threads: int = 4, prefix: str = "") -> None:
+        self.acked: dict[bytes, bytes] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(port, f"{prefix}t{i}"), daemon=True)
+            for i in range(threads)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, port: int, name: str) -> None:
+        r = redis.Redis(port=port, socket_timeout=30)
+        i = 0
+        try:
+            while not self._stop.is_set():
+                key, value = f"{name}:{i}".encode(), f"v{i}".encode()
+                if r.set(key, value) is not True:
+                    raise AssertionError(f"SET {key!r} did not answer OK")
+                with self._lock:
+                    self.acked[key] = value
+                i += 1
+        except (redis.ConnectionError, redis.TimeoutError):
+            return  # the service died under this write: not acknowledged
+        finally:
+            r.close()
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.acked)
+
+    def wait_for(self, n: int, timeout: float = 60.0) -> None:
+        end = time.monotonic() + timeout
+        while self.count() < n:
+            if time.monotonic() > end:
+                raise AssertionError(f"only {self.count()} writes acknowledged in {timeout}s")
+            time.sleep(0.005)
+
+    def join(self) -> dict[bytes, bytes]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+        return dict(self.acked)
+
+
+def missing(r: redis.Redis, acked: dict[bytes, bytes]) -> list[bytes]:
+    """Keys of ``acked`` whose value is not what was acknowledged."""
+    keys = list(acked)
+    out: list[bytes] = []
+    for start in range(0, len(keys), 1000):
+        chunk = keys[start : start + 1000]
+        for key, got in zip(chunk, r.mget(chunk), strict=True):
+            if got != acked[key]:
+                out.append(key)
+    return out
