@@ -210,7 +210,88 @@ def _parser() -> argparse.ArgumentParser:
     monitor.add_argument(
         "--replica", type=int, default=0, metavar="I", help="the replica's index (default 0)"
     )
+    _replay_parser(sub)
+    snapshot = sub.add_parser(
+        "snapshot",
+        help="have a running durable service write a snapshot now",
+        description="Have the lowest-numbered live replica of a running durable service "
+        "(dominoes run --durable) write a snapshot of its state now, and print where.",
+    )
+    snapshot.add_argument(
+        "name", nargs="?", default=None, help="the service's name (finds its run dir)"
+    )
+    snapshot.add_argument("--run-dir", type=Path, default=None, help="the service's run dir")
+    snapshot.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="give up waiting for the snapshot after this long (default 3600)",
+    )
     return parser
+
+
+def _replay_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    replay = sub.add_parser(
+        "replay",
+        help="apply a durable service's recorded log again, in this process",
+        description="Apply the log a durable service (dominoes run --durable DIR) recorded "
+        "in DIR again, in one process, from a snapshot or from seq 1: step through it, "
+        "compare state digests with those the live replicas recorded, save the state at a "
+        "seq. DIR is only read (a torn last record is left as it is).",
+    )
+    replay.add_argument("data_dir", metavar="DIR", type=Path, help="the service's --durable DIR")
+    replay.add_argument(
+        "--service",
+        required=True,
+        metavar="SERVICE",
+        help="module:attribute naming the dominoes.Service that recorded the log",
+    )
+    replay.add_argument(
+        "--until",
+        type=_positive_int,
+        default=None,
+        metavar="SEQ",
+        help="stop before SEQ: the state is then the state a snapshot at SEQ holds "
+        "(default: the end of the log)",
+    )
+    replay.add_argument(
+        "--from-snapshot",
+        choices=["oldest", "newest", "none"],  # _replay.FROM_SNAPSHOT
+        default=None,
+        help="start from the oldest or the newest usable snapshot, or from none (seq 1) "
+        "(default: seq 1 if the log starts there, else the oldest usable snapshot)",
+    )
+    replay.add_argument(
+        "--step",
+        action="store_true",
+        help="print each entry, decoded, and its outcome; with a terminal on stdin, wait for "
+        "Enter after each (c: go on without waiting, q: stop)",
+    )
+    replay.add_argument(
+        "--digest",
+        action="store_true",
+        help="print the state digests at each digest point, and compare them with those the "
+        "live replicas recorded in the log (exit 3 if one differs)",
+    )
+    replay.add_argument(
+        "--digest-every",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="with --digest: a digest point every K log positions (default: the service's "
+        "digest_every)",
+    )
+    replay.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the final state to FILE as a snapshot file (the service's format)",
+    )
+    replay.add_argument(
+        "--json", action="store_true", help="print JSON objects, one a line, the summary last"
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -471,4 +552,44 @@ def main(argv: list[str] | None = None) -> int:
         from ._runtime._monitor import monitor_main
 
         return monitor_main(_find_run_dir(args.name, args.run_dir), args.replica)
+    if args.command == "replay":
+        return _replay(args)
+    if args.command == "snapshot":
+        return _snapshot(args)
     return 2
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from ._runtime._replay import ReplayOptions, replay_main
+
+    logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
+    # The current directory is importable, as for ``dominoes run`` (appended:
+    # a checkout's dominoes/ must not shadow the installed package).
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    options = ReplayOptions(
+        data_dir=args.data_dir,
+        until=args.until,
+        from_snapshot=args.from_snapshot,
+        step=args.step,
+        interactive=sys.stdin.isatty() and not args.json,
+        digest=args.digest,
+        digest_every=args.digest_every,
+        save=args.save,
+        as_json=args.json,
+    )
+    return replay_main(args.service, options)
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    from ._runtime._control import SnapshotRequestError, request_snapshot
+
+    run_dir = _find_run_dir(args.name, args.run_dir)
+    try:
+        reply = request_snapshot(run_dir, args.timeout)
+    except SnapshotRequestError as exc:
+        print(f"dominoes: error: {exc}", file=sys.stderr)
+        return 1
+    pause_ms = float(reply["pause"]) * 1e3
+    print(f"snapshot at seq {reply['seq']}: {reply['path']} (fork took {pause_ms:.1f} ms)")
+    return 0

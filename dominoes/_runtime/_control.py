@@ -2,13 +2,16 @@
 
 Each replica serves a unix socket ``replica-<i>.sock`` (mode 0600) in the
 service's run directory, speaking JSON lines: ``{"op": "stats"}`` returns its
-``statistics()`` structs, ``{"op": "digest"}`` its state digest
+``statistics()`` structs, ``{"op": "digest"}`` its state digest,
+``{"op": "snapshot"}`` writes a durable snapshot now and says where
 (:func:`serve_replica`).
 
 The supervisor serves ``control.sock`` (:class:`ControlServer`), also JSON
 lines: ``{"op": "status"}`` is its own reading of the log and the replicas,
 ``{"op": "stats"}`` gathers every replica's report into one document (asked
-with :func:`ask`), and ``{"op": "connect"}`` makes the connection a local
+with :func:`ask`), ``{"op": "snapshot"}`` has the lowest-numbered live
+replica write a durable snapshot (``dominoes snapshot``, through
+:func:`request_snapshot`), and ``{"op": "connect"}`` makes the connection a local
 client's (``dominoes.connect``): the reply carries the log's file
 descriptors (``SCM_RIGHTS``), and the connection stays open for the client's
 lifetime; its close gives the client's line back (see ``_leases``).
@@ -32,18 +35,29 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 import orjson
 
+from .._core._errors import DurabilityError
 from .._core._log import ReplicaState
-from ._peercred import check_server, peer_refusal
+from ._peercred import ForeignServerError, check_server, connect_checked, peer_refusal
 
 if TYPE_CHECKING:
     from ._replica import Replica
     from ._supervisor import Child, Supervisor
 
-__all__ = ("ControlServer", "ask", "replica_socket", "serve_replica")
+__all__ = (
+    "ControlServer",
+    "SnapshotRequestError",
+    "ask",
+    "replica_socket",
+    "request_snapshot",
+    "serve_replica",
+)
 
 log = logging.getLogger("dominoes.supervisor")
 
 ASK_TIMEOUT: Final = 2.0
+#: How long a snapshot may take (``dominoes snapshot``): the forked child
+#: encodes and writes the whole state, which takes minutes for a big one.
+SNAPSHOT_TIMEOUT: Final = 3600.0
 
 
 def replica_socket(run_dir: Path, index: int) -> Path:
@@ -101,6 +115,8 @@ async def serve_replica(replica: Replica) -> asyncio.Server:
                     elif op == "digest":
                         seq, digest = replica.digest()
                         reply = {"seq": seq, "digest": digest}
+                    elif op == "snapshot":
+                        reply = await _snapshot_reply(replica)
                     else:
                         reply = {"error": f"unknown op {op!r}"}
                 except Exception as exc:  # noqa: BLE001 - reported to the asker
@@ -115,6 +131,20 @@ async def serve_replica(replica: Replica) -> asyncio.Server:
     server = await asyncio.start_unix_server(handle, str(path))
     os.chmod(path, 0o600)
     return server
+
+
+async def _snapshot_reply(replica: Replica) -> dict[str, Any]:
+    """Write a durable snapshot now (``persist.snapshot``); where, or why not."""
+    try:
+        info = await replica.persist.snapshot()
+    except DurabilityError as exc:
+        return {"error": str(exc)}
+    return {
+        "replica": replica.index,
+        "seq": info.seq,
+        "path": str(info.path),
+        "pause": info.pause,
+    }
 
 
 async def ask(path: Path, request: dict[str, Any], timeout: float = ASK_TIMEOUT) -> Any:  # noqa: ASYNC109
@@ -191,6 +221,8 @@ class ControlServer:
                         reply, fds = leases.welcome(client_line)
                     elif isinstance(request, dict) and request.get("op") == "stats":
                         reply = await self.stats()
+                    elif isinstance(request, dict) and request.get("op") == "snapshot":
+                        reply = await self.snapshot()
                     else:
                         reply = self.handle(request)
                 except Exception as exc:  # noqa: BLE001 - reported to the client
@@ -211,7 +243,7 @@ class ControlServer:
                 leases.release(client_line)
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
-        """The reply to a request other than ``connect`` and ``stats``."""
+        """The reply to a request other than ``connect``, ``stats`` and ``snapshot``."""
         op = request.get("op")
         if op == "status":
             return self.status()
@@ -252,6 +284,30 @@ class ControlServer:
             "replicas": replicas,
             "log": msgspec.to_builtins(sup.log.statistics()),
         }
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Have the lowest-numbered live replica write a durable snapshot now; its reply.
+
+        That replica is the one that writes the scheduled snapshots too.  The
+        reply is ``{"replica", "seq", "path", "pause"}`` or ``{"error"}`` (the
+        service is not durable, the replica is recovering, the write failed).
+        """
+        sup = self._sup
+        live = [
+            c
+            for c in sorted(sup.children, key=lambda c: c.index)
+            if c.ready and sup.log.state(c.index) == ReplicaState.LIVE
+        ]
+        if not live:
+            return {"error": "no live replica to take the snapshot; try again"}
+        child = live[0]
+        try:
+            reply: dict[str, Any] = await ask(
+                replica_socket(sup.run_dir, child.index), {"op": "snapshot"}, SNAPSHOT_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            return {"error": f"replica {child.index} did not answer: {exc or type(exc).__name__}"}
+        return reply
 
     def status(self) -> dict[str, Any]:
         sup = self._sup
@@ -295,3 +351,55 @@ async def send_with_fds(writer: asyncio.StreamWriter, data: bytes, fds: list[int
     if sent < len(data):
         writer.write(data[sent:])
         await writer.drain()
+
+
+class SnapshotRequestError(Exception):
+    """``dominoes snapshot`` could not have a snapshot written; the message says why."""
+
+
+def request_snapshot(run_dir: Path, timeout: float = SNAPSHOT_TIMEOUT) -> dict[str, Any]:
+    """Ask the service at ``run_dir`` for a durable snapshot now (blocking).
+
+    Returns the replica's reply, ``{"replica", "seq", "path", "pause"}``;
+    raises :class:`SnapshotRequestError` with one line if there is no service
+    there, it is not durable, or it did not answer within ``timeout`` seconds.
+    """
+    path = run_dir / "control.sock"
+    try:  # checked first: in a hijacked run dir, the server may be another uid's
+        sock = connect_checked(path, timeout)
+    except (FileNotFoundError, NotADirectoryError):
+        raise SnapshotRequestError(f"no service is running at {path}") from None
+    except ConnectionRefusedError:
+        raise SnapshotRequestError(
+            f"not running (stale socket {path}: its supervisor was killed)"
+        ) from None
+    except ForeignServerError as exc:
+        raise SnapshotRequestError(str(exc)) from None
+    except OSError as exc:
+        raise SnapshotRequestError(f"cannot reach the service at {path} ({exc})") from None
+    buf = b""
+    with sock:
+        try:
+            sock.sendall(b'{"op": "snapshot"}\n')
+            while not buf.endswith(b"\n"):
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    break
+                buf += chunk
+        except TimeoutError:
+            raise SnapshotRequestError(
+                f"the service at {path} did not finish the snapshot in {timeout:g}s"
+            ) from None
+        except OSError as exc:
+            raise SnapshotRequestError(f"the service at {path} went away ({exc})") from None
+    if not buf.endswith(b"\n"):
+        raise SnapshotRequestError(f"the service at {path} closed the connection (stopping?)")
+    try:
+        reply = orjson.loads(buf)
+    except orjson.JSONDecodeError as exc:
+        raise SnapshotRequestError(f"unreadable answer from {path}: {exc}") from None
+    if not isinstance(reply, dict):
+        raise SnapshotRequestError(f"unreadable answer from {path}: {reply!r}")
+    if "error" in reply:
+        raise SnapshotRequestError(str(reply["error"]))
+    return reply
