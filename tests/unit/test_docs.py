@@ -31,7 +31,7 @@ REFERENCE = DOCS / "reference.md"
 TUTORIAL = DOCS / "tutorial.md"
 
 PUBLIC_MODULES = ["dominoes", "dominoes.testing", "dominoes.lowlevel", "dominoes.loops"]
-COMMANDS = ["run", "stats", "top", "monitor"]
+COMMANDS = ["run", "stats", "top", "monitor", "snapshot", "replay"]
 
 _HEADING = re.compile(r"^#+ ")
 _FENCE = re.compile(r"^```python\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
