@@ -1,7 +1,8 @@
 """The connection commands: the ``kind=CONN`` commands a connection answers itself.
 
 PING, ECHO, QUIT, SELECT, AUTH, HELLO, RESET, CLIENT, COMMAND, CONFIG, INFO,
-and the transaction commands MULTI, DISCARD and EXEC: each changes the
+and the transaction commands MULTI, DISCARD and EXEC (SAVE, BGSAVE and
+LASTSAVE are in ``_persistence``): each changes the
 connection's own state and answers at once (``_reply``), or, for EXEC and
 ``CONFIG SET``, appends one entry of its own.  :class:`ConnectionCommands` is
 a mixin of :class:`~._connection.Connection`; the hot loop calls a command as
@@ -25,11 +26,14 @@ from ._entries import Entry
 from ._errors import KvError, arity_error, parse_int
 from ._glob import glob_matcher
 from ._limits import OUTPUT_LIMIT, config_failed, parse_output_limits
+from ._persistence import CONFIG_ON_COMMAND_LINE
 from ._resp import OK, PONG, QUEUED, Status, Verbatim
 from ._table import CONN, Spec, command
 
 if TYPE_CHECKING:
     from collections import deque
+
+    from dominoes import Replica
 
     from ._server import Server
 
@@ -54,6 +58,7 @@ class ConnectionCommands:
 
     if TYPE_CHECKING:  # provided by Connection
         server: Server
+        replica: Replica
         table: dict[bytes, Spec]
         id: int
         peer: str
@@ -134,6 +139,8 @@ class ConnectionCommands:
     def cmd_ping(self, args: list[bytes]) -> None:
         if len(args) > 2:
             self._reply(arity_error(b"ping"))
+        elif self.replica.persist.active and (refused := self.server.saves.refusal()):
+            self._reply(refused)  # as Redis 7: a health check sees that writes fail
         elif (self.channels or self.patterns) and not self.resp3:
             self._reply([b"pong", args[1] if len(args) == 2 else b""])
         else:
@@ -310,8 +317,7 @@ class ConnectionCommands:
         sub = args[1].upper()
         if sub == b"GET" and len(args) >= 3:
             known = {
-                b"save": b"",
-                b"appendonly": b"no",
+                **self.server.saves.config(),  # appendonly, appendfsync, dir, save
                 b"databases": b"1",
                 b"maxmemory": b"0",
                 OUTPUT_LIMIT: self.server.limits_text(),
@@ -340,6 +346,16 @@ class ConnectionCommands:
             return
         names = [p.lower() for p in pairs[::2]]
         for name in names:
+            option = CONFIG_ON_COMMAND_LINE.get(name)
+            if option is not None:
+                self._reply(
+                    KvError(
+                        f"ERR CONFIG SET failed (possibly related to argument "
+                        f"'{name.decode()}') - it is set on the command line: "
+                        f"dominoes run ... {option}"
+                    )
+                )
+                return
             if name != OUTPUT_LIMIT:
                 text = name.decode("utf-8", "replace")
                 self._reply(

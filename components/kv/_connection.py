@@ -46,9 +46,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ._commands import Commands, internal_error
 from ._conncommands import ConnectionCommands
-from ._entries import RUN, Appends, Delayed, Entry, ready
+from ._entries import RUN, Appends, Deferred, Delayed, Entry, ready
 from ._errors import KvError, arity_error, unknown_command
 from ._limits import OutputLimits
+from ._persistence import PersistenceCommands
 from ._pubsub import PubSub
 from ._resp import ProtocolError, RequestParser, encode
 from ._table import READ, WRITE
@@ -66,7 +67,7 @@ MAX_IN_FLIGHT: Final = 64
 MAX_BATCH: Final = 1024
 
 
-class Connection(ConnectionCommands, OutputLimits, Appends, asyncio.Protocol):
+class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends, asyncio.Protocol):
     """One client connection (see the module doc)."""
 
     def __init__(self, server: Server) -> None:
@@ -420,6 +421,8 @@ class Connection(ConnectionCommands, OutputLimits, Appends, asyncio.Protocol):
                 frames = head.frames()  # type: ignore[union-attr]
                 out.extend(frames)
                 room -= sum(map(len, frames))
+            elif type(head) is Deferred and head.start(self._on_done):
+                continue  # its turn came (SAVE, BGSAVE, LASTSAVE) and its reply is ready
             else:
                 break
             pending.popleft()

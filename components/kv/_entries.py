@@ -14,20 +14,33 @@ of :class:`~._connection.Connection`) appends them:
 
 Plain batches usually take the server's group instead (one log entry for every
 connection's batch of a loop iteration: ``Server.join_group``).
+
+While the durable log cannot be written (``--durable``, a full disk), an
+append fails at once with ``DurabilityError`` (:func:`refused`): a batch's
+writes then answer Redis's ``MISCONF``, and its reads (pipelined behind
+writes) run on the local state in their turn, as if they had not been
+batched; a transaction answers ``MISCONF``.
+
+A :class:`Deferred` stands in ``pending`` for a connection command that must
+wait for the entries before it (SAVE, BGSAVE, LASTSAVE): it starts when it
+reaches the head of the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from dominoes import EntryTooLargeError, LogFullError
+from dominoes import DurabilityError, EntryTooLargeError, LogFullError
 from dominoes.lowlevel import when_room
 
-from ._commands import Commands, internal_error
-from ._errors import KvError
+from ._commands import Bound, Commands, internal_error
+from ._errors import KvError, misconf
 from ._resp import OK, encode
 
 if TYPE_CHECKING:
@@ -35,7 +48,7 @@ if TYPE_CHECKING:
 
     from ._server import Server
 
-__all__ = ("RUN", "Appends", "Delayed", "Entry", "ready")
+__all__ = ("RUN", "Appends", "Deferred", "Delayed", "Entry", "Refused", "ready", "refused")
 
 #: ``Commands.run``'s event by name (a name skips resolving the descriptor on every append).
 RUN: Final = Commands.run.event
@@ -78,10 +91,106 @@ class Entry:
             elif isinstance(result, KvError):
                 out.extend([encode(result, resp3)] * count)
             else:
-                if start or count != len(result):
+                if type(result) is Refused:
+                    result = result.replies(start, count)
+                elif start or count != len(result):
                     result = result[start : start + count]
                 out.extend([_OK_FRAME if r is OK else encode(r, resp3) for r in result])
         return out
+
+
+class Deferred(Entry):
+    """A connection command's reply that waits for the entries before it in ``pending``.
+
+    ``action()`` runs when it reaches the head of the queue (:meth:`start`,
+    called by the connection's ``_drain``): every entry the connection
+    appended before it has been applied here by then.  It returns the reply,
+    or a future of it.
+    """
+
+    __slots__ = ("action",)
+
+    def __init__(self, resp3: bool, action: Callable[[], Any] | None) -> None:
+        super().__init__(resp3, transaction=True)
+        self.action = action
+
+    def start(self, on_done: Callable[[asyncio.Future[Any]], None]) -> bool:
+        """Run the action if it has not run; whether the reply is ready."""
+        action = self.action
+        if action is not None:
+            self.action = None
+            try:
+                value = action()
+            except Exception as exc:  # noqa: BLE001 - a bug in the command is its reply
+                value = internal_error(exc)
+            self.begin(value, on_done)
+        return self.done()
+
+    def begin(self, value: Any, on_done: Callable[[asyncio.Future[Any]], None]) -> None:
+        """The action's ``value`` is the reply (or a future of it); ``on_done`` when it is ready."""
+        if isinstance(value, asyncio.Future):
+            fut = value
+        else:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(value)
+        self.parts.append((fut, 1, 0))
+        fut.add_done_callback(on_done)
+
+
+class Refused:
+    """A batch the durable log refused: its commands' replies, made in their turn.
+
+    A write answers ``error`` (MISCONF); a read runs on this replica's state
+    when the entry's replies are encoded, which is after every entry its
+    connection appended before it was applied, so it sees them.
+    """
+
+    __slots__ = ("commands", "error", "reads")
+
+    def __init__(self, commands: list[list[bytes]], error: KvError, reads: Bound) -> None:
+        self.commands = commands
+        self.error = error
+        self.reads = reads
+
+    def replies(self, start: int, count: int) -> list[Any]:
+        now = int(time.time() * 1000)
+        out: list[Any] = []
+        for args in self.commands[start : start + count]:
+            read = self.reads.get(args[0])
+            if read is None or read[1]:
+                out.append(self.error)
+                continue
+            try:
+                out.append(read[0](now, args))
+            except KvError as exc:
+                out.append(exc)
+            except Exception as exc:  # noqa: BLE001 - a bug in one read is that read's reply
+                out.append(internal_error(exc))
+        return out
+
+
+def refused(
+    fut: asyncio.Future[Any], event: Any, args: tuple[Any, ...], server: Server
+) -> asyncio.Future[Any]:
+    """``fut``, or, if the durable log refused the append, a future of the replies.
+
+    Call it when ``fut`` is done at once: a refusal fails it with
+    ``DurabilityError`` then.  A batch (``Commands.run``) gets a
+    :class:`Refused`; a transaction (or another event) fails with MISCONF.
+    """
+    if fut.cancelled():
+        return fut
+    exc = fut.exception()
+    if not isinstance(exc, DurabilityError):
+        return fut
+    code = server.replica.log.write_error
+    error = misconf(os.strerror(code) if code else str(exc))
+    out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    if event == RUN:
+        out.set_result(Refused(args[0], error, server.reads))
+    else:
+        out.set_exception(error)
+    return out
 
 
 #: What waits for room in a full log: (entry, event, args, mode).
@@ -100,6 +209,8 @@ def _outcome(fut: asyncio.Future[Any]) -> Any:
         return KvError("ERR the replica is stopping")
     except KvError as exc:
         return exc
+    except DurabilityError as exc:  # refused by the durable log (refused() usually says so first)
+        return misconf(str(exc))
     except Exception as exc:  # noqa: BLE001 - the handler's bug is this entry's reply
         return internal_error(exc)
 
@@ -137,6 +248,8 @@ class Appends:
             for part in self._split(entry, event, args, mode, exc):
                 self._submit(*part)
             return
+        if fut.done():
+            fut = refused(fut, event, args, self.server)
         entry.parts.append((fut, len(args[0]), 0))
         fut.add_done_callback(self._on_done)
 
@@ -170,6 +283,8 @@ class Appends:
                 delayed.extendleft(reversed(self._split(entry, event, args, mode, exc)))
                 continue
             delayed.popleft()
+            if fut.done():
+                fut = refused(fut, event, args, self.server)
             entry.parts.append((fut, len(args[0]), 0))
             fut.add_done_callback(self._on_done)
         self._flow()

@@ -17,6 +17,7 @@ __all__ = (
     "INT64_MIN",
     "KvError",
     "arity_error",
+    "misconf",
     "not_float",
     "not_integer",
     "overflow",
@@ -53,6 +54,11 @@ def not_float() -> KvError:
 
 def overflow() -> KvError:
     return KvError("ERR increment or decrement would overflow")
+
+
+def misconf(reason: str) -> KvError:
+    """Redis's refusal of a write while its append-only file cannot be written."""
+    return KvError(f"MISCONF Errors writing to the AOF file: {reason}")
 
 
 def arity_error(name: bytes) -> KvError:

@@ -17,7 +17,11 @@ The modules, one responsibility each:
     the connection commands (HELLO, CLIENT, MULTI/EXEC, CONFIG, INFO, ...);
 ``_entries``
     a connection's log entries: appended in order, waiting for room in a full
-    log, split when too large, their replies;
+    log, split when too large, refused by a durable log that cannot write,
+    their replies;
+``_persistence``
+    SAVE, BGSAVE, LASTSAVE, INFO persistence and CONFIG's persistence
+    parameters, over the durable log (``--durable``);
 ``_limits``
     the output limits (``client-output-buffer-limit``).
 """
@@ -41,9 +45,10 @@ from dominoes import EntryTooLargeError, LogFullError, Replica
 from ._commands import Bound, Commands, client_id
 from ._conncommands import REDIS_VERSION
 from ._connection import MAX_BATCH, Connection
-from ._entries import RUN, Entry
+from ._entries import RUN, Entry, refused
 from ._keyspace import Keyspace
 from ._limits import NORMAL_OUTPUT_LIMITS, PUBSUB_OUTPUT_LIMITS, Limits
+from ._persistence import Saves
 from ._pubsub import PubSub
 from ._table import WRITE, Spec
 
@@ -126,6 +131,8 @@ class Server:
         self._group_commands: list[list[bytes]] = []
         self._group_scheduled = False
         self.started = time.time()
+        #: SAVE, BGSAVE, LASTSAVE and INFO persistence
+        self.saves = Saves(replica, self.started)
         self.connections_received = 0
         self.commands_processed = 0
         self.protocol_errors = 0
@@ -200,6 +207,8 @@ class Server:
             for conn, entry, start, count in group:
                 conn._submit(entry, RUN, (commands[start : start + count],), "affinity")
             return
+        if fut.done():  # the durable log refused it (a full disk)
+            fut = refused(fut, RUN, (commands,), self)
         for _, entry, start, count in group:
             entry.parts.append((fut, count, start))
         fut.add_done_callback(functools.partial(_group_done, group))
@@ -249,6 +258,8 @@ class Server:
             },
         )
         section("Clients", {"connected_clients": len(self.connections)})
+        if every or b"persistence" in wanted:
+            section("Persistence", self.saves.info())
         section(
             "Stats",
             {
