@@ -103,6 +103,10 @@ class LogBackend(Protocol):
         """Store a durability word (the writer; a replica's last snapshot)."""
         ...
 
+    def raise_durability_word(self, offset: int, value: int, /) -> bool:
+        """Raise a durability word to ``value`` (atomic max); True if this call raised it."""
+        ...
+
     # --- reading --------------------------------------------------------------------
     @property
     def tail(self) -> int:

@@ -817,6 +817,16 @@ class Log:
         """Store one word of the durability line (the writer, the supervisor)."""
         self._w.store_seqcst(DURABILITY + offset, value)
 
+    def raise_durability_word(self, offset: int, value: int) -> bool:
+        """Raise one durability word to ``value`` (an atomic max); True if this call raised it."""
+        w, at = self._w, DURABILITY + offset
+        seen = w.load_acquire(at)
+        while seen < value:
+            if w.cas(at, seen, value):
+                return True
+            seen = w.load_acquire(at)
+        return False
+
     @property
     def acked(self) -> int:
         """Every seq below it may be acknowledged; 0 when no writer makes the log durable.

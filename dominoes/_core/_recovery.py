@@ -131,6 +131,7 @@ class Recovering:
     log: LogBackend
     machine: StateMachine
     index: int
+    replicas: int
     recovery: RecoveryPoint | None
     gave_up: int
     retried: int
@@ -248,7 +249,9 @@ class Recovering:
             return ""
         if log.poisoned == seq:
             return "poison"
-        live = log.replicas_in(frozenset({ReplicaState.LIVE}))
+        # Replicas only: other live lines (a durable log's writer) hold the log
+        # and move their cursors without applying anything.
+        live = [i for i in log.replicas_in(frozenset({ReplicaState.LIVE})) if i < self.replicas]
         if any(log.cursor(i) > seq for i in live):
             return "again"
         if log.completed > seq and self.retried != seq:

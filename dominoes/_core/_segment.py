@@ -14,7 +14,11 @@ payload, so a flipped bit anywhere in a record, its length included, fails it.
 Records are contiguous in seq: the next record's seq is ``seq + nslots`` (an
 entry that spans n ring slots keeps its n positions).  A no-op (a position a
 dead producer left) is a record of kind ``KIND_NOOP`` with no payload, so that
-a replay meets no gap.
+a replay meets no gap.  A *poison mark* (kind :data:`KIND_POISON`, ``nslots``
+0, no payload) holds no position: it says that the entry at its seq was
+declared a poison entry (every live replica gave up applying it), so that a
+restart or a replay applies that entry as the error the live replicas did,
+instead of running its handler again.
 
 *Snapshots* (``snapshot-<cursor, 20 digits>.snap``) hold the state the
 replicas' join snapshots hold (``StateMachine.snapshot``), at a log position::
@@ -47,6 +51,7 @@ __all__ = (
     "SEGMENT_MAGIC",
     "SNAPSHOT_HEADER",
     "SNAPSHOT_MAGIC",
+    "KIND_POISON",
     "Problem",
     "Record",
     "Scan",
@@ -67,6 +72,9 @@ RECORD: Final = struct.Struct("<IIQHH")
 _CRC_FIELDS: Final = struct.Struct("<IQHH")  # what the checksum covers before the payload
 #: the largest payload a record may declare (an entry's blob limit is 1 GiB)
 MAX_RECORD: Final = 1 << 31
+
+#: A record kind of the file only (the ring's kinds are 1-3): a poison mark.
+KIND_POISON: Final = 16
 
 SNAPSHOT_MAGIC: Final = b"DOMSNAP1"
 #: magic, cursor, length, crc32c, reserved
@@ -136,7 +144,10 @@ def _check(buf: memoryview, off: int, expect: int | None) -> tuple[str, int, Rec
     payload = buf[off + RECORD.size : end]
     if _crc(n, seq, nslots, kind, payload) != crc:
         return "bad", end, None
-    if nslots < 1 or (expect is not None and seq != expect):
+    if kind == KIND_POISON:
+        if nslots != 0 or n:
+            return "bad", end, None
+    elif nslots < 1 or (expect is not None and seq != expect):
         return "bad", end, None
     return "ok", end, Record(seq, nslots, kind, bytes(payload))
 
@@ -165,7 +176,8 @@ def scan(data: bytes | memoryview, *, first: int | None = None, keep: bool = Tru
         if record is not None:
             if keep:
                 records.append(record)
-            expect = record.seq + record.nslots
+            if record.kind != KIND_POISON:
+                expect = record.seq + record.nslots
             off = end
             continue
         if status == "short":

@@ -29,6 +29,7 @@ from typing import Final
 
 from .._core._errors import DominoesError
 from .._core._segment import (
+    KIND_POISON,
     SEGMENT_HEADER,
     Record,
     decode_snapshot,
@@ -47,6 +48,7 @@ __all__ = (
     "fsync_dir",
     "lock",
     "new_segment",
+    "poison_marks",
     "prune",
     "recover",
     "replay",
@@ -191,7 +193,7 @@ def recover(data_dir: Path) -> Recovery:
 
 
 def _count(data: bytes, start: int) -> int:
-    return sum(1 for r in scan(data).records if r.seq >= start)
+    return sum(1 for r in scan(data).records if r.seq >= start and r.kind != KIND_POISON)
 
 
 def replay(data_dir: Path, start: int, until: int | None = None) -> Iterator[Record]:
@@ -212,10 +214,15 @@ def replay(data_dir: Path, start: int, until: int | None = None) -> Iterator[Rec
                 f"corrupt log record in {path} at offset {got.problem.offset}: {got.problem.reason}"
             )
         for record in got.records:
-            if until is not None and record.seq >= until:
+            if until is not None and record.seq >= until and record.kind != KIND_POISON:
                 return
-            if record.seq >= start:
+            if record.seq >= start or record.kind == KIND_POISON:
                 yield record
+
+
+def poison_marks(data_dir: Path, start: int = 1) -> set[int]:
+    """The seqs (from ``start``) that poison marks name: apply those as poison entries."""
+    return {r.seq for r in replay(data_dir, 1) if r.kind == KIND_POISON and r.seq >= start}
 
 
 def write_snapshot(data_dir: Path, cursor: int, state: bytes) -> Path:

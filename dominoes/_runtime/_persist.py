@@ -40,8 +40,8 @@ from .._core._codec import decode
 from .._core._errors import DurabilityError
 from .._core._layout import D_POLICY, D_SNAP_SEQ, D_SNAP_TIME, D_SYNCED, KIND_NOOP, ReplicaState
 from .._core._machine import Applied
-from .._core._segment import decode_snapshot
-from ._durable import prune, replay, segments, snapshots, write_snapshot
+from .._core._segment import KIND_POISON, decode_snapshot
+from ._durable import poison_marks, prune, replay, segments, snapshots, write_snapshot
 from ._fork import _become_background
 
 if TYPE_CHECKING:
@@ -88,6 +88,8 @@ class Persistence:
         self._writer = replica.log.writer_line
         self._saving: asyncio.Future[SnapshotInfo] | None = None
         self.snapshots_written = 0
+        self.snapshot_failures = 0
+        self.last_snapshot_ok = True
         self.last_pause = 0.0
         self.replayed = 0
         self.replay_seconds = 0.0
@@ -133,6 +135,8 @@ class Persistence:
             "log_bytes": size,
             "held_replies": len(self.held),
             "snapshots_written": self.snapshots_written,
+            "snapshot_failures": self.snapshot_failures,
+            "last_snapshot_ok": self.last_snapshot_ok,
             "last_snapshot_pause": self.last_pause,
             "replayed": self.replayed,
             "replay_seconds": self.replay_seconds,
@@ -184,11 +188,16 @@ class Persistence:
             machine.restore(state)
             assert machine.cursor == cursor == start, (machine.cursor, cursor, start)
         n = 0
+        poisoned = poison_marks(self.options.data_dir, start)
         for record in replay(self.options.data_dir, start, next_seq):
+            if record.kind == KIND_POISON:
+                continue
             if record.seq != machine.cursor:
                 raise RuntimeError(f"replay: record {record.seq}, expected {machine.cursor}")
             if record.kind == KIND_NOOP:
                 machine.skip(record.seq, record.nslots)
+            elif record.seq in poisoned:  # as the live replicas did: an error, not the handler
+                machine.apply_poisoned(decode(record.payload, record.seq), False, record.nslots)
             else:
                 machine.apply(decode(record.payload, record.seq), False, record.nslots)
             n += 1
@@ -254,7 +263,14 @@ class Persistence:
         cursor = machine.cursor
         t0 = time.perf_counter()
         parent = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # no memory for a child (strict overcommit), no pids
+            self.snapshot_failures += 1
+            self.last_snapshot_ok = False
+            log.error("replica %d: cannot fork for a snapshot: %s", r.index, exc)
+            fut.set_exception(DurabilityError(f"cannot fork for a snapshot: {exc}"))
+            return fut
         if pid == 0:  # the child: the state exactly at ``cursor``, copy-on-write
             code = 1
             try:
@@ -270,13 +286,15 @@ class Persistence:
             if fut.done():
                 return
             if not ok:
+                self.snapshot_failures += 1
+                self.last_snapshot_ok = False
                 log.error("replica %d: the snapshot at seq %d failed", r.index, cursor)
                 fut.set_exception(DurabilityError(f"the snapshot at seq {cursor} failed"))
                 return
-            if cursor > r.log.durability_word(D_SNAP_SEQ):
-                r.log.set_durability_word(D_SNAP_SEQ, cursor)
+            if r.log.raise_durability_word(D_SNAP_SEQ, cursor):  # the newest: say when
                 r.log.set_durability_word(D_SNAP_TIME, int(time.time()))
             self.snapshots_written += 1
+            self.last_snapshot_ok = True
             log.info("replica %d: snapshot at seq %d (fork %.1f ms)", r.index, cursor, pause * 1e3)
             fut.set_result(SnapshotInfo(cursor, data_dir / f"snapshot-{cursor:020d}.snap", pause))
 

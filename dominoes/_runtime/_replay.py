@@ -22,9 +22,11 @@ says so; a corrupt record anywhere else, or a missing segment, is an error
 naming the file and the offset.  The directory may belong to a running
 service.
 
-Nothing here applies an entry as the poison-entry error: a verdict lives in
-the running log's shared memory, not in the segments, so an entry a live
-service gave up on runs its handler again here (Ctrl-C stops a replay).
+An entry the live service declared a poison entry (every replica gave up
+applying it) is applied as the same error here: the log writer records the
+verdict as a poison mark in the segments.  (A verdict the writer had not
+recorded when the service died is not known: such an entry runs its handler
+again; Ctrl-C stops a replay.)
 """
 
 from __future__ import annotations
@@ -41,9 +43,16 @@ import orjson
 from .._core._codec import Batch, Call, Control, Entry, Fire, decode
 from .._core._layout import KIND_NOOP
 from .._core._machine import Applied, StateMachine
-from .._core._segment import SEGMENT_HEADER, Record, decode_snapshot, encode_snapshot, scan
+from .._core._segment import (
+    KIND_POISON,
+    SEGMENT_HEADER,
+    Record,
+    decode_snapshot,
+    encode_snapshot,
+    scan,
+)
 from .._core._service import Service
-from ._durable import segments, snapshots
+from ._durable import DurableLogError, poison_marks, segments, snapshots
 
 __all__ = (
     "FROM_SNAPSHOT",
@@ -167,6 +176,8 @@ class LogReader:
                     f"corrupt log record in {path} at offset {problem.offset}: {problem.reason}"
                 )
             for record in got.records:
+                if record.kind == KIND_POISON:  # a mark, no position (see Replayer)
+                    continue
                 if until is not None and record.seq + record.nslots > until:
                     return
                 if record.seq + record.nslots <= start:
@@ -328,6 +339,8 @@ class Replayer:
         self._warn = warn
         self._ask = ask
         self.machine: StateMachine = service.new_machine(0)
+        #: entries the live service declared poison: applied as that error
+        self.poisoned: set[int] = set()
         # A joiner's snapshot asked through the log is no business of a replay.
         self.machine.snapshot_writer = lambda seq, joiner: True
         if not options.digest:
@@ -338,6 +351,10 @@ class Replayer:
     def run(self) -> Summary:
         opts = self.options
         start = choose_start(opts.data_dir, opts.from_snapshot, opts.until, self._warn)
+        try:
+            self.poisoned = poison_marks(opts.data_dir, start.seq)
+        except DurableLogError as exc:
+            raise ReplayError(str(exc)) from None
         machine = self.machine
         if start.state is not None:
             try:
@@ -396,7 +413,10 @@ class Replayer:
             return None
         entry = _decode(record)
         doc = describe(entry, machine, record.nslots) if self.options.step else None
-        out = machine.apply(entry, False, record.nslots)
+        if seq in self.poisoned:  # as the live replicas did
+            out = machine.apply_poisoned(entry, False, record.nslots)
+        else:
+            out = machine.apply(entry, False, record.nslots)
         summary.entries += 1
         if summary.first is None:
             summary.first = seq

@@ -59,7 +59,7 @@ from .._core._layout import (
     KIND_ENTRY,
 )
 from .._core._log import Log
-from .._core._segment import encode_record, scan, segment_name
+from .._core._segment import KIND_POISON, encode_record, scan, segment_name
 from ._durable import DEFAULT_SEGMENT_BYTES, fsync_dir, new_segment, segments
 from ._fork import write_all
 from ._pdeath import die_with_parent
@@ -131,6 +131,7 @@ class LogWriter:
         self.written = 0  # the seq after the last record written
         self.synced = 0  # the seq after the last record fsynced
         self.acked = 0  # what D_ACKED says
+        self.poisoned = 0  # the last poison verdict marked in the file (a repeat is harmless)
         self.error = 0
         self.rounds = 0
         self.fsyncs = 0
@@ -211,6 +212,10 @@ class LogWriter:
         """Append the published entries as records (one ``write``); how many, -1 if it failed."""
         log, seq, parts, size, n = self.log, self.written, [], 0, 0
         read = log.read
+        poisoned = log.poisoned
+        if poisoned != self.poisoned:  # a poison verdict: mark it (see _segment)
+            parts.append(encode_record(poisoned, 0, KIND_POISON, b""))
+            size += len(parts[-1])
         while size < WRITE_MAX:
             got = read(seq)
             if got is None:
@@ -224,7 +229,7 @@ class LogWriter:
             size += len(record)
             seq += nslots
             n += 1
-        if not n:
+        if not parts:
             return 0
         data = b"".join(parts)
         try:
@@ -234,8 +239,9 @@ class LogWriter:
             return -1
         self.offset += len(data)
         self.written = seq
+        self.poisoned = poisoned
         log.advance(self.line, seq)  # the ring may reuse these slots now
-        return n
+        return n or 1
 
     def _sync(self) -> bool:
         """fdatasync what is written; False (and the error set) if it failed."""

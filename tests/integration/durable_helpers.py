@@ -74,6 +74,7 @@ class DurableKV:
         while not self._ready.wait(0.05):
             if self.proc.poll() is not None or time.monotonic() > end:
                 self._reader.join(5)
+                self.crash()
                 raise AssertionError(f"service did not start:\n{self.output}")
 
     def client(self, **kwargs: object) -> redis.Redis:
@@ -84,15 +85,20 @@ class DurableKV:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(30)
-        self._reader.join(10)
+        self._finish()
         # the group's other members (replicas, the writer) are gone too
         wait_group_gone(self.proc.pid)
+
+    def _finish(self) -> None:
+        self._reader.join(10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
 
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(60)
-        self._reader.join(10)
+        self._finish()
         wait_group_gone(self.proc.pid)
         return code
 

@@ -48,7 +48,7 @@ def crash_rounds(tmp_path: Path, fsync: str, rounds: int, seed: int) -> list[int
             )
             r.close()
             writers = Writers(svc.port, prefix=f"r{k}")
-            writers.wait_for(rng.randrange(50, 600))
+            writers.wait_for(rng.randrange(20, 300))
         except BaseException:
             svc.crash()
             raise
@@ -78,8 +78,8 @@ def cut_to_last_fsync(data: Path, trace: Path) -> int:
     """Cut every segment back to what its last fsync covered; bytes dropped."""
     synced: dict[str, int] = {}
     for line in trace.read_text().splitlines():
-        path, size = line.rsplit(" ", 1)
-        synced[path] = max(synced.get(path, 0), int(size))
+        path, covered = line.rsplit(" ", 1)
+        synced[path] = max(synced.get(path, 0), int(covered))
     dropped = 0  # bytes written but not yet fsynced when the kill came
     for seg in data.glob("seg-*.log"):
         keep = synced.get(str(seg), 0)  # never fsynced: a power cut keeps none of it

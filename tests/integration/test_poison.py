@@ -167,3 +167,30 @@ def test_recovery_points_are_written_by_a_child_and_rolled_back_to(tmp_path: Pat
         assert svc.stop() == 0
     assert not list(run_dir.glob("recovery-*")), "recovery points outlived a clean stop"
     assert not list(run_dir.glob(".recovery-*"))
+
+
+def test_a_durable_service_restarts_past_its_poison_entry(tmp_path: Path) -> None:
+    """The log writer marks the verdict in the segments: a restart, and a replay,
+    apply the entry as the same error instead of hanging in its handler again."""
+    data = tmp_path / "data"
+    args = (*ARGS, "--durable", str(data), "--fsync", "always")
+    with running(TARGET, tmp_path / "run", replicas=1, args=args) as svc:
+        with LineClient(svc.port) as c:
+            assert c.ask("PUT a 1") == "OK"
+            assert c.ask("SPIN a").startswith("ERR PoisonedEntryError")
+            assert c.ask("PUT b 2") == "OK"
+        assert svc.stop() == 0
+    with running(TARGET, tmp_path / "run", replicas=1, args=args) as svc:
+        assert "replayed 3 entries" in svc.output
+        with LineClient(svc.port) as c:
+            assert c.ask("GET a") == "1"  # the poison entry's partial write stays undone
+            assert c.ask("GET b") == "2"
+        assert svc.stop() == 0
+    replay = subprocess.run(
+        [sys.executable, "-m", "dominoes", "replay", str(data), "--service", TARGET],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert replay.returncode == 0, replay.stderr

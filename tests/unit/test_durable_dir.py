@@ -240,13 +240,12 @@ def test_a_full_disk_sets_the_error_loses_nothing_and_recovers(
         assert log.try_append(0, b"before")
         assert w.round() == 1
         size = path.stat().st_size
-        real = _writer.write_all
 
         def full(fd: int, data: bytes) -> None:
             os.write(fd, data[: len(data) // 2])  # part of it went, as with ENOSPC
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-        monkeypatch.setattr(_writer, "write_all", full)
+        monkeypatch.setattr("dominoes._runtime._writer.write_all", full)
         assert log.try_append(0, b"during")
         assert w.round() == 0
         assert log.write_error == errno.ENOSPC
@@ -254,7 +253,7 @@ def test_a_full_disk_sets_the_error_loses_nothing_and_recovers(
         assert path.stat().st_size == size  # cut back to the last whole record
         acked = log.acked
         assert acked == log.cursor(1) == log.tail - 1  # "during" is neither written nor acked
-        monkeypatch.setattr(_writer, "write_all", real)
+        monkeypatch.undo()
         assert w.round() == 1
         assert log.write_error == 0
         assert log.durability_word(D_ACKED) == log.tail
