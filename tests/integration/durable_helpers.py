@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .harness import ROOT, free_port
 
@@ -103,12 +105,23 @@ class DurableKV:
         return code
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(stat.parent.name))
+    return out
+
+
 def wait_group_gone(pgid: int, timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
+        if not group_members(pgid):
             return
         time.sleep(0.02)
     with contextlib.suppress(ProcessLookupError):
@@ -146,7 +159,8 @@ class Writers:
             t.start()
 
     def _run(self, port: int, name: str) -> None:
-        r = redis.Redis(port=port, socket_timeout=30)
+        # No retries: a write the service died under must fail, not be sent again.
+        r = redis.Redis(port=port, socket_timeout=30, retry=Retry(NoBackoff(), 0))
         i = 0
         try:
             while not self._stop.is_set():

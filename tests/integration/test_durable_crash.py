@@ -70,7 +70,7 @@ def test_kill_9_of_the_whole_service_under_load_loses_no_acknowledged_write(
 ) -> None:
     # everysec promises the same on a crash of the processes (the records are
     # in the page cache before the reply); a power cut is another matter.
-    counts = crash_rounds(tmp_path, fsync, rounds=20 if fsync == "always" else 8, seed=12)
+    counts = crash_rounds(tmp_path, fsync, rounds=20, seed=12)
     assert all(c > 0 for c in counts)
 
 
