@@ -17,6 +17,16 @@ child encodes the state while the replica serves) and ``--snapshots inline``
     whole state every 2,000 log entries.  A client on replica 0 SETs in a
     loop for 5 s (each SET is an entry); the figure is its longest round trip.
 
+``save``
+    A durable service (``--durable``, ``--fsync everysec``) loaded with N
+    keys.  A client on replica 0 SETs in a loop; after a second, ``BGSAVE``
+    on replica 0 makes that replica fork a child that writes a snapshot of
+    the whole state (temporary file, fsync, rename).  The figures: the
+    longest round trip in the second before (the baseline) and while the
+    snapshot is written, the fork itself (the replica's only pause, from
+    ``INFO persistence``), and how long the snapshot took.  Compare the
+    longest round trip with the stall threshold (``--stall-ms``, 100 ms).
+
 ``sigstop``
     Replica 1 of a service with a small log (256 slots, so writes fill it
     within a second) is stopped with SIGSTOP for 10 s while a client on
@@ -183,6 +193,37 @@ def digest(keys: int, mode: str) -> dict[str, float]:
             svc.stop()
 
 
+def save(keys: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="dominoes-pauses-") as tmp:
+        data = Path(tmp) / "data"
+        svc = Service(Path(tmp) / "run", "--durable", str(data), "--snapshot-every", "0")
+        try:
+            svc.load(keys)
+            r = svc.on_replica(0)
+            with writing(svc) as times:
+                time.sleep(1.0)
+                baseline = len(times)
+                began = time.monotonic()
+                r.bgsave(schedule=False)
+                while int(r.info("persistence")["rdb_bgsave_in_progress"]):
+                    if time.monotonic() - began > 600:
+                        raise SystemExit("the snapshot did not finish")
+                    time.sleep(0.01)
+                took = time.monotonic() - began
+                during = len(times)
+            info = r.info("persistence")
+            r.close()
+            return {
+                "baseline_longest_ms": max(times[:baseline]) * 1000,
+                "longest_write_ms": max(times[baseline:during]) * 1000,
+                "fork_ms": int(info["dominoes_last_snapshot_pause_usec"]) / 1000,
+                "snapshot_s": took,
+                "snapshot_mb": sum(p.stat().st_size for p in data.glob("snapshot-*")) / 2**20,
+            }
+        finally:
+            svc.stop()
+
+
 def sigstop(eject: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="dominoes-pauses-") as tmp:
         svc = Service(Path(tmp) / "run", "--capacity", "256", "--eject-after", eject)
@@ -204,7 +245,10 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=2_000_000)
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
-        "--only", choices=["restart", "digest", "sigstop"], default=None, help="one experiment"
+        "--only",
+        choices=["restart", "digest", "save", "sigstop"],
+        default=None,
+        help="one experiment",
     )
     args = parser.parse_args()
     out: dict[str, Any] = {"keys": args.keys}
@@ -221,6 +265,9 @@ def main() -> None:
         out[f"{name}/ratio_inline_over_fork"] = (
             inline["longest_write_ms"] / fork["longest_write_ms"]
         )
+    if args.keys and args.only in (None, "save"):
+        print("save (a durable snapshot) ...", file=sys.stderr, flush=True)
+        out["save"] = save(args.keys)
     if args.only in (None, "sigstop"):
         print("sigstop ...", file=sys.stderr, flush=True)
         out["sigstop/eject_1s"] = sigstop("1")
@@ -239,6 +286,13 @@ def main() -> None:
         print(
             f"  {name:<8} fork {fork['longest_write_ms']:8.1f} ms   "
             f"inline {inline['longest_write_ms']:8.1f} ms   inline/fork {ratio:6.1f}x"
+        )
+    if "save" in out:
+        sv = out["save"]
+        print(
+            f"  save     before {sv['baseline_longest_ms']:7.1f} ms   while saving "
+            f"{sv['longest_write_ms']:7.1f} ms   fork {sv['fork_ms']:6.1f} ms   "
+            f"snapshot {sv['snapshot_mb']:.0f} MB in {sv['snapshot_s']:.1f} s"
         )
     if "sigstop/eject_1s" not in out:
         return
