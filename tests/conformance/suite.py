@@ -45,7 +45,7 @@ from hypothesis import strategies as st
 from dominoes import EntryTooLargeError
 from dominoes._core._backend import LogBackend, SupervisedLog
 from dominoes._core._errors import LifecycleError
-from dominoes._core._log import ReplicaState
+from dominoes._core._log import D_ACKED, D_WRITER, ReplicaState
 
 #: A payload this small takes one position (the smallest legal slot has 48
 #: payload bytes; a backend without slots takes any payload in one position).
@@ -333,6 +333,23 @@ class LogBackendSuite:
             assert [log.state(i) for i in range(2)] == [ABSENT, ABSENT]
             assert log.read(1) is None
             assert not log.published(1)
+
+    def test_a_new_log_is_not_durable_until_a_writer_says_so(self, backend: Backend) -> None:
+        """``acked`` 0 (acknowledge at apply) and no writer: what a replica reads
+        to decide whether to hold replies; the durability words round-trip."""
+        with backend.open(capacity=8, slot_size=128, replicas=3) as opened:
+            log, other = opened.host, opened.handle()
+            assert log.acked == 0
+            assert log.writer_line is None
+            assert log.write_error == 0
+            assert not log.wake_writer()
+            log.set_durability_word(D_WRITER, 3)  # the writer on line 2
+            log.set_durability_word(D_ACKED, 1)
+            opened.settle()
+            assert (other.writer_line, other.acked) == (2, 1)
+            assert other.raise_durability_word(D_ACKED, 5)
+            assert not other.raise_durability_word(D_ACKED, 4)  # a max: never lowered
+            assert log.durability_word(D_ACKED) == 5
 
     # --- order and identity -------------------------------------------------------------
 
