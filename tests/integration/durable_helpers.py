@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,12 +14,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .harness import ROOT, free_port
+from .harness import Service
 
 KV = "dominoes.components.kv:service"
 
 
-class DurableKV:
+class DurableKV(Service):
     """``dominoes run KV --durable DIR`` as the leader of its own process group.
 
     ``crash()`` is ``kill -9`` of the whole group: the supervisor, the replicas
@@ -37,45 +35,15 @@ class DurableKV:
         fsync: str,
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
-        port: int | None = None,
     ) -> None:
         self.data_dir = data_dir
-        self.port = port or free_port()
-        cmd = [
-            sys.executable, "-m", "dominoes", "run", KV,
-            "--replicas", "2", "--port", str(self.port), "--run-dir", str(run_dir),
-            "--durable", str(data_dir), "--fsync", fsync, *args,
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-            env={**os.environ, **(env or {})},
-        )
-        self.lines: list[str] = []
-        self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-            if "serving on" in line:
-                self._ready.set()
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
+        durable = ("--durable", str(data_dir), "--fsync", fsync, *args)
+        super().__init__(KV, run_dir, args=durable, session=True, env=env)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         end = time.monotonic() + timeout
         while not self._ready.wait(0.05):
             if self.proc.poll() is not None or time.monotonic() > end:
-                self._reader.join(5)
                 self.crash()
                 raise AssertionError(f"service did not start:\n{self.output}")
 
@@ -91,16 +59,8 @@ class DurableKV:
         # the group's other members (replicas, the writer) are gone too
         wait_group_gone(self.proc.pid)
 
-    def _finish(self) -> None:
-        self._reader.join(10)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(60)
-        self._finish()
+    def stop(self, timeout: float = 60.0) -> int:
+        code = super().stop(timeout)
         wait_group_gone(self.proc.pid)
         return code
 

@@ -48,7 +48,11 @@ class Service:
         replicas: int = 2,
         args: tuple[str, ...] = (),
         loop: str = "uvloop",
+        session: bool = False,
+        env: dict[str, str] | None = None,
     ) -> None:
+        """``session``: lead a process group of its own (its processes can be
+        killed as one); ``env``: added to this process's environment."""
         self.target = target
         self.run_dir = run_dir
         self.port = free_port()
@@ -59,7 +63,13 @@ class Service:
             "--loop", loop, *args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            cmd,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=session,
+            env={**os.environ, **env} if env else None,
         )
         self.lines: list[str] = []
         self._ready = threading.Event()
