@@ -1,6 +1,7 @@
 """The dominoes KV service against its peers, driven by redis-benchmark.
 
-    python benchmarks/kv.py [--repeat R] [--quick] [--json] [--json-file F] [--servers a,b,...]
+    python benchmarks/kv.py [--repeat R] [--quick] [--json] [--json-file F]
+                            [--servers a,b,...|default|durability|all]
                             [--requests-p1 N] [--requests-p16 N] [--clients C]
                             [--keyspace K] [--busy-limit PCT]
 
@@ -12,10 +13,13 @@ the keys the SETs wrote).  ``-n`` is bounded (``--requests-p1``, default
 fifth of that because it is ~10x slower, which keeps the whole default run at
 a few minutes on 2 cores).  requests/s is redis-benchmark's own figure.
 
-Servers (``--servers``, all by default), each started on 127.0.0.1 on a free
-port, waited for (PING, then INFO over fresh connections until every worker
-process has answered one), loaded, stopped (with all its children; leftovers
-are checked by process group and pid), then the next:
+Servers (``--servers``: names, or the groups ``default``, the first eight
+below and what a bare run measures; ``durability``, ``dominoes_2`` and the
+durable servers against ``redis_server`` and the AOF ones; ``all``), each
+started on 127.0.0.1 on a free port, waited for (PING, then INFO over fresh
+connections until every worker process has answered one), loaded, stopped
+(with all its children; leftovers are checked by process group and pid), then
+the next:
 
 ``dominoes_1`` / ``dominoes_2``
     ``dominoes run dominoes.components.kv:service --replicas 1|2``
@@ -39,15 +43,38 @@ are checked by process group and pid), then the next:
     the server.
 ``redis_server``
     a real ``redis-server --save '' --appendonly no``, for reference.
+``dominoes_2_always`` / ``dominoes_2_everysec`` / ``dominoes_2_no``
+    ``dominoes_2`` with ``--durable DIR --fsync always|everysec|no``: a writer
+    process appends every log entry to segment files in DIR; under ``always``
+    a write's reply waits for the fsync that covers it (group commit), under
+    ``everysec`` and ``no`` for the write() to the file (``everysec`` fsyncs
+    once a second in a background thread).  The writer is part of the
+    server's tree, so its CPU is counted.
+``redis_aof_always`` / ``redis_aof_everysec`` / ``redis_aof_no``
+    ``redis-server --save '' --appendonly yes --appendfsync always|everysec|no``:
+    Redis's own durability, the same three policies (Redis 7 keeps the AOF in
+    ``appendonlydir/`` inside ``--dir``; its automatic AOF rewrite is left on,
+    as dominoes' snapshots are).
+Not in the default group, which keeps a bare run at a few minutes;
+``--servers durability`` runs them (about 2 minutes at ``--repeat 3`` on 2
+quiet cores).  DIR (and
+redis-server's ``--dir``, for every redis-server above) is a fresh directory
+per start under the benchmark's temporary workdir (under ``$TMPDIR``, so on
+the same filesystem for dominoes and redis-server), removed when the server
+stops; the bytes and files left in it are reported (``meta.data_dir``), as a
+check that the server wrote what it was asked to.
 
 The runs are interleaved: repetition r runs every server once, in an order
 rotated by r; the table gives medians over ``--repeat`` (default 3) runs.
 
 Server CPU: utime+stime of every process in the server's tree (the process
-started and all its descendants: supervisor and replicas, workers, the
-redis-server of ``redis_shared_2``), read from ``/proc/<pid>/stat`` just
-before and just after each redis-benchmark invocation, reported as CPU-seconds
-per 100,000 requests.  redis-benchmark's own CPU is not counted.
+started and all its descendants: supervisor and replicas, the log writer,
+workers, the redis-server of ``redis_shared_2``), plus cutime+cstime, the CPU
+of the children they have reaped (so a forked child that ends during an
+invocation, like redis-server's AOF rewrite or a dominoes snapshot or digest,
+is counted, not taken for another process's), read from ``/proc/<pid>/stat``
+just before and just after each redis-benchmark invocation, reported as
+CPU-seconds per 100,000 requests.  redis-benchmark's own CPU is not counted.
 
 redis-benchmark and the servers share the machine's cores (2 here); nothing is
 pinned for redis-benchmark, and the servers' workers pin themselves.  So the
@@ -67,7 +94,11 @@ runs kept.  The git HEAD and any source file under ``dominoes/``,
 Progress goes to stderr; ``--json`` prints exactly one JSON object on stdout
 with a key per server and test (``"dominoes_2/set/P16": {"rps": ...,
 "cpu_s_per_100k": ...}``), ``"ratios"`` (``"dominoes_2/plain_2/set/P16": 0.7``)
-and ``"meta"``.
+and ``"meta"``.  The durability ratios are in ``"ratios"`` too, for every
+policy P, test and pipeline: ``dominoes_2_P/redis_aof_P`` (against Redis with
+the same policy), ``dominoes_2_P/dominoes_2`` (the cost of durability) and
+``redis_aof_P/redis_server`` (Redis's own cost of it); the table prints them
+as a matrix, the rows whose two servers were asked for.
 
 The ratios are reported, not judged: the script has no targets, and its exit
 status says only whether the run itself worked (1 when a server failed to
@@ -114,7 +145,25 @@ SERVERS: Final = (
     "plain_2",
     "redis_shared_2",
     "redis_server",
+    "dominoes_2_always",
+    "dominoes_2_everysec",
+    "dominoes_2_no",
+    "redis_aof_always",
+    "redis_aof_everysec",
+    "redis_aof_no",
 )
+#: fsync policies, as ``dominoes run --fsync`` and ``redis-server --appendfsync`` name them
+POLICIES: Final = ("always", "everysec", "no")
+GROUPS: Final = {
+    "default": SERVERS[:8],
+    "durability": (
+        "dominoes_2",
+        *(f"dominoes_2_{p}" for p in POLICIES),
+        *(f"redis_aof_{p}" for p in POLICIES),
+        "redis_server",
+    ),
+    "all": SERVERS,
+}
 DESCRIPTIONS: Final = {
     "dominoes_1": "(1) dominoes KV, 1 replica",
     "dominoes_2": "(2) dominoes KV, 2 replicas",
@@ -124,6 +173,8 @@ DESCRIPTIONS: Final = {
     "plain_2": "(4) plain, 2 SO_REUSEPORT processes, no shared state (upper bound)",
     "redis_shared_2": "(5) 2 processes sharing state via redis-server (redis.asyncio)",
     "redis_server": "(6) redis-server",
+    **{f"dominoes_2_{p}": f"(2d) dominoes KV, 2 replicas, --durable --fsync {p}" for p in POLICIES},
+    **{f"redis_aof_{p}": f"(6d) redis-server --appendonly yes --appendfsync {p}" for p in POLICIES},
 }
 WORKERS: Final = {
     "dominoes_1": 1,
@@ -134,6 +185,8 @@ WORKERS: Final = {
     "plain_2": 2,
     "redis_shared_2": 2,
     "redis_server": 1,
+    **{f"dominoes_2_{p}": 2 for p in POLICIES},
+    **{f"redis_aof_{p}": 1 for p in POLICIES},
 }
 SCALE: Final = {"redis_shared_2": 0.2}  # fraction of -n for servers that are much slower
 TESTS: Final = (("set", 1), ("get", 1), ("set", 16), ("get", 16))
@@ -160,6 +213,18 @@ RATIOS: Final = (
     ("dominoes_2_digest/dominoes_2", "dominoes_2_digest", "dominoes_2", "set", 16),
     ("dominoes_2_digest/dominoes_2", "dominoes_2_digest", "dominoes_2", "set", 1),
     ("dominoes_2/redis_server", "dominoes_2", "redis_server", "set", 16),
+)
+# The durability ratios, for every test: against redis-server with the same fsync
+# policy, against no durability (the cost of it), and Redis's own cost of it.
+DURABILITY_RATIOS: Final = tuple(
+    (f"{num}/{den}", num, den, test, pipeline)
+    for pairs in (
+        [(f"dominoes_2_{p}", f"redis_aof_{p}") for p in POLICIES],
+        [(f"dominoes_2_{p}", "dominoes_2") for p in POLICIES],
+        [(f"redis_aof_{p}", "redis_server") for p in POLICIES],
+    )
+    for num, den in pairs
+    for test, pipeline in TESTS
 )
 
 
@@ -216,7 +281,8 @@ def missing_requirements(server: str) -> str | None:
             last = (done.stderr.strip().splitlines() or ["?"])[-1]
             return f"the dominoes KV service is not available (`{probe}`: {last})"
         return None
-    if server in ("redis_shared_2", "redis_server") and shutil.which("redis-server") is None:
+    uses_redis = server in ("redis_shared_2", "redis_server") or server.startswith("redis_aof")
+    if uses_redis and shutil.which("redis-server") is None:
         return "redis-server not found: apt-get update && apt-get install -y redis-server"
     mods: tuple[str, ...] = ()
     if server in ("plain_1", "plain_2"):
@@ -233,7 +299,11 @@ def missing_requirements(server: str) -> str | None:
 
 
 def _proc_table() -> dict[int, tuple[int, int, int]]:
-    """pid -> (ppid, utime+stime ticks, start time) for every live process."""
+    """pid -> (ppid, CPU ticks, start time) for every live process.
+
+    The ticks are utime+stime+cutime+cstime: the process's own CPU and that of
+    the children it has reaped, which a child's CPU joins when it ends.
+    """
     table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -244,15 +314,18 @@ def _proc_table() -> dict[int, tuple[int, int, int]]:
         except OSError:
             continue
         fields = raw[raw.rindex(b")") + 2 :].split()
-        # fields[0] is state (field 3); ppid is field 4, utime 14, stime 15, starttime 22
+        # fields[0] is state (field 3); ppid is field 4, utime 14, stime 15,
+        # cutime 16, cstime 17, starttime 22
         if fields[0] == b"Z":
             continue
-        table[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19]))
+        ticks = sum(int(x) for x in fields[11:15])
+        table[int(entry)] = (int(fields[1]), ticks, int(fields[19]))
     return table
 
 
 def tree_cpu(root: int) -> tuple[float, dict[int, int]]:
-    """CPU seconds (user+sys) of ROOT and its live descendants, and their pid -> start time."""
+    """CPU seconds of ROOT and its live descendants (and of the children they
+    reaped), and their pid -> start time."""
     table = _proc_table()
     children: dict[int, list[int]] = {}
     for pid, (ppid, _, _) in table.items():
@@ -343,6 +416,11 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     pids: dict[int, int] = field(default_factory=dict)  # every pid seen -> its start time
+    #: a fresh directory for the server's files (--durable, redis-server's --dir),
+    #: removed by stop()
+    datadir: Path | None = None
+    #: what stop() found in datadir before removing it: (bytes, files)
+    data_found: tuple[int, int] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
         logf = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115 -- closed in stop()
@@ -432,12 +510,23 @@ class Server:
                 os.kill(pid, signal.SIGKILL)
         self._logf.close()
         self.proc = None
+        self.remove_datadir()
         return leftovers
+
+    def remove_datadir(self) -> None:
+        """Note what the server left in its data directory, then remove it."""
+        if self.datadir is None or not self.datadir.exists():
+            return
+        files = [p for p in self.datadir.rglob("*") if p.is_file()]
+        self.data_found = (sum(p.stat().st_size for p in files), len(files))
+        shutil.rmtree(self.datadir, ignore_errors=True)
 
 
 def make_server(name: str, workdir: Path) -> Server:
     port = free_port()
     py = sys.executable
+    datadir = None
+    policy = name.rsplit("_", 1)[1]
     if name.startswith("dominoes_"):
         replicas = name.split("_")[1]
         argv = [py, "-m", "dominoes", "run", "dominoes.components.kv:service"]
@@ -446,20 +535,26 @@ def make_server(name: str, workdir: Path) -> Server:
             argv += ["--reads", "local"]
         if name.endswith("_digest"):  # the price of leaving divergence detection on
             argv += ["--digest-every", "10000"]
+        if policy in POLICIES:
+            datadir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+            argv += ["--durable", str(datadir), "--fsync", policy]
     elif name.startswith("plain_"):
         argv = [py, str(BASELINES / "plain_resp.py"), "--port", str(port)]
         argv += ["--processes", name.split("_")[1]]
     elif name == "redis_shared_2":
         argv = [py, str(BASELINES / "redis_shared.py"), "--port", str(port), "--processes", "2"]
-    elif name == "redis_server":
+    elif name == "redis_server" or name.startswith("redis_aof_"):
         exe = shutil.which("redis-server") or "redis-server"
-        rdir = workdir / f"redis-{port}"
-        rdir.mkdir()
+        datadir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
         argv = [exe, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
-        argv += ["--appendonly", "no", "--daemonize", "no", "--dir", str(rdir)]
+        argv += ["--daemonize", "no", "--dir", str(datadir)]
+        if name == "redis_server":
+            argv += ["--appendonly", "no"]
+        else:
+            argv += ["--appendonly", "yes", "--appendfsync", policy]
     else:
         raise ValueError(name)
-    return Server(name, argv, workdir, port=port)
+    return Server(name, argv, workdir, port=port, datadir=datadir)
 
 
 # -- load ---------------------------------------------------------------------
@@ -558,6 +653,20 @@ def _fmt_cpu(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 100_000 else f"{n:,} B"
+
+
+def select_servers(spec: str) -> list[str]:
+    """The servers SPEC names (names and groups, comma-separated), in order, once each."""
+    chosen: list[str] = []
+    for word in (w.strip() for w in spec.split(",")):
+        for name in GROUPS.get(word, (word,) if word else ()):
+            if name not in chosen:
+                chosen.append(name)
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=None, help="runs per server (default 3)")
@@ -570,7 +679,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--json-file", type=Path, default=None, help="also write the JSON object to this file"
     )
-    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset")
+    parser.add_argument(
+        "--servers",
+        default="default",
+        help="comma-separated server names and groups: default (the first eight servers), "
+        "durability (dominoes_2, its --durable variants, the redis AOF ones, redis_server), "
+        "all",
+    )
     parser.add_argument(
         "--busy-limit",
         type=float,
@@ -585,10 +700,13 @@ def main(argv: list[str] | None = None) -> int:
         args.busy_limit = 100.0 if args.quick else 10.0
     n_p1 = args.requests_p1 or (10_000 if args.quick else 100_000)
     n_p16 = args.requests_p16 or (50_000 if args.quick else 500_000)
-    servers = [s for s in args.servers.split(",") if s]
+    servers = select_servers(args.servers)
     for s in servers:
         if s not in SERVERS:
-            parser.error(f"unknown server {s!r}; choose from {', '.join(SERVERS)}")
+            parser.error(
+                f"unknown server {s!r}; choose from {', '.join(SERVERS)} "
+                f"or the groups {', '.join(GROUPS)}"
+            )
     if shutil.which("redis-benchmark") is None:
         log(
             "redis-benchmark not found. Install Debian's redis-tools (and redis-server):\n"
@@ -613,6 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     ).stdout.strip()
     samples: dict[str, list[Sample]] = {_key(s, t, p): [] for s in active for t, p in TESTS}
     leftovers_seen: dict[str, list[int]] = {}
+    data_dir: dict[str, list[dict[str, int]]] = {}
     discarded = disturbed_kept = 0
     failures: list[str] = []
     t0 = time.monotonic()
@@ -643,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
                                 or got.error is not None
                             )
                             log(
-                                f"run {r + 1}/{repeat} {name:15s} {test} P{pipeline:<2d} "
+                                f"run {r + 1}/{repeat} {name:19s} {test} P{pipeline:<2d} "
                                 f"{_fmt_rps(got.rps):>8s} rps "
                                 f"{_fmt_cpu(got.cpu_s_per_100k):>6s} cpu-s/100k  "
                                 f"busy elsewhere {got.busy_elsewhere:4.1f}%"
@@ -669,6 +788,10 @@ def main(argv: list[str] | None = None) -> int:
                     if left:
                         leftovers_seen.setdefault(name, []).extend(left)
                         log(f"  warning: {name} left processes behind (killed): {left}")
+                    if server.data_found is not None:
+                        size, files = server.data_found
+                        data_dir.setdefault(name, []).append({"bytes": size, "files": files})
+                        log(f"  {name} left {_fmt_bytes(size)} in {files} file(s) in its data dir")
     wall = time.monotonic() - t0
     stamp_after = source_stamp()
     # files added, removed or modified while the servers were being measured
@@ -686,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
             "busy_elsewhere_pct_runs": [round(s.busy_elsewhere, 1) for s in ss],
         }
     ratios: dict[str, float | None] = {}
-    for label, num, den, test, pipeline in RATIOS:
+    for label, num, den, test, pipeline in RATIOS + DURABILITY_RATIOS:
         a = results.get(_key(num, test, pipeline), {}).get("rps")
         b = results.get(_key(den, test, pipeline), {}).get("rps")
         ratios[f"{label}/{test}/P{pipeline}"] = round(a / b, 3) if a and b else None
@@ -714,6 +837,7 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": skipped,
         "failures": failures,
         "leftover_processes": leftovers_seen,
+        "data_dir": data_dir,
     }
     document = json.dumps({**results, "ratios": ratios, "meta": meta})
     if args.json_file is not None:
@@ -740,25 +864,47 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Python {meta['python']}, {bench_version}, git {head_before}\n")
     if changed:
         print(f"WARNING: sources changed during the run: {', '.join(changed[:10])}\n")
-    head = f"{'server':16s}" + "".join(f"{f'{t.upper()} P{p}':>22s}" for t, p in TESTS)
+    head = f"{'server':20s}" + "".join(f"{f'{t.upper()} P{p}':>22s}" for t, p in TESTS)
     print(head)
-    print(f"{'':16s}" + f"{'rps  cpu-s/100k':>22s}" * len(TESTS))
+    print(f"{'':20s}" + f"{'rps  cpu-s/100k':>22s}" * len(TESTS))
     for name in servers:
         if name in skipped:
-            print(f"{name:16s}  skipped: {skipped[name]}")
+            print(f"{name:20s}  skipped: {skipped[name]}")
             continue
         cells = []
         for t, p in TESTS:
             res = results[_key(name, t, p)]
             cells.append(f"{_fmt_rps(res['rps']):>12s} {_fmt_cpu(res['cpu_s_per_100k']):>9s}")
-        print(f"{name:16s}" + "".join(cells))
+        print(f"{name:20s}" + "".join(cells))
     print()
     for name in servers:
-        print(f"  {name:16s} {DESCRIPTIONS[name]}")
-    print("\nratios of requests/s (what each tells: benchmarks/README.md):")
-    for key, value in ratios.items():
+        print(f"  {name:20s} {DESCRIPTIONS[name]}")
+    # Only the ratios between servers that were asked for (the JSON has them all).
+    shown_ratios = [r for r in RATIOS if r[1] in servers and r[2] in servers]
+    if shown_ratios:
+        print("\nratios of requests/s (what each tells: benchmarks/README.md):")
+    for label, _, _, test, pipeline in shown_ratios:
+        value = ratios[f"{label}/{test}/P{pipeline}"]
         shown = "n/a (a server was skipped or failed)" if value is None else f"{value:.2f}"
-        print(f"  {key:40s} {shown:>7s}")
+        print(f"  {f'{label}/{test}/P{pipeline}':40s} {shown:>7s}")
+    rows = dict.fromkeys(
+        label for label, num, den, *_ in DURABILITY_RATIOS if num in servers and den in servers
+    )
+    if rows:
+        print("\ndurability: ratios of requests/s (n/a: a server was skipped or failed)")
+        print(f"  {'':38s}" + "".join(f"{f'{t.upper()} P{p}':>9s}" for t, p in TESTS))
+        for label in rows:
+            values = [ratios[f"{label}/{t}/P{p}"] for t, p in TESTS]
+            print(
+                f"  {label:38s}"
+                + "".join(f"{'n/a' if v is None else f'{v:.2f}':>9s}" for v in values)
+            )
+    if data_dir and any(s in servers for s in SERVERS[8:]):
+        print("\ndata dir at stop (median bytes, files):")
+        for name, found in data_dir.items():
+            size = int(statistics.median(f["bytes"] for f in found))
+            files = int(statistics.median(f["files"] for f in found))
+            print(f"  {name:20s} {_fmt_bytes(size):>10s} {files:4d} file(s)")
     if failures:
         print("\nfailures:")
         for f in failures:

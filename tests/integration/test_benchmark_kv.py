@@ -11,6 +11,7 @@ exit status only says whether the run worked.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -134,3 +135,60 @@ def test_kv_reports_ratios_without_targets_and_exits_0(tmp_path: Path) -> None:
     assert f"dominoes_1/plain_1/set/P16 {ratios['dominoes_1/plain_1/set/P16']:.2f}" in " ".join(
         done.stdout.split()
     )
+
+
+@pytest.mark.skipif(
+    shutil.which("redis-benchmark") is None or shutil.which("redis-server") is None,
+    reason="needs redis-benchmark and redis-server",
+)
+def test_kv_durable_servers_write_their_data_dirs_and_remove_them(tmp_path: Path) -> None:
+    """dominoes --durable and redis-server's AOF run with the same policy, in fresh dirs.
+
+    Both write something (a server that ignored its durability flags would leave
+    an empty directory), the durability ratios are in the JSON, and nothing is
+    left under the benchmark's temporary directory afterwards.
+    """
+    out = tmp_path / "kv.json"
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(KV), "--quick", "--servers", "dominoes_2_no,redis_aof_no",
+         "--requests-p1", "2000", "--requests-p16", "5000", "--json-file", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "TMPDIR": str(tmp)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for server in ("dominoes_2_no", "redis_aof_no"):
+        (found,) = result["meta"]["data_dir"][server]
+        assert found["bytes"] > 0, (server, found)
+        assert found["files"] > 0, (server, found)
+    ratios = result["ratios"]
+    assert isinstance(ratios["dominoes_2_no/redis_aof_no/set/P16"], float)
+    assert ratios["dominoes_2_always/dominoes_2/set/P16"] is None  # not run
+    assert "durability: ratios of requests/s" in done.stdout
+    assert "dominoes_2_no/redis_aof_no" in done.stdout
+    assert "dominoes_2_always/dominoes_2" not in done.stdout  # not asked for: not printed
+    assert list(tmp.iterdir()) == []
+
+
+def test_kv_server_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("kv_bench", KV)
+    assert spec is not None
+    assert spec.loader is not None
+    kv = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "kv_bench", kv)  # dataclasses look their module up
+    spec.loader.exec_module(kv)
+    assert kv.select_servers("default") == list(kv.SERVERS[:8])
+    assert "dominoes_2_always" not in kv.select_servers("default")
+    durability = kv.select_servers("durability")
+    assert durability[0] == "dominoes_2"
+    assert durability[-1] == "redis_server"
+    assert {f"dominoes_2_{p}" for p in kv.POLICIES} <= set(durability)
+    assert {f"redis_aof_{p}" for p in kv.POLICIES} <= set(durability)
+    assert kv.select_servers("plain_1,all,plain_1") == ["plain_1"] + [
+        s for s in kv.SERVERS if s != "plain_1"
+    ]
+    for label, num, den, _, _ in kv.DURABILITY_RATIOS:
+        assert label == f"{num}/{den}"
+        assert {num, den} <= set(kv.SERVERS)
