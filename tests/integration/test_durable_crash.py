@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from .durable_helpers import DurableKV, Writers, durable_kv, missing
+from .durable_helpers import DurableKV, Writers, durable_kv, group_members, missing
 
 pytestmark = pytest.mark.integration
 
@@ -116,3 +117,34 @@ def test_a_power_cut_under_always_loses_no_acknowledged_write(tmp_path: Path) ->
         after_crash=lambda d: cut_to_last_fsync(d, trace),
     )
     assert all(c > 0 for c in counts)
+
+
+def writer_pid(svc: DurableKV) -> int:
+    """The log writer of ``svc`` (a process of its group)."""
+    for pid in group_members(svc.proc.pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"dominoes._runtime._writer" in cmdline:
+            return pid
+    raise AssertionError("no log writer in the service's process group")
+
+
+def test_the_writer_killed_alone_is_restarted_and_loses_nothing(tmp_path: Path) -> None:
+    data, run = tmp_path / "data", tmp_path / "run"
+    with durable_kv(data, run, fsync="always", args=ARGS) as svc:
+        writers = Writers(svc.port, prefix="w")
+        writers.wait_for(100)
+        first = writer_pid(svc)
+        os.kill(first, signal.SIGKILL)  # replies wait; the ring holds what it had not written
+        svc.wait_for_line("the log writer is back")
+        seen = writers.count()
+        writers.wait_for(seen + 100)  # writes are acknowledged again
+        assert writer_pid(svc) != first
+        acked = writers.join()
+        assert not missing(svc.client(), acked)
+        assert svc.stop() == 0
+    with durable_kv(data, run, fsync="always", args=ARGS) as svc:
+        assert not missing(svc.client(), acked), svc.output
+        assert svc.stop() == 0
