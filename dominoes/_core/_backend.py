@@ -95,6 +95,11 @@ class LogBackend(Protocol):
         """True if the writer was asleep and this caller cleared its flag (then signal it)."""
         ...
 
+    def set_wants(self, replica: int, seq: int, /) -> None:
+        """``replica`` holds replies until ``acked`` passes ``seq - 1`` (0: none); store it
+        before the asleep flag, so the writer wakes only sleepers it releases."""
+        ...
+
     def durability_word(self, offset: int, /) -> int:
         """A word the durable log publishes (``D_*`` of the layout)."""
         ...

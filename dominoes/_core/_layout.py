@@ -69,7 +69,7 @@ __all__ = (
     "R_INTENT_N",
     "R_INTENT_SEQ",
     "R_PID",
-    "R_RESERVED",
+    "R_WANTS",
     "R_STATE",
     "R_STUCK",
     "SLOT_HEADER",
@@ -152,10 +152,10 @@ R_PID: Final = 16
 R_ASLEEP: Final = 24
 R_INTENT_SEQ: Final = 32
 R_INTENT_N: Final = 40
-#: Unused and reserved.  Layout version 2 counted joins here (``generation``);
-#: nothing ever read the count, so it is no longer written.  The word stays so
-#: that ``stuck`` keeps its offset.
-R_RESERVED: Final = 48
+#: With a durable log: the seq whose acknowledgment this replica waits for
+#: before it can send a held reply (0: none), so that the log writer wakes
+#: only the sleepers it can release.  (Layout version 2 counted joins here.)
+R_WANTS: Final = 48
 R_STUCK: Final = 56
 
 # --- Slot words -------------------------------------------------------------------

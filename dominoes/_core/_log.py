@@ -138,9 +138,9 @@ from ._layout import (
     R_INTENT_N,
     R_INTENT_SEQ,
     R_PID,
-    R_RESERVED,
     R_STATE,
     R_STUCK,
+    R_WANTS,
     REPLICAS,
     SLOT_HEADER,
     SLOT_META,
@@ -195,7 +195,7 @@ __all__ = (
     "R_INTENT_N",
     "R_INTENT_SEQ",
     "R_PID",
-    "R_RESERVED",
+    "R_WANTS",
     "R_STATE",
     "R_STUCK",
     "SLOT_HEADER",
@@ -411,6 +411,7 @@ class Log:
             cursor = w.load_acquire(TAIL)
         w.store_release(line + R_INTENT_SEQ, 0)
         w.store_release(line + R_STUCK, 0)
+        w.store_release(line + R_WANTS, 0)
         w.store_release(line + R_PID, pid)
         w.store_release(line + R_CURSOR, cursor)
         w.store_seqcst(line + R_STATE, after)
@@ -846,6 +847,25 @@ class Log:
     def write_error(self) -> int:
         """The errno of the writer's last failed write (0: healthy)."""
         return self._w.load_acquire(DURABILITY + D_ERROR)
+
+    def set_wants(self, replica: int, seq: int) -> None:
+        """``replica`` holds replies until ``acked`` exceeds ``seq - 1`` (0: holds none).
+
+        Store it before the asleep flag: the writer reads the flag, then this.
+        """
+        self._w.store_seqcst(self._line(replica) + R_WANTS, seq)
+
+    def take_waiting(self, replicas: int, acked: int) -> list[int]:
+        """The writer's half: sleepers among the first ``replicas`` lines whose held
+        replies ``acked`` releases, with their asleep flag cleared by this call."""
+        w, out = self._w, []
+        for i in range(min(replicas, self.max_replicas)):
+            line = REPLICAS + i * LINE
+            if w.load_acquire(line + R_ASLEEP):
+                wants = w.load_acquire(line + R_WANTS)
+                if 0 < wants <= acked and w.cas(line + R_ASLEEP, 1, 0):
+                    out.append(i)
+        return out
 
     def wake_writer(self) -> bool:
         """True if the writer was asleep and this caller cleared its flag (then signal it)."""

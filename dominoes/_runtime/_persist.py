@@ -86,6 +86,8 @@ class Persistence:
         self.active = options is not None and replica.log.writer_line is not None
         self._acked = 0
         self._writer = replica.log.writer_line
+        # what this replica's line says it waits for (R_WANTS): 0, or held[0].seq + 1
+        self._wanted = 0
         self._saving: asyncio.Future[SnapshotInfo] | None = None
         self.snapshots_written = 0
         self.snapshot_failures = 0
@@ -164,7 +166,18 @@ class Persistence:
         while held and held[0].seq < acked:
             deliver(held.popleft())
             n += 1
+        if n and not held and self._wanted:
+            self._wanted = 0
+            self._r.log.set_wants(self._r.index, 0)
         return n
+
+    def mark_wanted(self) -> None:
+        """Before the asleep flag: store which seq will release a held reply (the
+        writer wakes only sleepers it releases; see ``Log.take_waiting``)."""
+        wanted = self.held[0].seq + 1
+        if wanted != self._wanted:
+            self._wanted = wanted
+            self._r.log.set_wants(self._r.index, wanted)
 
     def wake_writer(self) -> None:
         """Replies wait for the writer: make sure it is not asleep."""

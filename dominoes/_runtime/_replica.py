@@ -541,6 +541,9 @@ class Replica:
         elif self.core.ready():
             self._awake()
             self._schedule()
+        if self.persist.held:  # a wake-up from the log writer is never waited for long
+            self.persist.wake_writer()
+            self.persist.release()
         self._fire_timers()
 
     def _awake(self) -> None:
@@ -580,7 +583,10 @@ class Replica:
             return
         # Sleep: flag first (seq_cst), then look once more, so a producer that
         # published before seeing the flag is not missed.  Held replies wait
-        # for the log writer, which wakes this replica when it moves on.
+        # for the log writer, which wakes this replica when it releases one
+        # (what it waits for is stored before the flag: before_sleep).
+        if persist.held:
+            persist.mark_wanted()
         self._asleep = True
         self.log.set_asleep(self.index, True)
         if persist.held:

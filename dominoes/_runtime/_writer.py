@@ -64,7 +64,7 @@ from ._durable import DEFAULT_SEGMENT_BYTES, fsync_dir, new_segment, segments
 from ._fork import write_all
 from ._pdeath import die_with_parent
 from ._shm import SharedLog
-from ._wakeups import EventfdWakeups, wake_sleepers
+from ._wakeups import EventfdWakeups
 
 __all__ = ("LogWriter", "WriterConfig")
 
@@ -201,7 +201,9 @@ class LogWriter:
         if acked > self.acked:
             self.acked = acked
             self.log.set_durability_word(D_ACKED, acked)
-            wake_sleepers(self.log, self.wakeups, self.replicas)
+            # only the sleepers that hold a reply this releases
+            for i in self.log.take_waiting(self.replicas, acked):
+                self.wakeups.signal(i)
         if n:
             self.rounds += 1
             if self.offset >= self.segment_bytes:

@@ -357,13 +357,14 @@ def test_an_illegal_move_names_the_replica_the_state_and_the_operation() -> None
         lifecycle_step(3, ReplicaState.LIVE, "explode")
 
 
-def test_join_stores_no_generation_any_more() -> None:
+def test_join_stores_no_generation_and_clears_what_the_line_waited_for() -> None:
     log = make_log(replicas=2)
+    log.set_wants(1, 77)
     log.mark_dead(1)
     log.join(1, pid=1234)
     line = log._line(1)
     assert log._w.load_acquire(line + layout.R_PID) == 1234
-    assert log._w.load_acquire(line + layout.R_RESERVED) == 0
+    assert log._w.load_acquire(line + layout.R_WANTS) == 0
 
 
 def test_the_layout_names_are_importable_from_the_log_module() -> None:
