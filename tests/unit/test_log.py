@@ -401,3 +401,19 @@ def test_the_announcer_of_a_held_up_seq_is_found() -> None:
     log.write(seq, 1, b"b")
     log.done(2)
     assert log.announcer(seq) is None
+
+
+def test_the_writer_wakes_only_the_sleepers_it_releases() -> None:
+    log = make_log(replicas=4)
+    log.set_wants(0, 10)  # waits for acked > 9, asleep
+    log.set_asleep(0, True)
+    log.set_wants(1, 20)  # waits for more than this acknowledgment gives
+    log.set_asleep(1, True)
+    log.set_asleep(2, True)  # asleep, holding nothing: producers wake it, not the writer
+    log.set_wants(3, 5)  # awake: nothing to wake
+    assert log.take_waiting(4, acked=12) == [0]
+    assert not log.asleep(0)
+    assert log.asleep(1)
+    assert log.asleep(2)
+    assert log.take_waiting(4, acked=12) == []  # the flag is taken once
+    assert log.take_waiting(4, acked=20) == [1]
