@@ -24,7 +24,12 @@ ARGS = ("--snapshot-every", "0", "--segment-mb", "1")
 
 
 def record_some(data: Path, run: Path, keys: int) -> None:
-    """A durable KV that wrote ``keys`` keys (and enough to roll a segment), stopped cleanly."""
+    """A durable KV that wrote ``keys`` keys of ~430 log bytes each, stopped cleanly.
+
+    A segment rolls once it passes 1 MiB (``--segment-mb 1``) at the end of a
+    writer round, and a round writes at most 1 MiB: so a segment holds at
+    most 2 MiB, and ``keys`` above 2 MiB / 430 B = ~4900 make two segments
+    at least, above ~9800 three, however the rounds fall."""
     with durable_kv(data, run, fsync="always", args=ARGS) as svc:
         r = svc.client()
         pipe = r.pipeline(transaction=False)
@@ -78,7 +83,7 @@ def test_a_torn_last_record_is_cut_with_a_warning_and_the_rest_is_served(tmp_pat
 
 def test_a_flipped_bit_mid_segment_stops_the_start_naming_file_and_offset(tmp_path: Path) -> None:
     data, run = tmp_path / "data", tmp_path / "run"
-    record_some(data, run, 3000)
+    record_some(data, run, 6000)
     first = segs(data)[0]
     assert len(segs(data)) >= 2, "the log should have rolled to a second segment"
     blob = bytearray(first.read_bytes())
@@ -96,7 +101,7 @@ def test_a_flipped_bit_mid_segment_stops_the_start_naming_file_and_offset(tmp_pa
 
 def test_a_missing_segment_stops_the_start(tmp_path: Path) -> None:
     data, run = tmp_path / "data", tmp_path / "run"
-    record_some(data, run, 6000)
+    record_some(data, run, 12000)
     all_segs = segs(data)
     assert len(all_segs) >= 3
     all_segs[1].unlink()
