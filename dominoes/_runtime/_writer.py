@@ -160,6 +160,9 @@ class LogWriter:
             self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             os.ftruncate(self.fd, got.end)
             os.lseek(self.fd, got.end, os.SEEK_SET)
+            # What an earlier writer wrote may not be on disk yet (it died before
+            # its fsync): make it so before calling it synced.
+            os.fdatasync(self.fd)
             self.first, self.offset, self.written = first, got.end, got.next_seq
             if self.written < cursor:
                 raise RuntimeError(
