@@ -193,12 +193,12 @@ class LogWriter:
         n = self._write()
         if n < 0:
             return 0
-        if self.policy == "always":
-            if self.synced < self.written and not self._sync():
-                return 0
-            acked = self.synced
-        else:
-            acked = self.written
+        # Under always every round fsyncs; under everysec an error (perhaps a
+        # failed fsync) clears only once an fsync succeeds.
+        must_sync = self.policy == "always" or (self.error and self.policy == "everysec")
+        if must_sync and self.synced < self.written and not self._sync():
+            return 0
+        acked = self.synced if self.policy == "always" else self.written
         if self.error:
             self._healthy()
         if acked > self.acked:
@@ -241,6 +241,10 @@ class LogWriter:
             write_all(self.fd, data)
         except OSError as exc:
             self._failed("write", exc)
+            # cut back to the last whole record: the next round writes them again
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, self.offset)
+                os.lseek(self.fd, self.offset, os.SEEK_SET)
             return -1
         self.offset += len(data)
         self.written = seq
@@ -290,7 +294,9 @@ class LogWriter:
             os.close(old)
 
     def _failed(self, what: str, exc: OSError) -> None:
-        """A write or an fsync failed: cut back to the last whole record, say so, retry later."""
+        """A write, an fsync or a new segment failed: say so (once), refuse updates
+        until a round succeeds.  Called from the fsync thread too: it never
+        touches the file (the main thread may be writing it)."""
         code = exc.errno or 1
         if code != self.error:
             log.error(
@@ -301,11 +307,6 @@ class LogWriter:
             )
         self.error = code
         self.log.set_durability_word(D_ERROR, code)
-        try:
-            os.ftruncate(self.fd, self.offset)
-            os.lseek(self.fd, self.offset, os.SEEK_SET)
-        except OSError:
-            pass
 
     def _healthy(self) -> None:
         if self.error:

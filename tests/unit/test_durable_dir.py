@@ -282,3 +282,28 @@ def test_a_writer_restarted_after_a_torn_round_cuts_it_and_goes_on(
         assert [r.payload for r in scan(path.read_bytes(), first=1).records] == [b"one", b"two"]
     finally:
         w.close()
+
+
+def test_a_failed_fsync_under_everysec_clears_only_once_an_fsync_succeeds(
+    ring: SharedLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = ring.log()
+    w = make_writer(ring, tmp_path, "everysec")
+    try:
+        assert log.try_append(0, b"entry")
+        assert w.round() == 1
+
+        def broken(fd: int) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        monkeypatch.setattr("dominoes._runtime._writer.os.fdatasync", broken)
+        assert not w._sync()
+        assert log.write_error == errno.EIO
+        assert w.round() == 0  # nothing new, and the fsync still fails: the error stays
+        assert log.write_error == errno.EIO
+        monkeypatch.undo()
+        assert w.round() == 0
+        assert log.write_error == 0
+        assert log.durability_word(D_SYNCED) == log.tail
+    finally:
+        w.close()
