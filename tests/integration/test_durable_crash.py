@@ -148,3 +148,27 @@ def test_the_writer_killed_alone_is_restarted_and_loses_nothing(tmp_path: Path) 
     with durable_kv(data, run, fsync="always", args=ARGS) as svc:
         assert not missing(svc.client(), acked), svc.output
         assert svc.stop() == 0
+
+
+def test_a_replica_killed_alone_rejoins_and_the_durable_log_misses_nothing(
+    tmp_path: Path,
+) -> None:
+    """One replica dies under load; it rejoins from a snapshot through the log (not
+    from the directory), and the log writer never stops: every acknowledged
+    write is in the files, as a restart of the whole service shows."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    with durable_kv(data, run, fsync="everysec", args=ARGS) as svc:
+        writers = Writers(svc.port, prefix="j")
+        writers.wait_for(100)
+        victim = svc.replica_pids()[1]
+        os.kill(victim, signal.SIGKILL)  # its clients' writes in flight fail unacknowledged
+        acked = writers.join()
+        svc.wait_restarted(1)
+        after = Writers(svc.port, prefix="k")  # on either replica, the rejoined one too
+        after.wait_for(100)
+        acked.update(after.join())
+        assert not missing(svc.client(), acked)
+        assert svc.stop() == 0
+    with durable_kv(data, run, fsync="everysec", args=ARGS) as svc:
+        assert not missing(svc.client(), acked), svc.output
+        assert svc.stop() == 0
