@@ -584,7 +584,7 @@ class Replica:
         # Sleep: flag first (seq_cst), then look once more, so a producer that
         # published before seeing the flag is not missed.  Held replies wait
         # for the log writer, which wakes this replica when it releases one
-        # (what it waits for is stored before the flag: before_sleep).
+        # (what it waits for is stored before the flag: mark_wanted).
         if persist.held:
             persist.mark_wanted()
         self._asleep = True
