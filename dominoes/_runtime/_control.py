@@ -74,6 +74,8 @@ def replica_report(replica: Replica) -> dict[str, Any]:
             "divergences": replica.divergences,
         }
     )
+    if replica.persist.active:  # --durable: the log writer's progress as this replica sees it
+        report["durability"] = replica.persist.status()
     return report
 
 
@@ -283,6 +285,7 @@ class ControlServer:
             "poisoned": sup.watchdog.poisoned,
             "replicas": replicas,
             "log": msgspec.to_builtins(sup.log.statistics()),
+            "writer": sup.writer.summary() if sup.writer is not None else None,
         }
 
     async def snapshot(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import os
 import signal
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
@@ -68,6 +68,12 @@ class WriterProcess:
             log_level=cfg.log_level,
             fsync_trace=cfg.fsync_trace,
         )
+
+    def summary(self) -> dict[str, Any]:
+        """The log writer in ``dominoes stats --json``: its pid and how often it was restarted."""
+        proc = self.proc
+        alive = proc is not None and proc.poll() is None
+        return {"pid": proc.pid if alive and proc else None, "restarts": self.restarts}
 
     def _spawn(self) -> int:
         """Start the writer process; the read end of its readiness pipe."""

@@ -144,6 +144,11 @@ def test_the_writer_killed_alone_is_restarted_and_loses_nothing(tmp_path: Path) 
         assert writer_pid(svc) != first
         acked = writers.join()
         assert not missing(svc.client(), acked)
+        stats = svc.control({"op": "stats"})  # what dominoes stats --json shows
+        durability = [r["report"]["durability"] for r in stats["replicas"]]
+        assert [d["policy"] for d in durability] == ["always", "always"]
+        assert all(d["acked"] == d["synced"] > 1 and d["error"] == "" for d in durability)
+        assert stats["writer"]["restarts"] == 1
         assert svc.stop() == 0
     with durable_kv(data, run, fsync="always", args=ARGS) as svc:
         assert not missing(svc.client(), acked), svc.output
