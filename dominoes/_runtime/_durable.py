@@ -9,11 +9,14 @@
 * ``LOCK``: held (``flock``) by the supervisor that serves from ``DIR``, so
   that two services never append to one log.
 
-:func:`recover` runs once, in the supervisor, before anything starts: it picks
-the newest snapshot that checks out, checks every record after it, truncates a
-torn tail (with a warning saying how many bytes) and refuses a corrupt record
-or a missing segment with an error naming the file and the offset.  Replicas
-then replay (:func:`replay`) what it found, each in its own process.
+:class:`LogReader` is the one way to read the segments: in order, each
+record checked, never changing a file; it stops before a torn last record
+and says where it is.  :func:`recover` runs once, in the supervisor, before
+anything starts: it picks the newest snapshot that checks out, reads every
+record after it, truncates a torn tail (with a warning saying how many bytes)
+and refuses a corrupt record or a missing segment with an error naming the
+file and the offset.  Replicas then read (:class:`LogReader`) what it found,
+each in its own process; ``dominoes replay`` reads the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -44,16 +47,17 @@ from ._fork import write_all
 __all__ = (
     "DEFAULT_SEGMENT_BYTES",
     "DurableLogError",
+    "LogReader",
     "Recovery",
+    "Torn",
     "fsync_dir",
     "lock",
     "new_segment",
-    "poison_marks",
     "prune",
     "recover",
-    "replay",
     "segments",
     "snapshots",
+    "usable_snapshots",
     "write_snapshot",
 )
 
@@ -84,24 +88,27 @@ class Recovery:
     entries: int
     #: bytes cut from a torn last record (0: none)
     truncated: int
+    #: entries from ``start`` on that poison marks name: apply them as poison entries
+    poisoned: tuple[int, ...] = ()
+
+
+def _numbered(data_dir: Path, prefix: str, suffix: str) -> list[tuple[int, Path]]:
+    """``(number, path)`` of the files ``<prefix><number><suffix>``, in order."""
+    out = []
+    for p in data_dir.glob(f"{prefix}*{suffix}"):
+        with contextlib.suppress(ValueError):
+            out.append((int(p.name[len(prefix) : -len(suffix)]), p))
+    return sorted(out)
 
 
 def segments(data_dir: Path) -> list[tuple[int, Path]]:
     """``(first seq, path)`` of every segment, in order."""
-    out = []
-    for p in data_dir.glob("seg-*.log"):
-        with contextlib.suppress(ValueError):
-            out.append((int(p.name[4:-4]), p))
-    return sorted(out)
+    return _numbered(data_dir, "seg-", ".log")
 
 
 def snapshots(data_dir: Path) -> list[tuple[int, Path]]:
     """``(cursor, path)`` of every snapshot, oldest first."""
-    out = []
-    for p in data_dir.glob("snapshot-*.snap"):
-        with contextlib.suppress(ValueError):
-            out.append((int(p.name[9:-5]), p))
-    return sorted(out)
+    return _numbered(data_dir, "snapshot-", ".snap")
 
 
 def lock(data_dir: Path) -> int:
@@ -124,105 +131,177 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _newest_snapshot(data_dir: Path, first_segment: int | None) -> tuple[Path | None, int]:
-    """The newest snapshot that checks out and that the segments can continue from."""
-    for cursor, path in reversed(snapshots(data_dir)):
+def usable_snapshots(
+    data_dir: Path,
+    *,
+    newest: bool = True,
+    until: int | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Iterator[tuple[int, Path, bytes]]:
+    """``(cursor, path, state)`` of each snapshot the log can go on from, newest
+    (or oldest) first: it checks out, its name says its cursor, the segments
+    reach back to it, and it is not past ``until``.  ``warn`` hears of those
+    passed over."""
+    segs = segments(data_dir)
+    first = segs[0][0] if segs else None
+    found = snapshots(data_dir)
+    for cursor, path in reversed(found) if newest else found:
+        if until is not None and cursor > until:
+            continue
         try:
-            got, _ = decode_snapshot(path.read_bytes())
+            got, state = decode_snapshot(path.read_bytes())
             if got != cursor:
-                raise ValueError(f"it holds the state at {got}, its name says {cursor}")
+                raise ValueError(f"it holds the state at seq {got}, its name says {cursor}")
         except (OSError, ValueError) as exc:
-            log.warning("snapshot %s cannot be used (%s); trying an older one", path, exc)
+            if warn is not None:
+                warn(f"snapshot {path} cannot be used ({exc}); trying another")
             continue
-        if first_segment is not None and first_segment > cursor:
-            log.warning("snapshot %s is older than the oldest segment; not usable", path)
+        if first is not None and first > cursor:
+            if warn is not None:
+                warn(f"snapshot {path} is older than the oldest segment; not usable")
             continue
-        return path, cursor
-    return None, 1
+        yield cursor, path, state
+
+
+@dataclass(frozen=True)
+class Torn:
+    """A torn last record: a read stopped before it and left it as it is."""
+
+    path: Path
+    #: where the torn record starts in the file
+    offset: int
+    #: bytes from there to the end of the file (not read)
+    size: int
+    reason: str
+    #: the seq the torn record would have had
+    seq: int
+
+
+class LogReader:
+    """The records of a data directory, in order, each checked, without changing a file.
+
+    It stops before a torn last record and keeps it in :attr:`torn` (whoever
+    serves from the directory cuts it: :func:`recover`).  Poison marks are
+    not given out: :attr:`poisoned` collects the seqs they name.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        #: the torn last record the last read stopped before (None: none)
+        self.torn: Torn | None = None
+        #: where the last read stopped: the seq after the last record it gave
+        self.end: int | None = None
+        #: the last read went to the end of the log (not stopped by ``until``)
+        self.complete = False
+        #: the seqs the poison marks read so far name
+        self.poisoned: set[int] = set()
+
+    def read(self, start: int, until: int | None = None) -> Iterator[Record]:
+        """The records from ``start`` that end by ``until`` (their seqs, and every
+        slot they span, are below it), in order.
+
+        Raises :class:`DurableLogError` for a corrupt record, a torn record that
+        is not the last one, a missing segment, or a log that starts after ``start``.
+        """
+        self.torn = None
+        self.end = start
+        self.complete = False
+        segs = segments(self.data_dir)
+        if not segs:
+            self.complete = True
+            return
+        if segs[0][0] > start:
+            raise DurableLogError(
+                f"{segs[0][1]}: the log starts at seq {segs[0][0]}, after seq {start} where "
+                f"the replay starts (a segment is missing, or a snapshot)"
+            )
+        expect: int | None = None
+        for k, (first, path) in enumerate(segs):
+            last = k == len(segs) - 1
+            nxt = None if last else segs[k + 1][0]
+            if expect is not None and first != expect:
+                raise DurableLogError(
+                    f"segment missing: {path.name} starts at seq {first}, the one before it "
+                    f"ends at {expect}"
+                )
+            if nxt is not None and nxt <= start:  # wholly before the start: not read
+                expect = nxt
+                continue
+            if until is not None and first >= until:
+                return
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                raise DurableLogError(
+                    f"{path} was deleted while the directory was read (a running service "
+                    f"deletes segments a new snapshot covers); read it again"
+                ) from None
+            if last and len(data) < SEGMENT_HEADER.size:  # just created, header not written
+                self.torn = Torn(path, 0, len(data), "no complete segment header", first)
+                self.complete = True
+                return
+            got = scan(data, first=first)
+            problem = got.problem
+            if problem is not None and (problem.kind == "corrupt" or not last):
+                raise DurableLogError(
+                    f"corrupt log record in {path} at offset {problem.offset}: {problem.reason}"
+                )
+            for record in got.records:
+                if record.kind == KIND_POISON:  # a mark, no position
+                    self.poisoned.add(record.seq)
+                    continue
+                if until is not None and record.seq + record.nslots > until:
+                    return
+                if record.seq + record.nslots <= start:
+                    continue
+                if record.seq < start:
+                    raise DurableLogError(
+                        f"{path}: seq {start}, where the read starts, is inside the record "
+                        f"at seq {record.seq} ({record.nslots} slots)"
+                    )
+                self.end = record.seq + record.nslots
+                yield record
+            if problem is not None:
+                size = len(data) - got.end
+                self.torn = Torn(path, problem.offset, size, problem.reason, got.next_seq)
+            expect = got.next_seq
+        self.complete = True
 
 
 def recover(data_dir: Path) -> Recovery:
-    """Check ``data_dir`` before serving from it; truncate a torn tail (see the module doc)."""
+    """Check ``data_dir`` before serving from it; cut a torn tail (see the module doc)."""
+    snap = next(usable_snapshots(data_dir, warn=log.warning), None)
+    path, start = (snap[1], snap[0]) if snap is not None else (None, 1)
     segs = segments(data_dir)
-    # an empty segment file (a crash right after it was created) holds nothing
-    while segs and segs[-1][1].stat().st_size < SEGMENT_HEADER.size:
-        size = segs[-1][1].stat().st_size
-        log.warning("removing %s: %d bytes, no complete header", segs[-1][1], size)
-        segs.pop()[1].unlink()
-    snap, start = _newest_snapshot(data_dir, segs[0][0] if segs else None)
-    if not segs:
-        return Recovery(snap, start, start, 0, 0)
-    if segs[0][0] > start:
+    if segs and segs[0][0] > start:
         raise DurableLogError(
             f"{segs[0][1]}: the log starts at seq {segs[0][0]}, but no usable snapshot holds "
             f"the state before it (is a segment or a snapshot missing?)"
         )
-    expect: int | None = None
-    entries = truncated = 0
-    for k, (first, path) in enumerate(segs):
-        last = k == len(segs) - 1
-        if expect is not None and first != expect:
-            raise DurableLogError(
-                f"segment missing: {path.name} starts at seq {first}, the one before it "
-                f"ends at {expect}"
-            )
-        data = path.read_bytes()
-        got = scan(data, first=first, keep=False)
-        problem = got.problem
-        if problem is not None:
-            where = f"{path} at offset {problem.offset}"
-            if problem.kind == "corrupt" or not last:
-                raise DurableLogError(
-                    f"corrupt log record in {where}: {problem.reason}; the log is not "
-                    f"replayed past it (restore the file, or truncate it there to drop "
-                    f"everything after)"
-                )
-            truncated = len(data) - got.end
+    reader = LogReader(data_dir)
+    entries = sum(1 for _ in reader.read(start))
+    truncated = 0
+    torn = reader.torn
+    if torn is not None:
+        truncated = torn.size
+        if torn.offset == 0:  # a segment created, its header never written: it holds nothing
+            log.warning("removing %s: %d bytes, no complete header", torn.path, torn.size)
+            torn.path.unlink()
+        else:
             log.warning(
-                "torn last record in %s: truncating %d bytes (%s)", where, truncated, problem.reason
+                "torn last record in %s at offset %d: truncating %d bytes (%s)",
+                torn.path,
+                torn.offset,
+                torn.size,
+                torn.reason,
             )
-            with open(path, "r+b") as f:
-                f.truncate(got.end)
+            with open(torn.path, "r+b") as f:
+                f.truncate(torn.offset)
                 f.flush()
                 os.fsync(f.fileno())
-        expect = got.next_seq
-        if got.next_seq > start:
-            entries += _count(data[: got.end], start)
-    assert expect is not None
-    return Recovery(snap, start, max(expect, start), entries, truncated)
-
-
-def _count(data: bytes, start: int) -> int:
-    return sum(1 for r in scan(data).records if r.seq >= start and r.kind != KIND_POISON)
-
-
-def replay(data_dir: Path, start: int, until: int | None = None) -> Iterator[Record]:
-    """The records from ``start`` (up to, not including, ``until``), in order, across segments.
-
-    Run :func:`recover` first: a problem found here raises.
-    """
-    segs = segments(data_dir)
-    for k, (first, path) in enumerate(segs):
-        nxt = segs[k + 1][0] if k + 1 < len(segs) else None
-        if nxt is not None and nxt <= start:
-            continue
-        if until is not None and first >= until:
-            return
-        got = scan(path.read_bytes(), first=first)
-        if got.problem is not None and (got.problem.kind == "corrupt" or nxt is not None):
-            raise DurableLogError(
-                f"corrupt log record in {path} at offset {got.problem.offset}: {got.problem.reason}"
-            )
-        for record in got.records:
-            if until is not None and record.seq >= until and record.kind != KIND_POISON:
-                return
-            if record.seq >= start or record.kind == KIND_POISON:
-                yield record
-
-
-def poison_marks(data_dir: Path, start: int = 1) -> set[int]:
-    """The seqs (from ``start``) that poison marks name: apply those as poison entries."""
-    return {r.seq for r in replay(data_dir, 1) if r.kind == KIND_POISON and r.seq >= start}
+    assert reader.end is not None
+    poisoned = tuple(sorted(s for s in reader.poisoned if s >= start))
+    return Recovery(path, start, reader.end, entries, truncated, poisoned)
 
 
 def write_snapshot(data_dir: Path, cursor: int, state: bytes) -> Path:

@@ -40,8 +40,8 @@ from .._core._codec import decode
 from .._core._errors import DurabilityError
 from .._core._layout import D_POLICY, D_SNAP_SEQ, D_SNAP_TIME, D_SYNCED, KIND_NOOP, ReplicaState
 from .._core._machine import Applied
-from .._core._segment import KIND_POISON, decode_snapshot
-from ._durable import poison_marks, prune, replay, segments, snapshots, write_snapshot
+from .._core._segment import decode_snapshot
+from ._durable import LogReader, prune, segments, snapshots, write_snapshot
 from ._fork import _become_background
 
 if TYPE_CHECKING:
@@ -191,8 +191,14 @@ class Persistence:
 
     # --- restore at start -------------------------------------------------------------------
 
-    def restore(self, snapshot: Path | None, start: int, next_seq: int) -> int:
-        """Load the snapshot, replay the records after it; how many were replayed."""
+    def restore(
+        self, snapshot: Path | None, start: int, next_seq: int, poisoned: frozenset[int]
+    ) -> int:
+        """Load the snapshot, replay the records after it; how many were replayed.
+
+        ``poisoned``: the entries the supervisor's recovery found poison marks
+        for (a mark may follow its entry, so they are known before the read).
+        """
         assert self.options is not None
         t0 = time.monotonic()
         machine = self._r.core.machine
@@ -201,10 +207,7 @@ class Persistence:
             machine.restore(state)
             assert machine.cursor == cursor == start, (machine.cursor, cursor, start)
         n = 0
-        poisoned = poison_marks(self.options.data_dir, start)
-        for record in replay(self.options.data_dir, start, next_seq):
-            if record.kind == KIND_POISON:
-                continue
+        for record in LogReader(self.options.data_dir).read(start, next_seq):
             if record.seq != machine.cursor:
                 raise RuntimeError(f"replay: record {record.seq}, expected {machine.cursor}")
             if record.kind == KIND_NOOP:

@@ -83,6 +83,8 @@ class ReplicaConfig(msgspec.Struct, kw_only=True):
     restore_snapshot: str = ""
     restore_start: int = 1
     restore_next: int = 1
+    #: the entries from ``restore_start`` that poison marks name (apply them as errors)
+    restore_poisoned: list[int] = []
 
 
 def tune_gc(threshold: tuple[int, int, int] | None) -> None:
@@ -227,7 +229,12 @@ async def serve(config: ReplicaConfig, service: Service, attached: LogHost) -> i
         else:
             if durable is not None and config.restore_next > 1:
                 snapshot = Path(config.restore_snapshot) if config.restore_snapshot else None
-                replica.persist.restore(snapshot, config.restore_start, config.restore_next)
+                replica.persist.restore(
+                    snapshot,
+                    config.restore_start,
+                    config.restore_next,
+                    frozenset(config.restore_poisoned),
+                )
             replica.start_fresh()
         await replica.joined()
         if service.on_start is not None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
@@ -44,15 +44,11 @@ from .._core._codec import Batch, Call, Control, Entry, Fire, decode
 from .._core._layout import KIND_NOOP
 from .._core._machine import Applied, StateMachine
 from .._core._segment import (
-    KIND_POISON,
-    SEGMENT_HEADER,
     Record,
-    decode_snapshot,
     encode_snapshot,
-    scan,
 )
 from .._core._service import Service
-from ._durable import DurableLogError, poison_marks, segments, snapshots
+from ._durable import DurableLogError, LogReader, Torn, segments, snapshots, usable_snapshots
 
 __all__ = (
     "FROM_SNAPSHOT",
@@ -63,9 +59,12 @@ __all__ = (
     "Start",
     "Torn",
     "choose_start",
-    "live_digests",
+    "prescan",
     "replay_main",
 )
+
+#: the live replicas' digest reports: ``{seq: {replica: {component: digest}}}``
+LiveDigests = dict[int, dict[int, dict[str, str]]]
 
 #: ``--from-snapshot`` choices (None, the default: seq 1 if the log starts
 #: there, else the oldest usable snapshot)
@@ -78,22 +77,9 @@ EXIT_DIFFERS: Final = 3
 _SHOWN: Final = 300
 
 
-class ReplayError(Exception):
-    """The log cannot be replayed as asked (corrupt, incomplete, no usable snapshot)."""
-
-
-@dataclass(frozen=True)
-class Torn:
-    """A torn last record: the replay stopped before it and left it as it is."""
-
-    path: Path
-    #: where the torn record starts in the file
-    offset: int
-    #: bytes from there to the end of the file (not replayed)
-    size: int
-    reason: str
-    #: the seq the torn record would have had
-    seq: int
+#: The log cannot be replayed as asked (corrupt, incomplete, no usable snapshot):
+#: one error with the reader's (``_durable.LogReader``), so it needs no translating.
+ReplayError = DurableLogError
 
 
 @dataclass(frozen=True)
@@ -104,96 +90,6 @@ class Start:
     seq: int
     #: the snapshot's state (``StateMachine.snapshot`` bytes), None without one
     state: bytes | None = None
-
-
-# --- reading the directory, read-only ------------------------------------------------------
-
-
-class LogReader:
-    """The records of a data directory, in order, without changing any file.
-
-    Unlike ``_durable.replay`` (which runs after ``recover`` truncated a torn
-    tail), it stops before a torn last record and keeps it in :attr:`torn`.
-    """
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        #: the torn last record the last read stopped before (None: none)
-        self.torn: Torn | None = None
-        #: where the last read stopped: the seq after the last record it gave
-        self.end: int | None = None
-        #: the last read went to the end of the log (not stopped by ``until``)
-        self.complete = False
-
-    def read(self, start: int, until: int | None = None) -> Iterator[Record]:
-        """The records from ``start`` that end by ``until`` (their seqs, and every
-        slot they span, are below it), in order.
-
-        Raises :class:`ReplayError` for a corrupt record, a torn record that is
-        not the last one, a missing segment, or a log that starts after ``start``.
-        """
-        self.torn = None
-        self.end = start
-        self.complete = False
-        segs = segments(self.data_dir)
-        if not segs:
-            self.complete = True
-            return
-        if segs[0][0] > start:
-            raise ReplayError(
-                f"{segs[0][1]}: the log starts at seq {segs[0][0]}, after seq {start} where "
-                f"the replay starts (a segment is missing, or a snapshot)"
-            )
-        expect: int | None = None
-        for k, (first, path) in enumerate(segs):
-            last = k == len(segs) - 1
-            nxt = None if last else segs[k + 1][0]
-            if expect is not None and first != expect:
-                raise ReplayError(
-                    f"segment missing: {path.name} starts at seq {first}, the one before it "
-                    f"ends at seq {expect}"
-                )
-            if nxt is not None and nxt <= start:  # wholly before the start: not read
-                expect = nxt
-                continue
-            if until is not None and first >= until:
-                return
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                raise ReplayError(
-                    f"{path} was deleted while the replay read the directory (a running "
-                    f"service deletes segments a new snapshot covers); run the replay again"
-                ) from None
-            if last and len(data) < SEGMENT_HEADER.size:  # just created, header not written
-                self.torn = Torn(path, 0, len(data), "no complete segment header", first)
-                self.complete = True
-                return
-            got = scan(data, first=first)
-            problem = got.problem
-            if problem is not None and (problem.kind == "corrupt" or not last):
-                raise ReplayError(
-                    f"corrupt log record in {path} at offset {problem.offset}: {problem.reason}"
-                )
-            for record in got.records:
-                if record.kind == KIND_POISON:  # a mark, no position (see Replayer)
-                    continue
-                if until is not None and record.seq + record.nslots > until:
-                    return
-                if record.seq + record.nslots <= start:
-                    continue
-                if record.seq < start:
-                    raise ReplayError(
-                        f"{path}: seq {start}, where the replay starts, is inside the record "
-                        f"at seq {record.seq} ({record.nslots} slots)"
-                    )
-                self.end = record.seq + record.nslots
-                yield record
-            if problem is not None:
-                size = len(data) - got.end
-                self.torn = Torn(path, problem.offset, size, problem.reason, got.next_seq)
-            expect = got.next_seq
-        self.complete = True
 
 
 def choose_start(
@@ -222,22 +118,9 @@ def choose_start(
                 f"it were deleted once a snapshot covered them): replay from a snapshot"
             )
         return Start(None, 1)
-    candidates = [
-        (cursor, path)
-        for cursor, path in snapshots(data_dir)
-        if (first is None or cursor >= first) and (until is None or cursor <= until)
-    ]
-    if how == "newest":
-        candidates.reverse()
-    for cursor, path in candidates:
-        try:
-            got, state = decode_snapshot(path.read_bytes())
-            if got != cursor:
-                raise ValueError(f"it holds the state at seq {got}, its name says {cursor}")
-        except (OSError, ValueError) as exc:
-            if warn is not None:
-                warn(f"snapshot {path} cannot be used ({exc}); trying another")
-            continue
+    for cursor, path, state in usable_snapshots(
+        data_dir, newest=how == "newest", until=until, warn=warn
+    ):
         return Start(path, cursor, state)
     what = f"at or before seq {until} " if until is not None else ""
     if first is None:
@@ -247,19 +130,21 @@ def choose_start(
     raise ReplayError(f"no usable snapshot {what}{where} in {data_dir}")
 
 
-def live_digests(data_dir: Path, start: int) -> dict[int, dict[int, dict[str, str]]]:
-    """The digests the live replicas recorded in the log from ``start`` on:
-    ``{seq: {replica: {component: digest}}}`` (``Control("digest", ...)`` entries)."""
-    found: dict[int, dict[int, dict[str, str]]] = {}
+def prescan(data_dir: Path, start: int, digests: bool) -> tuple[set[int], LiveDigests]:
+    """One read of the log from ``start`` before the replay: the entries the live
+    service declared poison (their marks may follow them), and, with ``digests``,
+    the digests the live replicas recorded: ``{seq: {replica: {component: digest}}}``
+    (``Control("digest", ...)`` entries)."""
+    found: LiveDigests = {}
     reader = LogReader(data_dir)
     for record in reader.read(start):
-        if record.kind == KIND_NOOP:
+        if not digests or record.kind == KIND_NOOP:
             continue
         entry = _decode(record)
         if type(entry) is Control and entry.op == "digest":
             reporter, at, digest = entry.arg
             found.setdefault(int(at), {})[int(reporter)] = dict(digest)
-    return found
+    return {s for s in reader.poisoned if s >= start}, found
 
 
 def _decode(record: Record) -> Entry:
@@ -351,10 +236,7 @@ class Replayer:
     def run(self) -> Summary:
         opts = self.options
         start = choose_start(opts.data_dir, opts.from_snapshot, opts.until, self._warn)
-        try:
-            self.poisoned = poison_marks(opts.data_dir, start.seq)
-        except DurableLogError as exc:
-            raise ReplayError(str(exc)) from None
+        self.poisoned, live = prescan(opts.data_dir, start.seq, opts.digest)
         machine = self.machine
         if start.state is not None:
             try:
@@ -370,7 +252,6 @@ class Replayer:
             # (the setter places the next one after the cursor).
             machine.digest_every = machine.digest_every
         summary = Summary(start, cursor=machine.cursor)
-        live = live_digests(opts.data_dir, start.seq) if opts.digest else {}
         summary.uncompared = sum(len(v) for at, v in live.items() if at < start.seq)
         reader = LogReader(opts.data_dir)
         pausing = opts.step and opts.interactive and self._ask is not None

@@ -392,6 +392,7 @@ class Supervisor:
             "restore_snapshot": str(recovery.snapshot or ""),
             "restore_start": recovery.start,
             "restore_next": recovery.next_seq,
+            "restore_poisoned": list(recovery.poisoned),
         }
 
     def _on_ready(self, child: Child) -> None:

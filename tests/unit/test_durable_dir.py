@@ -15,10 +15,10 @@ from dominoes._core._segment import encode_record, scan, segment_header, segment
 from dominoes._runtime import _writer
 from dominoes._runtime._durable import (
     DurableLogError,
+    LogReader,
     lock,
     prune,
     recover,
-    replay,
     segments,
     snapshots,
     write_snapshot,
@@ -44,8 +44,8 @@ def test_segments_continue_each_other(tmp_path: Path) -> None:
     write_segment(tmp_path, 3, [b"c"])
     r = recover(tmp_path)
     assert (r.next_seq, r.entries) == (4, 3)
-    assert [x.payload for x in replay(tmp_path, 1)] == [b"a", b"b", b"c"]
-    assert [x.payload for x in replay(tmp_path, 2, until=3)] == [b"b"]
+    assert [x.payload for x in LogReader(tmp_path).read(1)] == [b"a", b"b", b"c"]
+    assert [x.payload for x in LogReader(tmp_path).read(2, until=3)] == [b"b"]
 
 
 def test_a_torn_tail_is_truncated_with_a_warning_saying_how_many_bytes(
