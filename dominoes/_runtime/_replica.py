@@ -165,6 +165,11 @@ class Replica:
         self.persist = Persistence(self, durable)
         #: lines a producer here wakes: the replicas, and the log writer after them
         self.wake_lines = replicas + 1 if self.persist.active else replicas
+        #: what an applied outcome goes to: chosen once, so that a replica
+        #: without a durable log pays nothing per outcome for it
+        self._deliver: Callable[[Applied], None] = (
+            self._deliver_holding if self.persist.active else self._deliver_now
+        )
         self.syncs = 0
         self.poisoned_seen = 0
         #: slow applies that were the core's other processes, not the apply (see _on_stall)
@@ -644,8 +649,9 @@ class Replica:
         self.log.set_stuck(self.index, 0)
         return True
 
-    def _deliver(self, applied: Applied) -> None:
-        if self.persist.active and (applied.owner or applied.waiter is not None):
+    def _deliver_holding(self, applied: Applied) -> None:
+        """``_deliver`` with a durable log: an owned outcome waits for the log writer."""
+        if applied.owner or applied.waiter is not None:
             if applied.divergence is not None:
                 self._on_divergence(applied.divergence)
                 applied.divergence = None
