@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from .durable_helpers import DurableKV, Writers, durable_kv, group_members, missing
+from .kv_helpers import clients_on_every_replica
 
 pytestmark = pytest.mark.integration
 
@@ -53,13 +54,13 @@ def crash_rounds(
         svc = DurableKV(data, run, fsync=fsync, args=ARGS, env=env)
         try:
             svc.wait_ready()
-            r = svc.client()
-            lost = missing(r, expected)
-            assert not lost, (
-                f"round {k}: {len(lost)} acknowledged writes missing after the restart, "
-                f"e.g. {lost[:5]}:\n{svc.output}"
-            )
-            r.close()
+            for index, r in clients_on_every_replica(svc.port).items():  # each restored alike
+                lost = missing(r, expected)
+                assert not lost, (
+                    f"round {k}: {len(lost)} acknowledged writes missing on replica {index} "
+                    f"after the restart, e.g. {lost[:5]}:\n{svc.output}"
+                )
+                r.close()
             writers = Writers(svc.port, prefix=f"r{k}")
             writers.wait_for(rng.randrange(20, 300))
         except BaseException:
@@ -72,8 +73,9 @@ def crash_rounds(
         if after_crash is not None:
             after_crash(data)
     with durable_kv(data, run, fsync=fsync, args=ARGS) as svc:
-        r = svc.client()
-        assert not missing(r, expected), svc.output
+        for r in clients_on_every_replica(svc.port).values():
+            assert not missing(r, expected), svc.output
+            r.close()
         assert "replayed" in svc.output
         assert svc.stop() == 0
     return counts
