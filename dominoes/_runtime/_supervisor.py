@@ -201,6 +201,9 @@ class Supervisor:
         #: the durable log's writer (None: not durable)
         self.writer: WriterProcess | None = None
         self.recovery: Recovery | None = None
+        #: header lines that hold the log: the replicas', and the writer's after them
+        self.lines = self.n + (config.durable is not None)
+        self._recovery_began = 0.0
         self._lock_fd = -1
 
     # --- start ---------------------------------------------------------------------------
@@ -231,16 +234,15 @@ class Supervisor:
         self._remove_leftovers()
         first = self._recover()
         handles = self._open_log(first)
-        # one eventfd per replica, and the log writer's after them
-        lines = self.n + (self.config.durable is not None)
-        self.wake_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(lines)]
+        # one eventfd per holding line: each replica's, and the log writer's after them
+        self.wake_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(self.lines)]
         self._parent_r, self._parent_w = os.pipe()
         self.leases = ClientLeases(
             service=self.service,
             replicas=self.n,
             log=self.log,
             fds=[*handles, *self.wake_fds[: self.n]],
-            first_line=lines,
+            first_line=self.lines,
             wake=self._wake_all,
             stopping=lambda: self._stopping,
         )
@@ -266,10 +268,9 @@ class Supervisor:
         if data_dir is None:
             return 1
         self._lock_fd = lock(data_dir)
-        t0 = time.monotonic()
-        self.recovery = recovery = recover(data_dir)
-        self._replay_started = t0
-        return recovery.next_seq
+        self._recovery_began = time.monotonic()
+        self.recovery = recover(data_dir)
+        return self.recovery.next_seq
 
     def _open_log(self, first: int = 1) -> list[int]:
         """Create the log (``--log``), every replica live at ``first``; the fds replicas inherit."""
@@ -297,8 +298,7 @@ class Supervisor:
             host.close()
             raise
         self.host, self.log, self._log_fd = host, log_handle, handles[0]
-        lines = self.n + (self.config.durable is not None)  # the writer holds the log too
-        for i in range(lines):
+        for i in range(self.lines):  # the writer holds the log too
             log_handle.join(i, cursor=first)
             log_handle.set_live(i)
         if self.config.durable is not None:
@@ -428,7 +428,7 @@ class Supervisor:
         r = self.recovery
         assert r is not None
         assert self.config.durable is not None
-        took = time.monotonic() - self._replay_started
+        took = time.monotonic() - self._recovery_began
         base = f"from the snapshot at seq {r.start}" if r.snapshot is not None else "from seq 1"
         return (
             f"dominoes: {self.service.name}: durable log {self.config.durable} "

@@ -88,7 +88,6 @@ class WriterConfig(msgspec.Struct, kw_only=True):
     replicas: int
     log_fd: int
     wake_fds: list[int]
-    parent_fd: int
     ready_fd: int
     supervisor_pid: int
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
@@ -133,8 +132,6 @@ class LogWriter:
         self.acked = 0  # what D_ACKED says
         self.poisoned = 0  # the last poison verdict marked in the file (a repeat is harmless)
         self.error = 0
-        self.rounds = 0
-        self.fsyncs = 0
         self.stopping = False
         self._sync_lock = threading.Lock()
         self._sync_wanted = threading.Event()
@@ -207,10 +204,8 @@ class LogWriter:
             # only the sleepers that hold a reply this releases
             for i in self.log.take_waiting(self.replicas, acked):
                 self.wakeups.signal(i)
-        if n:
-            self.rounds += 1
-            if self.offset >= self.segment_bytes:
-                self._roll()
+        if n and self.offset >= self.segment_bytes:
+            self._roll()
         return n
 
     def _write(self) -> int:
@@ -261,7 +256,6 @@ class LogWriter:
             except OSError as exc:
                 self._failed("fsync", exc)
                 return False
-            self.fsyncs += 1
             if upto > self.synced:
                 self.synced = upto
                 self.log.set_durability_word(D_SYNCED, upto)

@@ -61,7 +61,6 @@ class WriterProcess:
             replicas=sup.n,
             log_fd=sup._log_fd,
             wake_fds=sup.wake_fds,
-            parent_fd=sup._parent_r,
             ready_fd=ready_w,
             supervisor_pid=os.getpid(),
             segment_bytes=cfg.segment_bytes,
@@ -82,7 +81,7 @@ class WriterProcess:
         cfg = self._config(ready_w)
         self.proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "dominoes._runtime._writer", msgspec.json.encode(cfg)],
-            pass_fds=[sup._log_fd, *sup.wake_fds, sup._parent_r, ready_w],
+            pass_fds=[sup._log_fd, *sup.wake_fds, ready_w],
             stdin=subprocess.DEVNULL,
         )
         os.close(ready_w)
