@@ -238,6 +238,28 @@ async def test_a_refused_batchs_read_sees_the_connections_earlier_write(
     assert replies[2] == b"mine"
 
 
+async def test_a_refused_batchs_read_sees_a_write_acknowledged_on_the_other_replica(
+    worlds: Worlds, full_disk: Any
+) -> None:
+    """Invariant 8 on the refused path: the read of a refused batch runs on the
+    local state, which must first catch up to what the other replica acknowledged."""
+    w = worlds()
+    a, b = w.client(0), w.client(1)
+    await w.settle()
+    with w.holding(1) as r1:
+        a.send(("SET", "k", "v"))
+        await w.run_until(lambda: bool(a.transport.data), "replica 0 acknowledged")
+        assert a.replies() == [b"OK"]
+        assert r1.core.machine.cursor < w.log.tail  # behind: the read must catch up
+        full_disk(w)
+        b.send(("SET", "x", "1"), ("GET", "k"))
+        await w.run_until(lambda: bool(b.transport.data), "replica 1 answered")
+        replies = b.replies()
+        assert error(replies[0]) == FULL
+        assert replies[1] == b"v"
+    await w.assert_converged()
+
+
 async def test_info_persistence_shows_the_write_error(worlds: Worlds, full_disk: Any) -> None:
     w = worlds()
     c = w.client(0)
