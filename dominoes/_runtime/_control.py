@@ -37,7 +37,8 @@ import orjson
 
 from .._core._errors import DurabilityError
 from .._core._log import ReplicaState
-from ._peercred import ForeignServerError, check_server, connect_checked, peer_refusal
+from ._peercred import check_server, peer_refusal
+from ._top import control_request
 
 if TYPE_CHECKING:
     from ._replica import Replica
@@ -367,42 +368,12 @@ def request_snapshot(run_dir: Path, timeout: float = SNAPSHOT_TIMEOUT) -> dict[s
     raises :class:`SnapshotRequestError` with one line if there is no service
     there, it is not durable, or it did not answer within ``timeout`` seconds.
     """
-    path = run_dir / "control.sock"
-    try:  # checked first: in a hijacked run dir, the server may be another uid's
-        sock = connect_checked(path, timeout)
-    except (FileNotFoundError, NotADirectoryError):
-        raise SnapshotRequestError(f"no service is running at {path}") from None
-    except ConnectionRefusedError:
-        raise SnapshotRequestError(
-            f"not running (stale socket {path}: its supervisor was killed)"
-        ) from None
-    except ForeignServerError as exc:
-        raise SnapshotRequestError(str(exc)) from None
-    except OSError as exc:
-        raise SnapshotRequestError(f"cannot reach the service at {path} ({exc})") from None
-    buf = b""
-    with sock:
-        try:
-            sock.sendall(b'{"op": "snapshot"}\n')
-            while not buf.endswith(b"\n"):
-                chunk = sock.recv(1 << 16)
-                if not chunk:
-                    break
-                buf += chunk
-        except TimeoutError:
-            raise SnapshotRequestError(
-                f"the service at {path} did not finish the snapshot in {timeout:g}s"
-            ) from None
-        except OSError as exc:
-            raise SnapshotRequestError(f"the service at {path} went away ({exc})") from None
-    if not buf.endswith(b"\n"):
-        raise SnapshotRequestError(f"the service at {path} closed the connection (stopping?)")
     try:
-        reply = orjson.loads(buf)
-    except orjson.JSONDecodeError as exc:
-        raise SnapshotRequestError(f"unreadable answer from {path}: {exc}") from None
+        (reply,) = control_request(run_dir, [{"op": "snapshot"}], timeout)
+    except (ConnectionError, RuntimeError) as exc:
+        raise SnapshotRequestError(str(exc)) from None
     if not isinstance(reply, dict):
-        raise SnapshotRequestError(f"unreadable answer from {path}: {reply!r}")
+        raise SnapshotRequestError(f"unreadable answer from {run_dir / 'control.sock'}: {reply!r}")
     if "error" in reply:
         raise SnapshotRequestError(str(reply["error"]))
     return reply

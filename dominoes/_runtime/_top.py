@@ -18,7 +18,15 @@ import orjson
 
 from ._peercred import ForeignServerError, connect_checked
 
-__all__ = ("NotRunningError", "control_state", "fetch_stats", "render", "stats_main", "top_main")
+__all__ = (
+    "NotRunningError",
+    "control_request",
+    "control_state",
+    "fetch_stats",
+    "render",
+    "stats_main",
+    "top_main",
+)
 
 
 class NotRunningError(ConnectionError):
@@ -43,15 +51,16 @@ def control_state(path: Path, timeout: float = 1.0) -> str:
     return "running"
 
 
-def fetch_stats(run_dir: Path, timeout: float = 5.0) -> dict[str, Any]:
-    """The supervisor's ``stats`` document (one entry per replica).
+def control_request(
+    run_dir: Path, requests: list[dict[str, Any]], timeout: float = 5.0
+) -> list[Any]:
+    """Send ``requests`` (JSON lines) to the supervisor's ``control.sock``; its
+    decoded replies, in order (fewer if it closed the connection first).
 
-    Its ``status`` (added here, under that key) is the supervisor's reading
-    of the log's cursors and tail taken at one instant, after the replicas
-    answered: the lag column and the footer both come from it, so they agree.
     Raises :class:`NotRunningError` (no service), ``ConnectionError`` (it
-    stopped answering) or ``RuntimeError`` (it answered with an error, or a
-    process of another uid serves the socket).
+    stopped answering, or did not answer in ``timeout`` seconds) or
+    ``RuntimeError`` (an unreadable answer, or a process of another uid serves
+    the socket).
     """
     path = run_dir / "control.sock"
     try:  # its server is checked first: in a hijacked run dir, it may be another uid's
@@ -69,8 +78,8 @@ def fetch_stats(run_dir: Path, timeout: float = 5.0) -> dict[str, Any]:
         raise ConnectionError(f"cannot reach the service at {path} ({exc.strerror})") from None
     with s:
         try:
-            s.sendall(b'{"op": "stats"}\n{"op": "status"}\n')
-            lines = _read_lines(s, 2)
+            s.sendall(b"".join(orjson.dumps(r) + b"\n" for r in requests))
+            lines = _read_lines(s, len(requests))
         except TimeoutError:
             raise ConnectionError(f"the service at {path} did not answer in {timeout:g}s") from None
         except OSError as exc:
@@ -78,10 +87,23 @@ def fetch_stats(run_dir: Path, timeout: float = 5.0) -> dict[str, Any]:
     if not lines:
         raise ConnectionError(f"the service at {path} closed the connection (stopping?)")
     try:
-        doc: dict[str, Any] = orjson.loads(lines[0])
-        status = orjson.loads(lines[1]) if len(lines) > 1 else None
+        return [orjson.loads(line) for line in lines]
     except orjson.JSONDecodeError as exc:
         raise RuntimeError(f"unreadable answer from {path}: {exc}") from None
+
+
+def fetch_stats(run_dir: Path, timeout: float = 5.0) -> dict[str, Any]:
+    """The supervisor's ``stats`` document (one entry per replica).
+
+    Its ``status`` (added here, under that key) is the supervisor's reading
+    of the log's cursors and tail taken at one instant, after the replicas
+    answered: the lag column and the footer both come from it, so they agree.
+    Raises as :func:`control_request` does, and ``RuntimeError`` if the
+    service answered with an error.
+    """
+    replies = control_request(run_dir, [{"op": "stats"}, {"op": "status"}], timeout)
+    doc: dict[str, Any] = replies[0]
+    status = replies[1] if len(replies) > 1 else None
     if "error" in doc:
         raise RuntimeError(doc["error"])
     if isinstance(status, dict) and "error" not in status:
