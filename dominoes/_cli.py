@@ -188,10 +188,7 @@ def _parser() -> argparse.ArgumentParser:
         ("top", "a live view of every replica, refreshed every --interval seconds"),
     ):
         cmd = sub.add_parser(name, help=helptext, description=helptext)
-        cmd.add_argument(
-            "name", nargs="?", default=None, help="the service's name (finds its run dir)"
-        )
-        cmd.add_argument("--run-dir", type=Path, default=None, help="the service's run dir")
+        _service_args(cmd)
         if name == "stats":
             cmd.add_argument("--json", action="store_true", help="one JSON document")
         else:
@@ -203,10 +200,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Attach this terminal to the aiomonitor console of one replica of a service "
         "run with --monitor, through its unix socket (like telnet: Ctrl-D or 'exit' leaves).",
     )
-    monitor.add_argument(
-        "name", nargs="?", default=None, help="the service's name (finds its run dir)"
-    )
-    monitor.add_argument("--run-dir", type=Path, default=None, help="the service's run dir")
+    _service_args(monitor)
     monitor.add_argument(
         "--replica", type=int, default=0, metavar="I", help="the replica's index (default 0)"
     )
@@ -217,10 +211,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Have the lowest-numbered live replica of a running durable service "
         "(dominoes run --durable) write a snapshot of its state now, and print where.",
     )
-    snapshot.add_argument(
-        "name", nargs="?", default=None, help="the service's name (finds its run dir)"
-    )
-    snapshot.add_argument("--run-dir", type=Path, default=None, help="the service's run dir")
+    _service_args(snapshot)
     snapshot.add_argument(
         "--timeout",
         type=_positive_float,
@@ -394,6 +385,12 @@ def _check_log(name: str) -> str | None:
     except (LookupError, RuntimeError, ValueError) as exc:
         return f"--log {name}: {exc}"
     return None
+
+
+def _service_args(cmd: argparse.ArgumentParser) -> None:
+    """How a command that talks to a running service finds it: its name or its run dir."""
+    cmd.add_argument("name", nargs="?", default=None, help="the service's name (finds its run dir)")
+    cmd.add_argument("--run-dir", type=Path, default=None, help="the service's run dir")
 
 
 def _snapshot_every(text: str) -> tuple[int, float]:
