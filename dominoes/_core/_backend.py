@@ -112,6 +112,13 @@ class LogBackend(Protocol):
         """Raise a durability word to ``value`` (atomic max); True if this call raised it."""
         ...
 
+    # --- across machines ---------------------------------------------------------------
+    @property
+    def origin(self) -> int:
+        """This machine's id when entries come from a log shared across machines
+        (``KIND_STAMPED``); 0 when this log is the whole log."""
+        ...
+
     # --- reading --------------------------------------------------------------------
     @property
     def tail(self) -> int:

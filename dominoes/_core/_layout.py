@@ -9,12 +9,16 @@ change one here and you change it there.
 Layout (every hot word on its own 64-byte line)::
 
     line 0      magic, version, capacity, slot_size, max_replicas, max_entry_slots,
-                poisoned (the last seq declared a poison entry; rarely written)
+                poisoned (the last seq declared a poison entry; rarely written),
+                origin (this machine's id in a log shared across machines; 0: none)
     line 1      tail
     line 2      completed: the highest cursor any replica has applied up to
     line 3      durability: the log writer's line + 1 (0: not durable), acked,
                 synced, error, the last snapshot (seq, time),
-                the fsync policy (see ``D_*``)
+                the fsync policy (see ``D_*``); with a log shared across
+                machines (``--log nats://``), the bridge's read fence
+                (``B_ASKED``, ``B_SERVED``) in the two words a writer uses
+                there and the bridge's error in ``D_ERROR``
     line 4+i    replica i: cursor, state, pid, asleep, intent_seq, intent_n,
                 (reserved), stuck (the seq whose apply it gave up on; 0: none)
     line 4+R+i  replica i's heartbeat: bumped by its event loop while it serves
@@ -52,12 +56,17 @@ __all__ = (
     "H_MAGIC",
     "H_MAX_ENTRY",
     "H_MAX_REPLICAS",
+    "H_ORIGIN",
     "H_POISONED",
     "H_SLOT_SIZE",
     "H_VERSION",
     "KIND_BLOB",
     "KIND_ENTRY",
     "KIND_NOOP",
+    "KIND_STAMPED",
+    "STAMP",
+    "B_ASKED",
+    "B_SERVED",
     "LAYOUT_VERSION",
     "LINE",
     "MAGIC",
@@ -109,6 +118,10 @@ H_SLOT_SIZE: Final = 24
 H_MAX_REPLICAS: Final = 32
 H_MAX_ENTRY: Final = 40
 H_POISONED: Final = 48
+#: This machine's id when the ring is one machine's copy of a log shared across
+#: machines (``--log nats://``): entries carry their origin machine's id, and a
+#: replica owns only entries from its own machine.  0: the ring is the log.
+H_ORIGIN: Final = 56
 TAIL: Final = LINE
 #: Its own line: every replica raises it once per applied batch and every
 #: linearizable read loads it, while producers hammer ``tail``.
@@ -142,6 +155,14 @@ D_SNAP_TIME: Final = 48
 #: the fsync policy: 1 always, 2 everysec, 3 no (0: not durable)
 D_POLICY: Final = 56
 
+# --- The bridge's words (``--log nats://``: no log writer uses the line) -------------
+
+#: the highest read-fence generation a replica asked for (replicas raise it)
+B_ASKED: Final = D_RESERVED
+#: the highest generation the bridge has served: every entry the stream held
+#: when it began serving it is in the ring (the tail is past it)
+B_SERVED: Final = D_SYNCED
+
 # --- Replica line words --------------------------------------------------------
 
 R_CURSOR: Final = 0
@@ -173,6 +194,12 @@ KIND_NOOP: Final = 2
 #: An entry too large for the ring: the payload is a reference to it in the
 #: driver's blob store (see ``ReplicaCore.blobs``), which holds the bytes.
 KIND_BLOB: Final = 3
+#: An entry from a log shared across machines, copied into this machine's
+#: ring by the bridge: the payload is ``STAMP`` (its origin machine, and its
+#: seq in that machine's outbox) followed by the entry.
+KIND_STAMPED: Final = 4
+#: origin machine id (u64), outbox seq (u64), little-endian
+STAMP: Final = struct.Struct("<QQ")
 
 assert DEFAULT_CAPACITY & (DEFAULT_CAPACITY - 1) == 0, "capacity must be a power of two"
 assert DEFAULT_SLOT_SIZE % LINE == 0

@@ -104,6 +104,8 @@ import msgspec
 
 from ._errors import EntryTooLargeError, LayoutError, LifecycleError
 from ._layout import (
+    B_ASKED,
+    B_SERVED,
     COMPLETED,
     D_ACKED,
     D_ERROR,
@@ -122,12 +124,14 @@ from ._layout import (
     H_MAGIC,
     H_MAX_ENTRY,
     H_MAX_REPLICAS,
+    H_ORIGIN,
     H_POISONED,
     H_SLOT_SIZE,
     H_VERSION,
     KIND_BLOB,
     KIND_ENTRY,
     KIND_NOOP,
+    KIND_STAMPED,
     LAYOUT_VERSION,
     LINE,
     MAGIC,
@@ -145,6 +149,7 @@ from ._layout import (
     SLOT_HEADER,
     SLOT_META,
     SLOT_SEQ,
+    STAMP,
     TAIL,
     ReplicaState,
     check_shape,
@@ -160,6 +165,8 @@ __all__ = (
     "LogStatistics",
     "lifecycle_step",
     # the layout (._layout), re-exported
+    "B_ASKED",
+    "B_SERVED",
     "COMPLETED",
     "DURABILITY",
     "D_ACKED",
@@ -178,12 +185,14 @@ __all__ = (
     "H_MAGIC",
     "H_MAX_ENTRY",
     "H_MAX_REPLICAS",
+    "H_ORIGIN",
     "H_POISONED",
     "H_SLOT_SIZE",
     "H_VERSION",
     "KIND_BLOB",
     "KIND_ENTRY",
     "KIND_NOOP",
+    "KIND_STAMPED",
     "LAYOUT_VERSION",
     "LINE",
     "MAGIC",
@@ -201,6 +210,7 @@ __all__ = (
     "SLOT_HEADER",
     "SLOT_META",
     "SLOT_SEQ",
+    "STAMP",
     "TAIL",
     "ReplicaState",
     "check_shape",
@@ -715,6 +725,21 @@ class Log:
     def declare_poisoned(self, seq: int) -> None:
         """Every live replica gave up on ``seq``: each applies it as an error instead."""
         self._w.store_seqcst(H_POISONED, seq)
+
+    # --- a log shared across machines ---------------------------------------------------
+
+    @property
+    def origin(self) -> int:
+        """This machine's id when the ring copies a log shared across machines (0: none).
+
+        Its entries are then ``KIND_STAMPED``, and a replica owns only those
+        whose stamp names this machine.
+        """
+        return self._w.load_acquire(H_ORIGIN)
+
+    def set_origin(self, origin: int) -> None:
+        """Name this machine (the supervisor, before any replica starts)."""
+        self._w.store_seqcst(H_ORIGIN, origin)
 
     # --- recovery ------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ._backend import LogBackend
 from ._codec import Call, Control, Entry, Fire, Mode, decode, encode
-from ._log import KIND_BLOB, KIND_ENTRY, KIND_NOOP, ReplicaState
+from ._log import KIND_BLOB, KIND_ENTRY, KIND_NOOP, KIND_STAMPED, ReplicaState
 from ._machine import Applied, StateMachine
 from ._recovery import Journaled, RecoveryPoint
 
@@ -45,7 +45,11 @@ class Membership:
     if TYPE_CHECKING:
 
         def _blob(self, ref: bytes) -> bytes: ...
-        def _outcomes(self, applied: Applied, out: list[Applied]) -> None: ...
+        def _outcomes(
+            self, applied: Applied, out: list[Applied], key: int | None = None
+        ) -> None: ...
+        def unstamp(self, payload: bytes) -> tuple[int, bytes, int]: ...
+        def owns_stamped(self, entry: Entry, key: int) -> bool: ...
         def enable_recovery(self, snapshot: bytes | None = None) -> None: ...
 
     def start(self, pid: int = 0) -> None:
@@ -138,10 +142,16 @@ class Membership:
             if kind == KIND_NOOP:
                 machine.skip(seq, nslots)
             else:
+                key = None
+                if kind == KIND_STAMPED:
+                    kind, payload, key = self.unstamp(payload)
                 entry = decode(payload, seq)
-                applied = machine.apply(entry, self._owns_decided(entry), nslots)
+                owner = self._owns_decided(entry) and key != 0
+                if key == 0 and type(entry) is Call:
+                    owner = entry.mode == Mode.EVERY
+                applied = machine.apply(entry, owner, nslots)
                 machine.finish(applied)
-                self._outcomes(applied, out)
+                self._outcomes(applied, out, key)
             if recovery is not None:
                 recovery.journal.append((seq, kind, nslots, payload))
                 recovery.journal_bytes += len(payload)

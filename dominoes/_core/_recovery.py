@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 from ._backend import LogBackend
 from ._codec import Control, Entry, decode, encode
-from ._log import KIND_BLOB, KIND_NOOP, ReplicaState
+from ._log import KIND_BLOB, KIND_NOOP, KIND_STAMPED, ReplicaState
 from ._machine import Applied, Divergence, StateMachine
 
 __all__ = ("POISONED", "Recovering", "RecoveryPoint")
@@ -143,7 +143,11 @@ class Recovering:
     if TYPE_CHECKING:
 
         def _blob(self, ref: bytes) -> bytes: ...
-        def _outcomes(self, applied: Applied, out: list[Applied]) -> None: ...
+        def _outcomes(
+            self, applied: Applied, out: list[Applied], key: int | None = None
+        ) -> None: ...
+        def unstamp(self, payload: bytes) -> tuple[int, bytes, int]: ...
+        def owns_stamped(self, entry: Entry, key: int) -> bool: ...
         def _owns(self, entry: Entry) -> bool: ...
 
     def enable_recovery(self, snapshot: bytes | None = None) -> None:
@@ -271,14 +275,18 @@ class Recovering:
         if got is None or machine.cursor != seq:
             raise RuntimeError(f"replica {self.index}: poison seq {seq} is not the next entry")
         kind, nslots, payload = got
-        if kind == KIND_BLOB:
+        key = None
+        if kind == KIND_STAMPED:
+            kind, payload, key = self.unstamp(payload)
+        elif kind == KIND_BLOB:
             payload = self._blob(payload)
         entry = decode(payload, seq)
-        applied = machine.apply_poisoned(entry, self._owns(entry), nslots)
+        owner = self._owns(entry) if key is None else self.owns_stamped(entry, key)
+        applied = machine.apply_poisoned(entry, owner, nslots)
         if self.recovery is not None:
             self.recovery.journal.append((seq, POISONED, nslots, payload))
         self.gave_up = 0
         self.log.applied(self.index, machine.cursor)
         out: list[Applied] = []
-        self._outcomes(applied, out)
+        self._outcomes(applied, out, key)
         return out

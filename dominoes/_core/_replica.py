@@ -63,7 +63,8 @@ from ._backend import LogBackend
 from ._codec import Call, Control, Entry, Fire, Mode, batch_payload, decode, encode
 from ._component import EventRef
 from ._errors import ApplyTimeout, EntryTooLargeError, LogFullError, UnknownEventError
-from ._log import KIND_BLOB, KIND_ENTRY, KIND_NOOP
+from ._layout import STAMP
+from ._log import KIND_BLOB, KIND_ENTRY, KIND_NOOP, KIND_STAMPED
 from ._machine import Applied, StateMachine
 from ._membership import Membership, SnapshotAsk
 from ._recovery import (
@@ -213,6 +214,9 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
         # who owns the last given-up seq (its claim CAS cannot be won twice)
         self._memo_seq = 0
         self._memo_owner = False
+        #: this machine's id when the log is shared across machines (0: the log
+        #: is this machine's alone); see :meth:`unstamp`
+        self.origin = log.origin
 
     # --- appending -----------------------------------------------------------------
 
@@ -451,11 +455,14 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
                 if journal is not None:  # a replay must skip it too, or it meets a gap
                     journal.append((seq, kind, nslots, payload))
             else:
-                if kind == KIND_BLOB:
+                key = seq
+                if kind == KIND_STAMPED:
+                    kind, payload, key = self.unstamp(payload)
+                elif kind == KIND_BLOB:
                     payload = self._blob(payload)
                     kind = KIND_ENTRY  # the journal keeps the bytes, not the reference
                 entry = decode(payload, seq)
-                owner = self._owns(entry)
+                owner = self._owns(entry) if key else _owns_foreign(entry)
                 if clock is None:
                     applied = machine.apply(entry, owner, nslots)
                 else:
@@ -493,12 +500,12 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
                 batch = applied.batch
                 if batch is None:
                     if pending:
-                        applied.waiter = pending.pop((seq, -1), None)
+                        applied.waiter = pending.pop((key, -1), None)
                     out.append(applied)
                 else:
                     if pending:
                         for sub in batch:
-                            sub.waiter = pending.pop((seq, sub.sub), None)
+                            sub.waiter = pending.pop((key, sub.sub), None)
                     out.extend(batch)
             budget -= 1
             seq = machine.cursor
@@ -511,13 +518,35 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
                 self.checkpoint()
         return out
 
-    def _outcomes(self, applied: Applied, out: list[Applied]) -> None:
-        """Append ``applied`` (or its batch's calls) to ``out``, with their waiters."""
+    def _outcomes(self, applied: Applied, out: list[Applied], key: int | None = None) -> None:
+        """Append ``applied`` (or its batch's calls) to ``out``, with their waiters.
+
+        ``key`` is what the waiters are registered under (:meth:`unstamp`);
+        None: the entry's seq.
+        """
         pending = self.pending
         for one in [applied] if applied.batch is None else applied.batch:
-            if pending:
-                one.waiter = pending.pop((one.seq, one.sub), None)
+            if pending and key != 0:
+                one.waiter = pending.pop((one.seq if key is None else key, one.sub), None)
             out.append(one)
+
+    def unstamp(self, payload: bytes) -> tuple[int, bytes, int]:
+        """A ``KIND_STAMPED`` entry's kind, payload and pending key.
+
+        The ring of a machine that shares a log with others (``--log
+        nats://``) carries each entry with a stamp: the machine it came from
+        and its seq in that machine's outbox, which is what :meth:`submit`
+        returned and registered the waiter under.  The key is that seq for
+        an entry from this machine, and 0 for one from another machine: no
+        waiter here, and only ``every`` calls are owned (see
+        ``docs/design/jetstream.md``).
+        """
+        origin, tag = STAMP.unpack_from(payload)
+        return KIND_ENTRY, payload[STAMP.size :], tag if origin == self.origin else 0
+
+    def owns_stamped(self, entry: Entry, key: int) -> bool:
+        """:meth:`_owns` for an entry :meth:`unstamp` gave ``key`` (0: another machine's)."""
+        return self._owns(entry) if key else _owns_foreign(entry)
 
     def _owns(self, entry: Entry) -> bool:
         if entry.seq == self._memo_seq:  # again: the claim was decided the first time
@@ -595,3 +624,13 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
             blobs_appended=self.blobs_appended,
             group_commits=self.group_commits,
         )
+
+
+def _owns_foreign(entry: Entry) -> bool:
+    """Whether a replica owns an entry from another machine: only an ``every`` call.
+
+    Every other entry is owned on the machine it came from (by its origin
+    replica, or by the replica there that wins its claim): the clients
+    waiting for it are connected there.
+    """
+    return type(entry) is Call and entry.mode == Mode.EVERY
