@@ -48,7 +48,24 @@ def _parser() -> argparse.ArgumentParser:
         default="shm",
         metavar="NAME",
         help="log backend, by its name in the dominoes.logs entry points (default shm, shared "
-        "memory; memory keeps the log in one process, which dominoes run cannot use)",
+        "memory; memory keeps the log in one process, which dominoes run cannot use), or "
+        "nats://HOST:PORT[,HOST:PORT...]: share the log with other machines through a NATS "
+        "JetStream stream (with --stream)",
+    )
+    run.add_argument(
+        "--stream",
+        default=None,
+        metavar="NAME",
+        help="with --log nats://...: the JetStream stream that is the log (created if missing); "
+        "every machine of the service names the same one",
+    )
+    run.add_argument(
+        "--stream-replicas",
+        type=_positive_int,
+        default=1,
+        metavar="R",
+        help="with --log nats://...: copies of the stream the NATS servers keep when this "
+        "machine creates it (3 on a 3-node cluster; default 1)",
     )
     run.add_argument(
         "--durable",
@@ -376,7 +393,7 @@ def _check_loop(name: str | None) -> str | None:
     return None
 
 
-def _check_log(name: str) -> str | None:
+def _check_log(name: str, stream: str | None = None) -> str | None:
     """Why ``--log name`` cannot run here (None: it can), asked before anything starts."""
     from ._runtime._logs import for_processes
 
@@ -384,6 +401,15 @@ def _check_log(name: str) -> str | None:
         for_processes(name)
     except (LookupError, RuntimeError, ValueError) as exc:
         return f"--log {name}: {exc}"
+    if name.startswith("nats://"):
+        if not stream:
+            return f"--log {name} needs --stream NAME: the JetStream stream that is the log"
+        try:
+            import nats  # noqa: F401
+        except ImportError:
+            return f"--log {name} needs the NATS client: pip install 'dominoes[nats]'"
+    elif stream is not None:
+        return "--stream goes with --log nats://HOST:PORT"
     return None
 
 
@@ -475,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         # shadow the installed package.
         if cwd not in sys.path:
             sys.path.append(cwd)
-        problem = _check_loop(args.loop) or _check_log(args.log)
+        problem = _check_loop(args.loop) or _check_log(args.log, args.stream)
         if problem is not None:
             print(f"dominoes: error: {problem}", file=sys.stderr)
             return 2
@@ -510,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
             snapshot_seconds=args.snapshot_every[1],
             segment_bytes=args.segment_mb * 1024 * 1024,
             fsync_trace=os.environ.get("DOMINOES_FSYNC_TRACE", ""),
+            stream=args.stream,
+            stream_replicas=args.stream_replicas,
         )
         if args.monitor_tcp:
             print(

@@ -111,6 +111,10 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
         #: ``pending`` has replies ready that were held back for the same reason
         self.more = False
         self._continue_scheduled = False
+        #: a read fence is in flight (``--log nats://``): the backlog waits for it
+        self.fencing = False
+        #: commands at the front of the backlog a served fence covers
+        self.fenced = 0
         #: a protocol error, answered once the commands before it have run
         self.failure: str | None = None
         #: the transport's high-water mark: the output watermark of this client's class
@@ -169,11 +173,37 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
         else:
             self._now = int(time.time() * 1000)
             if commands:
-                if self.server.linearizable:
-                    self.replica.sync()
+                if self.server.linearizable and not self._read_ready(commands):
+                    self._finish()
+                    return
                 self._run(commands)
             self._answer_failure()
         self._finish()
+
+    def _read_ready(self, commands: list[list[bytes]]) -> bool:
+        """Whether ``commands`` may run now (linearizable reads).
+
+        On one machine the replica catches up at once (``read_fence`` is
+        ``sync``).  With a log shared across machines it returns a fence to
+        wait for: the commands go to the backlog, and run once the replica
+        has applied every entry the stream held when they arrived.
+        """
+        fence = self.replica.read_fence()
+        if fence is None:
+            return True
+        self.backlog = commands
+        self.fencing = True
+        covered = len(commands)
+
+        def served(fut: asyncio.Future[None]) -> None:
+            self.fencing = False
+            if fut.cancelled() or fut.exception() is not None or self.transport is None:
+                return  # the replica is closing
+            self.fenced = covered
+            self._continue()
+
+        fence.add_done_callback(served)
+        return False
 
     def _answer_failure(self) -> None:
         """A protocol error: answer it and close, once every command before it has run."""
@@ -190,6 +220,7 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
             self._drain(progress=True)
         if (
             self.backlog
+            and not self.fencing
             and not self.more
             and not self.closing
             and self.writable
@@ -197,10 +228,17 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
             and len(self.pending) <= MAX_IN_FLIGHT
         ):
             commands = self.backlog
+            # some arrived after the fence was asked: they need one of their own
+            if (
+                self.fenced < len(commands)
+                and self.server.linearizable
+                and not self._read_ready(commands)
+            ):
+                self._finish()
+                return
             self.backlog = []
+            self.fenced = 0
             self._now = int(time.time() * 1000)
-            if self.server.linearizable:
-                self.replica.sync()
             self._run(commands)
             self._answer_failure()
         self._finish()
@@ -471,7 +509,7 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
             self._stop_reading()
         # Held back for the client to read: go on once the transport has room
         # (ready replies), and the log too (commands).
-        if (self.more and self.writable) or (self.backlog and not stop):
+        if (self.more and self.writable) or (self.backlog and not stop and not self.fencing):
             if not self._continue_scheduled:
                 self._continue_scheduled = True
                 asyncio.get_running_loop().call_soon(self._continue)

@@ -53,8 +53,11 @@ class ClientLeases:
         wake: Callable[[], None],
         stopping: Callable[[], bool],
         first_line: int | None = None,
+        refuse: str = "",
     ) -> None:
         self._service = service
+        #: why no local client may connect ("": they may)
+        self._refuse = refuse
         self._n = replicas
         #: the first line a client may get (after the replicas and the log writer)
         self._first = replicas if first_line is None else first_line
@@ -77,6 +80,8 @@ class ClientLeases:
         name = self._service.name
         if self._stopping() or self._log is None:
             raise RuntimeError(f"service {name!r} is stopping")
+        if self._refuse:
+            raise RuntimeError(self._refuse)
         top = self._log.max_replicas
         for line in range(self._first, top):
             if line not in self._clients and line not in self._departing:

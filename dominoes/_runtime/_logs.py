@@ -55,6 +55,10 @@ def get(name: str, *, service: str = "log") -> LogFactory:
         return ShmLogFactory(service)
     if name == "memory":
         return MemoryLogFactory()
+    if name.startswith("nats://"):
+        from ._jetstream import JetStreamLogFactory
+
+        return JetStreamLogFactory(name, service)
     candidates = [ep for ep in entry_points(group=GROUP) if ep.name == name]
     if not candidates:
         raise LookupError(f"no log backend named {name!r}; available: {', '.join(names())}")

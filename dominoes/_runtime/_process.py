@@ -56,6 +56,9 @@ class ReplicaConfig(msgspec.Struct, kw_only=True):
     log_fd: int
     #: the log backend (``--log``) whose factory attaches ``log_fd``
     log: str = "shm"
+    #: every fd the backend's host hands out, when more than ``log_fd``
+    #: (``nats://``: the ring's memfd and the outbox's)
+    log_fds: list[int] = []
     wake_fds: list[int]
     parent_fd: int
     ready_fd: int
@@ -354,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         # meanwhile, a plugin removed), in one line.
         log.error("replica %d: %s", config.index, exc)
         return 2
-    attached = logs.get(config.log).attach([config.log_fd])
+    attached = logs.get(config.log).attach(config.log_fds or [config.log_fd])
     try:
         return int(policy.run(serve(config, service, attached)))
     except OSError as exc:

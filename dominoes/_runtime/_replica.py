@@ -72,6 +72,7 @@ from .._core._service import Service
 from ._backoff import Backoff, when_room
 from ._blobs import FileBlobs
 from ._children import Children
+from ._fence import ReadFences
 from ._joining import Joining, write_snapshot
 from ._persist import DurableOptions, Persistence
 from ._stats import (
@@ -163,8 +164,14 @@ class Replica:
         self.children = Children(self)
         #: the durable log's duties: held replies, restore, snapshots (``--durable``)
         self.persist = Persistence(self, durable)
-        #: lines a producer here wakes: the replicas, and the log writer after them
-        self.wake_lines = replicas + 1 if self.persist.active else replicas
+        #: linearizable reads across machines (``--log nats://``; inactive otherwise)
+        self.fences = ReadFences(self)
+        if self.fences.active:
+            # an entry must travel to other machines by value: no blob files
+            self.core.blobs = None
+        #: lines a producer here wakes: the replicas, and the log writer or the
+        #: bridge after them
+        self.wake_lines = replicas + 1 if self.persist.active or self.fences.active else replicas
         #: what an applied outcome goes to: chosen once, so that a replica
         #: without a durable log pays nothing per outcome for it
         self._deliver: Callable[[Applied], None] = (
@@ -324,6 +331,21 @@ class Replica:
         if name not in machine.local_queries:
             self.sync()
         return machine.query(name, *args, **kwargs)
+
+    def read_fence(self) -> asyncio.Future[None] | None:
+        """A read's first step: None once reads may run now, or a future to await first.
+
+        On one machine it is :meth:`sync` (reads may run at once).  With a log
+        shared across machines (``--log nats://``) it returns a future that
+        completes once this replica has applied every entry the stream held
+        when the read arrived (``_fence``): a write acknowledged on any machine
+        before then is visible.  Ingress awaits it, then answers the reads
+        that arrived before it asked.
+        """
+        if not self.fences.active:
+            self.sync()
+            return None
+        return self.fences.ask()
 
     def sync(self) -> None:
         """Apply, now, every entry some replica has applied and this one has not.
@@ -577,6 +599,8 @@ class Replica:
             persist.release()
         for applied in core.poll():
             self._deliver(applied)
+        if self.fences.waiting:
+            self.fences.check()
         if core.gave_up:
             self._on_gave_up()
             return
@@ -803,6 +827,7 @@ class Replica:
                 handle.cancel()
         for fut in self.core.drop_pending():
             fut.cancel()
+        self.fences.cancel()
         for held in self.persist.drop():  # never acknowledged: the writer did not take them
             if held.waiter is not None:
                 held.waiter.cancel()

@@ -54,6 +54,7 @@ from .._core._log import (
     FSYNC_POLICIES,
     ReplicaState,
 )
+from ._bridgeproc import BridgeProcess
 from ._control import ControlServer
 from ._durable import DEFAULT_SEGMENT_BYTES, Recovery, lock, recover
 from ._leases import ClientLeases
@@ -145,6 +146,10 @@ class SupervisorConfig:
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
     #: (tests) a file the writer appends ``path size`` to after every fsync
     fsync_trace: str = ""
+    #: the JetStream stream that is the log (``log`` is ``nats://...``)
+    stream: str | None = None
+    #: copies of the stream the NATS servers keep, when the bridge creates it
+    stream_replicas: int = 1
 
 
 @dataclass
@@ -182,6 +187,15 @@ class Supervisor:
         self.service = load_service(config.target)  # fail fast, before any process starts
         # the log backend, by name: an unknown one, or one a process cannot share, fails here
         self.factory = for_processes(config.log, service=self.service.name)
+        #: the log is a JetStream stream this machine shares (``--log nats://``)
+        self.bridged = config.log.startswith("nats://")
+        if self.bridged and config.stream is None:
+            raise ValueError("--log nats://... needs --stream NAME: the stream that is the log")
+        if self.bridged and config.durable is not None:
+            raise ValueError(
+                "--durable and --log nats://... do not go together: the stream keeps the "
+                "log on the NATS servers' disks"
+            )
         cores = sorted(os.sched_getaffinity(0))
         n = len(cores) if config.replicas is None else config.replicas
         if n < 1:
@@ -201,8 +215,13 @@ class Supervisor:
         #: the durable log's writer (None: not durable)
         self.writer: WriterProcess | None = None
         self.recovery: Recovery | None = None
+        #: the bridge to the stream (``--log nats://``; None otherwise)
+        self.bridge: BridgeProcess | None = None
         #: header lines that hold the log: the replicas', and the writer's after them
         self.lines = self.n + (config.durable is not None)
+        #: eventfds: one per holding line, and the bridge's after the replicas
+        self.wake_count = self.lines + self.bridged
+        self.log_fds: list[int] = []
         self._recovery_began = 0.0
         self._lock_fd = -1
 
@@ -235,7 +254,9 @@ class Supervisor:
         first = self._recover()
         handles = self._open_log(first)
         # one eventfd per holding line: each replica's, and the log writer's after them
-        self.wake_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(self.lines)]
+        self.wake_fds = [
+            os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(self.wake_count)
+        ]
         self._parent_r, self._parent_w = os.pipe()
         self.leases = ClientLeases(
             service=self.service,
@@ -243,6 +264,13 @@ class Supervisor:
             log=self.log,
             fds=[*handles, *self.wake_fds[: self.n]],
             first_line=self.lines,
+            refuse=(
+                f"service {self.service.name!r} shares its log across machines "
+                f"(--log nats://): local clients (dominoes.connect) cannot attach to it yet; "
+                f"use its network ingress"
+                if self.bridged
+                else ""
+            ),
             wake=self._wake_all,
             stopping=lambda: self._stopping,
         )
@@ -284,12 +312,12 @@ class Supervisor:
         )
         try:
             log_handle, handles = host.log, host.handles()
-            if not isinstance(log_handle, SupervisedLog) or len(handles) != 1:
+            if not isinstance(log_handle, SupervisedLog) or len(handles) != 1 + self.bridged:
                 # What the watchdog and the recovery of dead lines call, and
                 # what _process passes a replica (one inherited fd).
                 raise RuntimeError(
                     f"log backend {self.config.log!r} cannot serve replica processes: the "
-                    f"supervisor needs a SupervisedLog and one fd to pass (it gives "
+                    f"supervisor needs a SupervisedLog and the fds to pass (it gives "
                     f"{type(log_handle).__name__} and {len(handles)} fds)"
                 )
             if self.n > log_handle.max_replicas:
@@ -298,11 +326,14 @@ class Supervisor:
             host.close()
             raise
         self.host, self.log, self._log_fd = host, log_handle, handles[0]
+        self.log_fds = list(handles)
         for i in range(self.lines):  # the writer holds the log too
             log_handle.join(i, cursor=first)
             log_handle.set_live(i)
         if self.config.durable is not None:
             self._publish_durability(log_handle)
+        if self.bridged:
+            host.prepare(self.n)  # type: ignore[attr-defined]
         return handles
 
     def _publish_durability(self, log_handle: SupervisedLog) -> None:
@@ -329,6 +360,7 @@ class Supervisor:
             run_dir=str(self.run_dir),
             log_fd=self._log_fd,
             log=self.config.log,
+            log_fds=self.log_fds if self.bridged else [],
             wake_fds=self.wake_fds,
             parent_fd=self._parent_r,
             ready_fd=ready_w,
@@ -347,7 +379,7 @@ class Supervisor:
             **self._durable_config(),
         )
         env = dict(os.environ, PYTHONHASHSEED=self.config.hash_seed)
-        fds = [self._log_fd, *self.wake_fds, self._parent_r, ready_w]
+        fds = [*self.log_fds, *self.wake_fds, self._parent_r, ready_w]
         proc = subprocess.Popen(
             # -P: no current directory at the front of sys.path (it would
             # shadow the installed dominoes with a checkout's sources).
@@ -536,6 +568,9 @@ class Supervisor:
             if self.config.durable is not None:
                 self.writer = WriterProcess(self)
                 await self.writer.start()
+            if self.bridged:
+                self.bridge = BridgeProcess(self)
+                await self.bridge.start()
             for child in self.children:
                 self._spawn(child, join=False)
             self.watchdog.start()
@@ -572,6 +607,8 @@ class Supervisor:
                 c.proc.wait()
         if self.writer is not None:  # last: it writes what the replicas left, then fsyncs
             await self.writer.stop()
+        if self.bridge is not None:  # last: it sends what the replicas left in the outbox
+            await self.bridge.stop()
         await self._control.close()
 
     def _release(self) -> None:

@@ -1,0 +1,451 @@
+"""The bridge: one process per machine between its rings and a JetStream stream.
+
+Started by the supervisor with ``--log nats://...`` (``_jetstream``), before
+the replicas.  Three tasks on one event loop:
+
+**egress**
+    reads what this machine's replicas published in the outbox, from the
+    bridge's cursor, and sends it to the stream as one message per batch
+    (everything published since the last send, up to ``MAX_MESSAGE_BYTES``).
+    One message is in flight at a time, so this machine's entries reach the
+    stream in the order they were appended.  A message's ``Nats-Msg-Id`` is
+    ``<origin>.<counter>``: a publish retried after a timeout, or during a
+    leader change, is stored once.  The outbox slots are released once the
+    stream acknowledged the message.
+**ingest**
+    reads the stream from the start with an ordered consumer and appends
+    each message's entries to the ring, in order, stamped with their origin
+    machine and outbox seq (``KIND_STAMPED``), then wakes the replicas that
+    sleep.  A message whose ``(origin, counter)`` was seen already (a retry
+    stored twice, beyond the stream's duplicate window) is skipped: every
+    machine reads the same stream, so every machine skips the same one.
+**fences**
+    serves linearizable reads across machines.  A replica about to answer
+    reads raises ``B_ASKED`` and wakes the bridge; the bridge takes the
+    stream's last sequence *after* that (a request to the stream leader),
+    waits until ingest has copied it into the ring, and stores the
+    generation it served in ``B_SERVED``.  One request serves every read
+    asked before it began, on every replica of the machine.
+
+The message format: ``HEAD`` (magic, origin, counter, count) then per entry
+``RECORD`` (outbox seq, length) and the entry's bytes.
+
+If the bridge dies, the supervisor stops the machine (exit 1): its ring may
+hold part of a message, and a restarted machine rebuilds from the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import struct
+import sys
+import time
+from typing import Any, Final
+
+import msgspec
+
+from .._core._layout import B_ASKED, B_SERVED, D_ERROR, KIND_NOOP, KIND_STAMPED, STAMP
+from .._core._log import Log
+from ._jetstream import MAX_MESSAGE_BYTES
+from ._shm import SharedLog
+
+__all__ = ("BridgeConfig", "HEAD", "RECORD", "decode_message", "encode_message", "main")
+
+log = logging.getLogger("dominoes.bridge")
+
+HEAD: Final = struct.Struct("<4sQQI")
+RECORD: Final = struct.Struct("<QI")
+MAGIC: Final = b"DOM1"
+#: Seconds a publish waits for the stream's acknowledgment before it is retried.
+PUBLISH_TIMEOUT: Final = 2.0
+#: Seconds between retries of a publish or a stream-info request that failed.
+RETRY_DELAY: Final = 0.1
+#: Seconds between looks at a full ring (the replicas free it as they apply).
+RING_FULL_DELAY: Final = 0.0005
+#: The stream keeps message ids this many seconds to spot a retried publish.
+DUPLICATE_WINDOW: Final = 600.0
+
+
+class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
+    servers: list[str]
+    stream: str
+    #: copies of the stream the servers keep when the bridge creates it
+    stream_replicas: int
+    subject: str
+    #: the outbox line the bridge holds, and its eventfd's index in ``wake_fds``
+    line: int
+    replicas: int
+    ring_fd: int
+    outbox_fd: int
+    wake_fds: list[int]
+    ready_fd: int
+    supervisor_pid: int
+    slot_size: int
+    log_level: str = "WARNING"
+
+
+def encode_message(origin: int, counter: int, entries: list[tuple[int, bytes]]) -> bytes:
+    """One stream message holding ``entries`` (outbox seq, bytes) from ``origin``."""
+    parts = [HEAD.pack(MAGIC, origin, counter, len(entries))]
+    for seq, payload in entries:
+        parts.append(RECORD.pack(seq, len(payload)))
+        parts.append(payload)
+    return b"".join(parts)
+
+
+def decode_message(data: bytes) -> tuple[int, int, list[tuple[int, memoryview]]]:
+    """``(origin, counter, [(outbox seq, bytes)...])``; ``ValueError`` for a foreign message."""
+    if len(data) < HEAD.size:
+        raise ValueError("message too short for a dominoes batch")
+    magic, origin, counter, count = HEAD.unpack_from(data)
+    if magic != MAGIC:
+        raise ValueError(f"not a dominoes batch (magic {magic!r})")
+    view = memoryview(data)
+    pos = HEAD.size
+    out = []
+    for _ in range(count):
+        seq, n = RECORD.unpack_from(data, pos)
+        pos += RECORD.size
+        if pos + n > len(data):
+            raise ValueError("truncated dominoes batch")
+        out.append((seq, view[pos : pos + n]))
+        pos += n
+    return origin, counter, out
+
+
+def _signal(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError, OSError):
+        os.eventfd_write(fd, 1)
+
+
+class Bridge:
+    def __init__(self, cfg: BridgeConfig, ring: Log, outbox: Log, js: Any) -> None:
+        self.cfg = cfg
+        self.ring = ring
+        self.outbox = outbox
+        self.js = js
+        self.origin = ring.origin
+        #: set by a wake-up: the outbox has entries, or a replica asked for a fence
+        self.woken = asyncio.Event()
+        self.fence_asked = asyncio.Event()
+        #: set each time the egress releases outbox slots
+        self.advanced = asyncio.Event()
+        #: the highest fence generation the fences task has begun serving
+        self.fence_taken = 0
+        #: the last stream sequence whose entries are all in the ring
+        self.copied = 0
+        self.copied_moved = asyncio.Event()
+        #: the highest counter seen per origin (a message at or below it is a duplicate)
+        self.seen: dict[int, int] = {}
+        self.counter = 0
+        self.messages_out = 0
+        self.messages_in = 0
+        self.duplicates = 0
+        self.retries = 0
+
+    # --- waking -----------------------------------------------------------------------
+
+    def on_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self.cfg.wake_fds[self.cfg.line])
+        self.woken.set()
+        self.fence_asked.set()
+
+    async def sleep(self, ready: Any) -> None:
+        """Sleep until woken, unless ``ready()`` finds work after the asleep flag is set."""
+        self.woken.clear()
+        outbox, line = self.outbox, self.cfg.line
+        outbox.set_asleep(line, True)
+        if ready():
+            outbox.set_asleep(line, False)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.05):  # safety: a producer died before signalling
+                await self.woken.wait()
+        outbox.set_asleep(line, False)
+
+    # --- egress: outbox -> stream -------------------------------------------------------
+
+    async def egress(self) -> None:
+        outbox, line = self.outbox, self.cfg.line
+        cursor = outbox.cursor(line)
+        limit = MAX_MESSAGE_BYTES - HEAD.size
+        while True:
+            entries: list[tuple[int, bytes]] = []
+            size = 0
+            seq, tail = cursor, outbox.tail
+            while seq < tail:
+                got = outbox.read(seq)
+                if got is None:
+                    break
+                kind, nslots, payload = got
+                if kind != KIND_NOOP:
+                    if entries and size + RECORD.size + len(payload) > limit:
+                        break
+                    entries.append((seq, payload))
+                    size += RECORD.size + len(payload)
+                seq += nslots
+            if seq == cursor:
+                await self.sleep(self._work)
+                continue
+            if self._fence_pending():
+                self.fence_asked.set()
+            if entries:
+                self.counter += 1
+                await self.publish(encode_message(self.origin, self.counter, entries))
+            cursor = seq
+            outbox.advance(line, cursor)
+            self.advanced.set()
+
+    def _work(self) -> bool:
+        if self._fence_pending():  # a replica's wake-up found the egress awake: pass it on
+            self.fence_asked.set()
+        return self.outbox.published(self.outbox.cursor(self.cfg.line))
+
+    async def publish(self, data: bytes) -> None:
+        import nats.errors
+        import nats.js.errors
+
+        msg_id = f"{self.origin:x}.{self.counter}"
+        while True:
+            try:
+                await self.js.publish(
+                    self.cfg.subject,
+                    data,
+                    timeout=PUBLISH_TIMEOUT,
+                    stream=self.cfg.stream,
+                    headers={"Nats-Msg-Id": msg_id},
+                )
+            except (
+                TimeoutError,
+                nats.errors.TimeoutError,
+                nats.errors.NoRespondersError,
+                nats.errors.ConnectionClosedError,
+                nats.errors.ConnectionReconnectingError,
+                nats.errors.StaleConnectionError,
+                nats.js.errors.NoStreamResponseError,
+                nats.js.errors.ServiceUnavailableError,
+            ) as exc:
+                self._unavailable(exc)
+            except nats.js.errors.APIError as exc:
+                if exc.code not in (503, 500, 408):
+                    raise
+                self._unavailable(exc)
+            else:
+                self.messages_out += 1
+                if self.ring.durability_word(D_ERROR):
+                    self.ring.set_durability_word(D_ERROR, 0)
+                return
+            await asyncio.sleep(RETRY_DELAY)
+
+    def _unavailable(self, exc: BaseException) -> None:
+        self.retries += 1
+        if self.retries == 1 or self.retries % 50 == 0:
+            log.warning("bridge: the stream is not available (%s); retrying", exc or type(exc))
+
+    # --- ingest: stream -> ring ---------------------------------------------------------
+
+    async def ingest(self, start: int) -> None:
+        from nats.js.api import ConsumerConfig, DeliverPolicy
+
+        sub = await self.js.subscribe(
+            self.cfg.subject,
+            stream=self.cfg.stream,
+            ordered_consumer=True,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+            ),
+        )
+        self.copied = start - 1
+        async for msg in sub.messages:
+            seq = msg.metadata.sequence.stream
+            if seq <= self.copied:
+                continue  # redelivered after the consumer was reset
+            await self.copy(msg.data)
+            self.copied = seq
+            self.messages_in += 1
+            self.copied_moved.set()
+            self._wake_replicas()
+
+    async def copy(self, data: bytes) -> None:
+        try:
+            origin, counter, entries = decode_message(data)
+        except ValueError as exc:
+            log.error("bridge: skipped a message that is not a dominoes batch: %s", exc)
+            return
+        if counter <= self.seen.get(origin, 0):
+            self.duplicates += 1
+            return
+        self.seen[origin] = counter
+        ring, line = self.ring, self.cfg.line
+        for oseq, payload in entries:
+            stamped = STAMP.pack(origin, oseq) + payload
+            while not ring.try_append(line, stamped, KIND_STAMPED):
+                self._wake_replicas()
+                await asyncio.sleep(RING_FULL_DELAY)
+
+    def _wake_replicas(self) -> None:
+        fds = self.cfg.wake_fds
+        for i in self.ring.take_sleepers(self.cfg.replicas):
+            _signal(fds[i])
+
+    # --- fences -------------------------------------------------------------------------
+
+    def _fence_pending(self) -> bool:
+        """A replica asked for a fence the fences task has not begun serving."""
+        return self.ring.durability_word(B_ASKED) > self.fence_taken
+
+    async def fences(self) -> None:
+        ring = self.ring
+        while True:
+            self.fence_asked.clear()
+            asked = ring.durability_word(B_ASKED)
+            if asked <= self.fence_taken:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.05):  # safety, as for the egress
+                        await self.fence_asked.wait()
+                continue
+            # Every ask up to `asked` was raised before this request leaves: the
+            # stream's last sequence it returns covers every write those reads follow.
+            self.fence_taken = asked
+            last = await self.last_sequence()
+            while self.copied < last:
+                self.copied_moved.clear()
+                if self.copied < last:
+                    await self.copied_moved.wait()
+            ring.raise_durability_word(B_SERVED, asked)
+            for fd in self.cfg.wake_fds[: self.cfg.replicas]:
+                _signal(fd)
+
+    async def last_sequence(self) -> int:
+        import nats.errors
+        import nats.js.errors
+
+        while True:
+            try:
+                info = await self.js.stream_info(self.cfg.stream)
+            except (
+                TimeoutError,
+                nats.errors.TimeoutError,
+                nats.errors.NoRespondersError,
+                nats.errors.ConnectionClosedError,
+                nats.errors.ConnectionReconnectingError,
+                nats.js.errors.NoStreamResponseError,
+                nats.js.errors.ServiceUnavailableError,
+            ) as exc:
+                self._unavailable(exc)
+            except nats.js.errors.APIError as exc:
+                if exc.code not in (503, 500, 408):
+                    raise
+                self._unavailable(exc)
+            else:
+                return int(info.state.last_seq)
+            await asyncio.sleep(RETRY_DELAY)
+
+
+async def ensure_stream(js: Any, cfg: BridgeConfig) -> None:
+    """Create the stream if it does not exist; refuse one made for another slot size."""
+    import nats.js.errors
+    from nats.js.api import StorageType, StreamConfig
+
+    want = f"dominoes log, slot size {cfg.slot_size}"
+    try:
+        info = await js.stream_info(cfg.stream)
+    except nats.js.errors.NotFoundError:
+        with contextlib.suppress(nats.js.errors.BadRequestError):  # another machine made it
+            await js.add_stream(
+                StreamConfig(
+                    name=cfg.stream,
+                    description=want,
+                    subjects=[cfg.subject],
+                    storage=StorageType.FILE,
+                    num_replicas=cfg.stream_replicas,
+                    duplicate_window=DUPLICATE_WINDOW,
+                )
+            )
+        info = await js.stream_info(cfg.stream)
+    got = info.config.description or ""
+    if got != want:
+        raise SystemExit(
+            f"dominoes: stream {cfg.stream!r} is not this service's log: its description is "
+            f"{got!r}, not {want!r} (every machine must run with the same --slot-size)"
+        )
+
+
+async def serve(cfg: BridgeConfig) -> int:
+    import nats
+
+    ring_shared = SharedLog.attach(cfg.ring_fd)
+    outbox_shared = SharedLog.attach(cfg.outbox_fd)
+    ring, outbox = ring_shared.log(), outbox_shared.log()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("bridge: NATS: %s", exc)
+
+    nc = await nats.connect(
+        cfg.servers,
+        name=f"dominoes-bridge-{cfg.stream}",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.25,
+        connect_timeout=2,
+        error_cb=on_error,
+    )
+    try:
+        js = nc.jetstream(timeout=PUBLISH_TIMEOUT)
+        await ensure_stream(js, cfg)
+        bridge = Bridge(cfg, ring, outbox, js)
+        loop.add_reader(cfg.wake_fds[cfg.line], bridge.on_wake)
+        tasks = [
+            asyncio.create_task(bridge.ingest(1), name="ingest"),
+            asyncio.create_task(bridge.egress(), name="egress"),
+            asyncio.create_task(bridge.fences(), name="fences"),
+        ]
+        os.write(cfg.ready_fd, b"R")
+        os.close(cfg.ready_fd)
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task in done and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        # a clean stop: send what the replicas left in the outbox
+        deadline = time.monotonic() + 5.0
+        while outbox.published(outbox.cursor(cfg.line)) and time.monotonic() < deadline:
+            bridge.advanced.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await bridge.advanced.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return 0
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        ring_shared.close()
+        outbox_shared.close()
+
+
+def main(argv: list[str]) -> int:
+    cfg = msgspec.json.decode(argv[1].encode(), type=BridgeConfig)
+    logging.basicConfig(
+        level=getattr(logging, cfg.log_level.upper(), logging.WARNING),
+        format="%(asctime)s %(name)s: %(message)s",
+    )
+    try:
+        import uvloop
+
+        return uvloop.run(serve(cfg))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

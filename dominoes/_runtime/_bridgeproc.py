@@ -1,0 +1,153 @@
+"""The supervisor's side of the bridge (``--log nats://``): start it first, stop it last.
+
+The bridge (``_bridge``) connects this machine's rings to the JetStream
+stream.  The supervisor starts it before the replicas and waits until it is
+connected and the stream exists, so a wrong URL or an unreachable server
+fails the start with the bridge's own message.  If it dies while serving,
+the machine stops (exit 1): its ring may hold part of a stream message, and
+a restarted machine rebuilds its state from the stream.  On a clean stop it
+is stopped after the replicas, so it sends what they left in the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from ._bridge import BridgeConfig
+
+if TYPE_CHECKING:
+    from ._supervisor import Supervisor
+
+__all__ = ("BridgeProcess",)
+
+log = logging.getLogger("dominoes.supervisor")
+
+#: Seconds the bridge gets to connect and find (or create) the stream.
+BRIDGE_START_TIMEOUT: Final = 30.0
+#: Seconds it gets to send what is left and exit on a clean stop.
+BRIDGE_STOP_TIMEOUT: Final = 10.0
+
+
+class BridgeProcess:
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._sup = supervisor
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._pidfd = -1
+        self._stopping = False
+        self._exited = asyncio.Event()
+
+    def summary(self) -> dict[str, Any]:
+        """The bridge in ``dominoes stats --json``: its pid."""
+        proc = self.proc
+        return {"pid": proc.pid if proc is not None and proc.poll() is None else None}
+
+    async def start(self) -> None:
+        sup, cfg = self._sup, self._sup.config
+        assert cfg.stream is not None
+        ready_r, ready_w = os.pipe()
+        ring_fd, outbox_fd = sup.log_fds
+        bcfg = BridgeConfig(
+            servers=sup.factory.servers,  # type: ignore[attr-defined]
+            stream=cfg.stream,
+            stream_replicas=cfg.stream_replicas,
+            subject=f"dominoes.{cfg.stream}",
+            line=sup.n,
+            replicas=sup.n,
+            ring_fd=ring_fd,
+            outbox_fd=outbox_fd,
+            wake_fds=sup.wake_fds,
+            ready_fd=ready_w,
+            supervisor_pid=os.getpid(),
+            slot_size=cfg.slot_size,
+            log_level=cfg.log_level,
+        )
+        try:
+            self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once, as the writer's
+                [
+                    sys.executable,
+                    "-P",
+                    "-m",
+                    "dominoes._runtime._bridge",
+                    msgspec.json.encode(bcfg),
+                ],
+                pass_fds=[ring_fd, outbox_fd, *sup.wake_fds, ready_w],
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            os.close(ready_w)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(BRIDGE_START_TIMEOUT):
+                data = await loop.run_in_executor(None, _read_ready, ready_r)
+        except TimeoutError:
+            data = b""
+        finally:
+            os.close(ready_r)
+        if data != b"R":
+            if self.proc.poll() is None:
+                self.proc.kill()
+            code = self.proc.wait()
+            raise RuntimeError(
+                f"the bridge to {', '.join(bcfg.servers)} (stream {cfg.stream!r}) exited with "
+                f"{code} before it was ready; its error is above"
+                if code
+                else f"the bridge could not reach {', '.join(bcfg.servers)} in "
+                f"{BRIDGE_START_TIMEOUT:.0f}s"
+            )
+        self._pidfd = os.pidfd_open(self.proc.pid)
+        loop.add_reader(self._pidfd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = -1
+        assert self.proc is not None
+        code = self.proc.wait()
+        self._exited.set()
+        if self._stopping:
+            return
+        log.error(
+            "the bridge to the stream (pid %d) died with %s; stopping this machine: "
+            "start it again and it rebuilds its state from the stream",
+            self.proc.pid,
+            code,
+        )
+        self._sup.exit_code = 1
+        self._sup.stop()
+
+    async def stop(self) -> None:
+        """SIGTERM, then wait: it sends what the replicas left in the outbox first."""
+        self._stopping = True
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(BRIDGE_STOP_TIMEOUT):
+                await self._exited.wait()
+        if proc.poll() is None:
+            log.error("the bridge did not stop in %.0fs; killing it", BRIDGE_STOP_TIMEOUT)
+            proc.kill()
+            proc.wait()
+        if self._pidfd >= 0:
+            asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+
+def _read_ready(fd: int) -> bytes:
+    try:
+        return os.read(fd, 1)
+    except OSError:
+        return b""
