@@ -1,0 +1,98 @@
+"""Helpers for the ``--log nats://`` tests: "machines" are separate ``dominoes run`` groups.
+
+Each machine has its own run dir, shm rings, port and bridge; they share
+nothing but the NATS servers' stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from dominoes._runtime._control import ask
+
+from .harness import Service
+from .kv_helpers import KV, client, clients_on_every_replica, wait_for
+
+__all__ = ("Machine", "digests", "machine", "wait_converged")
+
+
+class Machine:
+    """One "machine": a KV service on the shared stream, with a client per replica."""
+
+    def __init__(self, svc: Service, replicas: int) -> None:
+        self.svc = svc
+        self.replicas = replicas
+        self.on: dict[int, redis.Redis] = clients_on_every_replica(svc.port, replicas)
+
+    @property
+    def port(self) -> int:
+        return self.svc.port
+
+    def close_clients(self) -> None:
+        for c in self.on.values():
+            c.close()
+        self.on = {}
+
+
+@contextlib.contextmanager
+def machine(
+    run_dir: Path, url: str, *, stream: str = "KV", replicas: int = 2, args: tuple[str, ...] = ()
+) -> Iterator[Machine]:
+    """``dominoes run ...kv:service --log URL --stream NAME`` as one machine."""
+    svc = Service(KV, run_dir, replicas=replicas, args=("--log", url, "--stream", stream, *args))
+    m: Machine | None = None
+    try:
+        svc.wait_ready()
+        wait_for(lambda: _pings(svc.port), timeout=30)
+        m = Machine(svc, replicas)
+        yield m
+    finally:
+        if m is not None:
+            m.close_clients()
+        if svc.proc.poll() is None:
+            with contextlib.suppress(AssertionError):
+                svc.stop()
+        else:
+            svc._finish()
+
+
+def _pings(port: int) -> bool:
+    try:
+        with client(port, socket_timeout=5) as r:
+            return bool(r.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def digests(run_dir: Path, replicas: int) -> list[tuple[int, dict[str, str]]]:
+    """``(applied seq, digest)`` of each replica of a machine, through its control socket."""
+
+    async def one(i: int) -> tuple[int, dict[str, str]]:
+        got: Any = await ask(run_dir / f"replica-{i}.sock", {"op": "digest"})
+        return int(got["seq"]), dict(got["digest"])
+
+    async def every() -> list[tuple[int, dict[str, str]]]:
+        return [await one(i) for i in range(replicas)]
+
+    return asyncio.run(every())
+
+
+def wait_converged(machines: list[Machine], timeout: float = 30) -> tuple[int, dict[str, str]]:
+    """Wait until every replica of every machine applied the same seq; assert equal digests."""
+    seen: list[tuple[int, dict[str, str]]] = []
+
+    def same_seq() -> bool:
+        seen[:] = [d for m in machines for d in digests(m.svc.run_dir, m.replicas)]
+        return len({seq for seq, _ in seen}) == 1
+
+    wait_for(same_seq, timeout=timeout)
+    first = seen[0]
+    for other in seen[1:]:
+        assert other == first, f"replicas diverged: {seen}"
+    return first

@@ -1,0 +1,101 @@
+"""``--log nats://``: replicas on two "machines" share one JetStream stream.
+
+A machine here is a ``dominoes run`` process group of its own (run dir, shm
+rings, port, bridge); the two share nothing but the NATS server.  redis-py
+clients on both write and read the KV service.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.natsserver import NatsServer
+
+from .jetstream_helpers import machine, wait_converged
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_write_on_one_machine_is_seen_by_the_next_read_on_the_other(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    with (
+        machine(tmp_path / "a", nats_server.url) as a,
+        machine(tmp_path / "b", nats_server.url) as b,
+    ):
+        everyone = [(name, i, c) for name, m in (("a", a), ("b", b)) for i, c in m.on.items()]
+        rng = random.Random(7)
+        for n in range(150):
+            wname, wi, writer = rng.choice(everyone)
+            others = [e for e in everyone if e[0] != wname]
+            rname, ri, reader = rng.choice(others)
+            assert writer.set(f"k{n % 10}", f"{wname}{wi}-{n}")
+            assert reader.get(f"k{n % 10}") == f"{wname}{wi}-{n}".encode(), (n, rname, ri)
+            # and a read-modify-write whose reply is the state it saw
+            assert reader.incr("counter") == n + 1
+        wait_converged([a, b])
+
+
+def test_concurrent_writers_on_both_machines_agree_on_one_order(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    with (
+        machine(tmp_path / "a", nats_server.url) as a,
+        machine(tmp_path / "b", nats_server.url) as b,
+    ):
+        clients = [*a.on.values(), *b.on.values()]
+        rounds = 150
+        replies: list[list[int]] = [[] for _ in clients]
+        errors: list[BaseException] = []
+
+        def work(k: int) -> None:
+            try:
+                for n in range(rounds):
+                    replies[k].append(int(clients[k].incr("shared")))
+                    clients[k].rpush("order", f"{k}:{n}")
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(len(clients))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        # every INCR was applied once, in one order: the replies are 1..N, each once
+        every = sorted(v for r in replies for v in r)
+        assert every == list(range(1, len(clients) * rounds + 1))
+        for r in replies:  # and each client saw its own increments in order
+            assert r == sorted(r)
+        # the list has one order, the same on every replica of both machines
+        orders = {tuple(c.lrange("order", 0, -1)) for c in clients}
+        assert len(orders) == 1
+        (order,) = orders
+        assert len(order) == len(clients) * rounds
+        for k in range(len(clients)):  # each writer's pushes in its own order
+            mine = [x for x in order if x.startswith(f"{k}:".encode())]
+            assert mine == [f"{k}:{n}".encode() for n in range(rounds)]
+        wait_converged([a, b])
+
+
+def test_a_machine_started_later_rebuilds_the_state_from_the_stream(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    with machine(tmp_path / "a", nats_server.url) as a:
+        first = a.on[0]
+        pipe = first.pipeline(transaction=False)
+        for n in range(2000):
+            pipe.set(f"key:{n}", n)
+        pipe.execute()
+        first.incrby("total", 41)
+        with machine(tmp_path / "b", nats_server.url) as b:
+            # its first read waits for the fence: everything in the stream is applied
+            for c in b.on.values():
+                assert c.dbsize() == 2001
+                assert c.get("key:1999") == b"1999"
+                assert c.incr("total") in (42, 43)
+            wait_converged([a, b])
