@@ -66,6 +66,12 @@ PUBLISH_TIMEOUT: Final = 2.0
 RETRY_DELAY: Final = 0.1
 #: Seconds between looks at a full ring (the replicas free it as they apply).
 RING_FULL_DELAY: Final = 0.0005
+#: Seconds between the stream consumer's heartbeats.
+HEARTBEAT: Final = 0.5
+#: Seconds between the watch task's looks at a quiet consumer.
+WATCH_EVERY: Final = 1.0
+#: Seconds a consumer may deliver nothing while the stream holds more.
+STALL: Final = 1.5
 #: The stream keeps message ids this many seconds to spot a retried publish.
 DUPLICATE_WINDOW: Final = 600.0
 
@@ -139,6 +145,11 @@ class Bridge:
         #: the last stream sequence whose entries are all in the ring
         self.copied = 0
         self.copied_moved = asyncio.Event()
+        #: when ingest last copied a message (monotonic)
+        self.last_copy = time.monotonic()
+        #: set to make ingest drop its consumer and subscribe again
+        self.resubscribe = asyncio.Event()
+        self.resubscribes = 0
         #: the highest counter seen per origin (a message at or below it is a duplicate)
         self.seen: dict[int, int] = {}
         self.counter = 0
@@ -250,26 +261,92 @@ class Bridge:
     # --- ingest: stream -> ring ---------------------------------------------------------
 
     async def ingest(self, start: int) -> None:
+        """Copy the stream into the ring from ``start``, subscribing again when told to."""
+        self.copied = start - 1
+        while True:
+            self.resubscribe.clear()
+            sub = await self._subscribe(self.copied + 1)
+            reading = asyncio.create_task(self._read(sub))
+            told = asyncio.create_task(self.resubscribe.wait())
+            try:
+                await asyncio.wait([reading, told], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (reading, told):
+                    task.cancel()
+                await asyncio.gather(reading, told, return_exceptions=True)
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            if reading.done() and not reading.cancelled() and reading.exception() is not None:
+                log.warning("bridge: reading the stream failed (%s); again", reading.exception())
+            self.resubscribes += 1
+
+    async def _subscribe(self, start: int) -> Any:
+        import nats.errors
         from nats.js.api import ConsumerConfig, DeliverPolicy
 
-        sub = await self.js.subscribe(
-            self.cfg.subject,
-            stream=self.cfg.stream,
-            ordered_consumer=True,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
-            ),
-        )
-        self.copied = start - 1
+        while True:
+            try:
+                return await self.js.subscribe(
+                    self.cfg.subject,
+                    stream=self.cfg.stream,
+                    ordered_consumer=True,
+                    # missed heartbeats reset the consumer: a dead server is noticed
+                    # in about two of them (the watch task covers what they miss)
+                    idle_heartbeat=HEARTBEAT,
+                    config=ConsumerConfig(
+                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+                    ),
+                )
+            except (TimeoutError, nats.errors.Error) as exc:
+                self._unavailable(exc)
+            await asyncio.sleep(RETRY_DELAY)
+
+    async def _read(self, sub: Any) -> None:
         async for msg in sub.messages:
             seq = msg.metadata.sequence.stream
             if seq <= self.copied:
-                continue  # redelivered after the consumer was reset
+                continue  # delivered again after the consumer was reset
+            if seq != self.copied + 1:
+                log.error(
+                    "bridge: the stream skipped from %d to %d; reading again", self.copied, seq
+                )
+                return
             await self.copy(msg.data)
             self.copied = seq
+            self.last_copy = time.monotonic()
             self.messages_in += 1
             self.copied_moved.set()
             self._wake_replicas()
+
+    async def watch(self) -> None:
+        """Subscribe again when the stream has entries the consumer stopped delivering.
+
+        The ordered consumer lives on one server; if that server dies, the
+        client notices only through missed heartbeats.  Once a second with no
+        message, this asks the stream for its last sequence: entries there
+        that ingest has not copied for ``STALL`` seconds mean a stalled consumer.
+        """
+        while True:
+            await asyncio.sleep(WATCH_EVERY)
+            if time.monotonic() - self.last_copy < WATCH_EVERY:
+                continue
+            last = await self.last_sequence()
+            if last <= self.copied:
+                continue
+            behind_since = time.monotonic()
+            while self.copied < last and time.monotonic() - behind_since < STALL:
+                self.copied_moved.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(STALL):
+                        await self.copied_moved.wait()
+            if self.copied < last and time.monotonic() - self.last_copy >= STALL:
+                log.warning(
+                    "bridge: the stream holds up to %d, the consumer stopped at %d; "
+                    "subscribing again",
+                    last,
+                    self.copied,
+                )
+                self.resubscribe.set()
 
     async def copy(self, data: bytes) -> None:
         try:
@@ -407,6 +484,7 @@ async def serve(cfg: BridgeConfig) -> int:
             asyncio.create_task(bridge.ingest(1), name="ingest"),
             asyncio.create_task(bridge.egress(), name="egress"),
             asyncio.create_task(bridge.fences(), name="fences"),
+            asyncio.create_task(bridge.watch(), name="watch"),
         ]
         os.write(cfg.ready_fd, b"R")
         os.close(cfg.ready_fd)

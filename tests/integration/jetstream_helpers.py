@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import redis
 
 from dominoes._runtime._control import ask
 
+from .durable_helpers import wait_group_gone
 from .harness import Service
 from .kv_helpers import KV, client, clients_on_every_replica, wait_for
 
@@ -34,6 +37,14 @@ class Machine:
     def port(self) -> int:
         return self.svc.port
 
+    def crash(self) -> None:
+        """SIGKILL the whole machine at once: supervisor, replicas and bridge."""
+        self.close_clients()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.svc.proc.pid, signal.SIGKILL)
+        self.svc.proc.wait(30)
+        wait_group_gone(self.svc.proc.pid)
+
     def close_clients(self) -> None:
         for c in self.on.values():
             c.close()
@@ -45,7 +56,13 @@ def machine(
     run_dir: Path, url: str, *, stream: str = "KV", replicas: int = 2, args: tuple[str, ...] = ()
 ) -> Iterator[Machine]:
     """``dominoes run ...kv:service --log URL --stream NAME`` as one machine."""
-    svc = Service(KV, run_dir, replicas=replicas, args=("--log", url, "--stream", stream, *args))
+    svc = Service(
+        KV,
+        run_dir,
+        replicas=replicas,
+        args=("--log", url, "--stream", stream, *args),
+        session=True,  # the machine's processes can be killed as one
+    )
     m: Machine | None = None
     try:
         svc.wait_ready()
@@ -60,6 +77,7 @@ def machine(
                 svc.stop()
         else:
             svc._finish()
+        wait_group_gone(svc.proc.pid)
 
 
 def _pings(port: int) -> bool:
