@@ -16,6 +16,7 @@ import pytest
 from tests.natsserver import NatsServer
 
 from .jetstream_helpers import machine, wait_converged
+from .kv_helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -99,3 +100,23 @@ def test_a_machine_started_later_rebuilds_the_state_from_the_stream(
                 assert c.get("key:1999") == b"1999"
                 assert c.incr("total") in (42, 43)
             wait_converged([a, b])
+
+
+def test_a_key_set_to_expire_on_one_machine_expires_on_both(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    with (
+        machine(tmp_path / "a", nats_server.url) as a,
+        machine(tmp_path / "b", nats_server.url) as b,
+    ):
+        a.on[0].set("short", "lived", px=300)
+        a.on[1].set("long", "lived")
+        assert b.on[1].get("short") == b"lived"
+        assert b.on[0].pttl("short") > 0
+        # the expiry is a replicated timer: a Fire entry in the stream, applied everywhere
+        wait_for(lambda: all(c.get("short") is None for m in (a, b) for c in m.on.values()))
+        for m in (a, b):
+            for c in m.on.values():
+                assert c.exists("short") == 0
+                assert c.get("long") == b"lived"
+        wait_converged([a, b])
