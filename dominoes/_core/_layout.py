@@ -195,11 +195,13 @@ KIND_NOOP: Final = 2
 #: driver's blob store (see ``ReplicaCore.blobs``), which holds the bytes.
 KIND_BLOB: Final = 3
 #: An entry from a log shared across machines, copied into this machine's
-#: ring by the bridge: the payload is ``STAMP`` (its origin machine, and its
-#: seq in that machine's outbox) followed by the entry.
+#: ring by the bridge: the payload is ``STAMP`` (its origin machine, its seq
+#: in that machine's outbox, the stream message that carried it and its
+#: index there) followed by the entry.
 KIND_STAMPED: Final = 4
-#: origin machine id (u64), outbox seq (u64), little-endian
-STAMP: Final = struct.Struct("<QQ")
+#: origin machine id (u64), outbox seq (u64), stream sequence (u64), index in
+#: the message (u32), little-endian
+STAMP: Final = struct.Struct("<QQQI")
 
 assert DEFAULT_CAPACITY & (DEFAULT_CAPACITY - 1) == 0, "capacity must be a power of two"
 assert DEFAULT_SLOT_SIZE % LINE == 0

@@ -150,6 +150,8 @@ class Membership:
                 if key == 0 and type(entry) is Call:
                     owner = entry.mode == Mode.EVERY
                 applied = machine.apply(entry, owner, nslots)
+                if key == 0:  # a joiner on another machine asked one there
+                    applied.snapshot_for = -1
                 machine.finish(applied)
                 self._outcomes(applied, out, key)
             if recovery is not None:

@@ -217,6 +217,10 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
         #: this machine's id when the log is shared across machines (0: the log
         #: is this machine's alone); see :meth:`unstamp`
         self.origin = log.origin
+        #: where the last stamped entry applied came from: (stream sequence of
+        #: its message, its index there); a snapshot records it, so that a
+        #: machine that loads the snapshot reads the stream from just after it
+        self.source = (0, 0)
 
     # --- appending -----------------------------------------------------------------
 
@@ -490,6 +494,8 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
                 # A snapshot or digest asked here is not the entry's time, so it
                 # is produced outside the timed apply (and rarely: test first).
                 if applied.digest_due or applied.snapshot_for >= 0:
+                    if not key:  # a joiner on another machine asked one there
+                        applied.snapshot_for = -1
                     machine.finish(applied)
                     if applied.digest is not None:  # computed here, not by a digest_writer
                         report = Control("digest", [index, seq, applied.digest], entry.ts, index)
@@ -541,7 +547,8 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
         waiter here, and only ``every`` calls are owned (see
         ``docs/design/jetstream.md``).
         """
-        origin, tag = STAMP.unpack_from(payload)
+        origin, tag, message, index = STAMP.unpack_from(payload)
+        self.source = (message, index)
         return KIND_ENTRY, payload[STAMP.size :], tag if origin == self.origin else 0
 
     def owns_stamped(self, entry: Entry, key: int) -> bool:

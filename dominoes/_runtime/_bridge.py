@@ -10,15 +10,16 @@ the replicas.  Three tasks on one event loop:
     One message is in flight at a time, so this machine's entries reach the
     stream in the order they were appended.  A message's ``Nats-Msg-Id`` is
     ``<origin>.<counter>``: a publish retried after a timeout, or during a
-    leader change, is stored once.  The outbox slots are released once the
-    stream acknowledged the message.
+    leader change, is stored once: the stream remembers ids for
+    ``DUPLICATE_WINDOW`` seconds, and a publish that has not gone through
+    after half of it stops the machine instead of retrying on.  The outbox
+    slots are released once the stream acknowledged the message.
 **ingest**
-    reads the stream from the start with an ordered consumer and appends
-    each message's entries to the ring, in order, stamped with their origin
-    machine and outbox seq (``KIND_STAMPED``), then wakes the replicas that
-    sleep.  A message whose ``(origin, counter)`` was seen already (a retry
-    stored twice, beyond the stream's duplicate window) is skipped: every
-    machine reads the same stream, so every machine skips the same one.
+    reads the stream with an ordered consumer, from the start or from just
+    after the snapshot the machine started from, and appends each message's
+    entries to the ring, in order, stamped with their origin machine, outbox
+    seq, message and index (``KIND_STAMPED``), then wakes the replicas that
+    sleep.  A consumer that stalls (its server died) is made again.
 **fences**
     serves linearizable reads across machines.  A replica about to answer
     reads raises ``B_ASKED`` and wakes the bridge; the bridge takes the
@@ -44,11 +45,20 @@ import signal
 import struct
 import sys
 import time
+from pathlib import Path
 from typing import Any, Final
 
 import msgspec
 
-from .._core._layout import B_ASKED, B_SERVED, D_ERROR, KIND_NOOP, KIND_STAMPED, STAMP
+from .._core._layout import (
+    B_ASKED,
+    B_SERVED,
+    D_ERROR,
+    D_SNAP_SEQ,
+    KIND_NOOP,
+    KIND_STAMPED,
+    STAMP,
+)
 from .._core._log import Log
 from ._jetstream import MAX_MESSAGE_BYTES
 from ._shm import SharedLog
@@ -72,6 +82,10 @@ HEARTBEAT: Final = 0.5
 WATCH_EVERY: Final = 1.0
 #: Seconds a consumer may deliver nothing while the stream holds more.
 STALL: Final = 1.5
+#: Seconds between looks for a new snapshot to upload.
+SNAPSHOT_POLL: Final = 0.2
+#: Snapshots kept in the Object Store; the stream keeps what the oldest needs.
+KEEP_SNAPSHOTS: Final = 2
 #: The stream keeps message ids this many seconds to spot a retried publish.
 DUPLICATE_WINDOW: Final = 600.0
 
@@ -92,6 +106,23 @@ class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     supervisor_pid: int
     slot_size: int
     log_level: str = "WARNING"
+    #: the first stream message to copy into the ring (after a snapshot: the
+    #: message that carried the snapshot's last entry)
+    start_seq: int = 1
+    #: entries of that first message the snapshot holds already
+    skip: int = 0
+    #: where replicas write snapshots for the bridge to upload ("": none)
+    snapshot_dir: str = ""
+    #: the snapshot the machine started from (its ring seq; 0: none)
+    snapshot_seq: int = 0
+
+
+class StreamUnavailableError(RuntimeError):
+    """The stream stayed out of reach too long: the machine stops (exit 1)."""
+
+
+class FellBehindError(RuntimeError):
+    """The stream dropped messages this machine had not copied yet (retention)."""
 
 
 def encode_message(origin: int, counter: int, entries: list[tuple[int, bytes]]) -> bytes:
@@ -150,13 +181,14 @@ class Bridge:
         #: set to make ingest drop its consumer and subscribe again
         self.resubscribe = asyncio.Event()
         self.resubscribes = 0
-        #: the highest counter seen per origin (a message at or below it is a duplicate)
-        self.seen: dict[int, int] = {}
         self.counter = 0
         self.messages_out = 0
         self.messages_in = 0
-        self.duplicates = 0
         self.retries = 0
+        self.snapshots_uploaded = 0
+        #: the first message to read, and how many of its entries the snapshot holds
+        self.start = cfg.start_seq
+        self.skip = cfg.skip
 
     # --- waking -----------------------------------------------------------------------
 
@@ -222,7 +254,15 @@ class Bridge:
         import nats.js.errors
 
         msg_id = f"{self.origin:x}.{self.counter}"
+        give_up = time.monotonic() + DUPLICATE_WINDOW / 2
         while True:
+            if time.monotonic() > give_up:
+                raise StreamUnavailableError(
+                    f"could not append to stream {self.cfg.stream!r} for "
+                    f"{DUPLICATE_WINDOW / 2:.0f}s; this machine stops, so that a retry can "
+                    f"never be stored twice (the stream remembers message ids for "
+                    f"{DUPLICATE_WINDOW:.0f}s)"
+                )
             try:
                 await self.js.publish(
                     self.cfg.subject,
@@ -231,20 +271,9 @@ class Bridge:
                     stream=self.cfg.stream,
                     headers={"Nats-Msg-Id": msg_id},
                 )
-            except (
-                TimeoutError,
-                nats.errors.TimeoutError,
-                nats.errors.NoRespondersError,
-                nats.errors.ConnectionClosedError,
-                nats.errors.ConnectionReconnectingError,
-                nats.errors.StaleConnectionError,
-                nats.js.errors.NoStreamResponseError,
-                nats.js.errors.ServiceUnavailableError,
-            ) as exc:
-                self._unavailable(exc)
-            except nats.js.errors.APIError as exc:
-                if exc.code not in (503, 500, 408):
-                    raise
+            except (TimeoutError, nats.errors.Error) as exc:
+                # a leader change, a dead node, a reconnect: "temporarily
+                # unavailable" in its many forms.  Retried under the same id.
                 self._unavailable(exc)
             else:
                 self.messages_out += 1
@@ -277,7 +306,10 @@ class Bridge:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
             if reading.done() and not reading.cancelled() and reading.exception() is not None:
-                log.warning("bridge: reading the stream failed (%s); again", reading.exception())
+                exc = reading.exception()
+                if isinstance(exc, FellBehindError):
+                    raise exc
+                log.warning("bridge: reading the stream failed (%s); again", exc)
             self.resubscribes += 1
 
     async def _subscribe(self, start: int) -> Any:
@@ -307,11 +339,19 @@ class Bridge:
             if seq <= self.copied:
                 continue  # delivered again after the consumer was reset
             if seq != self.copied + 1:
+                first = await self.first_sequence()
+                if first > self.copied + 1:
+                    raise FellBehindError(
+                        f"stream {self.cfg.stream!r} dropped messages {self.copied + 1} to "
+                        f"{first - 1} before this machine copied them (the stream keeps what "
+                        f"the newest snapshots need); restart the machine: it starts from the "
+                        f"newest snapshot"
+                    )
                 log.error(
                     "bridge: the stream skipped from %d to %d; reading again", self.copied, seq
                 )
                 return
-            await self.copy(msg.data)
+            await self.copy(msg.data, seq, self.skip if seq == self.start else 0)
             self.copied = seq
             self.last_copy = time.monotonic()
             self.messages_in += 1
@@ -348,19 +388,17 @@ class Bridge:
                 )
                 self.resubscribe.set()
 
-    async def copy(self, data: bytes) -> None:
+    async def copy(self, data: bytes, seq: int, skip: int = 0) -> None:
         try:
-            origin, counter, entries = decode_message(data)
+            origin, _, entries = decode_message(data)
         except ValueError as exc:
             log.error("bridge: skipped a message that is not a dominoes batch: %s", exc)
             return
-        if counter <= self.seen.get(origin, 0):
-            self.duplicates += 1
-            return
-        self.seen[origin] = counter
         ring, line = self.ring, self.cfg.line
-        for oseq, payload in entries:
-            stamped = STAMP.pack(origin, oseq) + payload
+        for index, (oseq, payload) in enumerate(entries):
+            if index < skip:
+                continue  # in the snapshot this machine started from
+            stamped = STAMP.pack(origin, oseq, seq, index) + payload
             while not ring.try_append(line, stamped, KIND_STAMPED):
                 self._wake_replicas()
                 await asyncio.sleep(RING_FULL_DELAY)
@@ -398,6 +436,80 @@ class Bridge:
             for fd in self.cfg.wake_fds[: self.cfg.replicas]:
                 _signal(fd)
 
+    # --- snapshots: to the Object Store, and the stream's retention -----------------------
+
+    async def snapshots(self) -> None:
+        """Upload each snapshot a replica writes, keep the newest two, trim the stream.
+
+        A replica writes ``snapshot-<S>.snap`` and ``.pos`` (the stream message
+        and index of its last entry) in ``snapshot_dir``, then raises the
+        ring's ``D_SNAP_SEQ`` to ``S``.  The object's name carries all three,
+        so a machine that starts later finds where to read from without
+        reading the state.  Then only the two newest snapshots are kept, and
+        the stream drops the messages before the older one's message: no
+        machine that starts from a kept snapshot needs them.
+        """
+        import nats.errors
+
+        if not self.cfg.snapshot_dir:
+            return
+        directory = Path(self.cfg.snapshot_dir)
+        uploaded = self.cfg.snapshot_seq
+        while True:
+            await asyncio.sleep(SNAPSHOT_POLL)
+            seq = self.ring.durability_word(D_SNAP_SEQ)
+            if seq <= uploaded:
+                continue
+            snap = directory / f"snapshot-{seq:020d}.snap"
+            pos = directory / f"snapshot-{seq:020d}.pos"
+            try:
+                message, index = map(int, pos.read_text().split())
+                data = snap.read_bytes()
+            except (OSError, ValueError) as exc:
+                log.warning("bridge: snapshot at %d is not readable (%s); skipped", seq, exc)
+                uploaded = seq
+                continue
+            try:
+                store = await object_store(self.js, self.cfg, create=True)
+                await store.put(snapshot_object(seq, message, index), data)
+            except (TimeoutError, nats.errors.Error) as exc:  # a node died: next time
+                log.warning("bridge: uploading the snapshot at %d failed (%s); again", seq, exc)
+                continue
+            uploaded = seq
+            self.snapshots_uploaded += 1
+            log.info("bridge: snapshot at %d (stream %d.%d) uploaded", seq, message, index)
+            _remove_up_to(directory, seq)
+            try:
+                await self.retain(store)
+            except (TimeoutError, nats.errors.Error) as exc:  # the next upload trims
+                log.warning("bridge: trimming the stream failed (%s)", exc)
+
+    async def retain(self, store: Any) -> None:
+        import nats.js.errors
+
+        kept = await list_snapshots(store)
+        for *_, name in kept[:-KEEP_SNAPSHOTS]:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await store.delete(name)
+        kept = kept[-KEEP_SNAPSHOTS:]
+        if len(kept) == KEEP_SNAPSHOTS:
+            oldest_needed = kept[0][1]
+            await self.js.purge_stream(self.cfg.stream, seq=oldest_needed)
+            log.info("bridge: the stream keeps messages from %d on", oldest_needed)
+
+    async def first_sequence(self) -> int:
+        """The stream's first message held (retried while the stream is unavailable)."""
+        import nats.errors
+
+        while True:
+            try:
+                info = await self.js.stream_info(self.cfg.stream)
+            except (TimeoutError, nats.errors.Error) as exc:
+                self._unavailable(exc)
+            else:
+                return int(info.state.first_seq)
+            await asyncio.sleep(RETRY_DELAY)
+
     async def last_sequence(self) -> int:
         import nats.errors
         import nats.js.errors
@@ -405,31 +517,86 @@ class Bridge:
         while True:
             try:
                 info = await self.js.stream_info(self.cfg.stream)
-            except (
-                TimeoutError,
-                nats.errors.TimeoutError,
-                nats.errors.NoRespondersError,
-                nats.errors.ConnectionClosedError,
-                nats.errors.ConnectionReconnectingError,
-                nats.js.errors.NoStreamResponseError,
-                nats.js.errors.ServiceUnavailableError,
-            ) as exc:
-                self._unavailable(exc)
-            except nats.js.errors.APIError as exc:
-                if exc.code not in (503, 500, 408):
-                    raise
+            except (TimeoutError, nats.errors.Error) as exc:
+                # a leader change, a dead node, a reconnect: "temporarily
+                # unavailable" in its many forms.  Retried under the same id.
                 self._unavailable(exc)
             else:
                 return int(info.state.last_seq)
             await asyncio.sleep(RETRY_DELAY)
 
 
-async def ensure_stream(js: Any, cfg: BridgeConfig) -> None:
-    """Create the stream if it does not exist; refuse one made for another slot size."""
+def _remove_up_to(directory: Path, seq: int) -> None:
+    """Remove the snapshot files at or before ``seq`` (uploaded, or older)."""
+    for old in directory.glob("snapshot-*"):
+        with contextlib.suppress(ValueError, OSError):
+            if int(old.name.split("-")[1].split(".")[0]) <= seq:
+                old.unlink()
+
+
+def snapshot_object(seq: int, message: int, index: int) -> str:
+    """The Object Store name of the snapshot at ring seq ``seq`` (``message.index``: its
+    last entry's place in the stream)."""
+    return f"snapshot-{seq:020d}-{message}-{index}"
+
+
+def bucket_name(stream: str) -> str:
+    return f"{stream}-snapshots"
+
+
+async def object_store(js: Any, cfg: Any, *, create: bool) -> Any:
+    """The stream's snapshot bucket (None if it does not exist and ``create`` is false)."""
+    import nats.js.errors
+    from nats.js.api import ObjectStoreConfig, StorageType
+
+    try:
+        return await js.object_store(bucket_name(cfg.stream))
+    except nats.js.errors.BucketNotFoundError:
+        if not create:
+            return None
+    with contextlib.suppress(nats.js.errors.BadRequestError):  # made meanwhile
+        return await js.create_object_store(
+            bucket_name(cfg.stream),
+            config=ObjectStoreConfig(
+                bucket=bucket_name(cfg.stream),
+                description=f"dominoes snapshots of stream {cfg.stream}",
+                storage=StorageType.FILE,
+                replicas=cfg.stream_replicas,
+            ),
+        )
+    return await js.object_store(bucket_name(cfg.stream))
+
+
+async def list_snapshots(store: Any) -> list[tuple[int, int, int, str]]:
+    """``(ring seq, message, index, name)`` of every snapshot in the bucket, oldest first."""
+    import nats.js.errors
+
+    try:
+        infos = await store.list(ignore_deletes=True)
+    except (nats.js.errors.NotFoundError, nats.js.errors.ObjectNotFoundError):  # empty
+        return []
+    out = []
+    for info in infos:
+        name = info.name
+        if getattr(info, "deleted", False) or not name.startswith("snapshot-"):
+            continue
+        with contextlib.suppress(ValueError):
+            _, seq, message, index = name.split("-")
+            out.append((int(seq), int(message), int(index), name))
+    return sorted(out)
+
+
+async def ensure_stream(js: Any, cfg: BridgeConfig, capacity: int) -> None:
+    """Create the stream if it does not exist; refuse one made for another ring shape.
+
+    Every machine's ring must give each entry the same seq (``ctx.random``
+    and timers are seeded from it), and take every entry another machine
+    took: the slot size and the capacity must agree.
+    """
     import nats.js.errors
     from nats.js.api import StorageType, StreamConfig
 
-    want = f"dominoes log, slot size {cfg.slot_size}"
+    want = f"dominoes log, slot size {cfg.slot_size}, capacity {capacity}"
     try:
         info = await js.stream_info(cfg.stream)
     except nats.js.errors.NotFoundError:
@@ -449,7 +616,16 @@ async def ensure_stream(js: Any, cfg: BridgeConfig) -> None:
     if got != want:
         raise SystemExit(
             f"dominoes: stream {cfg.stream!r} is not this service's log: its description is "
-            f"{got!r}, not {want!r} (every machine must run with the same --slot-size)"
+            f"{got!r}, not {want!r} (every machine must run with the same --slot-size and "
+            f"--capacity)"
+        )
+    if info.config.num_replicas != cfg.stream_replicas:
+        log.warning(
+            "bridge: stream %r keeps %s copies, not the %d of --stream-replicas (it was made "
+            "so; the option counts only when a machine creates the stream)",
+            cfg.stream,
+            info.config.num_replicas,
+            cfg.stream_replicas,
         )
 
 
@@ -477,14 +653,15 @@ async def serve(cfg: BridgeConfig) -> int:
     )
     try:
         js = nc.jetstream(timeout=PUBLISH_TIMEOUT)
-        await ensure_stream(js, cfg)
+        await ensure_stream(js, cfg, ring.capacity)
         bridge = Bridge(cfg, ring, outbox, js)
         loop.add_reader(cfg.wake_fds[cfg.line], bridge.on_wake)
         tasks = [
-            asyncio.create_task(bridge.ingest(1), name="ingest"),
+            asyncio.create_task(bridge.ingest(cfg.start_seq), name="ingest"),
             asyncio.create_task(bridge.egress(), name="egress"),
             asyncio.create_task(bridge.fences(), name="fences"),
             asyncio.create_task(bridge.watch(), name="watch"),
+            asyncio.create_task(bridge.snapshots(), name="snapshots"),
         ]
         os.write(cfg.ready_fd, b"R")
         os.close(cfg.ready_fd)
@@ -511,7 +688,69 @@ async def serve(cfg: BridgeConfig) -> int:
         outbox_shared.close()
 
 
+class FetchConfig(msgspec.Struct, frozen=True, kw_only=True):
+    servers: list[str]
+    stream: str
+    stream_replicas: int = 1
+    #: where to write the snapshot
+    directory: str
+
+
+class Fetched(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a starting machine begins: the newest snapshot (seq 0: none) and the stream."""
+
+    #: the snapshot's ring seq (the machine's ring starts there), 0: no snapshot
+    seq: int = 0
+    #: the stream message holding the snapshot's last entry, and its index there
+    message: int = 0
+    index: int = 0
+    path: str = ""
+    #: the stream's first message still held (0: no stream yet)
+    first: int = 0
+
+
+async def fetch(cfg: FetchConfig) -> Fetched:
+    """The newest snapshot of the stream's bucket, written to ``cfg.directory``."""
+    import nats
+    import nats.js.errors
+
+    nc = await nats.connect(cfg.servers, connect_timeout=2, max_reconnect_attempts=5)
+    try:
+        js = nc.jetstream(timeout=PUBLISH_TIMEOUT)
+        try:
+            info = await js.stream_info(cfg.stream)
+        except nats.js.errors.NotFoundError:
+            return Fetched()
+        first = int(info.state.first_seq) if info.state.messages else int(info.state.last_seq) + 1
+        store = await object_store(js, cfg, create=False)
+        kept = [] if store is None else await list_snapshots(store)
+        if not kept:
+            if first > 1:
+                raise FellBehindError(
+                    f"stream {cfg.stream!r} starts at message {first} and no snapshot "
+                    f"holds what came before: this machine cannot rebuild the state"
+                )
+            return Fetched(first=first)
+        seq, message, index, name = kept[-1]
+        result = await store.get(name)
+        path = Path(cfg.directory) / f"snapshot-{seq:020d}.snap"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(result.data or b"")
+        return Fetched(seq=seq, message=message, index=index, path=str(path), first=first)
+    finally:
+        await nc.close()
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) > 2 and argv[1] == "fetch":
+        fcfg = msgspec.json.decode(argv[2].encode(), type=FetchConfig)
+        try:
+            got = asyncio.run(fetch(fcfg))
+        except (FellBehindError, OSError) as exc:
+            print(f"dominoes: {exc}", file=sys.stderr, flush=True)
+            return 1
+        sys.stdout.write(msgspec.json.encode(got).decode() + "\n")
+        return 0
     cfg = msgspec.json.decode(argv[1].encode(), type=BridgeConfig)
     logging.basicConfig(
         level=getattr(logging, cfg.log_level.upper(), logging.WARNING),
@@ -523,6 +762,9 @@ def main(argv: list[str]) -> int:
         return uvloop.run(serve(cfg))
     except KeyboardInterrupt:
         return 0
+    except (StreamUnavailableError, FellBehindError) as exc:
+        print(f"dominoes: bridge: {exc}", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

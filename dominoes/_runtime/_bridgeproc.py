@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from ._bridge import BridgeConfig
+from ._bridge import BridgeConfig, FetchConfig, Fetched
 
 if TYPE_CHECKING:
     from ._supervisor import Supervisor
 
-__all__ = ("BridgeProcess",)
+__all__ = ("BridgeProcess", "fetch_snapshot")
 
 log = logging.getLogger("dominoes.supervisor")
 
@@ -69,6 +69,7 @@ class BridgeProcess:
             supervisor_pid=os.getpid(),
             slot_size=cfg.slot_size,
             log_level=cfg.log_level,
+            **sup.bridge_start(),
         )
         try:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once, as the writer's
@@ -77,7 +78,7 @@ class BridgeProcess:
                     "-P",
                     "-m",
                     "dominoes._runtime._bridge",
-                    msgspec.json.encode(bcfg),
+                    _json(bcfg),
                 ],
                 pass_fds=[ring_fd, outbox_fd, *sup.wake_fds, ready_w],
                 stdin=subprocess.DEVNULL,
@@ -93,15 +94,16 @@ class BridgeProcess:
         finally:
             os.close(ready_r)
         if data != b"R":
-            if self.proc.poll() is None:
+            timed_out = self.proc.poll() is None
+            if timed_out:
                 self.proc.kill()
             code = self.proc.wait()
             raise RuntimeError(
-                f"the bridge to {', '.join(bcfg.servers)} (stream {cfg.stream!r}) exited with "
-                f"{code} before it was ready; its error is above"
-                if code
-                else f"the bridge could not reach {', '.join(bcfg.servers)} in "
+                f"the bridge could not reach {', '.join(bcfg.servers)} in "
                 f"{BRIDGE_START_TIMEOUT:.0f}s"
+                if timed_out
+                else f"the bridge to {', '.join(bcfg.servers)} (stream {cfg.stream!r}) exited "
+                f"with {code} before it was ready; its error is above"
             )
         self._pidfd = os.pidfd_open(self.proc.pid)
         loop.add_reader(self._pidfd, self._on_exit)
@@ -144,6 +146,42 @@ class BridgeProcess:
             asyncio.get_running_loop().remove_reader(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = -1
+
+
+def fetch_snapshot(sup: Supervisor) -> Fetched:
+    """Before the ring exists: the newest snapshot of the stream, in the run dir.
+
+    Run in a process of its own (the supervisor has no NATS client and no
+    event loop yet); raises ``RuntimeError`` with its message if it fails.
+    """
+    cfg = sup.config
+    assert cfg.stream is not None
+    fcfg = FetchConfig(
+        servers=sup.factory.servers,  # type: ignore[attr-defined]
+        stream=cfg.stream,
+        stream_replicas=cfg.stream_replicas,
+        directory=str(sup.run_dir / "snapshots"),
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-P", "-m", "dominoes._runtime._bridge", "fetch", _json(fcfg)],
+            capture_output=True,
+            timeout=BRIDGE_START_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(
+            f"could not reach {', '.join(fcfg.servers)} in {BRIDGE_START_TIMEOUT:.0f}s"
+        ) from None
+    if done.returncode != 0:
+        err = done.stderr.decode(errors="replace").strip().splitlines()
+        raise RuntimeError(err[-1] if err else f"fetching the snapshot failed ({done.returncode})")
+    return msgspec.json.decode(done.stdout, type=Fetched)
+
+
+def _json(cfg: BridgeConfig | FetchConfig) -> str:
+    return msgspec.json.encode(cfg).decode()
 
 
 def _read_ready(fd: int) -> bytes:

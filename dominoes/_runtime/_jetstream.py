@@ -25,6 +25,7 @@ from __future__ import annotations
 import secrets
 from typing import Final
 
+from .._core._errors import EntryTooLargeError
 from .._core._layout import D_WRITER, STAMP
 from .._core._log import KIND_ENTRY, Log, LogStatistics
 from ._shm import SharedLog
@@ -97,7 +98,13 @@ class BridgedLog:
 
     # --- appending: to the outbox ---------------------------------------------------
     def try_append(self, replica: int, payload: bytes, kind: int = KIND_ENTRY, /) -> int:
-        """Append to this machine's outbox; the outbox seq (the stamp brings it back), or 0."""
+        """Append to this machine's outbox; the outbox seq (the stamp brings it back), or 0.
+
+        Raises :class:`EntryTooLargeError` above :attr:`max_entry_bytes`: the
+        entry must fit a stream message, and the ring of every machine.
+        """
+        if len(payload) > self._max_entry:
+            raise EntryTooLargeError(len(payload), self._max_entry)
         return self.outbox.try_append(replica, payload, kind)
 
     def take_sleepers(self, replicas: int | None = None, /) -> list[int]:

@@ -63,6 +63,10 @@ class DurableOptions:
     snapshot_entries: int = 1_000_000
     #: or after this many seconds with new entries (0: never on a clock)
     snapshot_seconds: float = 600.0
+    #: the log is a JetStream stream (``--log nats://``): no writer, no held
+    #: replies; snapshots go to ``data_dir`` and the bridge uploads them to the
+    #: stream's Object Store, each with the stream position it follows
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,8 @@ class Persistence:
         #: owned outcomes whose entries the writer has not acknowledged yet, in order
         self.held: collections.deque[Applied] = collections.deque()
         self.active = options is not None and replica.log.writer_line is not None
+        #: snapshots are written on schedule and on demand (durable, or shared)
+        self.snapshots_on = self.active or (options is not None and options.shared)
         self._acked = 0
         self._writer = replica.log.writer_line
         # what this replica's line says it waits for (R_WANTS): 0, or held[0].seq + 1
@@ -206,6 +212,9 @@ class Persistence:
             cursor, state = decode_snapshot(snapshot.read_bytes())
             machine.restore(state)
             assert machine.cursor == cursor == start, (machine.cursor, cursor, start)
+        if self.options.shared:  # the bridge copies the stream after the snapshot
+            self.replay_seconds = time.monotonic() - t0
+            return 0
         n = 0
         for record in LogReader(self.options.data_dir).read(start, next_seq):
             if record.seq != machine.cursor:
@@ -235,7 +244,7 @@ class Persistence:
     def tick(self, now: float) -> None:
         """The sampling tick: start a scheduled snapshot when one is due here."""
         opts = self.options
-        if opts is None or not self.active or (self._saving and not self._saving.done()):
+        if opts is None or not self.snapshots_on or (self._saving and not self._saving.done()):
             return
         r = self._r
         if r.joining.active or r.core.gave_up:
@@ -273,6 +282,10 @@ class Persistence:
         if r.core.gave_up or r.joining.active:
             fut.set_exception(DurabilityError("the replica is recovering; try again"))
             return fut
+        shared = self.options.shared
+        if shared and r.core.source == (0, 0):
+            fut.set_exception(DurabilityError("nothing applied from the stream yet; try again"))
+            return fut
         self._saving = fut
         data_dir = self.options.data_dir
         machine = r.core.machine
@@ -291,8 +304,12 @@ class Persistence:
             code = 1
             try:
                 _become_background(parent)
+                if shared:  # where in the stream the state stands: for the bridge
+                    message, index = r.core.source
+                    (data_dir / f"snapshot-{cursor:020d}.pos").write_text(f"{message} {index}\n")
                 write_snapshot(data_dir, cursor, machine.snapshot())
-                prune(data_dir)
+                if not shared:  # the bridge removes what it uploaded
+                    prune(data_dir)
                 code = 0
             finally:
                 os._exit(code)

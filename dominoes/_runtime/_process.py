@@ -88,6 +88,9 @@ class ReplicaConfig(msgspec.Struct, kw_only=True):
     restore_next: int = 1
     #: the entries from ``restore_start`` that poison marks name (apply them as errors)
     restore_poisoned: list[int] = []
+    #: the log is a JetStream stream: snapshots go to ``durable_dir`` for the
+    #: bridge to upload (``DurableOptions.shared``)
+    shared_snapshots: bool = False
 
 
 def tune_gc(threshold: tuple[int, int, int] | None) -> None:
@@ -202,6 +205,7 @@ async def serve(config: ReplicaConfig, service: Service, attached: LogHost) -> i
             Path(config.durable_dir),
             snapshot_entries=config.snapshot_entries,
             snapshot_seconds=config.snapshot_seconds,
+            shared=config.shared_snapshots,
         )
     replica = Replica(
         service,

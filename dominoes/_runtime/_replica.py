@@ -483,7 +483,7 @@ class Replica:
         self.rates.update(self.core.machine.applied_entries, self.queries, time.monotonic())
         if self.blobs._live:
             self.blobs.collect(self.log.slowest_cursor())
-        if self.persist.active:
+        if self.persist.snapshots_on:
             self.persist.tick(time.time())
         if not self.closed:
             self._sampler = self._loop.call_later(SAMPLE_EVERY, self._sample, now)

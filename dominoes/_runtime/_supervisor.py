@@ -54,7 +54,8 @@ from .._core._log import (
     FSYNC_POLICIES,
     ReplicaState,
 )
-from ._bridgeproc import BridgeProcess
+from ._bridge import Fetched
+from ._bridgeproc import BridgeProcess, fetch_snapshot
 from ._control import ControlServer
 from ._durable import DEFAULT_SEGMENT_BYTES, Recovery, lock, recover
 from ._leases import ClientLeases
@@ -222,6 +223,8 @@ class Supervisor:
         #: eventfds: one per holding line, and the bridge's after the replicas
         self.wake_count = self.lines + self.bridged
         self.log_fds: list[int] = []
+        #: where a machine sharing a stream starts (``_recover``)
+        self.fetched = Fetched()
         self._recovery_began = 0.0
         self._lock_fd = -1
 
@@ -291,7 +294,14 @@ class Supervisor:
                 stale.unlink(missing_ok=True)
 
     def _recover(self) -> int:
-        """With ``--durable``: lock and check the data directory; the seq the log goes on at."""
+        """With ``--durable``: lock and check the data directory; the seq the log goes on at.
+
+        With ``--log nats://``: the newest snapshot in the stream's Object
+        Store, fetched into the run dir; the ring starts at its seq.
+        """
+        if self.bridged:
+            self.fetched = fetch_snapshot(self)
+            return self.fetched.seq or 1
         data_dir = self.config.durable
         if data_dir is None:
             return 1
@@ -334,7 +344,23 @@ class Supervisor:
             self._publish_durability(log_handle)
         if self.bridged:
             host.prepare(self.n)  # type: ignore[attr-defined]
+            if self.fetched.seq:  # no snapshot until the state moves past this one
+                log_handle.set_durability_word(D_SNAP_SEQ, self.fetched.seq)
         return handles
+
+    def bridge_start(self) -> dict[str, Any]:
+        """Where the bridge begins to read the stream: after the snapshot the replicas load."""
+        fetched = self.fetched
+        snapshots = self.run_dir / "snapshots"
+        snapshots.mkdir(mode=0o700, exist_ok=True)
+        if not fetched.seq:
+            return {"snapshot_dir": str(snapshots), "start_seq": max(fetched.first, 1)}
+        return {
+            "snapshot_dir": str(snapshots),
+            "snapshot_seq": fetched.seq,
+            "start_seq": fetched.message,
+            "skip": fetched.index + 1,
+        }
 
     def _publish_durability(self, log_handle: SupervisedLog) -> None:
         recovery = self.recovery
@@ -415,6 +441,17 @@ class Supervisor:
     def _durable_config(self) -> dict[str, Any]:
         """What a replica process needs of ``--durable`` (restoring: only at the first start)."""
         cfg, recovery = self.config, self.recovery
+        if self.bridged:
+            fetched = self.fetched
+            return {
+                "durable_dir": str(self.run_dir / "snapshots"),
+                "snapshot_entries": cfg.snapshot_entries,
+                "snapshot_seconds": cfg.snapshot_seconds,
+                "shared_snapshots": True,
+                "restore_snapshot": fetched.path,
+                "restore_start": fetched.seq or 1,
+                "restore_next": fetched.seq or 1,
+            }
         if cfg.durable is None or recovery is None:
             return {}
         return {

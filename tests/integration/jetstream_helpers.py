@@ -22,7 +22,7 @@ from .durable_helpers import wait_group_gone
 from .harness import Service
 from .kv_helpers import KV, client, clients_on_every_replica, wait_for
 
-__all__ = ("Machine", "digests", "machine", "wait_converged")
+__all__ = ("Machine", "digests", "machine", "stream_state", "wait_converged")
 
 
 class Machine:
@@ -114,3 +114,25 @@ def wait_converged(machines: list[Machine], timeout: float = 30) -> tuple[int, d
     for other in seen[1:]:
         assert other == first, f"replicas diverged: {seen}"
     return first
+
+
+def stream_state(url: str, stream: str) -> tuple[int, int, list[str]]:
+    """(first message held, last message, snapshot objects) of the stream, via nats-py."""
+    import nats
+    import nats.js.errors
+
+    async def ask() -> tuple[int, int, list[str]]:
+        nc = await nats.connect(url.split(","))
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(stream)
+            try:
+                store = await js.object_store(f"{stream}-snapshots")
+                names = sorted(o.name for o in await store.list(ignore_deletes=True))
+            except nats.js.errors.NotFoundError:  # no bucket yet, or an empty one
+                names = []
+            return int(info.state.first_seq), int(info.state.last_seq), names
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())

@@ -15,7 +15,7 @@ import pytest
 
 from tests.natsserver import NatsServer
 
-from .jetstream_helpers import machine, wait_converged
+from .jetstream_helpers import machine, stream_state, wait_converged
 from .kv_helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -120,3 +120,40 @@ def test_a_key_set_to_expire_on_one_machine_expires_on_both(
                 assert c.exists("short") == 0
                 assert c.get("long") == b"lived"
         wait_converged([a, b])
+
+
+def test_a_new_machine_starts_from_the_newest_snapshot_and_the_stream_keeps_only_what_it_needs(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    args = ("--snapshot-every", "100")
+    with machine(tmp_path / "a", nats_server.url, args=args) as a:
+        writer = a.on[0]
+        for n in range(40):  # many messages, so that snapshots fall between them
+            pipe = writer.pipeline(transaction=False)
+            for i in range(50):
+                pipe.set(f"key:{n}:{i}", f"{n}.{i}")
+            pipe.execute()
+            for _ in range(10):
+                writer.incr("batches")
+
+        def trimmed() -> tuple[int, int, list[str]] | None:
+            first, last, names = stream_state(nats_server.url, "KV")
+            return (first, last, names) if first > 1 and len(names) == 2 else None
+
+        first, _, names = wait_for(trimmed, timeout=30)
+        # the two newest snapshots are kept, and the stream from the older one's message on
+        assert all(n.startswith("snapshot-") for n in names)
+        older_message = int(names[0].split("-")[2])
+        assert first == older_message
+        with machine(tmp_path / "b", nats_server.url, args=args) as b:
+            for c in b.on.values():
+                assert c.get("batches") == b"400"
+                assert c.dbsize() == 40 * 50 + 1
+                assert c.get("key:0:0") == b"0.0"  # from the snapshot: its message is gone
+            b.on[1].set("after", "both")
+            assert a.on[1].get("after") == b"both"
+            wait_converged([a, b])
+        # b restarted (a machine killed and started again) comes back the same way
+        with machine(tmp_path / "b", nats_server.url, args=args) as b2:
+            assert b2.on[0].get("after") == b"both"
+            wait_converged([a, b2])

@@ -17,7 +17,7 @@ import pytest
 
 from tests.natsserver import NatsCluster
 
-from .jetstream_helpers import Machine, machine, wait_converged
+from .jetstream_helpers import Machine, machine, stream_state, wait_converged
 from .kv_helpers import client, wait_for
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,7 @@ class Load:
                     self.shared.append(shared)
                     self.slowest = max(self.slowest, took)
         except Exception as exc:  # noqa: BLE001 - reported by check()
-            self.errors.append(exc)
+            self.errors.append(RuntimeError(f"{type(exc).__name__}: {exc}"))
 
     def start(self) -> None:
         for t in self._threads:
@@ -88,7 +88,8 @@ class Load:
 
 
 def _cluster_machines(cluster: NatsCluster, tmp_path: Path):  # type: ignore[no-untyped-def]
-    args = ("--stream-replicas", "3")
+    # snapshots every 200 entries: a restarted machine starts from one
+    args = ("--stream-replicas", "3", "--snapshot-every", "200")
     return (
         machine(tmp_path / "a", cluster.urls, args=args),
         machine(tmp_path / "b", cluster.urls, args=args),
@@ -149,13 +150,19 @@ def test_a_machine_killed_under_load_restarts_from_the_stream_and_converges(
                 other.start()
                 load.progress(20)
                 other.progress(20)
+                # snapshots on both sides of a trimmed stream before the kill
+                wait_for(lambda: len(stream_state(nats_cluster.urls, "KV")[2]) == 2, timeout=60)
                 b.crash()  # the whole of machine b at once
                 load.progress(30)  # machine a goes on alone
             finally:
                 load.stop()
                 other.stop()
             other.close()
-        # machine b again, same run dir: it rebuilds its state from the stream
+        # machine b again, same run dir: it rebuilds its state from the newest
+        # snapshot in the Object Store, then the stream after it
+        first, _, names = stream_state(nats_cluster.urls, "KV")
+        assert len(names) == 2
+        assert first == int(names[0].split("-")[2]) > 1
         with _cluster_machines(nats_cluster, tmp_path)[1] as b2:
             try:
                 load.check([a, b2])
