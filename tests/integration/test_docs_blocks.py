@@ -73,6 +73,7 @@ pytestmark = pytest.mark.integration
 DOCUMENTS: dict[str, tuple[str, ...]] = {
     "README.md": (),
     "docs/howto/kv.md": (),
+    "docs/howto/across-machines.md": (),
     "docs/howto/durable.md": (". .venv/bin/activate",),
     "docs/howto/local-clients.md": (". .venv/bin/activate",),
     "docs/howto/operate.md": (". .venv/bin/activate",),
