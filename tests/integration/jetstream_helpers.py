@@ -122,9 +122,10 @@ def stream_state(url: str, stream: str) -> tuple[int, int, list[str]]:
     import nats.js.errors
 
     async def ask() -> tuple[int, int, list[str]]:
-        nc = await nats.connect(url.split(","))
+        # generous timeouts: the servers share two busy cores with the machines
+        nc = await nats.connect(url.split(","), connect_timeout=10)
         try:
-            js = nc.jetstream()
+            js = nc.jetstream(timeout=30)
             info = await js.stream_info(stream)
             try:
                 store = await js.object_store(f"{stream}-snapshots")
