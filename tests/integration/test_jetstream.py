@@ -73,7 +73,7 @@ def test_concurrent_writers_on_both_machines_agree_on_one_order(
         for r in replies:  # and each client saw its own increments in order
             assert r == sorted(r)
         # the list has one order, the same on every replica of both machines
-        orders = {tuple(c.lrange("order", 0, -1)) for c in clients}
+        orders = {tuple(map(bytes, c.lrange("order", 0, -1))) for c in clients}
         assert len(orders) == 1
         (order,) = orders
         assert len(order) == len(clients) * rounds
@@ -140,7 +140,9 @@ def test_a_new_machine_starts_from_the_newest_snapshot_and_the_stream_keeps_only
             first, last, names = stream_state(nats_server.url, "KV")
             return (first, last, names) if first > 1 and len(names) == 2 else None
 
-        first, _, names = wait_for(trimmed, timeout=30)
+        got = wait_for(trimmed, timeout=30)
+        assert got is not None
+        first, _, names = got
         # the two newest snapshots are kept, and the stream from the older one's message on
         assert all(n.startswith("snapshot-") for n in names)
         older_message = int(names[0].split("-")[2])

@@ -116,6 +116,7 @@ def test_killing_a_nats_node_then_the_stream_leader_loses_nothing_and_applies_no
             load.progress(20)
             # 2. the stream's leader itself: writes wait for the election
             leader = wait_for(lambda: nats_cluster.stream_leader("KV"), timeout=30)
+            assert leader is not None
             j = nats_cluster.index_of(leader)
             before = load.slowest
             nats_cluster.kill(j)
