@@ -73,7 +73,7 @@ def test_concurrent_writers_on_both_machines_agree_on_one_order(
         for r in replies:  # and each client saw its own increments in order
             assert r == sorted(r)
         # the list has one order, the same on every replica of both machines
-        orders = {tuple(map(bytes, c.lrange("order", 0, -1))) for c in clients}
+        orders = {tuple(_as_bytes(c.lrange("order", 0, -1))) for c in clients}
         assert len(orders) == 1
         (order,) = orders
         assert len(order) == len(clients) * rounds
@@ -159,3 +159,7 @@ def test_a_new_machine_starts_from_the_newest_snapshot_and_the_stream_keeps_only
         with machine(tmp_path / "b", nats_server.url, args=args) as b2:
             assert b2.on[0].get("after") == b"both"
             wait_converged([a, b2])
+
+
+def _as_bytes(items: list[bytes | str]) -> list[bytes]:
+    return [x if isinstance(x, bytes) else x.encode() for x in items]
