@@ -323,13 +323,32 @@ class Replica:
 
         A linearizable query (the default) first catches up to the completed
         tail (:meth:`sync`), so it reflects every write acknowledged anywhere
-        before it; a ``local`` one reads the state as it is.
+        on this machine before it; a ``local`` one reads the state as it is.
+        With ``--log nats://``, use ``await`` :meth:`read` to see writes
+        acknowledged on other machines too.
         """
         self.queries += 1
         machine = self.core.machine
         name = machine.resolve(ref)
         if name not in machine.local_queries:
             self.sync()
+        return machine.query(name, *args, **kwargs)
+
+    async def read(self, ref: str | query[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`query`, linearizable across machines as well.
+
+        With a log shared across machines (``--log nats://``) a linearizable
+        query first awaits a read fence (:meth:`read_fence`), so it reflects
+        every write acknowledged on any machine before it was called.  On one
+        machine it is :meth:`query` (nothing to await).
+        """
+        machine = self.core.machine
+        name = machine.resolve(ref)
+        if name not in machine.local_queries:
+            fence = self.read_fence()
+            if fence is not None:
+                await fence
+        self.queries += 1
         return machine.query(name, *args, **kwargs)
 
     def read_fence(self) -> asyncio.Future[None] | None:

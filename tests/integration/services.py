@@ -42,7 +42,8 @@ class Journal(Component):
 async def journal_protocol(
     replica: Replica, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
-    """``ADD x`` -> new length; ``LEN``; ``PRINT`` -> fingerprint; ``INFO``; ``STATS``."""
+    """``ADD x`` -> new length; ``LEN``; ``RLEN`` (``await replica.read``: linearizable
+    across machines too); ``PRINT`` -> fingerprint; ``INFO``; ``STATS``."""
     while line := await reader.readline():
         words = line.decode().split()
         if words[:1] == ["ADD"] and len(words) == 2:
@@ -52,6 +53,8 @@ async def journal_protocol(
                 reply = f"ERR {exc}"
         elif words == ["LEN"]:
             reply = str(replica.query(Journal.length))
+        elif words == ["RLEN"]:
+            reply = str(await replica.read(Journal.length))
         elif words == ["PRINT"]:
             reply = replica.query(Journal.fingerprint)
         elif words == ["INFO"]:
@@ -65,6 +68,7 @@ async def journal_protocol(
 
 
 slow = Service("slow", [Journal()], tcp=journal_protocol)
+journal = Service("journal", [Journal()], tcp=journal_protocol)
 
 
 class Clocky(Component):

@@ -15,6 +15,7 @@ import pytest
 
 from tests.natsserver import NatsServer
 
+from .harness import LineClient, running
 from .jetstream_helpers import machine, stream_state, wait_converged
 from .kv_helpers import wait_for
 
@@ -163,3 +164,21 @@ def test_a_new_machine_starts_from_the_newest_snapshot_and_the_stream_keeps_only
 
 def _as_bytes(items: list[bytes | str]) -> list[bytes]:
     return [x if isinstance(x, bytes) else x.encode() for x in items]
+
+
+def test_replica_read_sees_writes_acknowledged_on_another_machine(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A service of its own (not the KV): ``await replica.read(...)`` takes the fence."""
+    target = "tests.integration.services:journal"
+    args = ("--log", nats_server.url, "--stream", "JOURNAL")
+    with (
+        running(target, tmp_path / "a", replicas=1, args=args) as a,
+        running(target, tmp_path / "b", replicas=1, args=args) as b,
+        LineClient(a.port) as on_a,
+        LineClient(b.port) as on_b,
+    ):
+        for n in range(1, 101):
+            assert on_a.ask(f"ADD {n}") == str(n)
+            assert on_b.ask("RLEN") == str(n)
+        assert on_a.ask("PRINT") == on_b.ask("PRINT")
