@@ -105,6 +105,8 @@ DEFAULT_APPLY_TIMEOUT: Final = 2.0
 SAMPLE_EVERY: Final = 0.25
 
 OwnerHook = Callable[[Applied], None]
+#: what names a query: its function, or its registered name
+QueryRef = str | query[..., Any]
 C = TypeVar("C", bound=Component)
 
 
@@ -334,7 +336,7 @@ class Replica:
             self.sync()
         return machine.query(name, *args, **kwargs)
 
-    async def read(self, ref: str | query[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    async def read(self, ref: QueryRef, /, *args: Any, **kwargs: Any) -> Any:
         """:meth:`query`, linearizable across machines as well.
 
         With a log shared across machines (``--log nats://``) a linearizable
