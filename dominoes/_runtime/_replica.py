@@ -353,6 +353,12 @@ class Replica:
         self.queries += 1
         return machine.query(name, *args, **kwargs)
 
+    @property
+    def across_machines(self) -> bool:
+        """True when the log is shared with other machines (``--log nats://``):
+        a linearizable read then awaits :meth:`read_fence`."""
+        return self.fences.active
+
     def read_fence(self) -> asyncio.Future[None] | None:
         """A read's first step: None once reads may run now, or a future to await first.
 
