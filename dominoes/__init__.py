@@ -18,6 +18,7 @@ from ._core._errors import DominoesError as DominoesError
 from ._core._errors import DurabilityError as DurabilityError
 from ._core._errors import EntryTooLargeError as EntryTooLargeError
 from ._core._errors import LogFullError as LogFullError
+from ._core._errors import LogUnavailableError as LogUnavailableError
 from ._core._errors import PoisonedEntryError as PoisonedEntryError
 from ._core._errors import QueryWroteStateError as QueryWroteStateError
 from ._core._errors import UnknownEventError as UnknownEventError
@@ -36,6 +37,7 @@ __all__ = (
     "Context",
     "DominoesError",
     "DurabilityError",
+    "LogUnavailableError",
     "EntryTooLargeError",
     "EventRef",
     "LogFullError",

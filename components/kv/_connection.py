@@ -44,10 +44,12 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
+from dominoes import LogUnavailableError
+
 from ._commands import Commands, internal_error
 from ._conncommands import ConnectionCommands
 from ._entries import RUN, Appends, Deferred, Delayed, Entry, ready
-from ._errors import KvError, arity_error, unknown_command
+from ._errors import KvError, arity_error, unknown_command, unreachable
 from ._limits import OutputLimits
 from ._persistence import PersistenceCommands
 from ._pubsub import PubSub
@@ -211,7 +213,18 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
 
         def served(fut: asyncio.Future[None]) -> None:
             self.fencing = False
-            if fut.cancelled() or fut.exception() is not None or self.transport is None:
+            if fut.cancelled() or self.transport is None:
+                return  # the replica is closing
+            exc = fut.exception()
+            if isinstance(exc, LogUnavailableError):  # answer each, keep the connection
+                refused = self.backlog[:covered]
+                del self.backlog[:covered]
+                for _ in refused:
+                    self._reply(unreachable(str(exc)))
+                self._finish()
+                self._continue()
+                return
+            if exc is not None:
                 return  # the replica is closing
             self.fenced = covered
             self._continue()

@@ -36,11 +36,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from dominoes import DurabilityError, EntryTooLargeError, LogFullError
+from dominoes import DurabilityError, EntryTooLargeError, LogFullError, LogUnavailableError
 from dominoes.lowlevel import when_room
 
 from ._commands import Bound, Commands, internal_error
-from ._errors import KvError, misconf
+from ._errors import KvError, misconf, unreachable
 from ._resp import OK, encode
 
 if TYPE_CHECKING:
@@ -183,8 +183,11 @@ def refused(
     exc = fut.exception()
     if not isinstance(exc, DurabilityError):
         return fut
-    code = server.replica.log.write_error
-    error = misconf(os.strerror(code) if code else str(exc))
+    if isinstance(exc, LogUnavailableError):
+        error = unreachable(str(exc))
+    else:
+        code = server.replica.log.write_error
+        error = misconf(os.strerror(code) if code else str(exc))
     out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     if event == RUN:
         out.set_result(Refused(args[0], error, server.reads))
@@ -209,6 +212,8 @@ def _outcome(fut: asyncio.Future[Any]) -> Any:
         return KvError("ERR the replica is stopping")
     except KvError as exc:
         return exc
+    except LogUnavailableError as exc:  # the log's stream cannot be reached
+        return unreachable(str(exc))
     except DurabilityError as exc:  # refused by the durable log (refused() usually says so first)
         return misconf(str(exc))
     except Exception as exc:  # noqa: BLE001 - the handler's bug is this entry's reply

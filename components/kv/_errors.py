@@ -25,6 +25,7 @@ __all__ = (
     "parse_int",
     "syntax_error",
     "unknown_command",
+    "unreachable",
     "wrong_type",
 )
 
@@ -59,6 +60,11 @@ def overflow() -> KvError:
 def misconf(reason: str) -> KvError:
     """Redis's refusal of a write while its append-only file cannot be written."""
     return KvError(f"MISCONF Errors writing to the AOF file: {reason}")
+
+
+def unreachable(reason: str) -> KvError:
+    """The refusal while the log's stream cannot be reached (``--log nats://``)."""
+    return KvError(f"TRYAGAIN {reason}")
 
 
 def arity_error(name: bytes) -> KvError:

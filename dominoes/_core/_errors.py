@@ -7,6 +7,7 @@ __all__ = (
     "ApplyTimeout",
     "DominoesError",
     "DurabilityError",
+    "LogUnavailableError",
     "EntryTooLargeError",
     "LayoutError",
     "LifecycleError",
@@ -37,6 +38,16 @@ class DurabilityError(DominoesError):
     (a full disk, an I/O error); reads go on.  Updates accepted before the
     error are acknowledged once the disk takes them; nothing acknowledged is
     lost.  The message says what failed, e.g. ``No space left on device``.
+    """
+
+
+class LogUnavailableError(DurabilityError):
+    """The log's stream cannot be reached (``--log nats://``): updates and
+    linearizable reads are refused until it can; ``local`` reads go on.
+
+    Raised once the machine's bridge has failed to reach the NATS servers
+    for a few seconds (a partition, every server down); updates already
+    accepted wait, and go through once the stream is back.
     """
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -76,6 +77,9 @@ PUBLISH_TIMEOUT: Final = 2.0
 RETRY_DELAY: Final = 0.1
 #: Seconds between looks at a full ring (the replicas free it as they apply).
 RING_FULL_DELAY: Final = 0.0005
+#: Seconds of nothing but failed requests to the stream before the replicas
+#: refuse updates and linearizable reads (``LogUnavailableError``).
+UNREACHABLE_AFTER: Final = 3.0
 #: Seconds between the stream consumer's heartbeats.
 HEARTBEAT: Final = 0.5
 #: Seconds between the watch task's looks at a quiet consumer.
@@ -186,6 +190,10 @@ class Bridge:
         self.messages_in = 0
         self.retries = 0
         self.snapshots_uploaded = 0
+        #: since when every request to the stream failed (None: the last went through)
+        self.failing_since: float | None = None
+        #: D_ERROR is set: the replicas refuse updates and fenced reads
+        self.unreachable = False
         #: the first message to read, and how many of its entries the snapshot holds
         self.start = cfg.start_seq
         self.skip = cfg.skip
@@ -277,15 +285,42 @@ class Bridge:
                 self._unavailable(exc)
             else:
                 self.messages_out += 1
-                if self.ring.durability_word(D_ERROR):
-                    self.ring.set_durability_word(D_ERROR, 0)
+                self._reachable()
                 return
             await asyncio.sleep(RETRY_DELAY)
 
     def _unavailable(self, exc: BaseException) -> None:
+        """A request to the stream failed: retried; after ``UNREACHABLE_AFTER`` seconds
+        of nothing but failures, the replicas refuse updates and fenced reads."""
         self.retries += 1
         if self.retries == 1 or self.retries % 50 == 0:
             log.warning("bridge: the stream is not available (%s); retrying", exc or type(exc))
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+        elif now - self.failing_since >= UNREACHABLE_AFTER and not self.unreachable:
+            self.unreachable = True
+            self.ring.set_durability_word(D_ERROR, errno.EHOSTUNREACH)
+            log.error(
+                "bridge: stream %r unreachable for %.0fs: updates and linearizable reads are "
+                "refused until it is back (local reads go on)",
+                self.cfg.stream,
+                now - self.failing_since,
+            )
+            self._wake_all()
+
+    def _reachable(self) -> None:
+        """A request to the stream went through."""
+        self.failing_since = None
+        if self.unreachable:
+            self.unreachable = False
+            self.ring.set_durability_word(D_ERROR, 0)
+            log.warning("bridge: stream %r reachable again", self.cfg.stream)
+            self._wake_all()
+
+    def _wake_all(self) -> None:
+        for fd in self.cfg.wake_fds[: self.cfg.replicas]:
+            _signal(fd)
 
     # --- ingest: stream -> ring ---------------------------------------------------------
 
@@ -507,6 +542,7 @@ class Bridge:
             except (TimeoutError, nats.errors.Error) as exc:
                 self._unavailable(exc)
             else:
+                self._reachable()
                 return int(info.state.first_seq)
             await asyncio.sleep(RETRY_DELAY)
 
@@ -522,6 +558,7 @@ class Bridge:
                 # unavailable" in its many forms.  Retried under the same id.
                 self._unavailable(exc)
             else:
+                self._reachable()
                 return int(info.state.last_seq)
             await asyncio.sleep(RETRY_DELAY)
 

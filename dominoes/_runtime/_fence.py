@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from .._core._errors import LogUnavailableError
 from .._core._layout import B_ASKED, B_SERVED
 
 if TYPE_CHECKING:
@@ -55,10 +56,29 @@ class ReadFences:
     def waiting(self) -> bool:
         return bool(self._asked or self._reaching)
 
+    def refusal(self) -> LogUnavailableError | None:
+        """The error updates and fenced reads get while the bridge cannot reach the stream."""
+        if not self._r.log.write_error:
+            return None
+        return LogUnavailableError(
+            "the log's stream cannot be reached (the bridge has tried for a few seconds); "
+            "updates and linearizable reads are refused until it can, local reads go on"
+        )
+
     def ask(self) -> asyncio.Future[None]:
-        """A future that completes once a read arriving now may run (see the module doc)."""
+        """A future that completes once a read arriving now may run (see the module doc).
+
+        It fails with :class:`LogUnavailableError` while the stream cannot be
+        reached (at once, or when the bridge says so while it waits).
+        """
         r = self._r
         log = r.log
+        refused = self.refusal()
+        if refused is not None:
+            assert r.loop is not None
+            fut: asyncio.Future[None] = r.loop.create_future()
+            fut.set_exception(refused)
+            return fut
         while True:
             gen = log.durability_word(B_ASKED) + 1
             if log.raise_durability_word(B_ASKED, gen):
@@ -67,7 +87,7 @@ class ReadFences:
         assert loop is not None
         assert self._outbox is not None
         assert self.bridge is not None
-        fut: asyncio.Future[None] = loop.create_future()
+        fut = loop.create_future()
         self._asked.append((gen, fut))
         self.asked += 1
         if self._outbox.wake_writer():
@@ -77,6 +97,9 @@ class ReadFences:
     def check(self) -> None:
         """After applying: move served fences on, and complete those the replica reached."""
         log = self._r.log
+        if log.write_error and (refused := self.refusal()) is not None:
+            self.cancel(refused)
+            return
         if self._asked:
             served = log.durability_word(B_SERVED)
             if served >= self._asked[0][0]:

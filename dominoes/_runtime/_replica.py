@@ -64,7 +64,7 @@ from typing import Any, Final, TypeVar
 from .._core._backend import LogBackend
 from .._core._codec import Mode
 from .._core._component import Component, EventRef, query
-from .._core._errors import ApplyTimeout
+from .._core._errors import ApplyTimeout, DurabilityError
 from .._core._log import LogStatistics
 from .._core._machine import Applied, Divergence
 from .._core._replica import DEFAULT_STALL_THRESHOLD, ReplicaCore
@@ -174,6 +174,8 @@ class Replica:
         #: lines a producer here wakes: the replicas, and the log writer or the
         #: bridge after them
         self.wake_lines = replicas + 1 if self.persist.active or self.fences.active else replicas
+        #: updates may be refused: the durable log's disk, or the stream, fails
+        self._refusable = self.persist.active or self.fences.active
         #: what an applied outcome goes to: chosen once, so that a replica
         #: without a durable log pays nothing per outcome for it
         self._deliver: Callable[[Applied], None] = (
@@ -229,7 +231,7 @@ class Replica:
 
         Waits while the log is full.  The handler's exception is raised here.
         """
-        if self.persist.active and (refused := self.persist.refusal()) is not None:
+        if self._refusable and (refused := self._refusal()) is not None:
             raise refused
         payload = self._encode(event, args, kwargs, _mode, _request_id)
         assert self._loop is not None
@@ -259,7 +261,7 @@ class Replica:
         core = self.core
         call = core.make_call(event, args, kwargs, now=time.time(), mode=Mode.parse(_mode))
         fut = self._loop.create_future()
-        if self.persist.active and (refused := self.persist.refusal()) is not None:
+        if self._refusable and (refused := self._refusal()) is not None:
             fut.set_exception(refused)
             return fut
         core.queue(call, fut)
@@ -300,7 +302,7 @@ class Replica:
         payload = self._encode(event, args, kwargs, _mode, _request_id)
         assert self._loop is not None
         fut = self._loop.create_future()
-        if self.persist.active and (refused := self.persist.refusal()) is not None:
+        if self._refusable and (refused := self._refusal()) is not None:
             fut.set_exception(refused)
             return fut
         self._submit_now(payload, fut)
@@ -352,6 +354,12 @@ class Replica:
                 await fence
         self.queries += 1
         return machine.query(name, *args, **kwargs)
+
+    def _refusal(self) -> DurabilityError | None:
+        """Why updates are refused now (None: they are not)."""
+        if self.persist.active:
+            return self.persist.refusal()
+        return self.fences.refusal()
 
     @property
     def across_machines(self) -> bool:

@@ -9,13 +9,17 @@ counter must answer exactly 1, 2, 3, ... and end at the count of replies.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
-from tests.natsserver import NatsCluster
+from tests.natsserver import NatsCluster, NatsServer
 
 from .jetstream_helpers import Machine, machine, stream_state, wait_converged
 from .kv_helpers import client, wait_for
@@ -174,3 +178,48 @@ def test_a_machine_killed_under_load_restarts_from_the_stream_and_converges(
             for c in [*a.on.values(), *b2.on.values()]:
                 assert int(c.get("b:0") or 0) in (len(other.own[0]), len(other.own[0]) + 1)
             wait_converged([a, b2], timeout=60)
+
+
+def test_while_the_stream_is_unreachable_writes_and_fenced_reads_get_tryagain_local_reads_answer(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """The NATS server frozen (SIGSTOP): to both machines, the stream is out of reach."""
+    with (
+        machine(tmp_path / "a", nats_server.url) as a,
+        machine(tmp_path / "b", nats_server.url, args=("--reads", "local")) as b,
+    ):
+        a.on[0].set("k", "before")
+        assert b.on[0].get("k") == b"before"
+        pid = nats_server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # linearizable reads on a, and then writes, are refused with TRYAGAIN
+            wait_for(lambda: _refused(lambda: a.on[1].get("k")), timeout=60)
+            wait_for(lambda: _refused(lambda: a.on[0].set("k", "during")), timeout=60)
+            # local reads on b answer from the state as it is
+            assert b.on[1].get("k") == b"before"
+            assert b.on[0].dbsize() == 1
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # healed: writes go through again, and both machines see them
+        wait_for(lambda: _written(a.on[0], "k", "after"), timeout=60)
+        assert a.on[1].get("k") == b"after"
+        wait_for(lambda: b.on[1].get("k") == b"after", timeout=30)
+        wait_converged([a, b], timeout=60)
+
+
+def _refused(command: Callable[[], object]) -> bool:
+    """True if the KV answered TRYAGAIN (redis-py's TryAgainError); any other error raises."""
+    try:
+        command()
+    except redis.exceptions.TryAgainError:
+        return True
+    return False
+
+
+def _written(c: redis.Redis, key: str, value: str) -> bool:
+    try:
+        return bool(c.set(key, value))
+    except redis.exceptions.TryAgainError:
+        return False
