@@ -62,6 +62,7 @@ from .._core._layout import (
 )
 from .._core._log import Log
 from ._jetstream import MAX_MESSAGE_BYTES
+from ._pdeath import die_with_parent
 from ._shm import SharedLog
 
 __all__ = ("BridgeConfig", "HEAD", "RECORD", "decode_message", "encode_message", "main")
@@ -190,6 +191,8 @@ class Bridge:
         self.messages_in = 0
         self.retries = 0
         self.snapshots_uploaded = 0
+        #: a clean stop began: loops end (nats-py may swallow a cancellation)
+        self.stopping = False
         #: since when every request to the stream failed (None: the last went through)
         self.failing_since: float | None = None
         #: D_ERROR is set: the replicas refuse updates and fenced reads
@@ -327,7 +330,7 @@ class Bridge:
     async def ingest(self, start: int) -> None:
         """Copy the stream into the ring from ``start``, subscribing again when told to."""
         self.copied = start - 1
-        while True:
+        while not self.stopping:
             self.resubscribe.clear()
             sub = await self._subscribe(self.copied + 1)
             reading = asyncio.create_task(self._read(sub))
@@ -486,8 +489,6 @@ class Bridge:
         """
         import nats.errors
 
-        if not self.cfg.snapshot_dir:
-            return
         directory = Path(self.cfg.snapshot_dir)
         uploaded = self.cfg.snapshot_seq
         while True:
@@ -698,8 +699,9 @@ async def serve(cfg: BridgeConfig) -> int:
             asyncio.create_task(bridge.egress(), name="egress"),
             asyncio.create_task(bridge.fences(), name="fences"),
             asyncio.create_task(bridge.watch(), name="watch"),
-            asyncio.create_task(bridge.snapshots(), name="snapshots"),
         ]
+        if cfg.snapshot_dir:
+            tasks.append(asyncio.create_task(bridge.snapshots(), name="snapshots"))
         os.write(cfg.ready_fd, b"R")
         os.close(cfg.ready_fd)
         stopping = asyncio.create_task(stop.wait())
@@ -707,6 +709,8 @@ async def serve(cfg: BridgeConfig) -> int:
         for task in tasks:
             if task in done and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
+            if task in done:  # every task loops until cancelled: none may end early
+                raise RuntimeError(f"bridge: the {task.get_name()} task ended")
         # a clean stop: send what the replicas left in the outbox
         deadline = time.monotonic() + 5.0
         while outbox.published(outbox.cursor(cfg.line)) and time.monotonic() < deadline:
@@ -714,6 +718,8 @@ async def serve(cfg: BridgeConfig) -> int:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.05):
                     await bridge.advanced.wait()
+        bridge.stopping = True
+        bridge.resubscribe.set()  # ingest ends even if a cancellation was swallowed
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -789,6 +795,7 @@ def main(argv: list[str]) -> int:
         sys.stdout.write(msgspec.json.encode(got).decode() + "\n")
         return 0
     cfg = msgspec.json.decode(argv[1].encode(), type=BridgeConfig)
+    die_with_parent(cfg.supervisor_pid)  # never outlive the machine's supervisor
     logging.basicConfig(
         level=getattr(logging, cfg.log_level.upper(), logging.WARNING),
         format="%(asctime)s %(name)s: %(message)s",

@@ -101,10 +101,15 @@ class BridgedLog:
         """Append to this machine's outbox; the outbox seq (the stamp brings it back), or 0.
 
         Raises :class:`EntryTooLargeError` above :attr:`max_entry_bytes`: the
-        entry must fit a stream message, and the ring of every machine.
+        entry must fit a stream message, and the ring of every machine; and
+        ``ValueError`` for a kind other than ``KIND_ENTRY``.
         """
         if len(payload) > self._max_entry:
             raise EntryTooLargeError(len(payload), self._max_entry)
+        if kind != KIND_ENTRY:
+            # a blob reference names a file on this machine, a no-op means
+            # nothing: neither travels (the stream carries entries' bytes)
+            raise ValueError(f"the nats log carries entries of kind {KIND_ENTRY} only, not {kind}")
         return self.outbox.try_append(replica, payload, kind)
 
     def take_sleepers(self, replicas: int | None = None, /) -> list[int]:

@@ -69,8 +69,9 @@ reason: appending until the log refuses (a full ring does not hold appends
 back here: the stream does), a log writer's durability words (there is no
 writer), participants taking the ring's sleepers themselves, and the
 cross-process wake-up race.  Two tests here check what the backend does
-instead (:class:`TestNats`).  ``test_the_kind_is_kept`` is an expected failure
-(strict): the backend loses the kind, which the contract says round-trips.
+instead (:class:`TestNats`).  Kinds other than ``KIND_ENTRY`` are refused
+with ``ValueError`` (they cannot travel between machines), so the kind test
+is replaced by one that checks the refusal.
 One position holds ``SMALL - STAMP.size`` payload bytes at the suite's slot
 size (``NatsBackend.small``), and the hypothesis property of ``completed``
 runs :data:`EXAMPLES` examples, not the profile's: each starts a bridge.
@@ -116,7 +117,7 @@ from hypothesis import given, settings
 
 from dominoes._core._backend import LogBackend, SupervisedLog
 from dominoes._core._layout import B_ASKED, B_SERVED, D_ACKED, D_WRITER, KIND_STAMPED, STAMP
-from dominoes._core._log import KIND_ENTRY, LogStatistics
+from dominoes._core._log import KIND_BLOB, KIND_ENTRY, KIND_NOOP, LogStatistics
 from dominoes._runtime._bridge import BridgeConfig
 from dominoes._runtime._jetstream import BridgedLog, JetStreamLogFactory, JetStreamLogHost
 from tests.natsserver import NatsServer
@@ -749,16 +750,22 @@ class TestNats(LogBackendSuite):
 
     # --- what this backend gets wrong -----------------------------------------------
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=AssertionError,
-        reason="nats bug: the kind is not carried. The bridge's stream record holds only "
-        "(outbox seq, length), so every entry reaches the ring as KIND_STAMPED and reads back "
-        "as KIND_ENTRY (kinds 3 and 7 are lost), and an entry appended with KIND_NOOP is "
-        "never sent at all (egress skips no-ops), though try_append gave it a ticket",
-    )
     def test_the_kind_is_kept(self, backend: Backend) -> None:
-        super().test_the_kind_is_kept(backend)
+        pytest.skip(
+            "nats: the stream carries entries' bytes, so try_append takes KIND_ENTRY only and "
+            "refuses other kinds with ValueError (a blob reference names a file on one machine; "
+            "a no-op means nothing); test_other_kinds_are_refused checks that"
+        )
+
+    def test_other_kinds_are_refused(self, backend: NatsBackend) -> None:
+        """Instead of a kind that would not travel, a clear refusal, and nothing appended."""
+        with backend.open(capacity=8, slot_size=128, replicas=3) as opened:
+            handle = opened.handle()
+            before = handle.tail
+            for kind in (KIND_NOOP, KIND_BLOB, 7):
+                with pytest.raises(ValueError, match="entries of kind"):
+                    handle.try_append(0, b"x", kind)
+            assert handle.tail == before
 
     # --- what this backend does instead, where the skipped tests below do not apply ------
 
