@@ -118,6 +118,8 @@ class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     skip: int = 0
     #: where replicas write snapshots for the bridge to upload ("": none)
     snapshot_dir: str = ""
+    #: the machine's run dir: the bridge writes ``bridge.json`` there ("": not)
+    run_dir: str = ""
     #: the snapshot the machine started from (its ring seq; 0: none)
     snapshot_seq: int = 0
 
@@ -406,6 +408,7 @@ class Bridge:
         """
         while True:
             await asyncio.sleep(WATCH_EVERY)
+            self.publish_counters()
             if time.monotonic() - self.last_copy < WATCH_EVERY:
                 continue
             last = await self.last_sequence()
@@ -425,6 +428,33 @@ class Bridge:
                     self.copied,
                 )
                 self.resubscribe.set()
+
+    def counters(self) -> dict[str, Any]:
+        """What ``dominoes stats --json`` shows of the bridge."""
+        ring = self.ring
+        return {
+            "stream": self.cfg.stream,
+            "origin": f"{self.origin:x}",
+            "messages_out": self.messages_out,
+            "messages_in": self.messages_in,
+            "copied": self.copied,
+            "retries": self.retries,
+            "resubscribes": self.resubscribes,
+            "unreachable": self.unreachable,
+            "fences_asked": ring.durability_word(B_ASKED),
+            "fences_served": ring.durability_word(B_SERVED),
+            "snapshots_uploaded": self.snapshots_uploaded,
+        }
+
+    def publish_counters(self) -> None:
+        """Rewrite ``bridge.json`` in the run dir (atomically) for the supervisor."""
+        if not self.cfg.run_dir:
+            return
+        path = Path(self.cfg.run_dir) / "bridge.json"
+        tmp = path.with_suffix(".tmp")
+        with contextlib.suppress(OSError):
+            tmp.write_bytes(msgspec.json.encode(self.counters()))
+            os.replace(tmp, path)
 
     async def copy(self, data: bytes, seq: int, skip: int = 0) -> None:
         try:

@@ -46,9 +46,15 @@ class BridgeProcess:
         self._exited = asyncio.Event()
 
     def summary(self) -> dict[str, Any]:
-        """The bridge in ``dominoes stats --json``: its pid."""
+        """The bridge in ``dominoes stats --json``: its pid, and its counters
+        (``bridge.json``, which it rewrites every second)."""
         proc = self.proc
-        return {"pid": proc.pid if proc is not None and proc.poll() is None else None}
+        out: dict[str, Any] = {
+            "pid": proc.pid if proc is not None and proc.poll() is None else None
+        }
+        with contextlib.suppress(OSError, msgspec.DecodeError):
+            out.update(msgspec.json.decode((self._sup.run_dir / "bridge.json").read_bytes()))
+        return out
 
     async def start(self) -> None:
         sup, cfg = self._sup, self._sup.config

@@ -77,6 +77,12 @@ def replica_report(replica: Replica) -> dict[str, Any]:
     )
     if replica.persist.active:  # --durable: the log writer's progress as this replica sees it
         report["durability"] = replica.persist.status()
+    if replica.across_machines:  # --log nats://: its read fences and snapshots
+        report["fences"] = replica.fences.summary()
+        report["snapshots"] = {
+            "written": replica.persist.snapshots_written,
+            "failed": replica.persist.snapshot_failures,
+        }
     return report
 
 
@@ -287,6 +293,7 @@ class ControlServer:
             "replicas": replicas,
             "log": msgspec.to_builtins(sup.log.statistics()),
             "writer": sup.writer.summary() if sup.writer is not None else None,
+            "bridge": sup.bridge.summary() if sup.bridge is not None else None,
         }
 
     async def snapshot(self) -> dict[str, Any]:

@@ -94,6 +94,11 @@ _LEFTOVERS: Final = (
     ".recovery-*",
     "replica-*.sock",
     "blob-*",
+    # --log nats://: the bridge's counters, snapshots not uploaded or loaded
+    "bridge.json",
+    "bridge.tmp",
+    "snapshots/snapshot-*",
+    "snapshots/.snapshot-*",
 )
 
 
@@ -354,9 +359,14 @@ class Supervisor:
         snapshots = self.run_dir / "snapshots"
         snapshots.mkdir(mode=0o700, exist_ok=True)
         if not fetched.seq:
-            return {"snapshot_dir": str(snapshots), "start_seq": max(fetched.first, 1)}
+            return {
+                "snapshot_dir": str(snapshots),
+                "run_dir": str(self.run_dir),
+                "start_seq": max(fetched.first, 1),
+            }
         return {
             "snapshot_dir": str(snapshots),
+            "run_dir": str(self.run_dir),
             "snapshot_seq": fetched.seq,
             "start_seq": fetched.message,
             "skip": fetched.index + 1,

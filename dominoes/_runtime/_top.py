@@ -218,7 +218,18 @@ def render(doc: dict[str, Any]) -> Any:
         f"({behind} behind), dead {list(log['dead']) or '-'}; "
         f"supervisor restarts {doc.get('deaths', 0)}"
     )
-    return Group(table, summary)
+    bridge = doc.get("bridge")
+    if not bridge:
+        return Group(table, summary)
+    state = "UNREACHABLE" if bridge.get("unreachable") else "ok"
+    line = Text(
+        f"stream {bridge.get('stream', '?')}: {state}, "
+        f"messages out {bridge.get('messages_out', 0)} in {bridge.get('messages_in', 0)} "
+        f"(copied to {bridge.get('copied', 0)}), "
+        f"fences {bridge.get('fences_served', 0)}, retries {bridge.get('retries', 0)}, "
+        f"snapshots uploaded {bridge.get('snapshots_uploaded', 0)}"
+    )
+    return Group(table, summary, line)
 
 
 def top_main(run_dir: Path, once: bool, interval: float) -> int:

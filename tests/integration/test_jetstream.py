@@ -7,9 +7,13 @@ clients on both write and read the KV service.
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -182,3 +186,36 @@ def test_replica_read_sees_writes_acknowledged_on_another_machine(
             assert on_a.ask(f"ADD {n}") == str(n)
             assert on_b.ask("RLEN") == str(n)
         assert on_a.ask("PRINT") == on_b.ask("PRINT")
+
+
+def test_stats_show_the_bridge_and_each_replicas_fences(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    with machine(tmp_path / "a", nats_server.url) as a:
+        for n in range(20):
+            a.on[0].set(f"k{n}", n)
+            assert a.on[1].get(f"k{n}") == str(n).encode()
+
+        def counted() -> dict[str, Any] | None:
+            got = json.loads(
+                subprocess.run(
+                    [sys.executable, "-m", "dominoes", "stats", "--run-dir", str(a.svc.run_dir),
+                     "--json"],
+                    capture_output=True, text=True, check=True, timeout=30,
+                ).stdout
+            )  # fmt: skip
+            bridge = got["bridge"]
+            return got if bridge.get("messages_in", 0) >= 20 else None  # written every second
+
+        doc = wait_for(counted, timeout=30)
+        assert doc is not None
+        bridge = doc["bridge"]
+        assert bridge["stream"] == "KV"
+        assert bridge["messages_out"] == bridge["messages_in"] >= 20
+        assert bridge["unreachable"] is False
+        assert bridge["fences_served"] >= 20  # the GETs on replica 1
+        text = subprocess.run(
+            [sys.executable, "-m", "dominoes", "stats", "--run-dir", str(a.svc.run_dir)],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout  # fmt: skip
+        assert "stream KV: ok" in text
