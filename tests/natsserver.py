@@ -108,7 +108,11 @@ class NatsServer:
         cluster_port: int | None = None,
         routes: Sequence[int] = (),
         executable: str = "nats-server",
+        client_host: str = HOST,
     ) -> None:
+        """``client_host``: the address clients connect to (an address of a test
+        namespace's veth, say); monitoring and routes stay on 127.0.0.1."""
+        self.client_host = client_host
         if port is None or http_port is None:
             spare = [p for p in _free_ports(3) if p not in (port, http_port)]
             port = spare.pop() if port is None else port
@@ -137,7 +141,7 @@ class NatsServer:
         """The config file's text."""
         lines = [
             f"server_name: {self.name}",
-            f"listen: {HOST}:{self.port}",
+            f"listen: {self.client_host}:{self.port}",
             f"http: {HOST}:{self.http_port}",
             "jetstream {",
             f"  store_dir: {json.dumps(str(self.store_dir))}",
@@ -166,8 +170,8 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        """The client URL: ``nats://127.0.0.1:PORT``."""
-        return f"nats://{HOST}:{self.port}"
+        """The client URL: ``nats://127.0.0.1:PORT`` (or ``client_host``)."""
+        return f"nats://{self.client_host}:{self.port}"
 
     @property
     def monitor_url(self) -> str:

@@ -50,14 +50,16 @@ class Service:
         loop: str = "uvloop",
         session: bool = False,
         env: dict[str, str] | None = None,
+        wrap: tuple[str, ...] = (),
     ) -> None:
         """``session``: lead a process group of its own (its processes can be
-        killed as one); ``env``: added to this process's environment."""
+        killed as one); ``env``: added to this process's environment; ``wrap``:
+        a command that runs it (``ip netns exec NS``)."""
         self.target = target
         self.run_dir = run_dir
         self.port = free_port()
         cmd = [
-            sys.executable, "-m", "dominoes", "run", target,
+            *wrap, sys.executable, "-m", "dominoes", "run", target,
             "--replicas", str(replicas), "--port", str(self.port),
             "--run-dir", str(run_dir), "--log-level", "INFO",
             "--loop", loop, *args,

@@ -101,12 +101,18 @@ def digests(run_dir: Path, replicas: int) -> list[tuple[int, dict[str, str]]]:
     return asyncio.run(every())
 
 
-def wait_converged(machines: list[Machine], timeout: float = 30) -> tuple[int, dict[str, str]]:
-    """Wait until every replica of every machine applied the same seq; assert equal digests."""
+def wait_converged(
+    machines: list[Machine], timeout: float = 30, *, more: tuple[tuple[Path, int], ...] = ()
+) -> tuple[int, dict[str, str]]:
+    """Wait until every replica of every machine applied the same seq; assert equal digests.
+
+    ``more``: machines given by (run dir, replicas) instead.
+    """
     seen: list[tuple[int, dict[str, str]]] = []
+    where = [(m.svc.run_dir, m.replicas) for m in machines] + list(more)
 
     def same_seq() -> bool:
-        seen[:] = [d for m in machines for d in digests(m.svc.run_dir, m.replicas)]
+        seen[:] = [d for run_dir, n in where for d in digests(run_dir, n)]
         return len({seq for seq, _ in seen}) == 1
 
     wait_for(same_seq, timeout=timeout)
