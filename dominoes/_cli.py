@@ -60,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
         "every machine of the service names the same one",
     )
     run.add_argument(
+        "--unreachable-after",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="with --log nats://...: once every request to the stream has failed this long, "
+        "updates and linearizable reads are refused (the KV answers TRYAGAIN) until it is "
+        "back; longer than a leader election, so a dead NATS node is a pause (default 15)",
+    )
+    run.add_argument(
         "--stream-replicas",
         type=_positive_int,
         default=1,
@@ -88,9 +97,9 @@ def _parser() -> argparse.ArgumentParser:
         type=_snapshot_every,
         default="1000000,600s",
         metavar="N[,Ts]",
-        help="with --durable: write a snapshot after N entries or T seconds, whichever comes "
-        "first (e.g. 100000,60s; 0 for never; default 1000000,600s); segments a snapshot "
-        "covers are deleted",
+        help="with --durable or --log nats://: write a snapshot after N entries or T seconds, "
+        "whichever comes first (e.g. 100000,60s; 0 for never; default 1000000,600s); segments "
+        "(durable) or stream messages (nats) the kept snapshots cover are deleted",
     )
     run.add_argument(
         "--segment-mb",
@@ -224,9 +233,11 @@ def _parser() -> argparse.ArgumentParser:
     _replay_parser(sub)
     snapshot = sub.add_parser(
         "snapshot",
-        help="have a running durable service write a snapshot now",
+        help="have a running durable or nats service write a snapshot now",
         description="Have the lowest-numbered live replica of a running durable service "
-        "(dominoes run --durable) write a snapshot of its state now, and print where.",
+        "(dominoes run --durable), or of one machine of a service sharing a NATS stream "
+        "(--log nats://), write a snapshot of its state now, and print where (with nats, "
+        "the bridge then uploads it to the stream's Object Store).",
     )
     _service_args(snapshot)
     snapshot.add_argument(
@@ -538,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
             fsync_trace=os.environ.get("DOMINOES_FSYNC_TRACE", ""),
             stream=args.stream,
             stream_replicas=args.stream_replicas,
+            unreachable_after=args.unreachable_after,
         )
         if args.monitor_tcp:
             print(

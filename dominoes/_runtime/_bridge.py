@@ -79,8 +79,10 @@ RETRY_DELAY: Final = 0.1
 #: Seconds between looks at a full ring (the replicas free it as they apply).
 RING_FULL_DELAY: Final = 0.0005
 #: Seconds of nothing but failed requests to the stream before the replicas
-#: refuse updates and linearizable reads (``LogUnavailableError``).
-UNREACHABLE_AFTER: Final = 3.0
+#: refuse updates and linearizable reads (``LogUnavailableError``): longer than
+#: a Raft election (a stream leader's death pauses writes 5-10 s), so that a
+#: dead node is a pause and a partition an error (``--unreachable-after``).
+UNREACHABLE_AFTER: Final = 15.0
 #: Seconds between the stream consumer's heartbeats.
 HEARTBEAT: Final = 0.5
 #: Seconds between the watch task's looks at a quiet consumer.
@@ -120,6 +122,8 @@ class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     snapshot_dir: str = ""
     #: the machine's run dir: the bridge writes ``bridge.json`` there ("": not)
     run_dir: str = ""
+    #: seconds of failed requests before updates and fenced reads are refused
+    unreachable_after: float = UNREACHABLE_AFTER
     #: the snapshot the machine started from (its ring seq; 0: none)
     snapshot_seq: int = 0
 
@@ -303,7 +307,7 @@ class Bridge:
         now = time.monotonic()
         if self.failing_since is None:
             self.failing_since = now
-        elif now - self.failing_since >= UNREACHABLE_AFTER and not self.unreachable:
+        elif now - self.failing_since >= self.cfg.unreachable_after and not self.unreachable:
             self.unreachable = True
             self.ring.set_durability_word(D_ERROR, errno.EHOSTUNREACH)
             log.error(
@@ -408,7 +412,6 @@ class Bridge:
         """
         while True:
             await asyncio.sleep(WATCH_EVERY)
-            self.publish_counters()
             if time.monotonic() - self.last_copy < WATCH_EVERY:
                 continue
             last = await self.last_sequence()
@@ -441,20 +444,28 @@ class Bridge:
             "retries": self.retries,
             "resubscribes": self.resubscribes,
             "unreachable": self.unreachable,
+            # seconds every request to the stream has failed (0: the last went through)
+            "failing_for": (
+                0.0
+                if self.failing_since is None
+                else round(time.monotonic() - self.failing_since, 1)
+            ),
             "fences_asked": ring.durability_word(B_ASKED),
             "fences_served": ring.durability_word(B_SERVED),
             "snapshots_uploaded": self.snapshots_uploaded,
         }
 
-    def publish_counters(self) -> None:
-        """Rewrite ``bridge.json`` in the run dir (atomically) for the supervisor."""
-        if not self.cfg.run_dir:
-            return
+    async def publish_counters(self) -> None:
+        """Rewrite ``bridge.json`` in the run dir (atomically) every second, for the
+        supervisor's stats: a task of its own, so that it goes on while requests to the
+        stream wait (an outage is when it matters)."""
         path = Path(self.cfg.run_dir) / "bridge.json"
         tmp = path.with_suffix(".tmp")
-        with contextlib.suppress(OSError):
-            tmp.write_bytes(msgspec.json.encode(self.counters()))
-            os.replace(tmp, path)
+        while True:
+            with contextlib.suppress(OSError):
+                tmp.write_bytes(msgspec.json.encode(self.counters()))
+                os.replace(tmp, path)
+            await asyncio.sleep(WATCH_EVERY)
 
     async def copy(self, data: bytes, seq: int, skip: int = 0) -> None:
         try:
@@ -732,6 +743,8 @@ async def serve(cfg: BridgeConfig) -> int:
         ]
         if cfg.snapshot_dir:
             tasks.append(asyncio.create_task(bridge.snapshots(), name="snapshots"))
+        if cfg.run_dir:
+            tasks.append(asyncio.create_task(bridge.publish_counters(), name="counters"))
         os.write(cfg.ready_fd, b"R")
         os.close(cfg.ready_fd)
         stopping = asyncio.create_task(stop.wait())
@@ -819,8 +832,16 @@ def main(argv: list[str]) -> int:
         fcfg = msgspec.json.decode(argv[2].encode(), type=FetchConfig)
         try:
             got = asyncio.run(fetch(fcfg))
-        except (FellBehindError, OSError) as exc:
-            print(f"dominoes: {exc}", file=sys.stderr, flush=True)
+        except FellBehindError as exc:
+            print(exc, file=sys.stderr, flush=True)
+            return 1
+        except Exception as exc:  # noqa: BLE001 - one line for the supervisor to print
+            print(
+                f"cannot read stream {fcfg.stream!r} from {', '.join(fcfg.servers)}: "
+                f"{type(exc).__name__}: {exc}",
+                file=sys.stderr,
+                flush=True,
+            )
             return 1
         sys.stdout.write(msgspec.json.encode(got).decode() + "\n")
         return 0

@@ -75,6 +75,7 @@ class BridgeProcess:
             supervisor_pid=os.getpid(),
             slot_size=cfg.slot_size,
             log_level=cfg.log_level,
+            unreachable_after=cfg.unreachable_after,
             **sup.bridge_start(),
         )
         try:

@@ -156,6 +156,9 @@ class SupervisorConfig:
     stream: str | None = None
     #: copies of the stream the NATS servers keep, when the bridge creates it
     stream_replicas: int = 1
+    #: seconds the stream may fail every request before updates and
+    #: linearizable reads are refused (``LogUnavailableError``)
+    unreachable_after: float = 15.0
 
 
 @dataclass

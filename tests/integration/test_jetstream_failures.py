@@ -26,6 +26,9 @@ from .kv_helpers import client, wait_for
 
 pytestmark = pytest.mark.integration
 
+#: refuse after 3 s of an unreachable stream, not the default 15 s
+FAST = ("--unreachable-after", "3")
+
 
 class Load:
     """One thread per client: INCR its own key and a shared one until stopped."""
@@ -53,7 +56,9 @@ class Load:
                     self.shared.append(shared)
                     self.slowest = max(self.slowest, took)
         except Exception as exc:  # noqa: BLE001 - reported by check()
-            self.errors.append(RuntimeError(f"{type(exc).__name__}: {exc}"))
+            self.errors.append(
+                RuntimeError(f"{type(exc).__name__}: {exc} at {time.time():.3f} client {k}")
+            )
 
     def start(self) -> None:
         for t in self._threads:
@@ -185,8 +190,8 @@ def test_while_the_stream_is_unreachable_writes_and_fenced_reads_get_tryagain_lo
 ) -> None:
     """The NATS server frozen (SIGSTOP): to both machines, the stream is out of reach."""
     with (
-        machine(tmp_path / "a", nats_server.url) as a,
-        machine(tmp_path / "b", nats_server.url, args=("--reads", "local")) as b,
+        machine(tmp_path / "a", nats_server.url, args=FAST) as a,
+        machine(tmp_path / "b", nats_server.url, args=("--reads", "local", *FAST)) as b,
     ):
         a.on[0].set("k", "before")
         assert b.on[0].get("k") == b"before"
