@@ -22,11 +22,11 @@ the replicas.  Three tasks on one event loop:
     sleep.  A consumer that stalls (its server died) is made again.
 **fences**
     serves linearizable reads across machines.  A replica about to answer
-    reads raises ``B_ASKED`` and wakes the bridge; the bridge takes the
-    stream's last sequence *after* that (a request to the stream leader),
-    waits until ingest has copied it into the ring, and stores the
-    generation it served in ``B_SERVED``.  One request serves every read
-    asked before it began, on every replica of the machine.
+    reads raises ``B_ASKED`` and wakes the bridge; the bridge then appends
+    an empty batch to the stream (a fence), waits until ingest has copied
+    the stream up to it, and stores the generation it served in
+    ``B_SERVED``.  One fence serves every read asked before it was
+    appended, on every replica of the machine.
 
 The message format: ``HEAD`` (magic, origin, counter, count) then per entry
 ``RECORD`` (outbox seq, length) and the entry's bytes.
@@ -91,6 +91,9 @@ WATCH_EVERY: Final = 1.0
 STALL: Final = 1.5
 #: Seconds between looks for a new snapshot to upload.
 SNAPSHOT_POLL: Final = 0.2
+#: Seconds a machine's progress stays in ``<stream>-machines`` unrefreshed: a
+#: machine silent that long is taken for stopped, and retention may trim past it.
+PROGRESS_TTL: Final = 60.0
 #: Snapshots kept in the Object Store; the stream keeps what the oldest needs.
 KEEP_SNAPSHOTS: Final = 2
 #: The stream keeps message ids this many seconds to spot a retried publish.
@@ -196,7 +199,11 @@ class Bridge:
         self.messages_out = 0
         self.messages_in = 0
         self.retries = 0
+        self.fences_appended = 0
         self.snapshots_uploaded = 0
+        #: the stream's first message kept after this bridge's last trim
+        self.trimmed = 0
+        self._bucket: Any = None
         #: a clean stop began: loops end (nats-py may swallow a cancellation)
         self.stopping = False
         #: since when every request to the stream failed (None: the last went through)
@@ -452,6 +459,7 @@ class Bridge:
             ),
             "fences_asked": ring.durability_word(B_ASKED),
             "fences_served": ring.durability_word(B_SERVED),
+            "fences_appended": self.fences_appended,
             "snapshots_uploaded": self.snapshots_uploaded,
         }
 
@@ -503,10 +511,10 @@ class Bridge:
                     async with asyncio.timeout(0.05):  # safety, as for the egress
                         await self.fence_asked.wait()
                 continue
-            # Every ask up to `asked` was raised before this request leaves: the
-            # stream's last sequence it returns covers every write those reads follow.
+            # Every ask up to `asked` was raised before this fence is appended: the
+            # stream orders it after every write acknowledged before those reads.
             self.fence_taken = asked
-            last = await self.last_sequence()
+            last = await self.append_fence()
             while self.copied < last:
                 self.copied_moved.clear()
                 if self.copied < last:
@@ -562,6 +570,8 @@ class Bridge:
                 log.warning("bridge: trimming the stream failed (%s)", exc)
 
     async def retain(self, store: Any) -> None:
+        """Keep the newest snapshots, and the stream from what the oldest needs, or
+        from what the slowest live machine has not copied yet, whichever is older."""
         import nats.js.errors
 
         kept = await list_snapshots(store)
@@ -569,10 +579,106 @@ class Bridge:
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await store.delete(name)
         kept = kept[-KEEP_SNAPSHOTS:]
-        if len(kept) == KEEP_SNAPSHOTS:
-            oldest_needed = kept[0][1]
+        if len(kept) < KEEP_SNAPSHOTS:
+            return
+        oldest_needed = kept[0][1]
+        slowest = await self.slowest_machine()
+        if slowest is None:
+            return  # the machines' progress is unknown: trim next time
+        oldest_needed = min(oldest_needed, slowest + 1)
+        if oldest_needed > self.trimmed:
             await self.js.purge_stream(self.cfg.stream, seq=oldest_needed)
+            self.trimmed = oldest_needed
             log.info("bridge: the stream keeps messages from %d on", oldest_needed)
+
+    # --- machines' progress: what retention must keep ---------------------------------------
+
+    async def progress(self) -> None:
+        """Tell the other machines, every second, how far this one has copied the stream.
+
+        Each machine's bridge puts ``copied`` under its origin in the KV bucket
+        ``<stream>-machines``, whose entries expire after ``PROGRESS_TTL``
+        seconds: a machine that stopped is forgotten then.  Retention never
+        drops a message a live machine has not copied (:meth:`retain`).
+        """
+        import nats.errors
+
+        key = f"{self.origin:x}"
+        while True:
+            try:
+                async with asyncio.timeout(PUBLISH_TIMEOUT):
+                    bucket = await self._progress_bucket()
+                    await bucket.put(key, str(self.copied).encode())
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.debug("bridge: reporting progress failed (%s)", exc)
+            await asyncio.sleep(WATCH_EVERY)
+
+    async def slowest_machine(self) -> int | None:
+        """The least ``copied`` among live machines (None: unknown now)."""
+        import nats.errors
+        import nats.js.errors
+
+        try:
+            bucket = await self._progress_bucket()
+            keys = await bucket.keys()
+            values = [int((await bucket.get(k)).value or b"0") for k in keys]
+        except nats.js.errors.NoKeysError:
+            return self.copied
+        except (TimeoutError, nats.errors.Error, ValueError) as exc:
+            log.warning("bridge: the machines' progress is unknown (%s)", exc)
+            return None
+        return min([*values, self.copied])
+
+    async def _progress_bucket(self) -> Any:
+        import nats.js.errors
+        from nats.js.api import KeyValueConfig, StorageType
+
+        if self._bucket is not None:
+            return self._bucket
+        name = f"{self.cfg.stream}-machines"
+        try:
+            self._bucket = await self.js.key_value(name)
+        except nats.js.errors.BucketNotFoundError:
+            with contextlib.suppress(nats.js.errors.BadRequestError):  # made meanwhile
+                self._bucket = await self.js.create_key_value(
+                    KeyValueConfig(
+                        bucket=name,
+                        description=f"dominoes machines reading stream {self.cfg.stream}",
+                        ttl=PROGRESS_TTL,
+                        storage=StorageType.FILE,
+                        replicas=self.cfg.stream_replicas,
+                    )
+                )
+            if self._bucket is None:
+                self._bucket = await self.js.key_value(name)
+        return self._bucket
+
+    async def append_fence(self) -> int:
+        """Append an empty batch to the stream; its sequence.
+
+        A write's reply leaves once its replica applied it, which is after the
+        stream committed it; this append is made after the reads it serves
+        arrived, so the stream orders it after every write acknowledged before
+        them.  Once ingest has copied up to it, those writes are in the ring.
+        (The stream's ``last_seq`` from a stream-info request is not enough: on
+        a cluster it was seen behind a message a consumer had already delivered.)
+        A retried fence may be stored twice: an empty batch changes nothing.
+        """
+        import nats.errors
+
+        data = encode_message(self.origin, 0, [])
+        while True:
+            try:
+                ack = await self.js.publish(
+                    self.cfg.subject, data, timeout=PUBLISH_TIMEOUT, stream=self.cfg.stream
+                )
+            except (TimeoutError, nats.errors.Error) as exc:
+                self._unavailable(exc)
+            else:
+                self._reachable()
+                self.fences_appended += 1
+                return int(ack.seq)
+            await asyncio.sleep(RETRY_DELAY)
 
     async def first_sequence(self) -> int:
         """The stream's first message held (retried while the stream is unavailable)."""
@@ -745,6 +851,7 @@ async def serve(cfg: BridgeConfig) -> int:
             tasks.append(asyncio.create_task(bridge.snapshots(), name="snapshots"))
         if cfg.run_dir:
             tasks.append(asyncio.create_task(bridge.publish_counters(), name="counters"))
+        tasks.append(asyncio.create_task(bridge.progress(), name="progress"))
         os.write(cfg.ready_fd, b"R")
         os.close(cfg.ready_fd)
         stopping = asyncio.create_task(stop.wait())

@@ -22,7 +22,7 @@ from .durable_helpers import wait_group_gone
 from .harness import Service
 from .kv_helpers import KV, client, clients_on_every_replica, wait_for
 
-__all__ = ("Machine", "digests", "machine", "stream_state", "wait_converged")
+__all__ = ("Machine", "digests", "machine", "snapshot_names", "stream_state", "wait_converged")
 
 
 class Machine:
@@ -78,6 +78,8 @@ def machine(
         else:
             svc._finish()
         wait_group_gone(svc.proc.pid)
+        if os.environ.get("DOMINOES_TEST_SHOW") or svc.proc.returncode not in (0, -9):
+            print(f"machine {run_dir.name} exited with {svc.proc.returncode}:\n{svc.output}")
 
 
 def _pings(port: int) -> bool:
@@ -143,3 +145,14 @@ def stream_state(url: str, stream: str) -> tuple[int, int, list[str]]:
             await nc.close()
 
     return asyncio.run(ask())
+
+
+def snapshot_names(url: str, stream: str) -> list[str]:
+    """The snapshot objects of the stream, or [] when the servers are slow to say
+    (poll it: an Object Store listing times out on busy cores)."""
+    import nats.errors
+
+    try:
+        return stream_state(url, stream)[2]
+    except (TimeoutError, nats.errors.Error):
+        return []

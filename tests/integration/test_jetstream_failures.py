@@ -21,7 +21,7 @@ import redis
 
 from tests.natsserver import NatsCluster, NatsServer
 
-from .jetstream_helpers import Machine, machine, stream_state, wait_converged
+from .jetstream_helpers import Machine, machine, snapshot_names, stream_state, wait_converged
 from .kv_helpers import client, wait_for
 
 pytestmark = pytest.mark.integration
@@ -161,7 +161,7 @@ def test_a_machine_killed_under_load_restarts_from_the_stream_and_converges(
                 load.progress(20)
                 other.progress(20)
                 # snapshots on both sides of a trimmed stream before the kill
-                wait_for(lambda: len(stream_state(nats_cluster.urls, "KV")[2]) == 2, timeout=60)
+                wait_for(lambda: len(snapshot_names(nats_cluster.urls, "KV")) == 2, timeout=60)
                 b.crash()  # the whole of machine b at once
                 load.progress(30)  # machine a goes on alone
             finally:
@@ -172,7 +172,9 @@ def test_a_machine_killed_under_load_restarts_from_the_stream_and_converges(
         # snapshot in the Object Store, then the stream after it
         first, _, names = stream_state(nats_cluster.urls, "KV")
         assert len(names) == 2
-        assert first == int(names[0].split("-")[2]) > 1
+        # trimmed, but never past what the killed machine had copied (its progress
+        # stays in <stream>-machines for a minute)
+        assert 1 < first <= int(names[0].split("-")[2])
         with _cluster_machines(nats_cluster, tmp_path)[1] as b2:
             try:
                 load.check([a, b2])
@@ -194,7 +196,7 @@ def test_while_the_stream_is_unreachable_writes_and_fenced_reads_get_tryagain_lo
         machine(tmp_path / "b", nats_server.url, args=("--reads", "local", *FAST)) as b,
     ):
         a.on[0].set("k", "before")
-        assert b.on[0].get("k") == b"before"
+        wait_for(lambda: b.on[0].get("k") == b"before")  # b reads locally: it may lag
         pid = nats_server.pid
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
