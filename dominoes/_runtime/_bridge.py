@@ -681,33 +681,26 @@ class Bridge:
             await asyncio.sleep(RETRY_DELAY)
 
     async def first_sequence(self) -> int:
-        """The stream's first message held (retried while the stream is unavailable)."""
-        import nats.errors
-
-        while True:
-            try:
-                info = await self.js.stream_info(self.cfg.stream)
-            except (TimeoutError, nats.errors.Error) as exc:
-                self._unavailable(exc)
-            else:
-                self._reachable()
-                return int(info.state.first_seq)
-            await asyncio.sleep(RETRY_DELAY)
+        """The stream's first message held."""
+        return int((await self._stream_info()).state.first_seq)
 
     async def last_sequence(self) -> int:
+        """The stream's last message (for the watch task: not a fence, see ``append_fence``)."""
+        return int((await self._stream_info()).state.last_seq)
+
+    async def _stream_info(self) -> Any:
+        """A stream-info request, retried while the stream is unavailable (a leader
+        change, a dead node, a reconnect: "temporarily unavailable" in its forms)."""
         import nats.errors
-        import nats.js.errors
 
         while True:
             try:
                 info = await self.js.stream_info(self.cfg.stream)
             except (TimeoutError, nats.errors.Error) as exc:
-                # a leader change, a dead node, a reconnect: "temporarily
-                # unavailable" in its many forms.  Retried under the same id.
                 self._unavailable(exc)
             else:
                 self._reachable()
-                return int(info.state.last_seq)
+                return info
             await asyncio.sleep(RETRY_DELAY)
 
 

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import subprocess
 import sys
 from typing import TYPE_CHECKING, Any, Final
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from ._bridge import BridgeConfig, FetchConfig, Fetched
+from ._helperproc import HelperProcess, read_ready
 
 if TYPE_CHECKING:
     from ._supervisor import Supervisor
@@ -37,13 +37,13 @@ BRIDGE_START_TIMEOUT: Final = 30.0
 BRIDGE_STOP_TIMEOUT: Final = 10.0
 
 
-class BridgeProcess:
+class BridgeProcess(HelperProcess):
+    what = "bridge"
+    stop_timeout = BRIDGE_STOP_TIMEOUT
+
     def __init__(self, supervisor: Supervisor) -> None:
+        super().__init__()
         self._sup = supervisor
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._pidfd = -1
-        self._stopping = False
-        self._exited = asyncio.Event()
 
     def summary(self) -> dict[str, Any]:
         """The bridge in ``dominoes stats --json``: its pid, and its counters
@@ -95,7 +95,7 @@ class BridgeProcess:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(BRIDGE_START_TIMEOUT):
-                data = await loop.run_in_executor(None, _read_ready, ready_r)
+                data = await loop.run_in_executor(None, read_ready, ready_r)
         except TimeoutError:
             data = b""
         finally:
@@ -112,19 +112,10 @@ class BridgeProcess:
                 else f"the bridge to {', '.join(bcfg.servers)} (stream {cfg.stream!r}) exited "
                 f"with {code} before it was ready; its error is above"
             )
-        self._pidfd = os.pidfd_open(self.proc.pid)
-        loop.add_reader(self._pidfd, self._on_exit)
+        self.watch()
 
-    def _on_exit(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        self._pidfd = -1
+    def died(self, code: int) -> None:
         assert self.proc is not None
-        code = self.proc.wait()
-        self._exited.set()
-        if self._stopping:
-            return
         log.error(
             "the bridge to the stream (pid %d) died with %s; stopping this machine: "
             "start it again and it rebuilds its state from the stream",
@@ -133,26 +124,6 @@ class BridgeProcess:
         )
         self._sup.exit_code = 1
         self._sup.stop()
-
-    async def stop(self) -> None:
-        """SIGTERM, then wait: it sends what the replicas left in the outbox first."""
-        self._stopping = True
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(BRIDGE_STOP_TIMEOUT):
-                await self._exited.wait()
-        if proc.poll() is None:
-            log.error("the bridge did not stop in %.0fs; killing it", BRIDGE_STOP_TIMEOUT)
-            proc.kill()
-            proc.wait()
-        if self._pidfd >= 0:
-            asyncio.get_running_loop().remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = -1
 
 
 def fetch_snapshot(sup: Supervisor) -> Fetched:
@@ -189,10 +160,3 @@ def fetch_snapshot(sup: Supervisor) -> Fetched:
 
 def _json(cfg: BridgeConfig | FetchConfig) -> str:
     return msgspec.json.encode(cfg).decode()
-
-
-def _read_ready(fd: int) -> bytes:
-    try:
-        return os.read(fd, 1)
-    except OSError:
-        return b""

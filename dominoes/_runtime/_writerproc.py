@@ -13,16 +13,15 @@ they left and fsyncs, whatever the policy.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import subprocess
 import sys
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from ._helperproc import HelperProcess, read_ready
 from ._writer import WriterConfig
 
 if TYPE_CHECKING:
@@ -40,15 +39,15 @@ WRITER_RESTART_DELAY: Final = 0.2
 WRITER_MAX_FAILURES: Final = 3
 
 
-class WriterProcess:
+class WriterProcess(HelperProcess):
+    what = "log writer"
+    stop_timeout = WRITER_STOP_TIMEOUT
+
     def __init__(self, supervisor: Supervisor) -> None:
+        super().__init__()
         self._sup = supervisor
-        self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._failures = 0
-        self._pidfd = -1
-        self._stopping = False
-        self._exited = asyncio.Event()
 
     def _config(self, ready_w: int) -> WriterConfig:
         sup, cfg = self._sup, self._sup.config
@@ -93,34 +92,24 @@ class WriterProcess:
         assert self.proc is not None
         loop = asyncio.get_running_loop()
         try:
-            data = await loop.run_in_executor(None, _read_ready, ready_r)
+            data = await loop.run_in_executor(None, read_ready, ready_r)
         finally:
             os.close(ready_r)
         if data != b"R":
             code = self.proc.wait()
             raise RuntimeError(f"the log writer exited with {code} before it was ready")
         self._failures = 0
-        self._exited = asyncio.Event()
-        self._pidfd = os.pidfd_open(self.proc.pid)
-        loop.add_reader(self._pidfd, self._on_exit)
+        self.watch()
 
-    def _on_exit(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        self._pidfd = -1
+    def died(self, code: int) -> None:
         assert self.proc is not None
-        code = self.proc.wait()
-        self._exited.set()
-        if self._stopping:
-            return
         log.error(
             "the log writer (pid %d) died with %s; updates wait until it is back",
             self.proc.pid,
             code,
         )
         self.restarts += 1
-        loop.call_later(WRITER_RESTART_DELAY, self._restart)
+        asyncio.get_running_loop().call_later(WRITER_RESTART_DELAY, self._restart)
 
     def _restart(self) -> None:
         if self._stopping:
@@ -142,30 +131,3 @@ class WriterProcess:
                 asyncio.get_running_loop().call_later(WRITER_RESTART_DELAY, self._restart)
 
         task.add_done_callback(started)
-
-    async def stop(self) -> None:
-        """SIGTERM, then wait: it writes everything published and fsyncs before it exits."""
-        self._stopping = True
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(WRITER_STOP_TIMEOUT):
-                await self._exited.wait()
-        if proc.poll() is None:
-            log.error("the log writer did not stop in %.0fs; killing it", WRITER_STOP_TIMEOUT)
-            proc.kill()
-            proc.wait()
-        if self._pidfd >= 0:
-            asyncio.get_running_loop().remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = -1
-
-
-def _read_ready(fd: int) -> bytes:
-    try:
-        return os.read(fd, 1)
-    except OSError:
-        return b""
