@@ -286,6 +286,14 @@ async def serve(config: ReplicaConfig, service: Service, attached: LogHost) -> i
         clean = True
         return 0
     finally:
+        # Stopping already: further SIGINT/SIGTERM (a group's Ctrl-C, repeated)
+        # change nothing.  Ignored from here, so none can reach the loop's
+        # wakeup fd while loop.close() tears it down (asyncio closes the
+        # self-pipe before it removes its signal handlers: "Exception ignored
+        # when trying to write to the signal wakeup fd ... Bad file descriptor").
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
         ingress.stop()
         loop.remove_reader(config.parent_fd)
         replica.close(leave=clean)

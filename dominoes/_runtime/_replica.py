@@ -174,8 +174,6 @@ class Replica:
         #: lines a producer here wakes: the replicas, and the log writer or the
         #: bridge after them
         self.wake_lines = replicas + 1 if self.persist.active or self.fences.active else replicas
-        #: updates may be refused: the durable log's disk, or the stream, fails
-        self._refusable = self.persist.active or self.fences.active
         #: what an applied outcome goes to: chosen once, so that a replica
         #: without a durable log pays nothing per outcome for it
         self._deliver: Callable[[Applied], None] = (
@@ -354,6 +352,11 @@ class Replica:
                 await fence
         self.queries += 1
         return machine.query(name, *args, **kwargs)
+
+    @property
+    def _refusable(self) -> bool:
+        """Updates may be refused: the durable log's disk, or the stream, can fail."""
+        return self.persist.active or self.fences.active
 
     def _refusal(self) -> DurabilityError | None:
         """Why updates are refused now (None: they are not)."""

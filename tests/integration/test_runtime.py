@@ -109,36 +109,43 @@ def test_kill_9_of_a_replica_under_load_loses_no_acknowledged_incr(tmp_path: Pat
 
 
 def test_a_tiny_log_with_a_slow_replica_blocks_writers_and_loses_nothing(tmp_path: Path) -> None:
+    import json
+
     target = "tests.integration.services:slow"
     with running(target, tmp_path / "run", args=("--capacity", "64")) as svc:
         n_clients, per_client = 5, 200
         failures: list[str] = []
+        every = clients_on_every_replica(svc.port, 2)
 
-        def work(i: int) -> None:
+        def work(i: int, burst: int) -> None:
             with LineClient(svc.port) as c:
                 for k in range(per_client):
-                    reply = c.ask(f"ADD {i * 10_000 + k}")
+                    reply = c.ask(f"ADD {burst * 1_000_000 + i * 10_000 + k}")
                     if not reply.isdigit():
                         failures.append(reply)
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(n_clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        def refusals() -> int:
+            return sum(
+                json.loads(c.ask("STATS"))["core"]["append_refusals"] for c in every.values()
+            )
+
+        # Bursts until the fast replica has hit the full log and waited
+        # (backpressure): how many that takes depends on how busy the cores
+        # are, not on anything the test asserts.
+        bursts = 0
+        while bursts == 0 or (refusals() == 0 and bursts < 20):
+            threads = [threading.Thread(target=work, args=(i, bursts)) for i in range(n_clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            bursts += 1
         assert failures == []
-        every = clients_on_every_replica(svc.port, 2)
-        total = str(n_clients * per_client)
+        assert refusals() > 0
+        total = str(bursts * n_clients * per_client)
         wait_until(lambda: all(c.ask("LEN") == total for c in every.values()), timeout=30)
         prints = {c.ask("PRINT") for c in every.values()}
         assert len(prints) == 1, prints  # same items, same order, on both
-        # The fast replica really hit the full log and waited (backpressure).
-        import json
-
-        refusals = sum(
-            json.loads(c.ask("STATS"))["core"]["append_refusals"] for c in every.values()
-        )
-        assert refusals > 0
         for c in every.values():
             c.close()
         assert svc.stop() == 0
