@@ -94,6 +94,8 @@ SNAPSHOT_POLL: Final = 0.2
 #: Seconds a machine's progress stays in ``<stream>-machines`` unrefreshed: a
 #: machine silent that long is taken for stopped, and retention may trim past it.
 PROGRESS_TTL: Final = 60.0
+#: Seconds between trims of the stream besides those after an upload.
+RETAIN_EVERY: Final = 2.0
 #: Snapshots kept in the Object Store; the stream keeps what the oldest needs.
 KEEP_SNAPSHOTS: Final = 2
 #: The stream keeps message ids this many seconds to spot a retried publish.
@@ -569,6 +571,21 @@ class Bridge:
             except (TimeoutError, nats.errors.Error) as exc:  # the next upload trims
                 log.warning("bridge: trimming the stream failed (%s)", exc)
 
+    async def retention(self) -> None:
+        """Trim again every ``RETAIN_EVERY`` seconds, not only after an upload: a trim
+        that was skipped (the machines' progress unknown) or held back by a slow
+        machine happens once it can."""
+        import nats.errors
+
+        while True:
+            await asyncio.sleep(RETAIN_EVERY)
+            try:
+                store = await object_store(self.js, self.cfg, create=False)
+                if store is not None:
+                    await self.retain(store)
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.debug("bridge: trimming the stream failed (%s)", exc)
+
     async def retain(self, store: Any) -> None:
         """Keep the newest snapshots, and the stream from what the oldest needs, or
         from what the slowest live machine has not copied yet, whichever is older."""
@@ -842,6 +859,7 @@ async def serve(cfg: BridgeConfig) -> int:
         ]
         if cfg.snapshot_dir:
             tasks.append(asyncio.create_task(bridge.snapshots(), name="snapshots"))
+            tasks.append(asyncio.create_task(bridge.retention(), name="retention"))
         if cfg.run_dir:
             tasks.append(asyncio.create_task(bridge.publish_counters(), name="counters"))
         tasks.append(asyncio.create_task(bridge.progress(), name="progress"))
