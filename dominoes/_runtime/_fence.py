@@ -7,15 +7,17 @@ machine's ring holds it.  So a read first takes a *fence*:
 
 1. the replica raises the ring's ``B_ASKED`` word to a new generation and
    wakes the bridge;
-2. the bridge asks the stream for its last sequence (after that raise),
-   waits until its ingest has copied that far into the ring, and raises
-   ``B_SERVED`` to the generation (every replica of the machine is woken);
+2. the bridge appends an empty batch to the stream (after that raise), waits
+   until its ingest has copied the stream up to it, and raises ``B_SERVED``
+   to the generation (every replica of the machine is woken);
 3. the replica then applies up to the ring's tail as it was after ``B_SERVED``
    passed its generation, and the read runs.
 
-Every read asked on any replica of the machine before the bridge's request
-left shares that one request.  A fence costs one round trip to the stream's
-leader; reads that ask for ``local`` skip it.
+The stream orders that append after every write committed before it, and a
+write is acknowledged only after its commit, so the read sees every write
+acknowledged before it arrived, on any machine.  Every read asked on any
+replica of the machine before the append shares it.  A fence costs one
+append to the stream; reads that ask for ``local`` skip it.
 """
 
 from __future__ import annotations
