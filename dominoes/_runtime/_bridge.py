@@ -83,6 +83,8 @@ RING_FULL_DELAY: Final = 0.0005
 #: a Raft election (a stream leader's death pauses writes 5-10 s), so that a
 #: dead node is a pause and a partition an error (``--unreachable-after``).
 UNREACHABLE_AFTER: Final = 15.0
+#: Seconds the tasks get to end on a clean stop, after the outbox was sent.
+STOP_GRACE: Final = 3.0
 #: Seconds between the stream consumer's heartbeats.
 HEARTBEAT: Final = 0.5
 #: Seconds between the watch task's looks at a quiet consumer.
@@ -243,7 +245,7 @@ class Bridge:
         outbox, line = self.outbox, self.cfg.line
         cursor = outbox.cursor(line)
         limit = MAX_MESSAGE_BYTES - HEAD.size
-        while True:
+        while not self.stopping:
             entries: list[tuple[int, bytes]] = []
             size = 0
             seq, tail = cursor, outbox.tail
@@ -282,6 +284,8 @@ class Bridge:
         msg_id = f"{self.origin:x}.{self.counter}"
         give_up = time.monotonic() + DUPLICATE_WINDOW / 2
         while True:
+            if self.stopping:  # a cancellation nats-py swallowed
+                raise asyncio.CancelledError
             if time.monotonic() > give_up:
                 raise StreamUnavailableError(
                     f"could not append to stream {self.cfg.stream!r} for "
@@ -370,6 +374,8 @@ class Bridge:
         from nats.js.api import ConsumerConfig, DeliverPolicy
 
         while True:
+            if self.stopping:  # a cancellation nats-py swallowed
+                raise asyncio.CancelledError
             try:
                 return await self.js.subscribe(
                     self.cfg.subject,
@@ -419,7 +425,7 @@ class Bridge:
         message, this asks the stream for its last sequence: entries there
         that ingest has not copied for ``STALL`` seconds mean a stalled consumer.
         """
-        while True:
+        while not self.stopping:
             await asyncio.sleep(WATCH_EVERY)
             if time.monotonic() - self.last_copy < WATCH_EVERY:
                 continue
@@ -471,7 +477,7 @@ class Bridge:
         stream wait (an outage is when it matters)."""
         path = Path(self.cfg.run_dir) / "bridge.json"
         tmp = path.with_suffix(".tmp")
-        while True:
+        while not self.stopping:
             with contextlib.suppress(OSError):
                 tmp.write_bytes(msgspec.json.encode(self.counters()))
                 os.replace(tmp, path)
@@ -505,7 +511,7 @@ class Bridge:
 
     async def fences(self) -> None:
         ring = self.ring
-        while True:
+        while not self.stopping:
             self.fence_asked.clear()
             asked = ring.durability_word(B_ASKED)
             if asked <= self.fence_taken:
@@ -542,7 +548,7 @@ class Bridge:
 
         directory = Path(self.cfg.snapshot_dir)
         uploaded = self.cfg.snapshot_seq
-        while True:
+        while not self.stopping:
             await asyncio.sleep(SNAPSHOT_POLL)
             seq = self.ring.durability_word(D_SNAP_SEQ)
             if seq <= uploaded:
@@ -577,7 +583,7 @@ class Bridge:
         machine happens once it can."""
         import nats.errors
 
-        while True:
+        while not self.stopping:
             await asyncio.sleep(RETAIN_EVERY)
             try:
                 store = await object_store(self.js, self.cfg, create=False)
@@ -621,7 +627,7 @@ class Bridge:
         import nats.errors
 
         key = f"{self.origin:x}"
-        while True:
+        while not self.stopping:
             try:
                 async with asyncio.timeout(PUBLISH_TIMEOUT):
                     bucket = await self._progress_bucket()
@@ -685,6 +691,8 @@ class Bridge:
 
         data = encode_message(self.origin, 0, [])
         while True:
+            if self.stopping:  # a cancellation nats-py swallowed
+                raise asyncio.CancelledError
             try:
                 ack = await self.js.publish(
                     self.cfg.subject, data, timeout=PUBLISH_TIMEOUT, stream=self.cfg.stream
@@ -711,6 +719,8 @@ class Bridge:
         import nats.errors
 
         while True:
+            if self.stopping:  # a cancellation nats-py swallowed
+                raise asyncio.CancelledError
             try:
                 info = await self.js.stream_info(self.cfg.stream)
             except (TimeoutError, nats.errors.Error) as exc:
@@ -879,11 +889,18 @@ async def serve(cfg: BridgeConfig) -> int:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.05):
                     await bridge.advanced.wait()
+        # Every loop ends at its next turn once `stopping` is set, even if nats-py
+        # swallowed its cancellation (asyncio.wait_for in a request can).
         bridge.stopping = True
-        bridge.resubscribe.set()  # ingest ends even if a cancellation was swallowed
+        bridge.resubscribe.set()
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE)
+        if pending:  # still stuck in a request: nothing left to do but exit
+            log.warning(
+                "bridge: %s did not stop; exiting", ", ".join(t.get_name() for t in pending)
+            )
+            os._exit(0)
         return 0
     finally:
         with contextlib.suppress(Exception):
