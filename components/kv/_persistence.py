@@ -50,7 +50,10 @@ __all__ = ("CONFIG_ON_COMMAND_LINE", "PersistenceCommands", "Saves")
 log = logging.getLogger("dominoes.kv")
 
 #: The reply to SAVE and BGSAVE when the service is not durable.
-NOT_DURABLE: Final = KvError("ERR persistence is off: run the service with --durable DIR")
+NOT_DURABLE: Final = KvError(
+    "ERR persistence is off: run the service with --durable DIR, or with --log nats://... "
+    "(snapshots go to the stream's Object Store)"
+)
 #: Redis's reply to SAVE and BGSAVE while a snapshot is being written.
 IN_PROGRESS: Final = KvError("ERR Background save already in progress")
 STARTED: Final = Status(b"Background saving started")
@@ -114,7 +117,7 @@ class Saves:
 
     def _start(self) -> asyncio.Future[Any] | KvError:
         """Start a snapshot (none is running): its future, or the error to reply."""
-        if not self.persist.active:
+        if not self.persist.snapshots_on:
             return NOT_DURABLE
         try:
             fut = self.persist.snapshot()
@@ -128,8 +131,12 @@ class Saves:
         return fut
 
     def save(self) -> Any:
-        """SAVE: a future of +OK once the snapshot is on disk, or the error to reply."""
-        if not self.persist.active:
+        """SAVE: a future of +OK once the snapshot is on disk, or the error to reply.
+
+        With ``--log nats://`` it is on this machine's disk then; the bridge
+        uploads it to the stream's Object Store right after.
+        """
+        if not self.persist.snapshots_on:
             return NOT_DURABLE
         if self.in_progress():
             return IN_PROGRESS
@@ -160,7 +167,7 @@ class Saves:
         """
         if len(args) > 1 and (len(args) > 2 or args[1].upper() != b"SCHEDULE"):
             return syntax_error()
-        if not self.persist.active:
+        if not self.persist.snapshots_on:
             return NOT_DURABLE
         if self.in_progress():
             return IN_PROGRESS

@@ -88,8 +88,6 @@ class Persistence:
         #: owned outcomes whose entries the writer has not acknowledged yet, in order
         self.held: collections.deque[Applied] = collections.deque()
         self.active = options is not None and replica.log.writer_line is not None
-        #: snapshots are written on schedule and on demand (durable, or shared)
-        self.snapshots_on = self.active or (options is not None and options.shared)
         self._acked = 0
         self._writer = replica.log.writer_line
         # what this replica's line says it waits for (R_WANTS): 0, or held[0].seq + 1
@@ -102,6 +100,11 @@ class Persistence:
         self.replayed = 0
         self.replay_seconds = 0.0
         self._since = time.time()
+
+    @property
+    def snapshots_on(self) -> bool:
+        """Snapshots are written on schedule and on demand (durable, or shared)."""
+        return self.active or (self.options is not None and self.options.shared)
 
     # --- what the writer publishes ---------------------------------------------------
 

@@ -22,7 +22,7 @@ import pytest
 from tests.natsserver import NatsCluster, NatsServer
 
 from .harness import LineClient, running
-from .jetstream_helpers import machine, stream_state, wait_converged
+from .jetstream_helpers import machine, snapshot_names, stream_state, wait_converged
 from .kv_helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -285,3 +285,24 @@ def _reply(sock: socket.socket) -> bytes:
             raise ConnectionError("closed")
         data += chunk
     return data
+
+
+def test_bgsave_and_save_on_a_machine_upload_a_snapshot_to_the_object_store(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    with machine(tmp_path / "a", nats_server.url) as a:  # no scheduled snapshot soon
+        for n in range(50):
+            a.on[0].set(f"k{n}", n)
+        assert a.on[0].bgsave() is True  # redis-py: +Background saving started
+        wait_for(lambda: len(snapshot_names(nats_server.url, "KV")) == 1, timeout=60)
+        a.on[1].set("more", "1")
+        assert a.on[1].save() is True  # +OK once written here; the bridge uploads it
+        wait_for(lambda: len(snapshot_names(nats_server.url, "KV")) == 2, timeout=60)
+        info = a.on[1].info("persistence")
+        assert info["rdb_last_bgsave_status"] == "ok"
+        assert info["rdb_changes_since_last_save"] == 0 or info["rdb_last_save_time"] > 0
+        # a machine started now loads the newer one
+        with machine(tmp_path / "b", nats_server.url) as b:
+            assert b.on[0].get("more") == b"1"
+            assert b.on[1].get("k49") == b"49"
+            wait_converged([a, b])

@@ -24,7 +24,10 @@ from dominoes._core._layout import D_ACKED, D_ERROR
 
 from .kv_world import World, Worlds
 
-NOT_DURABLE = "ERR persistence is off: run the service with --durable DIR"
+NOT_DURABLE = (
+    "ERR persistence is off: run the service with --durable DIR, or with --log nats://... "
+    "(snapshots go to the stream's Object Store)"
+)
 FULL = "MISCONF Errors writing to the AOF file: No space left on device"
 
 
