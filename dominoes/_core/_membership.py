@@ -19,7 +19,7 @@ from ._log import KIND_BLOB, KIND_ENTRY, KIND_NOOP, KIND_STAMPED, ReplicaState
 from ._machine import Applied, StateMachine
 from ._recovery import Journaled, RecoveryPoint
 
-__all__ = ("Membership", "SnapshotAsk")
+__all__ = ("Membership", "SnapshotAsk", "owns_foreign")
 
 
 class SnapshotAsk(NamedTuple):
@@ -146,9 +146,8 @@ class Membership:
                 if kind == KIND_STAMPED:
                     kind, payload, key = self.unstamp(payload)
                 entry = decode(payload, seq)
-                owner = self._owns_decided(entry) and key != 0
-                if key == 0 and type(entry) is Call:
-                    owner = entry.mode == Mode.EVERY
+                # another machine's entry (key 0): only an every call is owned here
+                owner = owns_foreign(entry) if key == 0 else self._owns_decided(entry)
                 applied = machine.apply(entry, owner, nslots)
                 if key == 0:  # a joiner on another machine asked one there
                     applied.snapshot_for = -1
@@ -195,3 +194,13 @@ class Membership:
         held = self.hold_from_tail()
         payload = encode(Control("snapshot", [source, self.index], now, self.index))
         return SnapshotAsk(source, payload, held)
+
+
+def owns_foreign(entry: Entry) -> bool:
+    """Whether a replica owns an entry from another machine: only an ``every`` call.
+
+    Every other entry is owned on the machine it came from (by its origin
+    replica, or by the replica there that wins its claim): the clients
+    waiting for it are connected there.
+    """
+    return type(entry) is Call and entry.mode == Mode.EVERY

@@ -66,7 +66,7 @@ from ._errors import ApplyTimeout, EntryTooLargeError, LogFullError, UnknownEven
 from ._layout import STAMP
 from ._log import KIND_BLOB, KIND_ENTRY, KIND_NOOP, KIND_STAMPED
 from ._machine import Applied, StateMachine
-from ._membership import Membership, SnapshotAsk
+from ._membership import Membership, SnapshotAsk, owns_foreign
 from ._recovery import (
     DEFAULT_CHECKPOINT_BYTES,
     DEFAULT_CHECKPOINT_ENTRIES,
@@ -466,7 +466,7 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
                     payload = self._blob(payload)
                     kind = KIND_ENTRY  # the journal keeps the bytes, not the reference
                 entry = decode(payload, seq)
-                owner = self._owns(entry) if key else _owns_foreign(entry)
+                owner = self._owns(entry) if key else owns_foreign(entry)
                 if clock is None:
                     applied = machine.apply(entry, owner, nslots)
                 else:
@@ -553,7 +553,7 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
 
     def owns_stamped(self, entry: Entry, key: int) -> bool:
         """:meth:`_owns` for an entry :meth:`unstamp` gave ``key`` (0: another machine's)."""
-        return self._owns(entry) if key else _owns_foreign(entry)
+        return self._owns(entry) if key else owns_foreign(entry)
 
     def _owns(self, entry: Entry) -> bool:
         if entry.seq == self._memo_seq:  # again: the claim was decided the first time
@@ -631,13 +631,3 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
             blobs_appended=self.blobs_appended,
             group_commits=self.group_commits,
         )
-
-
-def _owns_foreign(entry: Entry) -> bool:
-    """Whether a replica owns an entry from another machine: only an ``every`` call.
-
-    Every other entry is owned on the machine it came from (by its origin
-    replica, or by the replica there that wins its claim): the clients
-    waiting for it are connected there.
-    """
-    return type(entry) is Call and entry.mode == Mode.EVERY
