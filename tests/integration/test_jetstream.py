@@ -116,12 +116,16 @@ def test_a_key_set_to_expire_on_one_machine_expires_on_both(
         machine(tmp_path / "a", nats_server.url) as a,
         machine(tmp_path / "b", nats_server.url) as b,
     ):
-        a.on[0].set("short", "lived", px=300)
+        # long enough to outlive the read on b on two busy cores, short enough to wait for
+        a.on[0].set("short", "lived", px=3000)
         a.on[1].set("long", "lived")
         assert b.on[1].get("short") == b"lived"
         assert b.on[0].pttl("short") > 0
         # the expiry is a replicated timer: a Fire entry in the stream, applied everywhere
-        wait_for(lambda: all(c.get("short") is None for m in (a, b) for c in m.on.values()))
+        wait_for(
+            lambda: all(c.get("short") is None for m in (a, b) for c in m.on.values()),
+            timeout=30,
+        )
         for m in (a, b):
             for c in m.on.values():
                 assert c.exists("short") == 0

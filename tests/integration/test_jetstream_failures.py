@@ -196,7 +196,8 @@ def test_while_the_stream_is_unreachable_writes_and_fenced_reads_get_tryagain_lo
         machine(tmp_path / "b", nats_server.url, args=("--reads", "local", *FAST)) as b,
     ):
         a.on[0].set("k", "before")
-        wait_for(lambda: b.on[0].get("k") == b"before")  # b reads locally: it may lag
+        # b reads locally: each of its replicas may lag, so wait for both
+        wait_for(lambda: all(c.get("k") == b"before" for c in b.on.values()))
         pid = nats_server.pid
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
