@@ -26,7 +26,11 @@ from ._core._machine import RemoteError as RemoteError
 from ._core._service import Service as Service
 from ._runtime._client import Client as Client
 from ._runtime._client import connect as connect
+from ._runtime._feeds import SlowSubscriberError as SlowSubscriberError
+from ._runtime._feeds import Subscription as Subscription
 from ._runtime._replica import Replica as Replica
+from ._runtime._state import State as State
+from ._runtime._state import current as current
 
 __version__ = "0.1.0"
 
@@ -47,8 +51,12 @@ __all__ = (
     "RemoteError",
     "Replica",
     "Service",
+    "SlowSubscriberError",
+    "State",
+    "Subscription",
     "UnknownEventError",
     "connect",
+    "current",
     "on",
     "query",
     "update",

@@ -42,7 +42,43 @@ def _parser() -> argparse.ArgumentParser:
         help="event-loop policy: uvloop (the default when installed), asyncio, or a plugin",
     )
     run.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    run.add_argument("--port", type=int, default=7000, help="TCP and UDP port (default 7000)")
+    run.add_argument("--port", type=int, default=7000, help="TCP, UDP and HTTP port (default 7000)")
+    web = run.add_argument_group(
+        "web apps", "for a service that carries an ASGI app (Service(..., asgi=app))"
+    )
+    web.add_argument(
+        "--access-log", action="store_true", help="log every HTTP request (off by default)"
+    )
+    web.add_argument(
+        "--max-body",
+        type=_size,
+        default=16 * 1024 * 1024,
+        metavar="BYTES",
+        help="largest request body; a larger one gets 413 without reaching the app "
+        "(0: no limit; default 16M; K, M, G suffixes)",
+    )
+    web.add_argument(
+        "--max-header-bytes",
+        type=_size,
+        default=64 * 1024,
+        metavar="BYTES",
+        help="largest request line plus headers; larger gets 431 (default 64K)",
+    )
+    web.add_argument(
+        "--header-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a request's headers must arrive within this; else the connection closes "
+        "(slowloris; default 10)",
+    )
+    web.add_argument(
+        "--graceful-timeout",
+        type=_positive_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="on SIGTERM, requests in flight get this long to finish (default 5)",
+    )
     run.add_argument(
         "--log",
         default="shm",
@@ -323,6 +359,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _size(text: str) -> int:
+    """A byte count, with an optional K, M or G suffix (powers of 1024)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    raw = text.strip().upper().removesuffix("B")
+    scale = units.get(raw[-1:], 1)
+    if scale != 1:
+        raw = raw[:-1]
+    try:
+        value = int(raw) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text!r}")
+    return value
+
+
 def _float(text: str, what: str) -> float:
     try:
         return float(text)
@@ -495,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         from ._core._log import DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE
+        from ._runtime._asgi import HttpOptions
         from ._runtime._durable import DurableLogError
         from ._runtime._ports import PortInUseError
         from ._runtime._process import ServiceLoadError
@@ -550,6 +603,13 @@ def main(argv: list[str] | None = None) -> int:
             stream=args.stream,
             stream_replicas=args.stream_replicas,
             unreachable_after=args.unreachable_after,
+            http=HttpOptions(
+                access_log=args.access_log,
+                max_body=args.max_body,
+                max_header_bytes=max(1024, args.max_header_bytes),
+                header_timeout=args.header_timeout,
+                graceful_timeout=args.graceful_timeout,
+            ),
         )
         if args.monitor_tcp:
             print(

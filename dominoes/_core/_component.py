@@ -22,9 +22,23 @@ from __future__ import annotations
 import typing
 from collections.abc import Callable
 from types import MethodType
-from typing import Any, ClassVar, Final, Generic, ParamSpec, Self, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Concatenate,
+    Final,
+    Generic,
+    ParamSpec,
+    Self,
+    TypeVar,
+    overload,
+)
 
 import msgspec
+
+if TYPE_CHECKING:
+    from ._context import Context
 
 __all__ = ("Component", "EventRef", "on", "query", "update")
 
@@ -73,10 +87,18 @@ class _Marked(Generic[P, R]):
 
 
 class update(_Marked[P, R]):  # noqa: N801 - used as a decorator
-    """Mark a method as a replicated update, bound to its own event at order 0."""
+    """Mark a method as a replicated update, bound to its own event at order 0.
+
+    ``update[P, R]`` carries the method's parameters after ``self`` and
+    ``ctx`` (``P``) and its result (``R``), so a type checker checks
+    ``await state.call(Cart.add, user, item)`` against ``Cart.add``.
+    """
 
     __slots__ = ()
     kind = "update"
+
+    def __init__(self, fn: Callable[Concatenate[Any, Context, P], R]) -> None:
+        super().__init__(fn)
 
 
 #: How a query reads: ``"linearizable"`` catches the replica up to the
@@ -98,22 +120,24 @@ class query(_Marked[P, R]):  # noqa: N801 - used as a decorator
     __slots__ = ("consistency",)
     kind = "query"
 
-    def __init__(self, fn: Callable[..., R], consistency: str | None = None) -> None:
+    def __init__(
+        self, fn: Callable[Concatenate[Any, P], R], consistency: str | None = None
+    ) -> None:
         super().__init__(fn)
         if consistency is not None and consistency not in CONSISTENCIES:
             raise ValueError(f"consistency must be one of {CONSISTENCIES}, not {consistency!r}")
         #: None: the service's ``reads`` setting
         self.consistency = consistency
 
-    @classmethod
-    def local(cls, fn: Callable[P, R]) -> query[P, R]:
+    @staticmethod
+    def local(fn: Callable[Concatenate[Any, P], R]) -> query[P, R]:
         """A query that reads the local state as it is (may miss recent writes)."""
-        return cls(fn, "local")
+        return query(fn, "local")
 
-    @classmethod
-    def linearizable(cls, fn: Callable[P, R]) -> query[P, R]:
+    @staticmethod
+    def linearizable(fn: Callable[Concatenate[Any, P], R]) -> query[P, R]:
         """A query that is linearizable even when the service reads locally by default."""
-        return cls(fn, "linearizable")
+        return query(fn, "linearizable")
 
 
 #: What names an event: its string, or the ``@update`` that defines it.

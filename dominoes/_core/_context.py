@@ -31,6 +31,7 @@ class Context:
         "_effects",
         "_halted",
         "_machine",
+        "_published",
         "_random",
         "_replied",
         "_reply",
@@ -77,6 +78,7 @@ class Context:
         self._random: _random.Random | None = None
         self._effects: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
         self._async: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self._published: list[tuple[str, Any]] | None = None
         self._reply: Any = None
         self._replied = False
 
@@ -133,6 +135,22 @@ class Context:
         """
         if self.is_owner:
             self._effects.append((fn, args, kwargs))
+
+    def publish(self, topic: str, message: Any) -> None:
+        """Send ``message`` to ``topic``'s subscribers on every replica, once the entry applied.
+
+        Publication is an ``every``-mode effect, whatever the entry's mode:
+        each replica delivers the message to the subscribers connected to it
+        (``State.subscribe``), when it has applied the entry, so a subscriber
+        that then reads the state sees the write that published.  Nothing is
+        published if a handler of the entry raised.  ``message`` is the
+        replica's own copy of a replicated value: subscribers must not change it.
+        """
+        published = self._published
+        if published is None:
+            self._published = [(topic, message)]
+        else:
+            published.append((topic, message))
 
     def reply(self, value: Any) -> None:
         """Set the entry's result (instead of the handler's return value).

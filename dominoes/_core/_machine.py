@@ -76,6 +76,7 @@ class Applied:
         "entry",
         "error",
         "owner",
+        "published",
         "result",
         "seq",
         "snapshot",
@@ -95,6 +96,8 @@ class Applied:
         self.result: Any = None
         self.error: BaseException | None = None
         self.effects: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        #: ``ctx.publish`` calls, delivered on every replica (None: none)
+        self.published: list[tuple[str, Any]] | None = None
         self.duplicate = False
         self.snapshot: bytes | None = None
         #: a snapshot of this replica's state is asked for this joiner (-1: none)
@@ -477,6 +480,7 @@ class StateMachine:
             return
         out.result = ctx._reply if ctx._replied else result
         out.effects = ctx._effects
+        out.published = ctx._published
 
     def _dispatch(
         self,

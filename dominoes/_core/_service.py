@@ -23,10 +23,19 @@ from ._component import (
     resolve,
     update,
 )
+from ._context import Context
 from ._machine import DEFAULT_DEDUP_WINDOW, StateMachine
 from ._registry import Handler, Registry
 
-__all__ = ("Service",)
+__all__ = ("PUBLISH_EVENT", "Service")
+
+#: The built-in event ``State.publish`` raises (in ``every`` mode): it changes
+#: no state and publishes its message on every replica.
+PUBLISH_EVENT = "dominoes.publish"
+
+
+def _publish(ctx: Context, topic: str, message: Any) -> None:
+    ctx.publish(topic, message)
 
 
 class Service:
@@ -49,6 +58,7 @@ class Service:
         udp: EventRef | None = None,
         on_start: Callable[..., Any] | None = None,
         reads: str = "linearizable",
+        asgi: Callable[..., Any] | None = None,
     ) -> None:
         if not name or not name.replace("-", "_").replace(".", "_").isidentifier():
             raise ValueError(f"service name must be an identifier-like string, not {name!r}")
@@ -67,6 +77,13 @@ class Service:
         #: ``(ctx, data: bytes, host: str, port: int)``; the owner sends a bytes
         #: result back from its own socket
         self.udp = udp
+        if asgi is not None and tcp is not None:
+            raise ValueError("a service serves either an ASGI app or a TCP handler, not both")
+        if asgi is not None and not callable(asgi):
+            raise TypeError(f"asgi must be an ASGI application (a callable), not {asgi!r}")
+        #: an ASGI application (Starlette, FastAPI, ...) every replica serves over
+        #: HTTP/1.1 and WebSocket on the service's port (``dominoes run --port``)
+        self.asgi = asgi
         #: ``on_start(replica)``, sync or async: called on every replica once it
         #: is live (after a restart's catch-up too) and before its ingress opens
         self.on_start = on_start
@@ -109,8 +126,9 @@ class Service:
         del self._extra[binding_id]
 
     def events(self) -> list[str]:
-        """Every event some handler is bound to."""
-        return self._build(self._components)[0].events()  # names only: no copy needed
+        """Every event some handler is bound to (the built-in ``dominoes.publish`` aside)."""
+        names = self._build(self._components)[0].events()  # names only: no copy needed
+        return [name for name in names if name != PUBLISH_EVENT]
 
     def new_machine(self, index: int) -> StateMachine:
         """A fresh replica state machine with its own copy of every component."""
@@ -174,6 +192,7 @@ class Service:
                 registry.bind(resolve(names, ref), MethodType(fn, comp), order, **static)  # type: ignore[arg-type]
         for event, handler, order, static in self._extra.values():
             registry.bind(resolve(names, event), handler, order, **static)
+        registry.bind(PUBLISH_EVENT, _publish)
         return registry, queries, names, consistency
 
     def resolve(self, ref: EventRef) -> str:

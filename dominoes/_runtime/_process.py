@@ -27,6 +27,7 @@ import msgspec
 from .._core._backend import LogHost
 from .._core._service import Service
 from . import _logs as logs
+from ._asgi import AsgiServer, AsgiStartupError, HttpOptions, start_asgi
 from ._control import replica_socket, serve_replica
 from ._ingress import start_tcp, start_udp
 from ._local import LocalReplies, start_local
@@ -34,6 +35,7 @@ from ._monitor import MonitorPortError, start_monitor
 from ._pdeath import die_with_parent
 from ._persist import DurableOptions
 from ._replica import Replica
+from ._state import State, bind_process
 from ._wakeups import EventfdWakeups
 
 log = logging.getLogger("dominoes.replica")
@@ -91,6 +93,8 @@ class ReplicaConfig(msgspec.Struct, kw_only=True):
     #: the log is a JetStream stream: snapshots go to ``durable_dir`` for the
     #: bridge to upload (``DurableOptions.shared``)
     shared_snapshots: bool = False
+    #: how to serve the service's ASGI app
+    http: HttpOptions = msgspec.field(default_factory=HttpOptions)
 
 
 def tune_gc(threshold: tuple[int, int, int] | None) -> None:
@@ -222,6 +226,7 @@ async def serve(config: ReplicaConfig, service: Service, attached: LogHost) -> i
         durable=durable,
     )
     replica.core.checkpoint_entries = config.checkpoint_every
+    bind_process(State(replica))  # dominoes.current() in this process
     stop = asyncio.Event()
     orphaned = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -248,6 +253,11 @@ async def serve(config: ReplicaConfig, service: Service, attached: LogHost) -> i
             started = service.on_start(replica)
             if inspect.isawaitable(started):
                 await started
+        try:
+            ingress.asgi = await start_asgi(replica, config.host, config.port, config.http)
+        except AsgiStartupError as exc:
+            log.error("replica %d: %s", config.index, exc)
+            raise SystemExit(3) from None
         ingress.tcp = await start_tcp(replica, config.host, config.port)
         ingress.udp = await start_udp(replica, config.host, config.port)
         ingress.local = start_local(replica)
@@ -278,6 +288,15 @@ async def serve(config: ReplicaConfig, service: Service, attached: LogHost) -> i
         if orphaned.is_set():
             log.warning("replica %d: the supervisor is gone; exiting", config.index)
             return 1
+        # Subscriptions end (their streams finish), then the web app's requests in
+        # flight finish while the replica still applies the log; then the drain.
+        replica.feeds.close()
+        if ingress.asgi is not None:
+            try:
+                async with asyncio.timeout(config.http.graceful_timeout + 2):
+                    await ingress.asgi.shutdown()
+            except TimeoutError:
+                log.warning("replica %d: the web app did not shut down in time", config.index)
         try:
             async with asyncio.timeout(DRAIN_TIMEOUT):
                 await replica.drain()
@@ -295,6 +314,8 @@ async def serve(config: ReplicaConfig, service: Service, attached: LogHost) -> i
             loop.remove_signal_handler(sig)
             signal.signal(sig, signal.SIG_IGN)
         ingress.stop()
+        if not clean and ingress.asgi is not None:
+            ingress.asgi.abort()
         loop.remove_reader(config.parent_fd)
         replica.close(leave=clean)
         if ingress.local is not None:
@@ -311,6 +332,7 @@ class _Ingress:
         self.control_path = control_path
         self.tcp: asyncio.Server | None = None
         self.udp: asyncio.DatagramTransport | None = None
+        self.asgi: AsgiServer | None = None
         self.local: LocalReplies | None = None
         self.control: asyncio.Server | None = None
         self.monitor: Any = None
@@ -322,6 +344,8 @@ class _Ingress:
             self.tcp.close()
         if self.udp is not None:
             self.udp.close()
+        if self.asgi is not None:
+            self.asgi.stop_accepting()
         if self.control is not None:
             self.control.close()
             self.control = None

@@ -72,6 +72,7 @@ from .._core._service import Service
 from ._backoff import Backoff, when_room
 from ._blobs import FileBlobs
 from ._children import Children
+from ._feeds import Feeds
 from ._fence import ReadFences
 from ._joining import Joining, write_snapshot
 from ._persist import DurableOptions, Persistence
@@ -198,6 +199,8 @@ class Replica:
         self.joining = Joining(self)
         #: called with every applied entry this replica owns (ingress replies)
         self.owner_hooks: list[OwnerHook] = []
+        #: this replica's subscribers to what entries publish (``ctx.publish``)
+        self.feeds = Feeds()
         self.effects_run = 0
         self.effect_errors = 0
         self.effect_stalls = 0
@@ -736,6 +739,8 @@ class Replica:
                 fut.set_result(applied.result)
         if applied.snapshot is not None:
             write_snapshot(self, applied)
+        if applied.published is not None:  # every replica delivers to its own subscribers
+            self.feeds.deliver(applied.published)
         if not applied.owner:
             return
         for fn, args, kwargs in applied.effects:

@@ -54,6 +54,7 @@ from .._core._log import (
     FSYNC_POLICIES,
     ReplicaState,
 )
+from ._asgi import HttpOptions
 from ._bridge import Fetched
 from ._bridgeproc import BridgeProcess, fetch_snapshot
 from ._control import ControlServer
@@ -159,6 +160,8 @@ class SupervisorConfig:
     #: seconds the stream may fail every request before updates and
     #: linearizable reads are refused (``LogUnavailableError``)
     unreachable_after: float = 15.0
+    #: how replicas serve the service's ASGI app (limits, access log, grace)
+    http: HttpOptions = field(default_factory=HttpOptions)
 
 
 @dataclass
@@ -258,7 +261,7 @@ class Supervisor:
         self._ports = claim_ports(
             self.config.host,
             self.config.port,
-            tcp=self.service.tcp is not None,
+            tcp=self.service.tcp is not None or self.service.asgi is not None,
             udp=self.service.udp is not None,
         )
         self._remove_leftovers()
@@ -415,6 +418,7 @@ class Supervisor:
             supervisor_pid=os.getpid(),
             reads=self.config.reads,
             gc_threshold=self.config.gc_threshold,
+            http=self.config.http,
             **self._durable_config(),
         )
         env = dict(os.environ, PYTHONHASHSEED=self.config.hash_seed)
@@ -491,7 +495,13 @@ class Supervisor:
             if all(c.ready for c in self.children) and not self._all_ready.is_set():
                 self._all_ready.set()
                 name, n, run_dir = self.service.name, self.n, self.run_dir
-                if self.service.tcp is None and self.service.udp is None:
+                if self.service.asgi is not None:
+                    where = f"http://{self.config.host}:{self.config.port}"
+                    line = (
+                        f"dominoes: {name} serving its web app on {where} with {n} replicas "
+                        f"(run dir {run_dir})"
+                    )
+                elif self.service.tcp is None and self.service.udp is None:
                     line = (
                         f"dominoes: {name} serving no network ingress with {n} replicas "
                         f"(no tcp handler or udp event: dominoes.connect reaches it; "
@@ -644,15 +654,17 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     c.proc.send_signal(signal.SIGTERM)
         waits = [c.exited.wait() for c in self.children if c.proc is not None and c.pidfd >= 0]
+        # a web app's requests in flight get their grace period before the drain
+        limit = STOP_TIMEOUT + (self.config.http.graceful_timeout if self.service.asgi else 0)
         if waits:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(STOP_TIMEOUT):
+                async with asyncio.timeout(limit):
                     await asyncio.gather(*waits)
         for c in self.children:
             if c.proc is None:
                 continue
             if c.proc.poll() is None:
-                log.error("replica %d did not stop in %.0fs; killing it", c.index, STOP_TIMEOUT)
+                log.error("replica %d did not stop in %.0fs; killing it", c.index, limit)
                 c.proc.kill()
                 c.proc.wait()
         if self.writer is not None:  # last: it writes what the replicas left, then fsyncs

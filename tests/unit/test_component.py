@@ -195,7 +195,7 @@ def test_update_and_query_outside_a_component_have_no_event() -> None:
         pass
 
     with pytest.raises(TypeError, match="not defined in a Component"):
-        _ = update(loose).event
+        _ = update(loose).event  # type: ignore[arg-type]  # misuse on purpose
     with pytest.raises(TypeError, match="not defined in a Component"):
         _ = query(loose).event
 
