@@ -498,8 +498,8 @@ class Supervisor:
                 if self.service.asgi is not None:
                     where = f"http://{self.config.host}:{self.config.port}"
                     line = (
-                        f"dominoes: {name} serving its web app on {where} with {n} replicas "
-                        f"(run dir {run_dir})"
+                        f"dominoes: {name} serving on {where} with {n} replicas "
+                        f"(its ASGI app; run dir {run_dir})"
                     )
                 elif self.service.tcp is None and self.service.udp is None:
                     line = (
