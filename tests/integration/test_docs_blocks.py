@@ -78,6 +78,7 @@ DOCUMENTS: dict[str, tuple[str, ...]] = {
     "docs/howto/local-clients.md": (". .venv/bin/activate",),
     "docs/howto/operate.md": (". .venv/bin/activate",),
     "docs/howto/run-a-service.md": (),
+    "docs/howto/web.md": (),
 }
 #: Lines not run, and why.
 SKIP: dict[str, str] = {
@@ -87,6 +88,12 @@ SKIP: dict[str, str] = {
 #: Python blocks that are excerpts of a file (by their first line), not programs.
 FRAGMENTS: dict[tuple[str, str], str] = {
     ("docs/howto/run-a-service.md", 'service = Service("counter"'): "examples/counter.py",
+    ("docs/howto/web.md", "class Stock(Component):"): "examples/stock.py",
+    ("docs/howto/web.md", '@app.post("/stock/{sku}/take")'): "examples/stock.py",
+    ("docs/howto/web.md", 'service = Service("stock"'): "examples/stock.py",
+    ("docs/howto/web.md", "StateDep = Annotated"): "examples/stock.py",
+    ("docs/howto/web.md", '@app.websocket("/ws/stock")'): "examples/stock.py",
+    ("docs/howto/web.md", '@app.get("/events")'): "examples/stock.py",
 }
 #: Packages a document's prose installs for its python blocks (``pip install X``).
 PROSE_INSTALLS: dict[str, tuple[str, ...]] = {"docs/howto/kv.md": ("redis",)}
