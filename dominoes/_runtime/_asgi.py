@@ -163,8 +163,10 @@ def _wrap(app: App, state: State, max_body: int) -> App:
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         current_var.set(state)  # each request runs in a task of its own
         if max_body and scope["type"] == "http":
+            chunked = False
             for name, value in scope["headers"]:
                 if name == b"content-length":
+                    # the parser never delivers more than the declared length
                     try:
                         declared = int(value)
                     except ValueError:
@@ -172,10 +174,12 @@ def _wrap(app: App, state: State, max_body: int) -> App:
                     if declared > max_body:
                         await _refuse_body(send)
                         return
-                    break
-            limited = _Limited(receive, send, max_body)
-            await app(scope, limited.receive, limited.send)
-            return
+                elif name == b"transfer-encoding":
+                    chunked = True
+            if chunked:  # no declared length: count what arrives
+                limited = _Limited(receive, send, max_body)
+                await app(scope, limited.receive, limited.send)
+                return
         await app(scope, receive, send)
 
     return wrapped
@@ -351,4 +355,5 @@ async def start_asgi(
     sock = _listen(host, port)
     asgi = AsgiServer(server, sock)
     await asgi.start()
+    replica.web = asgi
     return asgi

@@ -77,6 +77,12 @@ def replica_report(replica: Replica) -> dict[str, Any]:
     )
     if replica.persist.active:  # --durable: the log writer's progress as this replica sees it
         report["durability"] = replica.persist.status()
+    if replica.web is not None:  # an ASGI app: its connections, requests and subscribers
+        report["web"] = {
+            "connections": replica.web.connections,
+            "requests": replica.web.requests,
+            **replica.feeds.statistics(),
+        }
     if replica.across_machines:  # --log nats://: its read fences and snapshots
         report["fences"] = replica.fences.summary()
         report["snapshots"] = {

@@ -201,6 +201,8 @@ class Replica:
         self.owner_hooks: list[OwnerHook] = []
         #: this replica's subscribers to what entries publish (``ctx.publish``)
         self.feeds = Feeds()
+        #: the embedded HTTP server of a service with an ASGI app (an ``AsgiServer``)
+        self.web: Any = None
         self.effects_run = 0
         self.effect_errors = 0
         self.effect_stalls = 0

@@ -387,3 +387,26 @@ def test_the_service_keeps_serving_after_many_bad_clients(strict: Service) -> No
         for client in on.values():
             client.close()
     assert strict.proc.poll() is None
+
+
+def test_stats_show_each_replicas_connections_requests_and_subscribers(web: Service) -> None:
+    with contextlib.ExitStack() as stack:
+        websockets_on_each_replica(web.port, stack)
+        on = clients_on_each_replica(web.port)
+        try:
+            for client in on.values():
+                client.post("/counters/s")
+            stats = web.control({"op": "stats"})  # what dominoes stats --json shows
+            reports = {r["report"]["replica"]["index"]: r["report"] for r in stats["replicas"]}
+            assert set(reports) == {0, 1}
+            for report in reports.values():
+                webstats = report["web"]
+                assert webstats["connections"] >= 1  # its httpx client at least
+                assert webstats["requests"] >= 2
+                assert webstats["subscriptions"] >= 1
+                assert webstats["topics"] == 2  # counts and news
+                assert webstats["delivered"] >= 2
+                assert webstats["dropped"] == 0
+        finally:
+            for client in on.values():
+                client.close()
