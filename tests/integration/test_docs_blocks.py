@@ -88,6 +88,7 @@ SKIP: dict[str, str] = {
 #: Python blocks that are excerpts of a file (by their first line), not programs.
 FRAGMENTS: dict[tuple[str, str], str] = {
     ("docs/howto/run-a-service.md", 'service = Service("counter"'): "examples/counter.py",
+    ("README.md", '@app.post("/stock/{sku}/take")'): "examples/stock.py",
     ("docs/howto/web.md", "class Stock(Component):"): "examples/stock.py",
     ("docs/howto/web.md", '@app.post("/stock/{sku}/take")'): "examples/stock.py",
     ("docs/howto/web.md", 'service = Service("stock"'): "examples/stock.py",
