@@ -95,6 +95,9 @@ FRAGMENTS: dict[tuple[str, str], str] = {
     ("docs/howto/web.md", "StateDep = Annotated"): "examples/stock.py",
     ("docs/howto/web.md", '@app.websocket("/ws/stock")'): "examples/stock.py",
     ("docs/howto/web.md", '@app.get("/events")'): "examples/stock.py",
+    ("docs/howto/web.md", "from dominoes.testing import LoopCluster"): (
+        "tests/integration/test_loopcluster.py"
+    ),
 }
 #: Packages a document's prose installs for its python blocks (``pip install X``).
 PROSE_INSTALLS: dict[str, tuple[str, ...]] = {"docs/howto/kv.md": ("redis",)}
