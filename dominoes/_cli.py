@@ -73,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
         "(slowloris; default 10)",
     )
     web.add_argument(
+        "--keep-alive",
+        type=_positive_int,
+        default=5,
+        metavar="SECONDS",
+        help="close an idle keep-alive HTTP connection after this long (default 5)",
+    )
+    web.add_argument(
         "--graceful-timeout",
         type=_positive_float,
         default=5.0,
@@ -609,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_header_bytes=max(1024, args.max_header_bytes),
                 header_timeout=args.header_timeout,
                 graceful_timeout=args.graceful_timeout,
+                keep_alive=args.keep_alive,
             ),
         )
         if args.monitor_tcp:
