@@ -81,6 +81,7 @@ def replica_report(replica: Replica) -> dict[str, Any]:
         report["web"] = {
             "connections": replica.web.connections,
             "requests": replica.web.requests,
+            "header_timeouts": replica.web.header_timeouts,
             **replica.feeds.statistics(),
         }
     if replica.across_machines:  # --log nats://: its read fences and snapshots

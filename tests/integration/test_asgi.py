@@ -361,6 +361,8 @@ def test_headers_that_never_finish_are_closed_and_others_are_served(strict: Serv
         for s in [*trickling, silent]:
             assert s.recv(65536) == b""  # closed by the server (the socket timeout is 30 s)
         assert {c.get("/counters/alive").json()["value"] for c in on.values()} == {2}
+        reports = strict.control({"op": "stats"})["replicas"]
+        assert sum(r["report"]["web"]["header_timeouts"] for r in reports) == 17
     finally:
         for s in [*trickling, silent]:
             s.close()
