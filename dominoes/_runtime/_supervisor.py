@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -197,6 +198,11 @@ class Supervisor:
     def __init__(self, config: SupervisorConfig) -> None:
         self.config = config
         self.service = load_service(config.target)  # fail fast, before any process starts
+        if self.service.asgi is not None and importlib.util.find_spec("uvicorn") is None:
+            raise ImportError(
+                f"service {self.service.name!r} serves an ASGI app, which needs uvicorn: "
+                "pip install 'dominoes[web]'"
+            )
         # the log backend, by name: an unknown one, or one a process cannot share, fails here
         self.factory = for_processes(config.log, service=self.service.name)
         #: the log is a JetStream stream this machine shares (``--log nats://``)
