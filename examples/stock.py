@@ -1,7 +1,7 @@
 """A FastAPI app on every core with one replicated stock count (docs/howto/web.md).
 
-    pip install '.[web]' fastapi
-    dominoes run examples.stock:service --replicas 2 --port 7000
+From the repository root: ``pip install '.[web]' fastapi``, then
+``dominoes run examples.stock:service --replicas 2 --port 7000``.
 """
 
 from __future__ import annotations

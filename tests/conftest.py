@@ -4,7 +4,9 @@ Every ``async def`` test runs twice, once on each event loop dominoes supports:
 ``test_x[asyncio]`` on the stdlib loop and ``test_x[uvloop]`` on uvloop
 (``-k uvloop`` keeps the uvloop runs).  pytest-asyncio parametrizes them from
 :func:`pytest_asyncio_loop_factories`; async fixtures run on the loop of the
-test that requests them.
+test that requests them.  A test marked ``one_loop`` runs on uvloop only: it
+drives other processes (a ``dominoes run``, NATS servers), whose loops are
+their own, so its client loop's flavour tests nothing of dominoes.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    if item.get_closest_marker("one_loop") is not None:
+        return {"uvloop": LOOP_FACTORIES["uvloop"]}
     return LOOP_FACTORIES
 
 

@@ -27,22 +27,15 @@ import pytest
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from .harness import ROOT, Service, free_port, wait_until
+from .harness import ROOT, Service, free_port, running, wait_until
 
 APP = "tests.integration.webapps:service"
 
 
 @pytest.fixture
 def web(tmp_path: Path) -> Iterator[Service]:
-    svc = Service(APP, tmp_path / "run", replicas=2)
-    try:
-        svc.wait_ready()
+    with running(APP, tmp_path / "run") as svc:
         yield svc
-    finally:
-        if svc.proc.poll() is None:
-            svc.stop()
-        else:
-            svc._finish()
 
 
 def clients_on_each_replica(port: int, replicas: int = 2) -> dict[int, httpx.Client]:
@@ -96,6 +89,7 @@ def test_a_write_on_one_replica_is_read_on_the_other(web: Service) -> None:
             client.close()
 
 
+@pytest.mark.one_loop
 async def test_async_clients_see_one_state(web: Service) -> None:
     base = f"http://127.0.0.1:{web.port}"
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
@@ -282,20 +276,9 @@ def exchange(port: int, data: bytes, timeout: float = 30) -> bytes:
 
 @pytest.fixture
 def strict(tmp_path: Path) -> Iterator[Service]:
-    svc = Service(
-        APP,
-        tmp_path / "run",
-        replicas=2,
-        args=("--max-body", "64K", "--max-header-bytes", "8K", "--header-timeout", "1"),
-    )
-    try:
-        svc.wait_ready()
+    limits = ("--max-body", "64K", "--max-header-bytes", "8K", "--header-timeout", "1")
+    with running(APP, tmp_path / "run", args=limits) as svc:
         yield svc
-    finally:
-        if svc.proc.poll() is None:
-            svc.stop()
-        else:
-            svc._finish()
 
 
 def status(reply: bytes) -> int:

@@ -182,6 +182,7 @@ async def record_random(port: int, seconds: float) -> Recorder:
     return recorder
 
 
+@pytest.mark.one_loop
 async def test_default_reads_are_linearizable(tmp_path: Path) -> None:
     with kv(tmp_path) as svc:
         started = time.monotonic()
@@ -235,6 +236,7 @@ async def record_cross_reads(on: dict[int, list[aioredis.Redis]], seconds: float
     return recorder
 
 
+@pytest.mark.one_loop
 async def test_local_reads_are_caught_stale(tmp_path: Path) -> None:
     with kv(tmp_path, "--reads", "local") as svc:
         async with spread_clients(svc.port) as on:

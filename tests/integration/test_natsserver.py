@@ -112,6 +112,7 @@ async def _fill_and_check(js: JetStreamContext, replicas: int) -> None:
     assert await _read_all(js, N) == [(i + 1, i) for i in range(N)]
 
 
+@pytest.mark.one_loop
 async def test_single_server(nats_server: NatsServer) -> None:
     nc = await _connect([nats_server.url])
     try:
@@ -143,6 +144,7 @@ async def _wait_for(what: str, check: Callable[[], T | None], seconds: float) ->
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.one_loop
 async def test_cluster_survives_stream_leader_crash(nats_cluster: NatsCluster) -> None:
     cluster = nats_cluster
     nc = await _connect(cluster.url_list)

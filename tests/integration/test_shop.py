@@ -102,6 +102,7 @@ def test_sync_writes_through_one_replica_are_read_on_the_other(shop: Service) ->
         assert (item["stock"], item["reserved"], item["sold"]) == (199 - 38, 0, 38)
 
 
+@pytest.mark.one_loop
 async def test_async_writes_through_one_replica_are_read_on_the_other(shop: Service) -> None:
     sku, user = fresh("async"), fresh("bob")
     async with await AsyncReplicas.open(base_url(shop)) as replicas:
@@ -177,6 +178,7 @@ ATTEMPTS = 500
 STOCK = 1000
 
 
+@pytest.mark.one_loop
 async def test_concurrent_reservations_never_oversell(shop: Service) -> None:
     """8 clients (4 connections on each replica) x 500 one-unit reservations of 1,000 units.
 
@@ -248,6 +250,7 @@ async def test_concurrent_reservations_never_oversell(shop: Service) -> None:
             await ws.close()
 
 
+@pytest.mark.one_loop
 async def test_feed_subscribers_on_both_replicas_get_each_change_once_in_order(
     shop: Service,
 ) -> None:
