@@ -190,6 +190,33 @@ WORKERS: Final = {
 }
 SCALE: Final = {"redis_shared_2": 0.2}  # fraction of -n for servers that are much slower
 TESTS: Final = (("set", 1), ("get", 1), ("set", 16), ("get", 16))
+#: redis-benchmark's own tests ``--tests`` may name (its ``-t`` names)
+KNOWN_TESTS: Final = ("set", "get", "incr", "lpush", "rpush", "lpop", "rpop", "sadd", "hset",
+                      "spop", "zadd", "zpopmin", "mset")  # fmt: skip
+#: what the baselines' own front ends understand; every other server takes every test
+SUPPORTED: Final = {
+    "plain_1": frozenset({"set", "get", "incr"}),
+    "plain_2": frozenset({"set", "get", "incr"}),
+    "redis_shared_2": frozenset({"set", "get", "incr"}),
+}
+
+
+def select_tests(spec: str) -> tuple[tuple[str, int], ...]:
+    """(test, pipeline) pairs for ``--tests a,b``: every test at -P 1, then at -P 16."""
+    names = list(dict.fromkeys(w.strip().lower() for w in spec.split(",") if w.strip()))
+    unknown = [n for n in names if n not in KNOWN_TESTS]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown test(s) {', '.join(unknown) or '(none)'}; "
+            f"choose from {', '.join(KNOWN_TESTS)}"
+        )
+    return tuple((name, pipeline) for pipeline in (1, 16) for name in names)
+
+
+def supports(server: str, test: str) -> bool:
+    return test in SUPPORTED.get(server, frozenset(KNOWN_TESTS))
+
+
 #: extra attempts of an invocation that other processes disturbed (see --busy-limit)
 RETRIES: Final = 2
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
@@ -214,18 +241,36 @@ RATIOS: Final = (
     ("dominoes_2_digest/dominoes_2", "dominoes_2_digest", "dominoes_2", "set", 1),
     ("dominoes_2/redis_server", "dominoes_2", "redis_server", "set", 16),
 )
+
+
 # The durability ratios, for every test: against redis-server with the same fsync
 # policy, against no durability (the cost of it), and Redis's own cost of it.
-DURABILITY_RATIOS: Final = tuple(
-    (f"{num}/{den}", num, den, test, pipeline)
-    for pairs in (
-        [(f"dominoes_2_{p}", f"redis_aof_{p}") for p in POLICIES],
-        [(f"dominoes_2_{p}", "dominoes_2") for p in POLICIES],
-        [(f"redis_aof_{p}", "redis_server") for p in POLICIES],
+def durability_ratios(
+    tests: tuple[tuple[str, int], ...],
+) -> tuple[tuple[str, str, str, str, int], ...]:
+    return tuple(
+        (f"{num}/{den}", num, den, test, pipeline)
+        for pairs in (
+            [(f"dominoes_2_{p}", f"redis_aof_{p}") for p in POLICIES],
+            [(f"dominoes_2_{p}", "dominoes_2") for p in POLICIES],
+            [(f"redis_aof_{p}", "redis_server") for p in POLICIES],
+        )
+        for num, den in pairs
+        for test, pipeline in tests
     )
-    for num, den in pairs
-    for test, pipeline in TESTS
-)
+
+
+DURABILITY_RATIOS: Final = durability_ratios(TESTS)
+
+
+def extra_ratios(tests: tuple[tuple[str, int], ...]) -> tuple[tuple[str, str, str, str, int], ...]:
+    """For the tests beyond SET and GET: dominoes against redis-server, 1 and 2 replicas."""
+    return tuple(
+        (f"{num}/redis_server", num, "redis_server", test, pipeline)
+        for test, pipeline in tests
+        if test not in ("set", "get")
+        for num in ("dominoes_2", "dominoes_1")
+    )
 
 
 def log(msg: str) -> None:
@@ -687,6 +732,12 @@ def main(argv: list[str] | None = None) -> int:
         "all",
     )
     parser.add_argument(
+        "--tests",
+        default="set,get",
+        help="redis-benchmark tests (its -t names), each at -P 1 then -P 16 (default set,get; "
+        f"known: {','.join(KNOWN_TESTS)}); a baseline that lacks a command reports n/a",
+    )
+    parser.add_argument(
         "--busy-limit",
         type=float,
         default=None,
@@ -695,6 +746,12 @@ def main(argv: list[str] | None = None) -> int:
         "(default 10; no reruns with --quick)",
     )
     args = parser.parse_args(argv)
+    try:
+        tests = select_tests(args.tests)
+    except ValueError as exc:
+        parser.error(str(exc))
+    ratio_rows = RATIOS + extra_ratios(tests)
+    durability_rows = durability_ratios(tests)
     repeat = args.repeat or (1 if args.quick else 3)
     if args.busy_limit is None:
         args.busy_limit = 100.0 if args.quick else 10.0
@@ -729,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_version = subprocess.run(
         ["redis-benchmark", "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
-    samples: dict[str, list[Sample]] = {_key(s, t, p): [] for s in active for t, p in TESTS}
+    samples: dict[str, list[Sample]] = {_key(s, t, p): [] for s in active for t, p in tests}
     leftovers_seen: dict[str, list[int]] = {}
     data_dir: dict[str, list[dict[str, int]]] = {}
     discarded = disturbed_kept = 0
@@ -749,7 +806,9 @@ def main(argv: list[str] | None = None) -> int:
                     server.stop()
                     continue
                 try:
-                    for test, pipeline in TESTS:
+                    for test, pipeline in tests:
+                        if not supports(name, test):
+                            continue  # its front end has no such command: n/a
                         n = n_p1 if pipeline == 1 else n_p16
                         n = max(1_000, int(n * SCALE.get(name, 1.0)))
                         attempts: list[Sample] = []
@@ -809,13 +868,14 @@ def main(argv: list[str] | None = None) -> int:
             "busy_elsewhere_pct_runs": [round(s.busy_elsewhere, 1) for s in ss],
         }
     ratios: dict[str, float | None] = {}
-    for label, num, den, test, pipeline in RATIOS + DURABILITY_RATIOS:
+    for label, num, den, test, pipeline in ratio_rows + durability_rows:
         a = results.get(_key(num, test, pipeline), {}).get("rps")
         b = results.get(_key(den, test, pipeline), {}).get("rps")
         ratios[f"{label}/{test}/P{pipeline}"] = round(a / b, 3) if a and b else None
     meta = {
         "requests_p1": n_p1,
         "requests_p16": n_p16,
+        "tests": [f"{t}/P{p}" for t, p in tests],
         "scale": dict(SCALE),
         "clients": args.clients,
         "keyspace": args.keyspace,
@@ -864,15 +924,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Python {meta['python']}, {bench_version}, git {head_before}\n")
     if changed:
         print(f"WARNING: sources changed during the run: {', '.join(changed[:10])}\n")
-    head = f"{'server':20s}" + "".join(f"{f'{t.upper()} P{p}':>22s}" for t, p in TESTS)
+    head = f"{'server':20s}" + "".join(f"{f'{t.upper()} P{p}':>22s}" for t, p in tests)
     print(head)
-    print(f"{'':20s}" + f"{'rps  cpu-s/100k':>22s}" * len(TESTS))
+    print(f"{'':20s}" + f"{'rps  cpu-s/100k':>22s}" * len(tests))
     for name in servers:
         if name in skipped:
             print(f"{name:20s}  skipped: {skipped[name]}")
             continue
         cells = []
-        for t, p in TESTS:
+        for t, p in tests:
             res = results[_key(name, t, p)]
             cells.append(f"{_fmt_rps(res['rps']):>12s} {_fmt_cpu(res['cpu_s_per_100k']):>9s}")
         print(f"{name:20s}" + "".join(cells))
@@ -880,7 +940,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in servers:
         print(f"  {name:20s} {DESCRIPTIONS[name]}")
     # Only the ratios between servers that were asked for (the JSON has them all).
-    shown_ratios = [r for r in RATIOS if r[1] in servers and r[2] in servers]
+    shown_ratios = [
+        r for r in ratio_rows if r[1] in servers and r[2] in servers and (r[3], r[4]) in tests
+    ]
     if shown_ratios:
         print("\nratios of requests/s (what each tells: benchmarks/README.md):")
     for label, _, _, test, pipeline in shown_ratios:
@@ -888,13 +950,13 @@ def main(argv: list[str] | None = None) -> int:
         shown = "n/a (a server was skipped or failed)" if value is None else f"{value:.2f}"
         print(f"  {f'{label}/{test}/P{pipeline}':40s} {shown:>7s}")
     rows = dict.fromkeys(
-        label for label, num, den, *_ in DURABILITY_RATIOS if num in servers and den in servers
+        label for label, num, den, *_ in durability_rows if num in servers and den in servers
     )
     if rows:
         print("\ndurability: ratios of requests/s (n/a: a server was skipped or failed)")
-        print(f"  {'':38s}" + "".join(f"{f'{t.upper()} P{p}':>9s}" for t, p in TESTS))
+        print(f"  {'':38s}" + "".join(f"{f'{t.upper()} P{p}':>9s}" for t, p in tests))
         for label in rows:
-            values = [ratios[f"{label}/{t}/P{p}"] for t, p in TESTS]
+            values = [ratios[f"{label}/{t}/P{p}"] for t, p in tests]
             print(
                 f"  {label:38s}"
                 + "".join(f"{'n/a' if v is None else f'{v:.2f}':>9s}" for v in values)

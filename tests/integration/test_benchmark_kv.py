@@ -192,3 +192,16 @@ def test_kv_server_groups(monkeypatch: pytest.MonkeyPatch) -> None:
     for label, num, den, _, _ in kv.DURABILITY_RATIOS:
         assert label == f"{num}/{den}"
         assert {num, den} <= set(kv.SERVERS)
+    # --tests: each test at -P 1 then -P 16; the baselines' front ends lack most commands
+    assert kv.select_tests("set,get") == kv.TESTS
+    assert kv.select_tests("zadd, LPUSH,zadd") == (
+        ("zadd", 1), ("lpush", 1), ("zadd", 16), ("lpush", 16)
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="unknown test"):
+        kv.select_tests("set,eval")
+    assert kv.supports("redis_server", "zadd")
+    assert kv.supports("dominoes_2", "lpush")
+    assert not kv.supports("plain_2", "lpush")
+    assert kv.supports("redis_shared_2", "incr")
+    for label, num, den, test, _ in kv.extra_ratios(kv.select_tests("get,hset")):
+        assert (label, den, test) == (f"{num}/redis_server", "redis_server", "hset")
