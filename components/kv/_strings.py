@@ -1,4 +1,5 @@
-"""Strings: SET (NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL), GET, GETEX, SETEX, INCR, ..."""
+"""Strings: SET (NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL), GET, GETEX, SETEX, INCR, GETRANGE,
+SETRANGE, MSETNX, LCS, ..."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ from ._resp import OK
 from ._table import command
 
 __all__ = ("Strings", "add_float", "format_decimal")
+
+#: The longest string SETRANGE may make: Redis's default ``proto-max-bulk-len`` (512 MiB).
+MAX_STRING: Final = 512 * 1024 * 1024
 
 _KEY: Final = itemgetter(1)
 _VALUE: Final = itemgetter(2)
@@ -134,6 +138,106 @@ class Strings(Component):
     def strlen(self, now: int, args: list[bytes]) -> int:
         value = self._string(args[1], now)
         return 0 if value is None else len(value)
+
+    @command("GETRANGE", 4, keys=(1, 1, 1))
+    @command("SUBSTR", 4, keys=(1, 1, 1))
+    def getrange(self, now: int, args: list[bytes]) -> bytes:
+        """The bytes from ``start`` to ``end`` inclusive; negative counts from the end."""
+        start, end = parse_int(args[2]), parse_int(args[3])
+        value = self._string(args[1], now)
+        if value is None:
+            return b""
+        n = len(value)
+        if start < 0 and end < 0 and start > end:
+            return b""
+        if start < 0:
+            start = max(0, n + start)
+        if end < 0:
+            end = max(0, n + end)
+        end = min(end, n - 1)
+        if start > end or n == 0:
+            return b""
+        return value[start : end + 1]
+
+    @command("LCS", -3, keys=(1, 2, 1))
+    def lcs(self, now: int, args: list[bytes]) -> Any:
+        """The longest common subsequence of two strings (LEN, IDX, MINMATCHLEN, WITHMATCHLEN).
+
+        Redis's dynamic programme, walked back the same way, so the matches
+        (and the subsequence, when there are several) are the ones it gives.
+        It costs O(len(a) * len(b)) on the replica that runs it.
+        """
+        ks = self.keyspace
+        a = ks.get(args[1], now)
+        b = ks.get(args[2], now)
+        if (a is not None and type(a) is not bytes) or (b is not None and type(b) is not bytes):
+            raise KvError("ERR The specified keys must contain string values")
+        a = a or b""
+        b = b or b""
+        getidx = getlen = withmatchlen = False
+        minmatchlen = 0
+        i = 3
+        while i < len(args):
+            opt = args[i].upper()
+            if opt == b"IDX":
+                getidx = True
+            elif opt == b"LEN":
+                getlen = True
+            elif opt == b"WITHMATCHLEN":
+                withmatchlen = True
+            elif opt == b"MINMATCHLEN" and i + 1 < len(args):
+                minmatchlen = max(0, parse_int(args[i + 1]))
+                i += 1
+            else:
+                raise syntax_error()
+            i += 1
+        if getidx and getlen:
+            raise KvError("ERR If you want both the length and indexes, please just use IDX.")
+        table = _lcs_table(a, b)
+        alen, blen = len(a), len(b)
+        total = table[alen][blen]
+        if getlen and not getidx:
+            return total
+        result = bytearray(total)
+        idx = total
+        matches: list[Any] = []
+        arange_start, arange_end, brange_start, brange_end = alen, 0, 0, 0
+        i, j = alen, blen
+        while i > 0 and j > 0:
+            emit = False
+            if a[i - 1] == b[j - 1]:
+                result[idx - 1] = a[i - 1]
+                if arange_start == alen:
+                    arange_start = arange_end = i - 1
+                    brange_start = brange_end = j - 1
+                elif arange_start == i and brange_start == j:
+                    arange_start -= 1
+                    brange_start -= 1
+                else:
+                    emit = True
+                if arange_start == 0 or brange_start == 0:
+                    emit = True
+                idx -= 1
+                i -= 1
+                j -= 1
+            else:
+                if table[i - 1][j] > table[i][j - 1]:
+                    i -= 1
+                else:
+                    j -= 1
+                if arange_start != alen:
+                    emit = True
+            if emit:
+                match_len = arange_end - arange_start + 1
+                if getidx and (minmatchlen == 0 or match_len >= minmatchlen):
+                    match: list[Any] = [[arange_start, arange_end], [brange_start, brange_end]]
+                    if withmatchlen:
+                        match.append(match_len)
+                    matches.append(match)
+                arange_start = alen
+        if getidx:
+            return {b"matches": matches, b"len": total}
+        return bytes(result)
 
     # --- writes ----------------------------------------------------------------------------
 
@@ -298,6 +402,39 @@ class Strings(Component):
             ks.clear_deadline(args[i])
         return OK
 
+    @command("MSETNX", -3, write=True, keys=(1, -1, 2))
+    def msetnx(self, ctx: Context, args: list[bytes]) -> int:
+        """MSET if none of the keys exists (whatever its type): 1, else 0 and nothing set."""
+        if len(args) % 2 == 0:
+            raise arity_error(b"msetnx")
+        ks = self.keyspace
+        now = now_ms(ctx)
+        if any(ks.get(args[i], now) is not None for i in range(1, len(args), 2)):
+            return 0
+        for i in range(1, len(args), 2):
+            ks.put(args[i], args[i + 1])
+            ks.clear_deadline(args[i])
+        return 1
+
+    @command("SETRANGE", 4, write=True, keys=(1, 1, 1))
+    def setrange(self, ctx: Context, args: list[bytes]) -> int:
+        """Overwrite from ``offset`` (zero-padding a shorter string); the new length."""
+        offset = parse_int(args[2])
+        if offset < 0:
+            raise KvError("ERR offset is out of range")
+        key, patch = args[1], args[3]
+        old = self._string(key, now_ms(ctx))
+        if not patch:
+            return 0 if old is None else len(old)
+        if offset + len(patch) > MAX_STRING:
+            raise KvError("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
+        old = old or b""
+        if len(old) < offset:
+            old += bytes(offset - len(old))
+        value = old[:offset] + patch + old[offset + len(patch) :]
+        self.keyspace.put(key, value)
+        return len(value)
+
     @command("APPEND", 3, write=True, keys=(1, 1, 1), flags=("fast",))
     def append(self, ctx: Context, args: list[bytes]) -> int:
         old = self._string(args[1], now_ms(ctx))
@@ -338,3 +475,18 @@ class Strings(Component):
         value = add_float(old, args[2])
         self.keyspace.put(args[1], value)
         return value
+
+
+def _lcs_table(a: bytes, b: bytes) -> list[list[int]]:
+    """``t[i][j]``: the length of the LCS of ``a[:i]`` and ``b[:j]``."""
+    rows = [[0] * (len(b) + 1)]
+    prev = rows[0]
+    for ca in a:
+        row = [0]
+        left = 0
+        for j, cb in enumerate(b):
+            left = prev[j] + 1 if ca == cb else max(prev[j + 1], left)
+            row.append(left)
+        rows.append(row)
+        prev = row
+    return rows
