@@ -1,18 +1,33 @@
-"""Hashes: HSET, HGET, HDEL, HGETALL, HLEN, HEXISTS, HINCRBY, HKEYS, HVALS, HMGET, ..."""
+"""Hashes: HSET, HGET, HDEL, HGETALL, HLEN, HEXISTS, HINCRBY, HKEYS, HVALS, HMGET, HRANDFIELD,
+HSCAN, ..."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from dominoes import Component, Context
 
-from ._errors import INT64_MAX, INT64_MIN, KvError, arity_error, overflow, parse_int, wrong_type
+from ._errors import (
+    INT64_MAX,
+    INT64_MIN,
+    KvError,
+    arity_error,
+    overflow,
+    parse_float,
+    parse_int,
+    syntax_error,
+    wrong_type,
+)
 from ._keyspace import Keyspace, now_ms
 from ._resp import OK
+from ._sets import LONG_MAX, parse_count, random_picks, scan_cursor, scan_page
 from ._strings import add_float
 from ._table import command
 
 __all__ = ("Hashes",)
+
+#: What strtold reads as an infinity (HINCRBYFLOAT refuses it before the key).
+_INFINITIES: Final = frozenset({b"inf", b"+inf", b"-inf", b"infinity", b"+infinity", b"-infinity"})
 
 
 class Hashes(Component):
@@ -75,6 +90,48 @@ class Hashes(Component):
     def hstrlen(self, now: int, args: list[bytes]) -> int:
         return len((self._hash(args[1], now) or {}).get(args[2], b""))
 
+    @command("HRANDFIELD", -2, keys=(1, 1, 1))
+    def hrandfield(self, now: int, args: list[bytes]) -> Any:
+        """A random field, or ``count`` distinct ones (negative: may repeat), WITHVALUES.
+
+        With values, the reply is flat (field, value, field, value, ...), which
+        is Redis's RESP2 shape; Redis 7 answers a RESP3 client with an array of
+        [field, value] pairs instead.
+        """
+        if len(args) == 2:
+            h = self._hash(args[1], now)
+            return None if not h else random_picks(list(h), 1, unique=True)[0]
+        count = parse_count(args[2], -LONG_MAX, LONG_MAX)
+        withvalues = False
+        if len(args) > 4 or (len(args) == 4 and args[3].upper() != b"WITHVALUES"):
+            raise syntax_error()
+        if len(args) == 4:
+            withvalues = True
+            if not -(LONG_MAX // 2) <= count <= LONG_MAX // 2:
+                raise KvError("ERR value is out of range")
+        h = self._hash(args[1], now)
+        if not h or count == 0:
+            return []
+        fields = random_picks(list(h), abs(count), unique=count > 0)
+        if not withvalues:
+            return fields
+        out: list[bytes] = []
+        for f in fields:
+            out += (f, h[f])
+        return out
+
+    @command("HSCAN", -3, keys=(1, 1, 1))
+    def hscan(self, now: int, args: list[bytes]) -> list[Any]:
+        cursor = scan_cursor(args[2])
+        h = self._hash(args[1], now)
+        if h is None:
+            return [b"0", []]
+        following, page = scan_page(h, len(h), cursor, args)
+        flat: list[bytes] = []
+        for f in page:
+            flat += (f, h[f])
+        return [b"%d" % following, flat]
+
     # --- writes ----------------------------------------------------------------------------
 
     @command("HSET", -4, write=True, keys=(1, 1, 1), flags=("fast",))
@@ -125,6 +182,10 @@ class Hashes(Component):
 
     @command("HINCRBYFLOAT", 4, write=True, keys=(1, 1, 1), flags=("fast",))
     def hincrbyfloat(self, ctx: Context, args: list[bytes]) -> bytes:
+        """Redis's order: the increment (an infinity is refused as such), then the key."""
+        if args[3].lower() in _INFINITIES:
+            raise KvError("ERR value is NaN or Infinity")
+        parse_float(args[3])
         h = self._hash(args[1], now_ms(ctx))
         value = add_float(None if h is None else h.get(args[2]), args[3], hash_field=True)
         self._for_write(ctx, args[1])[args[2]] = value
