@@ -16,6 +16,7 @@ checked instead (and SPOP must leave both replicas with the same set).
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 from collections.abc import Iterator
@@ -496,6 +497,25 @@ def test_scan_pages_cover_a_large_collection_once(pairs: dict[int, Pair]) -> Non
                 )
             else:
                 assert sorted(seen) == sorted(m.encode() for m in members)
+
+
+def test_lcs_of_long_strings_and_its_memory_limit(pairs: dict[int, Pair]) -> None:
+    """Redis refuses an LCS whose table would pass 512 MB: 11584 bytes each is the most."""
+    pair = pairs[3]
+    _fresh(pair)
+    rng = random.Random(7)
+    a = bytes(rng.choice(b"acgt") for _ in range(3000))
+    b = bytes(rng.choice(b"acgt") for _ in range(2500))
+    pair.same("MSET", "a", a, "b", b)
+    for options in ((), ("LEN",), ("IDX", "MINMATCHLEN", "5", "WITHMATCHLEN")):
+        pair.same("LCS", "a", "b", *options)
+    for n in (11584, 11585):
+        pair.same(
+            "MSET", "a", b"ab" * (n // 2) + b"a" * (n % 2), "b", b"ba" * (n // 2) + b"b" * (n % 2)
+        )
+        pair.same("LCS", "a", "b", "LEN")
+    pair.same("SET", "b", "x")
+    pair.same("LCS", "a", "b", "IDX")
 
 
 def test_redis_py_on_both_replicas(svc: Service) -> None:
