@@ -253,12 +253,11 @@ class Lists(Component):
         if left + right >= n:
             self.keyspace.remove(key)
             return OK
-        if left or right:
-            for _ in range(left):
-                items.popleft()
-            for _ in range(right):
-                items.pop()
-            self.keyspace.bump(key)
+        for _ in range(left):
+            items.popleft()
+        for _ in range(right):
+            items.pop()
+        self.keyspace.bump(key)  # as Redis: touched (for WATCH) even when nothing goes
         return OK
 
     @command("LMOVE", 5, write=True, keys=(1, 2, 1))

@@ -113,10 +113,18 @@ def scan_page(
     return following, page
 
 
+#: Most picks SRANDMEMBER and HRANDFIELD make with a negative count (repeats
+#: allowed): the reply is built whole before it is sent, so a count of a few
+#: billions, which Redis would stream, would exhaust the replica's memory.
+MAX_PICKS: Final = 2**24
+
+
 def random_picks(items: list[Any], count: int, *, unique: bool) -> list[Any]:
     """SRANDMEMBER's and HRANDFIELD's choice (a read: any randomness will do)."""
     if unique:
         return _rng.sample(items, min(count, len(items)))
+    if count > MAX_PICKS:
+        raise KvError(f"ERR value is out of range, at most {MAX_PICKS} picks with repetitions")
     return _rng.choices(items, k=count)
 
 

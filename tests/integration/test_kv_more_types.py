@@ -23,11 +23,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .harness import Service
-from .kv_helpers import clients_on_every_replica, redis_oracle
+from .kv_helpers import client, clients_on_every_replica, redis_oracle
 
 pytestmark = pytest.mark.integration
 
@@ -516,6 +517,55 @@ def test_lcs_of_long_strings_and_its_memory_limit(pairs: dict[int, Pair]) -> Non
         pair.same("LCS", "a", "b", "LEN")
     pair.same("SET", "b", "x")
     pair.same("LCS", "a", "b", "IDX")
+
+
+def test_writes_that_change_nothing_still_touch_a_watched_key_like_redis(
+    svc: Service, oracle_port: int
+) -> None:
+    """LTRIM that keeps the whole list aborts a transaction WATCHing it, as in Redis;
+    an LREM, LINSERT or SMOVE that finds nothing does not."""
+    for port in (oracle_port, svc.port):
+        watcher, other = client(port), client(port)
+        try:
+            watcher.flushall()
+            watcher.rpush("l", "a", "b")
+            watcher.sadd("s", "m")
+            for command, aborts in (
+                (("LTRIM", "l", 0, -1), True),
+                (("LREM", "l", 0, "zz"), False),
+                (("LINSERT", "l", "BEFORE", "zz", "x"), False),
+                (("SMOVE", "s", "t", "zz"), False),
+                (("SPOP", "s", 0), False),
+            ):
+                with watcher.pipeline() as p:
+                    p.watch("l", "s")
+                    other.execute_command(*command)
+                    p.multi()
+                    p.get("x")
+                    if aborts:
+                        with pytest.raises(redis.WatchError):
+                            p.execute()
+                    else:
+                        assert p.execute() == [None]
+        finally:
+            watcher.close()
+            other.close()
+
+
+def test_repeated_picks_are_bounded(pairs: dict[int, Pair]) -> None:
+    """SRANDMEMBER and HRANDFIELD build their reply whole: past 2**24 repeated picks
+    they refuse (Redis would stream billions of them)."""
+    pair = pairs[2]
+    _fresh(pair)
+    w = pair.ours[0]
+    w.call("SADD", "s", "m")
+    w.call("HSET", "h", "f", "v")
+    for args in (("SRANDMEMBER", "s", "-16777217"), ("HRANDFIELD", "h", "-16777217")):
+        reply = w.call(*args)
+        assert isinstance(reply, tuple)
+        assert reply[0] == "-"
+    assert w.call("SRANDMEMBER", "s", "-3") == [b"m"] * 3
+    assert w.call("SRANDMEMBER", "s", "100000000") == [b"m"]
 
 
 def test_redis_py_on_both_replicas(svc: Service) -> None:
