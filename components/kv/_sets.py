@@ -17,7 +17,15 @@ from ._glob import glob_matcher
 from ._keyspace import Keyspace, now_ms
 from ._table import command
 
-__all__ = ("Sets", "parse_count", "random_picks", "scan_cursor", "scan_page")
+__all__ = (
+    "LONG_MAX",
+    "MAX_PICKS",
+    "Sets",
+    "parse_count",
+    "random_picks",
+    "scan_cursor",
+    "scan_page",
+)
 
 #: Redis's ``LONG_MAX``: counts are C longs.
 LONG_MAX: Final = 2**63 - 1
