@@ -796,3 +796,39 @@ def test_lists_sequences_like_redis(
     pairs: dict[int, Pair], proto: int, commands: list[tuple[Any, ...]]
 ) -> None:
     _run_sequence(pairs, proto, commands)
+
+
+# --- SPOP's choice does not depend on a set's iteration order --------------------------------
+
+
+class _Ctx:
+    """What SPOP reads of a log entry's context: its time and its seeded random."""
+
+    def __init__(self, seed: int) -> None:
+        self.now = 1_000.0
+        self.random = random.Random(seed)
+
+
+def test_spop_chooses_the_same_members_whatever_the_sets_iteration_order() -> None:
+    """Two replicas' sets may iterate differently (one restored from a snapshot, one
+    grown and shrunk): with the same entry's random, SPOP still pops the same members."""
+    from typing import cast
+
+    from dominoes.components.kv._keyspace import Keyspace
+    from dominoes.components.kv._sets import Sets
+
+    from dominoes import Context
+
+    members = [b"m%d" % i for i in range(200)]
+    grown = Sets(Keyspace())
+    grown.keyspace.values[b"k"] = {b"x%d" % i for i in range(5000)} | set(members)
+    cast(set[bytes], grown.keyspace.values[b"k"]).difference_update(b"x%d" % i for i in range(5000))
+    restored = Sets(Keyspace())
+    restored.keyspace.values[b"k"] = set(reversed(members))
+    assert list(grown.keyspace.values[b"k"]) != list(restored.keyspace.values[b"k"])
+    for seed, count in ((1, b"1"), (2, b"7"), (3, b"50")):
+        popped = [
+            s.spop(cast(Context, _Ctx(seed)), [b"SPOP", b"k", count]) for s in (grown, restored)
+        ]
+        assert popped[0] == popped[1]
+        assert grown.keyspace.values[b"k"] == restored.keyspace.values[b"k"]
