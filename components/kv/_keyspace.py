@@ -4,9 +4,9 @@ State (replicated)
 ------------------
 ``values``
     key -> value; the value's Python type is the Redis type: ``bytes`` a
-    string, ``dict`` a hash, ``deque`` a list, ``set`` a set.  An empty
-    container is never stored (Redis deletes a hash, list or set that becomes
-    empty).
+    string, ``dict`` a hash, ``deque`` a list, ``set`` a set, ``ZSet`` a
+    sorted set.  An empty container is never stored (Redis deletes a hash,
+    list, set or sorted set that becomes empty).
 ``deadlines``
     key -> expiry time in milliseconds of *replicated* time (``ctx.now``).
     The expiry micro-protocol (``_expiry.py``) deletes keys when they are due.
@@ -33,13 +33,14 @@ from ._errors import INT64_MAX, INT64_MIN, KvError, parse_int, syntax_error
 from ._glob import glob_matcher
 from ._resp import OK, Status
 from ._table import command
+from ._zsets import ZSet
 
 if TYPE_CHECKING:
     from ._expiry import Expiry
 
 __all__ = ("Keyspace", "Value", "deadline_ms", "invalid_expire_time", "now_ms", "type_name")
 
-Value: TypeAlias = bytes | dict[bytes, bytes] | deque[bytes] | set[bytes]
+Value: TypeAlias = bytes | dict[bytes, bytes] | deque[bytes] | set[bytes] | ZSet
 
 #: SCAN walks a 32-bit hash space; one call returns at least 1/SCAN_PAGES of
 #: the keyspace (or COUNT keys if more), so a full scan costs O(SCAN_PAGES * n)
@@ -47,8 +48,9 @@ Value: TypeAlias = bytes | dict[bytes, bytes] | deque[bytes] | set[bytes]
 SCAN_PAGES: Final = 64
 _HASH_MASK: Final = 0xFFFFFFFF
 
-_TYPES: Final = {bytes: "string", dict: "hash", deque: "list", set: "set"}
-_TAGS: Final = {bytes: "s", dict: "h", deque: "l", set: "z"}
+_TYPES: Final = {bytes: "string", dict: "hash", deque: "list", set: "set", ZSet: "zset"}
+#: A value's type in snapshots (``"z"`` was taken by sets: a sorted set is ``"Z"``).
+_TAGS: Final = {bytes: "s", dict: "h", deque: "l", set: "z", ZSet: "Z"}
 
 
 def now_ms(ctx: Context) -> int:
@@ -311,7 +313,7 @@ class Keyspace(Component):
             self.set_deadline(ctx, dst, deadline)
         return True
 
-    # --- snapshots: tag each value with its type (msgpack has no set or deque) -------------
+    # --- snapshots: tag each value with its type (msgpack has no set, deque or ZSet) -------
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -331,6 +333,8 @@ class Keyspace(Component):
 
 
 def _plain(value: Value) -> Any:
+    if type(value) is ZSet:
+        return value.plain()
     return list(value) if type(value) is deque else value
 
 
@@ -341,4 +345,6 @@ def _typed(tag: str, value: Any) -> Value:
         return dict(value)
     if tag == "l":
         return deque(value)
+    if tag == "Z":
+        return ZSet((bytes(m), float(s)) for m, s in value)
     return set(value)

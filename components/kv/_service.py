@@ -6,7 +6,7 @@
     Keyspace      key -> value, deadline, version; DEL, EXISTS, KEYS, SCAN, RENAME, ...
     Expiry        lazy expiry (order -10 on the command events), active expiry timer, TTLs
     Transactions  WATCH's check (order -5 on Commands.exec)
-    Strings, Hashes, Lists, Sets   one component per data type, over the keyspace
+    Strings, Hashes, Lists, Sets, Zsets   one component per data type, over the keyspace
     PubSub        subscriptions (replicated), delivery (an effect on every replica)
 """
 
@@ -27,6 +27,7 @@ from ._server import start_hook, tcp_factory
 from ._sets import Sets
 from ._strings import Strings
 from ._table import Spec, commands_of
+from ._zsets import Zsets
 
 __all__ = ("DEFAULT_PORT", "TABLE", "make_service", "service")
 
@@ -44,6 +45,7 @@ def _table() -> dict[bytes, Spec]:
         (Hashes, Hashes.name),
         (Lists, Lists.name),
         (Sets, Sets.name),
+        (Zsets, Zsets.name),
         (PubSub, PubSub.name),
         (Connection, ""),
     ]
@@ -70,6 +72,7 @@ def make_service(name: str = "kv") -> Service:
         Hashes(keyspace),
         Lists(keyspace),
         Sets(keyspace),
+        Zsets(keyspace),
         PubSub(),
     ]
     return Service(
