@@ -68,7 +68,7 @@ class ZSet:
     __slots__ = ("order", "scores")
 
     def __init__(self, pairs: Iterable[tuple[bytes, float]] = ()) -> None:
-        self.scores: dict[bytes, float] = dict(pairs)
+        self.scores: dict[bytes, float] = {m: s + 0.0 for m, s in pairs}  # -0 is 0: see set()
         self.order: SortedList[Entry] = SortedList((s, m) for m, s in self.scores.items())
 
     def __len__(self) -> int:
@@ -89,7 +89,12 @@ class ZSet:
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def set(self, member: bytes, score: float) -> None:
-        """Insert ``member`` or move it to ``score``."""
+        """Insert ``member`` or move it to ``score``.
+
+        A score of -0 is stored as 0 (``-0.0 + 0.0``), as a small Redis sorted
+        set stores it (a listpack keeps the integer 0): ZSCORE answers ``0``.
+        """
+        score += 0.0
         old = self.scores.get(member)
         if old is not None:
             if old == score:

@@ -323,6 +323,19 @@ def test_arity_errors(
         both.same(line)
 
 
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_zscan_writes_scores_as_redis_does(
+    oracle: dict[int, redis.Redis], ours: dict[int, dict[int, redis.Redis]], protocol: int
+) -> None:
+    """ZSCAN's scores are bulk strings in both protocols, in Redis's own text (no
+    normalisation here)."""
+    both = Both(oracle, ours, protocol)
+    both.run("ZADD", "f", "0.1", "a", "1e20", "b", "-0", "c", "3", "d", "-inf", "e", "1.5e-7", "f")
+    theirs, mine = both.run("ZSCAN", "f", "0")
+    assert mine == theirs
+    assert b"0.10000000000000001" in theirs[1]
+
+
 def test_zrandmember_refuses_too_many_repeated_picks(
     ours: dict[int, dict[int, redis.Redis]],
 ) -> None:
