@@ -754,8 +754,10 @@ class Zsets(Component):
         z = self._zset(args[1], int(ctx.now * 1000))
         if z is None or count == 0:
             return []
-        # RESP3 nests [member, score] when a count is given; the flat form is RESP2's
-        return _pairs(self._pop(args[1], z, count, highest))
+        popped = self._pop(args[1], z, count, highest)
+        if len(args) == 3:  # with a count, WITHSCORES's shape (RESP3 nests the pairs)
+            return _pairs(popped)
+        return [x for s, m in popped for x in (m, _score(s))]  # flat in both protocols
 
     @command("ZMPOP", -4, write=True, keys=(2, -1, 1))
     def zmpop(self, ctx: Context, args: list[bytes]) -> Any:
