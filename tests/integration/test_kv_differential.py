@@ -1,0 +1,832 @@
+"""The KV service against a real ``redis-server``: hypothesis-generated command sequences.
+
+A throwaway ``redis-server`` 7.0 (no persistence, 127.0.0.1, a free port) is the
+oracle; the module's 2-replica KV service is the subject.  Hypothesis draws a
+sequence of 1-30 steps, each one command sent to one of the two replicas (the
+replica is drawn per step, so a write on one and a read on the other are
+compared too) and the same command sent to the oracle; every reply must be
+the oracle's: the same value, or an error of the same class with the same
+text.  Both are flushed (FLUSHALL) before each example; after it, each
+replica and the oracle are read key by key (KEYS *, DBSIZE, TYPE, the whole
+value, whether it has a TTL) and must agree: reads are linearizable, so no
+waiting is involved.  One test speaks RESP2, one RESP3 (``HELLO 3``).
+
+**What it covers.** Four keys (``a``, ``b``, ``c``, ``ab``) shared by every
+type, so WRONGTYPE paths come up often; small pools of values, members,
+fields, scores, indexes and counts rich in edges (0, negative, 64-bit limits
+and past them, floats, ``inf``/``-inf``/``nan``, empty strings, words that are
+not numbers).  The menu is a list of generators, one per command form, kept
+only if its command is in ``dominoes.components.kv._service.TABLE`` *when
+the test runs*: strings, keys and expiry, hashes, lists, sets, and the sorted
+sets and newer commands (SETRANGE, LPOS, SINTERSTORE, ZADD, COPY, ...) as
+soon as they land, without editing this file.  Besides well-formed commands
+it sends wrong arities, unknown commands and subcommands, syntax errors, and
+a "chaos" form: a command of the menu with 0-5 words drawn from all the
+pools.  About one step in ten is a batch of 1-4 commands, pipelined or in
+MULTI ... EXEC (errors at queueing time included, so EXECABORT too).
+
+**Time.**  Expiry is compared without races: relative times are days (never
+reached during a run), absolute ones are in the year 2100 or long past (1),
+EXPIRE/PEXPIRE's GT and LT (whose outcome on a relative time depends on the
+millisecond) are only used with absolute times, and TTL/PTTL/EXPIRETIME/
+PEXPIRETIME replies equal the oracle's within 5 s.
+
+**Normalisations** (each one is something Redis leaves unspecified):
+
+- order of KEYS, HKEYS, HVALS, HGETALL (as field/value pairs), SMEMBERS,
+  SINTER, SUNION, SDIFF, SPOP with a count: sorted before comparing;
+- random replies: SRANDMEMBER, HRANDFIELD, ZRANDMEMBER, RANDOMKEY: without a
+  count, nil for both or a member of the oracle's collection; with a count,
+  as many items as the oracle's, all members, no repeats for a positive
+  count.  SPOP is only sent with a count that takes the whole set, so both
+  stores stay equal;
+- SCAN, HSCAN, SSCAN, ZSCAN: a step is a whole iteration (until cursor 0) and
+  the union of the items is compared, not the cursors or the batches;
+- LCS: the length of the answer (several subsequences may be longest);
+- times: see above (5 s of tolerance);
+- DBSIZE: Redis counts a key SET with a past EXAT/PXAT until its active
+  expiry reclaims it, although no command sees it; the KV's DBSIZE may equal
+  the oracle's number of KEYS * instead.
+
+INCRBYFLOAT and HINCRBYFLOAT replies are compared as Redis prints them, except
+past 2**53, where Redis's ``long double`` and the KV's exact decimals may
+round apart (a documented difference, docs/howto/kv.md): equal as doubles is
+accepted there, and the KV's value is then overwritten with Redis's.
+
+**Known bugs.**  KV bugs that would keep this test red are left out of the
+generators, each with a ``# KNOWN:`` comment naming it (LINDEX/LSET's order of
+checks, INCRBYFLOAT's hexadecimal floats and its order of checks, CONFIG/
+COMMAND's unknown-subcommand text, RESP3 HRANDFIELD/ZRANDMEMBER pairs), and
+one is normalised, see :func:`known_zset_scores`: sorted-set scores compare as
+numbers and WITHSCORES pairs flattened.
+
+Bounded for CI: 100 examples per protocol (of 1-30 steps).  For a bug hunt:
+``DOMINOES_DIFFERENTIAL_EXAMPLES=2000 python -m pytest tests/integration/test_kv_differential.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis
+from dominoes.components.kv._service import TABLE
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from .harness import Service
+from .kv_helpers import clients_on_every_replica, redis_oracle
+
+pytestmark = pytest.mark.integration
+
+REDIS_SERVER = shutil.which("redis-server")
+if REDIS_SERVER is None:
+    pytest.skip("redis-server is not installed", allow_module_level=True)
+
+# On a failure hypothesis's pytest plugin imports its patch writer, whose libcst import warns
+# (DeprecationWarning, an error in this repository's pytest settings): the failure would be
+# reported as an INTERNALERROR and its falsifying example lost.  Imported here, quietly.
+with warnings.catch_warnings(), contextlib.suppress(ImportError):
+    warnings.simplefilter("ignore", DeprecationWarning)
+    importlib.import_module("hypothesis.extra._patching")
+
+EXAMPLES = int(os.environ.get("DOMINOES_DIFFERENTIAL_EXAMPLES", "100"))
+MAX_STEPS = 30
+TTL_TOLERANCE_S = 5
+
+# fmt: off
+# --- the pools ----------------------------------------------------------------------------
+
+KEYS = [b"a", b"b", b"c", b"ab"]
+PATTERNS = [b"*", b"a*", b"?", b"[ab]", b"*b", b"a?", b"[^a]*", b"", b"\\a", b"[a-b]*", b"zz*"]
+VALUES = [b"", b"0", b"1", b"-1", b"7", b"3.5", b"-0", b"01", b" 1", b"x", b"abc", b"hello world",
+          b"9223372036854775807", b"-9223372036854775808", b"9223372036854775808", b"1e3",
+          b"inf", b"-inf", b"nan", b"\x00\xff"]
+# KNOWN: not b"0x1f": INCRBYFLOAT and HINCRBYFLOAT refuse a hexadecimal float, the stored value
+# or the increment ("ERR value is not a valid float"), which Redis's strtold takes:
+# SET c 0x1f, INCRBYFLOAT c 1 answers 32 in Redis (0x1p3 is 8, too).  ZADD takes them.
+INTS = [b"0", b"1", b"-1", b"2", b"5", b"-3", b"100", b"9223372036854775807",
+        b"-9223372036854775808", b"9223372036854775808", b"x", b"1.5", b"", b"01"]
+INDEXES = [b"-100", b"-3", b"-2", b"-1", b"0", b"1", b"2", b"3", b"100",
+           b"9223372036854775807", b"-9223372036854775808", b"x"]
+COUNTS = [b"0", b"1", b"2", b"3", b"10", b"-1", b"-2", b"x", b"9223372036854775807"]
+# KNOWN: LINDEX and LSET parse the index before looking the key up: `LINDEX missing x` answers
+# "ERR value is not an integer or out of range" (Redis: nil), `LSET missing x v` the same
+# (Redis: "ERR no such key"), and on a key of another type the same (Redis: WRONGTYPE).
+INT_INDEXES = [i for i in INDEXES if i != b"x"]
+FLOATS = [b"0", b"1", b"-1", b"1.5", b"-2.25", b"0.1", b"inf", b"-inf", b"+inf", b"nan", b"1e3",
+          b"abc", b"", b"3.0", b"5e-1", b" 1", b"10.50"]
+# Not 1e400 (a long double to Redis): INCRBYFLOAT's documented difference (docs/howto/kv.md).
+SCORES = [b"0", b"1", b"-1", b"1.5", b"2", b"-2.5", b"inf", b"-inf", b"+inf", b"nan", b"1e3",
+          b"x", b"", b"0.5", b"3", b"1e400", b"0x10"]
+SCORE_BOUNDS = [b"-inf", b"+inf", b"inf", b"0", b"1", b"(1", b"(0", b"2", b"-1", b"1.5", b"(2",
+                b"x", b"(", b"nan", b"(-inf"]
+LEX_BOUNDS = [b"-", b"+", b"[m", b"(m", b"[n", b"(o", b"m", b"[", b"(", b"[z", b"(a"]
+MEMBERS = [b"m", b"n", b"o", b"", b"1", b"x y"]
+FIELDS = [b"f", b"g", b"h", b"1", b""]
+OFFSETS = [b"0", b"1", b"3", b"10", b"-1", b"x", b"536870912", b"9223372036854775807"]
+#: Relative times: days, so nothing expires during a run; and errors.
+SECONDS = [b"86400", b"172800", b"259200", b"0", b"-5", b"x", b"9223372036854775807", b"1.5"]
+#: Absolute times: the year 2100 and around, or long past.
+UNIX_S = [b"4102444800", b"4102531200", b"4102358400", b"1", b"0", b"x"]
+WORDS = [b"NX", b"XX", b"GT", b"LT", b"CH", b"INCR", b"GET", b"KEEPTTL", b"EX", b"PX",
+         b"WITHSCORES", b"LIMIT", b"COUNT", b"MATCH", b"TYPE", b"REV", b"BYSCORE", b"BYLEX",
+         b"LEFT", b"RIGHT", b"BEFORE", b"AFTER", b"RANK", b"MAXLEN", b"WEIGHTS", b"AGGREGATE",
+         b"SUM", b"MIN", b"MAX", b"PERSIST", b"LEN", b"REPLACE", b"WITHVALUES"]
+ALL_TOKENS = sorted({*KEYS, *VALUES, *INTS, *FLOATS, *WORDS, *MEMBERS, *LEX_BOUNDS})
+
+Part = st.SearchStrategy[list[bytes]]
+
+
+def one(pool: Sequence[bytes]) -> Part:
+    return st.sampled_from(pool).map(lambda x: [x])
+
+
+def many(pool: Sequence[bytes], lo: int = 1, hi: int = 3) -> Part:
+    return st.lists(st.sampled_from(pool), min_size=lo, max_size=hi)
+
+
+def lit(*words: bytes) -> Part:
+    return st.just(list(words))
+
+
+def opt(*parts: Part) -> Part:
+    return st.one_of(st.just([]), *parts)
+
+
+def alt(*parts: Part) -> Part:
+    return st.one_of(*parts)
+
+
+def pairs(left: Sequence[bytes], right: Sequence[bytes], lo: int = 1, hi: int = 3) -> Part:
+    return st.lists(st.tuples(st.sampled_from(left), st.sampled_from(right)), min_size=lo,
+                    max_size=hi).map(lambda ps: [w for p in ps for w in p])
+
+
+def cat(*parts: Part) -> st.SearchStrategy[tuple[bytes, ...]]:
+    return st.tuples(*parts).map(lambda ls: tuple(w for lst in ls for w in lst))
+
+
+KEY = one(KEYS)
+VAL = one(VALUES)
+
+
+@dataclass(frozen=True)
+class Gen:
+    """One command form: the command it needs in TABLE, and its words (the name first)."""
+
+    needs: bytes
+    words: st.SearchStrategy[tuple[bytes, ...]]
+    kind: str = "cmd"  # "cmd", or "scan": a whole SCAN-like iteration
+    resp3: bool = True  # False: RESP2 only (a KNOWN bug in RESP3)
+
+
+def g(name: bytes, *parts: Part, kind: str = "cmd", resp3: bool = True) -> Gen:
+    return Gen(name.split()[0], cat(lit(*name.split()), *parts), kind, resp3)
+
+
+_TTL_OPT = opt(
+    cat(one([b"EX", b"PX"]), one(SECONDS)).map(list),
+    cat(one([b"EXAT"]), one(UNIX_S)).map(list),
+    cat(one([b"PXAT"]), one([u + b"000" for u in UNIX_S[:4]] + [b"1"])).map(list),
+    lit(b"KEEPTTL"),
+)
+_SET_FLAGS = st.permutations([b"NX", b"XX", b"GET"]).flatmap(
+    lambda ws: st.integers(0, 2).map(lambda n: list(ws[:n]))
+)
+
+STRINGS = [
+    g(b"SET", KEY, VAL, _SET_FLAGS, _TTL_OPT),
+    g(b"SET", KEY, VAL, _TTL_OPT, _SET_FLAGS),
+    g(b"SET", KEY, VAL, many(WORDS + SECONDS, 1, 3)),  # syntax errors, mostly
+    g(b"GET", KEY),
+    g(b"GETSET", KEY, VAL),
+    g(b"GETDEL", KEY),
+    g(b"GETEX", KEY, opt(cat(one([b"EX", b"PX"]), one(SECONDS)).map(list), lit(b"PERSIST"),
+                         cat(one([b"EXAT"]), one(UNIX_S)).map(list))),
+    g(b"APPEND", KEY, VAL),
+    g(b"STRLEN", KEY),
+    g(b"INCR", KEY),
+    g(b"DECR", KEY),
+    g(b"INCRBY", KEY, one(INTS)),
+    g(b"DECRBY", KEY, one(INTS)),
+    # KNOWN: INCRBYFLOAT k inf, with k not a number, answers "ERR increment would produce NaN or
+    # Infinity" (Redis: "ERR value is not a valid float"; it parses the value first).
+    g(b"INCRBYFLOAT", KEY, one([f for f in FLOATS if not f.endswith(b"inf")])),
+    g(b"MSET", pairs(KEYS, VALUES, 1, 3)),
+    g(b"MSET", KEY),  # arity
+    g(b"MSET", KEY, VAL, KEY),  # odd
+    g(b"MGET", many(KEYS, 1, 4)),
+    g(b"SETNX", KEY, VAL),
+    g(b"SETEX", KEY, one(SECONDS), VAL),
+    g(b"PSETEX", KEY, one([s + b"000" for s in SECONDS[:3]] + SECONDS[3:]), VAL),
+    g(b"MSETNX", pairs(KEYS, VALUES, 1, 3)),
+    g(b"SETRANGE", KEY, one(OFFSETS), VAL),
+    g(b"GETRANGE", KEY, one(INDEXES), one(INDEXES)),
+    g(b"SUBSTR", KEY, one(INDEXES), one(INDEXES)),
+    g(b"LCS", KEY, KEY, opt(lit(b"LEN"))),
+]
+
+KEYSPACE = [
+    g(b"DEL", many(KEYS, 1, 3)),
+    g(b"UNLINK", many(KEYS, 1, 2)),
+    g(b"EXISTS", many(KEYS, 1, 3)),
+    g(b"TYPE", KEY),
+    g(b"RENAME", KEY, KEY),
+    g(b"RENAMENX", KEY, KEY),
+    g(b"KEYS", one(PATTERNS)),
+    g(b"DBSIZE"),
+    g(b"SCAN", opt(cat(lit(b"MATCH"), one(PATTERNS)).map(list)),
+      opt(cat(lit(b"TYPE"), one([b"string", b"hash", b"list", b"set", b"zset", b"nope"]))
+          .map(list)), kind="scan"),
+    g(b"COPY", KEY, KEY, opt(lit(b"REPLACE"))),
+    g(b"TOUCH", many(KEYS, 1, 3)),
+    g(b"RANDOMKEY"),
+    # expiry: relative with NX/XX only, absolute with any flag (see the docstring)
+    g(b"EXPIRE", KEY, one(SECONDS), opt(one([b"NX", b"XX"]))),
+    g(b"PEXPIRE", KEY, one([s + b"000" for s in SECONDS[:3]] + SECONDS[3:]),
+      opt(one([b"NX", b"XX"]))),
+    g(b"EXPIREAT", KEY, one(UNIX_S), opt(one([b"NX", b"XX", b"GT", b"LT", b"FOO"]))),
+    g(b"PEXPIREAT", KEY, one([u + b"000" for u in UNIX_S[:4]] + [b"x"]),
+      opt(one([b"NX", b"XX", b"GT", b"LT"]))),
+    g(b"EXPIRE", KEY, one(UNIX_S), many([b"NX", b"XX", b"GT", b"LT"], 2, 2)),  # errors
+    g(b"TTL", KEY),
+    g(b"PTTL", KEY),
+    g(b"EXPIRETIME", KEY),
+    g(b"PEXPIRETIME", KEY),
+    g(b"PERSIST", KEY),
+]
+
+HASHES = [
+    g(b"HSET", KEY, pairs(FIELDS, VALUES, 1, 3)),
+    g(b"HSET", KEY, one(FIELDS)),  # arity
+    g(b"HMSET", KEY, pairs(FIELDS, VALUES, 1, 2)),
+    g(b"HSETNX", KEY, one(FIELDS), VAL),
+    g(b"HGET", KEY, one(FIELDS)),
+    g(b"HMGET", KEY, many(FIELDS, 1, 3)),
+    g(b"HDEL", KEY, many(FIELDS, 1, 3)),
+    g(b"HGETALL", KEY),
+    g(b"HLEN", KEY),
+    g(b"HEXISTS", KEY, one(FIELDS)),
+    g(b"HSTRLEN", KEY, one(FIELDS)),
+    g(b"HINCRBY", KEY, one(FIELDS), one(INTS)),
+    g(b"HINCRBYFLOAT", KEY, one(FIELDS), one(FLOATS)),
+    g(b"HKEYS", KEY),
+    g(b"HVALS", KEY),
+    g(b"HRANDFIELD", KEY, opt(one(COUNTS[:-1]))),
+    # KNOWN: in RESP3, HRANDFIELD k n WITHVALUES answers flat [f, v, ...], Redis [[f, v], ...]
+    g(b"HRANDFIELD", KEY, one(COUNTS[:-1]), lit(b"WITHVALUES"), resp3=False),
+    g(b"HSCAN", KEY, opt(cat(lit(b"MATCH"), one([b"*", b"f*", b"?", b"[fg]"])).map(list)),
+      kind="scan"),
+]
+
+LISTS = [
+    g(b"LPUSH", KEY, many(VALUES, 1, 3)),
+    g(b"RPUSH", KEY, many(VALUES, 1, 3)),
+    g(b"LPUSHX", KEY, many(VALUES, 1, 2)),
+    g(b"RPUSHX", KEY, many(VALUES, 1, 2)),
+    g(b"LPOP", KEY, opt(one(COUNTS))),
+    g(b"RPOP", KEY, opt(one(COUNTS))),
+    g(b"LPOP", KEY, one(COUNTS), one(COUNTS)),  # arity
+    g(b"LLEN", KEY),
+    g(b"LRANGE", KEY, one(INDEXES), one(INDEXES)),
+    g(b"LINDEX", KEY, one(INT_INDEXES)),  # KNOWN: see INT_INDEXES
+    g(b"LSET", KEY, one(INT_INDEXES), VAL),
+    g(b"LINSERT", KEY, one([b"BEFORE", b"AFTER", b"AROUND"]), VAL, VAL),
+    g(b"LREM", KEY, one(INDEXES), VAL),
+    g(b"LTRIM", KEY, one(INDEXES), one(INDEXES)),
+    g(b"LPOS", KEY, VAL, opt(cat(lit(b"RANK"), one(INDEXES)).map(list)),
+      opt(cat(lit(b"COUNT"), one(COUNTS)).map(list)),
+      opt(cat(lit(b"MAXLEN"), one(COUNTS)).map(list))),
+    g(b"LMOVE", KEY, KEY, one([b"LEFT", b"RIGHT"]), one([b"LEFT", b"RIGHT", b"UP"])),
+    g(b"RPOPLPUSH", KEY, KEY),
+    g(b"LMPOP", one([b"1", b"2", b"0", b"x"]), many(KEYS, 1, 2), one([b"LEFT", b"RIGHT", b"UP"]),
+      opt(cat(lit(b"COUNT"), one(COUNTS)).map(list))),
+]
+
+SETS = [
+    g(b"SADD", KEY, many(MEMBERS, 1, 3)),
+    g(b"SREM", KEY, many(MEMBERS, 1, 3)),
+    g(b"SMEMBERS", KEY),
+    g(b"SISMEMBER", KEY, one(MEMBERS)),
+    g(b"SMISMEMBER", KEY, many(MEMBERS, 1, 3)),
+    g(b"SCARD", KEY),
+    g(b"SINTER", many(KEYS, 1, 3)),
+    g(b"SUNION", many(KEYS, 1, 3)),
+    g(b"SDIFF", many(KEYS, 1, 3)),
+    g(b"SINTERSTORE", KEY, many(KEYS, 1, 3)),
+    g(b"SUNIONSTORE", KEY, many(KEYS, 1, 3)),
+    g(b"SDIFFSTORE", KEY, many(KEYS, 1, 3)),
+    g(b"SMOVE", KEY, KEY, one(MEMBERS)),
+    g(b"SINTERCARD", one([b"1", b"2", b"3", b"0", b"x"]), many(KEYS, 1, 2),
+      opt(cat(lit(b"LIMIT"), one(COUNTS)).map(list))),
+    g(b"SRANDMEMBER", KEY, opt(one(COUNTS[:-1]))),
+    g(b"SPOP", KEY, lit(b"100")),  # the whole set: see the docstring
+    g(b"SPOP", KEY, one([b"0", b"-1", b"x"])),  # errors, or nothing popped
+    g(b"SSCAN", KEY, opt(cat(lit(b"MATCH"), one([b"*", b"m*", b"?", b"[mn]"])).map(list)),
+      kind="scan"),
+]
+
+_ZRANGE_FORMS = alt(
+    cat(one(INDEXES), one(INDEXES), opt(lit(b"REV")), opt(lit(b"WITHSCORES"))).map(list),
+    cat(one(SCORE_BOUNDS), one(SCORE_BOUNDS), lit(b"BYSCORE"), opt(lit(b"REV")),
+        opt(cat(lit(b"LIMIT"), one(INDEXES), one(INDEXES)).map(list)),
+        opt(lit(b"WITHSCORES"))).map(list),
+    cat(one(LEX_BOUNDS), one(LEX_BOUNDS), lit(b"BYLEX"), opt(lit(b"REV")),
+        opt(cat(lit(b"LIMIT"), one(INDEXES), one(INDEXES)).map(list))).map(list),
+)
+_ZADD_FLAGS = st.lists(st.sampled_from([b"NX", b"XX", b"GT", b"LT", b"CH", b"INCR"]), max_size=2,
+                       unique=True)
+_NUMKEYS = one([b"1", b"2", b"3", b"0", b"-1", b"x"])
+_ZSTORE_OPTS = st.tuples(
+    opt(cat(lit(b"WEIGHTS"), many([b"1", b"2", b"-1", b"0.5", b"inf", b"x"], 1, 2)).map(list)),
+    opt(cat(lit(b"AGGREGATE"), one([b"SUM", b"MIN", b"MAX", b"AVG"])).map(list)),
+).map(lambda t: t[0] + t[1])
+
+ZSETS = [
+    g(b"ZADD", KEY, _ZADD_FLAGS, pairs(SCORES, MEMBERS, 1, 3)),
+    g(b"ZADD", KEY, pairs(SCORES, MEMBERS, 1, 2)),
+    g(b"ZINCRBY", KEY, one(SCORES), one(MEMBERS)),
+    g(b"ZSCORE", KEY, one(MEMBERS)),
+    g(b"ZMSCORE", KEY, many(MEMBERS, 1, 3)),
+    g(b"ZREM", KEY, many(MEMBERS, 1, 3)),
+    g(b"ZCARD", KEY),
+    g(b"ZRANK", KEY, one(MEMBERS)),
+    g(b"ZREVRANK", KEY, one(MEMBERS)),
+    g(b"ZCOUNT", KEY, one(SCORE_BOUNDS), one(SCORE_BOUNDS)),
+    g(b"ZLEXCOUNT", KEY, one(LEX_BOUNDS), one(LEX_BOUNDS)),
+    g(b"ZRANGE", KEY, _ZRANGE_FORMS),
+    g(b"ZRANGESTORE", KEY, KEY, _ZRANGE_FORMS),
+    g(b"ZREVRANGE", KEY, one(INDEXES), one(INDEXES), opt(lit(b"WITHSCORES"))),
+    g(b"ZRANGEBYSCORE", KEY, one(SCORE_BOUNDS), one(SCORE_BOUNDS), opt(lit(b"WITHSCORES")),
+      opt(cat(lit(b"LIMIT"), one(INDEXES), one(INDEXES)).map(list))),
+    g(b"ZREVRANGEBYSCORE", KEY, one(SCORE_BOUNDS), one(SCORE_BOUNDS), opt(lit(b"WITHSCORES"))),
+    g(b"ZRANGEBYLEX", KEY, one(LEX_BOUNDS), one(LEX_BOUNDS),
+      opt(cat(lit(b"LIMIT"), one(INDEXES), one(INDEXES)).map(list))),
+    g(b"ZREVRANGEBYLEX", KEY, one(LEX_BOUNDS), one(LEX_BOUNDS)),
+    g(b"ZPOPMIN", KEY, opt(one(COUNTS))),
+    g(b"ZPOPMAX", KEY, opt(one(COUNTS))),
+    g(b"ZREMRANGEBYRANK", KEY, one(INDEXES), one(INDEXES)),
+    g(b"ZREMRANGEBYSCORE", KEY, one(SCORE_BOUNDS), one(SCORE_BOUNDS)),
+    g(b"ZREMRANGEBYLEX", KEY, one(LEX_BOUNDS), one(LEX_BOUNDS)),
+    g(b"ZUNIONSTORE", KEY, _NUMKEYS, many(KEYS, 1, 3), _ZSTORE_OPTS),
+    g(b"ZINTERSTORE", KEY, _NUMKEYS, many(KEYS, 1, 3), _ZSTORE_OPTS),
+    g(b"ZDIFFSTORE", KEY, _NUMKEYS, many(KEYS, 1, 3)),
+    g(b"ZUNION", _NUMKEYS, many(KEYS, 1, 3), _ZSTORE_OPTS, opt(lit(b"WITHSCORES"))),
+    g(b"ZINTER", _NUMKEYS, many(KEYS, 1, 3), _ZSTORE_OPTS, opt(lit(b"WITHSCORES"))),
+    g(b"ZDIFF", _NUMKEYS, many(KEYS, 1, 3), opt(lit(b"WITHSCORES"))),
+    g(b"ZINTERCARD", _NUMKEYS, many(KEYS, 1, 2), opt(cat(lit(b"LIMIT"), one(COUNTS)).map(list))),
+    g(b"ZMPOP", _NUMKEYS, many(KEYS, 1, 2), one([b"MIN", b"MAX", b"MID"]),
+      opt(cat(lit(b"COUNT"), one(COUNTS)).map(list))),
+    g(b"ZRANDMEMBER", KEY, opt(one(COUNTS[:-1]))),
+    # KNOWN: in RESP3, ZRANDMEMBER k n WITHSCORES answers flat [m, s, ...], Redis [[m, s], ...]
+    g(b"ZRANDMEMBER", KEY, one(COUNTS[:-1]), lit(b"WITHSCORES"), resp3=False),
+    g(b"ZSCAN", KEY, opt(cat(lit(b"MATCH"), one([b"*", b"m*", b"?"])).map(list)), kind="scan"),
+]
+
+MISC = [
+    g(b"PING", opt(VAL)),
+    g(b"ECHO", VAL),
+    g(b"NOSUCHCOMMAND", opt(KEY)),
+    g(b"CLIENT NOSUCH"),
+    # KNOWN: CONFIG NOSUCH answers "ERR unknown subcommand or wrong number of arguments for
+    # 'NOSUCH'", Redis "ERR unknown subcommand 'NOSUCH'. Try CONFIG HELP."
+    # g(b"CONFIG NOSUCH", opt(KEY)),
+    # KNOWN: the same for COMMAND NOSUCH ("... Try COMMAND HELP.")
+    # g(b"COMMAND NOSUCH"),
+]
+
+GENERATORS = STRINGS + KEYSPACE + HASHES + LISTS + SETS + ZSETS + MISC
+
+#: Not sent by the chaos form: random replies, races on relative times, scans.
+NO_CHAOS = {b"SPOP", b"SRANDMEMBER", b"HRANDFIELD", b"ZRANDMEMBER", b"RANDOMKEY", b"EXPIRE",
+            b"PEXPIRE", b"SET", b"GETEX", b"SETEX", b"PSETEX", b"SCAN", b"HSCAN", b"SSCAN",
+            b"ZSCAN", b"NOSUCHCOMMAND", b"CLIENT", b"CONFIG", b"COMMAND", b"PING", b"ECHO",
+            b"LINDEX", b"LSET", b"INCRBYFLOAT"}  # KNOWN: above
+
+
+def chaos(names: list[bytes]) -> list[Gen]:
+    """A command of ``names`` with 0-5 words from every pool; and one without arguments."""
+    words = st.tuples(st.sampled_from(names), st.lists(st.sampled_from(ALL_TOKENS), max_size=5))
+    return [
+        Gen(b"", words.map(lambda t: (t[0], *t[1]))),
+        Gen(b"", st.sampled_from(names).map(lambda n: (n,))),  # arity, mostly
+    ]
+
+
+#: The generators whose command the service has now (the menu grows as commands land).
+AVAILABLE = [gen for gen in GENERATORS if gen.needs in TABLE or gen.needs == b"NOSUCHCOMMAND"]
+_CHAOS_NAMES = sorted({gen.needs for gen in AVAILABLE} - NO_CHAOS)
+MENU = AVAILABLE + chaos(_CHAOS_NAMES)
+
+
+# fmt: on
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command (``kind`` "cmd"), a whole SCAN iteration ("scan"), or ``batch``: commands
+    sent in one pipeline ("pipe") or in MULTI ... EXEC ("multi")."""
+
+    replica: int
+    words: tuple[bytes, ...]
+    kind: str
+    batch: tuple[tuple[bytes, ...], ...] = ()
+
+    def __repr__(self) -> str:
+        if self.batch:
+            inner = " | ".join(repr(b" ".join(w)) for w in self.batch)
+            return f"replica {self.replica}: {self.kind} [{inner}]"
+        return f"replica {self.replica}: {b' '.join(self.words)!r} ({self.kind})"
+
+
+#: Not in pipelines and transactions: replies compared by more than equality, and the
+#: connection commands that MULTI takes differently (docs/howto/kv.md).
+NOT_BATCHED = {b"SRANDMEMBER", b"HRANDFIELD", b"ZRANDMEMBER", b"RANDOMKEY", b"TTL", b"PTTL",
+               b"EXPIRETIME", b"PEXPIRETIME", b"DBSIZE", b"INCRBYFLOAT", b"HINCRBYFLOAT",
+               b"CLIENT", b"CONFIG", b"COMMAND"}  # fmt: skip
+#: What pipelines and transactions are made of.
+BATCH_MENU = [
+    gen for gen in AVAILABLE if gen.kind == "cmd" and gen.needs not in NOT_BATCHED
+] + chaos(sorted(set(_CHAOS_NAMES) - NOT_BATCHED))
+
+
+def steps(resp3: bool) -> st.SearchStrategy[Step]:
+    """One step: every form equally likely (hypothesis's one_of would favour the first ones),
+    and about one step in ten a pipeline or a transaction."""
+    batched = st.sampled_from([gen.words for gen in BATCH_MENU if gen.resp3 or not resp3])
+    batches = [
+        st.builds(
+            Step,
+            st.integers(0, 1),
+            st.just((kind.upper().encode(),)),
+            st.just(kind),
+            st.lists(batched.flatmap(lambda words: words), min_size=1, max_size=4).map(tuple),
+        )
+        for kind in ("pipe", "multi")
+    ]
+    singles = [
+        st.builds(Step, st.integers(0, 1), gen.words, st.just(gen.kind))
+        for gen in MENU
+        if gen.resp3 or not resp3
+    ]
+    return st.sampled_from(singles + batches * (len(singles) // 18)).flatmap(lambda s: s)
+
+
+def sequences(resp3: bool) -> st.SearchStrategy[list[Step]]:
+    """1 to MAX_STEPS steps, the length drawn first (plain lists would be ~5 steps long)."""
+    step = steps(resp3)
+    return st.integers(1, MAX_STEPS).flatmap(lambda n: st.lists(step, min_size=n, max_size=n))
+
+
+SEQUENCES = sequences(resp3=False)
+SEQUENCES_RESP3 = sequences(resp3=True)
+
+# --- sending and comparing ----------------------------------------------------------------
+
+UNORDERED = {b"KEYS", b"HKEYS", b"HVALS", b"SMEMBERS", b"SINTER", b"SUNION", b"SDIFF", b"SPOP"}
+TIMES = {b"TTL", b"PTTL", b"EXPIRETIME", b"PEXPIRETIME"}
+
+
+@dataclass(frozen=True)
+class Error:
+    text: str
+
+    def __repr__(self) -> str:
+        return f"error: {self.text}"
+
+
+def send(r: redis.Redis, words: Sequence[bytes | int]) -> Any:
+    try:
+        return r.execute_command(*words)
+    except redis.ResponseError as exc:
+        return Error(f"{type(exc).__name__}: {exc}")
+
+
+def scan(r: redis.Redis, words: Sequence[bytes]) -> Any:
+    """A whole iteration of SCAN (or HSCAN/SSCAN/ZSCAN key): the sorted union of its items."""
+    name = words[0].upper()
+    head, rest = (list(words[:1]), list(words[1:])) if name == b"SCAN" else (
+        list(words[:2]), list(words[2:]))  # fmt: skip
+    items: set[Any] = set()
+    cursor: bytes | int = b"0"
+    for _ in range(10_000):
+        reply = send(r, [*head, cursor, *rest])
+        if isinstance(reply, Error):
+            return reply
+        cursor, batch = reply
+        if name in (b"HSCAN", b"ZSCAN"):  # field, value, field, value: pairs
+            items |= {(batch[i], batch[i + 1]) for i in range(0, len(batch), 2)}
+        else:
+            items |= set(batch)
+        if int(cursor) == 0:
+            return sorted(items)
+    raise AssertionError(f"{words!r}: the iteration did not end")
+
+
+def _pairs(reply: Any) -> Any:
+    """A hash's or a sorted set's flat (RESP2), paired or map (RESP3) reply as sorted tuples."""
+    if isinstance(reply, dict):
+        return sorted(reply.items())
+    if isinstance(reply, list) and reply and isinstance(reply[0], list):
+        return sorted(tuple(p) for p in reply)  # RESP3 [[field, value], ...]
+    if isinstance(reply, list):
+        return sorted(zip(reply[::2], reply[1::2], strict=False))
+    return reply
+
+
+def normalise(words: Sequence[bytes], reply: Any) -> Any:
+    """Only what Redis leaves unspecified (see the module's docstring)."""
+    if isinstance(reply, Error):
+        return reply
+    name = words[0].upper()
+    if name in UNORDERED and isinstance(reply, list | set):
+        return sorted(reply)
+    if name == b"HGETALL":
+        return _pairs(reply)
+    if name == b"LCS" and isinstance(reply, bytes):
+        return len(reply)
+    if name == b"ZMSCORE" and isinstance(reply, list):
+        return [known_zset_scores(x) for x in reply]
+    if name in SCORED:
+        return known_zset_scores(reply)
+    return reply
+
+
+def random_agrees(words: Sequence[bytes], ours: Any, theirs: Any, oracle: redis.Redis) -> str:
+    """Why a random reply (SRANDMEMBER, HRANDFIELD, ZRANDMEMBER, RANDOMKEY) is wrong, or ''."""
+    if isinstance(ours, Error) or isinstance(theirs, Error):
+        return "" if ours == theirs else "not the same error"
+    name = words[0].upper()
+    if name == b"RANDOMKEY":
+        if (ours is None) != (theirs is None):
+            return "one is nil"
+        return "" if ours is None or ours in set(send(oracle, [b"KEYS", b"*"])) else "not a key"
+    key = words[1]
+    entries: list[tuple[Any, ...]]
+    if name == b"SRANDMEMBER":
+        entries = [(m,) for m in send(oracle, [b"SMEMBERS", key])]
+    elif name == b"HRANDFIELD":
+        entries = _pairs(send(oracle, [b"HGETALL", key]))
+    else:
+        entries = _pairs(send(oracle, [b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"]))
+    with_values = len(words) > 3
+    pool = {tuple(e) for e in entries} if with_values else {e[0] for e in entries}
+    if len(words) == 2:  # no count: one item, or nil
+        if (ours is None) != (theirs is None):
+            return "one is nil"
+        return "" if ours is None or ours in pool else "not a member"
+    if not (isinstance(ours, list) and isinstance(theirs, list)):
+        return "" if ours == theirs else "not the same reply"
+    if len(ours) != len(theirs):
+        return "not the same size"
+    items = _pairs(ours) if with_values else ours
+    if not all(item in pool for item in items):
+        return "not all members"
+    if int(words[2]) > 0 and len(set(items)) != len(items):
+        return "repeats with a positive count"
+    return ""
+
+
+def _close(ours: Any, theirs: Any, ms: bool) -> bool:
+    if ours == theirs:
+        return True
+    if isinstance(ours, int) and isinstance(theirs, int) and ours >= 0 and theirs >= 0:
+        return abs(ours - theirs) <= TTL_TOLERANCE_S * (1000 if ms else 1)
+    return False
+
+
+#: Replies that carry sorted-set scores.
+SCORED = {
+    b"ZSCORE",
+    b"ZINCRBY",
+    b"ZADD",
+    b"ZMSCORE",
+    b"ZRANGE",
+    b"ZREVRANGE",
+    b"ZRANGEBYSCORE",
+    b"ZREVRANGEBYSCORE",
+    b"ZUNION",
+    b"ZINTER",
+    b"ZDIFF",
+    b"ZPOPMIN",
+    b"ZPOPMAX",
+    b"ZMPOP",
+}
+
+
+def known_zset_scores(reply: Any) -> Any:
+    """KNOWN: the KV writes a score in RESP2 as Python's repr (``3.0``, ``0.1``), Redis 7.0 as
+    ``%.17g`` (``3``, ``0.10000000000000001``); and in RESP3 it answers WITHSCORES flat
+    (``[m, 3.0, ...]``) where Redis nests pairs (``[[m, 3.0], ...]``).  So scores compare
+    as numbers, and pairs flattened: the text and the nesting of scores are not checked."""
+    if isinstance(reply, bytes):
+        try:
+            return float(reply)
+        except ValueError:
+            return reply
+    if not isinstance(reply, list):
+        return reply
+    if len(reply) == 2 and isinstance(reply[1], list) and not isinstance(reply[0], list):
+        return [reply[0], known_zset_scores(reply[1])]  # ZMPOP: [key, pairs]
+    flat: list[Any] = []
+    for x in reply:
+        flat.extend(x if isinstance(x, list) else [x])
+    if all(x is None or isinstance(x, bytes | float) for x in flat[1::2]):
+        return [known_zset_scores(x) if i % 2 else x for i, x in enumerate(flat)]
+    return reply
+
+
+def long_double_rounding(step: Step, mine: Any, theirs: Any, ours: redis.Redis) -> bool:
+    """The KV's INCRBYFLOAT sums in exact decimals, Redis in ``long double``: beyond 2**53 the
+    texts may differ (a documented difference, docs/howto/kv.md).  Accepted if the two are
+    the same double; then the KV's value is overwritten with Redis's, so the stores stay equal."""
+    if not (isinstance(mine, bytes) and isinstance(theirs, bytes)):
+        return False
+    a, b = float(mine), float(theirs)
+    if abs(b) < 2**53 or abs(a - b) > abs(b) * 1e-15:
+        return False
+    key = step.words[1]
+    if step.words[0].upper() == b"INCRBYFLOAT":
+        return bool(send(ours, [b"SET", key, theirs, b"KEEPTTL"]) == b"OK")
+    return bool(send(ours, [b"HSET", key, step.words[2], theirs]) == 0)
+
+
+RANDOM = {b"SRANDMEMBER", b"HRANDFIELD", b"ZRANDMEMBER", b"RANDOMKEY"}
+
+
+def _errors(replies: Any) -> Any:
+    """Errors inside an EXEC's or a pipeline's replies as :class:`Error`."""
+    if not isinstance(replies, list):
+        return replies
+    return [Error(f"{type(x).__name__}: {x}") if isinstance(x, Exception) else x for x in replies]
+
+
+def send_batch(r: redis.Redis, step: Step) -> list[Any]:
+    """A pipeline's replies; or MULTI's, each QUEUED, and EXEC's."""
+    if step.kind == "pipe":
+        with r.pipeline(transaction=False) as pipe:
+            for words in step.batch:
+                pipe.execute_command(*words)
+            return list(_errors(pipe.execute(raise_on_error=False)))
+    replies = [send(r, [b"MULTI"]), *(send(r, words) for words in step.batch)]
+    return [*replies, _errors(send(r, [b"EXEC"]))]
+
+
+def normalise_batch(step: Step, replies: list[Any]) -> list[Any]:
+    if step.kind == "pipe":
+        return [normalise(w, x) for w, x in zip(step.batch, replies, strict=True)]
+    *queued, exec_reply = replies
+    if isinstance(exec_reply, list) and len(exec_reply) == len(step.batch):
+        exec_reply = [normalise(w, x) for w, x in zip(step.batch, exec_reply, strict=True)]
+    return [*queued, exec_reply]
+
+
+def check_step(
+    i: int, steps: Sequence[Step], ours: redis.Redis, oracle: redis.Redis, log: list[str]
+) -> None:
+    step = steps[i]
+    name = step.words[0].upper()
+    if step.batch:
+        mine, theirs = send_batch(ours, step), send_batch(oracle, step)
+        log.append(f"  {i}: {step!r}\n      dominoes: {mine!r}\n      redis:    {theirs!r}")
+        ok = normalise_batch(step, mine) == normalise_batch(step, theirs)
+        assert ok, "the replies differ at step {}:\n{}".format(i, "\n".join(log[-12:]))
+        return
+    if step.kind == "scan":
+        mine, theirs = scan(ours, step.words), scan(oracle, step.words)
+    else:
+        mine, theirs = send(ours, step.words), send(oracle, step.words)
+    log.append(f"  {i}: {step!r}\n      dominoes: {mine!r}\n      redis:    {theirs!r}")
+    if name in RANDOM:
+        why = random_agrees(step.words, mine, theirs, oracle)
+        ok = not why
+    elif name in TIMES:
+        ok = _close(mine, theirs, ms=name.startswith(b"P"))
+    elif name in (b"INCRBYFLOAT", b"HINCRBYFLOAT") and mine != theirs:
+        ok = long_double_rounding(step, mine, theirs, ours)
+    elif name == b"DBSIZE" and mine != theirs:  # see run_sequence: Redis counts expired keys
+        ok = len(step.words) == 1 and mine == len(send(oracle, [b"KEYS", b"*"]))
+    else:
+        ok = normalise(step.words, mine) == normalise(step.words, theirs)
+    assert ok, "the replies differ at step {}:\n{}".format(i, "\n".join(log[-12:]))
+
+
+# --- the whole state ----------------------------------------------------------------------
+
+
+def dump(r: redis.Redis) -> dict[bytes, Any]:
+    """Every key: its type, its whole value (normalised) and whether it has a TTL."""
+    state: dict[bytes, Any] = {b"DBSIZE": send(r, [b"DBSIZE"])}
+    keys = sorted(send(r, [b"KEYS", b"*"]))
+    for key in keys:
+        kind = send(r, [b"TYPE", key])
+        if kind == b"string":
+            value = send(r, [b"GET", key])
+        elif kind == b"hash":
+            value = _pairs(send(r, [b"HGETALL", key]))
+        elif kind == b"list":
+            value = send(r, [b"LRANGE", key, b"0", b"-1"])
+        elif kind == b"set":
+            value = sorted(send(r, [b"SMEMBERS", key]))
+        elif kind == b"zset":
+            value = known_zset_scores(send(r, [b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"]))
+        else:
+            value = kind
+        ttl = send(r, [b"PTTL", key])
+        state[key] = (kind, value, "ttl" if isinstance(ttl, int) and ttl >= 0 else ttl)
+    return state
+
+
+# --- fixtures and tests -------------------------------------------------------------------
+
+
+def _raw(r: redis.Redis) -> redis.Redis:
+    """No redis-py response callbacks: the replies as the server sent them."""
+    r.response_callbacks.clear()
+    return r
+
+
+@pytest.fixture(scope="module")
+def oracle_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    with redis_oracle(tmp_path_factory.mktemp("redis-oracle")) as r:
+        version = r.info("server")["redis_version"]
+        if not str(version).startswith("7."):
+            pytest.skip(f"the oracle is Redis 7, this is {version}")
+        yield int(r.connection_pool.connection_kwargs["port"])
+
+
+class Clients:
+    """A client on each replica (``ours[i]`` on replica i) and one on the oracle."""
+
+    def __init__(self, ours: dict[int, redis.Redis], oracle: redis.Redis, protocol: int) -> None:
+        self.ours = ours
+        self.oracle = oracle
+        self.protocol = protocol
+
+    def __repr__(self) -> str:  # what hypothesis prints of the fixture
+        return f"Clients(RESP{self.protocol})"
+
+
+def _clients(svc: Service, oracle_port: int, protocol: int) -> Iterator[Clients]:
+    ours = clients_on_every_replica(svc.port, protocol=protocol)
+    oracle = redis.Redis(host="127.0.0.1", port=oracle_port, socket_timeout=10,
+                         single_connection_client=True, protocol=protocol)  # fmt: skip
+    for r in (*ours.values(), oracle):
+        _raw(r)
+    yield Clients(ours, oracle, protocol)
+    for r in (*ours.values(), oracle):
+        r.close()
+
+
+@pytest.fixture(scope="module")
+def resp2(svc: Service, oracle_port: int) -> Iterator[Clients]:
+    yield from _clients(svc, oracle_port, 2)
+
+
+@pytest.fixture(scope="module")
+def resp3(svc: Service, oracle_port: int) -> Iterator[Clients]:
+    yield from _clients(svc, oracle_port, 3)
+
+
+def run_sequence(clients: Clients, steps: Sequence[Step]) -> None:
+    ours, oracle = clients.ours, clients.oracle
+    for r in (ours[0], oracle):
+        assert r.execute_command("FLUSHALL") in (b"OK", "OK", True)
+    log: list[str] = []
+    for i, step in enumerate(steps):
+        check_step(i, steps, ours[step.replica], oracle, log)
+    expected = dump(oracle)
+    # Redis's DBSIZE counts keys SET with a past EXAT/PXAT until its active expiry reclaims
+    # them (within ~100 ms), although no command sees them: the oracle's is its KEYS * count.
+    expected[b"DBSIZE"] = len(expected) - 1
+    for index, r in sorted(ours.items()):
+        assert dump(r) == expected, f"replica {index}'s state is not redis's after:\n" + "\n".join(
+            log
+        )
+
+
+_SETTINGS: Callable[[Callable[..., None]], Callable[..., None]] = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@_SETTINGS
+@given(steps=SEQUENCES)
+def test_resp2_sequences_answer_as_redis(resp2: Clients, steps: list[Step]) -> None:
+    run_sequence(resp2, steps)
+
+
+@_SETTINGS
+@given(steps=SEQUENCES_RESP3)
+def test_resp3_sequences_answer_as_redis(resp3: Clients, steps: list[Step]) -> None:
+    run_sequence(resp3, steps)
