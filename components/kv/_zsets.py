@@ -22,12 +22,17 @@ against ``redis-server`` 7.0:
   members stay at or below the maximum;
 * ZRANGE's ``LIMIT`` takes a negative count as "all" and a negative offset as
   "nothing", ZRANDMEMBER with a count at least the size answers the whole set
-  from the highest score down, ZINTER/ZUNION take plain sets as members scored 1, and sum
-  ``inf + -inf`` as 0, like Redis.
+  from the highest score down, ZINTER/ZUNION take plain sets as members
+  scored 1 and sum ``inf + -inf`` as 0, a score of -0 is stored as 0, like
+  Redis (with a small sorted set, for the last one).
 
-Scores are replied as ``float``: a double in RESP3, a bulk string in RESP2
-(see :func:`_score`).  WITHSCORES replies are flat ``[member, score, ...]``
-arrays (see :func:`_pairs`).
+Two reply shapes the encoder (``_resp.py``) cannot say yet, each made in one
+place: a score is a ``float`` (:func:`_score`), a RESP3 double as Redis's,
+but in RESP2 a bulk string of Python's ``repr`` (``3.0``) where Redis 7.0
+writes ``%.17g`` (``3``); WITHSCORES replies (:func:`_pairs`) are flat
+``[member, score, ...]`` arrays in both protocols, where Redis's RESP3 nests
+``[[member, score], ...]``.  ZSCAN's scores, bulk strings in both protocols,
+are Redis's own text.
 
 Writes (ZADD, ZPOPMIN, ZMPOP, the STORE commands, ...) run in a log entry on
 every replica and are deterministic.  ZRANDMEMBER is a read: it draws from a
