@@ -336,6 +336,49 @@ def test_zscan_writes_scores_as_redis_does(
     assert b"0.10000000000000001" in theirs[1]
 
 
+#: A write, and the key watched while another client runs it: does EXEC abort?
+WATCHED = [
+    ("k", "ZADD k 1 a"), ("k", "ZADD k 5 a"), ("k", "ZADD k NX 5 a"), ("k", "ZADD k XX 1 zz"),
+    ("k", "ZADD k GT 0 a"), ("k", "ZADD k CH 1 a 3 c"), ("k", "ZADD k abc a"),
+    ("new", "ZADD new XX 1 a"), ("new", "ZADD new 1 a"), ("k", "ZINCRBY k 0 a"),
+    ("k", "ZINCRBY k 1 a"), ("k", "ZREM k zz"), ("k", "ZREM k a"), ("k", "ZREM k a b"),
+    ("k", "ZREMRANGEBYSCORE k 10 20"), ("k", "ZREMRANGEBYSCORE k 1 1"),
+    ("k", "ZREMRANGEBYRANK k 5 9"), ("k", "ZREMRANGEBYRANK k 0 0"), ("k", "ZREMRANGEBYLEX k (b +"),
+    ("k", "ZREMRANGEBYLEX k - +"), ("k", "ZPOPMIN k 0"), ("k", "ZPOPMIN k"), ("k", "ZPOPMAX k 9"),
+    ("k", "ZMPOP 2 nosuch k MIN"), ("k", "ZMPOP 1 nosuch MIN"), ("k", "ZRANGESTORE k k 5 9"),
+    ("k", "ZRANGESTORE k k 0 -1"), ("w", "ZRANGESTORE w nosuch 0 -1"), ("k", "ZUNIONSTORE k 1 k"),
+    ("k", "ZINTERSTORE k 2 k nosuch"), ("k", "ZDIFFSTORE other 1 k"), ("w", "ZUNIONSTORE w 1 x"),
+    ("k", "ZRANGE k 0 -1"), ("k", "ZSCAN k 0"),
+]  # fmt: skip
+
+
+def _exec_after(watcher: redis.Redis, writer: redis.Redis, key: str, line: str) -> Any:
+    watcher.execute_command("FLUSHALL")
+    watcher.execute_command("ZADD", "k", "1", "a", "2", "b")
+    watcher.execute_command("WATCH", key)
+    _call(writer, tuple(shlex.split(line)))
+    watcher.execute_command("MULTI")
+    watcher.execute_command("PING")
+    return watcher.execute_command("EXEC")
+
+
+def test_writes_touch_watched_keys_as_redis_does(
+    oracle: dict[int, redis.Redis], ours: dict[int, dict[int, redis.Redis]]
+) -> None:
+    """The write runs on the other replica; EXEC aborts exactly when Redis's would."""
+    theirs_writer = client(oracle[2].connection_pool.connection_kwargs["port"], protocol=2)
+    aborted = []
+    try:
+        for key, line in WATCHED:
+            theirs = _exec_after(oracle[2], _raw(theirs_writer), key, line)
+            mine = _exec_after(ours[2][0], ours[2][1], key, line)
+            assert (mine is None) == (theirs is None), (key, line, theirs, mine)
+            aborted.append(theirs is None)
+        assert 5 < sum(aborted) < len(aborted) - 5  # both outcomes are exercised
+    finally:
+        theirs_writer.close()
+
+
 def test_zrandmember_refuses_too_many_repeated_picks(
     ours: dict[int, dict[int, redis.Redis]],
 ) -> None:
