@@ -19,7 +19,7 @@ from ._errors import (
     wrong_type,
 )
 from ._keyspace import Keyspace, now_ms
-from ._resp import OK
+from ._resp import OK, Pairs
 from ._sets import LONG_MAX, parse_count, random_picks, scan_cursor, scan_page
 from ._strings import add_float
 from ._table import command
@@ -94,9 +94,9 @@ class Hashes(Component):
     def hrandfield(self, now: int, args: list[bytes]) -> Any:
         """A random field, or ``count`` distinct ones (negative: may repeat), WITHVALUES.
 
-        With values, the reply is flat (field, value, field, value, ...), which
-        is Redis's RESP2 shape; Redis 7 answers a RESP3 client with an array of
-        [field, value] pairs instead.
+        With values, the reply is :class:`~._resp.Pairs`: flat (field, value,
+        field, value, ...) in RESP2, an array of [field, value] pairs in RESP3,
+        as Redis 7 answers.
         """
         if len(args) == 2:
             h = self._hash(args[1], now)
@@ -115,7 +115,7 @@ class Hashes(Component):
         fields = random_picks(list(h), abs(count), unique=count > 0)
         if not withvalues:
             return fields
-        out: list[bytes] = []
+        out = Pairs()  # flat in RESP2, [field, value] pairs in RESP3, as Redis answers
         for f in fields:
             out += (f, h[f])
         return out

@@ -39,10 +39,11 @@ value                  RESP2                    RESP3
 ``list`` / ``tuple``   array                    array
 ``dict``               flat array               map ``%``
 ``set``                array                    set ``~``
-``float``              bulk string              double ``,``
+``float``              bulk ``%.17g``           double ``,%.17g``
 ``bool``               integer                  boolean ``#``
 :class:`Status`        simple string ``+``      simple string
 :class:`Push`          array                    push ``>``
+:class:`Pairs`         flat array               array of 2-arrays
 :class:`Verbatim`      bulk string              verbatim ``=``
 :class:`Frames`        its frames, one after another
 :class:`KvError`       error ``-``              error
@@ -109,6 +110,13 @@ class Status(bytes):
 
 class Push(list[Any]):
     """A RESP3 push frame (pub/sub); an array in RESP2."""
+
+    __slots__ = ()
+
+
+class Pairs(list[Any]):
+    """``a1, b1, a2, b2, ...``: a flat array in RESP2, an array of ``[a, b]`` pairs in RESP3
+    (WITHSCORES, HRANDFIELD ... WITHVALUES)."""
 
     __slots__ = ()
 
@@ -199,6 +207,17 @@ def _encode_into(value: Any, resp3: bool, out: list[bytes]) -> None:
         out.append(b">%d\r\n" % len(value) if resp3 else b"*%d\r\n" % len(value))
         for item in value:
             _encode_into(item, resp3, out)
+    elif t is Pairs:
+        if resp3:
+            out.append(b"*%d\r\n" % (len(value) // 2))
+            for i in range(0, len(value) - 1, 2):
+                out.append(b"*2\r\n")
+                _encode_into(value[i], resp3, out)
+                _encode_into(value[i + 1], resp3, out)
+        else:
+            out.append(b"*%d\r\n" % len(value))
+            for item in value:
+                _encode_into(item, resp3, out)
     elif t is Frames:
         for item in value:
             _encode_into(item, resp3, out)
@@ -218,11 +237,9 @@ def _one_line(text: str) -> str:
 
 
 def _double(x: float) -> bytes:
-    if x != x:
-        return b"nan"
-    if x in (float("inf"), float("-inf")):
-        return b"inf" if x > 0 else b"-inf"
-    return repr(x).encode()
+    """Redis 7.0's ``addReplyDouble`` text, RESP2 and RESP3 alike: ``%.17g``
+    (``3``, ``0.10000000000000001``, ``inf``, ``-inf``, ``nan``)."""
+    return b"%.17g" % x
 
 
 # --- requests: the fast path ---------------------------------------------------------------

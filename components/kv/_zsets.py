@@ -26,13 +26,12 @@ against ``redis-server`` 7.0:
   scored 1 and sum ``inf + -inf`` as 0, a score of -0 is stored as 0, like
   Redis (with a small sorted set, for the last one).
 
-Two reply shapes the encoder (``_resp.py``) cannot say yet, each made in one
-place: a score is a ``float`` (:func:`_score`), a RESP3 double as Redis's,
-but in RESP2 a bulk string of Python's ``repr`` (``3.0``) where Redis 7.0
-writes ``%.17g`` (``3``); WITHSCORES replies (:func:`_pairs`) are flat
-``[member, score, ...]`` arrays in both protocols, where Redis's RESP3 nests
-``[[member, score], ...]``.  ZSCAN's scores, bulk strings in both protocols,
-are Redis's own text.
+Scores are ``float`` replies (:func:`_score`): RESP3 doubles, RESP2 bulk
+strings, with Redis 7.0's ``%.17g`` text in both (``3``,
+``0.10000000000000001``).  WITHSCORES replies are :class:`~._resp.Pairs`
+(:func:`_pairs`): flat ``[member, score, ...]`` in RESP2, nested ``[[member,
+score], ...]`` in RESP3, as Redis answers.  ZSCAN's scores, bulk strings in
+both protocols, are Redis's own text.
 
 Writes (ZADD, ZPOPMIN, ZMPOP, the STORE commands, ...) run in a log entry on
 every replica and are deterministic.  ZRANDMEMBER is a read: it draws from a
@@ -54,7 +53,7 @@ from dominoes import Component, Context
 
 from ._errors import KvError, not_float, parse_int, syntax_error, wrong_type
 from ._glob import glob_matcher
-from ._resp import NULL_ARRAY
+from ._resp import NULL_ARRAY, Pairs
 from ._table import command
 
 if TYPE_CHECKING:
@@ -269,17 +268,14 @@ def _positive(text: bytes, message: str = "value is out of range, must be positi
 
 
 def _score(x: float) -> float:
-    """A score as a reply: a RESP3 double; in RESP2 a bulk string of the float's text.
-
-    Redis 7.0 writes ``%.17g`` (``3``, ``0.10000000000000001``); the encoder
-    writes Python's ``repr`` (``3.0``, ``0.1``): the same number, other text.
-    """
+    """A score as a reply: a RESP3 double, a RESP2 bulk string; Redis 7.0's ``%.17g``
+    text in both (``3``, ``0.10000000000000001``: ``_resp._double``)."""
     return x
 
 
-def _pairs(entries: Iterable[Entry]) -> list[Any]:
-    """``member, score, ...``: WITHSCORES in RESP2 (RESP3 would nest ``[member, score]``)."""
-    out: list[Any] = []
+def _pairs(entries: Iterable[Entry]) -> Pairs:
+    """``member, score, ...``: flat in RESP2, ``[[member, score], ...]`` in RESP3 (WITHSCORES)."""
+    out = Pairs()
     for s, m in entries:
         out.append(m)
         out.append(_score(s))

@@ -8,13 +8,10 @@ Replies are compared as redis-py parses them without its response callbacks
 (bulk strings stay bytes, RESP3 doubles are floats), errors by their text.
 RESP2 is asked for explicitly: redis-py 8 speaks RESP3 unless told otherwise.
 
-Two reply shapes are normalised away because the KV encoder cannot express
-them yet (``_resp.py``): a score in RESP2 is compared as a number, not as its
-text (Redis 7.0 writes ``%.17g``: ``3``, the encoder ``3.0``), and RESP3's
-``[member, score]`` pairs are compared flattened.  ``test_known_gap_*`` pin
-both, as strict xfails.  ZRANDMEMBER's draws are random on both sides: only
-their size and membership are compared (exactly when the count covers the
-whole set, which Redis answers in reverse order).
+Replies are compared exactly: a score's text (Redis 7.0's ``%.17g``) and
+RESP3's ``[member, score]`` pairs included.  ZRANDMEMBER's draws are random
+on both sides: only their size and membership are compared (exactly when the
+count covers the whole set, which Redis answers in reverse order).
 """
 
 from __future__ import annotations
@@ -88,7 +85,7 @@ _NUMBER = re.compile(rb"[+-]?(?:inf|[0-9]+(?:\.[0-9]*)?(?:e[+-]?[0-9]+)?)", re.I
 
 
 def _norm(reply: Any) -> Any:
-    """The reply with the two known encoder gaps taken out (see the module doc)."""
+    """A ZRANDMEMBER reply as flat numbers and members, to check membership and scores."""
     if isinstance(reply, bytes) and _NUMBER.fullmatch(reply):
         return float(reply)
     if isinstance(reply, list):
@@ -130,7 +127,7 @@ class Both:
 
     def same(self, line: str) -> Any:
         theirs, mine = self.run(*shlex.split(line))
-        assert _norm(mine) == _norm(theirs), line
+        assert mine == theirs, line
         return theirs
 
 
@@ -551,7 +548,7 @@ def test_random_sequences_match_redis(
             if args[0] == "ZRANDMEMBER":
                 _random_reply(both, args, theirs, mine)
             else:
-                assert _norm(mine) == _norm(theirs), args
+                assert mine == theirs, args
         for key in _KEYS:  # and the same state, read on the other replica
             both.same(f"TYPE {key}")
             both.same(f"ZRANGE {key} 0 -1 WITHSCORES")
@@ -562,8 +559,7 @@ def test_random_sequences_match_redis(
 # --- the known encoder gaps (see the module doc) -----------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="_resp.py writes a RESP2 float with repr(), not %.17g")
-def test_known_gap_resp2_score_text(
+def test_resp2_score_text_is_redis_70s(
     oracle: dict[int, redis.Redis], ours: dict[int, dict[int, redis.Redis]]
 ) -> None:
     both = Both(oracle, ours, 2)
@@ -573,8 +569,7 @@ def test_known_gap_resp2_score_text(
     assert mine == theirs
 
 
-@pytest.mark.xfail(strict=True, reason="_resp.py has no 'array of [member, score]' reply type")
-def test_known_gap_resp3_withscores_pairs(
+def test_resp3_withscores_are_member_score_pairs(
     oracle: dict[int, redis.Redis], ours: dict[int, dict[int, redis.Redis]]
 ) -> None:
     both = Both(oracle, ours, 3)
