@@ -472,6 +472,12 @@ def no_past_deadline(words: tuple[bytes, ...]) -> tuple[bytes, ...]:
     return tuple(out)
 
 
+def recased(words: st.SearchStrategy[tuple[bytes, ...]]) -> st.SearchStrategy[tuple[bytes, ...]]:
+    """The command's name as drawn, or in lower case, or capitalised (one time in four)."""
+    case = st.sampled_from([bytes.upper, bytes.upper, bytes.lower, bytes.capitalize])
+    return st.tuples(words, case).map(lambda t: (t[1](t[0][0]), *t[0][1:]))
+
+
 def steps(resp3: bool) -> st.SearchStrategy[Step]:
     """One step: every form equally likely (hypothesis's one_of would favour the first ones),
     and about one step in ten a pipeline or a transaction."""
@@ -483,13 +489,15 @@ def steps(resp3: bool) -> st.SearchStrategy[Step]:
             st.just((kind.upper().encode(),)),
             st.just(kind),
             st.lists(
-                batched.flatmap(lambda words: words).map(no_past_deadline), min_size=1, max_size=4
+                recased(batched.flatmap(lambda words: words)).map(no_past_deadline),
+                min_size=1,
+                max_size=4,
             ).map(tuple),
         )
         for kind in ("pipe", "multi")
     ]
     singles = [
-        st.builds(Step, st.integers(0, 1), gen.words, st.just(gen.kind))
+        st.builds(Step, st.integers(0, 1), recased(gen.words), st.just(gen.kind))
         for gen in MENU
         if gen.resp3 or not resp3
     ]
