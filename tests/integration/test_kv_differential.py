@@ -23,7 +23,10 @@ soon as they land, without editing this file.  Besides well-formed commands
 it sends wrong arities, unknown commands and subcommands, syntax errors, and
 a "chaos" form: a command of the menu with 0-5 words drawn from all the
 pools.  About one step in ten is a batch of 1-4 commands, pipelined or in
-MULTI ... EXEC (errors at queueing time included, so EXECABORT too).
+MULTI ... EXEC (errors at queueing time included, so EXECABORT too); WATCH and
+UNWATCH are steps too, and each replica's connection has its own connection
+on the oracle, so an EXEC refused because the other replica wrote a watched
+key is compared.  Command names come in upper, lower or capitalised case.
 
 **Time.**  Expiry is compared without races: relative times are days (never
 reached during a run), absolute ones are in the year 2100 or long past (1),
