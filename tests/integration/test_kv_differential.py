@@ -543,7 +543,7 @@ class Error:
 
 def send(r: redis.Redis, words: Sequence[bytes | int]) -> Any:
     try:
-        return r.execute_command(*words)
+        return _errors(r.execute_command(*words))
     except redis.ResponseError as exc:
         return Error(f"{type(exc).__name__}: {exc}")
 
@@ -722,10 +722,13 @@ RANDOM = {b"SRANDMEMBER", b"HRANDFIELD", b"ZRANDMEMBER", b"RANDOMKEY"}
 
 
 def _errors(replies: Any) -> Any:
-    """Errors inside an EXEC's or a pipeline's replies as :class:`Error`."""
-    if not isinstance(replies, list):
-        return replies
-    return [Error(f"{type(x).__name__}: {x}") if isinstance(x, Exception) else x for x in replies]
+    """Errors inside an EXEC's or a pipeline's replies as :class:`Error` (an EXEC's replies can
+    be errors: compared by their text, not their identity)."""
+    if isinstance(replies, Exception):
+        return Error(f"{type(replies).__name__}: {replies}")
+    if isinstance(replies, list):
+        return [_errors(x) for x in replies]
+    return replies
 
 
 def send_batch(r: redis.Redis, step: Step) -> list[Any]:
