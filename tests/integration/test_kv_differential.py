@@ -143,7 +143,9 @@ WORDS = [b"NX", b"XX", b"GT", b"LT", b"CH", b"INCR", b"GET", b"KEEPTTL", b"EX", 
          b"WITHSCORES", b"LIMIT", b"COUNT", b"MATCH", b"TYPE", b"REV", b"BYSCORE", b"BYLEX",
          b"LEFT", b"RIGHT", b"BEFORE", b"AFTER", b"RANK", b"MAXLEN", b"WEIGHTS", b"AGGREGATE",
          b"SUM", b"MIN", b"MAX", b"PERSIST", b"LEN", b"REPLACE", b"WITHVALUES"]
-ALL_TOKENS = sorted({*KEYS, *VALUES, *INTS, *FLOATS, *WORDS, *MEMBERS, *LEX_BOUNDS})
+# Not b"\x00\xff": Redis's error texts are C strings (an option echoed in an error stops at
+# the NUL: "Unsupported option "), the KV's are not; a C artifact, not a KV bug.
+ALL_TOKENS = sorted({*KEYS, *VALUES, *INTS, *FLOATS, *WORDS, *MEMBERS, *LEX_BOUNDS} - {b"\x00\xff"})
 
 Part = st.SearchStrategy[list[bytes]]
 
