@@ -155,6 +155,12 @@ class Keyspace(Component):
         return False
 
     def set_deadline(self, ctx: Context, key: bytes, deadline: int) -> None:
+        """Give ``key`` a deadline; one already past deletes it now, as Redis does
+        (``checkAlreadyExpired``), so the writes after it in the same entry (a
+        pipeline's batch, a transaction) never find it, nor inherit the deadline."""
+        if deadline <= now_ms(ctx):
+            self.remove(key)
+            return
         self.deadlines[key] = deadline
         if self.expiry is not None:
             self.expiry.scheduled(ctx, key, deadline)

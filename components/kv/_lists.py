@@ -61,10 +61,10 @@ class Lists(Component):
 
     @command("LINDEX", 3, keys=(1, 1, 1))
     def lindex(self, now: int, args: list[bytes]) -> bytes | None:
-        index = parse_int(args[2])
-        items = self._list(args[1], now)
+        items = self._list(args[1], now)  # nil, or WRONGTYPE, before the index (as Redis)
         if not items:
             return None
+        index = parse_int(args[2])
         if index < 0:
             index += len(items)
         return items[index] if 0 <= index < len(items) else None
@@ -174,10 +174,10 @@ class Lists(Component):
 
     @command("LSET", 4, write=True, keys=(1, 1, 1))
     def lset(self, ctx: Context, args: list[bytes]) -> Any:
-        index = parse_int(args[2])
-        items = self._list(args[1], now_ms(ctx))
+        items = self._list(args[1], now_ms(ctx))  # no such key, or WRONGTYPE, first (as Redis)
         if items is None:
             raise KvError("ERR no such key")
+        index = parse_int(args[2])
         if index < 0:
             index += len(items)
         if not 0 <= index < len(items):
