@@ -12,7 +12,10 @@ their own, so its client loop's flavour tests nothing of dominoes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import os
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -31,6 +34,14 @@ settings.register_profile(
 )
 settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=2000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# On a failure, hypothesis's pytest plugin imports its patch writer, whose libcst
+# import warns (a DeprecationWarning, an error under this repository's
+# filterwarnings): the failure would end as an INTERNALERROR and its falsifying
+# example would be lost.  Imported here, once, quietly, for every property test.
+with warnings.catch_warnings(), contextlib.suppress(ImportError):
+    warnings.simplefilter("ignore", DeprecationWarning)
+    importlib.import_module("hypothesis.extra._patching")
 
 #: The event loops every async test runs on: parametrization id -> loop factory.
 LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {

@@ -68,11 +68,8 @@ Bounded for CI: 100 examples per protocol (of 1-30 steps).  For a bug hunt:
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import os
 import shutil
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -91,13 +88,6 @@ pytestmark = pytest.mark.integration
 REDIS_SERVER = shutil.which("redis-server")
 if REDIS_SERVER is None:
     pytest.skip("redis-server is not installed", allow_module_level=True)
-
-# On a failure hypothesis's pytest plugin imports its patch writer, whose libcst import warns
-# (DeprecationWarning, an error in this repository's pytest settings): the failure would be
-# reported as an INTERNALERROR and its falsifying example lost.  Imported here, quietly.
-with warnings.catch_warnings(), contextlib.suppress(ImportError):
-    warnings.simplefilter("ignore", DeprecationWarning)
-    importlib.import_module("hypothesis.extra._patching")
 
 EXAMPLES = int(os.environ.get("DOMINOES_DIFFERENTIAL_EXAMPLES", "100"))
 MAX_STEPS = 30
