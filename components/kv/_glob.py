@@ -41,6 +41,8 @@ import re
 from collections.abc import Callable
 from functools import lru_cache
 
+from ._errors import parse_int, syntax_error
+
 __all__ = ("glob_matcher", "stringmatch")
 
 #: ``stringmatchlen_impl`` returns "no match" when called at a nesting above this.
@@ -281,3 +283,22 @@ def _stars(head: _Segment, middle: list[_Segment], tail: _Segment) -> Matcher:
         return True
 
     return match
+
+
+def scan_options(args: list[bytes]) -> tuple[Callable[[bytes], bool] | None, int]:
+    """A *SCAN's ``MATCH`` matcher (None: every item) and ``COUNT``, from ``args[3:]``."""
+    match: Callable[[bytes], bool] | None = None
+    count = 10
+    i = 3
+    while i < len(args):
+        opt = args[i].upper()
+        if opt == b"COUNT" and i + 1 < len(args):
+            count = parse_int(args[i + 1])
+            if count < 1:
+                raise syntax_error()
+        elif opt == b"MATCH" and i + 1 < len(args):
+            match = None if args[i + 1] == b"*" else glob_matcher(args[i + 1])
+        else:
+            raise syntax_error()
+        i += 2
+    return match, count

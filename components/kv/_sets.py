@@ -7,13 +7,13 @@ import heapq
 import random
 import re
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, ClassVar, Final
 
 from dominoes import Component, Context
 
 from ._errors import KvError, parse_int, syntax_error, wrong_type
-from ._glob import glob_matcher
+from ._glob import scan_options
 from ._keyspace import Keyspace, now_ms
 from ._table import command
 
@@ -82,20 +82,7 @@ def scan_page(
     a 32-bit CRC of the item, the same on every replica and after restarts:
     items present for the whole iteration are returned exactly once.
     """
-    match: Callable[[bytes], bool] | None = None
-    count = 10
-    i = 3
-    while i < len(args):
-        opt = args[i].upper()
-        if opt == b"COUNT" and i + 1 < len(args):
-            count = parse_int(args[i + 1])
-            if count < 1:
-                raise syntax_error()
-        elif opt == b"MATCH" and i + 1 < len(args):
-            match = glob_matcher(args[i + 1])
-        else:
-            raise syntax_error()
-        i += 2
+    match, count = scan_options(args)
     if count_of <= SCAN_WHOLE:
         page = list(items)
         following = 0

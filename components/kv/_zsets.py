@@ -52,7 +52,7 @@ from sortedcontainers import SortedList
 from dominoes import Component, Context
 
 from ._errors import KvError, not_float, parse_int, syntax_error, wrong_type
-from ._glob import glob_matcher
+from ._glob import scan_options
 from ._resp import NULL_ARRAY, Pairs
 from ._table import command
 
@@ -826,20 +826,7 @@ class Zsets(Component):
         z = self._zset(args[1], now)
         if z is None:
             return [b"0", []]
-        match = None
-        count = 10
-        i = 3
-        while i < len(args):
-            opt = args[i].upper()
-            if opt == b"COUNT" and i + 1 < len(args):
-                count = parse_int(args[i + 1])
-                if count < 1:
-                    raise syntax_error()
-            elif opt == b"MATCH" and i + 1 < len(args):
-                match = None if args[i + 1] == b"*" else glob_matcher(args[i + 1])
-            else:
-                raise syntax_error()
-            i += 2
+        match, count = scan_options(args)
         following = 0
         if len(z) <= _SMALL_ENTRIES and all(len(m) <= _SMALL_MEMBER for m in z.scores):
             page: Iterable[Entry] = z.order
