@@ -930,12 +930,12 @@ class Zsets(Component):
         else:
             for entries, weight, _ in srcs:
                 for score, member in entries:
-                    value = weight * score
+                    value = weight * score + 0.0  # -0 is 0, as Redis's small sorted sets store it
                     if value != value:
                         value = 0.0
                     old = acc.get(member)
                     acc[member] = value if old is None else _aggregate(old, value, how)
-        return ZSet(acc.items()), withscores
+        return ZSet((m, v + 0.0) for m, v in acc.items()), withscores
 
     def _combine_read(self, now: int, args: list[bytes], op: str) -> list[Any]:
         result, withscores = self._combine(now, args, 1, op, store=False)
