@@ -400,7 +400,17 @@ MISC = [
     # g(b"COMMAND NOSUCH"),
 ]
 
-GENERATORS = STRINGS + KEYSPACE + HASHES + LISTS + SETS + ZSETS + MISC
+# One list per group of commands that landed later; each is owned by the work on that group.
+BITMAPS: list[Gen] = []
+HYPERLOGLOGS: list[Gen] = []
+GEO: list[Gen] = []
+STREAMS: list[Gen] = []
+SCRIPTING: list[Gen] = []
+MORE_KEYS: list[Gen] = []
+SERVER: list[Gen] = []
+
+GENERATORS = (STRINGS + KEYSPACE + HASHES + LISTS + SETS + ZSETS + MISC + BITMAPS + HYPERLOGLOGS
+              + GEO + STREAMS + SCRIPTING + MORE_KEYS + SERVER)
 
 #: Not sent by the chaos form: random replies, races on relative times, scans.
 NO_CHAOS = {b"SPOP", b"SRANDMEMBER", b"HRANDFIELD", b"ZRANDMEMBER", b"RANDOMKEY", b"EXPIRE",
