@@ -1,5 +1,12 @@
 """Pub/sub: SUBSCRIBE, UNSUBSCRIBE, PSUBSCRIBE, PUNSUBSCRIBE, PUBLISH across replicas.
 
+Shard channels (SSUBSCRIBE, SUNSUBSCRIBE, SPUBLISH) are Redis 7's cluster
+pub/sub; the service is one shard, so they behave as a standalone Redis's do:
+a namespace of their own, counted apart (an ``ssubscribe`` reply counts the
+client's shard channels only), delivered as ``smessage``.  PUBSUB CHANNELS,
+NUMSUB, NUMPAT, SHARDCHANNELS and SHARDNUMSUB read the replicated tables, so
+they count the subscribers of every replica.
+
 Who is subscribed to what is *replicated* state, so every replica knows every
 subscriber and PUBLISH can answer the total number of receivers, computed in
 the entry's apply, identically everywhere.  A subscriber is named by its
@@ -28,8 +35,9 @@ from typing import Any, ClassVar, Protocol
 from dominoes import Component, Context, on, update
 
 from ._commands import REPLICA_BITS, ClientState, Commands, replica_of
+from ._errors import KvError, arity_error
 from ._glob import stringmatch
-from ._resp import Frames, Push
+from ._resp import Frames, Push, Status
 from ._table import command
 
 __all__ = ("PubSub", "Subscriber")
@@ -53,6 +61,9 @@ class PubSub(Component, ClientState):
         #: client id -> its channels; client id -> its patterns
         self.by_client: dict[int, set[bytes]] = {}
         self.pby_client: dict[int, set[bytes]] = {}
+        #: shard channel -> client ids; client id -> its shard channels
+        self.shards: dict[bytes, set[int]] = {}
+        self.sby_client: dict[int, set[bytes]] = {}
         #: this replica's subscribers by client id (set by the server)
         self.local: dict[int, Subscriber] = {}
 
@@ -78,8 +89,13 @@ class PubSub(Component, ClientState):
             del index[name]
         return True
 
-    def _tables(self, pattern: bool) -> tuple[dict[bytes, set[int]], dict[int, set[bytes]]]:
-        """The name -> clients index and the client -> names map, for patterns or channels."""
+    def _tables(
+        self, pattern: bool, shard: bool = False
+    ) -> tuple[dict[bytes, set[int]], dict[int, set[bytes]]]:
+        """The name -> clients index and the client -> names map: patterns, shard
+        channels or channels."""
+        if shard:
+            return self.shards, self.sby_client
         if pattern:
             return self.patterns, self.pby_client
         return self.channels, self.by_client
@@ -88,31 +104,36 @@ class PubSub(Component, ClientState):
 
     @command("SUBSCRIBE", -2, write=True, flags=("pubsub", "client-id", "no-multi"))
     @command("PSUBSCRIBE", -2, write=True, flags=("pubsub", "client-id", "no-multi"))
+    @command("SSUBSCRIBE", -2, write=True, flags=("pubsub", "client-id", "no-multi"))
     def subscribe(self, ctx: Context, args: list[bytes]) -> Frames:
         cid = int(args[1])
-        pattern = args[0] == b"PSUBSCRIBE"
-        index, mine = self._tables(pattern)
-        kind = b"psubscribe" if pattern else b"subscribe"
+        shard = args[0] == b"SSUBSCRIBE"
+        index, mine = self._tables(args[0] == b"PSUBSCRIBE", shard)
+        kind = args[0].lower()
         out = Frames()
         for name in args[2:]:
             self._add(index, mine, cid, name)
-            out.append(Push([kind, name, self._count(cid)]))
+            count = len(mine[cid]) if shard else self._count(cid)
+            out.append(Push([kind, name, count]))
         return out
 
     @command("UNSUBSCRIBE", -1, write=True, flags=("pubsub", "client-id", "no-multi"))
     @command("PUNSUBSCRIBE", -1, write=True, flags=("pubsub", "client-id", "no-multi"))
+    @command("SUNSUBSCRIBE", -1, write=True, flags=("pubsub", "client-id", "no-multi"))
     def unsubscribe(self, ctx: Context, args: list[bytes]) -> Frames:
         cid = int(args[1])
-        pattern = args[0] == b"PUNSUBSCRIBE"
-        index, mine = self._tables(pattern)
-        kind = b"punsubscribe" if pattern else b"unsubscribe"
+        shard = args[0] == b"SUNSUBSCRIBE"
+        index, mine = self._tables(args[0] == b"PUNSUBSCRIBE", shard)
+        kind = args[0].lower()
         names = args[2:] or sorted(mine.get(cid, ()))
         out = Frames()
         for name in names:
             self._drop(index, mine, cid, name)
-            out.append(Push([kind, name, self._count(cid)]))
+            count = len(mine.get(cid, ())) if shard else self._count(cid)
+            out.append(Push([kind, name, count]))
         if not out:
-            out.append(Push([kind, None, self._count(cid)]))
+            count = len(mine.get(cid, ())) if shard else self._count(cid)
+            out.append(Push([kind, None, count]))
         return out
 
     @command("PUBLISH", 3, write=True, flags=("pubsub-publish", "broadcast", "fast"))
@@ -133,16 +154,65 @@ class PubSub(Component, ClientState):
             ctx.effect(self._deliver, channel, message, targets)
         return receivers
 
+    @command("SPUBLISH", 3, write=True, flags=("pubsub-publish", "broadcast", "fast"))
+    def spublish(self, ctx: Context, args: list[bytes]) -> int:
+        channel, message = args[1], args[2]
+        ids = self.shards.get(channel)
+        if not ids:
+            return 0
+        here = ctx.replica
+        targets: list[Any] = [(cid, True) for cid in ids if replica_of(cid) == here]
+        if targets:
+            ctx.effect(self._deliver, channel, message, targets)
+        return len(ids)
+
     def _deliver(self, channel: bytes, message: bytes, targets: list[Any]) -> None:
         local = self.local
         for cid, pattern in targets:
             conn = local.get(cid)
             if conn is None:
                 continue
-            if pattern is None:
+            if pattern is True:  # a shard channel's message
+                conn.push(Push([b"smessage", channel, message]))
+            elif pattern is None:
                 conn.push(Push([b"message", channel, message]))
             else:
                 conn.push(Push([b"pmessage", pattern, channel, message]))
+
+    # --- PUBSUB: introspection of the replicated tables ------------------------------------
+
+    @command("PUBSUB", -2, flags=("pubsub",))
+    def pubsub(self, now: int, args: list[bytes]) -> Any:
+        sub = args[1].upper()
+        n = len(args)
+        if sub in (b"CHANNELS", b"SHARDCHANNELS"):
+            if n > 3:
+                text = args[1].decode("utf-8", "replace")
+                raise KvError(
+                    f"ERR unknown subcommand or wrong number of arguments for '{text}'. "
+                    "Try PUBSUB HELP."
+                )
+            index = self.channels if sub == b"CHANNELS" else self.shards
+            if n == 2:
+                return list(index)
+            pattern = args[2]
+            return [name for name in index if stringmatch(pattern, name)]
+        if sub in (b"NUMSUB", b"SHARDNUMSUB"):
+            index = self.channels if sub == b"NUMSUB" else self.shards
+            out: list[Any] = []
+            for name in args[2:]:
+                out += [name, len(index.get(name, ()))]
+            return out
+        if sub == b"NUMPAT":
+            if n != 2:
+                raise arity_error(b"pubsub|numpat")
+            return len(self.patterns)
+        if sub == b"HELP":
+            if n != 2:
+                raise arity_error(b"pubsub|help")
+            return [Status(line.encode()) for line in _PUBSUB_HELP]
+        text = args[1].decode("utf-8", "replace")
+        raise KvError(f"ERR unknown subcommand '{text}'. Try PUBSUB HELP.")
 
     # --- membership ------------------------------------------------------------------------
 
@@ -153,14 +223,16 @@ class PubSub(Component, ClientState):
             self._drop(self.channels, self.by_client, cid, name)
         for name in list(self.pby_client.get(cid, ())):
             self._drop(self.patterns, self.pby_client, cid, name)
+        for name in list(self.sby_client.get(cid, ())):
+            self._drop(self.shards, self.sby_client, cid, name)
 
     def highest_client(self, replica: int) -> int:
-        ids = (*self.by_client, *self.pby_client)
+        ids = (*self.by_client, *self.pby_client, *self.sby_client)
         return max((c >> REPLICA_BITS for c in ids if replica_of(c) == replica), default=0)
 
     @on(Commands.clients_gone)
     def _gone(self, ctx: Context, replica: int, below: int) -> None:
-        ids = {*self.by_client, *self.pby_client}
+        ids = {*self.by_client, *self.pby_client, *self.sby_client}
         for cid in sorted(ids):
             if replica_of(cid) == replica and cid >> REPLICA_BITS < below:
                 self.disconnect(ctx, cid)
@@ -172,3 +244,23 @@ class PubSub(Component, ClientState):
         self.patterns = {k: set(v) for k, v in state["patterns"].items()}
         self.by_client = {int(k): set(v) for k, v in state["by_client"].items()}
         self.pby_client = {int(k): set(v) for k, v in state["pby_client"].items()}
+        self.shards = {k: set(v) for k, v in state.get("shards", {}).items()}
+        self.sby_client = {int(k): set(v) for k, v in state.get("sby_client", {}).items()}
+
+
+_PUBSUB_HELP = (
+    "PUBSUB <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "CHANNELS [<pattern>]",
+    "    Return the currently active channels matching a <pattern> (default: '*').",
+    "NUMPAT",
+    "    Return number of subscriptions to patterns.",
+    "NUMSUB [<channel> ...]",
+    "    Return the number of subscribers for the specified channels, excluding",
+    "    pattern subscriptions(default: no channels).",
+    "SHARDCHANNELS [<pattern>]",
+    "    Return the currently active shard level channels matching a <pattern> (default: '*').",
+    "SHARDNUMSUB [<shardchannel> ...]",
+    "    Return the number of subscribers for the specified shard level channel(s)",
+    "HELP",
+    "    Prints this help.",
+)

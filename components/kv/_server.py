@@ -42,17 +42,52 @@ import msgspec
 
 from dominoes import EntryTooLargeError, LogFullError, Replica
 
-from ._commands import Bound, Commands, client_id
-from ._conncommands import REDIS_VERSION
+from ._commands import Bound, Commands, client_id, replica_of
+from ._conncommands import REDIS_VERSION, ServerConfig
 from ._connection import MAX_BATCH, Connection
 from ._entries import RUN, Entry, refused
+from ._errors import KvError
 from ._keyspace import Keyspace
 from ._limits import NORMAL_OUTPUT_LIMITS, PUBSUB_OUTPUT_LIMITS, Limits
 from ._persistence import Saves
 from ._pubsub import PubSub
+from ._resp import OK
 from ._table import WRITE, Spec
 
-__all__ = ("Connection", "Server", "server_for", "start_hook", "tcp_factory")
+__all__ = ("Connection", "KvConnection", "Server", "server_for", "start_hook", "tcp_factory")
+
+#: How long CLIENT KILL waits for another replica's count (a dead replica never answers).
+KILL_REPORT_TIMEOUT: Final = 5.0
+
+
+class KvConnection(Connection):
+    """A connection with what the server commands add: authentication (``requirepass``),
+    CLIENT REPLY OFF/SKIP, and when it last sent something (CLIENT LIST's idle)."""
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(server)
+        if server.config.requirepass:
+            self.authenticated = False
+            self.special = True
+
+    def _state_changed(self) -> None:
+        super()._state_changed()
+        if not self.authenticated or self.skip_next:
+            self.special = True
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.time()
+        super().data_received(data)
+
+    def _finish(self) -> None:
+        if self.muted and self.out:  # CLIENT REPLY OFF: what was made since is dropped
+            self.out.clear()
+            self._push_bytes = 0
+        super()._finish()
+
+    def push(self, value: Any) -> None:
+        if not self.muted:
+            super().push(value)
 
 
 #: Most spellings of command names :attr:`Server.known` keeps (a client
@@ -136,10 +171,110 @@ class Server:
         self.connections_received = 0
         self.commands_processed = 0
         self.protocol_errors = 0
+        #: the replicated settings (CONFIG SET, requirepass); CLIENT KILL's entries
+        self.config: ServerConfig = replica.component(ServerConfig)
+        self.config.server = self
+        #: CLIENT KILLs waiting for other replicas' counts: token -> (future, count, waiting)
+        self._kills: dict[int, tuple[asyncio.Future[Any], list[int], set[int]]] = {}
+        self._kill_tokens = itertools.count(1)
         #: clients disconnected for their output (Redis 7.0 does not count them;
         #: later versions print the same INFO field)
         self.output_limit_disconnections = 0
         self.background(Commands.clients_gone, self.index, first)
+
+    def reset_stats(self) -> None:
+        """CONFIG RESETSTAT: the counters INFO stats prints."""
+        self.commands_processed = 0
+        self.connections_received = 0
+        self.protocol_errors = 0
+        self.output_limit_disconnections = 0
+
+    # --- CLIENT KILL -----------------------------------------------------------------------
+
+    def kill_local(self, filters: list[Any]) -> int:
+        """Close this replica's connections ``filters`` match; how many.
+
+        ``filters``: id (0: any), addr, laddr (b"": any), type ("": any), skipme,
+        the id of the client that asked.  The client that asked, if it matches,
+        gets its reply first (Redis closes it after the command).
+        """
+        cid, addr, laddr, kind, skipme, asker = filters
+        addr = bytes(addr).decode("utf-8", "replace")
+        laddr = bytes(laddr).decode("utf-8", "replace")
+        killed = 0
+        for conn in list(self.connections.values()):
+            if (
+                (cid and conn.id != cid)
+                or (addr and conn.peer != addr)
+                or (laddr and conn._local_addr() != laddr)
+                or (kind and conn._type() != kind.encode())
+                or (skipme and conn.id == asker)
+                or conn.closing
+            ):
+                continue
+            killed += 1
+            if conn.id == asker:
+                conn.closing = True  # after this reply
+            else:
+                conn._kill()
+        return killed
+
+    def kill_everywhere(self, filters: list[Any], old_form: bool = False) -> asyncio.Future[Any]:
+        """CLIENT KILL on every replica (an ``every`` entry); a future of the count (or of
+        the old form's reply)."""
+        token = next(self._kill_tokens)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        cid = filters[0]
+        waiting = {replica_of(cid)} if cid else set(range(self.replica.replicas))
+        self._kills[token] = (fut, [0], waiting)
+        self._submit_every(ServerConfig.kill, token, self.index, filters)
+        timer = loop.call_later(KILL_REPORT_TIMEOUT, self._kill_done, token)
+        fut.add_done_callback(lambda _: timer.cancel())
+        if not old_form:
+            return fut
+        reply: asyncio.Future[Any] = loop.create_future()
+
+        def answer(done: asyncio.Future[Any]) -> None:
+            killed = done.result() if not done.cancelled() and not done.exception() else 0
+            reply.set_result(OK if killed else KvError("ERR No such client"))
+
+        fut.add_done_callback(answer)
+        return reply
+
+    def killed_here(self, token: int, origin: int, filters: list[Any]) -> None:
+        """A CLIENT KILL's effect on this replica: close, and tell the asking replica."""
+        count = self.kill_local(filters)
+        if origin == self.index:
+            self.kill_report(token, self.index, count)
+        else:
+            self._submit_every(ServerConfig.killed, token, origin, self.index, count)
+
+    def kill_report(self, token: int, replica: int, count: int) -> None:
+        pending = self._kills.get(token)
+        if pending is None:
+            return
+        _, total, waiting = pending
+        total[0] += count
+        waiting.discard(replica)
+        if not waiting:
+            self._kill_done(token)
+
+    def _kill_done(self, token: int) -> None:
+        pending = self._kills.pop(token, None)
+        if pending is not None and not pending[0].done():
+            pending[0].set_result(pending[1][0])
+
+    def _submit_every(self, event: Any, *args: Any) -> None:
+        """Append an ``every`` entry whose result nobody waits for."""
+        self.flush_group()
+        try:
+            fut: asyncio.Future[Any] = self.replica.submit_nowait(event, *args, _mode="every")
+        except LogFullError:
+            fut = asyncio.ensure_future(self.replica.submit(event, *args, _mode="every"))
+            self._tasks.add(fut)
+            fut.add_done_callback(self._tasks.discard)
+        fut.add_done_callback(_ignore_result)
 
     def limits(self, pubsub: bool) -> Limits:
         """The output limits of a normal client, or of a subscriber (``pubsub``)."""
@@ -322,7 +457,7 @@ def tcp_factory(table: dict[bytes, Spec]) -> Callable[[Replica], Connection]:
     """The service's TCP ingress: ``factory(replica)`` makes one connection's protocol."""
 
     def factory(replica: Replica) -> Connection:
-        return Connection(server_for(replica, table))
+        return KvConnection(server_for(replica, table))
 
     return factory
 
