@@ -16,6 +16,10 @@ time, so every replica assigns the same IDs and holds the same PEL.  Reads
 (XPENDING's idle times, XINFO CONSUMERS's idle) compute elapsed times from
 the local clock they are given, as Redis does from its own.
 
+**WATCH.**  As in Redis 7.0, XADD, XDEL, XTRIM (when it deletes) and the creation of a
+stream touch a watched key; XSETID, XGROUP, XREADGROUP, XACK, XCLAIM and XAUTOCLAIM
+do not (Redis does not signal them).
+
 **Trimming.**  Redis trims ``~`` (approximate) only by whole macro nodes of up
 to 100 entries, an implementation detail; here ``~`` trims exactly, but at
 most LIMIT entries (10000 when LIMIT is not given, as Redis's default with
@@ -637,10 +641,10 @@ class Streams(Component):
 
     @command("XDEL", -3, write=True, keys=(1, 1, 1), flags=("fast",))
     def xdel(self, ctx: Context, args: list[bytes]) -> int:
-        ids = [parse_id(a) for a in args[2:]]
         s = self._stream(args[1], _now_ms(ctx))
-        if s is None:
+        if s is None:  # Redis 7.0 looks the key up before it parses the IDs
             return 0
+        ids = [parse_id(a) for a in args[2:]]
         deleted = 0
         for i in ids:
             if s.entries.pop(i, None) is not None:
@@ -694,7 +698,6 @@ class Streams(Component):
             s.added = added
         if max_deleted != MIN_ID:
             s.max_deleted = max_deleted
-        self.keyspace.bump(args[1])
         return OK
 
     # --- XLEN, XRANGE, XREVRANGE -------------------------------------------------------------
@@ -776,11 +779,9 @@ class Streams(Component):
             g = s.groups[req.group]
             if gt is not None:  # the consumer's history
                 out[key] = self._history(s, g, req.consumer, gt, req.count, now)
-                self.keyspace.bump(key)
             elif s.entries and s.last_valid() > g.last:
                 assert ctx is not None
                 out[key] = self._deliver(s, g, req, now)
-                self.keyspace.bump(key)
         return out if out else None
 
     def _history(self, s: Stream, g: Group, consumer: bytes, gt: ID, count: int, now: int) -> Any:
@@ -890,7 +891,6 @@ class Streams(Component):
             if name in s.groups:
                 raise KvError("BUSYGROUP Consumer Group name already exists")
             s.groups[name] = Group(last, read)
-            self.keyspace.bump(key)
             return OK
         assert s is not None
         if sub == b"SETID" and n in (5, 7):
@@ -904,20 +904,17 @@ class Streams(Component):
                     raise KvError("ERR value for ENTRIESREAD must be positive or -1")
             g.last = last
             g.read = read
-            self.keyspace.bump(key)
             return OK
         if sub == b"DESTROY":
             if g is None:
                 return 0
             del s.groups[name]
-            self.keyspace.bump(key)
             return 1
         if sub == b"CREATECONSUMER":
             assert g is not None
             if args[4] in g.consumers:
                 return 0
             g.consumers[args[4]] = Consumer(args[4], now)
-            self.keyspace.bump(key)
             return 1
         if sub == b"DELCONSUMER":
             assert g is not None
@@ -926,7 +923,6 @@ class Streams(Component):
                 return 0
             for pid in gone.pel:
                 del g.pel[pid]
-            self.keyspace.bump(key)
             return len(gone.pel)
         raise _subcommand_error(args[1], "XGROUP")
 
@@ -942,8 +938,6 @@ class Streams(Component):
             if i in g.pel:
                 g.drop(i)
                 acked += 1
-        if acked:
-            self.keyspace.bump(args[1])
         return acked
 
     @command("XPENDING", -3, keys=(1, 1, 1))
@@ -1046,7 +1040,6 @@ class Streams(Component):
             g.last = last
         if delivery == -1 or delivery < 0 or delivery > now:
             delivery = now
-        self.keyspace.bump(key)
         consumer: Consumer | None = None
         out: list[Any] = []
         for i in ids:
@@ -1108,7 +1101,6 @@ class Streams(Component):
                 "ERR Insufficient memory, failed allocating transient memory, COUNT too high."
             )
         attempts = count * _ATTEMPTS_FACTOR
-        self.keyspace.bump(key)
         ids = list(islice(g.pel.irange(start, MAX_ID), min(attempts, len(g.pel)) + 1))
         consumer: Consumer | None = None
         claimed: list[Any] = []

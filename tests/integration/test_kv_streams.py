@@ -648,6 +648,51 @@ def test_read_without_block_or_data_is_a_null_array(pairs: dict[int, Pair]) -> N
         pair.same("XREADGROUP", "GROUP", "g", "c", "STREAMS", "s", ">")
 
 
+WATCHED = [
+    ("XADD", "s", "9-9", "f", "v"),
+    ("XDEL", "s", "1-1"),
+    ("XDEL", "s", "7-7"),
+    ("XTRIM", "s", "MAXLEN", "0"),
+    ("XTRIM", "s", "MAXLEN", "5"),
+    ("XSETID", "s", "5-5"),
+    ("XGROUP", "CREATE", "s", "g2", "0"),
+    ("XGROUP", "CREATE", "t", "g", "0", "MKSTREAM"),
+    ("XGROUP", "SETID", "s", "g", "1-1"),
+    ("XGROUP", "CREATECONSUMER", "s", "g", "e"),
+    ("XGROUP", "DESTROY", "s", "g"),
+    ("XREADGROUP", "GROUP", "g", "c", "STREAMS", "s", ">"),
+    ("XACK", "s", "g", "1-1"),
+    ("XCLAIM", "s", "g", "d", "0", "1-1"),
+    ("XAUTOCLAIM", "s", "g", "d", "0", "0"),
+]
+
+
+@pytest.mark.parametrize("cmd", WATCHED, ids=[" ".join(c[:2]) for c in WATCHED])
+def test_which_commands_touch_a_watched_stream(
+    svc: Service, oracle_port: int, cmd: tuple[str, ...]
+) -> None:
+    ours = _wires_on_every_replica(svc.port, 2)
+    theirs = {0: Wire(oracle_port, 2), 1: Wire(oracle_port, 2)}
+    try:
+        outcomes = []
+        for side in (theirs, ours):
+            watcher, writer = side[0], side[1]
+            writer.call("FLUSHALL")
+            writer.call("XADD", "s", "1-1", "f", "v")
+            writer.call("XGROUP", "CREATE", "s", "g", "0")
+            if cmd[0] in ("XACK", "XCLAIM", "XAUTOCLAIM"):
+                writer.call("XREADGROUP", "GROUP", "g", "c", "STREAMS", "s", ">")
+            watcher.call("WATCH", "s", "t")
+            writer.call(*cmd)
+            watcher.call("MULTI")
+            watcher.call("PING")
+            outcomes.append(watcher.call("EXEC"))
+        assert outcomes[1] == outcomes[0], f"{cmd}: redis {outcomes[0]}, dominoes {outcomes[1]}"
+    finally:
+        for w in (*ours.values(), *theirs.values()):
+            w.close()
+
+
 def test_streams_survive_a_snapshot() -> None:
     from dominoes.components.kv._keyspace import _plain, _typed
     from dominoes.components.kv._streams import Group, Nack, Stream
