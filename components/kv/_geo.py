@@ -394,7 +394,9 @@ def _distance_text(d: float) -> bytes:
     """``fixedpoint_d2string(d, 4)``: ``llrint(d * 10000)`` written with 4 decimals."""
     if d == 0:
         return b"0.0000"
-    n = round(d * 10000.0)
+    scaled = d * 10000.0
+    # llrint: to nearest, ties to even; NaN and out of range give LLONG_MIN
+    n = round(scaled) if abs(scaled) < 9223372036854775808.0 else -(2**63)
     sign = b"-" if n < 0 else b""
     whole, frac = divmod(abs(n), 10000)
     return b"%s%d.%04d" % (sign, whole, frac)
