@@ -655,7 +655,7 @@ class Streams(Component):
             self.keyspace.bump(args[1])
         return deleted
 
-    @command("XSETID", -3, write=True, keys=(1, 1, 1))
+    @command("XSETID", -3, write=True, keys=(1, 1, 1), flags=("fast",))
     def xsetid(self, ctx: Context, args: list[bytes]) -> Any:
         new = parse_id(args[2])
         added = -1
@@ -992,7 +992,7 @@ class Streams(Component):
             out.append([fmt(i), owner, max(now - nack.time, 0), nack.count])
         return out
 
-    @command("XCLAIM", -6, write=True, keys=(1, 1, 1))
+    @command("XCLAIM", -6, write=True, keys=(1, 1, 1), flags=("fast",))
     def xclaim(self, ctx: Context, args: list[bytes]) -> Any:
         key, name = args[1], args[2]
         now = _now_ms(ctx)
@@ -1069,7 +1069,7 @@ class Streams(Component):
             out.append(fmt(i) if justid else _entry(s, i))
         return out
 
-    @command("XAUTOCLAIM", -6, write=True, keys=(1, 1, 1))
+    @command("XAUTOCLAIM", -6, write=True, keys=(1, 1, 1), flags=("fast",))
     def xautoclaim(self, ctx: Context, args: list[bytes]) -> Any:
         key, name = args[1], args[2]
         now = _now_ms(ctx)
