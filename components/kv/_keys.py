@@ -82,6 +82,10 @@ DUMP_VERSION: Final = 1
 _CHECKSUM: Final = 8
 _BAD_PAYLOAD: Final = "ERR DUMP payload version or checksum are wrong"
 
+#: Writes whose keys :meth:`Keys.stamp` leaves alone: RESTORE stamps its key itself
+#: (IDLETIME), WATCH writes nothing.
+_UNSTAMPED: Final = frozenset({b"RESTORE", b"WATCH"})
+
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final = msgspec.msgpack.Decoder()
 _rng: Final = random.Random()
@@ -219,9 +223,21 @@ def load_payload(payload: bytes) -> Value:
         value = _typed(tag, plain)
     except (msgspec.DecodeError, ValueError, TypeError, KeyError):
         raise KvError("ERR Bad data format") from None
-    if isinstance(value, dict | deque | set | ZSet) and not len(value):
-        raise KvError("ERR Bad data format")  # Redis refuses an empty collection too
+    if not _well_formed(value):
+        raise KvError("ERR Bad data format")
     return value
+
+
+def _well_formed(value: Value) -> bool:
+    """Strings of bytes where the value holds strings; no empty collection (Redis refuses
+    one too).  Other types check their own form when they are built from it."""
+    if isinstance(value, dict):
+        return bool(value) and all(type(v) is bytes for v in value.values())
+    if isinstance(value, deque | set):
+        return bool(value) and all(type(v) is bytes for v in value)
+    if isinstance(value, ZSet):
+        return bool(value) and all(type(m) is bytes for m in value.scores)
+    return True
 
 
 def copy_value(value: Value) -> Value:
@@ -277,7 +293,7 @@ class Keys(Component):
     """The commands above, and the last write time of each key (OBJECT IDLETIME)."""
 
     name = "keys"
-    transient: ClassVar[tuple[str, ...]] = ("keyspace", "table")
+    transient: ClassVar[tuple[str, ...]] = ("keyspace", "table", "_plan")
 
     #: key -> replicated time (ms) of its last write; keys gone are dropped after the entry
     written: dict[bytes, int]
@@ -286,6 +302,7 @@ class Keys(Component):
         self.keyspace = keyspace
         self.table = table
         self.written = {}
+        self._plan: dict[bytes, Spec | bool] | None = None
 
     # --- last write times ------------------------------------------------------------------
 
@@ -300,11 +317,19 @@ class Keys(Component):
                 written.clear()
             return
         now = now_ms(ctx)
-        table = self.table
+        stamped = self._stamped
         for args in commands:
-            spec = table.get(args[0])
-            if spec is None or spec.kind is not WRITE or not spec.first or args[0] == b"RESTORE":
-                continue  # RESTORE stamps its key itself (IDLETIME)
+            spec = stamped.get(args[0])
+            if spec is None:
+                continue
+            if spec is True:  # the one key at args[1], the commonest case
+                key = args[1]
+                if key in values:
+                    written[key] = now
+                else:
+                    written.pop(key, None)
+                continue
+            assert isinstance(spec, Spec)
             for key in spec.keys(args):
                 if key in values:
                     written[key] = now
@@ -312,6 +337,17 @@ class Keys(Component):
                     written.pop(key, None)
         if len(written) > 2 * len(values) + 1024:  # keys expired or flushed: drop them
             self.written = {k: t for k, t in written.items() if k in values}
+
+    @property
+    def _stamped(self) -> dict[bytes, Spec | bool]:
+        """The writes :meth:`stamp` looks at: their spec, or True for those of one key at 1."""
+        if self._plan is None:
+            self._plan = {
+                name: True if (spec.first, spec.last, spec.step) == (1, 1, 1) else spec
+                for name, spec in self.table.items()
+                if spec.kind is WRITE and spec.first and name not in _UNSTAMPED
+            }
+        return self._plan
 
     # --- one database -------------------------------------------------------------------------
 
@@ -553,6 +589,9 @@ class Keys(Component):
         ks.remove(store)
         if out:
             ks.put(store, deque(b"" if x is None else x for x in out))
+            self.written[store] = now  # its key spec names only the key sorted
+        else:
+            self.written.pop(store, None)
         return len(out)
 
     def _elements(self, value: Value | None, kind: str, dontsort: bool, desc: bool) -> list[bytes]:

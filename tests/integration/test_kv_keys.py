@@ -402,3 +402,63 @@ def test_writes_touch_watched_keys_as_redis_does(
     one.execute_command("MULTI")
     one.execute_command("PING")
     assert one.execute_command("EXEC") is None
+
+
+# --- the payload format and the component's state, without a service --------------------------
+
+
+def test_payloads_are_canonical_and_checked() -> None:
+    from collections import deque
+
+    import msgspec
+    from dominoes.components.kv._keys import (
+        _CHECKSUM,
+        _digest,
+        copy_value,
+        dump_payload,
+        load_payload,
+    )
+    from dominoes.components.kv._zsets import ZSet
+
+    a = {b"x", b"y", b"z", b"1"}
+    b = set(sorted(a, reverse=True))
+    assert dump_payload(a) == dump_payload(b)
+    assert dump_payload({b"f": b"1", b"g": b"2"}) == dump_payload({b"g": b"2", b"f": b"1"})
+    for value in (b"v", deque([b"a", b"a"]), {b"f": b"v"}, a, ZSet([(b"m", 1.5), (b"n", -0.0)])):
+        payload = dump_payload(value)
+        assert load_payload(payload) == value
+        copied = copy_value(value)
+        assert copied == value
+        assert type(copied) is type(value)
+        if not isinstance(value, bytes):  # a new object, sharing nothing mutable
+            assert copied is not value
+            if isinstance(value, ZSet):
+                assert isinstance(copied, ZSet)
+                assert copied.order is not value.order
+                assert copied.scores is not value.scores
+
+    def sealed(body: object) -> bytes:
+        raw = b"\x01" + msgspec.msgpack.encode(body)
+        return raw + _digest(raw)
+
+    assert len(_digest(b"")) == _CHECKSUM
+    for body in (["l", []], ["h", {}], ["?", b"x"], ["h", {b"f": 1.5}], "x", ["Z", [[b"m", None]]],
+                 ["Z", [[b"m", float("nan")]]], ["s", [b"x"]]):  # fmt: skip
+        with pytest.raises(Exception, match="Bad data format"):
+            load_payload(sealed(body))
+    with pytest.raises(Exception, match="checksum are wrong"):
+        load_payload(b"\x02" + sealed(["s", b"x"])[1:])
+
+
+def test_last_write_times_survive_a_snapshot() -> None:
+    import msgspec
+    from dominoes.components.kv._keys import Keys
+    from dominoes.components.kv._keyspace import Keyspace
+    from dominoes.components.kv._service import TABLE
+
+    keys = Keys(Keyspace(), TABLE)
+    keys.written = {b"a": 1, b"\x00\xff": 2}
+    state = msgspec.msgpack.decode(msgspec.msgpack.encode(keys.snapshot()))
+    again = Keys(Keyspace(), TABLE)
+    again.restore(state)
+    assert again.written == keys.written
