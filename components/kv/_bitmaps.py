@@ -237,14 +237,14 @@ class Bitmaps(Component):
         if n not in (4, 5):
             raise syntax_error()
         start, end = parse_int(args[2]), parse_int(args[3])
+        if start < 0 and end < 0 and start > end:  # before the unit's syntax, as Redis 7.0
+            return 0
         isbit = False
         if n == 5:
             unit = _word(args[4])
             if unit not in (b"bit", b"byte"):
                 raise syntax_error()
             isbit = unit == b"bit"
-        if start < 0 and end < 0 and start > end:
-            return 0
         bits = _range(len(value), start, end, isbit)
         if bits is None:
             return 0
