@@ -1,0 +1,290 @@
+"""Lua scripting: EVAL, EVALSHA, EVAL_RO, EVALSHA_RO and SCRIPT.
+
+A script is one log entry
+-------------------------
+EVAL and EVALSHA are write commands: the script runs inside its log entry
+on **every** replica, so it is atomic everywhere and every replica computes
+the same effects.  That needs a deterministic script: ``redis.call('TIME')``
+answers the entry's replicated time, ``math.random`` draws from a generator
+seeded from ``ctx.random`` for each run, and a runaway script is stopped
+after a fixed number of Lua instructions (``DOMINOES_KV_LUA_INSTRUCTIONS``,
+default :data:`~._lua.DEFAULT_INSTRUCTION_LIMIT`), never after some wall
+time, so every replica stops it at the same instruction.  The writes it made
+before it was stopped stay, as in Redis (which never rolls a script back).
+
+EVAL_RO and EVALSHA_RO are read commands: they run on the replica the client
+is connected to, against its state, and refuse writes with Redis's error.
+
+``redis.call`` runs a command through the command table's implementation
+(the same one a client reaches), after the lazy expiry of the keys it names
+(:meth:`Expiry.lazy`, as ahead of every command of an entry).
+
+The script cache (``scripts``: SHA1 -> body, filled by EVAL and SCRIPT LOAD)
+is replicated state, in snapshots; each replica's Lua runtime and its
+compiled functions are local (``transient``) and rebuilt on demand.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from dominoes import Component, Context
+
+from ._commands import Bound, bind_table
+from ._errors import KvError, parse_int
+from ._keyspace import now_ms
+from ._lua import DEFAULT_INSTRUCTION_LIMIT, Engine, sha1hex
+from ._resp import OK, Status
+from ._table import Spec, command
+
+if TYPE_CHECKING:
+    from ._expiry import Expiry
+
+__all__ = ("NOT_IN_SCRIPTS", "Scripting")
+
+#: Commands a script may not call (Redis 7.0's ``noscript`` commands), whatever
+#: component implements them; connection commands other than PING and ECHO
+#: cannot be called either.
+NOT_IN_SCRIPTS: Final = frozenset(
+    b"""EVAL EVALSHA EVAL_RO EVALSHA_RO FCALL FCALL_RO SCRIPT FUNCTION MULTI EXEC DISCARD
+    WATCH UNWATCH SUBSCRIBE PSUBSCRIBE SSUBSCRIBE UNSUBSCRIBE PUNSUBSCRIBE SUNSUBSCRIBE
+    BLPOP BRPOP BLMOVE BRPOPLPUSH BLMPOP BZPOPMIN BZPOPMAX BZMPOP WAIT WAITAOF CLIENT
+    SAVE BGSAVE BGREWRITEAOF SHUTDOWN MONITOR SYNC PSYNC REPLICAOF SLAVEOF DEBUG AUTH
+    HELLO RESET QUIT""".split()
+)
+
+_NOSCRIPT: Final = "NOSCRIPT No matching script. Please use EVAL."
+_LIMIT_ENV: Final = "DOMINOES_KV_LUA_INSTRUCTIONS"
+
+_SCRIPT_HELP: Final = [
+    "SCRIPT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "DEBUG (YES|SYNC|NO)",
+    "    Set the debug mode for subsequent scripts executed.",
+    "EXISTS <sha1> [<sha1> ...]",
+    "    Return information about the existence of the scripts in the script cache.",
+    "FLUSH [ASYNC|SYNC]",
+    "    Flush the Lua scripts cache. Very dangerous on replicas.",
+    "    When called without the optional mode argument, the behavior is determined by the",
+    "    lazyfree-lazy-user-flush configuration directive. Valid modes are:",
+    "    * ASYNC: Asynchronously flush the scripts cache.",
+    "    * SYNC: Synchronously flush the scripts cache.",
+    "KILL",
+    "    Kill the currently executing Lua script.",
+    "LOAD <script>",
+    "    Load a script into the scripts cache without executing it.",
+    "HELP",
+    "    Prints this help.",
+]
+
+#: SCRIPT's subcommands and their arity (Redis 7.0's ``script|...`` entries).
+_SUBCOMMANDS: Final = {
+    b"DEBUG": 3,
+    b"EXISTS": -3,
+    b"FLUSH": -2,
+    b"HELP": 2,
+    b"KILL": 2,
+    b"LOAD": 3,
+}
+
+
+def instruction_limit() -> int:
+    """The busy-script limit, in Lua instructions (the environment may set it)."""
+    text = os.environ.get(_LIMIT_ENV, "")
+    try:
+        value = int(text) if text else DEFAULT_INSTRUCTION_LIMIT
+    except ValueError:
+        value = DEFAULT_INSTRUCTION_LIMIT
+    return max(1, value)
+
+
+class Scripting(Component):
+    """The script cache and the scripting commands (see the module doc)."""
+
+    name = "scripting"
+    transient: ClassVar[tuple[str, ...]] = (
+        "table",
+        "parts",
+        "_bound",
+        "_engine",
+        "_ctx",
+        "_now",
+    )
+
+    #: SHA1 (40 lower-case hex digits) -> script body
+    scripts: dict[bytes, bytes]
+
+    def __init__(self, table: dict[bytes, Spec], parts: list[Component]) -> None:
+        self.table = table
+        #: the service's other components (links, not state), for redis.call
+        self.parts = parts
+        self.scripts = {}
+        self._bound: Bound | None = None
+        self._engine: Engine | None = None
+        #: while a script runs: its entry's context (None in a read-only script) and time
+        self._ctx: Context | None = None
+        self._now = 0
+
+    # --- the runtime -------------------------------------------------------------------------
+
+    @property
+    def bound(self) -> Bound:
+        if self._bound is None:
+            by_name = {c.name: c for c in self.parts}
+            by_name[self.name] = self
+            self._bound = bind_table(self.table, by_name.__getitem__)
+        return self._bound
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = Engine(self._dispatch, instruction_limit=instruction_limit())
+        return self._engine
+
+    def _expiry(self) -> Expiry | None:
+        for part in self.parts:
+            if part.name == "expiry":
+                return part  # type: ignore[return-value]
+        return None
+
+    def _dispatch(self, args: list[bytes]) -> Any:
+        """One ``redis.call`` of the running script."""
+        name = args[0].upper()
+        args[0] = name
+        spec = self.table.get(name)
+        if name == b"TIME":
+            if len(args) != 1:
+                raise KvError("ERR Wrong number of args calling Redis command from script")
+            now = self._now
+            return [b"%d" % (now // 1000), b"%d" % (now % 1000 * 1000)]
+        if spec is None:
+            raise KvError("ERR Unknown Redis command called from script")
+        if not spec.arity_ok(len(args)):
+            raise KvError("ERR Wrong number of args calling Redis command from script")
+        impl = self.bound.get(name)
+        if impl is None or name in NOT_IN_SCRIPTS or "noscript" in spec.flags or spec.client_id:
+            raise KvError("ERR This Redis command is not allowed from script")
+        fn, write, _ = impl
+        ctx = self._ctx
+        if ctx is None:
+            if write:
+                raise KvError("ERR Write commands are not allowed from read-only scripts.")
+            return fn(self._now, args)
+        expiry = self._expiry()
+        if expiry is not None and spec.first:
+            expiry.lazy(ctx, [args])
+        if write:
+            return fn(ctx, args)
+        return fn(self._now, args)
+
+    def _run(
+        self, ctx: Context | None, now: int, sha: bytes, body: bytes, args: list[bytes]
+    ) -> Any:
+        keys, argv = _keys_and_args(args)
+        engine = self.engine
+        fn = engine.compile(sha, body)
+        seed = ctx.random.getrandbits(64) if ctx is not None else random.getrandbits(64)
+        self._ctx, self._now = ctx, now
+        try:
+            reply = engine.run(fn, sha, keys, argv, seed)
+        finally:
+            self._ctx = None
+        if isinstance(reply, KvError):
+            raise reply
+        return reply
+
+    # --- EVAL and its kin ----------------------------------------------------------------------
+
+    @command("EVAL", -3, write=True, flags=("noscript", "broadcast", "stale"))
+    def eval(self, ctx: Context, args: list[bytes]) -> Any:
+        _keys_and_args(args)  # numkeys is checked before the script
+        body = args[1]
+        sha = sha1hex(body)
+        self.engine.compile(sha, body)  # a script that does not compile is not cached
+        self.scripts[sha] = body
+        return self._run(ctx, now_ms(ctx), sha, body, args)
+
+    @command("EVALSHA", -3, write=True, flags=("noscript", "broadcast", "stale"))
+    def evalsha(self, ctx: Context, args: list[bytes]) -> Any:
+        _keys_and_args(args)
+        sha = args[1].lower()
+        body = self.scripts.get(sha)
+        if body is None:
+            raise KvError(_NOSCRIPT)
+        return self._run(ctx, now_ms(ctx), sha, body, args)
+
+    @command("EVAL_RO", -3, flags=("noscript", "stale"))
+    def eval_ro(self, now: int, args: list[bytes]) -> Any:
+        _keys_and_args(args)
+        body = args[1]
+        return self._run(None, now, sha1hex(body), body, args)
+
+    @command("EVALSHA_RO", -3, flags=("noscript", "stale"))
+    def evalsha_ro(self, now: int, args: list[bytes]) -> Any:
+        _keys_and_args(args)
+        sha = args[1].lower()
+        body = self.scripts.get(sha)
+        if body is None:
+            raise KvError(_NOSCRIPT)
+        return self._run(None, now, sha, body, args)
+
+    # --- SCRIPT ------------------------------------------------------------------------------
+
+    @command("SCRIPT", -2, write=True, flags=("noscript",))
+    def script(self, ctx: Context, args: list[bytes]) -> Any:
+        sub = args[1].upper()
+        arity = _SUBCOMMANDS.get(sub)
+        if arity is None:
+            text = args[1].decode("utf-8", "replace")
+            raise KvError(f"ERR unknown subcommand '{text}'. Try SCRIPT HELP.")
+        n = len(args)
+        if (arity >= 0 and n != arity) or n < -arity:
+            raise KvError(
+                f"ERR wrong number of arguments for 'script|{sub.decode().lower()}' command"
+            )
+        if sub == b"LOAD":
+            body = args[2]
+            sha = sha1hex(body)
+            self.engine.compile(sha, body)
+            self.scripts[sha] = body
+            return sha
+        if sub == b"EXISTS":
+            return [int(a.lower() in self.scripts) for a in args[2:]]
+        if sub == b"FLUSH":
+            if n > 3 or (n == 3 and args[2].upper() not in (b"SYNC", b"ASYNC")):
+                raise KvError("ERR SCRIPT FLUSH only support SYNC|ASYNC option")
+            self.scripts.clear()
+            if self._engine is not None:
+                self._engine.functions.clear()
+            return OK
+        if sub == b"KILL":
+            # A script runs inside one log entry: nothing else runs on a replica meanwhile,
+            # so no script is ever running when SCRIPT KILL is applied.
+            raise KvError("NOTBUSY No scripts in execution right now.")
+        if sub == b"DEBUG":
+            mode = args[2].upper()
+            if mode not in (b"YES", b"SYNC", b"NO"):
+                raise KvError("ERR Use SCRIPT DEBUG YES/SYNC/NO")
+            if mode == b"NO":
+                return OK
+            raise KvError(
+                "ERR SCRIPT DEBUG is not supported: a script runs inside a log entry on "
+                "every replica, where it cannot stop for a debugger"
+            )
+        return [Status(line.encode()) for line in _SCRIPT_HELP]  # HELP
+
+    # --- snapshots -----------------------------------------------------------------------------
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.scripts = {bytes(k): bytes(v) for k, v in state["scripts"].items()}
+
+
+def _keys_and_args(args: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """EVAL's KEYS and ARGV, with Redis's checks of numkeys."""
+    numkeys = parse_int(args[2])
+    if numkeys > len(args) - 3:
+        raise KvError("ERR Number of keys can't be greater than number of args")
+    if numkeys < 0:
+        raise KvError("ERR Number of keys can't be negative")
+    return args[3 : 3 + numkeys], args[3 + numkeys :]
