@@ -774,14 +774,14 @@ class Streams(Component):
                 if s.entries and s.last_valid() > gt:
                     start = incr_id(gt)
                     assert start is not None
-                    out[key] = _entries(s, s.range(start, MAX_ID, req.count))
+                    out.append((key, _entries(s, s.range(start, MAX_ID, req.count))))
                 continue
             g = s.groups[req.group]
             if gt is not None:  # the consumer's history
-                out[key] = self._history(s, g, req.consumer, gt, req.count, now)
+                out.append((key, self._history(s, g, req.consumer, gt, req.count, now)))
             elif s.entries and s.last_valid() > g.last:
                 assert ctx is not None
-                out[key] = self._deliver(s, g, req, now)
+                out.append((key, self._deliver(s, g, req, now)))
         return out if out else None
 
     def _history(self, s: Stream, g: Group, consumer: bytes, gt: ID, count: int, now: int) -> Any:
