@@ -77,6 +77,10 @@ INTSET_ENTRIES: Final = 512
 #: Redis shares the string objects of the integers 0..9999 (OBJECT REFCOUNT: INT_MAX).
 SHARED_INTEGERS: Final = 10000
 
+#: Most seconds RESTORE's IDLETIME sets: Redis's LRU clock has 24 bits of seconds (it wraps
+#: larger ones around it; IDLETIME 9223372036854775807 reads back as this).
+LRU_MAX_IDLE: Final = 2**24 - 2
+
 #: The first byte of a DUMP payload; another version is refused as Redis refuses one.
 DUMP_VERSION: Final = 1
 _CHECKSUM: Final = 8
@@ -502,7 +506,7 @@ class Keys(Component):
         ks.put(key, value)
         if ttl:
             ks.set_deadline(ctx, key, ttl)
-        self.written[key] = now - idle * 1000 if idle > 0 else now
+        self.written[key] = now - min(idle, LRU_MAX_IDLE) * 1000 if idle > 0 else now
         return OK
 
     # --- SORT ---------------------------------------------------------------------------------

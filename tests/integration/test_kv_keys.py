@@ -347,6 +347,8 @@ def test_idletime_counts_from_the_last_write(
     assert one.execute_command("OBJECT", "IDLETIME", "k") < 100
     one.execute_command("RESTORE", "k", "0", payload, "IDLETIME", "500", "REPLACE")
     assert 500 <= other.execute_command("OBJECT", "IDLETIME", "k") < 600
+    one.execute_command("RESTORE", "k", "0", payload, "IDLETIME", "9223372036854775807", "REPLACE")
+    assert 16777214 <= other.execute_command("OBJECT", "IDLETIME", "k") < 16777314
     other.execute_command("APPEND", "k", "w")
     assert one.execute_command("OBJECT", "IDLETIME", "k") < 100
     one.execute_command("RESTORE", "k2", "0", payload, "IDLETIME", "500")
