@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 import redis
+from dominoes.components.kv._service import TABLE
 
 from .test_kv_zsets import Both, _call, _raw, oracle, ours  # noqa: F401 (fixtures)
 
@@ -162,6 +163,13 @@ CASES: dict[str, list[str]] = {
         "SORT_RO l BY h_*->f GET h_*->g",
     ),
 }  # fmt: skip
+if b"XADD" in TABLE:  # streams: COPY, OBJECT and SORT take every type the keyspace knows
+    CASES["streams"] = _lines(
+        "XADD s 1-1 f v", "XADD s 2-1 g w", "XGROUP CREATE s grp 0", "COPY s s2",
+        "XADD s2 3-1 h x", "XLEN s", "XLEN s2", "XRANGE s2 - +", "XRANGE s - +",
+        "OBJECT ENCODING s", "OBJECT REFCOUNT s", "SORT s", "SORT_RO s ALPHA", "TOUCH s s2",
+        "COPY s s2", "COPY s s2 REPLACE", "XLEN s2", "TYPE s2",
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("protocol", [2, 3])
@@ -243,6 +251,7 @@ VALUES: list[tuple[str, ...]] = [
     ("ZADD", "{k}", "1", "a", "-inf", "lo", "inf", "hi", "0.1", "b", "2", "c"),
     ("ZADD", "{k}", *(x for i in range(300) for x in (str(i % 7), f"m{i}"))),
     ("HSET", "{k}", *(f"field{i}" for i in range(400))),
+    *([("XADD", "{k}", "1-1", "f", "v", "g", "w")] if b"XADD" in TABLE else []),
 ]
 
 READBACK = {
@@ -251,6 +260,7 @@ READBACK = {
     b"hash": ("HGETALL",),
     b"set": ("SORT", "ALPHA"),
     b"zset": ("ZRANGE", "0", "-1", "WITHSCORES"),
+    b"stream": ("XRANGE", "-", "+"),
 }
 
 
