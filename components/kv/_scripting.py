@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from dominoes import Component, Context
@@ -42,7 +43,7 @@ from ._table import Spec, command
 if TYPE_CHECKING:
     from ._expiry import Expiry
 
-__all__ = ("NOT_IN_SCRIPTS", "Scripting")
+__all__ = ("NOT_IN_SCRIPTS", "RANDOM_READS", "Scripting")
 
 #: Commands a script may not call (Redis 7.0's ``noscript`` commands), whatever
 #: component implements them; connection commands other than PING and ECHO
@@ -54,6 +55,10 @@ NOT_IN_SCRIPTS: Final = frozenset(
     SAVE BGSAVE BGREWRITEAOF SHUTDOWN MONITOR SYNC PSYNC REPLICAOF SLAVEOF DEBUG AUTH
     HELLO RESET QUIT""".split()
 )
+
+#: Read commands that choose at random (with their module's own generator): inside a
+#: write script they must choose the same on every replica (see :func:`_seeded`).
+RANDOM_READS: Final = frozenset({b"SRANDMEMBER", b"HRANDFIELD", b"ZRANDMEMBER", b"RANDOMKEY"})
 
 _NOSCRIPT: Final = "NOSCRIPT No matching script. Please use EVAL."
 _LIMIT_ENV: Final = "DOMINOES_KV_LUA_INSTRUCTIONS"
@@ -176,6 +181,8 @@ class Scripting(Component):
             expiry.lazy(ctx, [args])
         if write:
             return fn(ctx, args)
+        if name in RANDOM_READS:
+            return _seeded(ctx.random.getrandbits(64), fn, self._now, args)
         return fn(self._now, args)
 
     def _run(
@@ -288,3 +295,34 @@ def _keys_and_args(args: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     if numkeys < 0:
         raise KvError("ERR Number of keys can't be negative")
     return args[3 : 3 + numkeys], args[3 + numkeys :]
+
+
+def _generators() -> list[random.Random]:
+    """The generators the KV's modules draw their reads' random choices from (``_rng``)."""
+    found = [random._inst]  # the random module's own
+    for name, module in sorted(sys.modules.items()):
+        if name.startswith(_PACKAGE) and module is not None:
+            rng = getattr(module, "_rng", None)
+            if isinstance(rng, random.Random) and rng not in found:
+                found.append(rng)
+    return found
+
+
+_PACKAGE: Final = __name__.rsplit(".", 1)[0] + "."
+
+
+def _seeded(seed: int, fn: Any, now: int, args: list[bytes]) -> Any:
+    """Run a random read with every generator seeded from ``seed``, then put them back.
+
+    Inside a write script the choice of SRANDMEMBER, HRANDFIELD, ZRANDMEMBER or
+    RANDOMKEY feeds the script's writes, so every replica must make the same one.
+    """
+    generators = _generators()
+    states = [g.getstate() for g in generators]
+    for i, g in enumerate(generators):
+        g.seed(seed + i)
+    try:
+        return fn(now, args)
+    finally:
+        for g, state in zip(generators, states, strict=True):
+            g.setstate(state)
