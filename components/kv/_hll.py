@@ -113,7 +113,13 @@ def _sigma(x: float) -> float:
 
 def cardinality(registers: bytes) -> int:
     """Redis 7's ``hllCount`` over 16384 raw register values (one byte each)."""
-    histogram = [registers.count(v) for v in range(Q + 2)]
+    histogram = [0] * (Q + 2)
+    left = len(registers)
+    for v in range(Q + 2):  # low values hold nearly every register: stop once all are seen
+        if not left:
+            break
+        histogram[v] = n = registers.count(v)
+        left -= n
     m = float(REGISTERS)
     z = m * _tau((m - histogram[Q + 1]) / m)
     for j in range(Q, 0, -1):
