@@ -856,11 +856,11 @@ class Streams(Component):
         now = _now_ms(ctx)
         mkstream = False
         read = INVALID_READ
-        if sub == b"CREATE" and n >= 6:
+        if sub in (b"CREATE", b"SETID") and n >= 6:  # options first, as Redis 7.0
             i = 5
             while i < n:
                 opt = args[i].upper()
-                if opt == b"MKSTREAM":
+                if opt == b"MKSTREAM" and sub == b"CREATE":
                     mkstream = True
                     i += 1
                 elif opt == b"ENTRIESREAD" and i + 1 < n:
@@ -896,12 +896,6 @@ class Streams(Component):
         if sub == b"SETID" and n in (5, 7):
             assert g is not None
             last = s.last if args[4] == b"$" else parse_id(args[4], strict=False)
-            if n == 7:
-                if args[5].upper() != b"ENTRIESREAD":
-                    raise _subcommand_error(args[1], "XGROUP")
-                read = parse_int(args[6])
-                if read < 0 and read != INVALID_READ:
-                    raise KvError("ERR value for ENTRIESREAD must be positive or -1")
             g.last = last
             g.read = read
             return OK
