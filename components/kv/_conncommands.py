@@ -60,6 +60,35 @@ _SUBSCRIBED_OK: Final = frozenset(
     {b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"UNSUBSCRIBE", b"PUNSUBSCRIBE",
      b"SUNSUBSCRIBE", b"PING", b"QUIT", b"RESET"}
 )  # fmt: skip
+#: The subcommands of container commands that may be queued in MULTI, with Redis's arities:
+#: Redis refuses an unknown one, or a wrong number of arguments, when it queues the command.
+SUBCOMMANDS: Final[dict[bytes, dict[bytes, int]]] = {
+    b"PUBSUB": {
+        b"CHANNELS": -2, b"NUMPAT": 2, b"NUMSUB": -2, b"SHARDCHANNELS": -2, b"SHARDNUMSUB": -2,
+        b"HELP": 2,
+    },
+    b"MEMORY": {
+        b"DOCTOR": 2, b"HELP": 2, b"MALLOC-STATS": 2, b"PURGE": 2, b"STATS": 2, b"USAGE": -3,
+    },
+}  # fmt: skip
+
+
+def subcommand_error(args: list[bytes]) -> KvError | None:
+    """Redis's error for an unknown subcommand or its arity (None: none), per SUBCOMMANDS."""
+    arities = SUBCOMMANDS.get(args[0])
+    if arities is None or len(args) < 2:
+        return None
+    sub = args[1].upper()
+    want = arities.get(sub)
+    if want is None:
+        text = args[1].decode("utf-8", "replace")
+        return KvError(f"ERR unknown subcommand '{text}'. Try {args[0].decode()} HELP.")
+    n = len(args)
+    if (want >= 0 and n != want) or (want < 0 and n < -want):
+        return arity_error(args[0].lower() + b"|" + sub.lower())
+    return None
+
+
 _SHARD_COMMANDS: Final = frozenset({b"SSUBSCRIBE", b"SUNSUBSCRIBE"})
 #: What a client may send before it authenticates (Redis's ``no-auth`` commands).
 _NO_AUTH: Final = frozenset({b"AUTH", b"HELLO", b"QUIT", b"RESET"})
@@ -150,6 +179,8 @@ class ConnectionCommands:
                 self._reply(KvError("ERR WATCH inside MULTI is not allowed"))
             elif spec.no_multi or (spec.kind is CONN and name not in IN_TRANSACTION):
                 self._refuse(_NOT_IN_MULTI)
+            elif (refused := subcommand_error(args)) is not None:
+                self._refuse(refused)  # as Redis: at queueing time, so EXEC aborts
             else:
                 if spec.client_id:  # UNWATCH: a no-op by then, as in Redis
                     args.insert(1, b"%d" % self.id)

@@ -550,3 +550,21 @@ def _wires_with_password(port: int, password: str) -> dict[int, Wire]:
         if len(found) == 2:
             return found
     raise AssertionError(f"connections reached only replicas {sorted(found)}")
+
+
+@PROTOS
+def test_subcommand_errors_abort_a_transaction_like_redis(
+    svc: Service, oracle_port: int, proto: int
+) -> None:
+    script = (
+        [("MULTI",), ("PUBSUB", "HELP", "x"), ("EXEC",)],
+        [("MULTI",), ("MEMORY", "FOO"), ("EXEC",)],
+        [("MULTI",), ("MEMORY", "USAGE"), ("EXEC",)],
+        [("MULTI",), ("PUBSUB", "NUMPAT"), ("PUBSUB", "NUMSUB", "a"), ("EXEC",)],
+    )
+    for commands in script:
+        replies = []
+        for port in (oracle_port, svc.port):
+            w = Wire(port, proto)
+            replies.append([w.call(*args) for args in commands])
+        assert replies[0] == replies[1], commands
