@@ -184,19 +184,39 @@ def _apply(op: _Op, old: int) -> tuple[int | None, int]:
     bits = op.bits
     if op.signed:
         lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-        target = old + op.value if op.opcode == _INCRBY else op.value
+        if op.opcode == _INCRBY:
+            value, incr = old, op.value
+        else:
+            value, incr = op.value, 0
+        target = value + incr
         wrapped = ((target - lo) % (1 << bits)) + lo
+        direction = _signed_overflow(value, incr, bits, lo, hi)
     else:
         lo, hi = 0, (1 << bits) - 1
         # SET: Redis casts the int64 to uint64 first, so -1 is above any unsigned maximum
         target = old + op.value if op.opcode == _INCRBY else op.value % _U64
         wrapped = target % (1 << bits)
+        direction = 1 if target > hi else -1 if target < lo else 0
     new = target
-    if target > hi or target < lo:
+    if direction:
         if op.overflow == _FAIL:
             return None, old
-        new = wrapped if op.overflow == _WRAP else (hi if target > hi else lo)
+        new = wrapped if op.overflow == _WRAP else (hi if direction > 0 else lo)
     return (new if op.opcode == _INCRBY else old), new
+
+
+def _signed_overflow(value: int, incr: int, bits: int, lo: int, hi: int) -> int:
+    """Redis's ``checkSignedBitfieldOverflow``: 1 above, -1 below, 0 within, computed as its
+    C does, in wrapping 64-bit arithmetic: a SET far below the range, such as i8's
+    -9223372036854775808, counts as *above* it (OVERFLOW SAT stores the maximum)."""
+    maxincr = _wrap64(hi - value)
+    minincr = _wrap64(lo - value)
+    wide = bits != 64
+    if value > hi or (wide and incr > maxincr) or (value >= 0 and incr > 0 and incr > maxincr):
+        return 1
+    if value < lo or (wide and incr < minincr) or (value < 0 and incr < 0 and incr < minincr):
+        return -1
+    return 0
 
 
 class Bitmaps(Component):
