@@ -106,13 +106,17 @@ class Commands(Component):
     """Runs batches and transactions of commands (see the module doc)."""
 
     name = "commands"
-    transient: ClassVar[tuple[str, ...]] = ("table", "parts", "_bound")
+    transient: ClassVar[tuple[str, ...]] = ("table", "parts", "_bound", "_blocking", "_ready")
 
     def __init__(self, table: dict[bytes, Spec], parts: list[Component]) -> None:
         self.table = table
         #: the components implementing the commands, by name (links, not state)
         self.parts = {c.name: c for c in parts}
         self._bound: Bound | None = None
+        #: blocked clients (BLPOP, ...) and the keys made ready for them (links)
+        blocking: Any = self.parts.get("blocking")
+        self._blocking = blocking
+        self._ready: dict[bytes, None] = blocking.keyspace.ready if blocking is not None else {}
         #: ``CONFIG SET client-output-buffer-limit``: normal hard, soft, seconds, then
         #: pubsub hard, soft, seconds (empty: the server's defaults).  Replicated, so
         #: every replica's connections obey what a client set on any of them.
@@ -127,16 +131,34 @@ class Commands(Component):
 
     @update
     def run(self, ctx: Context, commands: list[list[bytes]]) -> list[Any]:
-        """A pipeline's run of commands; the result is their replies, in order."""
-        return _execute(ctx, self.bound, commands)
+        """A pipeline's run of commands; the result is their replies, in order.
+
+        After each write, the clients blocked on keys it created are served.
+        """
+        blocking = self._blocking
+        if blocking is None:
+            return _execute(ctx, self.bound, commands)
+        return _execute(ctx, self.bound, commands, blocking.serve, self._ready)
 
     @update
     def exec(self, ctx: Context, commands: list[list[bytes]], client: int) -> Any:
         """A transaction of ``client`` (0: it watched nothing); EXEC's reply.
 
-        Its WATCH check ran before, at order -5.
+        Its WATCH check ran before, at order -5.  Blocking commands inside it
+        answer at once; the clients blocked on keys it created are served
+        after all of its commands, as Redis does.
         """
-        return _execute(ctx, self.bound, commands)
+        blocking = self._blocking
+        if blocking is None:
+            return _execute(ctx, self.bound, commands)
+        blocking.deny = True
+        try:
+            out = _execute(ctx, self.bound, commands)
+        finally:
+            blocking.deny = False
+        if self._ready:
+            blocking.serve(ctx)
+        return out
 
     @update
     def set_output_limits(self, ctx: Context, limits: list[int]) -> Status:
@@ -176,7 +198,14 @@ class Commands(Component):
             return exc
 
 
-def _execute(ctx: Context, bound: Bound, commands: list[list[bytes]]) -> list[Any]:
+def _execute(
+    ctx: Context,
+    bound: Bound,
+    commands: list[list[bytes]],
+    serve: Callable[[Context], None] | None = None,
+    ready: dict[bytes, None] | None = None,
+) -> list[Any]:
+    """Run ``commands`` in order; after each write, ``serve`` the keys it made ``ready``."""
     owner = ctx.is_owner
     now = int(ctx.now * 1000)
     out: list[Any] = []
@@ -205,6 +234,8 @@ def _execute(ctx: Context, bound: Bound, commands: list[list[bytes]]) -> list[An
                 append(exc)
             except Exception as exc:  # noqa: BLE001 - a bug in one command is that command's error
                 append(internal_error(exc))
+            if ready:
+                serve(ctx)  # type: ignore[misc]
         elif owner:
             try:
                 append(fn(now, args))

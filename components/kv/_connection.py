@@ -46,9 +46,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 from dominoes import LogUnavailableError
 
+from ._blocking import Blocking
 from ._commands import Commands, internal_error
 from ._conncommands import ConnectionCommands
-from ._entries import RUN, Appends, Deferred, Delayed, Entry, ready
+from ._entries import RUN, Appends, Blocked, Deferred, Delayed, Entry, Unblocker, ready
 from ._errors import KvError, arity_error, unknown_command, unreachable
 from ._limits import OutputLimits
 from ._persistence import PersistenceCommands
@@ -124,6 +125,8 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
         #: since when (monotonic) the output has been at or above the soft limit
         self.soft_since: float | None = None
         self._soft_timer: asyncio.TimerHandle | None = None
+        #: the entry of the blocking command (BLPOP, ...) this client waits on
+        self.blocked: Blocked | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -152,6 +155,9 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
         if self.watching:
             self.watching = False
             self.server.background(Commands.run, [[b"UNWATCH", b"%d" % self.id]])
+        if self.blocked is not None:
+            self.blocked = None
+            self.server.background(Blocking.disconnect, self.id)
 
     def pause_writing(self) -> None:
         self.writable = False
@@ -170,8 +176,10 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
             commands = exc.commands
             self.failure = exc.message
             self.server.protocol_errors += 1
-        if self.backlog:  # read before reading paused: after the held-back commands
+        if self.backlog or self.blocked is not None:  # after the held-back commands
             self.backlog += commands
+            if self.blocked is not None and len(self.backlog) > MAX_BATCH:
+                self._stop_reading()  # a blocked client's pipeline: enough held
         else:
             self._now = int(time.time() * 1000)
             if commands:
@@ -250,6 +258,7 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
             and not self.fencing
             and not self.more
             and not self.closing
+            and self.blocked is None
             and self.writable
             and not self.delayed
             and len(self.pending) <= MAX_IN_FLIGHT
@@ -321,6 +330,11 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
             kind = cmd.kind
             if kind is WRITE:
                 if not cmd.plain:
+                    if cmd.spec.blocking:
+                        args.insert(1, b"%d" % self.id)
+                        batch.append(args)
+                        self._block(commands, args)
+                        break
                     if cmd.spec.client_id:
                         self._client_command(cmd.name, args)
                         special = self.special
@@ -383,6 +397,32 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
                     check_at = self._limits().next_check(held)
         self.replica.queries += reads
 
+    def _block(self, commands: list[list[bytes]], last: list[bytes]) -> None:
+        """A blocking command ends the batch; the commands after it wait for its reply.
+
+        Reading goes on (a client that closes while blocked is noticed, and
+        its waiter dropped), into ``backlog``.
+        """
+        server = self.server
+        if server.unblocker is None:
+            server.unblocker = Unblocker(self.replica, server.connections)
+        entry = self.blocked = Blocked(self.resp3)
+        self._flush_batch(entry)
+        start = next(i for i, args in enumerate(commands) if args is last) + 1
+        rest = commands[start:]
+        if rest:
+            server.commands_processed -= len(rest)  # counted when they run
+            self.backlog = rest + self.backlog
+
+    def unblocked(self, reply: Any) -> None:
+        """The reply of the blocking command this client waits on (a served or timed-out waiter)."""
+        entry = self.blocked
+        if entry is None or self.transport is None:
+            return
+        entry.answer(reply)
+        self._drain()
+        self._finish()
+
     def _held(self) -> int:
         """The output this connection holds: queued and unsent frames, the transport's buffer."""
         transport = self.transport
@@ -439,12 +479,13 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
 
     # --- log entries -----------------------------------------------------------------------
 
-    def _flush_batch(self) -> None:
+    def _flush_batch(self, entry: Entry | None = None) -> None:
         commands = self.batch
         self.batch = []
         mode = "every" if self.batch_every else "affinity"
         self.batch_every = False
-        entry = Entry(self.resp3, transaction=False)
+        if entry is None:
+            entry = Entry(self.resp3, transaction=False)
         self.pending.append(entry)
         if mode == "affinity" and not self.delayed:
             self.server.join_group(self, entry, commands)
@@ -486,6 +527,11 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
                 frames = head.frames()  # type: ignore[union-attr]
                 out.extend(frames)
                 room -= sum(map(len, frames))
+                if head is self.blocked:  # answered: the commands after it may run
+                    self.blocked = None
+                    if self.backlog and not self._continue_scheduled:
+                        self._continue_scheduled = True
+                        asyncio.get_running_loop().call_soon(self._continue)
             elif type(head) is Deferred and head.start(self._on_done):
                 continue  # its turn came (SAVE, BGSAVE, LASTSAVE) and its reply is ready
             else:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 from dominoes import DurabilityError, EntryTooLargeError, LogFullError, LogUnavailableError
 from dominoes.lowlevel import when_room
 
+from ._blocking import BLOCKED, TOPIC
 from ._commands import Bound, Commands, internal_error
 from ._errors import KvError, misconf, unreachable
 from ._resp import OK, encode
@@ -48,7 +49,18 @@ if TYPE_CHECKING:
 
     from ._server import Server
 
-__all__ = ("RUN", "Appends", "Deferred", "Delayed", "Entry", "Refused", "ready", "refused")
+__all__ = (
+    "RUN",
+    "Appends",
+    "Blocked",
+    "Deferred",
+    "Delayed",
+    "Entry",
+    "Refused",
+    "Unblocker",
+    "ready",
+    "refused",
+)
 
 #: ``Commands.run``'s event by name (a name skips resolving the descriptor on every append).
 RUN: Final = Commands.run.event
@@ -97,6 +109,63 @@ class Entry:
                     result = result[start : start + count]
                 out.extend([_OK_FRAME if r is OK else encode(r, resp3) for r in result])
         return out
+
+
+_UNSET: Final = object()
+
+
+class Blocked(Entry):
+    """An entry ending with a blocking command (BLPOP, ...), in its place among the replies.
+
+    If the command blocked (its reply in the entry is :data:`~._blocking.BLOCKED`),
+    the entry is done only once the real reply came (:meth:`answer`, from the
+    :class:`Unblocker`), whichever of the two arrives first.
+    """
+
+    __slots__ = ("reply",)
+
+    def __init__(self, resp3: bool) -> None:
+        super().__init__(resp3, transaction=False)
+        self.reply: Any = _UNSET
+
+    def answer(self, reply: Any) -> None:
+        self.reply = reply
+
+    def done(self) -> bool:
+        if not super().done():
+            return False
+        fut, count, start = self.parts[-1]
+        result = _outcome(fut)
+        if type(result) is not list or result[start + count - 1] is not BLOCKED:
+            return True
+        if self.reply is _UNSET:
+            return False
+        replies = result[start : start + count]
+        replies[-1] = self.reply
+        answered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        answered.set_result(replies)
+        self.parts[-1] = (answered, count, 0)
+        return True
+
+
+class Unblocker:
+    """One replica's end of :data:`~._blocking.TOPIC`: its blocked clients' replies.
+
+    Every replica applies the entry that serves a waiter (or times it out);
+    each hands the replies of its own clients to their connections.
+    """
+
+    def __init__(self, replica: Replica, connections: dict[int, Any]) -> None:
+        self.connections = connections
+        # Unbounded in practice: one message per served waiter, read at once.
+        self.subscription = replica.feeds.subscribe([TOPIC], maxsize=2**62)
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        async for cid, reply in self.subscription:
+            conn = self.connections.get(cid)
+            if conn is not None:
+                conn.unblocked(reply)
 
 
 class Deferred(Entry):

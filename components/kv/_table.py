@@ -51,6 +51,7 @@ class Spec:
 
     __slots__ = (
         "arity",
+        "blocking",
         "broadcast",
         "client_id",
         "component",
@@ -97,6 +98,8 @@ class Spec:
         self.client_id = "client-id" in flags
         #: refused inside MULTI
         self.no_multi = "no-multi" in flags
+        #: may block the client (BLPOP, ...): its reply may come from a later entry
+        self.blocking = "blocking" in flags
 
     def arity_ok(self, n: int) -> bool:
         return self.min_words <= n <= self.max_words
