@@ -595,6 +595,12 @@ class Engine:
         """Redis's error table for ``message`` (luaPushErrorBuff: ``-CODE msg`` or ``msg``)."""
         return self._table({b"err": _error_field(message)})
 
+    def _command_error(self, message: str) -> Any:
+        """The error table of a command's error (Redis marks it: its stats were counted)."""
+        table = self._error(message)
+        table[b"ignore_error_stats_update"] = True
+        return table
+
     def _invoke(self, args: tuple[Any, ...]) -> tuple[bool, Any]:
         """One redis.call / redis.pcall: (True, the reply) or (False, an error table)."""
         if not args:
@@ -615,11 +621,11 @@ class Engine:
         try:
             value = self.dispatch(words)
         except KvError as exc:
-            return False, self._error("-" + str(exc))
+            return False, self._command_error("-" + str(exc))
         except Exception as exc:  # noqa: BLE001 - a command's bug is that call's error
-            return False, self._error(f"-ERR internal error: {type(exc).__name__}: {exc}")
+            return False, self._command_error(f"-ERR internal error: {type(exc).__name__}: {exc}")
         if isinstance(value, KvError):
-            return False, self._error("-" + str(value))
+            return False, self._command_error("-" + str(value))
         try:
             return True, self.to_lua(value, self.resp)
         except Exception as exc:  # noqa: BLE001

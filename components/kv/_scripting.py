@@ -214,12 +214,20 @@ class Scripting(Component):
 
     @command("EVALSHA", -3, write=True, flags=("noscript", "broadcast", "stale"))
     def evalsha(self, ctx: Context, args: list[bytes]) -> Any:
+        sha, body = self._cached(args)
+        return self._run(ctx, now_ms(ctx), sha, body, args)
+
+    def _cached(self, args: list[bytes]) -> tuple[bytes, bytes]:
+        """EVALSHA's script, in Redis's order: a SHA that is not 40 characters long is
+        NOSCRIPT at once, then numkeys is checked, then the cache."""
+        if len(args[1]) != 40:
+            raise KvError(_NOSCRIPT)
         _keys_and_args(args)
         sha = args[1].lower()
         body = self.scripts.get(sha)
         if body is None:
             raise KvError(_NOSCRIPT)
-        return self._run(ctx, now_ms(ctx), sha, body, args)
+        return sha, body
 
     @command("EVAL_RO", -3, flags=("noscript", "stale"))
     def eval_ro(self, now: int, args: list[bytes]) -> Any:
@@ -229,11 +237,7 @@ class Scripting(Component):
 
     @command("EVALSHA_RO", -3, flags=("noscript", "stale"))
     def evalsha_ro(self, now: int, args: list[bytes]) -> Any:
-        _keys_and_args(args)
-        sha = args[1].lower()
-        body = self.scripts.get(sha)
-        if body is None:
-            raise KvError(_NOSCRIPT)
+        sha, body = self._cached(args)
         return self._run(None, now, sha, body, args)
 
     # --- SCRIPT ------------------------------------------------------------------------------

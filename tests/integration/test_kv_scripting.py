@@ -276,6 +276,12 @@ CALLS: list[tuple[Any, ...]] = [
        1, "list", "x", "y"),
     ev("return redis.call('get', KEYS[1])", 1, "list"), ("LRANGE", "list", 0, -1),
     ev("return redis.call('del', 'a', 's')"), ("EXISTS", "a", "s"),
+    # a command's error table carries Redis's ignore_error_stats_update; the library's not
+    ("HSET", "hh", "f", "v"),
+    *[ev(f"return cjson.encode(redis.pcall({a}))") for a in (
+        "'nosuch'", "'get'", "'get', {}", "", "'incr', 'hh'", "'set', 'k', 'v', 'bad'", "'multi'",
+    )],
+    ("EVAL_RO", "return cjson.encode(redis.pcall('set', 'a', 'b'))", 0),
 ]  # fmt: skip
 
 SANDBOX: list[tuple[Any, ...]] = [
@@ -336,6 +342,8 @@ CACHE: list[tuple[Any, ...]] = [
     ("EVAL_RO", "return redis.call('set', 'a', '1')", 0),
     ("EVAL_RO", "return redis.pcall('set', 'a', '1')", 0),
     ("SET", "a", "v"), ("EVAL_RO", "return redis.call('get', KEYS[1])", 1, "a"),
+    ("EVALSHA", "x", "abc"), ("EVALSHA", "x", -1), ("EVALSHA", "f" * 40, -1),
+    ("EVALSHA", "f" * 40, 5), ("EVALSHA_RO", "x", -1), ("EVALSHA_RO", "f" * 40, "x"),
     ("EVAL_RO", "return 1", "x"), ("EVAL_RO", "return 1 +", 0),
 ]  # fmt: skip
 
