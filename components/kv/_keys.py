@@ -279,8 +279,8 @@ class _Pattern:
     __slots__ = ("field", "hash", "postfix", "prefix", "star")
 
     def __init__(self, pattern: bytes) -> None:
-        self.hash = pattern[:1] == b"#" and _c_string(pattern) == b"#"
         c = _c_string(pattern)
+        self.hash = c == b"#"  # "#" alone, or followed by a NUL
         star = c.find(b"*")
         self.star = star >= 0
         self.prefix = pattern[:star]
