@@ -22,8 +22,9 @@ Differences from Redis, all in the bytes a GET shows:
 
 Corrupt sparse values answer ``INVALIDOBJ Corrupted HLL object detected``, a
 string that is not an HLL ``WRONGTYPE Key is not a valid HyperLogLog string
-value.``, as in Redis.  PFDEBUG and PFSELFTEST (Redis's debugging commands)
-are not provided.
+value.``, as in Redis; but a PFADD decodes a sparse value whole before writing,
+where Redis's may update a register that lies before the corruption and answer 1.
+PFDEBUG and PFSELFTEST (Redis's debugging commands) are not provided.
 """
 
 from __future__ import annotations
