@@ -9,7 +9,7 @@ estimate is Redis 7's (Otmar Ertl's improved estimator over the registers'
 histogram), so PFCOUNT answers exactly what redis-server answers for the same
 elements.
 
-Differences from Redis, all in the bytes a GET shows:
+Differences from Redis (the bytes a GET shows, and what PFCOUNT touches):
 
 * Redis starts an HLL *sparse* (a run-length encoding, a few hundred bytes)
   and converts it to dense past 3000 bytes; here it is dense from the start.
