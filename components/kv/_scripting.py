@@ -37,7 +37,7 @@ from ._commands import Bound, bind_table
 from ._errors import KvError, parse_int
 from ._keyspace import now_ms
 from ._lua import DEFAULT_INSTRUCTION_LIMIT, Engine, sha1hex
-from ._resp import OK, Status
+from ._resp import OK, Status, split_args
 from ._table import Spec, command
 
 if TYPE_CHECKING:
@@ -115,6 +115,7 @@ class Scripting(Component):
         "_engine",
         "_ctx",
         "_now",
+        "_readonly",
     )
 
     #: SHA1 (40 lower-case hex digits) -> script body
@@ -130,6 +131,8 @@ class Scripting(Component):
         #: while a script runs: its entry's context (None in a read-only script) and time
         self._ctx: Context | None = None
         self._now = 0
+        #: the running script may not write (EVAL_RO, or its shebang says no-writes)
+        self._readonly = False
 
     # --- the runtime -------------------------------------------------------------------------
 
@@ -172,9 +175,9 @@ class Scripting(Component):
             raise KvError("ERR This Redis command is not allowed from script")
         fn, write, _ = impl
         ctx = self._ctx
+        if write and self._readonly:
+            raise KvError("ERR Write commands are not allowed from read-only scripts.")
         if ctx is None:
-            if write:
-                raise KvError("ERR Write commands are not allowed from read-only scripts.")
             return fn(self._now, args)
         expiry = self._expiry()
         if expiry is not None and spec.first:
@@ -185,14 +188,22 @@ class Scripting(Component):
             return _seeded(ctx.random.getrandbits(64), fn, self._now, args)
         return fn(self._now, args)
 
+    def _compile(self, sha: bytes, body: bytes) -> tuple[Any, frozenset[str]]:
+        """The compiled script and its shebang's flags (KvError: it does not compile)."""
+        flags, code = _shebang(body)
+        return self.engine.compile(sha, code), flags
+
     def _run(
         self, ctx: Context | None, now: int, sha: bytes, body: bytes, args: list[bytes]
     ) -> Any:
         keys, argv = _keys_and_args(args)
         engine = self.engine
-        fn = engine.compile(sha, body)
+        fn, flags = self._compile(sha, body)
+        if ctx is None and flags is not _COMPAT and "no-writes" not in flags:
+            raise KvError("ERR Can not execute a script with write flag using *_ro command.")
         seed = ctx.random.getrandbits(64) if ctx is not None else random.getrandbits(64)
         self._ctx, self._now = ctx, now
+        self._readonly = ctx is None or "no-writes" in flags
         try:
             reply = engine.run(fn, sha, keys, argv, seed)
         finally:
@@ -208,7 +219,7 @@ class Scripting(Component):
         _keys_and_args(args)  # numkeys is checked before the script
         body = args[1]
         sha = sha1hex(body)
-        self.engine.compile(sha, body)  # a script that does not compile is not cached
+        self._compile(sha, body)  # a script that does not compile is not cached
         self.scripts[sha] = body
         return self._run(ctx, now_ms(ctx), sha, body, args)
 
@@ -257,7 +268,7 @@ class Scripting(Component):
         if sub == b"LOAD":
             body = args[2]
             sha = sha1hex(body)
-            self.engine.compile(sha, body)
+            self._compile(sha, body)
             self.scripts[sha] = body
             return sha
         if sub == b"EXISTS":
@@ -289,6 +300,46 @@ class Scripting(Component):
 
     def restore(self, state: dict[str, Any]) -> None:
         self.scripts = {bytes(k): bytes(v) for k, v in state["scripts"].items()}
+
+
+#: The flags of a script without a shebang (Redis's "eval compatibility mode").
+_COMPAT: Final = frozenset({"compat"})
+_SHEBANG_FLAGS: Final = frozenset(
+    {"no-writes", "allow-oom", "allow-stale", "no-cluster", "allow-cross-slot-keys"}
+)
+
+
+def _shebang(body: bytes) -> tuple[frozenset[str], bytes]:
+    """A script's flags (``#!lua flags=no-writes,...``) and the Lua code to compile.
+
+    The shebang line becomes a comment, so line numbers stay those of the body.
+    """
+    if not body.startswith(b"#!"):
+        return _COMPAT, body
+    end = body.find(b"\n")
+    if end < 0:
+        raise KvError("ERR Invalid script shebang")
+    parts = split_args(body[:end])
+    if not parts:
+        raise KvError("ERR Invalid engine in script shebang")
+    if parts[0] != b"#!lua":
+        raise KvError(f"ERR Unexpected engine in script shebang: {_text(parts[0])}")
+    flags: set[str] = set()
+    for part in parts[1:]:
+        if not part.startswith(b"flags="):
+            raise KvError(f"ERR Unknown lua shebang option: {_text(part)}")
+        for flag in part[6:].split(b","):
+            name = _text(flag)
+            if name not in _SHEBANG_FLAGS:
+                if not flag and part == b"flags=":
+                    continue
+                raise KvError(f"ERR Unexpected flag in script shebang: {name}")
+            flags.add(name)
+    return frozenset(flags), b"--" + body[2:]
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "replace")
 
 
 def _keys_and_args(args: list[bytes]) -> tuple[list[bytes], list[bytes]]:

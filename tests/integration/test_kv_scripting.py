@@ -347,7 +347,36 @@ CACHE: list[tuple[Any, ...]] = [
     ("EVAL_RO", "return 1", "x"), ("EVAL_RO", "return 1 +", 0),
 ]  # fmt: skip
 
+SHEBANGS: list[tuple[Any, ...]] = [
+    ("SET", "a", "b"),
+    *[ev(body) for body in (
+        "#!lua\nreturn 1",
+        "#!lua\nerror('x')",
+        "#!lua flags=no-writes\nreturn redis.call('set','a','b')",
+        "#!lua flags=no-writes,allow-stale\nreturn redis.call('get','a')",
+        "#!lua flags=bad\nreturn 1",
+        "#!lua flags=\nreturn 1",
+        "#!lua x=1\nreturn 1",
+        "#!py\nreturn 1",
+        "#!lua",
+        "#!lua\n",
+        "#!lua name=x\nreturn 1",
+        "#!lua flags=no-writes flags=allow-oom\nreturn 1",
+        "#!lua  flags=no-writes\nreturn 1",
+        "#!lua\nreturn 1 +",
+        "#!lua\r\nreturn 1",
+        "#!\nreturn 1",
+        "#!lua flags=no-writes\nreturn redis.pcall('set','a','b')",
+        "#!lua flags=a,,b\nreturn 1",
+        "#!lua flags=no-cluster,allow-cross-slot-keys,allow-oom\nreturn 1",
+        "#!lua flags=,\nreturn 1",
+    )],
+    ("EVAL_RO", "#!lua\nreturn 1", 0), ("EVAL_RO", "#!lua flags=no-writes\nreturn 1", 0),
+    ("SCRIPT", "LOAD", "#!lua flags=bad\nreturn 1"), ("SCRIPT", "LOAD", "#!lua\nreturn 7"),
+]  # fmt: skip
+
 GROUPS = {
+    "shebangs": SHEBANGS,
     "conversions": CONVERSIONS,
     "calls": CALLS,
     "sandbox": SANDBOX,
