@@ -390,12 +390,16 @@ def test_client_kill_reaches_the_other_replica(svc: Service) -> None:
     assert all(w.closed() for w in subscribers.values())
     assert ours[0].call("PUBSUB", "NUMSUB", "news") == [b"news", 0]
 
-    # SKIPME no: the client that asks is closed too, after its reply
+    # filters combine (LADDR and ID); SKIPME no: the client that asks is closed too, after
+    # its reply
+    victim = _wires(svc.port, 2)[1]
+    assert ours[0].call("CLIENT", "KILL", "LADDR", "1.2.3.4:5", "ID", victim.field("id")) == 0
+    laddr = victim.field("laddr")
+    assert ours[0].call("CLIENT", "KILL", "LADDR", laddr, "ID", victim.field("id")) == 1
+    assert victim.closed()
     me = ours[0]
-    count = me.call("CLIENT", "KILL", "LADDR", me.field("laddr"), "SKIPME", "no")
-    assert count >= 2  # itself, ours[1], and whoever else is connected
+    assert me.call("CLIENT", "KILL", "ADDR", me.field("addr"), "SKIPME", "no") == 1
     assert me.closed()
-    assert ours[1].closed()
 
 
 # --- CLIENT REPLY -----------------------------------------------------------------------------
