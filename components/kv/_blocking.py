@@ -165,8 +165,8 @@ class Blocking(Component, ClientState):
     @command("BLMPOP", -5, write=True, keys=(4, -1, 1), flags=("client-id", "blocking"))
     @command("BZMPOP", -5, write=True, keys=(4, -1, 1), flags=("client-id", "blocking"))
     def bmpop(self, ctx: Context, args: list[bytes]) -> Any:
+        keys, _, _ = _mpop_options(args)  # before the timeout, as Redis parses them
         timeout = parse_timeout(args[2])
-        keys, _, _ = _mpop_options(args)
         return self._try_or_block(ctx, args, keys, timeout)
 
     def _try_or_block(
