@@ -167,6 +167,8 @@ class Scripting(Component):
             now = self._now
             return [b"%d" % (now // 1000), b"%d" % (now % 1000 * 1000)]
         if spec is None:
+            if name in NOT_IN_SCRIPTS:  # Redis has it (FCALL, BLPOP, ...), and refuses it here
+                raise KvError("ERR This Redis command is not allowed from script")
             raise KvError("ERR Unknown Redis command called from script")
         if not spec.arity_ok(len(args)):
             raise KvError("ERR Wrong number of args calling Redis command from script")

@@ -255,6 +255,7 @@ CALLS: list[tuple[Any, ...]] = [
     ev("return redis.call('eval', 'return 1', 0)"), ev("return redis.call('multi')"),
     ev("return redis.call('watch', 'l')"), ev("return redis.call('subscribe', 'c')"),
     ev("return redis.call('script', 'load', 'return 1')"), ev("return redis.pcall('exec')"),
+    ev("return redis.call('fcall', 'f', 0)"), ev("return redis.call('blpop', 'l', 0)"),
     ev("return redis.call('ping')"), ev("return redis.call('echo', 'x')"),
     ev("return type(redis.call('get', 'nokey'))"),
     ev("redis.setresp(3); return type(redis.call('get', 'nokey'))"),
