@@ -56,10 +56,11 @@ from ._keyspace import Keyspace, now_ms
 from ._lists import Lists
 from ._resp import NULL_ARRAY
 from ._sets import LONG_MAX, parse_count
+from ._streams import Stream, Streams, fmt, parse_read
 from ._table import command
 from ._zsets import ZSet, Zsets, _nested, _score
 
-__all__ = ("BLOCKED", "TOPIC", "Blocking", "parse_timeout")
+__all__ = ("BLOCKED", "BLOCKING_READ", "TOPIC", "Blocking", "blocks", "parse_timeout")
 
 #: The feed topic carrying ``(client id, reply)`` for every served or timed-out waiter.
 TOPIC: Final = "dominoes.kv.unblocked"
@@ -77,6 +78,23 @@ class _Blocked:
 
 
 BLOCKED: Final = _Blocked()
+
+#: The internal command an XREAD or XREADGROUP with BLOCK becomes (the connection
+#: rewrites it: ``BLOCKING_READ cid XREAD ...``).  Not in the command table, so no
+#: client can name it.
+BLOCKING_READ: Final = b"\x00BLOCKING-READ"
+_STREAM_READS: Final = (b"XREAD", b"XREADGROUP")
+
+
+def blocks(args: list[bytes]) -> bool:
+    """Whether an XREAD/XREADGROUP has a BLOCK option (before STREAMS)."""
+    for word in args[1:]:
+        upper = word.upper()
+        if upper == b"STREAMS":
+            return False
+        if upper == b"BLOCK":
+            return True
+    return False
 
 _TIMEOUT_ERROR: Final = "ERR timeout is not a float or out of range"
 _DECIMAL: Final = re.compile(rb"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -118,12 +136,13 @@ class Blocking(Component, ClientState):
     """Waiters (replicated), serving them at apply time, their timeouts (see the module doc)."""
 
     name = "blocking"
-    transient: ClassVar[tuple[str, ...]] = ("keyspace", "lists", "zsets", "deny")
+    transient: ClassVar[tuple[str, ...]] = ("keyspace", "lists", "zsets", "streams", "deny")
 
-    def __init__(self, keyspace: Keyspace, lists: Lists, zsets: Zsets) -> None:
+    def __init__(self, keyspace: Keyspace, lists: Lists, zsets: Zsets, streams: Streams) -> None:
         self.keyspace = keyspace
         self.lists = lists
         self.zsets = zsets
+        self.streams = streams
         #: token -> [client id, the command's args (client id removed), its keys, timer id]
         self.waiters: dict[int, list[Any]] = {}
         #: key -> the tokens waiting on it, oldest first
@@ -169,6 +188,32 @@ class Blocking(Component, ClientState):
         timeout = parse_timeout(args[2])
         return self._try_or_block(ctx, args, keys, timeout)
 
+    def blocking_read(self, ctx: Context, args: list[bytes]) -> Any:
+        """``BLOCKING_READ cid XREAD|XREADGROUP ...``: an XREAD or XREADGROUP with BLOCK.
+
+        Served at once if it has something; otherwise a waiter, whose ``$`` IDs
+        are resolved now (the last ID of each stream at this position in the log).
+        """
+        cid = int(args[1])
+        command = args[2:]
+        group = command[0] == b"XREADGROUP"
+        now = now_ms(ctx)
+        req, texts = parse_read(command, xreadgroup=group)
+        assert req.block is not None
+        self.streams._resolve_ids(now, req, texts)
+        served = self.streams.serve_read(ctx if group else None, now, req)
+        if served is not None:
+            return served
+        if self.deny or cid == 0:
+            return NULL_ARRAY
+        # Keep the command with each ID made explicit ("$" resolved), for serving later.
+        fixed = list(command)
+        start = len(command) - len(texts)
+        for j, i in enumerate(req.ids):
+            if i is not None:
+                fixed[start + j] = fmt(i)
+        return self._wait(ctx, cid, fixed, req.keys, req.block)
+
     def _try_or_block(
         self, ctx: Context, args: list[bytes], keys: list[bytes], timeout: int
     ) -> Any:
@@ -186,6 +231,12 @@ class Blocking(Component, ClientState):
                 return self._pop(ctx, args, key)
         if self.deny or cid == 0:
             return None if args[0] in (b"BLMOVE", b"BRPOPLPUSH") else NULL_ARRAY
+        return self._wait(ctx, cid, [args[0], *args[2:]], keys, timeout)
+
+    def _wait(
+        self, ctx: Context, cid: int, command: list[bytes], keys: list[bytes], timeout: int
+    ) -> Any:
+        """Register ``cid``'s waiter for ``command`` (its client id left out) on ``keys``."""
         old = self.by_client.get(cid)
         if old is not None:  # cannot happen through a connection; keep one per client
             self._drop(ctx, old)
@@ -194,7 +245,7 @@ class Blocking(Component, ClientState):
         if timeout:
             timer = ctx.raise_later(timeout / 1000, Blocking.expire, token)
         unique = list(dict.fromkeys(keys))
-        self.waiters[token] = [cid, [args[0], *args[2:]], unique, timer]
+        self.waiters[token] = [cid, command, unique, timer]
         self.by_client[cid] = token
         for key in unique:
             self.queues.setdefault(key, []).append(token)
@@ -254,20 +305,39 @@ class Blocking(Component, ClientState):
             now = now_ms(ctx)
             for token in tuple(queue):
                 value = ks.get(key, now)
-                if not value:
+                if value is None:
                     break
                 waiter = self.waiters[token]
                 cid, args = waiter[0], waiter[1]
-                if (type(value) is ZSet) != args[0].startswith(b"BZ"):
-                    continue  # a list waiter on a key that is now a sorted set, or the reverse
-                full = [args[0], b"%d" % cid, *args[1:]]
-                try:
-                    reply = self._pop(ctx, full, key)
-                except KvError as exc:  # BLMOVE to a key of another type: nothing moved
-                    reply = exc
+                if args[0] in _STREAM_READS:
+                    if type(value) is not Stream:
+                        continue
+                    reply = self._read_again(ctx, args, now)
+                    if reply is None:
+                        continue  # nothing new for this one (an XREADGROUP's group is behind)
+                else:
+                    if not value:
+                        break
+                    if type(value) is not (ZSet if args[0].startswith(b"BZ") else deque):
+                        continue  # a list waiter on a key that is now a sorted set, ...
+                    full = [args[0], b"%d" % cid, *args[1:]]
+                    try:
+                        reply = self._pop(ctx, full, key)
+                    except KvError as exc:  # BLMOVE to a key of another type: nothing moved
+                        reply = exc
                 self._drop(ctx, token)
                 self.served += 1
                 ctx.publish(TOPIC, (cid, reply))
+
+    def _read_again(self, ctx: Context, command: list[bytes], now: int) -> Any:
+        """A waiting XREAD/XREADGROUP served now: its reply, None if nothing yet, or its error."""
+        group = command[0] == b"XREADGROUP"
+        try:
+            req, texts = parse_read(command, xreadgroup=group)
+            self.streams._resolve_ids(now, req, texts)
+            return self.streams.serve_read(ctx if group else None, now, req)
+        except KvError as exc:  # its group was destroyed meanwhile, ...
+            return exc
 
     def _drop(self, ctx: Context, token: int) -> list[Any] | None:
         waiter = self.waiters.pop(token, None)
@@ -296,6 +366,10 @@ class Blocking(Component, ClientState):
         self.timeouts += 1
         name = waiter[1][0]
         ctx.publish(TOPIC, (waiter[0], None if name in (b"BLMOVE", b"BRPOPLPUSH") else NULL_ARRAY))
+
+    def internal_commands(self) -> dict[bytes, Any]:
+        """Write commands that are not in the table (the connection makes them)."""
+        return {BLOCKING_READ: self.blocking_read}
 
     @update
     def disconnect(self, ctx: Context, cid: int) -> None:

@@ -126,7 +126,12 @@ class Commands(Component):
     def bound(self) -> Bound:
         """Every command's implementation, bound to this replica's components."""
         if self._bound is None:
-            self._bound = bind_table(self.table, self.parts.__getitem__)
+            bound = bind_table(self.table, self.parts.__getitem__)
+            for part in self.parts.values():  # the writes no client names (a blocking read)
+                internal = getattr(part, "internal_commands", None)
+                if internal is not None:
+                    bound.update({name: (fn, True, None) for name, fn in internal().items()})
+            self._bound = bound
         return self._bound
 
     @update

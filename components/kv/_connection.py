@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from dominoes import LogUnavailableError
 
-from ._blocking import Blocking
+from ._blocking import BLOCKING_READ, Blocking, blocks
 from ._commands import Commands, internal_error
 from ._conncommands import ConnectionCommands
 from ._entries import RUN, Appends, Blocked, Deferred, Delayed, Entry, Unblocker, ready
@@ -328,6 +328,11 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
                 if handled:
                     continue
             kind = cmd.kind
+            if cmd.spec.may_block and blocks(args):  # XREAD ... BLOCK: a blocking write
+                args[0:1] = [BLOCKING_READ, b"%d" % self.id, cmd.name]
+                batch.append(args)
+                self._block(commands, args)
+                break
             if kind is WRITE:
                 if not cmd.plain:
                     if cmd.spec.blocking:

@@ -32,6 +32,7 @@ from dominoes import Component, Context
 from ._errors import INT64_MAX, INT64_MIN, KvError, parse_int, syntax_error
 from ._glob import glob_matcher
 from ._resp import OK, Status
+from ._streams import Stream
 from ._table import command
 from ._zsets import ZSet
 
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ("Keyspace", "Value", "deadline_ms", "invalid_expire_time", "now_ms", "type_name")
 
-Value: TypeAlias = bytes | dict[bytes, bytes] | deque[bytes] | set[bytes] | ZSet
+Value: TypeAlias = bytes | dict[bytes, bytes] | deque[bytes] | set[bytes] | ZSet | Stream
 
 #: SCAN walks a 32-bit hash space; one call returns at least 1/SCAN_PAGES of
 #: the keyspace (or COUNT keys if more), so a full scan costs O(SCAN_PAGES * n)
@@ -48,9 +49,16 @@ Value: TypeAlias = bytes | dict[bytes, bytes] | deque[bytes] | set[bytes] | ZSet
 SCAN_PAGES: Final = 64
 _HASH_MASK: Final = 0xFFFFFFFF
 
-_TYPES: Final = {bytes: "string", dict: "hash", deque: "list", set: "set", ZSet: "zset"}
+_TYPES: Final = {
+    bytes: "string",
+    dict: "hash",
+    deque: "list",
+    set: "set",
+    ZSet: "zset",
+    Stream: "stream",
+}
 #: A value's type in snapshots (``"z"`` was taken by sets: a sorted set is ``"Z"``).
-_TAGS: Final = {bytes: "s", dict: "h", deque: "l", set: "z", ZSet: "Z"}
+_TAGS: Final = {bytes: "s", dict: "h", deque: "l", set: "z", ZSet: "Z", Stream: "x"}
 
 
 def now_ms(ctx: Context) -> int:
@@ -103,7 +111,7 @@ class Keyspace(Component):
     """Keys, their values, deadlines and versions; DEL, EXISTS, TYPE, KEYS, SCAN, ..."""
 
     name = "keyspace"
-    transient: ClassVar[tuple[str, ...]] = ("expiry",)
+    transient: ClassVar[tuple[str, ...]] = ("expiry", "blocked", "ready")
 
     def __init__(self) -> None:
         self.values: dict[bytes, Value] = {}
@@ -113,6 +121,10 @@ class Keyspace(Component):
         self.tick = 0
         #: the expiry micro-protocol, told about every new deadline (set by Expiry)
         self.expiry: Expiry | None = None
+        #: key -> the blocked clients waiting on it (``Blocking.queues``, set by Blocking)
+        self.blocked: dict[bytes, list[int]] = {}
+        #: keys created while clients wait on them, in order, until Blocking serves them
+        self.ready: dict[bytes, None] = {}
 
     # --- the API of the data-type components -----------------------------------------------
 
@@ -130,6 +142,13 @@ class Keyspace(Component):
         self.values[key] = value
         if self.watched:
             self.bump(key)
+        if self.blocked and key in self.blocked:
+            self.ready[key] = None
+
+    def signal(self, key: bytes) -> None:
+        """``key`` (which exists) got something new a blocked client may wait for (XADD)."""
+        if self.blocked and key in self.blocked:
+            self.ready[key] = None
 
     def bump(self, key: bytes) -> None:
         """``key`` changed in place (its value, or its deadline)."""
@@ -339,7 +358,7 @@ class Keyspace(Component):
 
 
 def _plain(value: Value) -> Any:
-    if type(value) is ZSet:
+    if type(value) is ZSet or type(value) is Stream:
         return value.plain()
     return list(value) if type(value) is deque else value
 
@@ -353,4 +372,6 @@ def _typed(tag: str, value: Any) -> Value:
         return deque(value)
     if tag == "Z":
         return ZSet((bytes(m), float(s)) for m, s in value)
+    if tag == "x":
+        return Stream.from_plain(value)
     return set(value)

@@ -26,10 +26,11 @@ most LIMIT entries (10000 when LIMIT is not given, as Redis's default with
 100-entry nodes).  ``=`` is exactly Redis's.
 
 **Blocking.**  :meth:`Streams.serve_read` is "serve this XREAD/XREADGROUP now,
-or None if there is nothing yet"; the blocking machinery may call it later.
-Until then, XREAD/XREADGROUP with BLOCK and nothing to return answer as if the
-timeout had elapsed (a null array), as Redis does for a client that may not
-block (inside MULTI).
+or None if there is nothing yet".  An XREAD/XREADGROUP with BLOCK (outside
+MULTI) becomes a blocking read (``_blocking.Blocking.blocking_read``), which
+calls it at once and again whenever XADD adds to one of its streams
+(``Keyspace.signal``).  Inside MULTI or a script, BLOCK with nothing to return
+answers as if the timeout had passed (a null array), as Redis does.
 """
 
 from __future__ import annotations
@@ -621,6 +622,7 @@ class Streams(Component):
             self.keyspace.put(key, s)
         else:
             self.keyspace.bump(key)
+            self.keyspace.signal(key)  # blocked XREADs may have something now
         s.entries[new] = list(fields)
         s.last = new
         s.added += 1
@@ -828,17 +830,18 @@ class Streams(Component):
     def _read_reply(self, req: ReadRequest, served: Any) -> Any:
         if served is not None:
             return served
-        # KNOWN (temporary): BLOCK answers as if its timeout had elapsed; the blocking
-        # machinery (_blocking.py) will retry serve_read instead.
+        # Nothing yet: with BLOCK outside MULTI the connection made this a blocking read
+        # (Blocking.blocking_read); here it is a read that may not block (in MULTI, or
+        # a script), which answers as if its timeout had passed, as Redis does.
         return NULL_ARRAY
 
-    @command("XREAD", -4, keys=(1, -1, 1))
+    @command("XREAD", -4, keys=(1, -1, 1), flags=("may-block",))
     def xread(self, now: int, args: list[bytes]) -> Any:
         req, texts = parse_read(args, xreadgroup=False)
         self._resolve_ids(now, req, texts)
         return self._read_reply(req, self.serve_read(None, now, req))
 
-    @command("XREADGROUP", -7, write=True, keys=(1, -1, 1))
+    @command("XREADGROUP", -7, write=True, keys=(1, -1, 1), flags=("may-block",))
     def xreadgroup(self, ctx: Context, args: list[bytes]) -> Any:
         req, texts = parse_read(args, xreadgroup=True)
         now = _now_ms(ctx)

@@ -60,6 +60,7 @@ class Spec:
         "kind",
         "last",
         "max_words",
+        "may_block",
         "method",
         "min_words",
         "name",
@@ -100,6 +101,8 @@ class Spec:
         self.no_multi = "no-multi" in flags
         #: may block the client (BLPOP, ...): its reply may come from a later entry
         self.blocking = "blocking" in flags
+        #: blocks when an option says so (XREAD ... BLOCK ms): the connection decides
+        self.may_block = "may-block" in flags
 
     def arity_ok(self, n: int) -> bool:
         return self.min_words <= n <= self.max_words

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.integration
 if shutil.which("redis-server") is None:
     pytest.skip("redis-server is not installed", allow_module_level=True)
 
-KEYS = ["q", "q2", "src", "dst", "z", "z2", "s"]
+KEYS = ["q", "q2", "src", "dst", "z", "z2", "s", "st", "st2"]
 
 
 def _raw(r: redis.Redis) -> redis.Redis:
@@ -61,6 +61,12 @@ class Target:
                 out[key] = self.observer.lrange(key, 0, -1)
             elif kind == b"zset":
                 out[key] = self.observer.zrange(key, 0, -1, withscores=True)
+            elif kind == b"stream":
+                groups = [
+                    (g["name"], g["pending"], g["last-delivered-id"])
+                    for g in self.observer.xinfo_groups(key)
+                ]
+                out[key] = (self.observer.xrange(key), groups)
             elif kind != b"none":
                 out[key] = (kind, self.observer.dump(key) if kind != b"string" else
                             self.observer.get(key))  # fmt: skip
@@ -188,6 +194,17 @@ SERVED = {
     # a key that becomes a sorted set does not serve a list waiter (nor count as served)
     "other type": ([], [(0, ("BLPOP", "q", "0"))],
                    [(3, ("ZADD", "q", "1", "m")), (3, ("DEL", "q")), (3, ("RPUSH", "q", "v"))]),
+    # XREAD BLOCK: "$" is the stream's last ID when the waiter registered; an XADD
+    # to an existing stream serves it, and so does one that creates a stream
+    "xread": ([(1, ("XADD", "st", "1-1", "f", "old"))],
+              [(0, ("XREAD", "BLOCK", "0", "STREAMS", "st", "$")),
+               (1, ("XREAD", "COUNT", "5", "BLOCK", "0", "STREAMS", "st2", "st", "0", "1-1"))],
+              [(3, ("XADD", "st", "2-1", "f", "new")), (3, ("XADD", "st2", "3-1", "g", "h"))]),
+    "xreadgroup": ([(1, ("XADD", "st", "1-1", "f", "old")),
+                    (1, ("XGROUP", "CREATE", "st", "g", "$"))],
+                   [(0, ("XREADGROUP", "GROUP", "g", "c1", "BLOCK", "0", "STREAMS", "st", ">")),
+                    (2, ("XREADGROUP", "GROUP", "g", "c2", "BLOCK", "0", "STREAMS", "st", ">"))],
+                   [(3, ("XADD", "st", "2-1", "f", "a")), (3, ("XADD", "st", "3-1", "f", "b"))]),
     # BLMOVE to a key of another type: the waiter gets WRONGTYPE, the element stays
     "blmove wrongtype": ([(1, ("SET", "dst", "x"))],
                          [(0, ("BLMOVE", "src", "dst", "LEFT", "LEFT", "0"))],
@@ -246,11 +263,22 @@ IMMEDIATE = [
     ("BZMPOP", "0.001", "1", "empty", "MAX"),
     ("BLPOP", "q"),
     ("BLMOVE", "q", "dst", "LEFT", "RIGHT"),
+    ("XADD", "st", "1-1", "f", "v"),
+    ("XREAD", "BLOCK", "1", "STREAMS", "st", "$"),
+    ("XREAD", "BLOCK", "0", "STREAMS", "st", "0"),
+    ("XREAD", "BLOCK", "-1", "STREAMS", "st", "0"),
+    ("XREAD", "BLOCK", "x", "STREAMS", "st", "0"),
+    ("XREAD", "BLOCK", "0", "STREAMS", "q", "0"),
+    ("XREADGROUP", "GROUP", "nog", "c", "BLOCK", "0", "STREAMS", "st", ">"),
+    ("XGROUP", "CREATE", "st", "g", "$"),
+    ("XREADGROUP", "GROUP", "g", "c", "BLOCK", "1", "STREAMS", "st", ">"),
+    ("XREADGROUP", "GROUP", "g", "c", "BLOCK", "0", "STREAMS", "st", "0"),
     ("MULTI",),
     ("BLPOP", "empty", "0"),
     ("BLMOVE", "empty", "dst", "LEFT", "LEFT", "0"),
     ("BZMPOP", "0", "1", "empty", "MIN"),
     ("BLPOP", "s", "0"),
+    ("XREAD", "BLOCK", "0", "STREAMS", "st", "$"),
     ("EXEC",),
 ]
 
