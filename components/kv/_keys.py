@@ -48,7 +48,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Protocol
 
 import msgspec
 
@@ -114,11 +114,25 @@ _OBJECT_HELP: Final = [
         "    Prints this help.",
     )
 ]
+#: The maxmemory policies under which Redis counts frequencies instead of idle times.
+_LFU_POLICIES: Final = frozenset({b"allkeys-lfu", b"volatile-lfu"})
+#: The counter Redis gives a new key under an LFU policy.
+LFU_INIT_VAL: Final = 5
+_LFU: Final = (
+    "ERR An LFU maxmemory policy is selected, idle time not tracked. Please note that when "
+    "switching between policies at runtime LRU and LFU data will take some time to adjust."
+)
 _NO_LFU: Final = (
     "ERR An LFU maxmemory policy is not selected, access frequency not tracked. Please note "
     "that when switching between policies at runtime LRU and LFU data will take some time "
     "to adjust."
 )
+
+
+class Settings(Protocol):
+    """What OBJECT reads of the server's replicated settings (``ServerConfig``)."""
+
+    config: dict[bytes, bytes]
 
 
 # --- values: encodings, payloads, copies --------------------------------------------------------
@@ -297,14 +311,18 @@ class Keys(Component):
     """The commands above, and the last write time of each key (OBJECT IDLETIME)."""
 
     name = "keys"
-    transient: ClassVar[tuple[str, ...]] = ("keyspace", "table", "_plan")
+    transient: ClassVar[tuple[str, ...]] = ("keyspace", "table", "settings", "_plan")
 
     #: key -> replicated time (ms) of its last write; keys gone are dropped after the entry
     written: dict[bytes, int]
 
-    def __init__(self, keyspace: Keyspace, table: dict[bytes, Spec]) -> None:
+    def __init__(
+        self, keyspace: Keyspace, table: dict[bytes, Spec], settings: Settings | None = None
+    ) -> None:
         self.keyspace = keyspace
         self.table = table
+        #: the replicated CONFIG SET parameters (``maxmemory-policy``), if the service has them
+        self.settings = settings
         self.written = {}
         self._plan: dict[bytes, Spec | bool] | None = None
 
@@ -448,9 +466,21 @@ class Keys(Component):
             return encoding_of(value)
         if sub == b"REFCOUNT":
             return _refcount(value)
+        idle = max(0, now - self.written.get(key, now))
+        lfu = self._lfu()
         if sub == b"FREQ":
-            raise KvError(_NO_LFU)
-        return max(0, now - self.written.get(key, now)) // 1000
+            if not lfu:
+                raise KvError(_NO_LFU)
+            return max(0, LFU_INIT_VAL - idle // 60_000)  # decays by one a minute
+        if lfu:
+            raise KvError(_LFU)
+        return idle // 1000
+
+    def _lfu(self) -> bool:
+        """Whether ``maxmemory-policy`` is an LFU one (OBJECT FREQ's counter, no IDLETIME)."""
+        if self.settings is None:
+            return False
+        return self.settings.config.get(b"maxmemory-policy", b"") in _LFU_POLICIES
 
     @command("DUMP", 2, keys=(1, 1, 1))
     def dump(self, now: int, args: list[bytes]) -> bytes | None:

@@ -38,6 +38,14 @@ if shutil.which("redis-server") is None:
     pytest.skip("redis-server is not installed", allow_module_level=True)
 
 
+def _settable() -> set[bytes]:
+    try:
+        from dominoes.components.kv._conncommands import SETTABLE
+    except ImportError:
+        return set()
+    return set(SETTABLE)
+
+
 class Pair(Both):
     """:class:`Both`, with the oracle's stale ``errno`` cleared first (see the module doc)."""
 
@@ -474,3 +482,33 @@ def test_last_write_times_survive_a_snapshot() -> None:
     again = Keys(Keyspace(), TABLE)
     again.restore(state)
     assert again.written == keys.written
+
+
+@pytest.mark.skipif(
+    b"CONFIG" not in TABLE or b"maxmemory-policy" not in _settable(), reason="no CONFIG SET"
+)
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_object_freq_and_idletime_follow_the_maxmemory_policy(
+    oracle: dict[int, redis.Redis],  # noqa: F811
+    ours: dict[int, dict[int, redis.Redis]],  # noqa: F811
+    protocol: int,
+) -> None:
+    """Under an LFU policy Redis counts frequencies (a new key starts at 5) and refuses
+    IDLETIME; the KV's counter does not see reads (documented), so none are made here."""
+    both = Pair(oracle, ours, protocol)
+    try:
+        for line in [
+            "CONFIG SET maxmemory-policy allkeys-lfu",
+            "SET fresh v",
+            "OBJECT FREQ fresh",
+            "OBJECT IDLETIME fresh",
+            "OBJECT FREQ nokey",
+            "OBJECT IDLETIME nokey",
+            "CONFIG SET maxmemory-policy volatile-lfu",
+            "OBJECT IDLETIME fresh",
+            "CONFIG SET maxmemory-policy allkeys-lru",
+            "OBJECT FREQ fresh",
+        ]:  # not IDLETIME after it: Redis reads the LFU counter as a time
+            both.same(line)
+    finally:
+        both.run("CONFIG", "SET", "maxmemory-policy", "noeviction")
