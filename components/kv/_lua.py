@@ -27,6 +27,10 @@ Determinism (every replica runs every write script)
   its own business).  What stays replica-specific is what Lua gives away by
   address: ``tostring`` of a table or function, and the iteration order of a
   table keyed by tables or functions.
+* The Lua heap is bounded (:data:`DEFAULT_MAX_MEMORY`), a guard against a
+  script eating the machine rather than a quota: each replica's heap also
+  holds what its own read-only scripts compiled, so a script that needs
+  nearly all of it might fail on one replica and not another.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from lupa import lua51  # type: ignore[import-untyped]
 
 from ._errors import KvError
 
-__all__ = ("DEFAULT_INSTRUCTION_LIMIT", "HOOK_STEP", "Engine", "LuaScriptError", "sha1hex")
+__all__ = ("DEFAULT_INSTRUCTION_LIMIT", "HOOK_STEP", "Engine", "sha1hex")
 
 #: The VM instructions between two calls of the budget hook.
 HOOK_STEP: Final = 1000
@@ -61,14 +65,6 @@ _TWO63: Final = 2.0**63
 
 def sha1hex(data: bytes) -> bytes:
     return hashlib.sha1(data).hexdigest().encode()
-
-
-class LuaScriptError(Exception):
-    """A script failed: ``reply`` is its error reply (with Redis's ``script: <sha>`` tail)."""
-
-    def __init__(self, reply: KvError) -> None:
-        super().__init__(str(reply))
-        self.reply = reply
 
 
 # The sandbox, run once per runtime with the Python callbacks as arguments.  Every
