@@ -44,7 +44,9 @@ value                  RESP2                    RESP3
 :class:`Status`        simple string ``+``      simple string
 :class:`Push`          array                    push ``>``
 :class:`Pairs`         flat array               array of 2-arrays
+:class:`MapOfArrays`   array of 2-arrays        map ``%``
 :class:`Verbatim`      bulk string              verbatim ``=``
+:class:`Double`        bulk string (its text)   double ``,`` (its text)
 :class:`Frames`        its frames, one after another
 :class:`KvError`       error ``-``              error
 =====================  =======================  ======================
@@ -71,7 +73,9 @@ __all__ = (
     "OK",
     "PONG",
     "QUEUED",
+    "Double",
     "Frames",
+    "MapOfArrays",
     "ProtocolError",
     "Push",
     "RequestParser",
@@ -121,8 +125,22 @@ class Pairs(list[Any]):
     __slots__ = ()
 
 
+class MapOfArrays(list[tuple[Any, Any]]):
+    """``[(key, value), ...]``: a map in RESP3, an array of ``[key, value]`` 2-arrays in RESP2
+    (XREAD's reply; a key may come twice, as in Redis)."""
+
+    __slots__ = ()
+
+
 class Frames(list[Any]):
     """Several replies to one command (``SUBSCRIBE a b`` answers once per channel)."""
+
+    __slots__ = ()
+
+
+class Double(bytes):
+    """A double given by its text: a RESP3 double ``,<text>``, a RESP2 bulk string (GEOPOS's
+    coordinates, which Redis writes as ``%.17Lf`` without trailing zeros, not ``%.17g``)."""
 
     __slots__ = ()
 
@@ -218,9 +236,21 @@ def _encode_into(value: Any, resp3: bool, out: list[bytes]) -> None:
             out.append(b"*%d\r\n" % len(value))
             for item in value:
                 _encode_into(item, resp3, out)
+    elif t is MapOfArrays:
+        if resp3:
+            out.append(b"%%%d\r\n" % len(value))
+        else:
+            out.append(b"*%d\r\n" % len(value))
+        for k, v in value:
+            if not resp3:
+                out.append(b"*2\r\n")
+            _encode_into(k, resp3, out)
+            _encode_into(v, resp3, out)
     elif t is Frames:
         for item in value:
             _encode_into(item, resp3, out)
+    elif t is Double:
+        out.append(b",%s\r\n" % value if resp3 else b"$%d\r\n%s\r\n" % (len(value), value))
     elif t is Verbatim:
         if resp3:
             out.append(b"=%d\r\ntxt:%s\r\n" % (len(value) + 4, value))
