@@ -34,7 +34,7 @@ from ._entries import Deferred, Entry
 from ._errors import INT64_MAX, KvError, arity_error, parse_int, syntax_error
 from ._glob import glob_matcher
 from ._keyspace import Keyspace
-from ._limits import OUTPUT_LIMIT, config_failed, parse_output_limits
+from ._limits import OUTPUT_LIMIT, parse_output_limits
 from ._persistence import CONFIG_ON_COMMAND_LINE
 from ._resp import OK, PONG, QUEUED, Status, Verbatim
 from ._table import CONN, Spec, command
@@ -787,33 +787,36 @@ class ConnectionCommands:
             except KvError as exc:
                 self._reply(exc)
                 return
+        settings = [(n, v) for n, v in zip(names, values, strict=True) if n != OUTPUT_LIMIT]
         if OUTPUT_LIMIT in names:
-            if len(names) > 1:
-                self._reply(
-                    config_failed("set it in a CONFIG SET of its own (dominoes KV service)")
-                )
+            value = values[names.index(OUTPUT_LIMIT)]
+            if not self._set_output_limits(value, silent=bool(settings)):
                 return
-            self._set_output_limits(pairs[1])
-            return
+            if not settings:
+                return
         if self.batch:
             self._flush_batch()
         entry = Entry(self.resp3, transaction=True)
         self.pending.append(entry)
-        self._submit(entry, _SET_CONFIG, ([*zip(names, values, strict=True)],), "affinity")
+        self._submit(entry, _SET_CONFIG, (settings,), "affinity")
 
-    def _set_output_limits(self, value: bytes) -> None:
+    def _set_output_limits(self, value: bytes, silent: bool) -> bool:
+        """Append client-output-buffer-limit's entry (``silent``: the next entry answers);
+        False if the value is refused (the reply is sent)."""
         normal, pubsub = self.server.limits(False), self.server.limits(True)
         limits = [*normal.values(), *pubsub.values()]
         try:
             parse_output_limits(value, limits)
         except KvError as exc:
             self._reply(exc)
-            return
+            return False
         if self.batch:
             self._flush_batch()
         entry = Entry(self.resp3, transaction=True)
+        entry.silent = silent
         self.pending.append(entry)
         self._submit(entry, _SET_LIMITS, (limits,), "affinity")
+        return True
 
     @command("INFO", -1, kind=CONN)
     def cmd_info(self, args: list[bytes]) -> None:

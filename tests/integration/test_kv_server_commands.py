@@ -237,6 +237,8 @@ SCRIPT: list[tuple[Any, ...]] = [
     ("CONFIG", "SET", "notify-keyspace-events", "Q"),
     ("CONFIG", "SET", "notify-keyspace-events", ""),
     ("CONFIG", "SET", "databases", "4"),
+    ("CONFIG", "SET", "client-output-buffer-limit", "normal 256mb 64mb 60", "timeout", "0"),
+    ("CONFIG", "SET", "client-output-buffer-limit", "normal 1", "timeout", "0"),
     # COMMAND
     ("COMMAND", "NOSUCH"), ("COMMAND", "HELP", "x"), ("COMMAND", "COUNT", "x"),
     ("COMMAND", "GETKEYS"), ("COMMAND", "GETKEYS", "get"), ("COMMAND", "GETKEYS", "nosuch", "a"),
