@@ -96,6 +96,7 @@ def blocks(args: list[bytes]) -> bool:
             return True
     return False
 
+
 _TIMEOUT_ERROR: Final = "ERR timeout is not a float or out of range"
 _DECIMAL: Final = re.compile(rb"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _HEX: Final = re.compile(

@@ -42,10 +42,11 @@ import msgspec
 
 from dominoes import EntryTooLargeError, LogFullError, Replica
 
+from ._blocking import Blocking
 from ._commands import Bound, Commands, client_id, replica_of
 from ._conncommands import REDIS_VERSION, ServerConfig
 from ._connection import MAX_BATCH, Connection
-from ._entries import RUN, Entry, refused
+from ._entries import RUN, Entry, Unblocker, refused
 from ._errors import KvError
 from ._keyspace import Keyspace
 from ._limits import NORMAL_OUTPUT_LIMITS, PUBSUB_OUTPUT_LIMITS, Limits
@@ -161,6 +162,8 @@ class Server:
         first = commands.first_counter(self.index)
         self._ids = itertools.count(first)
         self._tasks: set[asyncio.Future[Any]] = set()
+        #: hands blocked clients their replies (BLPOP, ...), from the first block on
+        self.unblocker: Unblocker | None = None
         #: the group being gathered: (connection, entry, first command, commands)
         self._group: list[tuple[Connection, Entry, int, int]] = []
         self._group_commands: list[list[bytes]] = []
@@ -392,7 +395,15 @@ class Server:
                 "uptime_in_days": int(now - self.started) // 86400,
             },
         )
-        section("Clients", {"connected_clients": len(self.connections)})
+        blocking: Blocking = self.replica.component(Blocking)
+        section(
+            "Clients",
+            {
+                "connected_clients": len(self.connections),
+                # every replica's: the waiters are replicated state
+                "blocked_clients": blocking.blocked_clients(),
+            },
+        )
         if every or b"persistence" in wanted:
             section("Persistence", self.saves.info())
         section(

@@ -7,6 +7,7 @@
     Expiry        lazy expiry (order -10 on the command events), active expiry timer, TTLs
     Transactions  WATCH's check (order -5 on Commands.exec)
     Strings, Hashes, Lists, Sets, Zsets   one component per data type, over the keyspace
+    Blocking      blocked clients (BLPOP, BZPOPMIN, ...), served at apply time
     PubSub        subscriptions (replicated), delivery (an effect on every replica)
 """
 
@@ -16,15 +17,23 @@ from typing import Final
 
 from dominoes import Component, Service
 
+from ._bitmaps import Bitmaps
+from ._blocking import Blocking
 from ._commands import Commands, Transactions
+from ._conncommands import ServerConfig
 from ._connection import Connection
 from ._expiry import Expiry
+from ._geo import Geo
 from ._hashes import Hashes
+from ._hll import HyperLogLogs
+from ._keys import Keys
 from ._keyspace import Keyspace
 from ._lists import Lists
 from ._pubsub import PubSub
+from ._scripting import Scripting
 from ._server import start_hook, tcp_factory
 from ._sets import Sets
+from ._streams import Streams
 from ._strings import Strings
 from ._table import Spec, commands_of
 from ._zsets import Zsets
@@ -40,13 +49,21 @@ def _table() -> dict[bytes, Spec]:
     sources: list[tuple[type, str]] = [
         (Keyspace, Keyspace.name),
         (Expiry, Expiry.name),
+        (Keys, Keys.name),
         (Transactions, Transactions.name),
         (Strings, Strings.name),
         (Hashes, Hashes.name),
         (Lists, Lists.name),
         (Sets, Sets.name),
         (Zsets, Zsets.name),
+        (Blocking, Blocking.name),
+        (Geo, Geo.name),
+        (Bitmaps, Bitmaps.name),
+        (HyperLogLogs, HyperLogLogs.name),
+        (Streams, Streams.name),
         (PubSub, PubSub.name),
+        (Scripting, Scripting.name),
+        (ServerConfig, ServerConfig.name),
         (Connection, ""),
     ]
     for cls, component in sources:
@@ -64,17 +81,27 @@ TABLE: Final = _table()
 def make_service(name: str = "kv") -> Service:
     """A new KV service (its own component instances) named ``name``."""
     keyspace = Keyspace()
+    lists, zsets, streams = Lists(keyspace), Zsets(keyspace), Streams(keyspace)
+    config = ServerConfig(keyspace)
     parts: list[Component] = [
         keyspace,
         Expiry(keyspace, TABLE),
+        Keys(keyspace, TABLE, config),
         Transactions(keyspace),
         Strings(keyspace),
         Hashes(keyspace),
-        Lists(keyspace),
+        lists,
         Sets(keyspace),
-        Zsets(keyspace),
+        zsets,
+        Blocking(keyspace, lists, zsets, streams),
+        Geo(keyspace),
+        Bitmaps(keyspace),
+        HyperLogLogs(keyspace),
+        streams,
         PubSub(),
+        config,
     ]
+    parts.append(Scripting(TABLE, parts))
     return Service(
         name,
         [Commands(TABLE, parts), *parts],

@@ -166,7 +166,7 @@ def both(targets: list[Target], fn: Callable[[Target], Any]) -> Any:
 
 # --- served across replicas ------------------------------------------------------------------
 
-SERVED = {
+SERVED: dict[str, tuple[list[Step], list[Step], list[Step]]] = {
     "blpop": ([], [(0, ("BLPOP", "q2", "q", "0"))], [(3, ("RPUSH", "q", "a", "b"))]),
     "brpop": ([], [(1, ("BRPOP", "q", "0"))], [(0, ("RPUSH", "q", "a", "b"))]),
     "blmove": ([(1, ("RPUSH", "dst", "x"))],

@@ -134,7 +134,7 @@ class Wire:
         for word in text.decode().split():
             key, _, value = word.partition("=")
             if key == name:
-                return value
+                return str(value)
         raise AssertionError(f"no {name} in {text!r}")
 
 
@@ -437,6 +437,7 @@ def test_pubsub_counts_every_replica_like_redis(svc: Service, oracle_port: int, 
     ours = _wires(svc.port, proto)
     theirs = [Wire(oracle_port, proto), Wire(oracle_port, proto)]
     try:
+        args: tuple[str, ...]
         for subscriber in (ours[1], theirs[1]):
             for args in (
                 ("SUBSCRIBE", "ch1", "ch2"), ("PSUBSCRIBE", "ch*"), ("SSUBSCRIBE", "s1", "s2"),
@@ -523,7 +524,7 @@ def test_requirepass_from_the_environment(tmp_path: Path) -> None:
 
         def ready() -> bool:
             try:
-                return Wire(svc.port).call("PING") == ("-", "NOAUTH Authentication required.")
+                return bool(Wire(svc.port).call("PING") == ("-", "NOAUTH Authentication required."))
             except OSError:
                 return False
 
