@@ -198,7 +198,9 @@ def test_kv_server_groups(monkeypatch: pytest.MonkeyPatch) -> None:
         ("zadd", 1), ("lpush", 1), ("zadd", 16), ("lpush", 16)
     )  # fmt: skip
     with pytest.raises(ValueError, match="unknown test"):
-        kv.select_tests("set,eval")
+        kv.select_tests("set,nosuch")
+    assert kv.select_tests("zadd,zrange,eval")[1:3] == (("zrange", 1), ("eval", 1))
+    assert kv.CUSTOM["zrange"][0] == "ZRANGE"  # custom commands: no -t name
     assert kv.supports("redis_server", "zadd")
     assert kv.supports("dominoes_2", "lpush")
     assert not kv.supports("plain_2", "lpush")
