@@ -24,6 +24,9 @@ from .harness import Service
 from .kv_helpers import client, clients_on_every_replica
 
 ROUNDS = 10_000
+#: Under four background writers each round is slower; 3,000 still cross the
+#: other replica's apply of the noise thousands of times.
+BUSY_ROUNDS = 3_000
 
 
 def stale_reads(
@@ -83,8 +86,8 @@ def background_writers(svc: Service) -> Iterator[None]:
 def test_every_read_sees_the_acknowledged_write_under_background_writes(
     on: dict[int, redis.Redis],
 ) -> None:
-    stale = stale_reads(on, ROUNDS, "ab:busy")
-    assert stale == [], f"{len(stale)} of {ROUNDS} reads were stale, first {stale[:5]}"
+    stale = stale_reads(on, BUSY_ROUNDS, "ab:busy")
+    assert stale == [], f"{len(stale)} of {BUSY_ROUNDS} reads were stale, first {stale[:5]}"
 
 
 def test_every_read_sees_a_write_a_local_client_had_acknowledged(
