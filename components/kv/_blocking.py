@@ -103,6 +103,9 @@ _HEX: Final = re.compile(
     rb"[+-]?0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?[0-9]+)?"
 )
 _INFINITE: Final = re.compile(rb"[+-]?(?:inf|infinity)", re.IGNORECASE)
+#: The largest finite and the smallest (subnormal) positive x86 ``long double``.
+_LONG_DOUBLE_MAX: Final = Decimal("1.18973149535723176502e+4932")
+_LONG_DOUBLE_MIN: Final = Decimal("3.64519953188247460253e-4951")
 
 
 def parse_timeout(raw: bytes) -> int:
@@ -127,7 +130,9 @@ def parse_timeout(raw: bytes) -> int:
             raise KvError(_TIMEOUT_ERROR)
     except (InvalidOperation, OverflowError, ValueError):
         raise KvError(_TIMEOUT_ERROR) from None
-    ms = math.ceil(seconds * 1000)
+    if seconds and not _LONG_DOUBLE_MIN <= seconds.copy_abs() <= _LONG_DOUBLE_MAX:
+        raise KvError(_TIMEOUT_ERROR)  # strtold's ERANGE: past a long double, or under it
+    ms = math.ceil(seconds.scaleb(3))
     if ms < 0 or ms > INT64_MAX:
         raise KvError("ERR timeout is negative")
     return ms
