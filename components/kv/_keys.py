@@ -340,23 +340,17 @@ class Keys(Component):
             return
         now = now_ms(ctx)
         stamped = self._stamped
+        # The hot path (a batch of one-key writes) costs one lookup and one store per
+        # command: keys deleted meanwhile keep a stale stamp (OBJECT IDLETIME of a
+        # missing key is nil; a write that creates it again stamps it again), and the
+        # stale ones are dropped when they outnumber the live keys.
         for args in commands:
             spec = stamped.get(args[0])
-            if spec is None:
-                continue
             if spec is True:  # the one key at args[1], the commonest case
-                key = args[1]
-                if key in values:
+                written[args[1]] = now
+            elif spec is not None:
+                for key in spec.keys(args):  # type: ignore[union-attr]
                     written[key] = now
-                else:
-                    written.pop(key, None)
-                continue
-            assert isinstance(spec, Spec)
-            for key in spec.keys(args):
-                if key in values:
-                    written[key] = now
-                else:
-                    written.pop(key, None)
         if len(written) > 2 * len(values) + 1024:  # keys expired or flushed: drop them
             self.written = {k: t for k, t in written.items() if k in values}
 
