@@ -404,6 +404,8 @@ class Server:
                 "blocked_clients": blocking.blocked_clients(),
             },
         )
+        memory: dict[str, Any] = replica.component("memory").info()
+        section("Memory", {k: v for k, v in memory.items() if k != "evicted_keys"})
         if every or b"persistence" in wanted:
             section("Persistence", self.saves.info())
         section(
@@ -414,6 +416,7 @@ class Server:
                 "protocol_errors": self.protocol_errors,
                 "client_output_buffer_limit_disconnections": self.output_limit_disconnections,
                 "expired_keys": replica.component("expiry").expired,
+                "evicted_keys": memory["evicted_keys"],
             },
         )
         section("Replication", {"role": "master", "connected_slaves": 0})

@@ -8,6 +8,7 @@
     Transactions  WATCH's check (order -5 on Commands.exec)
     Strings, Hashes, Lists, Sets, Zsets   one component per data type, over the keyspace
     Blocking      blocked clients (BLPOP, BZPOPMIN, ...), served at apply time
+    Memory        maxmemory: accounted sizes (order 9), eviction or OOM (order -8)
     PubSub        subscriptions (replicated), delivery (an effect on every replica)
 """
 
@@ -29,6 +30,7 @@ from ._hll import HyperLogLogs
 from ._keys import Keys
 from ._keyspace import Keyspace
 from ._lists import Lists
+from ._memory import Memory
 from ._pubsub import PubSub
 from ._scripting import Scripting
 from ._server import start_hook, tcp_factory
@@ -83,10 +85,12 @@ def make_service(name: str = "kv") -> Service:
     keyspace = Keyspace()
     lists, zsets, streams = Lists(keyspace), Zsets(keyspace), Streams(keyspace)
     config = ServerConfig(keyspace)
+    keys = Keys(keyspace, TABLE, config)
     parts: list[Component] = [
         keyspace,
         Expiry(keyspace, TABLE),
-        Keys(keyspace, TABLE, config),
+        keys,
+        Memory(keyspace, TABLE, config, keys),
         Transactions(keyspace),
         Strings(keyspace),
         Hashes(keyspace),
