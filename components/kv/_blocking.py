@@ -236,7 +236,7 @@ class Blocking(Component, ClientState):
             if value:
                 return self._pop(ctx, args, key)
         if self.deny or cid == 0:
-            return None if args[0] in (b"BLMOVE", b"BRPOPLPUSH") else NULL_ARRAY
+            return _timed_out(args[0])
         return self._wait(ctx, cid, [args[0], *args[2:]], keys, timeout)
 
     def _wait(
@@ -370,8 +370,23 @@ class Blocking(Component, ClientState):
         waiter[3] = 0  # this timer fired: nothing to cancel
         self._drop(ctx, token)
         self.timeouts += 1
-        name = waiter[1][0]
-        ctx.publish(TOPIC, (waiter[0], None if name in (b"BLMOVE", b"BRPOPLPUSH") else NULL_ARRAY))
+        ctx.publish(TOPIC, (waiter[0], _timed_out(waiter[1][0])))
+
+    @update
+    def unblock(self, ctx: Context, request: list[int]) -> int:
+        """CLIENT UNBLOCK ``[client id, error]``: 1 if the client was blocked (it then
+        answers as timed out, or with an error)."""
+        cid, error = request
+        token = self.by_client.get(cid)
+        if token is None:
+            return 0
+        waiter = self._drop(ctx, token)
+        assert waiter is not None
+        reply: Any = _timed_out(waiter[1][0])
+        if error:
+            reply = KvError("UNBLOCKED client unblocked via CLIENT UNBLOCK")
+        ctx.publish(TOPIC, (cid, reply))
+        return 1
 
     def internal_commands(self) -> dict[bytes, Any]:
         """Write commands that are not in the table (the connection makes them)."""
@@ -411,6 +426,11 @@ class Blocking(Component, ClientState):
         self.served = int(state["served"])
         self.timeouts = int(state["timeouts"])
         self.keyspace.blocked = self.queues
+
+
+def _timed_out(name: bytes) -> Any:
+    """The reply of a blocking command whose timeout passed."""
+    return None if name in (b"BLMOVE", b"BRPOPLPUSH") else NULL_ARRAY
 
 
 def _mpop_options(args: list[bytes]) -> tuple[list[bytes], bytes, int]:

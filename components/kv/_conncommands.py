@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from dominoes import Component, Context, update
 
+from ._blocking import Blocking
 from ._commands import IN_TRANSACTION, Commands, replica_of
 from ._entries import Deferred, Entry
 from ._errors import INT64_MAX, KvError, arity_error, parse_int, syntax_error
@@ -433,6 +434,27 @@ class ConnectionCommands:
             getattr(self, _CLIENT_METHODS[sub])(args)
         except KvError as exc:
             self._reply(exc)
+
+    def _client_unblock(self, args: list[bytes]) -> None:
+        """CLIENT UNBLOCK id [TIMEOUT|ERROR]: a client blocked on any replica (through the log)."""
+        if len(args) > 4:
+            text = args[1].decode("utf-8", "replace")
+            raise KvError(
+                f"ERR unknown subcommand or wrong number of arguments for '{text}'. "
+                "Try CLIENT HELP."
+            )
+        cid = parse_int(args[2])
+        error = False
+        if len(args) == 4:
+            reason = args[3].upper()
+            if reason not in (b"TIMEOUT", b"ERROR"):
+                raise KvError("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR")
+            error = reason == b"ERROR"
+        if self.batch:
+            self._flush_batch()
+        entry = Entry(self.resp3, transaction=True)
+        self.pending.append(entry)
+        self._submit(entry, _UNBLOCK, ([cid, int(error)],), "affinity")
 
     def _client_setname(self, args: list[bytes]) -> None:
         if not _valid_name(args[2]):
@@ -1071,7 +1093,7 @@ def _unknown_subcommand(text: str) -> KvError:
 _CLIENT_ARITY: Final = {
     b"CACHING": 3, b"GETNAME": 2, b"GETREDIR": 2, b"ID": 2, b"INFO": 2, b"KILL": -3,
     b"LIST": -2, b"NO-EVICT": 3, b"PAUSE": -3, b"REPLY": 3, b"SETNAME": 3, b"SETINFO": 4,
-    b"TRACKING": -3, b"TRACKINGINFO": 2, b"UNPAUSE": 2, b"HELP": 2,
+    b"TRACKING": -3, b"TRACKINGINFO": 2, b"UNPAUSE": 2, b"HELP": 2, b"UNBLOCK": -3,
 }  # fmt: skip
 _CLIENT_METHODS: Final = {
     name: "_client_" + name.decode().lower().replace("-", "_") for name in _CLIENT_ARITY
@@ -1501,3 +1523,4 @@ def _estimate(key: bytes, value: Any) -> int:
 
 
 _SET_CONFIG: Final = ServerConfig.set_config.event
+_UNBLOCK: Final = Blocking.unblock.event

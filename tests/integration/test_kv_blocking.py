@@ -302,6 +302,33 @@ def test_answered_at_once_as_redis_answers(targets: list[Target]) -> None:
     both(targets, run)
 
 
+# --- CLIENT UNBLOCK, from another replica --------------------------------------------------
+
+
+def test_client_unblock_from_another_replica_answers_as_redis(targets: list[Target]) -> None:
+    def run(t: Target) -> list[Any]:
+        waiter, other = t.conns[0], t.conns[1]
+        wid = str(_call(waiter, ("CLIENT", "ID")))
+        out = [
+            _call(other, ("CLIENT", "UNBLOCK")),
+            _call(other, ("CLIENT", "UNBLOCK", "x")),
+            _call(other, ("CLIENT", "UNBLOCK", wid, "FOO")),
+            _call(other, ("CLIENT", "UNBLOCK", wid, "TIMEOUT", "x")),
+            _call(other, ("CLIENT", "UNBLOCK", wid)),  # not blocked: 0
+        ]
+        for how in ("TIMEOUT", "error"):
+            with ThreadPoolExecutor(1) as pool:
+                fut = pool.submit(_call, waiter, ("BLPOP", "q", "0"))
+                wait_for(lambda: t.blocked() == 1, timeout=20)
+                out.append(_call(other, ("CLIENT", "UNBLOCK", wid, how)))
+                out.append(fut.result(timeout=20))
+            wait_for(lambda: t.blocked() == 0, timeout=20)
+        _call(other, ("RPUSH", "q", "kept"))  # nobody waits any more
+        return [*out, t.state()]
+
+    both(targets, run)
+
+
 # --- the client's side: its pipeline waits, it may leave, it may be killed -------------------
 
 
