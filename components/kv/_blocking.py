@@ -53,9 +53,8 @@ from dominoes import Component, Context, on, update
 from ._commands import REPLICA_BITS, ClientState, Commands, replica_of
 from ._errors import KvError, syntax_error, wrong_type
 from ._keyspace import Keyspace, now_ms
-from ._lists import Lists
+from ._lists import Lists, mpop_options
 from ._resp import NULL_ARRAY
-from ._sets import LONG_MAX, parse_count
 from ._streams import Stream, Streams, fmt, parse_read
 from ._table import command
 from ._zsets import ZSet, Zsets, _nested, _score
@@ -435,19 +434,4 @@ def _timed_out(name: bytes) -> Any:
 
 def _mpop_options(args: list[bytes]) -> tuple[list[bytes], bytes, int]:
     """BLMPOP/BZMPOP ``cid timeout numkeys key... LEFT|RIGHT|MIN|MAX [COUNT n]``."""
-    numkeys = parse_count(args[3], 1, LONG_MAX, "numkeys should be greater than 0")
-    where_at = 4 + numkeys
-    if where_at >= len(args):
-        raise syntax_error()
-    where = args[where_at].upper()
-    if where not in ((b"MIN", b"MAX") if args[0] == b"BZMPOP" else (b"LEFT", b"RIGHT")):
-        raise syntax_error()
-    count = -1
-    i = where_at + 1
-    while i < len(args):
-        if count == -1 and args[i].upper() == b"COUNT" and i + 1 < len(args):
-            count = parse_count(args[i + 1], 1, LONG_MAX, "count should be greater than 0")
-            i += 2
-        else:
-            raise syntax_error()
-    return args[4:where_at], where, max(count, 1)
+    return mpop_options(args, 3, (b"MIN", b"MAX") if args[0] == b"BZMPOP" else (b"LEFT", b"RIGHT"))

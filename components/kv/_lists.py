@@ -15,7 +15,7 @@ from ._resp import NULL_ARRAY, OK
 from ._sets import LONG_MAX, parse_count
 from ._table import command
 
-__all__ = ("Lists",)
+__all__ = ("Lists", "mpop_options")
 
 
 class Lists(Component):
@@ -304,25 +304,9 @@ class Lists(Component):
     @command("LMPOP", -4, write=True, keys=(2, -1, 1))
     def lmpop(self, ctx: Context, args: list[bytes]) -> Any:
         """LMPOP numkeys key [key ...] LEFT|RIGHT [COUNT count]: [key, popped] or null."""
-        numkeys = parse_count(args[1], 1, LONG_MAX, "numkeys should be greater than 0")
-        where_at = 2 + numkeys
-        if where_at >= len(args):
-            raise syntax_error()
-        where = args[where_at].upper()
-        if where not in (b"LEFT", b"RIGHT"):
-            raise syntax_error()
-        count = -1
-        i = where_at + 1
-        while i < len(args):
-            if count == -1 and args[i].upper() == b"COUNT" and i + 1 < len(args):
-                count = parse_count(args[i + 1], 1, LONG_MAX, "count should be greater than 0")
-                i += 2
-            else:
-                raise syntax_error()
-        if count == -1:
-            count = 1
+        keys, where, count = mpop_options(args, 1, (b"LEFT", b"RIGHT"))
         now = now_ms(ctx)
-        for key in args[2:where_at]:
+        for key in keys:
             items = self._list(key, now)
             if not items:
                 continue
@@ -334,3 +318,26 @@ class Lists(Component):
                 self.keyspace.remove(key)
             return [key, popped]
         return NULL_ARRAY
+
+
+def mpop_options(
+    args: list[bytes], at: int, sides: tuple[bytes, bytes]
+) -> tuple[list[bytes], bytes, int]:
+    """``numkeys key ... SIDE [COUNT n]`` from ``args[at]`` on (LMPOP, BLMPOP, BZMPOP):
+    the keys, the side (upper case) and the count (1 without COUNT), with Redis's errors."""
+    numkeys = parse_count(args[at], 1, LONG_MAX, "numkeys should be greater than 0")
+    where_at = at + 1 + numkeys
+    if where_at >= len(args):
+        raise syntax_error()
+    where = args[where_at].upper()
+    if where not in sides:
+        raise syntax_error()
+    count = -1
+    i = where_at + 1
+    while i < len(args):
+        if count == -1 and args[i].upper() == b"COUNT" and i + 1 < len(args):
+            count = parse_count(args[i + 1], 1, LONG_MAX, "count should be greater than 0")
+            i += 2
+        else:
+            raise syntax_error()
+    return args[at + 1 : where_at], where, max(count, 1)
