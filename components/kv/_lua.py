@@ -51,9 +51,12 @@ __all__ = ("DEFAULT_INSTRUCTION_LIMIT", "HOOK_STEP", "Engine", "sha1hex")
 
 #: The VM instructions between two calls of the budget hook.
 HOOK_STEP: Final = 1000
-#: Instructions a script may run before it is stopped: roughly Redis's 5 s
-#: ``busy-reply-threshold`` of plain Lua on one core.
-DEFAULT_INSTRUCTION_LIMIT: Final = 1_000_000_000
+#: Instructions a script may run before it is stopped: about 0.25 s of plain Lua
+#: on one core, well inside the replicas' apply timeout (``--apply-timeout``,
+#: 2 s by default).  A limit past it never decides: the apply timeout would
+#: abandon the entry first, on every replica, as poison (rolled back, after a
+#: 2 s stall), instead of this deterministic stop that keeps the writes made.
+DEFAULT_INSTRUCTION_LIMIT: Final = 50_000_000
 #: The Lua heap's bound (a script that needs more fails with "not enough memory").
 DEFAULT_MAX_MEMORY: Final = 1024 * 1024 * 1024
 #: Deepest nesting of a script's reply (deeper parts answer Redis's error).
