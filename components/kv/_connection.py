@@ -170,6 +170,7 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
     def data_received(self, data: bytes) -> None:
         if self.closing or self.failure is not None:
             return
+        now = self.last_active = time.time()  # CLIENT LIST's idle, and the reads' clock
         try:
             commands: list[list[bytes]] = self.parser.feed(data)
         except ProtocolError as exc:
@@ -181,7 +182,7 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
             if self.blocked is not None and len(self.backlog) > MAX_BATCH:
                 self._stop_reading()  # a blocked client's pipeline: enough held
         else:
-            self._now = int(time.time() * 1000)
+            self._now = int(now * 1000)
             if commands:
                 if self.server.linearizable and not self._read_ready(commands):
                     self._finish()

@@ -63,7 +63,7 @@ KILL_REPORT_TIMEOUT: Final = 5.0
 
 class KvConnection(Connection):
     """A connection with what the server commands add: authentication (``requirepass``),
-    CLIENT REPLY OFF/SKIP, and when it last sent something (CLIENT LIST's idle)."""
+    CLIENT REPLY OFF/SKIP."""
 
     def __init__(self, server: Server) -> None:
         super().__init__(server)
@@ -75,10 +75,6 @@ class KvConnection(Connection):
         super()._state_changed()
         if not self.authenticated or self.skip_next:
             self.special = True
-
-    def data_received(self, data: bytes) -> None:
-        self.last_active = time.time()
-        super().data_received(data)
 
     def _finish(self) -> None:
         if self.muted and self.out:  # CLIENT REPLY OFF: what was made since is dropped
@@ -231,7 +227,7 @@ class Server:
         cid = filters[0]
         waiting = {replica_of(cid)} if cid else set(range(self.replica.replicas))
         self._kills[token] = (fut, [0], waiting)
-        self._submit_every(ServerConfig.kill, token, self.index, filters)
+        self.background(ServerConfig.kill, token, self.index, filters, mode="every")
         timer = loop.call_later(KILL_REPORT_TIMEOUT, self._kill_done, token)
         fut.add_done_callback(lambda _: timer.cancel())
         if not old_form:
@@ -251,7 +247,7 @@ class Server:
         if origin == self.index:
             self.kill_report(token, self.index, count)
         else:
-            self._submit_every(ServerConfig.killed, token, origin, self.index, count)
+            self.background(ServerConfig.killed, token, origin, self.index, count, mode="every")
 
     def kill_report(self, token: int, replica: int, count: int) -> None:
         pending = self._kills.get(token)
@@ -267,17 +263,6 @@ class Server:
         pending = self._kills.pop(token, None)
         if pending is not None and not pending[0].done():
             pending[0].set_result(pending[1][0])
-
-    def _submit_every(self, event: Any, *args: Any) -> None:
-        """Append an ``every`` entry whose result nobody waits for."""
-        self.flush_group()
-        try:
-            fut: asyncio.Future[Any] = self.replica.submit_nowait(event, *args, _mode="every")
-        except LogFullError:
-            fut = asyncio.ensure_future(self.replica.submit(event, *args, _mode="every"))
-            self._tasks.add(fut)
-            fut.add_done_callback(self._tasks.discard)
-        fut.add_done_callback(_ignore_result)
 
     def limits(self, pubsub: bool) -> Limits:
         """The output limits of a normal client, or of a subscriber (``pubsub``)."""
@@ -354,13 +339,15 @@ class Server:
     def new_client_id(self) -> int:
         return client_id(next(self._ids), self.index)
 
-    def background(self, event: Any, *args: Any) -> None:
-        """Append an entry whose result nobody waits for (waiting for room if the log is full)."""
+    def background(self, event: Any, *args: Any, mode: str | None = None) -> None:
+        """Append an entry whose result nobody waits for (waiting for room if the log is full);
+        ``mode``: its ownership (``every`` for CLIENT KILL's), else the event's own."""
         self.flush_group()  # after what the connections batched (a closing client's WATCH)
+        how = {} if mode is None else {"_mode": mode}
         try:
-            fut: asyncio.Future[Any] = self.replica.submit_nowait(event, *args)
+            fut: asyncio.Future[Any] = self.replica.submit_nowait(event, *args, **how)
         except LogFullError:
-            fut = asyncio.ensure_future(self.replica.submit(event, *args))
+            fut = asyncio.ensure_future(self.replica.submit(event, *args, **how))
             self._tasks.add(fut)
             fut.add_done_callback(self._tasks.discard)
         fut.add_done_callback(_ignore_result)
