@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
@@ -54,6 +53,7 @@ import msgspec
 
 from dominoes import Component, Context, on
 
+from ._chance import READS
 from ._commands import Commands
 from ._errors import INT64_MAX, KvError, arity_error, parse_int, syntax_error, wrong_type
 from ._keyspace import _TAGS, Keyspace, Value, _plain, _typed, now_ms, type_name
@@ -92,7 +92,6 @@ _UNSTAMPED: Final = frozenset({b"RESTORE", b"WATCH"})
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final = msgspec.msgpack.Decoder()
-_rng: Final = random.Random()
 
 _OBJECT_HELP: Final = [
     Status(line.encode())
@@ -427,11 +426,11 @@ class Keys(Component):
         for _ in range(100):  # as Redis: draw again while the key drawn has expired
             if not values:
                 return None
-            key = next(islice(values, _rng.randrange(len(values)), None))
+            key = next(islice(values, READS.randrange(len(values)), None))
             if ks.get(key, now) is not None:
                 return key
         live = ks.live_keys(now)
-        return _rng.choice(live) if live else None
+        return READS.choice(live) if live else None
 
     @command("TOUCH", -2, write=True, keys=(1, -1, 1), flags=("fast",))
     def touch(self, ctx: Context, args: list[bytes]) -> int:

@@ -26,13 +26,13 @@ compiled functions are local (``transient``) and rebuilt on demand.
 
 from __future__ import annotations
 
+import functools
 import os
-import random
-import sys
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from dominoes import Component, Context
 
+from ._chance import READS
 from ._commands import Bound, bind_table
 from ._errors import KvError, parse_int
 from ._keyspace import now_ms
@@ -116,6 +116,7 @@ class Scripting(Component):
         "_ctx",
         "_now",
         "_readonly",
+        "_expiry",
     )
 
     #: SHA1 (40 lower-case hex digits) -> script body
@@ -150,6 +151,7 @@ class Scripting(Component):
             self._engine = Engine(self._dispatch, instruction_limit=instruction_limit())
         return self._engine
 
+    @functools.cached_property
     def _expiry(self) -> Expiry | None:
         for part in self.parts:
             if part.name == "expiry":
@@ -181,7 +183,7 @@ class Scripting(Component):
             raise KvError("ERR Write commands are not allowed from read-only scripts.")
         if ctx is None:
             return fn(self._now, args)
-        expiry = self._expiry()
+        expiry = self._expiry
         if expiry is not None and spec.first:
             expiry.lazy(ctx, [args])
         if write:
@@ -203,7 +205,7 @@ class Scripting(Component):
         fn, flags = self._compile(sha, body)
         if ctx is None and flags is not _COMPAT and "no-writes" not in flags:
             raise KvError("ERR Can not execute a script with write flag using *_ro command.")
-        seed = ctx.random.getrandbits(64) if ctx is not None else random.getrandbits(64)
+        seed = ctx.random.getrandbits(64) if ctx is not None else READS.getrandbits(64)
         self._ctx, self._now = ctx, now
         self._readonly = ctx is None or "no-writes" in flags
         try:
@@ -354,32 +356,16 @@ def _keys_and_args(args: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     return args[3 : 3 + numkeys], args[3 + numkeys :]
 
 
-def _generators() -> list[random.Random]:
-    """The generators the KV's modules draw their reads' random choices from (``_rng``)."""
-    found = [random._inst]  # the random module's own
-    for name, module in sorted(sys.modules.items()):
-        if name.startswith(_PACKAGE) and module is not None:
-            rng = getattr(module, "_rng", None)
-            if isinstance(rng, random.Random) and rng not in found:
-                found.append(rng)
-    return found
-
-
-_PACKAGE: Final = __name__.rsplit(".", 1)[0] + "."
-
-
 def _seeded(seed: int, fn: Any, now: int, args: list[bytes]) -> Any:
-    """Run a random read with every generator seeded from ``seed``, then put them back.
+    """Run a random read with the reads' generator (``_chance.READS``) seeded from
+    ``seed``, then put it back.
 
     Inside a write script the choice of SRANDMEMBER, HRANDFIELD, ZRANDMEMBER or
     RANDOMKEY feeds the script's writes, so every replica must make the same one.
     """
-    generators = _generators()
-    states = [g.getstate() for g in generators]
-    for i, g in enumerate(generators):
-        g.seed(seed + i)
+    state = READS.getstate()
+    READS.seed(seed)
     try:
         return fn(now, args)
     finally:
-        for g, state in zip(generators, states, strict=True):
-            g.setstate(state)
+        READS.setstate(state)

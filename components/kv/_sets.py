@@ -4,7 +4,6 @@ STORE forms), SINTERCARD, SMOVE, SPOP, SRANDMEMBER, SSCAN."""
 from __future__ import annotations
 
 import heapq
-import random
 import re
 import zlib
 from collections.abc import Iterable
@@ -12,6 +11,7 @@ from typing import Any, ClassVar, Final
 
 from dominoes import Component, Context
 
+from ._chance import READS
 from ._errors import KvError, parse_int, syntax_error, wrong_type
 from ._glob import scan_options
 from ._keyspace import Keyspace, now_ms
@@ -38,8 +38,6 @@ SCAN_PAGES: Final = 64
 _HASH_MASK: Final = 0xFFFFFFFF
 #: strtoul's syntax as Redis's ``parseScanCursorOrReply`` takes it (no leading space).
 _CURSOR: Final = re.compile(rb"(?:[+-]?[0-9]+)?")
-
-_rng: Final = random.Random()
 
 
 def parse_count(raw: bytes, lo: int, hi: int, message: str | None = None) -> int:
@@ -117,10 +115,10 @@ MAX_PICKS: Final = 2**24
 def random_picks(items: list[Any], count: int, *, unique: bool) -> list[Any]:
     """SRANDMEMBER's and HRANDFIELD's choice (a read: any randomness will do)."""
     if unique:
-        return _rng.sample(items, min(count, len(items)))
+        return READS.sample(items, min(count, len(items)))
     if count > MAX_PICKS:
         raise KvError(f"ERR value is out of range, at most {MAX_PICKS} picks with repetitions")
-    return _rng.choices(items, k=count)
+    return READS.choices(items, k=count)
 
 
 class Sets(Component):

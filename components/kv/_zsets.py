@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import random
 import re
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -51,6 +50,7 @@ from sortedcontainers import SortedList
 
 from dominoes import Component, Context
 
+from ._chance import READS
 from ._errors import KvError, not_float, parse_int, syntax_error, wrong_type
 from ._glob import scan_options
 from ._resp import NULL_ARRAY, Pairs
@@ -489,7 +489,6 @@ def _aggregate(target: float, value: float, how: int) -> float:
 _MAX_PICKS: Final = 2**24
 
 #: ZRANDMEMBER's choices: replica-local, never the replicated generator (it is a read).
-_rng = random.Random()
 
 
 class Zsets(Component):
@@ -791,7 +790,7 @@ class Zsets(Component):
     def zrandmember(self, now: int, args: list[bytes]) -> Any:
         if len(args) == 2:
             z = self._zset(args[1], now)
-            return None if z is None else z.order[_rng.randrange(len(z))][1]
+            return None if z is None else z.order[READS.randrange(len(z))][1]
         count = parse_int(args[2])
         if count == -(2**63):
             raise KvError(
@@ -813,11 +812,11 @@ class Zsets(Component):
         if count < -_MAX_PICKS:
             raise KvError(f"ERR value is out of range, at most {_MAX_PICKS} picks with repetitions")
         if count < 0 or count == 1:
-            picked = [order[_rng.randrange(n)] for _ in range(abs(count))]
+            picked = [order[READS.randrange(n)] for _ in range(abs(count))]
         elif count >= n:  # the whole set, highest first (Redis walks it in reverse)
             picked = list(reversed(order))
         else:
-            picked = [order[i] for i in _rng.sample(range(n), count)]
+            picked = [order[i] for i in READS.sample(range(n), count)]
         return _reply(picked, withscores)
 
     @command("ZSCAN", -3, keys=(1, 1, 1))
