@@ -436,14 +436,39 @@ class NatsCluster:
                 if len(names) == 1 and None not in names:
                     leader = names.pop()
                     assert leader is not None
-                    return leader
-                state = f"meta leaders reported: {leaders}"
+                    peers = self._peers_seen(leader, live)
+                    if peers is None:
+                        return leader
+                    state = f"meta leader {leader} does not see every peer current: {peers}"
+                else:
+                    state = f"meta leaders reported: {leaders}"
             else:
                 state = "healthz: " + ", ".join(f"{n.name}={n.healthy()}" for n in live)
             if time.monotonic() >= deadline:
                 tails = "\n".join(f"--- {n.name} ({n.log_path}):\n{n.log_tail()}" for n in live)
                 raise RuntimeError(f"cluster not ready in {timeout}s ({state})\n{tails}")
             time.sleep(POLL_INTERVAL)
+
+    def _peers_seen(self, leader: str, live: list[NatsServer]) -> list[Any] | None:
+        """None if the meta leader sees every other live node as a current, online peer
+        (a stream with as many replicas as nodes can then be placed); else what it sees.
+
+        Agreeing on a leader is not enough: until the leader has heard from a peer,
+        it refuses such a stream with "no suitable peers for placement, peer offline".
+        """
+        node = next((n for n in live if n.name == leader), None)
+        if node is None:
+            return []
+        meta = (node.jsz() or {}).get("meta_cluster") or {}
+        replicas = meta.get("replicas") or []
+        seen = {
+            r.get("name")
+            for r in replicas
+            if isinstance(r, dict) and r.get("current") and not r.get("offline")
+        }
+        if seen >= {n.name for n in live if n.name != leader}:
+            return None
+        return list(replicas)
 
     def stream_leader(self, stream: str, account: str | None = None) -> str | None:
         """The ``server_name`` of ``stream``'s leader, or None if unknown.
