@@ -62,7 +62,7 @@ from ._sets import parse_count
 from ._table import WRITE, Spec, command
 from ._zsets import _C_SPACE, ZSet, _strtod
 
-__all__ = ("Keys", "dump_payload", "encoding_of", "load_payload")
+__all__ = ("Keys", "dump_payload", "encoding_of", "load_payload", "seal", "unseal")
 
 #: A C ``int``: the range of DB indexes and of Redis's ``getIntFromObjectOrReply``.
 INT_MIN: Final = -(2**31)
@@ -207,10 +207,25 @@ def _encode(value: Value) -> bytes:
     return _encoder.encode([_TAGS[type(value)], _canonical(_plain(value))])
 
 
-def dump_payload(value: Value) -> bytes:
-    """DUMP's payload: version, msgpack ``[tag, snapshot form]``, checksum."""
-    body = bytes((DUMP_VERSION,)) + _encode(value)
+def seal(data: bytes) -> bytes:
+    """A payload: the version byte, ``data``, a checksum of both (DUMP, FUNCTION DUMP)."""
+    body = bytes((DUMP_VERSION,)) + data
     return body + _digest(body)
+
+
+def unseal(payload: bytes) -> bytes | None:
+    """The data a :func:`seal` payload holds; None if it is foreign or corrupt."""
+    if len(payload) <= 1 + _CHECKSUM or payload[0] != DUMP_VERSION:
+        return None
+    body, checksum = payload[:-_CHECKSUM], payload[-_CHECKSUM:]
+    if _digest(body) != checksum:
+        return None
+    return body[1:]
+
+
+def dump_payload(value: Value) -> bytes:
+    """DUMP's payload: :func:`seal` of msgpack ``[tag, snapshot form]``."""
+    return seal(_encode(value))
 
 
 def _sound(item: Any) -> bool:
@@ -228,13 +243,11 @@ def _sound(item: Any) -> bool:
 
 def load_payload(payload: bytes) -> Value:
     """The value a DUMP payload holds; Redis's errors for a foreign, corrupt or bad one."""
-    if len(payload) <= 1 + _CHECKSUM or payload[0] != DUMP_VERSION:
-        raise KvError(_BAD_PAYLOAD)
-    body, checksum = payload[:-_CHECKSUM], payload[-_CHECKSUM:]
-    if _digest(body) != checksum:
+    data = unseal(payload)
+    if data is None:
         raise KvError(_BAD_PAYLOAD)
     try:
-        tag, plain = _decoder.decode(body[1:])
+        tag, plain = _decoder.decode(data)
         if tag not in _TAGS.values() or not _sound(plain):
             raise ValueError(tag)
         value = _typed(tag, plain)

@@ -41,13 +41,13 @@ import json
 import math
 import random
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from lupa import lua51  # type: ignore[import-untyped]
 
 from ._errors import KvError
 
-__all__ = ("DEFAULT_INSTRUCTION_LIMIT", "HOOK_STEP", "Engine", "sha1hex")
+__all__ = ("DEFAULT_INSTRUCTION_LIMIT", "HOOK_STEP", "Engine", "LibraryFunction", "sha1hex")
 
 #: The VM instructions between two calls of the budget hook.
 HOOK_STEP: Final = 1000
@@ -64,6 +64,17 @@ MAX_REPLY_DEPTH: Final = 200
 
 _INT64_MIN: Final = -(2**63)
 _TWO63: Final = 2.0**63
+
+
+class LibraryFunction(NamedTuple):
+    """A function a library registered (``redis.register_function``)."""
+
+    name: bytes
+    #: the Lua function (local to this replica's runtime)
+    callback: Any
+    description: bytes | None
+    #: its flags, in Redis's order (``no-writes``, ``allow-oom``, ...)
+    flags: tuple[bytes, ...]
 
 
 def sha1hex(data: bytes) -> bytes:
@@ -350,7 +361,161 @@ local function run(f, keys, argv, limit, err)
   return 1, v, nil
 end
 
-return compile, run, rawget, next, encode_safe, null
+-- Python callables are userdata to Lua: a script sees them as the functions they are in Redis
+local pyfns = {}
+for _, t in ipairs({redis, bitlib, pycjson}) do
+  for _, v in next, t do if type(v) == "userdata" then pyfns[v] = true end end
+end
+pyfns[pyrandom], pyfns[pyseed] = true, true
+real.type = function(...)
+  local t = type(...)
+  if t == "userdata" and pyfns[...] then return "function" end
+  return t
+end
+
+-- functions (FUNCTION LOAD, FCALL).  A library's chunk runs with only the library API in
+-- sight (redis.register_function, redis.log, the LOG_* and version constants), where a
+-- missing name is an error as for a missing global; the functions it registers run later
+-- with the scripts' globals, less KEYS, ARGV and the debugger's redis.breakpoint/debug.
+local function nonexistent(n)
+  error("Script attempted to access nonexistent global variable '" .. tostring(n) .. "'", 3)
+end
+local function strict(t)
+  local p = setmetatable({}, {
+    __index = function(_, n) local v = t[n]; if v == nil then nonexistent(n) end; return v end,
+    __newindex = refuse, __metatable = false})
+  readonly[p] = true
+  return p
+end
+local loading = nil
+local FLAGS = {"no-writes", "allow-oom", "allow-stale", "no-cluster", "allow-cross-slot-keys"}
+local KNOWN = {}
+for i, f in ipairs(FLAGS) do KNOWN[f] = i end
+local function regerr(msg) error({err = "ERR " .. msg}, 0) end
+local function isstr(v) local t = type(v); return t == "string" or t == "number" end
+local strfind = string.find
+local function register_function(...)
+  if not loading then
+    regerr("redis.register_function can only be called on FUNCTION LOAD command")
+  end
+  local n = select("#", ...)
+  local name, callback, desc, flags = nil, nil, false, {}
+  if n == 1 then
+    local t = ...
+    if type(t) ~= "table" then
+      regerr("calling redis.register_function with a single argument is only applicable to " ..
+             "Lua table (representing named arguments).")
+    end
+    for k, v in next, t do
+      if not isstr(k) then
+        regerr("named argument key given to redis.register_function is not a string")
+      end
+      k = tostring(k)
+      if k == "function_name" then
+        if not isstr(v) then
+          regerr("function_name argument given to redis.register_function must be a string")
+        end
+        name = tostring(v)
+      elseif k == "description" then
+        if not isstr(v) then
+          regerr("description argument given to redis.register_function must be a string")
+        end
+        desc = tostring(v)
+      elseif k == "callback" then
+        if type(v) ~= "function" then
+          regerr("callback argument given to redis.register_function must be a function")
+        end
+        callback = v
+      elseif k == "flags" then
+        if type(v) ~= "table" then
+          regerr("flags argument to redis.register_function must be a table representing " ..
+                 "function flags")
+        end
+        local seen = {}
+        for _, f in next, v do
+          local i = isstr(f) and KNOWN[tostring(f)]
+          if not i then regerr("unknown flag given") end
+          seen[i] = true
+        end
+        flags = {}
+        for i, f in ipairs(FLAGS) do if seen[i] then flags[#flags + 1] = f end end
+      else
+        regerr("unknown argument given to redis.register_function")
+      end
+    end
+    if name == nil then regerr("redis.register_function must get a function name argument") end
+    if callback == nil then regerr("redis.register_function must get a callback argument") end
+  elseif n == 2 then
+    name, callback = ...
+    if not isstr(name) then regerr("first argument to redis.register_function must be a string") end
+    if type(callback) ~= "function" then
+      regerr("second argument to redis.register_function must be a function")
+    end
+    name = tostring(name)
+  else
+    regerr("wrong number of arguments to redis.register_function")
+  end
+  -- (Redis 7.0 words a bad function name as a bad library name)
+  if not strfind(name, "^[A-Za-z0-9_]+$") then
+    regerr("Library names can only contain letters, numbers, or underscores(_) and must be " ..
+           "at least one character long")
+  end
+  if loading.names[name] then regerr("Function already exists in the library") end
+  loading.names[name] = true
+  loading.n = loading.n + 1
+  loading[loading.n] = {name, callback, desc, flags}
+end
+local libredis = {register_function = register_function, log = redis.log}
+for _, k in ipairs({"LOG_DEBUG", "LOG_VERBOSE", "LOG_NOTICE", "LOG_WARNING", "REDIS_VERSION",
+                    "REDIS_VERSION_NUM"}) do
+  libredis[k] = redis[k]
+end
+local libglobals = {redis = strict(libredis)}
+local fredis = {}
+for k, v in next, redis do fredis[k] = v end
+fredis.breakpoint, fredis.debug, fredis.replicate_commands = nil, nil, nil
+local fglobals = {}
+local fenv = setmetatable({}, {
+  __index = function(_, n)
+    local v
+    if loading then v = libglobals[n] else v = fglobals[n] end
+    if v == nil then nonexistent(n) end
+    return v
+  end,
+  __newindex = refuse,
+  __metatable = false,
+})
+readonly[fenv] = true
+for k, v in next, real do fglobals[k] = v end
+fglobals.redis, fglobals._G = protect(fredis), fenv
+
+local function load_library(body, limit, err)
+  local f, e = loadstring(body, "@user_function")
+  if not f then return 1, e end
+  setfenv(f, fenv)
+  local reg = {n = 0, names = {}}
+  loading = reg
+  budget, killed, kill_err, kill_line = limit, false, err, nil
+  sethook(hook, "", STEP)
+  local ok, v = xpcall(f, handler)
+  sethook()
+  loading = nil
+  if killed then return 2, kill_err end
+  if not ok then return 3, v end
+  return 0, reg
+end
+
+local function call_function(f, keys, argv, limit, err)
+  budget, killed, kill_err, kill_line = limit, false, err, nil
+  sethook(hook, "", STEP)
+  local ok, v = xpcall(function() return f(keys, argv) end, handler)
+  sethook()
+  if killed then return 2, kill_err, kill_line end
+  if ok then return 0, v, nil end
+  return 1, v, nil
+end
+
+return compile, run, rawget, next, encode_safe, null, load_library, call_function
 """
 
 
@@ -396,9 +561,16 @@ class Engine:
         chunk = self.lua.globals().loadstring((_BOOT % {"step": HOOK_STEP}).encode(), b"=redis")
         if isinstance(chunk, tuple):  # pragma: no cover - the sandbox is fixed text
             raise RuntimeError(f"the Lua sandbox does not compile: {chunk!r}")
-        (self._compile, self._run, self._rawget, self._next, self._encode, self._null) = chunk(
-            *self._callbacks()
-        )
+        (
+            self._compile,
+            self._run,
+            self._rawget,
+            self._next,
+            self._encode,
+            self._null,
+            self._load,
+            self._call,
+        ) = chunk(*self._callbacks())
 
     def compile(self, sha: bytes, body: bytes) -> Any:
         """The compiled function of ``body`` (cached by ``sha``); KvError if it does not compile."""
@@ -412,8 +584,49 @@ class Engine:
         self.functions[sha] = fn
         return fn
 
-    def run(self, fn: Any, sha: bytes, keys: list[bytes], argv: list[bytes], seed: int) -> Any:
-        """Run a compiled script; its reply (a KvError if it failed)."""
+    def load_library(self, code: bytes) -> list[LibraryFunction]:
+        """Run a library's code (what follows its ``#!lua name=...`` line) and return the
+        functions it registered, in order; KvError with Redis's text if it does not
+        compile, fails, registers badly or runs past the busy-script limit."""
+        self.random.seed(0)
+        kill = self._table({b"err": b"ERR FUNCTION LOAD timeout"})
+        try:
+            status, value = self._load(code, self._budget(), kill)
+        except lua51.LuaMemoryError:
+            raise KvError("ERR Error registering functions: not enough memory") from None
+        if status == 1:
+            raise KvError(f"ERR Error compiling function: {_text(value)}")
+        if status != 0:
+            raise KvError(f"ERR Error registering functions: {self._error_text(value)}")
+        found: list[LibraryFunction] = []
+        for i in range(1, int(value[b"n"]) + 1):
+            name, callback, desc, flags = (value[i][j] for j in (1, 2, 3, 4))
+            found.append(
+                LibraryFunction(
+                    bytes(name),
+                    callback,
+                    bytes(desc) if desc else None,
+                    tuple(bytes(flags[j]) for j in range(1, len(flags) + 1)),
+                )
+            )
+        return found
+
+    def _budget(self) -> int:
+        return max(1, self.instruction_limit // HOOK_STEP)
+
+    def run(
+        self,
+        fn: Any,
+        sha: bytes,
+        keys: list[bytes],
+        argv: list[bytes],
+        seed: int,
+        *,
+        function: bool = False,
+    ) -> Any:
+        """Run a compiled script (``sha`` names it in errors), or with ``function`` a
+        library's function (``sha`` is its name), called as ``fn(KEYS, ARGV)``; its
+        reply (a KvError if it failed)."""
         self.random.seed(seed)
         self.resp = 2
         t = self._table
@@ -423,16 +636,16 @@ class Engine:
                 b"(the replicas' busy-script limit)" % self.instruction_limit
             }
         )
+        runner = self._call if function else self._run
         try:
-            status, value, extra = self._run(
-                fn, t(keys), t(argv), max(1, self.instruction_limit // HOOK_STEP), kill
-            )
+            status, value, extra = runner(fn, t(keys), t(argv), self._budget(), kill)
         except lua51.LuaMemoryError:
             return KvError(f"ERR Error running script {sha.decode()}, not enough memory")
         if status == 0:
             return self.reply(value, self.resp, 0)
         if status == 2:
-            where = f" script: {sha.decode()}, on @user_script:{_c_int(extra or 0)}."
+            chunk = "@user_function" if function else "@user_script"
+            where = f" script: {sha.decode()}, on {chunk}:{_c_int(extra or 0)}."
             return KvError(self._error_text(value) + where)
         if isinstance(value, bytes):  # an error the handler could not see (not enough memory)
             return KvError(

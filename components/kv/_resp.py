@@ -39,6 +39,7 @@ value                  RESP2                    RESP3
 ``list`` / ``tuple``   array                    array
 ``dict``               flat array               map ``%``
 ``set``                array                    set ``~``
+:class:`SetOf`         array                    set ``~``, in its order
 ``float``              bulk ``%.17g``           double ``,%.17g``
 ``bool``               integer                  boolean ``#``
 :class:`Status`        simple string ``+``      simple string
@@ -74,6 +75,7 @@ __all__ = (
     "PONG",
     "QUEUED",
     "Double",
+    "SetOf",
     "Frames",
     "MapOfArrays",
     "ProtocolError",
@@ -128,6 +130,12 @@ class Pairs(list[Any]):
 class MapOfArrays(list[tuple[Any, Any]]):
     """``[(key, value), ...]``: a map in RESP3, an array of ``[key, value]`` 2-arrays in RESP2
     (XREAD's reply; a key may come twice, as in Redis)."""
+
+    __slots__ = ()
+
+
+class SetOf(list[Any]):
+    """A set in a fixed order (FUNCTION LIST's flags): an array in RESP2, a set in RESP3."""
 
     __slots__ = ()
 
@@ -246,6 +254,10 @@ def _encode_into(value: Any, resp3: bool, out: list[bytes]) -> None:
                 out.append(b"*2\r\n")
             _encode_into(k, resp3, out)
             _encode_into(v, resp3, out)
+    elif t is SetOf:
+        out.append(b"~%d\r\n" % len(value) if resp3 else b"*%d\r\n" % len(value))
+        for item in value:
+            _encode_into(item, resp3, out)
     elif t is Frames:
         for item in value:
             _encode_into(item, resp3, out)

@@ -43,7 +43,7 @@ from ._table import Spec, command
 if TYPE_CHECKING:
     from ._expiry import Expiry
 
-__all__ = ("NOT_IN_SCRIPTS", "RANDOM_READS", "Scripting")
+__all__ = ("NOT_IN_SCRIPTS", "RANDOM_READS", "Scripting", "keys_and_args")
 
 #: Commands a script may not call (Redis 7.0's ``noscript`` commands), whatever
 #: component implements them; connection commands other than PING and ECHO
@@ -200,16 +200,32 @@ class Scripting(Component):
     def _run(
         self, ctx: Context | None, now: int, sha: bytes, body: bytes, args: list[bytes]
     ) -> Any:
-        keys, argv = _keys_and_args(args)
-        engine = self.engine
+        keys, argv = keys_and_args(args)
         fn, flags = self._compile(sha, body)
+        return self.execute(ctx, now, fn, sha, flags, keys, argv)
+
+    def execute(
+        self,
+        ctx: Context | None,
+        now: int,
+        fn: Any,
+        label: bytes,
+        flags: frozenset[str],
+        keys: list[bytes],
+        argv: list[bytes],
+        *,
+        function: bool = False,
+    ) -> Any:
+        """Run the compiled script or library function ``fn`` (``label`` names it in
+        errors): in a write's entry with ``ctx``, or as a read (``ctx`` None, the ``*_RO``
+        commands) where only a ``no-writes`` one may run."""
         if ctx is None and flags is not _COMPAT and "no-writes" not in flags:
             raise KvError("ERR Can not execute a script with write flag using *_ro command.")
         seed = ctx.random.getrandbits(64) if ctx is not None else READS.getrandbits(64)
         self._ctx, self._now = ctx, now
         self._readonly = ctx is None or "no-writes" in flags
         try:
-            reply = engine.run(fn, sha, keys, argv, seed)
+            reply = self.engine.run(fn, label, keys, argv, seed, function=function)
         finally:
             self._ctx = None
         if isinstance(reply, KvError):
@@ -220,7 +236,7 @@ class Scripting(Component):
 
     @command("EVAL", -3, write=True, flags=("noscript", "broadcast", "stale"))
     def eval(self, ctx: Context, args: list[bytes]) -> Any:
-        _keys_and_args(args)  # numkeys is checked before the script
+        keys_and_args(args)  # numkeys is checked before the script
         body = args[1]
         sha = sha1hex(body)
         self._compile(sha, body)  # a script that does not compile is not cached
@@ -237,7 +253,7 @@ class Scripting(Component):
         NOSCRIPT at once, then numkeys is checked, then the cache."""
         if len(args[1]) != 40:
             raise KvError(_NOSCRIPT)
-        _keys_and_args(args)
+        keys_and_args(args)
         sha = args[1].lower()
         body = self.scripts.get(sha)
         if body is None:
@@ -246,7 +262,7 @@ class Scripting(Component):
 
     @command("EVAL_RO", -3, flags=("noscript", "stale"))
     def eval_ro(self, now: int, args: list[bytes]) -> Any:
-        _keys_and_args(args)
+        keys_and_args(args)
         body = args[1]
         return self._run(None, now, sha1hex(body), body, args)
 
@@ -346,7 +362,7 @@ def _text(b: bytes) -> str:
     return b.decode("utf-8", "replace")
 
 
-def _keys_and_args(args: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+def keys_and_args(args: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     """EVAL's KEYS and ARGV, with Redis's checks of numkeys."""
     numkeys = parse_int(args[2])
     if numkeys > len(args) - 3:

@@ -10,6 +10,7 @@
     Blocking      blocked clients (BLPOP, BZPOPMIN, ...), served at apply time
     Memory        maxmemory: accounted sizes (order 9), eviction or OOM (order -8)
     PubSub        subscriptions (replicated), delivery (an effect on every replica)
+    Scripting     EVAL and the script cache; Functions: FUNCTION libraries and FCALL
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ._commands import Commands, Transactions
 from ._conncommands import ServerConfig
 from ._connection import Connection
 from ._expiry import Expiry
+from ._functions import Functions
 from ._geo import Geo
 from ._hashes import Hashes
 from ._hll import HyperLogLogs
@@ -65,6 +67,7 @@ def _table() -> dict[bytes, Spec]:
         (Streams, Streams.name),
         (PubSub, PubSub.name),
         (Scripting, Scripting.name),
+        (Functions, Functions.name),
         (ServerConfig, ServerConfig.name),
         (Connection, ""),
     ]
@@ -105,7 +108,8 @@ def make_service(name: str = "kv") -> Service:
         PubSub(),
         config,
     ]
-    parts.append(Scripting(TABLE, parts))
+    scripting = Scripting(TABLE, parts)
+    parts += [scripting, Functions(scripting)]
     return Service(
         name,
         [Commands(TABLE, parts), *parts],
