@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ("Functions",)
 
+_OOM_FLAGS: Final = (b"no-writes", b"allow-oom")
 #: FUNCTION DUMP's payloads start with this byte (DUMP's of keys with another).
 _DUMP_TAG: Final = b"F"
 _BAD_PAYLOAD: Final = "ERR DUMP payload version or checksum are wrong"
@@ -248,6 +249,12 @@ class Functions(Component):
         return self.scripting.execute(
             ctx, now, function.callback, function.name, flags, keys, argv, function=True
         )
+
+    def ignores_oom(self, args: list[bytes]) -> bool:
+        """Whether an FCALL may run over maxmemory: its function is ``no-writes`` or
+        ``allow-oom`` (or is missing, so that FCALL answers that, as Redis does)."""
+        function = self._find(args[1]) if len(args) > 1 else None
+        return function is None or any(f in _OOM_FLAGS for f in function.flags)
 
     @command("FCALL", -3, write=True, flags=("noscript", "broadcast", "stale"))
     def fcall(self, ctx: Context, args: list[bytes]) -> Any:

@@ -36,6 +36,7 @@ entry is refused or evicts.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
 from dominoes import Component, Context, on
@@ -93,7 +94,14 @@ class Memory(Component):
     """Accounted sizes, eviction and OOM (see the module doc)."""
 
     name = "memory"
-    transient: ClassVar[tuple[str, ...]] = ("keyspace", "table", "settings", "keys", "_plan")
+    transient: ClassVar[tuple[str, ...]] = (
+        "keyspace",
+        "table",
+        "settings",
+        "keys",
+        "_plan",
+        "exempt",
+    )
 
     def __init__(
         self, keyspace: Keyspace, table: dict[bytes, Spec], settings: Any, keys: Any
@@ -104,6 +112,10 @@ class Memory(Component):
         self.settings = settings
         self.keys = keys
         self._plan: dict[bytes, Spec] | None = None
+        #: command name -> whether this call of it may run over the limit anyway (a
+        #: script or function whose flags say ``no-writes`` or ``allow-oom``); links
+        #: to the scripting components, set when the service is composed
+        self.exempt: dict[bytes, Callable[[list[bytes]], bool]] = {}
         #: accounting is on (maxmemory was set): key -> [size, length when last counted, size then]
         self.active = False
         self.sizes: dict[bytes, list[int]] = {}
@@ -143,8 +155,10 @@ class Memory(Component):
         self._evict(ctx, limit)
         if self.used <= limit:
             return
+        exempt = self.exempt
         for args in commands:
-            if args[0] in DENYOOM:
+            name = args[0]
+            if name in DENYOOM and not (name in exempt and exempt[name](args)):
                 args[0:1] = [_REFUSED, args[0]]
                 self.refused += 1
 

@@ -232,6 +232,21 @@ class Scripting(Component):
             raise reply
         return reply
 
+    def ignores_oom(self, args: list[bytes]) -> bool:
+        """Whether an EVAL or EVALSHA may run over maxmemory: its shebang says
+        ``no-writes`` or ``allow-oom``.  (A script without a shebang is refused whole; Redis
+        refuses it only at its first write that may grow the data.)"""
+        if len(args) < 2:
+            return False
+        body = self.scripts.get(args[1].lower()) if args[0] == b"EVALSHA" else args[1]
+        if body is None:
+            return True  # NOSCRIPT is the answer
+        try:
+            flags, _ = _shebang(body)
+        except KvError:
+            return True  # the script's error is the answer
+        return "no-writes" in flags or "allow-oom" in flags
+
     # --- EVAL and its kin ----------------------------------------------------------------------
 
     @command("EVAL", -3, write=True, flags=("noscript", "broadcast", "stale"))

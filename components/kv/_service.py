@@ -89,11 +89,12 @@ def make_service(name: str = "kv") -> Service:
     lists, zsets, streams = Lists(keyspace), Zsets(keyspace), Streams(keyspace)
     config = ServerConfig(keyspace)
     keys = Keys(keyspace, TABLE, config)
+    memory = Memory(keyspace, TABLE, config, keys)
     parts: list[Component] = [
         keyspace,
         Expiry(keyspace, TABLE),
         keys,
-        Memory(keyspace, TABLE, config, keys),
+        memory,
         Transactions(keyspace),
         Strings(keyspace),
         Hashes(keyspace),
@@ -109,7 +110,15 @@ def make_service(name: str = "kv") -> Service:
         config,
     ]
     scripting = Scripting(TABLE, parts)
-    parts += [scripting, Functions(scripting)]
+    functions = Functions(scripting)
+    parts += [scripting, functions]
+    memory.exempt.update(
+        {
+            b"EVAL": scripting.ignores_oom,
+            b"EVALSHA": scripting.ignores_oom,
+            b"FCALL": functions.ignores_oom,
+        }
+    )
     return Service(
         name,
         [Commands(TABLE, parts), *parts],

@@ -84,6 +84,42 @@ def test_noeviction_refuses_writes_that_grow_and_lets_the_others_run(
     assert agree(on) == (keys - {f"k{i}".encode() for i in range(40)}) | {b"after"}
 
 
+def test_scripts_and_functions_flagged_no_writes_or_allow_oom_run_over_the_limit(
+    on: dict[int, redis.Redis],
+) -> None:
+    on[0].function_load(
+        "#!lua name=oom\n"
+        "redis.register_function('grow', function(k, a) return redis.call('set', k[1], a[1]) end)\n"
+        "redis.register_function{function_name='peek', flags={'no-writes'},\n"
+        "  callback=function(k) return redis.call('get', k[1]) end}\n"
+        "redis.register_function{function_name='force', flags={'allow-oom'},\n"
+        "  callback=function(k, a) return redis.call('set', k[1], a[1]) end}",
+        replace=True,
+    )
+    for i in range(400):
+        try:
+            on[i % 2].set(f"k{i}", "x" * 100)
+        except redis.exceptions.OutOfMemoryError:
+            break
+    else:
+        raise AssertionError("the limit was never reached")
+    with pytest.raises(redis.exceptions.OutOfMemoryError, match="maxmemory"):
+        on[0].fcall("grow", 1, "g", "v")
+    with pytest.raises(redis.exceptions.OutOfMemoryError, match="maxmemory"):
+        on[1].eval("return redis.call('set', KEYS[1], 'v')", 1, "g")
+    assert on[1].fcall("peek", 1, "k0") == b"x" * 100
+    assert on[0].fcall("force", 1, "forced", "yes") == b"OK"
+    assert on[1].get("forced") == b"yes"
+    assert on[0].eval("#!lua flags=no-writes\nreturn redis.call('get', KEYS[1])", 1, "k1") == (
+        b"x" * 100
+    )
+    assert on[1].eval("#!lua flags=allow-oom\nreturn redis.call('set', 'e', '1')", 0) == b"OK"
+    with pytest.raises(redis.ResponseError, match="Function not found"):
+        on[1].fcall("nosuch", 0)
+    agree(on)
+    on[0].function_delete("oom")
+
+
 def test_allkeys_lru_evicts_the_least_recently_written(on: dict[int, redis.Redis]) -> None:
     on[0].config_set("maxmemory-policy", "allkeys-lru")
     on[0].set("keep", "v")
