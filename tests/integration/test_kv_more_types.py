@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,8 +26,10 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from . import resp_wire
 from .harness import Service
 from .kv_helpers import client, clients_on_every_replica, redis_oracle
+from .resp_wire import Wire, plain, wires_on_every_replica
 
 pytestmark = pytest.mark.integration
 
@@ -36,119 +37,15 @@ if shutil.which("redis-server") is None:
     pytest.skip("redis-server is not installed", allow_module_level=True)
 
 
-# --- a RESP client that keeps every reply's type ---------------------------------------------
+# --- comparing with the oracle (the RESP client is resp_wire's) ------------------------------
 
 
-class Wire:
-    """One connection, RESP2 or RESP3 (``HELLO 3``); replies as tagged Python values.
+class Pair(resp_wire.Pair):
+    """The same commands to the oracle and to the KV service, in one protocol; replies
+    compared as :func:`plain` ones, with what Redis leaves unordered sorted."""
 
-    ``bytes`` a bulk string, ``int`` an integer, ``list`` an array, and tuples
-    for the rest: ``("+", text)``, ``("-", error text)``, ``("nil",)`` RESP2's
-    null bulk, ``("nil*",)`` RESP2's null array, ``("_",)`` RESP3's null,
-    ``("~", members sorted)``, ``("%", [(key, value), ...])``, ``(",", text)``.
-    """
-
-    def __init__(self, port: int, proto: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.reader = self.sock.makefile("rb")
-        self.proto = proto
-        if proto == 3:
-            assert isinstance(self.call("HELLO", "3"), tuple)
-
-    def close(self) -> None:
-        self.reader.close()
-        self.sock.close()
-
-    def call(self, *args: str | bytes | int) -> Any:
-        words = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-        frame = [b"*%d\r\n" % len(words)]
-        for w in words:
-            frame.append(b"$%d\r\n%s\r\n" % (len(w), w))
-        self.sock.sendall(b"".join(frame))
-        return self._read()
-
-    def _read(self) -> Any:
-        line = self.reader.readline()
-        assert line.endswith(b"\r\n"), f"connection closed: {line!r}"
-        tag, rest = line[:1], line[1:-2]
-        if tag == b"$":
-            n = int(rest)
-            if n < 0:
-                return ("nil",)
-            data = self.reader.read(n + 2)
-            return data[:-2]
-        if tag == b":":
-            return int(rest)
-        if tag == b"+":
-            return ("+", rest.decode())
-        if tag == b"-":
-            return ("-", rest.decode())
-        if tag == b"_":
-            return ("_",)
-        if tag == b",":
-            return (",", rest.decode())
-        if tag == b"#":
-            return rest == b"t"
-        if tag in (b"*", b">"):
-            n = int(rest)
-            if n < 0:
-                return ("nil*",)
-            return [self._read() for _ in range(n)]
-        if tag == b"~":
-            return ("~", sorted((self._read() for _ in range(int(rest))), key=repr))
-        if tag == b"%":
-            return ("%", [(self._read(), self._read()) for _ in range(int(rest))])
-        if tag == b"=":
-            return self.reader.read(int(rest) + 2)[4:-2]
-        raise AssertionError(f"unexpected reply {line!r}")
-
-
-def _replica_of(w: Wire) -> int:
-    info = w.call("INFO", "dominoes")
-    text = info if isinstance(info, bytes) else b""
-    for line in text.split(b"\r\n"):
-        if line.startswith(b"replica_index:"):
-            return int(line.split(b":")[1])
-    raise AssertionError(f"no replica_index in {info!r}")
-
-
-def _wires_on_every_replica(port: int, proto: int) -> dict[int, Wire]:
-    found: dict[int, Wire] = {}
-    for _ in range(200):
-        w = Wire(port, 2)
-        index = _replica_of(w)
-        if index in found:
-            w.close()
-            continue
-        if proto == 3:
-            w.call("HELLO", "3")
-            w.proto = 3
-        found[index] = w
-        if len(found) == 2:
-            return found
-    raise AssertionError(f"connections reached only replicas {sorted(found)}")
-
-
-class Pair:
-    """The same commands to the oracle and to the KV service, in one protocol."""
-
-    def __init__(self, oracle: Wire, ours: dict[int, Wire]) -> None:
-        self.oracle = oracle
-        self.ours = ours
-        self.turn = 0
-
-    def both(self, *args: str | bytes | int) -> tuple[Any, Any]:
-        """The oracle's reply and ours (the replicas take turns)."""
-        expected = self.oracle.call(*args)
-        got = self.ours[self.turn].call(*args)
-        self.turn ^= 1
-        return expected, got
-
-    def same(self, *args: str | bytes | int) -> Any:
-        expected, got = self.both(*args)
-        want, have = canonical(args, expected), canonical(args, got)
-        assert have == want, f"{args}: redis {expected!r}, dominoes {got!r}"
-        return got
+    def normal(self, args: tuple[str | bytes | int, ...], reply: Any) -> Any:
+        return canonical(args, plain(reply))
 
 
 #: Replies that are a set of members (an array in RESP2): compared sorted.
@@ -192,7 +89,7 @@ def oracle_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 def pairs(svc: Service, oracle_port: int) -> Iterator[dict[int, Pair]]:
     out: dict[int, Pair] = {}
     for proto in (2, 3):
-        out[proto] = Pair(Wire(oracle_port, proto), _wires_on_every_replica(svc.port, proto))
+        out[proto] = Pair(Wire(oracle_port, proto), wires_on_every_replica(svc.port, proto))
     yield out
     for pair in out.values():
         pair.oracle.close()
@@ -417,6 +314,7 @@ def _random_like_redis(pair: Pair, args: tuple[Any, ...]) -> None:
         got = pair.ours[pair.turn].call(*args)
     else:
         expected, got = pair.both(*args)
+    expected, got = plain(expected), plain(got)
     if isinstance(expected, tuple) and expected[0] in ("-", "nil", "nil*", "_"):
         assert got == expected, f"{args}: redis {expected!r}, dominoes {got!r}"
         return

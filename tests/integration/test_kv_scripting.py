@@ -16,7 +16,6 @@ instruction limit on both, keeping the writes it made before (as Redis does).
 from __future__ import annotations
 
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from dominoes.components.kv._service import TABLE
 
 from .harness import Service
 from .kv_helpers import KV, redis_oracle, wait_for
+from .resp_wire import Pair, Wire, wires_on_every_replica
 
 pytestmark = pytest.mark.integration
 
@@ -37,107 +37,6 @@ if shutil.which("redis-server") is None:
 
 #: The busy-script limit the service runs with here (about 0.1 s of plain Lua).
 LIMIT = 20_000_000
-
-
-# --- a RESP client that keeps every reply's type ---------------------------------------------
-
-
-class Wire:
-    """One connection, RESP2 or RESP3; replies as tagged Python values.
-
-    ``bytes`` a bulk string, ``int`` an integer, ``list`` an array, and tuples
-    for the rest: ``("+", text)``, ``("-", error text)``, ``("nil",)``,
-    ``("nil*",)``, ``("_",)``, ``("~", members sorted)``, ``("%", pairs)``,
-    ``(",", text)``, ``("(", text)``; RESP3 booleans are ``True``/``False``.
-    """
-
-    def __init__(self, port: int, proto: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
-        self.reader = self.sock.makefile("rb")
-        self.proto = proto
-        if proto == 3:
-            assert isinstance(self.call("HELLO", "3"), tuple)
-
-    def close(self) -> None:
-        self.reader.close()
-        self.sock.close()
-
-    def call(self, *args: str | bytes | int) -> Any:
-        words = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-        frame = [b"*%d\r\n" % len(words)]
-        for w in words:
-            frame.append(b"$%d\r\n%s\r\n" % (len(w), w))
-        self.sock.sendall(b"".join(frame))
-        return self._read()
-
-    def _read(self) -> Any:
-        line = self.reader.readline()
-        assert line.endswith(b"\r\n"), f"connection closed: {line!r}"
-        tag, rest = line[:1], line[1:-2]
-        if tag == b"$":
-            n = int(rest)
-            if n < 0:
-                return ("nil",)
-            return self.reader.read(n + 2)[:-2]
-        if tag == b":":
-            return int(rest)
-        if tag in (b"+", b"-", b",", b"("):
-            return (tag.decode(), rest.decode())
-        if tag == b"_":
-            return ("_",)
-        if tag == b"#":
-            return rest == b"t"
-        if tag in (b"*", b">"):
-            n = int(rest)
-            if n < 0:
-                return ("nil*",)
-            return [self._read() for _ in range(n)]
-        if tag == b"~":
-            return ("~", sorted((self._read() for _ in range(int(rest))), key=repr))
-        if tag == b"%":
-            return ("%", [(self._read(), self._read()) for _ in range(int(rest))])
-        if tag == b"=":
-            return self.reader.read(int(rest) + 2)[4:-2]
-        raise AssertionError(f"unexpected reply {line!r}")
-
-
-def _replica_of(w: Wire) -> int:
-    info = w.call("INFO", "dominoes")
-    text = info if isinstance(info, bytes) else b""
-    for line in text.split(b"\r\n"):
-        if line.startswith(b"replica_index:"):
-            return int(line.split(b":")[1])
-    raise AssertionError(f"no replica_index in {info!r}")
-
-
-def _wires_on_every_replica(port: int, proto: int) -> dict[int, Wire]:
-    found: dict[int, Wire] = {}
-    for _ in range(200):
-        w = Wire(port, proto)
-        index = _replica_of(w)
-        if index in found:
-            w.close()
-            continue
-        found[index] = w
-        if len(found) == 2:
-            return found
-    raise AssertionError(f"connections reached only replicas {sorted(found)}")
-
-
-class Pair:
-    """The same commands to the oracle and to the KV service, in one protocol."""
-
-    def __init__(self, oracle: Wire, ours: dict[int, Wire]) -> None:
-        self.oracle = oracle
-        self.ours = ours
-        self.turn = 0
-
-    def same(self, *args: str | bytes | int) -> Any:
-        expected = self.oracle.call(*args)
-        got = self.ours[self.turn].call(*args)
-        self.turn ^= 1
-        assert got == expected, f"{args}: redis {expected!r}, dominoes {got!r}"
-        return got
 
 
 # --- fixtures ---------------------------------------------------------------------------------
@@ -176,7 +75,7 @@ def oracle_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def pairs(svc: Service, oracle_port: int) -> Iterator[dict[int, Pair]]:
-    out = {p: Pair(Wire(oracle_port, p), _wires_on_every_replica(svc.port, p)) for p in (2, 3)}
+    out = {p: Pair(Wire(oracle_port, p), wires_on_every_replica(svc.port, p)) for p in (2, 3)}
     yield out
     for pair in out.values():
         pair.oracle.close()
@@ -186,7 +85,7 @@ def pairs(svc: Service, oracle_port: int) -> Iterator[dict[int, Pair]]:
 
 @pytest.fixture(scope="module")
 def on(svc: Service) -> Iterator[dict[int, Wire]]:
-    wires = _wires_on_every_replica(svc.port, 2)
+    wires = wires_on_every_replica(svc.port, 2)
     yield wires
     for w in wires.values():
         w.close()
@@ -517,13 +416,13 @@ def test_scripts_inside_a_transaction(on: dict[int, Wire]) -> None:
 
 
 def test_publish_from_a_script_reaches_every_replica(svc: Service, on: dict[int, Wire]) -> None:
-    sub = _wires_on_every_replica(svc.port, 2)
+    sub = wires_on_every_replica(svc.port, 2)
     try:
         for w in sub.values():
             assert w.call("SUBSCRIBE", "news") == [b"subscribe", b"news", 1]
         assert on[0].call("EVAL", "return redis.call('publish', 'news', 'hi')", 0) == 2
         for w in sub.values():
-            assert w._read() == [b"message", b"news", b"hi"]
+            assert w.read() == [b"message", b"news", b"hi"]
     finally:
         for w in sub.values():
             w.close()

@@ -18,7 +18,6 @@ CONFIG SET on one replica is enforced on the other's new connections.
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +25,10 @@ from typing import Any
 
 import pytest
 
+from . import resp_wire
 from .harness import Service
 from .kv_helpers import redis_oracle, wait_for
+from .resp_wire import Wire, wires_on_every_replica
 
 pytestmark = pytest.mark.integration
 
@@ -51,106 +52,18 @@ def _close_wires() -> Iterator[None]:
     del _OPEN[start:]
 
 
-class Wire:
-    """One connection, RESP2 or RESP3 (``HELLO 3``); replies as tagged Python values.
-
-    ``bytes`` a bulk string, ``int`` an integer, ``list`` an array, and tuples
-    for the rest: ``("+", text)``, ``("-", error text)``, ``("nil",)`` RESP2's
-    null bulk, ``("nil*",)`` RESP2's null array, ``("_",)`` RESP3's null,
-    ``("~", members sorted)``, ``("%", [(key, value), ...])``, ``(">", items)`` a
-    push, ``("=", text)`` a verbatim string.
-    """
-
-    def __init__(self, port: int, proto: int = 2, password: str | None = None) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        _OPEN.append(self)
-        self.reader = self.sock.makefile("rb")
-        self.proto = proto
-        if password is not None:
-            assert self.call("AUTH", password) == ("+", "OK")
-        if proto == 3:
-            assert isinstance(self.call("HELLO", "3"), tuple)
-
-    def close(self) -> None:
-        self.reader.close()
-        self.sock.close()
-
-    def send(self, *args: str | bytes | int) -> None:
-        words = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-        frame = [b"*%d\r\n" % len(words)]
-        for w in words:
-            frame.append(b"$%d\r\n%s\r\n" % (len(w), w))
-        self.sock.sendall(b"".join(frame))
-
-    def call(self, *args: str | bytes | int) -> Any:
-        self.send(*args)
-        return self.read()
-
-    def read(self) -> Any:
-        line = self.reader.readline()
-        assert line.endswith(b"\r\n"), f"connection closed: {line!r}"
-        tag, rest = line[:1], line[1:-2]
-        if tag == b"$":
-            n = int(rest)
-            if n < 0:
-                return ("nil",)
-            return self.reader.read(n + 2)[:-2]
-        if tag == b":":
-            return int(rest)
-        if tag == b"+":
-            return ("+", rest.decode())
-        if tag == b"-":
-            return ("-", rest.decode())
-        if tag == b"_":
-            return ("_",)
-        if tag == b",":
-            return (",", rest.decode())
-        if tag == b"#":
-            return rest == b"t"
-        if tag == b"*":
-            n = int(rest)
-            return ("nil*",) if n < 0 else [self.read() for _ in range(n)]
-        if tag == b">":
-            return (">", [self.read() for _ in range(int(rest))])
-        if tag == b"~":
-            return ("~", sorted((self.read() for _ in range(int(rest))), key=repr))
-        if tag == b"%":
-            return ("%", [(self.read(), self.read()) for _ in range(int(rest))])
-        if tag == b"=":
-            return ("=", self.reader.read(int(rest) + 2)[4:-2])
-        raise AssertionError(f"unexpected reply {line!r}")
-
-    def closed(self) -> bool:
-        """Whether the server closed the connection (EOF, or a reset)."""
-        try:
-            return self.reader.readline() == b""
-        except OSError:
-            return True
-
-    def field(self, name: str) -> str:
-        """A field of this connection's CLIENT INFO."""
-        info = self.call("CLIENT", "INFO")
-        text = info[1] if isinstance(info, tuple) else info
-        for word in text.decode().split():
-            key, _, value = word.partition("=")
-            if key == name:
-                return str(value)
-        raise AssertionError(f"no {name} in {text!r}")
+def _wire(port: int, proto: int = 2, password: str | None = None) -> Wire:
+    """A Wire closed after the test."""
+    w = Wire(port, proto, password)
+    _OPEN.append(w)
+    return w
 
 
-def _wires(port: int, proto: int) -> dict[int, Wire]:
-    """A connection to each replica (SO_REUSEPORT spreads them)."""
-    found: dict[int, Wire] = {}
-    for _ in range(200):
-        w = Wire(port, proto)
-        index = int(w.field("replica"))
-        if index in found:
-            w.close()
-            continue
-        found[index] = w
-        if len(found) == 2:
-            return found
-    raise AssertionError(f"connections reached only replicas {sorted(found)}")
+def _wires(port: int, proto: int = 2, password: str | None = None) -> dict[int, Wire]:
+    """A connection to each replica, closed after the test."""
+    found = wires_on_every_replica(port, proto, password=password)
+    _OPEN.extend(found.values())
+    return found
 
 
 def canonical(args: tuple[Any, ...], reply: Any) -> Any:
@@ -166,21 +79,12 @@ def canonical(args: tuple[Any, ...], reply: Any) -> Any:
     return reply
 
 
-class Pair:
-    """The same commands to the oracle and to the KV service, in one protocol."""
+class Pair(resp_wire.Pair):
+    """The same commands to the oracle and to the KV service, in one protocol; replies
+    compared with every type kept (verbatim strings, pushes), Redis's unordered sorted."""
 
-    def __init__(self, oracle: Wire, ours: dict[int, Wire]) -> None:
-        self.oracle = oracle
-        self.ours = ours
-        self.turn = 0
-
-    def same(self, *args: str | bytes | int) -> Any:
-        expected = self.oracle.call(*args)
-        got = self.ours[self.turn].call(*args)
-        self.turn ^= 1
-        want, have = canonical(args, expected), canonical(args, got)
-        assert have == want, f"{args}: redis {expected!r}, dominoes {got!r}"
-        return got
+    def normal(self, args: tuple[str | bytes | int, ...], reply: Any) -> Any:
+        return canonical(args, reply)
 
 
 # --- fixtures ---------------------------------------------------------------------------------
@@ -198,7 +102,10 @@ def oracle_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def pairs(svc: Service, oracle_port: int) -> Iterator[dict[int, Pair]]:
-    out = {proto: Pair(Wire(oracle_port, proto), _wires(svc.port, proto)) for proto in (2, 3)}
+    out = {
+        proto: Pair(Wire(oracle_port, proto), wires_on_every_replica(svc.port, proto))
+        for proto in (2, 3)
+    }
     yield out
     for pair in out.values():
         pair.oracle.close()
@@ -308,7 +215,7 @@ def test_scripted_like_redis(pairs: dict[int, Pair], proto: int) -> None:
 def test_client_info_has_redis_fields_in_redis_order(
     svc: Service, oracle_port: int, proto: int
 ) -> None:
-    ours, theirs = Wire(svc.port, proto), Wire(oracle_port, proto)
+    ours, theirs = _wire(svc.port, proto), _wire(oracle_port, proto)
     try:
         ours.call("CLIENT", "SETNAME", "me")
         theirs.call("CLIENT", "SETNAME", "me")
@@ -338,7 +245,7 @@ def test_client_info_has_redis_fields_in_redis_order(
 
 
 def test_wait_and_time(svc: Service) -> None:
-    w = Wire(svc.port)
+    w = _wire(svc.port)
     try:
         w.call("SET", "k", "v")
         assert w.call("WAIT", "1", "0") == 1  # the other replica, at once
@@ -374,7 +281,7 @@ def test_client_kill_reaches_the_other_replica(svc: Service) -> None:
     assert victim.closed()
     assert ours[0].call("CLIENT", "KILL", "ID", str((10**9 << 10) | 1)) == 0  # nobody
 
-    victim = Wire(svc.port)
+    victim = _wire(svc.port)
     victim_replica = int(victim.field("replica"))
     killer = ours[0] if victim_replica == 1 else _wires(svc.port, 2)[1 - victim_replica]
     assert killer.call("CLIENT", "KILL", "ADDR", victim.field("addr")) == 1
@@ -419,7 +326,7 @@ def test_client_reply_off_and_skip_like_redis(svc: Service, oracle_port: int, pr
     )  # fmt: skip
     replies = []
     for port in (oracle_port, svc.port):
-        w = Wire(port, proto)
+        w = _wire(port, proto)
         try:
             for args in script:
                 w.send(*args)
@@ -435,7 +342,7 @@ def test_client_reply_off_and_skip_like_redis(svc: Service, oracle_port: int, pr
 @PROTOS
 def test_pubsub_counts_every_replica_like_redis(svc: Service, oracle_port: int, proto: int) -> None:
     ours = _wires(svc.port, proto)
-    theirs = [Wire(oracle_port, proto), Wire(oracle_port, proto)]
+    theirs = [_wire(oracle_port, proto), _wire(oracle_port, proto)]
     try:
         args: tuple[str, ...]
         for subscriber in (ours[1], theirs[1]):
@@ -481,7 +388,7 @@ AUTH_SCRIPT: list[tuple[Any, ...]] = [
 
 
 def _auth_script(port: int) -> list[Any]:
-    w = Wire(port)
+    w = _wire(port)
     try:
         out = [w.call(*args) for args in AUTH_SCRIPT]
         hello = w.call("HELLO", "3", "AUTH", "default", "pw")  # its map has the server's id
@@ -493,7 +400,7 @@ def _auth_script(port: int) -> list[Any]:
 
 
 def test_config_set_requirepass_goes_to_every_replica(svc: Service, oracle_port: int) -> None:
-    admin, theirs = _wires(svc.port, 2), Wire(oracle_port)
+    admin, theirs = _wires(svc.port, 2), _wire(oracle_port)
     try:
         assert admin[0].call("CONFIG", "SET", "requirepass", "pw") == ("+", "OK")
         assert theirs.call("CONFIG", "SET", "requirepass", "pw") == ("+", "OK")
@@ -505,7 +412,7 @@ def test_config_set_requirepass_goes_to_every_replica(svc: Service, oracle_port:
             assert _auth_script(svc.port) == redis_replies
         assert admin[1].call("CONFIG", "SET", "requirepass", "") == ("+", "OK")
         assert theirs.call("CONFIG", "SET", "requirepass", "") == ("+", "OK")
-        assert Wire(svc.port).call("PING") == ("+", "PONG")
+        assert _wire(svc.port).call("PING") == ("+", "PONG")
     finally:
         theirs.close()
         for w in admin.values():
@@ -524,16 +431,18 @@ def test_requirepass_from_the_environment(tmp_path: Path) -> None:
 
         def ready() -> bool:
             try:
-                return bool(Wire(svc.port).call("PING") == ("-", "NOAUTH Authentication required."))
+                return bool(
+                    _wire(svc.port).call("PING") == ("-", "NOAUTH Authentication required.")
+                )
             except OSError:
                 return False
 
         wait_for(ready, timeout=20)
-        for index, w in _wires_with_password(svc.port, "s3cret").items():
+        for index, w in _wires(svc.port, password="s3cret").items():
             assert w.call("SET", f"k{index}", "v") == ("+", "OK")
             assert w.call("ACL", "LIST")[0].startswith(b"user default on #")
             w.close()
-        w = Wire(svc.port)
+        w = _wire(svc.port)
         assert w.call("GET", "k0") == ("-", "NOAUTH Authentication required.")
         assert w.call("AUTH", "wrong") == (
             "-",
@@ -545,20 +454,6 @@ def test_requirepass_from_the_environment(tmp_path: Path) -> None:
         w.close()
     finally:
         svc.stop()
-
-
-def _wires_with_password(port: int, password: str) -> dict[int, Wire]:
-    found: dict[int, Wire] = {}
-    for _ in range(200):
-        w = Wire(port, password=password)
-        index = int(w.field("replica"))
-        if index in found:
-            w.close()
-            continue
-        found[index] = w
-        if len(found) == 2:
-            return found
-    raise AssertionError(f"connections reached only replicas {sorted(found)}")
 
 
 @PROTOS
@@ -574,6 +469,6 @@ def test_subcommand_errors_abort_a_transaction_like_redis(
     for commands in script:
         replies = []
         for port in (oracle_port, svc.port):
-            w = Wire(port, proto)
+            w = _wire(port, proto)
             replies.append([w.call(*args) for args in commands])
         assert replies[0] == replies[1], commands
