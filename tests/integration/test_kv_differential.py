@@ -585,6 +585,28 @@ SCRIPTING: list[Gen] = [
     g(b"SCRIPT EXISTS", many(_SHAS, 1, 3)),
     g(b"SCRIPT", one([b"FLUSH", b"KILL", b"HELP", b"NOPE"]), many([b"SYNC", b"ASYNC", b"x"], 0, 1)),
 ]
+#: Libraries for FUNCTION LOAD (dlib's two versions and dlib2's second collide on purpose).
+_LIBRARIES = [
+    b"#!lua name=dlib\nredis.register_function('dset', function(k, a) "
+    b"return redis.call('set', k[1], a[1]) end)\nredis.register_function{function_name='dget', "
+    b"flags={'no-writes'}, callback=function(k) return redis.call('get', k[1]) end}",
+    b"#!lua name=dlib\nredis.register_function('dincr', function(k) "
+    b"return redis.call('incr', k[1]) end)",
+    b"#!lua name=dlib2\nredis.register_function('dlist', function(k, a) "
+    b"redis.call('rpush', k[1], a[1]); return redis.call('lrange', k[1], 0, -1) end)",
+    b"#!lua name=dlib2\nredis.register_function('dset', function() return 1 end)",
+    b"#!lua name=dlib3\nreturn 1",
+    b"#!lua name=dlib3\nredis.call('ping')",
+]
+_FUNCTIONS = [b"dset", b"dget", b"dincr", b"dlist", b"nosuch"]
+FUNCTIONS: list[Gen] = [
+    g(b"FUNCTION LOAD", opt(lit(b"REPLACE")), one(_LIBRARIES)),
+    g(b"FCALL", one(_FUNCTIONS), lit(b"1"), KEY, VAL),
+    g(b"FCALL", one(_FUNCTIONS), _NUMKEYS, many(KEYS + VALUES, 0, 2)),
+    g(b"FCALL_RO", one(_FUNCTIONS), lit(b"1"), KEY, VAL),
+    g(b"FUNCTION DELETE", one([b"dlib", b"dlib2", b"nosuch"])),
+    g(b"FUNCTION", one([b"FLUSH", b"KILL", b"STATS", b"NOPE"]), many([b"SYNC", b"ASYNC"], 0, 1)),
+]
 _DBS = one([b"0", b"16", b"-1", b"x", b"2147483648"])  # not 1-15: one database (documented)
 _SORT_GETS = st.lists(cat(lit(b"GET"), one([b"#", b"*", b"a*", b"*->f", b"a*->g", b"nostar"]))
                       .map(list), max_size=2).map(lambda gets: [w for get in gets for w in get])
@@ -656,7 +678,7 @@ SERVER = [
 ]
 
 GENERATORS = (STRINGS + KEYSPACE + HASHES + LISTS + SETS + ZSETS + MISC + BITMAPS + HYPERLOGLOGS
-              + GEO + STREAMS + SCRIPTING + MORE_KEYS + SERVER)
+              + GEO + STREAMS + SCRIPTING + FUNCTIONS + MORE_KEYS + SERVER)
 
 #: Not sent by the chaos form: random replies, races on relative times, scans.
 NO_CHAOS = {b"SORT", b"SORT_RO",  # numeric: see MORE_KEYS
@@ -670,7 +692,8 @@ NO_CHAOS = {b"SORT", b"SORT_RO",  # numeric: see MORE_KEYS
             b"INCRBYFLOAT",  # KNOWN: above
             b"PFADD", b"PFMERGE",  # HLLs only at HLL_KEYS (see there)
             b"PUBSUB", b"SPUBLISH", b"LATENCY", b"SLOWLOG", b"ACL", b"WAIT", b"MEMORY", b"TIME",
-            b"DEBUG"}  # SERVER: see there
+            b"DEBUG",  # SERVER: see there
+            b"FUNCTION"}  # FUNCTION DUMP's payload is the service's own
 
 
 def chaos(names: list[bytes]) -> list[Gen]:
@@ -720,8 +743,8 @@ NOT_BATCHED = {b"SRANDMEMBER", b"HRANDFIELD", b"ZRANDMEMBER", b"RANDOMKEY", b"TT
                b"OBJECT",
                # the same for XGROUP's and XINFO's subcommands (KNOWN, documented)
                b"XGROUP", b"XINFO",
-               # and for SCRIPT's (SCRIPT NOPE in MULTI: EXECABORT in Redis)
-               b"SCRIPT"}  # fmt: skip
+               # and for SCRIPT's and FUNCTION's (SCRIPT NOPE in MULTI: EXECABORT in Redis)
+               b"SCRIPT", b"FUNCTION"}  # fmt: skip
 #: What pipelines and transactions are made of.
 BATCH_MENU = [
     gen for gen in AVAILABLE if gen.kind == "cmd" and gen.needs not in NOT_BATCHED
@@ -1094,6 +1117,7 @@ def run_sequence(clients: Clients, steps: Sequence[Step]) -> None:
         assert r.execute_command("UNWATCH") == b"OK"
     for r in (ours[0], oracle[0]):
         assert r.execute_command("FLUSHALL") == b"OK"
+        assert r.execute_command("FUNCTION", "FLUSH") == b"OK"
     log: list[str] = []
     for i, step in enumerate(steps):
         check_step(i, steps, ours[step.replica], oracle[step.replica], log)
