@@ -51,9 +51,9 @@ from typing import Any, ClassVar, Final
 from dominoes import Component, Context, on, update
 
 from ._commands import REPLICA_BITS, ClientState, Commands, replica_of
-from ._errors import KvError, syntax_error, wrong_type
+from ._errors import KvError, mpop_options, syntax_error, wrong_type
 from ._keyspace import Keyspace, now_ms
-from ._lists import Lists, mpop_options
+from ._lists import Lists
 from ._resp import NULL_ARRAY
 from ._streams import Stream, Streams, fmt, parse_read
 from ._table import command

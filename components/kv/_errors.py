@@ -9,19 +9,20 @@ commands of the batch still run, as they would in Redis.
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
 from typing import Final
 
 __all__ = (
     "INT64_MAX",
     "INT64_MIN",
+    "LONG_MAX",
     "KvError",
     "arity_error",
     "misconf",
+    "mpop_options",
     "not_float",
     "not_integer",
     "overflow",
-    "parse_float",
+    "parse_count",
     "parse_int",
     "syntax_error",
     "unknown_command",
@@ -101,25 +102,45 @@ def parse_int(value: bytes) -> int:
     return n
 
 
-# strtold's syntax without the leading spaces it would skip (Redis refuses them).
-_FLOAT: Final = re.compile(rb"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-#: The largest finite ``long double`` (Redis computes INCRBYFLOAT in one).
-_LONG_DOUBLE_MAX: Final = Decimal("1.18973149535723176502e+4932")
+#: Redis's ``LONG_MAX``: counts are C longs.
+LONG_MAX: Final = 2**63 - 1
 
 
-def parse_float(value: bytes) -> Decimal:
-    """A finite decimal, or ``ERR value is not a valid float``.
-
-    Exact decimal arithmetic stands in for Redis's ``long double``: it gives
-    the same text for the sums people make (``0.1 + 0.2`` is ``0.3`` in both),
-    and every replica computes the same result.
-    """
-    if _FLOAT.fullmatch(value) is None:
-        raise not_float()
+def parse_count(raw: bytes, lo: int, hi: int, message: str | None = None) -> int:
+    """Redis's ``getRangeLongFromObjectOrReply``: an integer in ``lo..hi``, else its error."""
     try:
-        d = Decimal(value.decode())
-    except InvalidOperation:
-        raise not_float() from None
-    if abs(d) > _LONG_DOUBLE_MAX:
-        raise not_float()
-    return d
+        n = parse_int(raw)
+    except KvError:
+        if message is None:
+            raise
+        raise KvError(f"ERR {message}") from None
+    if not lo <= n <= hi:
+        raise KvError(
+            f"ERR {message}"
+            if message is not None
+            else f"ERR value is out of range, value must between {lo} and {hi}"
+        )
+    return n
+
+
+def mpop_options(
+    args: list[bytes], at: int, sides: tuple[bytes, bytes]
+) -> tuple[list[bytes], bytes, int]:
+    """``numkeys key ... SIDE [COUNT n]`` from ``args[at]`` on (LMPOP, BLMPOP, BZMPOP):
+    the keys, the side (upper case) and the count (1 without COUNT), with Redis's errors."""
+    numkeys = parse_count(args[at], 1, LONG_MAX, "numkeys should be greater than 0")
+    where_at = at + 1 + numkeys
+    if where_at >= len(args):
+        raise syntax_error()
+    where = args[where_at].upper()
+    if where not in sides:
+        raise syntax_error()
+    count = -1
+    i = where_at + 1
+    while i < len(args):
+        if count == -1 and args[i].upper() == b"COUNT" and i + 1 < len(args):
+            count = parse_count(args[i + 1], 1, LONG_MAX, "count should be greater than 0")
+            i += 2
+        else:
+            raise syntax_error()
+    return args[at + 1 : where_at], where, max(count, 1)

@@ -3,31 +3,31 @@ HSCAN, ..."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar
 
 from dominoes import Component, Context
 
+from . import _longdouble as longdouble
 from ._errors import (
     INT64_MAX,
     INT64_MIN,
+    LONG_MAX,
     KvError,
     arity_error,
+    not_float,
     overflow,
-    parse_float,
+    parse_count,
     parse_int,
     syntax_error,
     wrong_type,
 )
 from ._keyspace import Keyspace, now_ms
 from ._resp import OK, Pairs
-from ._sets import LONG_MAX, parse_count, random_picks, scan_cursor, scan_page
+from ._sets import random_picks, scan_cursor, scan_page
 from ._strings import add_float
 from ._table import command
 
 __all__ = ("Hashes",)
-
-#: What strtold reads as an infinity (HINCRBYFLOAT refuses it before the key).
-_INFINITIES: Final = frozenset({b"inf", b"+inf", b"-inf", b"infinity", b"+infinity", b"-infinity"})
 
 
 class Hashes(Component):
@@ -183,9 +183,11 @@ class Hashes(Component):
     @command("HINCRBYFLOAT", 4, write=True, keys=(1, 1, 1), flags=("fast",))
     def hincrbyfloat(self, ctx: Context, args: list[bytes]) -> bytes:
         """Redis's order: the increment (an infinity is refused as such), then the key."""
-        if args[3].lower() in _INFINITIES:
+        by = longdouble.parse(args[3])
+        if by is None:
+            raise not_float()
+        if isinstance(by, float):
             raise KvError("ERR value is NaN or Infinity")
-        parse_float(args[3])
         h = self._hash(args[1], now_ms(ctx))
         value = add_float(None if h is None else h.get(args[2]), args[3], hash_field=True)
         self._for_write(ctx, args[1])[args[2]] = value

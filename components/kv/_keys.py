@@ -55,10 +55,17 @@ from dominoes import Component, Context, on
 
 from ._chance import READS
 from ._commands import Commands
-from ._errors import INT64_MAX, KvError, arity_error, parse_int, syntax_error, wrong_type
+from ._errors import (
+    INT64_MAX,
+    KvError,
+    arity_error,
+    parse_count,
+    parse_int,
+    syntax_error,
+    wrong_type,
+)
 from ._keyspace import _TAGS, Keyspace, Value, _plain, _typed, now_ms, type_name
 from ._resp import OK, Status
-from ._sets import parse_count
 from ._table import WRITE, Spec, command
 from ._zsets import _C_SPACE, ZSet, _strtod
 

@@ -9,13 +9,20 @@ from typing import Any, ClassVar
 
 from dominoes import Component, Context
 
-from ._errors import KvError, parse_int, syntax_error, wrong_type
+from ._errors import (
+    LONG_MAX,
+    KvError,
+    mpop_options,
+    parse_count,
+    parse_int,
+    syntax_error,
+    wrong_type,
+)
 from ._keyspace import Keyspace, now_ms
 from ._resp import NULL_ARRAY, OK
-from ._sets import LONG_MAX, parse_count
 from ._table import command
 
-__all__ = ("Lists", "mpop_options")
+__all__ = ("Lists",)
 
 
 class Lists(Component):
@@ -318,26 +325,3 @@ class Lists(Component):
                 self.keyspace.remove(key)
             return [key, popped]
         return NULL_ARRAY
-
-
-def mpop_options(
-    args: list[bytes], at: int, sides: tuple[bytes, bytes]
-) -> tuple[list[bytes], bytes, int]:
-    """``numkeys key ... SIDE [COUNT n]`` from ``args[at]`` on (LMPOP, BLMPOP, BZMPOP):
-    the keys, the side (upper case) and the count (1 without COUNT), with Redis's errors."""
-    numkeys = parse_count(args[at], 1, LONG_MAX, "numkeys should be greater than 0")
-    where_at = at + 1 + numkeys
-    if where_at >= len(args):
-        raise syntax_error()
-    where = args[where_at].upper()
-    if where not in sides:
-        raise syntax_error()
-    count = -1
-    i = where_at + 1
-    while i < len(args):
-        if count == -1 and args[i].upper() == b"COUNT" and i + 1 < len(args):
-            count = parse_count(args[i + 1], 1, LONG_MAX, "count should be greater than 0")
-            i += 2
-        else:
-            raise syntax_error()
-    return args[at + 1 : where_at], where, max(count, 1)

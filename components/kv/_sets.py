@@ -12,23 +12,19 @@ from typing import Any, ClassVar, Final
 from dominoes import Component, Context
 
 from ._chance import READS
-from ._errors import KvError, parse_int, syntax_error, wrong_type
+from ._errors import LONG_MAX, KvError, parse_count, syntax_error, wrong_type
 from ._glob import scan_options
 from ._keyspace import Keyspace, now_ms
 from ._table import command
 
 __all__ = (
-    "LONG_MAX",
     "MAX_PICKS",
     "Sets",
-    "parse_count",
     "random_picks",
     "scan_cursor",
     "scan_page",
 )
 
-#: Redis's ``LONG_MAX``: counts are C longs.
-LONG_MAX: Final = 2**63 - 1
 
 #: A collection this small is scanned in one call (cursor 0 back), as Redis does
 #: with its compact encodings; a larger one in windows of a 32-bit hash.
@@ -38,23 +34,6 @@ SCAN_PAGES: Final = 64
 _HASH_MASK: Final = 0xFFFFFFFF
 #: strtoul's syntax as Redis's ``parseScanCursorOrReply`` takes it (no leading space).
 _CURSOR: Final = re.compile(rb"(?:[+-]?[0-9]+)?")
-
-
-def parse_count(raw: bytes, lo: int, hi: int, message: str | None = None) -> int:
-    """Redis's ``getRangeLongFromObjectOrReply``: an integer in ``lo..hi``, else its error."""
-    try:
-        n = parse_int(raw)
-    except KvError:
-        if message is None:
-            raise
-        raise KvError(f"ERR {message}") from None
-    if not lo <= n <= hi:
-        raise KvError(
-            f"ERR {message}"
-            if message is not None
-            else f"ERR value is out of range, value must between {lo} and {hi}"
-        )
-    return n
 
 
 def scan_cursor(raw: bytes) -> int:

@@ -3,21 +3,21 @@ SETRANGE, MSETNX, LCS, ..."""
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal
-from decimal import Context as DecimalContext
+from fractions import Fraction
 from operator import itemgetter
 from typing import Any, ClassVar, Final
 
 from dominoes import Component, Context
 
+from . import _longdouble as longdouble
 from ._errors import (
     INT64_MAX,
     INT64_MIN,
     KvError,
     arity_error,
+    not_float,
     not_integer,
     overflow,
-    parse_float,
     parse_int,
     syntax_error,
     wrong_type,
@@ -26,7 +26,7 @@ from ._keyspace import Keyspace, deadline_ms, now_ms
 from ._resp import OK
 from ._table import command
 
-__all__ = ("Strings", "add_float", "format_decimal")
+__all__ = ("Strings", "add_float")
 
 #: The longest string SETRANGE may make: Redis's default ``proto-max-bulk-len`` (512 MiB).
 MAX_STRING: Final = 512 * 1024 * 1024
@@ -34,44 +34,22 @@ MAX_STRING: Final = 512 * 1024 * 1024
 _KEY: Final = itemgetter(1)
 _VALUE: Final = itemgetter(2)
 
-_DEC: Final = DecimalContext(prec=60, rounding=ROUND_HALF_EVEN)
-_QUANTUM: Final = Decimal(1).scaleb(-17)
-_LONG_DOUBLE_MAX: Final = Decimal("1.18973149535723176502e+4932")
-_INFINITIES: Final = frozenset({b"inf", b"+inf", b"-inf", b"infinity", b"+infinity", b"-infinity"})
-
-
-def format_decimal(d: Decimal) -> bytes:
-    """Redis's ``%.17Lf`` with trailing zeros (and a trailing point) removed."""
-    if d.adjusted() < 40:
-        d = d.quantize(_QUANTUM, context=_DEC)
-    text = format(d, "f")
-    if "." in text:
-        whole, frac = text.split(".")
-        frac = frac[:17].rstrip("0")
-        text = f"{whole}.{frac}" if frac else whole
-    if text in ("-0", ""):
-        text = "0"
-    return text.encode()
-
 
 def add_float(current: bytes | None, increment: bytes, *, hash_field: bool = False) -> bytes:
-    """INCRBYFLOAT's arithmetic: the new value's text."""
-    if increment.lower() in _INFINITIES:
+    """INCRBYFLOAT's arithmetic, Redis's to the last digit (see :mod:`._longdouble`): the
+    current value (None: 0) is read first, then the increment; the new value's text."""
+    base = longdouble.parse(current) if current is not None else Fraction(0)
+    if base is None:
+        raise KvError(
+            "ERR hash value is not a float" if hash_field else "ERR value is not a valid float"
+        )
+    by = longdouble.parse(increment)
+    if by is None:
+        raise not_float()
+    total = longdouble.add(base, by)
+    if isinstance(total, float):
         raise KvError("ERR increment would produce NaN or Infinity")
-    by = parse_float(increment)
-    if current is None:
-        base = Decimal(0)
-    else:
-        try:
-            base = parse_float(current)
-        except KvError:
-            raise KvError(
-                "ERR hash value is not a float" if hash_field else "ERR value is not a valid float"
-            ) from None
-    result = _DEC.add(base, by)
-    if abs(result) > _LONG_DOUBLE_MAX:
-        raise KvError("ERR increment would produce NaN or Infinity")
-    return format_decimal(result)
+    return longdouble.format_human(total)
 
 
 _TIMES: Final = frozenset({b"EX", b"PX", b"EXAT", b"PXAT"})

@@ -51,7 +51,7 @@ from sortedcontainers import SortedList
 from dominoes import Component, Context
 
 from ._chance import READS
-from ._errors import KvError, not_float, parse_int, syntax_error, wrong_type
+from ._errors import KvError, mpop_options, not_float, parse_int, syntax_error, wrong_type
 from ._glob import scan_options
 from ._resp import NULL_ARRAY, Pairs
 from ._table import command
@@ -761,26 +761,12 @@ class Zsets(Component):
 
     @command("ZMPOP", -4, write=True, keys=(2, -1, 1))
     def zmpop(self, ctx: Context, args: list[bytes]) -> Any:
-        numkeys = _count_arg(args[1], 1, "numkeys should be greater than 0")
-        where = 2 + numkeys
-        if where >= len(args):
-            raise syntax_error()
-        side = args[where].upper()
-        if side not in (b"MIN", b"MAX"):
-            raise syntax_error()
-        count = -1
-        j = where + 1
-        while j < len(args):
-            if count == -1 and args[j].upper() == b"COUNT" and j + 1 < len(args):
-                count = _count_arg(args[j + 1], 1, "count should be greater than 0")
-                j += 2
-            else:
-                raise syntax_error()
+        keys, side, count = mpop_options(args, 1, (b"MIN", b"MAX"))
         now = int(ctx.now * 1000)
-        for key in args[2:where]:
+        for key in keys:
             z = self._zset(key, now)
             if z is not None:
-                popped = self._pop(key, z, max(count, 1), side == b"MAX")
+                popped = self._pop(key, z, count, side == b"MAX")
                 return [key, _nested(popped)]
         return NULL_ARRAY
 
