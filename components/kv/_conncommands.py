@@ -33,11 +33,15 @@ from ._blocking import Blocking
 from ._commands import IN_TRANSACTION, Commands, replica_of
 from ._entries import Deferred, Entry
 from ._errors import INT64_MAX, KvError, arity_error, parse_int, syntax_error
+from ._functions import FUNCTION_SUBCOMMANDS
 from ._glob import glob_matcher
+from ._keys import OBJECT_SUBCOMMANDS
 from ._keyspace import Keyspace
 from ._limits import OUTPUT_LIMIT, parse_output_limits
 from ._persistence import CONFIG_ON_COMMAND_LINE
 from ._resp import OK, PONG, QUEUED, Status, Verbatim
+from ._scripting import SCRIPT_SUBCOMMANDS
+from ._streams import XGROUP_SUBCOMMANDS, XINFO_SUBCOMMANDS
 from ._table import CONN, Spec, command
 from ._zsets import ZSet
 
@@ -71,6 +75,11 @@ SUBCOMMANDS: Final[dict[bytes, dict[bytes, int]]] = {
     b"MEMORY": {
         b"DOCTOR": 2, b"HELP": 2, b"MALLOC-STATS": 2, b"PURGE": 2, b"STATS": 2, b"USAGE": -3,
     },
+    b"OBJECT": OBJECT_SUBCOMMANDS,
+    b"XGROUP": XGROUP_SUBCOMMANDS,
+    b"XINFO": XINFO_SUBCOMMANDS,
+    b"SCRIPT": SCRIPT_SUBCOMMANDS,
+    b"FUNCTION": FUNCTION_SUBCOMMANDS,
 }  # fmt: skip
 
 

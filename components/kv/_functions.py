@@ -44,7 +44,7 @@ from ._table import command
 if TYPE_CHECKING:
     from ._scripting import Scripting
 
-__all__ = ("Functions",)
+__all__ = ("FUNCTION_SUBCOMMANDS", "Functions")
 
 _OOM_FLAGS: Final = (b"no-writes", b"allow-oom")
 #: FUNCTION DUMP's payloads start with this byte (DUMP's of keys with another).
@@ -56,7 +56,7 @@ _BAD_NAME: Final = (
 )
 
 #: FUNCTION's subcommands and their arity (Redis 7.0's ``function|...`` entries).
-_SUBCOMMANDS: Final = {
+FUNCTION_SUBCOMMANDS: Final = {
     b"DELETE": 3,
     b"DUMP": 2,
     b"FLUSH": -2,
@@ -269,7 +269,7 @@ class Functions(Component):
     @command("FUNCTION", -2, write=True, flags=("noscript",))
     def function(self, ctx: Context, args: list[bytes]) -> Any:
         sub = args[1].upper()
-        arity = _SUBCOMMANDS.get(sub)
+        arity = FUNCTION_SUBCOMMANDS.get(sub)
         if arity is None:
             raise KvError(f"ERR unknown subcommand '{_text(args[1])}'. Try FUNCTION HELP.")
         n = len(args)

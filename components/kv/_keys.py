@@ -69,7 +69,15 @@ from ._resp import OK, Status
 from ._table import WRITE, Spec, command
 from ._zsets import _C_SPACE, ZSet, _strtod
 
-__all__ = ("Keys", "dump_payload", "encoding_of", "load_payload", "seal", "unseal")
+__all__ = (
+    "OBJECT_SUBCOMMANDS",
+    "Keys",
+    "dump_payload",
+    "encoding_of",
+    "load_payload",
+    "seal",
+    "unseal",
+)
 
 #: A C ``int``: the range of DB indexes and of Redis's ``getIntFromObjectOrReply``.
 INT_MIN: Final = -(2**31)
@@ -91,6 +99,8 @@ LRU_MAX_IDLE: Final = 2**24 - 2
 #: The first byte of a DUMP payload; another version is refused as Redis refuses one.
 DUMP_VERSION: Final = 1
 _CHECKSUM: Final = 8
+#: OBJECT's subcommands and their arity (Redis 7.0's ``object|...`` entries).
+OBJECT_SUBCOMMANDS: Final = {b"ENCODING": 3, b"FREQ": 3, b"IDLETIME": 3, b"REFCOUNT": 3, b"HELP": 2}
 _BAD_PAYLOAD: Final = "ERR DUMP payload version or checksum are wrong"
 
 #: Writes whose keys :meth:`Keys.stamp` leaves alone: RESTORE stamps its key itself
@@ -466,7 +476,7 @@ class Keys(Component):
             if len(args) != 2:
                 raise arity_error(b"object|help")
             return list(_OBJECT_HELP)
-        if sub not in (b"ENCODING", b"FREQ", b"IDLETIME", b"REFCOUNT"):
+        if sub not in OBJECT_SUBCOMMANDS:
             text = args[1].decode("utf-8", "replace")[:128]
             raise KvError(f"ERR unknown subcommand '{text}'. Try OBJECT HELP.")
         if len(args) != 3:

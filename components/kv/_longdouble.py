@@ -38,20 +38,21 @@ _INFINITY: Final = re.compile(rb"([+-]?)(?:inf|infinity)", re.IGNORECASE)
 
 
 _CHUNK: Final = 4000  # decimal digits per int/str conversion (Python limits one to 4300)
+_SCALE: Final[int] = 10**_CHUNK
 
 
 def _int(digits: bytes) -> int:
     """``int(digits)`` for any length (up to 5 KiB here)."""
     if len(digits) <= _CHUNK:
         return int(digits)
-    return _int(digits[:-_CHUNK]) * 10**_CHUNK + int(digits[-_CHUNK:])
+    return _int(digits[:-_CHUNK]) * _SCALE + int(digits[-_CHUNK:])
 
 
 def _str(n: int) -> str:
     """``str(n)`` of a non-negative integer of any length."""
-    if n < 10**_CHUNK:
+    if n < _SCALE:
         return str(n)
-    high, low = divmod(n, 10**_CHUNK)
+    high, low = divmod(n, _SCALE)
     return _str(high) + str(low).rjust(_CHUNK, "0")
 
 

@@ -43,7 +43,7 @@ from ._table import Spec, command
 if TYPE_CHECKING:
     from ._expiry import Expiry
 
-__all__ = ("NOT_IN_SCRIPTS", "RANDOM_READS", "Scripting", "keys_and_args")
+__all__ = ("NOT_IN_SCRIPTS", "RANDOM_READS", "SCRIPT_SUBCOMMANDS", "Scripting", "keys_and_args")
 
 #: Commands a script may not call (Redis 7.0's ``noscript`` commands), whatever
 #: component implements them; connection commands other than PING and ECHO
@@ -84,7 +84,7 @@ _SCRIPT_HELP: Final = [
 ]
 
 #: SCRIPT's subcommands and their arity (Redis 7.0's ``script|...`` entries).
-_SUBCOMMANDS: Final = {
+SCRIPT_SUBCOMMANDS: Final = {
     b"DEBUG": 3,
     b"EXISTS": -3,
     b"FLUSH": -2,
@@ -291,7 +291,7 @@ class Scripting(Component):
     @command("SCRIPT", -2, write=True, flags=("noscript",))
     def script(self, ctx: Context, args: list[bytes]) -> Any:
         sub = args[1].upper()
-        arity = _SUBCOMMANDS.get(sub)
+        arity = SCRIPT_SUBCOMMANDS.get(sub)
         if arity is None:
             text = args[1].decode("utf-8", "replace")
             raise KvError(f"ERR unknown subcommand '{text}'. Try SCRIPT HELP.")

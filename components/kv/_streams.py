@@ -51,7 +51,7 @@ from ._table import command
 if TYPE_CHECKING:
     from ._keyspace import Keyspace
 
-__all__ = ("Group", "Stream", "Streams")
+__all__ = ("XGROUP_SUBCOMMANDS", "XINFO_SUBCOMMANDS", "Group", "Stream", "Streams")
 
 ID: TypeAlias = tuple[int, int]
 
@@ -380,9 +380,9 @@ def _long(text: bytes, message: str = "") -> int:
         raise
 
 
-_XGROUP_ARITY: Final = {b"CREATE": -5, b"SETID": -5, b"DESTROY": 4, b"CREATECONSUMER": 5,
+XGROUP_SUBCOMMANDS: Final = {b"CREATE": -5, b"SETID": -5, b"DESTROY": 4, b"CREATECONSUMER": 5,
                         b"DELCONSUMER": 5, b"HELP": 2}  # fmt: skip
-_XINFO_ARITY: Final = {b"CONSUMERS": 4, b"GROUPS": 3, b"STREAM": -3, b"HELP": 2}
+XINFO_SUBCOMMANDS: Final = {b"CONSUMERS": 4, b"GROUPS": 3, b"STREAM": -3, b"HELP": 2}
 
 _XGROUP_HELP: Final = [
     b"XGROUP <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
@@ -852,7 +852,7 @@ class Streams(Component):
 
     @command("XGROUP", -2, write=True, keys=(2, 2, 1))
     def xgroup(self, ctx: Context, args: list[bytes]) -> Any:
-        sub = _subcommand(args, _XGROUP_ARITY, "XGROUP")
+        sub = _subcommand(args, XGROUP_SUBCOMMANDS, "XGROUP")
         if sub == b"HELP":
             return [Status(line) for line in _XGROUP_HELP]
         n = len(args)
@@ -1142,7 +1142,7 @@ class Streams(Component):
 
     @command("XINFO", -2, keys=(2, 2, 1))
     def xinfo(self, now: int, args: list[bytes]) -> Any:
-        sub = _subcommand(args, _XINFO_ARITY, "XINFO")
+        sub = _subcommand(args, XINFO_SUBCOMMANDS, "XINFO")
         if sub == b"HELP":
             return [Status(line) for line in _XINFO_HELP]
         key = args[2]

@@ -731,14 +731,7 @@ class Step:
 NOT_BATCHED = {b"SRANDMEMBER", b"HRANDFIELD", b"ZRANDMEMBER", b"RANDOMKEY", b"TTL", b"PTTL",
                b"EXPIRETIME", b"PEXPIRETIME", b"DBSIZE",
                b"CLIENT", b"CONFIG", b"COMMAND", b"SELECT", b"LATENCY", b"SLOWLOG", b"ACL",
-               b"AUTH",
-               # the KV checks OBJECT's subcommand and its arity when EXEC runs it, Redis
-               # when MULTI queues it (EXECABORT): documented
-               b"OBJECT",
-               # the same for XGROUP's and XINFO's subcommands (KNOWN, documented)
-               b"XGROUP", b"XINFO",
-               # and for SCRIPT's and FUNCTION's (SCRIPT NOPE in MULTI: EXECABORT in Redis)
-               b"SCRIPT", b"FUNCTION"}  # fmt: skip
+               b"AUTH"}  # fmt: skip
 #: What pipelines and transactions are made of.
 BATCH_MENU = [
     gen for gen in AVAILABLE if gen.kind == "cmd" and gen.needs not in NOT_BATCHED

@@ -354,6 +354,10 @@ def test_functions_inside_a_transaction(pairs: dict[int, Pair], proto: int) -> N
         ("MULTI",), ("FCALL", "incr", 1, "c"), ("FCALL_RO", "get", 1, "c"),
         ("FCALL", "nosuch", 0), ("FCALL", "incr", 1, "c"), ("EXEC",),
         ("MULTI",), ("FUNCTION", "DELETE", "tx"), ("FCALL", "incr", 1, "c"), ("EXEC",),
+        # refused when queued, so EXEC aborts (as for XGROUP, XINFO, OBJECT, SCRIPT)
+        ("MULTI",), ("FUNCTION", "NOPE"), ("FUNCTION", "LOAD"), ("XGROUP", "CREATE", "s"),
+        ("XINFO", "NOPE"), ("OBJECT", "ENCODING"), ("SCRIPT", "LOAD"), ("INCR", "c"), ("EXEC",),
+        ("GET", "c"),
     ]  # fmt: skip
     for args in script:  # one connection each side: a transaction is per connection
         expected = pair.oracle.call(*args)
