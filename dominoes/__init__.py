@@ -23,6 +23,7 @@ from ._core._errors import PoisonedEntryError as PoisonedEntryError
 from ._core._errors import QueryWroteStateError as QueryWroteStateError
 from ._core._errors import UnknownEventError as UnknownEventError
 from ._core._machine import RemoteError as RemoteError
+from ._core._service import Option as Option
 from ._core._service import Service as Service
 from ._runtime._client import Client as Client
 from ._runtime._client import connect as connect
@@ -46,6 +47,7 @@ __all__ = (
     "EventRef",
     "LogFullError",
     "Mode",
+    "Option",
     "PoisonedEntryError",
     "QueryWroteStateError",
     "RemoteError",

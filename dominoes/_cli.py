@@ -25,7 +25,9 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="run a service as one pinned replica per core",
         description="Run SERVICE (module:attribute naming a dominoes.Service) as N "
-        "replica processes sharing one log.",
+        "replica processes sharing one log. Options it does not know are the service's "
+        "own (Service(options=...)): --NAME VALUE, --NAME=VALUE, or --NAME for a flag.",
+        allow_abbrev=False,
     )
     run.add_argument(
         "target", metavar="SERVICE", help="module:attribute, e.g. examples.counter:service"
@@ -550,9 +552,40 @@ def _find_run_dir(name: str | None, run_dir: Path | None) -> Path:
     raise SystemExit(f"dominoes: error: name the service (running: {names}) or pass --run-dir")
 
 
+def _service_options(extra: list[str]) -> dict[str, str | None]:
+    """``--name value``, ``--name=value`` and ``--flag`` words after ``dominoes run``'s own
+    options: the service's options, checked against its declaration by the supervisor."""
+    given: dict[str, str | None] = {}
+    i = 0
+    while i < len(extra):
+        word = extra[i]
+        if not word.startswith("--") or len(word) == 2:
+            raise ValueError(f"unexpected argument {word!r}")
+        name, eq, value = word[2:].partition("=")
+        if name in given:
+            raise ValueError(f"--{name} is given twice")
+        if eq:
+            given[name] = value
+        elif i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            i += 1
+            given[name] = extra[i]
+        else:
+            given[name] = None
+        i += 1
+    return given
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "run":
+        try:
+            service_options = _service_options(extra)
+        except ValueError as exc:
+            print(f"dominoes: error: {exc}", file=sys.stderr)
+            return 2
         from ._core._log import DEFAULT_CAPACITY, DEFAULT_SLOT_SIZE
         from ._runtime._asgi import HttpOptions
         from ._runtime._durable import DurableLogError
@@ -589,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
             slot_size=DEFAULT_SLOT_SIZE if args.slot_size is None else args.slot_size,
             run_dir=args.run_dir,
             log_level=args.log_level.upper(),
+            service_options=service_options,
             sys_path=[cwd],
             monitor_port=_monitor_setting(args),
             digest_every=args.digest_every,

@@ -27,7 +27,7 @@ from ._context import Context
 from ._machine import DEFAULT_DEDUP_WINDOW, StateMachine
 from ._registry import Handler, Registry
 
-__all__ = ("PUBLISH_EVENT", "Service")
+__all__ = ("PUBLISH_EVENT", "Option", "Service")
 
 #: The built-in event ``State.publish`` raises (in ``every`` mode): it changes
 #: no state and publishes its message on every replica.
@@ -36,6 +36,77 @@ PUBLISH_EVENT = "dominoes.publish"
 
 def _publish(ctx: Context, topic: str, message: Any) -> None:
     ctx.publish(topic, message)
+
+
+class Option:
+    """A command-line option of a service: ``dominoes run mod:service --NAME VALUE``.
+
+    ``dominoes run`` takes the options it does not know itself as the
+    service's, checks them against the service's ``options`` (an unknown name,
+    a missing required one, or a value ``type`` refuses is an error before any
+    replica starts) and gives every replica the converted values as
+    ``replica.options[name]`` (the name as declared: ``tun``, ``addr``).  A
+    ``flag`` takes no value (``True`` when given, else ``False``).
+    """
+
+    __slots__ = ("default", "flag", "help", "name", "required", "type")
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        help: str = "",
+        default: Any = None,
+        required: bool = False,
+        type: Callable[[str], Any] = str,
+        flag: bool = False,
+    ) -> None:
+        if not name.replace("-", "_").isidentifier():
+            raise ValueError(f"an option name is identifier-like (tun, listen-port), not {name!r}")
+        self.name = name
+        self.help = help
+        self.default = False if flag and default is None else default
+        self.required = required
+        self.type = type
+        self.flag = flag
+
+    def __repr__(self) -> str:
+        return f"Option({self.name!r})"
+
+
+def parse_options(
+    declared: Iterable[Option], given: dict[str, str | None], *, service: str = ""
+) -> dict[str, Any]:
+    """The values of ``declared`` from what the command line ``given`` (name -> text, or
+    None for a flag); ValueError naming the problem for an unknown or missing option or
+    a value its ``type`` refuses."""
+    options = {o.name: o for o in declared}
+    unknown = sorted(set(given) - set(options))
+    if unknown:
+        known = ", ".join(f"--{n}" for n in options) or "none"
+        raise ValueError(
+            f"unknown option --{unknown[0]} for service {service!r} (its options: {known})"
+        )
+    values: dict[str, Any] = {}
+    for name, option in options.items():
+        if name not in given:
+            if option.required:
+                raise ValueError(f"service {service!r} needs --{name}: {option.help}".rstrip(": "))
+            values[name] = option.default
+            continue
+        text = given[name]
+        if option.flag:
+            if text is not None:
+                raise ValueError(f"--{name} takes no value")
+            values[name] = True
+            continue
+        if text is None:
+            raise ValueError(f"--{name} needs a value")
+        try:
+            values[name] = option.type(text)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"--{name} {text}: {exc}") from None
+    return values
 
 
 class Service:
@@ -59,6 +130,7 @@ class Service:
         on_start: Callable[..., Any] | None = None,
         reads: str = "linearizable",
         asgi: Callable[..., Any] | None = None,
+        options: Iterable[Option] = (),
     ) -> None:
         if not name or not name.replace("-", "_").replace(".", "_").isidentifier():
             raise ValueError(f"service name must be an identifier-like string, not {name!r}")
@@ -93,6 +165,12 @@ class Service:
         #: completed tail first) or ``"local"`` (possibly stale, no catch-up);
         #: ``dominoes run --reads`` overrides it, ``@query.local`` per query
         self.reads = reads
+        #: the service's own command-line options (``dominoes run ... --NAME VALUE``);
+        #: each replica gets their values as ``replica.options``
+        self.options: tuple[Option, ...] = tuple(options)
+        names = [o.name for o in self.options]
+        if len(set(names)) != len(names):
+            raise ValueError(f"service {name!r} declares an option twice: {names}")
         self._components: list[Component] = []
         self._extra: dict[int, tuple[EventRef, Handler, float, dict[str, Any]]] = {}
         self._ids = itertools.count(1)

@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from .._core._backend import LogHost
-from .._core._service import Service
+from .._core._service import Service, parse_options
 from . import _logs as logs
 from ._asgi import AsgiServer, AsgiStartupError, HttpOptions, start_asgi
 from ._control import replica_socket, serve_replica
@@ -67,6 +67,8 @@ class ReplicaConfig(msgspec.Struct, kw_only=True):
     join: bool
     log_level: str = "WARNING"
     sys_path: list[str] = []
+    #: the service's own command-line options, as given (checked by the supervisor)
+    service_options: dict[str, str | None] = {}
     monitor_port: int | None = None
     digest_every: int | None = None
     stall_threshold: float = 0.1
@@ -226,6 +228,8 @@ async def serve(config: ReplicaConfig, service: Service, attached: LogHost) -> i
         durable=durable,
     )
     replica.core.checkpoint_entries = config.checkpoint_every
+    replica.options = parse_options(service.options, config.service_options, service=service.name)
+    replica.host, replica.port = config.host, config.port
     bind_process(State(replica))  # dominoes.current() in this process
     stop = asyncio.Event()
     orphaned = asyncio.Event()

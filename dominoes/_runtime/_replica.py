@@ -141,6 +141,13 @@ class Replica:
         self.run_dir = run_dir
         #: the CPU this replica is pinned to (None if unpinned)
         self.cpu = cpu
+        #: the service's own options (``Service(options=...)``), name -> value, as
+        #: ``dominoes run`` gave them; each declared option's default otherwise
+        self.options: dict[str, Any] = {o.name: o.default for o in service.options}
+        #: the address ``dominoes run --host/--port`` gave the service (its ingress
+        #: listens there; a service with its own ingress may read it)
+        self.host = "127.0.0.1"
+        self.port = 0
         #: the log backend this replica appends to and applies from
         self.log = log
         #: how it wakes sleeping replicas and is woken

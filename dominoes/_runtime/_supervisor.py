@@ -55,6 +55,7 @@ from .._core._log import (
     FSYNC_POLICIES,
     ReplicaState,
 )
+from .._core._service import parse_options
 from ._asgi import HttpOptions
 from ._bridge import Fetched
 from ._bridgeproc import BridgeProcess, fetch_snapshot
@@ -118,6 +119,8 @@ class SupervisorConfig:
     log_level: str = "WARNING"
     hash_seed: str = DEFAULT_HASH_SEED
     sys_path: list[str] = field(default_factory=list)
+    #: the service's own options from the command line (name -> text; None: a flag)
+    service_options: dict[str, str | None] = field(default_factory=dict)
     #: aiomonitor base port (replica i on BASE + 10*i), or None for no monitor
     monitor_port: int | None = None
     #: digest comparison period in log positions (None: the service's own)
@@ -198,6 +201,8 @@ class Supervisor:
     def __init__(self, config: SupervisorConfig) -> None:
         self.config = config
         self.service = load_service(config.target)  # fail fast, before any process starts
+        # the service's options: refused here, before any replica starts
+        parse_options(self.service.options, config.service_options, service=self.service.name)
         if self.service.asgi is not None and importlib.util.find_spec("uvicorn") is None:
             raise ImportError(
                 f"service {self.service.name!r} serves an ASGI app, which needs uvicorn: "
@@ -415,6 +420,7 @@ class Supervisor:
             join=join,
             log_level=self.config.log_level,
             sys_path=self.config.sys_path,
+            service_options=self.config.service_options,
             monitor_port=self.config.monitor_port,
             digest_every=self.config.digest_every,
             stall_threshold=self.config.stall_threshold,

@@ -316,6 +316,79 @@ def test_a_service_without_ingress_says_it_serves_no_network(tmp_path: Path) -> 
     assert "127.0.0.1" not in line
 
 
+OPTIONED = """
+from dominoes import Component, Context, Option, Service, update
+
+
+class Seen(Component):
+    def __init__(self) -> None:
+        self.options: list[str] = []
+
+    @update
+    def note(self, ctx: Context, text: str) -> None:
+        self.options.append(text)
+
+
+async def start(replica):
+    o = replica.options
+    line = f"replica {replica.index} options tun={o['tun']} mtu={o['mtu']!r} fast={o['fast']}"
+    print(line, flush=True, file=__import__("sys").stderr)
+
+
+service = Service(
+    "optioned",
+    [Seen()],
+    on_start=start,
+    options=[
+        Option("tun", required=True, help="a device"),
+        Option("mtu", type=int, default=1500),
+        Option("fast", flag=True),
+    ],
+)
+"""
+
+
+def test_a_service_gets_its_own_options(tmp_path: Path) -> None:
+    (tmp_path / "optioned_service.py").write_text(OPTIONED)
+    args = serve("optioned_service:service", tmp_path / "run", port=free_port())
+    with started(*args, "--tun", "dn0", "--mtu=9000", "--fast", cwd=tmp_path) as svc:
+        lines = [svc.wait_for(f"replica {i} options") for i in (0, 1)]
+        svc.proc.send_signal(signal.SIGTERM)
+        assert svc.wait(60) == 0, svc.output
+    for i, line in enumerate(lines):
+        assert line.endswith(f"replica {i} options tun=dn0 mtu=9000 fast=True"), line
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        ((), "dominoes: error: service 'optioned' needs --tun: a device"),
+        (
+            ("--tun", "a", "--nope", "1"),
+            "dominoes: error: unknown option --nope for service "
+            "'optioned' (its options: --tun, --mtu, --fast)",
+        ),
+        (
+            ("--tun", "a", "--mtu", "big"),
+            "dominoes: error: --mtu big: invalid literal for int() with base 10: 'big'",
+        ),
+        (("--tun", "a", "--fast=yes"), "dominoes: error: --fast takes no value"),
+        (("--tun", "a", "stray"), "dominoes: error: unexpected argument 'stray'"),
+        (("--tun", "a", "--tun", "b"), "dominoes: error: --tun is given twice"),
+    ],
+    ids=["missing", "unknown", "type", "flag-value", "stray", "twice"],
+)
+def test_bad_service_options_are_refused_before_any_replica_starts(
+    tmp_path: Path, extra: tuple[str, ...], error: str
+) -> None:
+    (tmp_path / "optioned_service.py").write_text(OPTIONED)
+    args = serve("optioned_service:service", tmp_path / "run", port=free_port())
+    with started(*args, *extra, cwd=tmp_path) as svc:
+        code = svc.wait(60)
+    assert code == 2
+    assert svc.lines == [error], svc.output
+
+
 def test_more_replicas_than_cores_warns_why(tmp_path: Path) -> None:
     one_core = min(os.sched_getaffinity(0))
     with started(
