@@ -101,7 +101,10 @@ Simplified, compared with RFC 9293
   peer's SYN in SYN_RCVD is answered with our SYN-ACK again (as Linux does).
 * close() in SYN_SENT forgets the connection; close() after close() is ignored;
   FIN_WAIT_2 has no timeout (Linux's ``tcp_fin_timeout`` is for orphans).
-* A RST in TIME_WAIT closes it (RFC 9293; Linux's default, not RFC 1337).
+* A RST in TIME_WAIT is dropped, as RFC 1337 recommends (Linux with
+  ``tcp_rfc1337=1``); RFC 9293 and Linux's default close.  Otherwise a peer that
+  got our last ACK twice answers the duplicate from CLOSED with a RST, which would
+  end a clean close with "reset".
 * ``TcpOutSegs`` counts every segment sent, retransmissions included (Linux does).
 """
 
@@ -419,6 +422,7 @@ _ROWS: Final[dict[State, _Row]] = {
     },
     S.TIME_WAIT: {
         **_COMMON,
+        E.RST: ("drop", None),
         E.UNACCEPTABLE: ("time_wait_ack", None),
         E.SYN_RETRANSMIT: ("time_wait_ack", None),
         E.ACK: ("drop", None),
