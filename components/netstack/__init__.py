@@ -15,3 +15,8 @@ Layers, each its own module:
 """
 
 from __future__ import annotations
+
+from ._ingress import Ingress, parse_address, start
+from ._stack import Tcp, conn_key, key_parts
+
+__all__ = ("Ingress", "Tcp", "conn_key", "key_parts", "parse_address", "start")
