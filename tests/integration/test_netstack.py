@@ -10,7 +10,10 @@ devices cannot be made (not root, no /dev/net/tun).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
+import re
 import shutil
 import signal
 import subprocess
@@ -104,6 +107,59 @@ def test_echo_over_the_kernel_tcp(ns: Namespace, tmp_path: Path, size: int) -> N
         sent, back, count, tail = _client(ns, svc.port, size)
         assert (sent, int(count)) == (back, size)
         assert tail == "0"  # the echo closed after the client did
+    finally:
+        svc.stop()
+
+
+def test_nc_echo_of_20_mb(ns: Namespace, tmp_path: Path) -> None:
+    """The kernel's ``nc`` sends 20 MB and reads the echo; the checksums match."""
+    if shutil.which("nc") is None:
+        pytest.skip("no nc (netcat-openbsd)")
+    data = random.Random(20).randbytes(20_000_000)
+    (tmp_path / "in").write_bytes(data)
+    svc = _echo_service(ns, tmp_path / "run")
+    try:
+        ns.run("sh", "-c", f"nc -N {STACK_ADDR} {svc.port} < {tmp_path}/in > {tmp_path}/out")
+        back = (tmp_path / "out").read_bytes()
+        assert len(back) == len(data)
+        assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
+    finally:
+        svc.stop()
+
+
+#: nftables in the namespace: 5 % of the stack's packets dropped on their way into the
+#: kernel (dn0's ingress), and 5 % of the kernel's dropped and 2 % duplicated on their
+#: way to the stack (the output hook; a duplicate goes out of dn0 again).
+LOSSY = """
+table netdev lossy_in {
+  chain ig {
+    type filter hook ingress device dn0 priority 0;
+    numgen random mod 100 < 5 counter drop
+  }
+}
+table ip lossy_out {
+  chain out {
+    type filter hook output priority 0;
+    oifname "dn0" numgen random mod 100 < 5 counter drop
+    oifname "dn0" numgen random mod 100 < 2 counter dup to 192.0.2.2 device "dn0"
+  }
+}
+"""
+
+
+def test_5_mb_each_way_under_loss_and_duplication(ns: Namespace, tmp_path: Path) -> None:
+    if shutil.which("nft") is None:
+        pytest.skip("no nft (nftables)")
+    (tmp_path / "lossy.nft").write_text(LOSSY)
+    ns.run("nft", "-f", str(tmp_path / "lossy.nft"))
+    svc = _echo_service(ns, tmp_path / "run")
+    try:
+        sent, back, count, tail = _client(ns, svc.port, 5_000_000, seed=5)
+        assert (sent, int(count), tail) == (back, 5_000_000, "0")
+        rules = ns.run("nft", "list", "ruleset")
+        counts = [int(n) for n in re.findall(r"counter packets (\d+)", rules)]
+        assert len(counts) == 3
+        assert all(n > 0 for n in counts), rules  # every kind of fault happened
     finally:
         svc.stop()
 
