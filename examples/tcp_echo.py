@@ -43,6 +43,7 @@ service = Service(
     "tcp_echo",
     [Tcp(), Echo()],
     on_start=start,
+    serves=lambda options, host, port: f"{options['addr']} port {port} (TUN {options['tun']})",
     options=[
         Option("tun", help="the TUN device (multi-queue) to open a queue of", required=True),
         Option(

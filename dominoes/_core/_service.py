@@ -131,6 +131,7 @@ class Service:
         reads: str = "linearizable",
         asgi: Callable[..., Any] | None = None,
         options: Iterable[Option] = (),
+        serves: str | Callable[[dict[str, Any], str, int], str] | None = None,
     ) -> None:
         if not name or not name.replace("-", "_").replace(".", "_").isidentifier():
             raise ValueError(f"service name must be an identifier-like string, not {name!r}")
@@ -171,6 +172,11 @@ class Service:
         names = [o.name for o in self.options]
         if len(set(names)) != len(names):
             raise ValueError(f"service {name!r} declares an option twice: {names}")
+        #: where a service that brings its own ingress (``on_start``) serves, for the
+        #: line ``dominoes run`` prints when every replica is up: a string, or
+        #: ``serves(options, host, port) -> str`` from the service's option values and
+        #: ``--host``/``--port`` (None: say what the tcp/udp/asgi ingress serves)
+        self.serves = serves
         self._components: list[Component] = []
         self._extra: dict[int, tuple[EventRef, Handler, float, dict[str, Any]]] = {}
         self._ids = itertools.count(1)

@@ -202,7 +202,9 @@ class Supervisor:
         self.config = config
         self.service = load_service(config.target)  # fail fast, before any process starts
         # the service's options: refused here, before any replica starts
-        parse_options(self.service.options, config.service_options, service=self.service.name)
+        self.options = parse_options(
+            self.service.options, config.service_options, service=self.service.name
+        )
         if self.service.asgi is not None and importlib.util.find_spec("uvicorn") is None:
             raise ImportError(
                 f"service {self.service.name!r} serves an ASGI app, which needs uvicorn: "
@@ -512,6 +514,14 @@ class Supervisor:
                     line = (
                         f"dominoes: {name} serving on {where} with {n} replicas "
                         f"(its ASGI app; run dir {run_dir})"
+                    )
+                elif self.service.serves is not None:
+                    serves = self.service.serves
+                    if not isinstance(serves, str):
+                        serves = serves(self.options, self.config.host, self.config.port)
+                    line = (
+                        f"dominoes: {name} serving on {serves} with {n} replicas "
+                        f"(run dir {run_dir})"
                     )
                 elif self.service.tcp is None and self.service.udp is None:
                     line = (

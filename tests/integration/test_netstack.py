@@ -77,8 +77,10 @@ def _echo_service(ns: Namespace, run_dir: Path, replicas: int = 2) -> Service:
         args=("--tun", "dn0", "--addr", f"{STACK_ADDR}/24"),
         wrap=ns.wrap,
     )
-    # its ingress is its own (the TUN queues, opened in on_start, before it serves)
-    svc.wait_for_line("tcp_echo serving", timeout=60)
+    svc.wait_ready(60)
+    assert f"serving on {STACK_ADDR}/24 port {svc.port} (TUN dn0) with {replicas} replicas" in (
+        svc.output
+    )
     return svc
 
 
