@@ -86,7 +86,8 @@ delayed ACK), an out-of-order one with a pure duplicate ACK.  :meth:`consumed`
 sends a window update when the right edge moves by min(MSS, half the buffer).
 
 Options: MSS (effective MSS = min(ours, theirs), 536 if they sent none) and window
-scaling (RFC 7323: only when both SYNs carry it; a SYN's own window is never scaled).
+scaling (RFC 7323: only when both SYNs carry it; a SYN's own window is never scaled;
+the scale offered is the smallest covering ``rcv_buffer``, at most ``wscale``).
 
 Simplified, compared with RFC 9293
 ----------------------------------
@@ -651,6 +652,11 @@ class Tcb:
         self.fin_seq = None
         self.our_mss = mss
         self.mss = min(mss, DEFAULT_MSS)
+        if wscale is not None:
+            # no more than the buffer needs (as Linux's tcp_select_initial_window):
+            # a larger scale would round a small free space down to a zero window
+            needed = max((rcv_buffer - 1).bit_length() - 16, 0)
+            wscale = min(wscale, needed)
         self.wscale_offer = wscale
         self.cwnd = INITIAL_WINDOW * self.mss
         self.ssthresh = 1 << 30
@@ -697,8 +703,9 @@ class Tcb:
     ) -> tuple[Tcb, Actions]:
         """A connection for ``syn`` (SYN without ACK, RST or FIN) to a listening port.
 
-        The Tcb is in SYN_RCVD; the actions carry the SYN-ACK.  ``wscale`` None
-        never offers window scaling.
+        The Tcb is in SYN_RCVD; the actions carry the SYN-ACK.  ``wscale`` is the
+        largest window scale to offer (the scale offered is the smallest that lets
+        the window field cover ``rcv_buffer``); None never offers window scaling.
         """
         if syn.flags & (SYN | ACK | RST | FIN) != SYN:
             raise ValueError(f"passive open needs a SYN, got {syn!r}")
@@ -1063,7 +1070,7 @@ class Tcb:
         """Delete the connection without telling the peer."""
 
     def _a_abort(self, seg: Segment | None, data: bytes) -> None:
-        self._emit(self.snd_nxt, RST)
+        self._emit(self._ack_seq(), RST)
 
     def _a_give_up(self, seg: Segment | None, data: bytes) -> None:
         self._out.count("TcpExtTCPAbortOnTimeout")
@@ -1355,8 +1362,19 @@ class Tcb:
         self._emit(self.iss, SYN | ACK if synack else SYN, syn=True)
         self.snd_nxt = self.snd_max = seq_add(self.iss, 1)
 
+    def _ack_seq(self) -> int:
+        """The sequence number for a segment without data (Linux's tcp_acceptable_seq).
+
+        The highest sent, SND.MAX, not SND.NXT: after a timeout SND.NXT goes back to
+        SND.UNA, and the peer, which may have received up to SND.MAX, would find a
+        pure ACK at SND.NXT unacceptable and ignore the ACK it carries; both ends
+        doing so at once deadlocks.  Capped at the peer's window's right edge.
+        """
+        edge = seq_add(self.snd_una, self.snd_wnd)
+        return self.snd_max if seq_le(self.snd_max, edge) else edge
+
     def _send_ack(self) -> None:
-        self._emit(self.snd_nxt, ACK)
+        self._emit(self._ack_seq(), ACK)
 
     def _emit(self, seq: int, flags: int, payload: bytes = b"", *, syn: bool = False) -> None:
         out = self._out
