@@ -79,12 +79,16 @@ DOCUMENTS: dict[str, tuple[str, ...]] = {
     "docs/howto/operate.md": (". .venv/bin/activate",),
     "docs/howto/run-a-service.md": (),
     "docs/howto/web.md": (),
+    "docs/howto/netstack.md": (". .venv/bin/activate",),
 }
 #: Lines not run, and why.
 SKIP: dict[str, str] = {
     r"^scripts/test\b": "the whole test suite, this module included (.ci/run runs it)",
     r"^ssh ": "needs another host",
 }
+#: Lines that need root (network namespaces, TUN devices): skipped, and reported, when
+#: the suite does not run as root (CI does).
+ROOT_ONLY = re.compile(r"^ip (netns|-n)\b")
 #: Python blocks that are excerpts of a file (by their first line), not programs.
 FRAGMENTS: dict[tuple[str, str], str] = {
     ("docs/howto/run-a-service.md", 'service = Service("counter"'): "examples/counter.py",
@@ -98,6 +102,7 @@ FRAGMENTS: dict[tuple[str, str], str] = {
     ("docs/howto/web.md", "from dominoes.testing import LoopCluster"): (
         "tests/integration/test_loopcluster.py"
     ),
+    ("docs/howto/netstack.md", "class Echo(Component):"): "examples/tcp_echo.py",
 }
 #: Packages a document's prose installs for its python blocks (``pip install X``).
 PROSE_INSTALLS: dict[str, tuple[str, ...]] = {"docs/howto/kv.md": ("redis",)}
@@ -107,7 +112,7 @@ PRINTS: dict[tuple[str, int], tuple[str, ...]] = {
     ("docs/howto/local-clients.md", 0): ("2\n",),
 }
 #: Tools a line may need that a machine may lack (Debian: jq, curl, netcat, redis-tools).
-OPTIONAL_TOOLS = ("jq", "curl", "nc", "redis-cli", "redis-benchmark")
+OPTIONAL_TOOLS = ("jq", "curl", "nc", "ping", "redis-cli", "redis-benchmark")
 DOC_PORTS = (6380, 7000)
 
 #: Bounds, in seconds.  Installing is the slow part: minutes on a cold cache.
@@ -117,7 +122,7 @@ STOP_TIMEOUT = 30.0
 LINE_TIMEOUT = 120.0
 
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
-_SERVICE = re.compile(r"^(scripts/serve|dominoes run)\b")
+_SERVICE = re.compile(r"^(ip netns exec \S+ )?(scripts/serve|dominoes run)\b")
 _BACKGROUND = re.compile(r"^(?P<cmd>[^#]*?)\s*(?<!&)&?\s*(#.*)?$")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")
 _OFFLINE = ("Could not find a version", "NewConnectionError", "Temporary failure in name")
@@ -386,6 +391,9 @@ class Run:
             if re.search(pattern, line):
                 self.terminal.skipped.append(f"{where}: `{line}`: {reason}")
                 return
+        if os.geteuid() != 0 and ROOT_ONLY.search(line):
+            self.terminal.skipped.append(f"{where}: `{line}`: needs root")
+            return
         tool = self.terminal.missing_tool(line)
         if tool is not None:
             self.terminal.skipped.append(f"{where}: `{line}`: {tool} is not installed")
