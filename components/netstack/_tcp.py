@@ -64,8 +64,10 @@ FIN rides on the last data segment, or goes alone once everything is sent.
 Retransmission is RFC 6298: SRTT/RTTVAR, initial RTO 1 s, at least 0.2 s (like
 Linux), at most 60 s, one timed segment at a time, no sample from a retransmitted
 one (Karn), the RTO doubled on every timeout and kept until a new sample.  On a
-timeout the head is resent whatever the windows say and sending goes back to
-``snd_una`` (go-back-N), with cwnd = 1 MSS.  Three duplicate ACKs trigger a fast
+timeout the head is resent whatever cwnd says (within the peer's window, at least
+one byte) and sending goes back to ``snd_una`` (go-back-N), with cwnd = 1 MSS.
+Segments without data carry the highest sequence number sent (Linux's
+``tcp_acceptable_seq``), not the rewound ``snd_nxt``.  Three duplicate ACKs trigger a fast
 retransmit and NewReno's recovery (RFC 5681, RFC 6582): ssthresh = half the flight,
 cwnd inflated by the duplicates, partial ACKs resend the next hole.  Slow start
 from an initial window of 10 MSS, then congestion avoidance.  A zero window arms
@@ -1105,7 +1107,7 @@ class Tcb:
         self.in_recovery = False
         self.dupacks = 0
         self.recover = self.snd_max
-        self.snd_nxt = seq_add(self.snd_una, self._xmit(self.snd_una, self.mss))
+        self.snd_nxt = seq_add(self.snd_una, self._resend_head())
 
     def _a_probe(self, seg: Segment | None, data: bytes) -> None:
         """Zero-window probe (Linux's): an ACK at ``snd_una - 1``, answered with the window."""
@@ -1253,7 +1255,7 @@ class Tcb:
                     self.in_recovery = False
                     self.dupacks = 0
                 else:
-                    self._xmit(self.snd_una, mss)
+                    self._resend_head()
                     self.cwnd = max(self.cwnd - d + (mss if d >= mss else 0), mss)
             else:
                 self.dupacks = 0
@@ -1278,7 +1280,7 @@ class Tcb:
                 self.recover = self.snd_max
                 self.in_recovery = True
                 self.rtt_seq = None
-                self._xmit(self.snd_una, mss)
+                self._resend_head()
                 self.cwnd = self.ssthresh + 3 * mss
         if d >= 0 and (
             seq_lt(self.snd_wl1, seg.seq) or (self.snd_wl1 == seg.seq and seq_le(self.snd_wl2, ack))
@@ -1317,6 +1319,11 @@ class Tcb:
             if not sent:
                 return
             self.snd_nxt = seq_add(self.snd_nxt, sent)
+
+    def _resend_head(self) -> int:
+        """Resend the first unacknowledged segment: at most one MSS and, as Linux does,
+        no more than the peer's window (at least one byte, a probe if it is zero)."""
+        return self._xmit(self.snd_una, min(self.mss, max(self.snd_wnd, 1)))
 
     def _xmit(self, seq: int, maxlen: int) -> int:
         """Send (or resend) up to ``maxlen`` data bytes at ``seq``, with the FIN if it

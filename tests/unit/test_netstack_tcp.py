@@ -593,6 +593,39 @@ def test_retransmitted_syn_in_syn_rcvd_gets_the_syn_ack_again() -> None:
     assert acts.counters["TcpRetransSegs"] == 1
 
 
+def test_send_and_close_in_syn_rcvd_wait_for_the_handshake() -> None:
+    a, syn = Tcb.active(A_PORT, B_PORT, A_ISS, 0.0)
+    b, synack = Tcb.passive(B_PORT, A_PORT, syn.segments[0], B_ISS, 0.0)
+    assert b.send(b"early", 0.0).segments == []
+    assert b.close(0.0).segments == []
+    assert state_of(b) is State.FIN_WAIT_1
+    [ack] = a.on_segment(synack.segments[0], 0.01).segments
+    [data] = b.on_segment(ack, 0.02).segments
+    assert (data.payload, data.flags) == (b"early", ACK | PSH | FIN)
+    acts = a.on_segment(data, 0.03)
+    assert acts.delivered == b"early"
+    assert acts.events == ["remote_fin"]
+    [fin] = a.close(0.04).segments
+    [last] = b.on_segment(acts.segments[0], 0.05).segments + b.on_segment(fin, 0.05).segments
+    assert state_of(b) is State.TIME_WAIT
+    assert a.on_segment(last, 0.06).events == ["closed"]
+
+
+def test_simultaneous_open() -> None:
+    a, syn_a = Tcb.active(A_PORT, B_PORT, A_ISS, 0.0)
+    b, syn_b = Tcb.active(B_PORT, A_PORT, B_ISS, 0.0)
+    [sa_a] = a.on_segment(syn_b.segments[0], 0.01).segments
+    [sa_b] = b.on_segment(syn_a.segments[0], 0.01).segments
+    assert state_of(a) is State.SYN_RCVD
+    assert sa_a.flags == SYN | ACK
+    [ack_a] = a.on_segment(sa_b, 0.02).segments  # its SYN is old: just ACK it
+    [ack_b] = b.on_segment(sa_a, 0.02).segments
+    assert a.on_segment(ack_b, 0.03).events == ["established"]
+    assert b.on_segment(ack_a, 0.03).events == ["established"]
+    got = pump(a, b, a.send(b"ping", 0.1).segments, 0.1)
+    assert got[id(b)] == b"ping"
+
+
 def test_window_scaling_on() -> None:
     # the scale offered is the smallest covering the buffer: 4 for 1 MB, 6 for 4 MB
     a, syn = Tcb.active(A_PORT, B_PORT, A_ISS, 0.0)
