@@ -67,10 +67,11 @@ one (Karn), the RTO doubled on every timeout and kept until a new sample.  On a
 timeout the head is resent whatever cwnd says (within the peer's window, at least
 one byte) and sending goes back to ``snd_una`` (go-back-N), with cwnd = 1 MSS.
 Segments without data carry the highest sequence number sent (Linux's
-``tcp_acceptable_seq``), not the rewound ``snd_nxt``.  Three duplicate ACKs trigger a fast
-retransmit and NewReno's recovery (RFC 5681, RFC 6582): ssthresh = half the flight,
-cwnd inflated by the duplicates, partial ACKs resend the next hole.  Slow start
-from an initial window of 10 MSS, then congestion avoidance.  A zero window arms
+``tcp_acceptable_seq``), not the rewound ``snd_nxt``, so that the peer finds them
+acceptable.  Three duplicate ACKs trigger a fast retransmit and NewReno's
+recovery (RFC 5681, RFC 6582): ssthresh = half the flight, cwnd inflated by the
+duplicates, partial ACKs resend the next hole.  Slow start from an initial window
+of 10 MSS, then congestion avoidance.  A zero window arms
 the ``persist`` timer, whose probe is Linux's: an ACK with sequence ``snd_una - 1``,
 which the peer must answer with its current window.  The connection gives up
 (event ``timeout``) after ``max_retries`` timeouts in a row (``syn_retries`` for
@@ -97,8 +98,9 @@ Simplified, compared with RFC 9293
   precedence/security checks, or challenge-ACK rate limiting.
 * Data and FIN on a SYN or SYN-ACK are ignored (the peer resends them: we do not
   ACK them); our own SYNs carry none.
-* With a zero receive window a data segment is dropped whole, its ACK field
-  unused (RFC 9293 would still process the ACK); the peer's pure ACKs carry it.
+* An unacceptable segment (say data into a zero window) is dropped whole, its
+  ACK field unused, as in Linux (RFC 9293 asks to still take valid ACKs from a
+  zero window); the ACK we answer with makes the peer send a pure ACK.
 * A RST in SYN_RCVD closes the Tcb (the listener outside stays; RFC 9293's
   "return to LISTEN" is the listener's business); a retransmission of the
   peer's SYN in SYN_RCVD is answered with our SYN-ACK again (as Linux does).
