@@ -1156,6 +1156,8 @@ class Tcb:
         base = self.rcv_total
         if fin and self.rfin_off is None and end >= 0:
             self.rfin_off = base + end
+        if self.rfin_off is not None and base + start + len(payload) > self.rfin_off:
+            payload = payload[: max(self.rfin_off - base - start, 0)]  # nothing after a FIN
         if start == 0:
             if payload:
                 self._deliver(payload)

@@ -487,6 +487,19 @@ def test_out_of_order_data_is_reassembled_with_overlaps_trimmed() -> None:
     assert acts.segments[-1].ack == seq_add(base, 5000)
 
 
+def test_an_out_of_order_fin_waits_for_the_gap_and_ends_the_stream() -> None:
+    a, b = handshake()
+    base = a.snd_nxt
+    acts = b.on_segment(from_a(a, ACK | FIN, b"world", seq=seq_add(base, 5)), 1.0)
+    assert (acts.delivered, acts.events) == (b"", [])
+    acts = b.on_segment(from_a(a, ACK, b"after the FIN", seq=seq_add(base, 10)), 1.0)
+    assert (acts.delivered, acts.events) == (b"", [])
+    acts = b.on_segment(from_a(a, ACK, b"hello", seq=base), 1.0)
+    assert (acts.delivered, acts.events) == (b"helloworld", ["remote_fin"])
+    assert state_of(b) is State.CLOSE_WAIT
+    assert acts.segments[-1].ack == seq_add(base, 11)
+
+
 def test_zero_window_then_persist_probe_and_window_update_resume_sending() -> None:
     a, b = handshake(b_options={"rcv_buffer": 3000, "wscale": None})
     data = random.Random(3).randbytes(10_000)
