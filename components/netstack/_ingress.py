@@ -26,7 +26,7 @@ from typing import Any, Final
 from dominoes import LogFullError, Mode, Replica
 
 from . import _wire as wire
-from ._stack import Tcp
+from ._stack import Tcp, key_parts
 from ._tun import TunQueue
 
 __all__ = ("Ingress", "parse_address", "start")
@@ -116,6 +116,44 @@ class Ingress:
         if self.tun.write(packet):
             self.count("IcmpOutEchoReps")
 
+    def report(self, detail: str | None) -> Any:
+        """``dominoes stats`` and the monitor's ``netstack [connections]``: this replica's
+        ingress counters and the replicated stack's, or one line per connection."""
+        stack = self.replica.component(Tcp)
+        if detail == "connections":
+            rows = []
+            for key, tcb in sorted(stack.conns.items()):
+                remote_ip, remote_port, local_port = key_parts(key)
+                rows.append(
+                    {
+                        "peer": f"{wire.ip_ntoa(remote_ip)}:{remote_port}",
+                        "port": local_port,
+                        "state": str(tcb.state),
+                        "snd_una": tcb.snd_una,
+                        "snd_nxt": tcb.snd_nxt,
+                        "rcv_nxt": tcb.rcv_nxt,
+                        "snd_wnd": tcb.snd_wnd,
+                        "cwnd": tcb.cwnd,
+                        "rto": round(tcb.rto, 3),
+                        "unacked_or_unsent": len(tcb.sbuf),
+                    }
+                )
+            return rows
+        if detail is not None:
+            return {"error": f"unknown detail {detail!r}: try 'connections'"}
+        tun = self.tun
+        return {
+            "address": wire.ip_ntoa(self.address),
+            "connections": len(stack.conns),
+            "ingress": {
+                **self.counters,
+                "tun_read": tun.read_packets,
+                "tun_written": tun.written_packets,
+                "tun_write_drops": tun.write_drops,
+            },
+            "tcp": dict(stack.counters),
+        }
+
     def output(self, packets: list[bytes]) -> None:
         """Write what the stack sends (its effects on this replica)."""
         for packet in packets:
@@ -145,6 +183,6 @@ async def start(replica: Replica) -> Ingress:
     stack.output = ingress.output
     await replica.submit(Tcp.configure, address, [replica.port])
     asyncio.get_running_loop().add_reader(tun.fd, ingress.readable)
-    replica.netstack = ingress  # type: ignore[attr-defined]
+    replica.reports["netstack"] = ingress.report
     log.info("replica %d: netstack on %s as %s, port %d", replica.index, name, addr, replica.port)
     return ingress

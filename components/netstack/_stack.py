@@ -124,10 +124,11 @@ class Tcp(Component):
             self._segment(ctx, int(src), seg)
 
     def _segment(self, ctx: Context, src: int, seg: Segment) -> None:
-        self.counters["TcpInSegs"] += 1
         key = conn_key(src, seg.src_port, seg.dst_port)
         tcb = self.conns.get(key)
         if tcb is None:
+            # a connection's engine counts its own segments, in and out; these are the rest
+            self.counters["TcpInSegs"] += 1
             if seg.flags & (SYN | ACK | RST | FIN) == SYN and seg.dst_port in self.listening:
                 tcb, actions = Tcb.passive(
                     seg.dst_port,
@@ -145,6 +146,7 @@ class Tcp(Component):
             rst = reset_for(seg)
             if rst is not None:
                 self.counters["TcpOutRsts"] += 1
+                self.counters["TcpOutSegs"] += 1
                 self._transmit(ctx, src, [rst])
             return
         self._apply(ctx, key, tcb.on_segment(seg, ctx.now))
@@ -245,7 +247,6 @@ class Tcp(Component):
             ctx.cancel(timer_id)
 
     def _transmit(self, ctx: Context, remote_ip: int, segments: list[Segment]) -> None:
-        self.counters["TcpOutSegs"] += len(segments)
         if ctx.is_owner and self.output is not None:
             ctx.effect(self._send_packets, self.local_ip, remote_ip, segments)
 

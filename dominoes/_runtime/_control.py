@@ -75,6 +75,14 @@ def replica_report(replica: Replica) -> dict[str, Any]:
             "divergences": replica.divergences,
         }
     )
+    if replica.reports:  # the service's own sections (the netstack's counters, ...)
+        sections: dict[str, Any] = {}
+        for name, fn in replica.reports.items():
+            try:
+                sections[name] = msgspec.to_builtins(fn(None))
+            except Exception as exc:  # noqa: BLE001 - a report's bug must not break stats
+                sections[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        report["reports"] = sections
     if replica.persist.active:  # --durable: the log writer's progress as this replica sees it
         report["durability"] = replica.persist.status()
     if replica.web is not None:  # an ASGI app: its connections, requests and subscribers

@@ -124,6 +124,7 @@ def start_monitor(replica: Replica, base: int, host: str = "127.0.0.1") -> Any:
     import aiomonitor  # heavy (0.4 s, 30 MiB): only when asked for
 
     _register_commands()
+    _register_reports(replica)
     locals_ = {
         "replica": replica,
         "service": replica.service,
@@ -271,6 +272,43 @@ def _register_commands() -> None:
         """The state digest at the current seq, per component"""
         seq, digest = _on_loop(ctx.obj, replica_of(ctx).digest)
         click.echo(_table([("seq", seq), *sorted(digest.items())]))
+
+
+def _show(value: Any) -> str:
+    """A report as text: a mapping as ``key  value`` rows, a list of mappings as one
+    ``k=v ...`` line each, anything else as itself."""
+    if isinstance(value, dict) and value:
+        return _table([(str(k), _show(v) if isinstance(v, dict) else v) for k, v in value.items()])
+    if isinstance(value, list):
+        if not value:
+            return "(none)"
+        return "\n".join(
+            " ".join(f"{k}={v}" for k, v in item.items()) if isinstance(item, dict) else str(item)
+            for item in value
+        )
+    return str(value)
+
+
+def _report_command(name: str, fn: Callable[[str | None], Any]) -> Any:
+    import click
+    from aiomonitor.termui.commands import auto_command_done, custom_help_option
+
+    def report(ctx: click.Context, detail: str | None) -> None:
+        click.echo(_show(_on_loop(ctx.obj, lambda: fn(detail))))
+
+    report.__doc__ = f"The service's {name} report (DETAIL: a part of it)"
+    return click.argument("detail", required=False)(custom_help_option(auto_command_done(report)))
+
+
+def _register_reports(replica: Replica) -> None:
+    """A monitor command ``NAME [DETAIL]`` for each of the service's report sections."""
+    from aiomonitor.termui.commands import monitor_cli
+
+    for name, fn in replica.reports.items():
+        if name in monitor_cli.commands:
+            continue
+
+        monitor_cli.command(name=name)(_report_command(name, fn))
 
 
 # --- the client: dominoes monitor -------------------------------------------------------------

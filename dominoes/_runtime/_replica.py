@@ -148,6 +148,11 @@ class Replica:
         #: listens there; a service with its own ingress may read it)
         self.host = "127.0.0.1"
         self.port = 0
+        #: a service's own report sections, name -> ``fn(detail)`` returning JSON-ready
+        #: data: ``dominoes stats`` shows ``fn(None)`` under ``reports``, and the monitor
+        #: gets a command ``NAME [DETAIL]`` (registered before the monitor starts: in
+        #: ``on_start``)
+        self.reports: dict[str, Callable[[str | None], Any]] = {}
         #: the log backend this replica appends to and applies from
         self.log = log
         #: how it wakes sleeping replicas and is woken

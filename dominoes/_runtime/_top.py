@@ -199,6 +199,20 @@ def _row(entry: dict[str, Any], tail: int, cursors: dict[int, int]) -> list[str]
     ]
 
 
+def _flatten(section: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """A report section's scalars, nested mappings' keys dotted (``ingress.TcpInErrs``);
+    lists (per-connection rows, ...) are left to ``--json`` and the monitor."""
+    if not isinstance(section, dict):
+        return []
+    out: list[tuple[str, Any]] = []
+    for k, v in section.items():
+        if isinstance(v, dict):
+            out.extend(_flatten(v, f"{prefix}{k}."))
+        elif not isinstance(v, list):
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
 def render(doc: dict[str, Any]) -> Any:
     """A rich renderable: one row per replica and a log summary line."""
     from rich.console import Group
@@ -218,9 +232,14 @@ def render(doc: dict[str, Any]) -> Any:
         f"({behind} behind), dead {list(log['dead']) or '-'}; "
         f"supervisor restarts {doc.get('deaths', 0)}"
     )
+    parts: list[Any] = [table, summary]
+    for entry in doc["replicas"]:
+        for name, section in ((entry.get("report") or {}).get("reports") or {}).items():
+            flat = ", ".join(f"{k} {v}" for k, v in _flatten(section))
+            parts.append(Text(f"replica {entry.get('index', '?')} {name}: {flat}"))
     bridge = doc.get("bridge")
     if not bridge:
-        return Group(table, summary)
+        return Group(*parts)
     state = "UNREACHABLE" if bridge.get("unreachable") else "ok"
     line = Text(
         f"stream {bridge.get('stream', '?')}: {state}, "
@@ -229,7 +248,7 @@ def render(doc: dict[str, Any]) -> Any:
         f"fences {bridge.get('fences_served', 0)}, retries {bridge.get('retries', 0)}, "
         f"snapshots uploaded {bridge.get('snapshots_uploaded', 0)}"
     )
-    return Group(table, summary, line)
+    return Group(*parts, line)
 
 
 def top_main(run_dir: Path, once: bool, interval: float) -> int:

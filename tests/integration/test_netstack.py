@@ -11,6 +11,7 @@ devices cannot be made (not root, no /dev/net/tun).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from .harness import Service
+from .monitor_helpers import MonitorSession
 from .netns import STACK_ADDR, Namespace, namespace, why_not
 
 pytestmark = [
@@ -69,15 +71,21 @@ def ns() -> Iterator[Namespace]:
         yield n
 
 
-def _echo_service(ns: Namespace, run_dir: Path, replicas: int = 2) -> Service:
+def _echo_service(
+    ns: Namespace, run_dir: Path, replicas: int = 2, extra: tuple[str, ...] = ()
+) -> Service:
     svc = Service(
         ECHO,
         run_dir,
         replicas=replicas,
-        args=("--tun", "dn0", "--addr", f"{STACK_ADDR}/24"),
+        args=("--tun", "dn0", "--addr", f"{STACK_ADDR}/24", *extra),
         wrap=ns.wrap,
     )
-    svc.wait_ready(60)
+    try:
+        svc.wait_ready(60)
+    except BaseException:
+        svc.stop()
+        raise
     assert f"serving on {STACK_ADDR}/24 port {svc.port} (TUN dn0) with {replicas} replicas" in (
         svc.output
     )
@@ -180,4 +188,63 @@ def test_a_connection_outlives_a_killed_replica(ns: Namespace, tmp_path: Path) -
         assert (sent, int(count)) == (back, size)
         svc.wait_restarted(1)
     finally:
+        svc.stop()
+
+
+#: Holds one connection open until stdin closes, after one echo round trip.
+HOLD = textwrap.dedent(
+    """
+    import socket, sys
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+    s.sendall(b"ping")
+    assert s.recv(4) == b"ping"
+    print(s.getsockname()[1], flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def test_stats_and_the_monitor_show_the_connections(ns: Namespace, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    svc = _echo_service(ns, run_dir, extra=("--monitor",))
+    holder = ns.popen(
+        sys.executable, "-c", HOLD, STACK_ADDR, str(svc.port),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        client_port = int(holder.stdout.readline())
+        ns.run("ping", "-c", "2", "-i", "0.2", STACK_ADDR) if shutil.which("ping") else None
+        doc = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "dominoes", "stats", "--run-dir", str(run_dir), "--json"],
+                capture_output=True, text=True, timeout=30, check=True,
+            ).stdout
+        )  # fmt: skip
+        reports = [r["report"]["reports"]["netstack"] for r in doc["replicas"]]
+        # the replicated counters are the same on both replicas; the ingress ones are each
+        # replica's own (what it read from its queue)
+        assert reports[0]["tcp"] == reports[1]["tcp"]
+        assert reports[0]["tcp"]["TcpPassiveOpens"] >= 1
+        assert reports[0]["connections"] == reports[1]["connections"] == 1
+        read = sum(r["ingress"].get("tun_read", 0) for r in reports)
+        assert read >= reports[0]["tcp"]["TcpInSegs"]
+        text = subprocess.run(
+            [sys.executable, "-m", "dominoes", "stats", "--run-dir", str(run_dir)],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+        assert "replica 1 netstack: address 192.0.2.2, connections 1" in text
+        console = MonitorSession("--run-dir", str(run_dir), "--replica", "1")
+        try:
+            out = console.command("netstack connections", expect="state=")
+            assert f"peer=192.0.2.1:{client_port}" in out
+            assert "state=ESTABLISHED" in out
+        finally:
+            console.close()
+    finally:
+        if holder.stdin is not None:
+            holder.stdin.close()
+        holder.wait(30)
+        if holder.stdout is not None:
+            holder.stdout.close()
         svc.stop()
