@@ -11,12 +11,25 @@ Layers, each its own module:
 * :mod:`._stack`: the replicated component (:class:`Tcp`): connections in the
   replicated state, segments through the log, the owner transmits;
 * :mod:`._tun` and :mod:`._ingress`: a replica's TUN queue and what it does with
-  each packet (checks, ICMP echo, appending TCP segments to the log).
+  each packet (checks, ICMP echo, appending TCP segments to the log);
+* :mod:`._streams`: application tasks on asyncio-like streams (``Netstack``:
+  ``listen``/``accept``, ``connect``; ``read``, ``write``, ``drain``, ``close``).
 """
 
 from __future__ import annotations
 
 from ._ingress import Ingress, parse_address, start
 from ._stack import Tcp, conn_key, key_parts
+from ._streams import Connection, Listener, Netstack
 
-__all__ = ("Ingress", "Tcp", "conn_key", "key_parts", "parse_address", "start")
+__all__ = (
+    "Connection",
+    "Ingress",
+    "Listener",
+    "Netstack",
+    "Tcp",
+    "conn_key",
+    "key_parts",
+    "parse_address",
+    "start",
+)

@@ -182,6 +182,8 @@ async def start(replica: Replica) -> Ingress:
     stack = replica.component(Tcp)
     stack.output = ingress.output
     await replica.submit(Tcp.configure, address, [replica.port])
+    # a restarted replica's application tasks are gone: reset what they served
+    await replica.submit(Tcp.orphaned, replica.index)
     asyncio.get_running_loop().add_reader(tun.fd, ingress.readable)
     replica.reports["netstack"] = ingress.report
     log.info("replica %d: netstack on %s as %s, port %d", replica.index, name, addr, replica.port)

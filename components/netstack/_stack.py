@@ -65,6 +65,10 @@ COUNTERS: Final = (
 )
 
 
+#: The ephemeral ports of active opens (Linux's default ``ip_local_port_range``).
+EPHEMERAL: Final = (32768, 60999)
+
+
 def conn_key(remote_ip: int, remote_port: int, local_port: int) -> int:
     """A connection's id: its remote address and port and its local port in one int."""
     return remote_ip << 32 | remote_port << 16 | local_port
@@ -79,7 +83,7 @@ class Tcp(Component):
     """The replicated TCP connections of the stack (see the module doc)."""
 
     name = "tcp"
-    transient: ClassVar[tuple[str, ...]] = ("output", "_ident")
+    transient: ClassVar[tuple[str, ...]] = ("output", "_ident", "local")
 
     def __init__(self, *, mss: int = 1460, wscale: int = 7, rcv_buffer: int = 1 << 20) -> None:
         self.mss = mss
@@ -96,6 +100,17 @@ class Tcp(Component):
         #: RFC 6528's secret (0: not drawn yet)
         self.secret = 0
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        #: ports the streams interface listens on (their connections get a home)
+        self.stream_ports: list[int] = []
+        #: conn_key -> its home replica, for the connections of the streams interface:
+        #: the replica that appended the SYN (or the active open), whose application
+        #: task serves the connection
+        self.homes: dict[int, int] = {}
+        #: the next ephemeral port an active open tries
+        self.next_port = EPHEMERAL[0]
+        #: this replica's streams interface (:mod:`._streams`), None when unused: the
+        #: connections and listeners its application tasks hold (local, not replicated)
+        self.local: Any = None
         #: this replica's way out: ``output(packets)`` writes IPv4 packets to its TUN
         #: queue (set by the runtime; None in tests that only look at the state)
         self.output: Callable[[list[bytes]], None] | None = None
@@ -141,6 +156,8 @@ class Tcp(Component):
                     rcv_buffer=self.rcv_buffer,
                 )
                 self.conns[key] = tcb
+                if seg.dst_port in self.stream_ports:
+                    self.homes[key] = ctx.origin
                 self._apply(ctx, key, actions)
                 return
             rst = reset_for(seg)
@@ -181,6 +198,75 @@ class Tcp(Component):
         tcb = self.conns.get(key)
         if tcb is not None:
             self._apply(ctx, key, tcb.consumed(n, ctx.now))
+
+    # --- the streams interface's entries (from a connection's home replica) ---------------
+
+    @update
+    def listen(self, ctx: Context, port: int) -> None:
+        """Accept connections on ``port`` for the streams interface (idempotent)."""
+        if port not in self.listening:
+            self.listening.append(port)
+        if port not in self.stream_ports:
+            self.stream_ports.append(port)
+
+    @update
+    def app_send(self, ctx: Context, key: int, data: bytes) -> None:
+        self.send(ctx, key, data)
+
+    @update
+    def app_close(self, ctx: Context, key: int) -> None:
+        self.close(ctx, key)
+
+    @update
+    def app_abort(self, ctx: Context, key: int) -> None:
+        self.abort(ctx, key)
+
+    @update
+    def app_consumed(self, ctx: Context, key: int, n: int) -> None:
+        tcb = self.conns.get(key)
+        if tcb is not None:
+            try:
+                actions = tcb.consumed(n, ctx.now)
+            except ValueError:
+                return  # more than was delivered: an application's bug, not the stack's
+            self._apply(ctx, key, actions)
+
+    @update
+    def app_connect(self, ctx: Context, remote_ip: int, remote_port: int) -> int:
+        """An active open from replica ``ctx.origin``: the new connection's key (0: no
+        ephemeral port free)."""
+        key = 0
+        for _ in range(EPHEMERAL[1] - EPHEMERAL[0] + 1):
+            port = self.next_port
+            self.next_port = port + 1 if port < EPHEMERAL[1] else EPHEMERAL[0]
+            candidate = conn_key(remote_ip, remote_port, port)
+            if candidate not in self.conns:
+                key = candidate
+                break
+        if not key:
+            return 0
+        tcb, actions = Tcb.active(
+            key & 0xFFFF,
+            remote_port,
+            self._isn(ctx, key),
+            ctx.now,
+            mss=self.mss,
+            wscale=self.wscale,
+            rcv_buffer=self.rcv_buffer,
+        )
+        self.conns[key] = tcb
+        self.homes[key] = ctx.origin
+        if self.local is not None and ctx.replica == ctx.origin:
+            self.local.opened(key)
+        self._apply(ctx, key, actions)
+        return key
+
+    @update
+    def orphaned(self, ctx: Context, replica: int) -> None:
+        """Replica ``replica`` (re)started: its application tasks are gone, so the
+        connections homed there are reset, not left hanging."""
+        for key in [k for k, home in self.homes.items() if home == replica]:
+            self.abort(ctx, key)
 
     # --- the connection events (applications bind to them) ---------------------------------
 
@@ -230,19 +316,34 @@ class Tcp(Component):
                     armed[kind] = ctx.raise_later(max(0.0, at - ctx.now), Tcp.timer, key, kind)
         # in the order things happened: accepted, then the data, then the peer's FIN
         events = actions.events
-        if "established" in events and self.conns[key].passive_open:
-            ctx.raise_event(Tcp.accepted, key)
+        local = (
+            self.local if self.local is not None and self.homes.get(key) == ctx.replica else None
+        )
+        if "established" in events:
+            if self.conns[key].passive_open:
+                ctx.raise_event(Tcp.accepted, key)
+            if local is not None:
+                local.established(key, self.conns[key].passive_open)
         if actions.delivered:
             ctx.raise_event(Tcp.data, key, actions.delivered)
+            if local is not None:
+                local.delivered(key, actions.delivered)
         if "remote_fin" in events and key in self.conns:
             ctx.raise_event(Tcp.remote_closed, key)
+            if local is not None:
+                local.remote_closed(key)
+        if local is not None and key in self.conns:
+            local.progress(key, len(self.conns[key].sbuf))
         ended = next((e for e in actions.events if e in ("closed", "reset", "refused")), None)
         if ended is not None:
             self._forget(ctx, key)
             ctx.raise_event(Tcp.closed, key, ended)
+            if local is not None:
+                local.closed(key, ended)
 
     def _forget(self, ctx: Context, key: int) -> None:
         self.conns.pop(key, None)
+        self.homes.pop(key, None)
         for timer_id in self.timers.pop(key, {}).values():
             ctx.cancel(timer_id)
 
@@ -287,5 +388,7 @@ class Tcp(Component):
 
     def restore(self, state: dict[str, Any]) -> None:
         conns = state.pop("conns", {})
+        homes = state.pop("homes", {})
         super().restore(state)
         self.conns = {int(k): Tcb.from_plain(v) for k, v in conns.items()}
+        self.homes = {int(k): int(v) for k, v in homes.items()}

@@ -248,3 +248,59 @@ def test_stats_and_the_monitor_show_the_connections(ns: Namespace, tmp_path: Pat
         if holder.stdout is not None:
             holder.stdout.close()
         svc.stop()
+
+
+HTTP = "examples.http_h11:service"
+
+
+def test_curl_gets_pages_from_the_h11_responder_on_both_replicas(
+    ns: Namespace, tmp_path: Path
+) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("no curl")
+    svc = Service(
+        HTTP, tmp_path / "run", args=("--tun", "dn0", "--addr", f"{STACK_ADDR}/24"), wrap=ns.wrap
+    )
+    www = tmp_path / "www"
+    www.mkdir()
+    blob = random.Random(9).randbytes(300_000)
+    (www / "blob.bin").write_bytes(blob)
+    server = ns.popen(
+        sys.executable, "-u", "-m", "http.server", "8000", "--bind", "192.0.2.1",
+        "--directory", str(www), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        svc.wait_ready(60)
+        base = f"http://{STACK_ADDR}:{svc.port}"
+        seen = set()
+        for _ in range(40):  # new connections spread over the replicas' queues
+            page = ns.run("curl", "-sS", "-m", "20", f"{base}/")
+            assert page.startswith("hello from replica ")
+            seen.add(page.split()[3])
+            if len(seen) == 2:
+                break
+        assert seen == {"0", "1"}
+        out = tmp_path / "bytes"
+        ns.run("curl", "-sS", "-m", "60", "-o", str(out), f"{base}/bytes/5000000")
+        assert out.read_bytes() == (bytes(range(256)) * 20000)[:5_000_000]
+        # the stack's active open: it fetches from the kernel's own http.server
+        assert server.stdout is not None
+        assert b"Serving HTTP on 192.0.2.1 port 8000" in server.stdout.readline()
+        fetched = tmp_path / "fetched"
+        code = ns.run(
+            "curl", "-sS", "-m", "60", "-o", str(fetched), "-w", "%{http_code}",
+            f"{base}/fetch/192.0.2.1:8000/blob.bin",
+        )  # fmt: skip
+        assert code == "200"
+        assert fetched.read_bytes() == blob
+        code = ns.run(
+            "curl", "-sS", "-m", "60", "-o", "/dev/null", "-w", "%{http_code}",
+            f"{base}/fetch/192.0.2.1:8001/closed",
+        )  # fmt: skip
+        assert code == "502"  # refused: the kernel answered the SYN with a RST
+    finally:
+        server.kill()
+        server.wait(10)
+        if server.stdout is not None:
+            server.stdout.close()
+        svc.stop()
