@@ -144,7 +144,13 @@ class Tcp(Component):
         if tcb is None:
             # a connection's engine counts its own segments, in and out; these are the rest
             self.counters["TcpInSegs"] += 1
-            if seg.flags & (SYN | ACK | RST | FIN) == SYN and seg.dst_port in self.listening:
+            if seg.dst_port in self.listening and not seg.flags & ACK:
+                # RFC 9293 3.10.7.2 (LISTEN): a RST is ignored, an ACK draws a RST (below),
+                # a SYN opens a connection, and anything else (SYN+FIN, FIN, no flags) is
+                # dropped, as Linux does
+                if seg.flags & (SYN | RST | FIN) != SYN:
+                    self.counters["ListenDrops"] = self.counters.get("ListenDrops", 0) + 1
+                    return
                 tcb, actions = Tcb.passive(
                     seg.dst_port,
                     seg.src_port,

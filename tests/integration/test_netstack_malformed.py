@@ -626,13 +626,6 @@ def test_a_malformed_packet_is_dropped(stack: Stack, kind: str) -> None:
     assert _segs(result) == [], [str(s) for s in _segs(result)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_stack.py Tcp._segment answers every segment for no connection that is not a "
-    "bare SYN with reset_for()'s RST, the listening port's too: a SYN+FIN, a FIN or a "
-    "segment without flags to the listening port draws a RST+ACK, where RFC 9293 3.10.7.2 "
-    "(LISTEN, 'fourth') and Linux drop them (and the engine drops SYN+FIN in every state)",
-)
 @pytest.mark.parametrize("kind", sorted(LISTEN_DROPS))
 def test_a_segment_that_opens_nothing_on_the_listening_port_is_dropped(
     stack: Stack, kind: str
