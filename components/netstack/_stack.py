@@ -340,7 +340,7 @@ class Tcp(Component):
                 local.remote_closed(key)
         if local is not None and key in self.conns:
             local.progress(key, len(self.conns[key].sbuf))
-        ended = next((e for e in actions.events if e in ("closed", "reset", "refused")), None)
+        ended = next((e for e in ("reset", "refused", "timeout", "closed") if e in events), None)
         if ended is not None:
             self._forget(ctx, key)
             ctx.raise_event(Tcp.closed, key, ended)
