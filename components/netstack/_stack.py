@@ -65,6 +65,8 @@ COUNTERS: Final = (
 )
 
 
+#: Half-open connections a stack keeps at most (Linux's default ``somaxconn``).
+BACKLOG: Final = 4096
 #: The ephemeral ports of active opens (Linux's default ``ip_local_port_range``).
 EPHEMERAL: Final = (32768, 60999)
 
@@ -85,8 +87,19 @@ class Tcp(Component):
     name = "tcp"
     transient: ClassVar[tuple[str, ...]] = ("output", "_ident", "local")
 
-    def __init__(self, *, mss: int = 1460, wscale: int = 7, rcv_buffer: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        *,
+        mss: int = 1460,
+        wscale: int = 7,
+        rcv_buffer: int = 1 << 20,
+        backlog: int = BACKLOG,
+    ) -> None:
         self.mss = mss
+        #: half-open connections (SYN_RCVD) at most: a SYN beyond them is dropped
+        self.backlog = backlog
+        #: the half-open ones now
+        self.embryonic: list[int] = []
         self.wscale = wscale
         self.rcv_buffer = rcv_buffer
         #: the stack's own IPv4 address (an int), set by :meth:`configure`
@@ -151,6 +164,12 @@ class Tcp(Component):
                 if seg.flags & (SYN | RST | FIN) != SYN:
                     self.counters["ListenDrops"] = self.counters.get("ListenDrops", 0) + 1
                     return
+                if len(self.embryonic) >= self.backlog:  # a SYN flood: keep what is open
+                    self.counters["TcpExtListenOverflows"] = (
+                        self.counters.get("TcpExtListenOverflows", 0) + 1
+                    )
+                    self.counters["TcpExtListenDrops"] += 1
+                    return
                 tcb, actions = Tcb.passive(
                     seg.dst_port,
                     seg.src_port,
@@ -162,6 +181,7 @@ class Tcp(Component):
                     rcv_buffer=self.rcv_buffer,
                 )
                 self.conns[key] = tcb
+                self.embryonic.append(key)
                 if seg.dst_port in self.stream_ports:
                     self.homes[key] = ctx.origin
                 self._apply(ctx, key, actions)
@@ -326,6 +346,8 @@ class Tcp(Component):
             self.local if self.local is not None and self.homes.get(key) == ctx.replica else None
         )
         if "established" in events:
+            if key in self.embryonic:
+                self.embryonic.remove(key)
             if self.conns[key].passive_open:
                 ctx.raise_event(Tcp.accepted, key)
             if local is not None:
@@ -349,6 +371,8 @@ class Tcp(Component):
 
     def _forget(self, ctx: Context, key: int) -> None:
         self.conns.pop(key, None)
+        if key in self.embryonic:
+            self.embryonic.remove(key)
         self.homes.pop(key, None)
         for timer_id in self.timers.pop(key, {}).values():
             ctx.cancel(timer_id)

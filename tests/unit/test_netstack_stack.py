@@ -19,7 +19,7 @@ import pytest
 from dominoes.components.netstack import Tcp, conn_key
 from dominoes.components.netstack import _wire as wire
 from dominoes.components.netstack._tcp import Tcb
-from dominoes.components.netstack._types import ACK, Segment
+from dominoes.components.netstack._types import ACK, SYN, Segment
 
 from dominoes import Component, Context, Service, on
 from dominoes.testing import Cluster
@@ -202,3 +202,19 @@ def test_a_segment_for_no_connection_is_answered_with_a_reset() -> None:
     rst = wire.parse_tcp(ip.src, ip.dst, ip.payload)
     assert (rst.flags & 0x04, rst.seq, rst.dst_port) == (0x04, 77, 41000)
     net.cluster.assert_converged()
+
+
+def test_a_syn_flood_fills_the_backlog_and_no_more() -> None:
+    cluster = Cluster(Service("stack", [Tcp(backlog=3)]), replicas=2)
+    cluster.call(0, Tcp.configure, STACK, [PORT])
+    syns = [
+        [PEER, wire.build_tcp(PEER, STACK, Segment(50000 + i, PORT, 100, 0, SYN, 65535))]
+        for i in range(5)
+    ]
+    cluster.submit_nowait(1, Tcp.segments, syns, _mode="race")
+    cluster.run_until_quiet()
+    for r in cluster.live:
+        tcp = r.component(Tcp)
+        assert len(tcp.conns) == len(tcp.embryonic) == 3
+        assert tcp.counters["TcpExtListenOverflows"] == 2
+    cluster.assert_converged()
