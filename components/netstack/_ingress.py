@@ -10,7 +10,12 @@ reads the queue from the event loop.  Per read batch (up to 16 packets):
   counted in this replica's :attr:`Ingress.counters` (nstat names);
 * an ICMP echo request: answered here, at once (the reply depends on nothing
   replicated);
-* TCP segments: appended as one ``race`` entry (:meth:`Tcp.segments`).  A full
+* TCP segments: appended as one ``affinity`` entry (:meth:`Tcp.segments`): the
+  replica that dequeued them owns them and sends the replies, so the kernel,
+  whose TUN steers a flow to the queue that last wrote for it, keeps each
+  flow on one queue (a ``race`` entry, owned by whichever replica claims it
+  first, made flows hop between queues and reordered them: see the design
+  note).  A full
   log drops the batch (counted: ``ListenDrops``-like backpressure; TCP
   retransmits), never overwrites anything.
 """
@@ -95,7 +100,7 @@ class Ingress:
                 self.count("IpInUnknownProtos")
         if batch:
             try:
-                fut = self.replica.submit_nowait(Tcp.segments, batch, _mode=Mode.RACE)
+                fut = self.replica.submit_nowait(Tcp.segments, batch, _mode=Mode.AFFINITY)
             except LogFullError:
                 self.count("TcpExtTCPBacklogDrop", len(batch))
                 return

@@ -6,8 +6,9 @@ A replica reads packets from its own queue of the TUN device (:mod:`._tun`).
 That replica, the packet's first dequeuer, does the per-packet work once:
 it checks the IPv4 header and the TCP checksum (a bad one is dropped and
 counted, and never reaches the log), answers ICMP echo requests itself (no
-state to replicate), and appends the TCP segments it read, as one ``race``
-entry, to the log (:meth:`Tcp.segments`).
+state to replicate), and appends the TCP segments it read, as one entry that
+it owns, to the log (:meth:`Tcp.segments`, ``affinity``: the first dequeuer
+does the full processing).
 
 Every replica applies the entry: it re-parses each segment's header without
 its checksum (``verify=False``) and runs the connection's TCP engine
