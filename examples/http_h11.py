@@ -22,7 +22,7 @@ import asyncio
 from typing import Any
 
 import h11
-from dominoes.components.netstack import Connection, Netstack, Tcp, start
+from dominoes.components.netstack import Connection, Listener, Netstack, Tcp, start
 
 from dominoes import Option, Replica, Service
 
@@ -126,9 +126,7 @@ async def serve(net: Netstack, replica: Replica, conn: Connection) -> None:
         conn.close()
 
 
-async def accept_loop(replica: Replica) -> None:
-    net = Netstack(replica)
-    listener = await net.listen(replica.port)
+async def accept_loop(net: Netstack, replica: Replica, listener: Listener) -> None:
     while True:
         conn = await listener.accept()
         _spawn(serve(net, replica, conn))
@@ -136,7 +134,10 @@ async def accept_loop(replica: Replica) -> None:
 
 async def on_start(replica: Replica) -> None:
     await start(replica)
-    _spawn(accept_loop(replica))
+    net = Netstack(replica)
+    # listening before on_start returns: the replica serves once every replica does
+    listener = await net.listen(replica.port)
+    _spawn(accept_loop(net, replica, listener))
 
 
 service = Service(
