@@ -63,7 +63,7 @@ class Namespace:
             )
         return done.stdout
 
-    def popen(self, *cmd: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+    def popen(self, *cmd: str, **kwargs: Any) -> subprocess.Popen[Any]:
         return subprocess.Popen([*self.wrap, *cmd], **kwargs)
 
     def nstat(self) -> dict[str, int]:

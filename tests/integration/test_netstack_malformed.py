@@ -48,9 +48,11 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import select
 import shutil
 import socket
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -543,7 +545,17 @@ def _drive(argv: list[str]) -> None:
     result["new_after"] = new.roundtrip(b"after the attack, on a new connection")
     new.close()
     old.close()
-    print(json.dumps(result))
+    print(json.dumps(result), flush=True)
+
+
+def _serve() -> None:
+    """The driver as one process for the module: a JSON argv per stdin line, the result
+    per stdout line (scapy is imported once, not per test)."""
+    for line in sys.stdin:
+        try:
+            _drive(json.loads(line))
+        except Exception as exc:  # noqa: BLE001 - reported to the test, which fails on it
+            print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
 
 
 # ============================================================================================
@@ -552,7 +564,7 @@ def _drive(argv: list[str]) -> None:
 
 _BOOT: Final = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from tests.integration.test_netstack_malformed import _drive; _drive(sys.argv[2:])"
+    "from tests.integration.test_netstack_malformed import _serve; _serve()"
 )
 _bases = itertools.count(RAW_PORTS[0], PORT_BLOCK)
 
@@ -564,17 +576,24 @@ class Stack:
     ns: Namespace
     svc: Service
     pids: list[int]
+    driver: subprocess.Popen[str]
 
     def drive(self, case: str, *args: str, timeout: float = 60) -> dict[str, Any]:
         """Run the driver's ``case`` in the namespace; its result, once the service is
         shown to be still serving (both connections echo, no replica died)."""
         base = next(_bases)
         assert base + PORT_BLOCK <= FLOOD_PORTS[0]
-        out = self.ns.run(
-            sys.executable, "-c", _BOOT, str(ROOT), case, str(self.svc.port), str(base), *args,
-            timeout=timeout,
-        )  # fmt: skip
-        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        stdin, stdout = self.driver.stdin, self.driver.stdout
+        assert stdin is not None
+        assert stdout is not None
+        stdin.write(json.dumps([case, str(self.svc.port), str(base), *args]) + "\n")
+        stdin.flush()
+        ready, _, _ = select.select([stdout], [], [], timeout)
+        assert ready, f"the driver did not answer {case} {args} in {timeout} s"
+        line = stdout.readline()
+        assert line, f"the driver exited (code {self.driver.poll()})"
+        result: dict[str, Any] = json.loads(line)
+        assert "error" not in result, result
         assert result["before"] == "ok", result
         assert result["old_after"] == "ok", result  # the connection opened before echoes
         assert result["new_after"] == "ok", result
@@ -604,10 +623,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             args=("--tun", DEVICE, "--addr", f"{STACK_ADDR}/24"),
             wrap=ns.wrap,
         )
+        driver: subprocess.Popen[str] | None = None
         try:
             svc.wait_for_line("tcp_echo serving", timeout=60)
-            yield Stack(ns, svc, svc.replica_pids())
+            driver = ns.popen(
+                sys.executable, "-c", _BOOT, str(ROOT),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            assert driver is not None
+            yield Stack(ns, svc, svc.replica_pids(), driver)
         finally:
+            if driver is not None:
+                assert driver.stdin is not None
+                assert driver.stdout is not None
+                driver.stdin.close()
+                driver.wait(30)
+                driver.stdout.close()
             svc.stop()
 
 
