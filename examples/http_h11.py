@@ -11,6 +11,7 @@ netstack's streams interface (``Netstack.listen``, ``accept``, ``read``,
 
 * ``GET /`` answers a short page naming the replica that served it;
 * ``GET /bytes/N`` answers N bytes (a bulk transfer from the stack);
+* ``POST`` of any body answers the body's SHA-256 (a bulk transfer to the stack);
 * ``GET /fetch/HOST:PORT/PATH`` opens a connection from the stack to
   ``HOST:PORT`` (an active open), fetches ``/PATH`` with HTTP/1.1 and answers
   its body: the stack as a client of the kernel's own servers.
@@ -19,6 +20,7 @@ netstack's streams interface (``Netstack.listen``, ``accept``, ``read``,
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any
 
 import h11
@@ -106,9 +108,14 @@ async def serve(net: Netstack, replica: Replica, conn: Connection) -> None:
                 break
             if not isinstance(event, h11.Request):
                 continue
-            while not isinstance(await _next_event(conn, h), h11.EndOfMessage):
-                pass  # the request's body: none is expected
-            status, body = await _answer(net, replica, event.target.decode())
+            digest = hashlib.sha256()
+            while not isinstance(part := await _next_event(conn, h), h11.EndOfMessage):
+                if isinstance(part, h11.Data):
+                    digest.update(part.data)
+            if event.method == b"POST":  # an upload: answer its SHA-256
+                status, body = 200, digest.hexdigest().encode() + b"\n"
+            else:
+                status, body = await _answer(net, replica, event.target.decode())
             headers = [("Content-Length", str(len(body))), ("Content-Type", "text/plain")]
             await _send(
                 conn,

@@ -99,42 +99,44 @@ def _client(ns: Namespace, port: int, n: int, seed: int = 1) -> list[str]:
     return out.split()
 
 
-def test_ping_gets_echo_replies(ns: Namespace, tmp_path: Path) -> None:
-    svc = _echo_service(ns, tmp_path / "run")
-    try:
-        if shutil.which("ping") is None:
-            pytest.skip("no ping (iputils-ping)")
-        out = ns.run("ping", "-c", "5", "-i", "0.2", "-W", "5", STACK_ADDR)
-        assert " 0% packet loss" in out, out
-    finally:
-        svc.stop()
+@pytest.fixture(scope="module")
+def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Namespace, Service]]:
+    """One namespace and echo service for the tests that only talk to it."""
+    with namespace() as n:
+        svc = _echo_service(n, tmp_path_factory.mktemp("echo") / "run")
+        try:
+            yield n, svc
+        finally:
+            svc.stop()
+
+
+def test_ping_gets_echo_replies(echo: tuple[Namespace, Service]) -> None:
+    ns, _ = echo
+    if shutil.which("ping") is None:
+        pytest.skip("no ping (iputils-ping)")
+    out = ns.run("ping", "-c", "5", "-i", "0.2", "-W", "5", STACK_ADDR)
+    assert " 0% packet loss" in out, out
 
 
 @pytest.mark.parametrize("size", [0, 1, 1460, 1461, 1 << 20])
-def test_echo_over_the_kernel_tcp(ns: Namespace, tmp_path: Path, size: int) -> None:
-    svc = _echo_service(ns, tmp_path / "run")
-    try:
-        sent, back, count, tail = _client(ns, svc.port, size)
-        assert (sent, int(count)) == (back, size)
-        assert tail == "0"  # the echo closed after the client did
-    finally:
-        svc.stop()
+def test_echo_over_the_kernel_tcp(echo: tuple[Namespace, Service], size: int) -> None:
+    ns, svc = echo
+    sent, back, count, tail = _client(ns, svc.port, size)
+    assert (sent, int(count)) == (back, size)
+    assert tail == "0"  # the echo closed after the client did
 
 
-def test_nc_echo_of_20_mb(ns: Namespace, tmp_path: Path) -> None:
+def test_nc_echo_of_20_mb(echo: tuple[Namespace, Service], tmp_path: Path) -> None:
     """The kernel's ``nc`` sends 20 MB and reads the echo; the checksums match."""
     if shutil.which("nc") is None:
         pytest.skip("no nc (netcat-openbsd)")
+    ns, svc = echo
     data = random.Random(20).randbytes(20_000_000)
     (tmp_path / "in").write_bytes(data)
-    svc = _echo_service(ns, tmp_path / "run")
-    try:
-        ns.run("sh", "-c", f"nc -N {STACK_ADDR} {svc.port} < {tmp_path}/in > {tmp_path}/out")
-        back = (tmp_path / "out").read_bytes()
-        assert len(back) == len(data)
-        assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
-    finally:
-        svc.stop()
+    ns.run("sh", "-c", f"nc -N {STACK_ADDR} {svc.port} < {tmp_path}/in > {tmp_path}/out")
+    back = (tmp_path / "out").read_bytes()
+    assert len(back) == len(data)
+    assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
 
 
 #: nftables in the namespace: 5 % of the stack's packets dropped on their way into the
@@ -283,6 +285,10 @@ def test_curl_gets_pages_from_the_h11_responder_on_both_replicas(
         out = tmp_path / "bytes"
         ns.run("curl", "-sS", "-m", "60", "-o", str(out), f"{base}/bytes/5000000")
         assert out.read_bytes() == (bytes(range(256)) * 20000)[:5_000_000]
+        upload = random.Random(11).randbytes(5_000_000)
+        (tmp_path / "upload").write_bytes(upload)
+        digest = ns.run("curl", "-sS", "-m", "60", "--data-binary", f"@{tmp_path}/upload", base)
+        assert digest.strip() == hashlib.sha256(upload).hexdigest()
         # the stack's active open: it fetches from the kernel's own http.server
         assert server.stdout is not None
         assert b"Serving HTTP on 192.0.2.1 port 8000" in server.stdout.readline()
