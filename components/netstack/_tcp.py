@@ -70,10 +70,15 @@ Segments without data carry the highest sequence number sent (Linux's
 ``tcp_acceptable_seq``), not the rewound ``snd_nxt``, so that the peer finds them
 acceptable.  Three duplicate ACKs trigger a fast retransmit and NewReno's
 recovery (RFC 5681, RFC 6582): ssthresh = half the flight, cwnd inflated by the
-duplicates, partial ACKs resend the next hole.  Slow start from an initial window
-of 10 MSS, then congestion avoidance.  A zero window arms
-the ``persist`` timer, whose probe is Linux's: an ACK with sequence ``snd_una - 1``,
-which the peer must answer with its current window.  The connection gives up
+duplicates, partial ACKs resend the next hole; ``recover`` is SND.MAX then, so an
+ACK at or past it may start a new fast retransmit.  Each of the first two
+duplicates lets one new segment out beyond cwnd (RFC 3042 limited transmit, not
+counted in the flight that sets ssthresh): without it a small window (a few MSS,
+as 5 % loss keeps it) never sees three duplicates and every loss costs a
+timeout.  Slow start from an initial window of 10 MSS, then congestion avoidance.
+A zero window arms the ``persist`` timer, whose probe is Linux's: an ACK with
+sequence ``snd_una - 1``, which the peer must answer with its current window.  The
+connection gives up
 (event ``timeout``) after ``max_retries`` timeouts in a row (``syn_retries`` for
 the handshake), like Linux's ``tcp_retries2`` and ``tcp_syn_retries``.
 
@@ -86,7 +91,10 @@ promised).  Data beyond the window is trimmed.  Out-of-order data waits in a
 queue of disjoint ``[stream offset, bytes]`` blocks, trimmed against each other,
 bounded by the window.  Every segment carrying data or a FIN is ACKed at once (no
 delayed ACK), an out-of-order one with a pure duplicate ACK.  :meth:`consumed`
-sends a window update when the right edge moves by min(MSS, half the buffer).
+sends a window update when the right edge moves by min(MSS, half the buffer), and
+no ACK moves it by less (receiver SWS avoidance; beyond one unit of the window
+scale's rounding): so duplicate ACKs repeat the window of the ACK before them, as
+the sender needs to count them (RFC 5681).
 
 Options: MSS (effective MSS = min(ours, theirs), 536 if they sent none) and window
 scaling (RFC 7323: only when both SYNs carry it; a SYN's own window is never scaled;
@@ -518,6 +526,7 @@ _FIELDS: Final = (
     "cwnd",
     "ssthresh",
     "dupacks",
+    "limited",
     "in_recovery",
     "recover",
     "srtt",
@@ -587,6 +596,7 @@ class Tcb:
     cwnd: int
     ssthresh: int
     dupacks: int
+    limited: int
     in_recovery: bool
     recover: int
     srtt: float | None
@@ -665,6 +675,7 @@ class Tcb:
         self.cwnd = INITIAL_WINDOW * self.mss
         self.ssthresh = 1 << 30
         self.dupacks = 0
+        self.limited = 0
         self.in_recovery = False
         self.recover = iss
         self.srtt = None
@@ -969,6 +980,25 @@ class Tcb:
     def _rcv_wnd(self) -> int:
         return max(seq_diff(self.rcv_adv, self.rcv_nxt), 0)
 
+    def _window_field(self, free: int) -> int:
+        """The (scaled) window field to advertise with ``free`` bytes of buffer free.
+
+        The right edge only moves forward by less than one scale unit (rounding) or
+        by min(MSS, half the buffer), as :meth:`consumed`'s window update does
+        (receiver SWS avoidance, RFC 9293 3.8.6.2.2): so an ACK sent after a read
+        too small for a window update carries the same window as the one before,
+        and a sender still counts it as a duplicate (RFC 5681 needs an unchanged
+        window).  Never shrinks the edge promised (``rcv_adv``).
+        """
+        unit = 1 << self.rcv_wscale
+        field = min(max(free, 0) >> self.rcv_wscale, 0xFFFF)
+        moved = seq_diff(seq_add(self.rcv_nxt, field * unit), self.rcv_adv)
+        if moved < unit or moved >= min(self.our_mss, self.rcv_buffer // 2):
+            field = max(field, self._rcv_wnd() // unit)
+        else:
+            field = self._rcv_wnd() // unit
+        return min(field, 0xFFFF)
+
     # -- actions (the table's second column) --------------------------------------------
 
     def _a_ignore(self, seg: Segment | None, data: bytes) -> None:
@@ -1108,6 +1138,7 @@ class Tcb:
         self.cwnd = self.mss
         self.in_recovery = False
         self.dupacks = 0
+        self.limited = 0
         self.recover = self.snd_max
         self.snd_nxt = seq_add(self.snd_una, self._resend_head())
 
@@ -1258,11 +1289,13 @@ class Tcb:
                     self.cwnd = min(self.ssthresh, max(flight, mss) + mss)
                     self.in_recovery = False
                     self.dupacks = 0
+                    self.limited = 0
                 else:
                     self._resend_head()
                     self.cwnd = max(self.cwnd - d + (mss if d >= mss else 0), mss)
             else:
                 self.dupacks = 0
+                self.limited = 0
                 if self.cwnd < self.ssthresh:
                     self.cwnd += min(d, mss)
                 else:
@@ -1277,9 +1310,10 @@ class Tcb:
             self.dupacks += 1
             if self.in_recovery:
                 self.cwnd += mss
-            elif self.dupacks == 3 and seq_gt(ack, self.recover):
+            elif self.dupacks == 3 and seq_ge(ack, self.recover):
                 self._out.count("TcpExtTCPFastRetrans")
-                flight = seq_diff(self.snd_max, self.snd_una)
+                # RFC 5681 3.2: what limited transmit sent is not in FlightSize here
+                flight = seq_diff(self.snd_max, self.snd_una) - self.limited
                 self.ssthresh = max(flight // 2, 2 * mss)
                 self.recover = self.snd_max
                 self.in_recovery = True
@@ -1306,12 +1340,17 @@ class Tcb:
     def _output(self) -> None:
         """Send new data (and the FIN) as the windows allow."""
         mss = self.mss
+        cwnd = self.cwnd
+        if not self.in_recovery and self.dupacks in (1, 2) and self.snd_nxt == self.snd_max:
+            # RFC 3042 limited transmit: a new segment for each of the first two
+            # duplicate ACKs, so that a small window still gets three of them
+            cwnd += self.dupacks * mss
         while True:
             off = seq_diff(self.snd_nxt, self.buf_seq)
             rem = len(self.sbuf) - off
             if rem > 0:
                 flight = seq_diff(self.snd_nxt, self.snd_una)
-                usable = min(self.snd_wnd, self.cwnd) - flight
+                usable = min(self.snd_wnd, cwnd) - flight
                 n = min(mss, usable, rem)
                 if n <= 0 or (n < mss and n < rem and flight > 0):
                     return
@@ -1323,6 +1362,9 @@ class Tcb:
             if not sent:
                 return
             self.snd_nxt = seq_add(self.snd_nxt, sent)
+            if cwnd > self.cwnd:
+                flight = seq_diff(self.snd_nxt, self.snd_una)
+                self.limited += max(flight - max(self.cwnd, flight - sent), 0)
 
     def _resend_head(self) -> int:
         """Resend the first unacknowledged segment: at most one MSS and, as Linux does,
@@ -1399,8 +1441,7 @@ class Tcb:
                 if flags & ACK:
                     self.rcv_adv = seq_add(self.rcv_nxt, window)
             else:
-                wnd = max(free, self._rcv_wnd())
-                window = min(wnd >> self.rcv_wscale, 0xFFFF)
+                window = self._window_field(free)
                 edge = seq_add(self.rcv_nxt, window << self.rcv_wscale)
                 if seq_gt(edge, self.rcv_adv):
                     self.rcv_adv = edge
