@@ -61,7 +61,7 @@ from typing import Any, Final
 
 import pytest
 
-from .harness import ROOT, Service, alive
+from .harness import ROOT, Service, alive, wait_until
 from .netns import DEVICE, KERNEL_ADDR, STACK_ADDR, Namespace, namespace, why_not
 
 pytestmark = [
@@ -646,10 +646,42 @@ def _segs(result: dict[str, Any], key: str = "answers") -> list[Seg]:
     return [Seg.from_json(d) for d in result[key]]
 
 
+#: The nstat counter each malformed packet bumps in the ingress of the replica that read it.
+DROP_COUNTERS: Final = {
+    "tcp_checksum": "TcpInCsumErrors",
+    "tcp_data_offset_4": "TcpInErrs",
+    "tcp_data_offset_0": "TcpInErrs",
+    "tcp_data_offset_past_end": "TcpInErrs",
+    "tcp_data_offset_one_word_past": "TcpInErrs",
+    "tcp_truncated_header": "TcpInErrs",
+    "tcp_option_of_length_0": "TcpInErrs",
+    "ip_checksum": "IpInHdrErrors",
+    "ip_truncated": "IpInTruncatedPkts",
+    "ip_ihl_4": "IpInHdrErrors",
+    "ip_fragment_mf": "IpReasmReqds",
+    "ip_fragment_offset": "IpReasmReqds",
+    "ip_not_for_us": "IpInAddrErrors",
+}
+
+
+def _ingress_count(stack: Stack, counter: str) -> int:
+    """``counter`` summed over the replicas' ingress (``dominoes stats``' netstack reports)."""
+    doc = stack.svc.control({"op": "stats"})
+    return sum(
+        r["report"]["reports"]["netstack"]["ingress"].get(counter, 0) for r in doc["replicas"]
+    )
+
+
 @pytest.mark.parametrize("kind", sorted(MALFORMED))
 def test_a_malformed_packet_is_dropped(stack: Stack, kind: str) -> None:
     """Each carries a SYN to a closed port: taken in, it would draw a RST+ACK."""
+    assert set(DROP_COUNTERS) == set(MALFORMED)
+    counted = _ingress_count(stack, DROP_COUNTERS[kind])
     result = stack.drive("malformed", kind)
+    # ...dropped, and counted once, under the kernel's name for that drop (by the replica
+    # whose queue it reached, which may still be reading it: a bounded wait)
+    wait_until(lambda: _ingress_count(stack, DROP_COUNTERS[kind]) > counted, timeout=30)
+    assert _ingress_count(stack, DROP_COUNTERS[kind]) == counted + 1
     # dn0 passed it and the fences on to the stack's queues (dropping none)...
     assert result["tun_dropped"] == 0, result
     assert result["tun_sent"] >= 5, result
