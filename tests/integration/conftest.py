@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from .harness import Service
-from .kv_helpers import clients_on_every_replica, kv_service
+from .kv_helpers import clients_on_every_replica, kv_service, redis_oracle
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +57,14 @@ def nats_cluster() -> Iterator[NatsCluster]:
     _need_nats_server()
     with NatsCluster(3) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="module")
+def oracle_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """The port of a throwaway ``redis-server`` 7 for the requesting module: the oracle the
+    KV's replies are compared with (the module skips if the installed one is not 7)."""
+    with redis_oracle(tmp_path_factory.mktemp("redis-oracle")) as r:
+        version = r.info("server")["redis_version"]
+        if not str(version).startswith("7."):
+            pytest.skip(f"the oracle is Redis 7, this is {version}")
+        yield int(r.connection_pool.connection_kwargs["port"])

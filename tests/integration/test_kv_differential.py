@@ -83,7 +83,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .harness import Service
-from .kv_helpers import clients_on_every_replica, redis_oracle
+from .kv_helpers import clients_on_every_replica
 
 pytestmark = pytest.mark.integration
 
@@ -1011,15 +1011,6 @@ def _raw(r: redis.Redis) -> redis.Redis:
     """No redis-py response callbacks: the replies as the server sent them."""
     r.response_callbacks.clear()
     return r
-
-
-@pytest.fixture(scope="module")
-def oracle_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    with redis_oracle(tmp_path_factory.mktemp("redis-oracle")) as r:
-        version = r.info("server")["redis_version"]
-        if not str(version).startswith("7."):
-            pytest.skip(f"the oracle is Redis 7, this is {version}")
-        yield int(r.connection_pool.connection_kwargs["port"])
 
 
 class Clients:

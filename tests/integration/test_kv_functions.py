@@ -30,7 +30,7 @@ from dominoes.components.kv._scripting import Scripting
 from dominoes.components.kv._service import TABLE
 
 from .harness import Service
-from .kv_helpers import KV, redis_oracle, wait_for
+from .kv_helpers import KV, wait_for
 from .resp_wire import Pair, Wire, wires_on_every_replica
 
 pytestmark = pytest.mark.integration
@@ -61,15 +61,6 @@ def _pings(port: int) -> bool:
             return bool(r.ping())
     except redis.ConnectionError:
         return False
-
-
-@pytest.fixture(scope="module")
-def oracle_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    with redis_oracle(tmp_path_factory.mktemp("redis-oracle")) as r:
-        version = r.info("server")["redis_version"]
-        if not str(version).startswith("7."):
-            pytest.skip(f"the oracle is Redis 7, this is {version}")
-        yield int(r.connection_pool.connection_kwargs["port"])
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from . import resp_wire
 from .harness import Service
-from .kv_helpers import client, clients_on_every_replica, redis_oracle
+from .kv_helpers import client, clients_on_every_replica
 from .resp_wire import Wire, plain, wires_on_every_replica
 
 pytestmark = pytest.mark.integration
@@ -74,15 +74,6 @@ def canonical(args: tuple[Any, ...], reply: Any) -> Any:
 
 
 # --- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def oracle_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    with redis_oracle(tmp_path_factory.mktemp("redis-oracle")) as r:
-        version = r.info("server")["redis_version"]
-        if not str(version).startswith("7."):
-            pytest.skip(f"the oracle is Redis 7, this is {version}")
-        yield int(r.connection_pool.connection_kwargs["port"])
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ import pytest
 
 from . import resp_wire
 from .harness import Service
-from .kv_helpers import redis_oracle
 from .resp_wire import Wire, plain, wires_on_every_replica
 
 pytestmark = pytest.mark.integration
@@ -105,15 +104,6 @@ class Pair(resp_wire.Pair):
     def fresh(self) -> None:
         self.oracle.call("FLUSHALL")
         self.ours[0].call("FLUSHALL")
-
-
-@pytest.fixture(scope="module")
-def oracle_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    with redis_oracle(tmp_path_factory.mktemp("redis-oracle")) as r:
-        version = r.info("server")["redis_version"]
-        if not str(version).startswith("7."):
-            pytest.skip(f"the oracle is Redis 7, this is {version}")
-        yield int(r.connection_pool.connection_kwargs["port"])
 
 
 @pytest.fixture(scope="module")
