@@ -163,9 +163,14 @@ class Service:
 
 @contextlib.contextmanager
 def running(
-    target: str, run_dir: Path, *, replicas: int = 2, args: tuple[str, ...] = ()
+    target: str,
+    run_dir: Path,
+    *,
+    replicas: int = 2,
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Iterator[Service]:
-    svc = Service(target, run_dir, replicas=replicas, args=args)
+    svc = Service(target, run_dir, replicas=replicas, args=args, env=env)
     try:
         svc.wait_ready()
         yield svc

@@ -22,9 +22,15 @@ T = TypeVar("T")
 
 
 @contextlib.contextmanager
-def kv_service(run_dir: Path, replicas: int = 2, args: tuple[str, ...] = ()) -> Iterator[Service]:
-    """``dominoes run dominoes.components.kv:service --replicas N [ARGS]`` on a free port."""
-    with running(KV, run_dir, replicas=replicas, args=args) as svc:
+def kv_service(
+    run_dir: Path,
+    replicas: int = 2,
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Iterator[Service]:
+    """``dominoes run dominoes.components.kv:service --replicas N [ARGS]`` on a free port
+    (``env``: added to its environment), once it answers PING."""
+    with running(KV, run_dir, replicas=replicas, args=args, env=env) as svc:
         wait_for(lambda: _pings(svc.port), timeout=20)
         yield svc
 

@@ -19,7 +19,6 @@ import os
 import shutil
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -30,7 +29,7 @@ from dominoes.components.kv._scripting import Scripting
 from dominoes.components.kv._service import TABLE
 
 from .harness import Service
-from .kv_helpers import KV, wait_for
+from .kv_helpers import kv_service
 from .resp_wire import Pair, Wire, wires_on_every_replica
 
 pytestmark = pytest.mark.integration
@@ -44,23 +43,10 @@ LIMIT = 20_000_000
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    run_dir: Path = tmp_path_factory.mktemp("functions") / "run"
-    s = Service(KV, run_dir, replicas=2, env={"DOMINOES_KV_LUA_INSTRUCTIONS": str(LIMIT)})
-    try:
-        s.wait_ready()
-        wait_for(lambda: _pings(s.port), timeout=20)
+    """The 2-replica KV with a small busy-script limit (so the runaway test is quick)."""
+    run_dir = tmp_path_factory.mktemp("functions") / "run"
+    with kv_service(run_dir, env={"DOMINOES_KV_LUA_INSTRUCTIONS": str(LIMIT)}) as s:
         yield s
-    finally:
-        if s.proc.poll() is None:
-            s.stop()
-
-
-def _pings(port: int) -> bool:
-    try:
-        with redis.Redis(port=port, socket_timeout=2) as r:
-            return bool(r.ping())
-    except redis.ConnectionError:
-        return False
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -27,7 +26,7 @@ from dominoes.components.kv._scripting import Scripting
 from dominoes.components.kv._service import TABLE
 
 from .harness import Service
-from .kv_helpers import KV, wait_for
+from .kv_helpers import kv_service
 from .resp_wire import Pair, Wire, wires_on_every_replica
 
 pytestmark = pytest.mark.integration
@@ -45,23 +44,9 @@ LIMIT = 20_000_000
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """The 2-replica KV with a small busy-script limit (so the runaway test is quick)."""
-    run_dir: Path = tmp_path_factory.mktemp("scripting") / "run"
-    s = Service(KV, run_dir, replicas=2, env={"DOMINOES_KV_LUA_INSTRUCTIONS": str(LIMIT)})
-    try:
-        s.wait_ready()
-        wait_for(lambda: _pings(s.port), timeout=20)
+    run_dir = tmp_path_factory.mktemp("scripting") / "run"
+    with kv_service(run_dir, env={"DOMINOES_KV_LUA_INSTRUCTIONS": str(LIMIT)}) as s:
         yield s
-    finally:
-        if s.proc.poll() is None:
-            s.stop()
-
-
-def _pings(port: int) -> bool:
-    try:
-        with redis.Redis(port=port, socket_timeout=2) as r:
-            return bool(r.ping())
-    except redis.ConnectionError:
-        return False
 
 
 @pytest.fixture(scope="module")
