@@ -22,10 +22,11 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .harness import Service
+from .harness import Service, wait_until
 from .monitor_helpers import MonitorSession
 from .netns import STACK_ADDR, Namespace, namespace, why_not
 
@@ -216,14 +217,28 @@ def test_stats_and_the_monitor_show_the_connections(ns: Namespace, tmp_path: Pat
     try:
         assert holder.stdout is not None
         client_port = int(holder.stdout.readline())
-        ns.run("ping", "-c", "2", "-i", "0.2", STACK_ADDR) if shutil.which("ping") else None
-        doc = json.loads(
-            subprocess.run(
+        if shutil.which("ping") is not None:
+            ns.run("ping", "-c", "2", "-i", "0.2", STACK_ADDR)
+
+        def stats() -> dict[str, Any]:
+            done = subprocess.run(
                 [sys.executable, "-m", "dominoes", "stats", "--run-dir", str(run_dir), "--json"],
                 capture_output=True, text=True, timeout=30, check=True,
-            ).stdout
-        )  # fmt: skip
-        reports = [r["report"]["reports"]["netstack"] for r in doc["replicas"]]
+            )  # fmt: skip
+            doc: dict[str, Any] = json.loads(done.stdout)
+            return doc
+
+        # each replica reports when it is asked: compare a reading where both had applied
+        # the same log (the connection is idle now, so they get there)
+        seen: list[dict[str, Any]] = []
+
+        def settled() -> bool:
+            seen[:] = [stats()]
+            seqs = {r["report"]["replica"]["applied_seq"] for r in seen[0]["replicas"]}
+            return len(seqs) == 1
+
+        wait_until(settled, timeout=30)
+        reports = [r["report"]["reports"]["netstack"] for r in seen[0]["replicas"]]
         # the replicated counters are the same on both replicas; the ingress ones are each
         # replica's own (what it read from its queue)
         assert reports[0]["tcp"] == reports[1]["tcp"]
