@@ -192,7 +192,7 @@ class Functions(Component):
                     loaded[name] = self._compile(name, code)
                 except KvError:  # it loaded once; a lower busy-script limit may refuse it now
                     continue
-            self._install(loaded)
+            self._compiled(loaded)  # ``libraries``, the replicated state, stays as it is
             return loaded
         return self._loaded
 
@@ -208,7 +208,7 @@ class Functions(Component):
 
     def _find(self, name: bytes) -> LibraryFunction | None:
         if self._loaded is None:
-            self.loaded  # noqa: B018 - rebuilds the index too
+            self.loaded  # noqa: B018 - compiles the libraries and their index
         return self._index.get(name)
 
     def _create(self, code: bytes, replace: bool, into: dict[bytes, Library]) -> Library:
@@ -229,8 +229,12 @@ class Functions(Component):
         return library
 
     def _install(self, loaded: dict[bytes, Library]) -> None:
-        self._loaded = loaded
+        """The libraries after a FUNCTION command: replicated state and this replica's."""
         self.libraries = {name: lib.code for name, lib in loaded.items()}
+        self._compiled(loaded)
+
+    def _compiled(self, loaded: dict[bytes, Library]) -> None:
+        self._loaded = loaded
         self._index = {f: lib.functions[f] for lib in loaded.values() for f in lib.functions}
 
     # --- FCALL -----------------------------------------------------------------------------------

@@ -24,7 +24,9 @@ from typing import Any
 import msgspec
 import pytest
 import redis
+from dominoes.components.kv._errors import KvError
 from dominoes.components.kv._functions import Functions
+from dominoes.components.kv._lua import Engine
 from dominoes.components.kv._scripting import Scripting
 from dominoes.components.kv._service import TABLE
 
@@ -478,3 +480,25 @@ def test_the_libraries_survive_a_snapshot() -> None:
     two.restore(state)
     assert two.libraries == {b"snap": code}
     assert two.fcall_ro(0, [b"FCALL_RO", b"echo", b"0", b"back"]) == b"back"
+
+
+def test_a_library_that_no_longer_loads_stays_in_the_replicated_state() -> None:
+    """A replica whose busy-script limit refuses a library when it rebuilds its compiled
+    functions after a snapshot answers that the function is missing; the libraries (the
+    replicated state) stay what every other replica has."""
+    one = Functions(Scripting(TABLE, []))
+    code = (
+        b"#!lua name=slow\nfor i = 1, 100000 do end\n"
+        b"redis.register_function{function_name='f', flags={'no-writes'}, callback=function() "
+        b"return 1 end}"
+    )
+    assert one.function(None, [b"FUNCTION", b"LOAD", code]) == b"slow"  # type: ignore[arg-type]
+    state = msgspec.msgpack.decode(msgspec.msgpack.encode(one.snapshot()))
+    scripting = Scripting(TABLE, [])
+    scripting._engine = Engine(scripting._dispatch, instruction_limit=1000)
+    two = Functions(scripting)
+    two.restore(state)
+    with pytest.raises(KvError, match="Function not found"):
+        two.fcall_ro(0, [b"FCALL_RO", b"f", b"0"])
+    assert two.libraries == {b"slow": code}
+    assert two.snapshot()["libraries"] == one.snapshot()["libraries"]
