@@ -86,7 +86,6 @@ import resource
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,6 +99,20 @@ from typing import IO, Any, Final
 
 HERE: Final = Path(__file__).resolve().parent
 ROOT: Final = HERE.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# the machinery this shares with the KV benchmark: /proc readings, medians, git
+from benchmarks.kv import (  # noqa: E402
+    _alive,
+    _machine_busy,
+    _median,
+    _proc_table,
+    _round,
+    git_head,
+    log,
+)
+
 SERVERS: Final = ("stack_1", "stack_2", "plain", "kernel")
 DESCRIPTIONS: Final = {
     "stack_1": "replicated netstack (examples/tcp_echo.py), --replicas 1",
@@ -210,10 +223,6 @@ CLIENT: Final = textwrap.dedent(
     }), flush=True)
     """
 )
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _die_with_parent() -> None:
@@ -474,24 +483,6 @@ def leftover_namespaces() -> list[str]:
 # -- processes ----------------------------------------------------------------------------
 
 
-def _proc_table() -> dict[int, tuple[int, int, int]]:
-    """pid -> (ppid, utime+stime+cutime+cstime ticks, start time), live processes."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(b")") + 2 :].split()
-        if fields[0] == b"Z":
-            continue
-        table[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]), int(fields[19]))
-    return table
-
-
 def tree_cpu(root: int) -> tuple[float, float, dict[int, int]]:
     """CPU-seconds of ROOT and its descendants, of ROOT alone, and their pid -> start."""
     table = _proc_table()
@@ -506,23 +497,6 @@ def tree_cpu(root: int) -> tuple[float, float, dict[int, int]]:
         todo.extend(children.get(pid, ()))
     own = table[root][1] / CLK_TCK if root in table else 0.0
     return sum(table[p][1] for p in pids) / CLK_TCK, own, {p: table[p][2] for p in pids}
-
-
-def _alive(pid: int, start: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return False
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    return fields[0] != b"Z" and int(fields[19]) == start
-
-
-def _machine_busy() -> float:
-    """CPU-seconds busy in processes (user, nice, system) or stolen, from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return (sum(fields[0:3]) + (fields[7] if len(fields) > 7 else 0)) / CLK_TCK
 
 
 def _own_cpu() -> float:
@@ -704,25 +678,8 @@ def run_client(server: Server, nbytes: int, conns: int, seed: int, timeout: floa
 # -- reporting ----------------------------------------------------------------------------
 
 
-def _median(values: list[float | None]) -> float | None:
-    got = [v for v in values if v is not None]
-    return statistics.median(got) if got else None
-
-
-def _round(v: float | None, digits: int) -> float | None:
-    return None if v is None else round(v, digits)
-
-
 def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
-
-
-def git_head() -> str | None:
-    done = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-        check=False,
-    )  # fmt: skip
-    return done.stdout.strip() or None
 
 
 def source_stamp() -> set[tuple[str, int, int]]:
