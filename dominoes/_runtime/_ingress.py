@@ -117,4 +117,5 @@ async def start_udp(replica: Replica, host: str, port: int) -> asyncio.DatagramT
         lambda: _Datagrams(replica), local_addr=(host, port), reuse_port=True
     )
     replica.owner_hooks.append(protocol.reply)
+    replica.udp = transport
     return transport

@@ -215,6 +215,11 @@ class Replica:
         self.feeds = Feeds()
         #: the embedded HTTP server of a service with an ASGI app (an ``AsgiServer``)
         self.web: Any = None
+        #: this replica's UDP socket under ``Service(udp=...)`` (an asyncio
+        #: ``DatagramTransport``, bound to the service's port with ``SO_REUSEPORT``):
+        #: effects send datagrams from it, so that a peer sees one address whichever
+        #: replica answers.  None before the ingress opens and without ``udp``
+        self.udp: Any = None
         self.effects_run = 0
         self.effect_errors = 0
         self.effect_stalls = 0
