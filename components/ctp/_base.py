@@ -88,9 +88,7 @@ class Profile:
         """The same profile with more static arguments for ``protocol``."""
         if protocol not in self.names():
             raise ValueError(f"profile {self.name!r} has no micro-protocol {protocol!r}")
-        items = tuple(
-            (n, {**a, **args}) if n == protocol else (n, a) for n, a in self.protocols
-        )
+        items = tuple((n, {**a, **args}) if n == protocol else (n, a) for n, a in self.protocols)
         return Profile(self.name, items)
 
     def adding(self, protocol: str, after: str | None = None, **args: Any) -> Profile:

@@ -90,7 +90,9 @@ class Segmentation(MicroProtocol):
     def backlog(self, ctx: Context, sid: str) -> int:
         return len(self.pending.get(sid, ()))
 
-    def pump(self, ctx: Context, sid: str, *, size: int = 1024, terminal_short: bool = False) -> None:
+    def pump(
+        self, ctx: Context, sid: str, *, size: int = 1024, terminal_short: bool = False
+    ) -> None:
         queue = self.pending.get(sid)
         s = _session(ctx, sid)
         if not queue or s is None:
@@ -258,9 +260,7 @@ class Par(MicroProtocol):
         else:
             del self.unacked[sid]
 
-    def expired(
-        self, ctx: Context, sid: str, *, retries: int = 8, max_rto: float = 8.0
-    ) -> None:
+    def expired(self, ctx: Context, sid: str, *, retries: int = 8, max_rto: float = 8.0) -> None:
         self.timers.pop(sid, None)
         s = _session(ctx, sid)
         unacked = self.unacked.get(sid)
@@ -319,9 +319,9 @@ class Nak(MicroProtocol):
         reported = [q for q in self.reported.get(sid, ()) if q >= s.rcv_next]
         above = set(s.rcv_above)
         have = set(reported)
-        missing = [
-            q for q in range(s.rcv_next, seg.seq) if q not in above and q not in have
-        ][:limit]
+        missing = [q for q in range(s.rcv_next, seg.seq) if q not in above and q not in have][
+            :limit
+        ]
         self.reported[sid] = reported + missing
         if missing:
             self.naks_sent += 1
@@ -601,7 +601,12 @@ class Fec(MicroProtocol):
             msg, off, total, n = BLOCK.unpack_from(block)
             payload = block[BLOCK.size : BLOCK.size + n]
             rebuilt = Segment(
-                t.DATA, seq=g["seq"] + i, payload=payload, msg=msg, off=off, total=total,
+                t.DATA,
+                seq=g["seq"] + i,
+                payload=payload,
+                msg=msg,
+                off=off,
+                total=total,
                 recovered=True,
             )
             self.recovered += 1

@@ -165,11 +165,16 @@ def compose(
     return profile.compose(name, extra, udp=Transport.datagram, **service_kwargs)
 
 
-async def _start_tftp(replica: Replica) -> None:
-    await start(replica)
-    root = os.path.abspath(str(replica.options["root"]))
+def _root(path: str) -> str:
+    root = os.path.abspath(path)
     if not os.path.isdir(root):
         raise ValueError(f"--root {root} is not a directory")
+    return root
+
+
+async def _start_tftp(replica: Replica) -> None:
+    await start(replica)
+    root = _root(str(replica.options["root"]))
     await replica.submit(Tftp.configure, root, bool(replica.options["writable"]))
 
 
@@ -182,6 +187,8 @@ tftp: Final = compose(
         Option("root", required=True, help="the directory served (and written, with --writable)"),
         Option("writable", flag=True, help="accept uploads (WRQ) into the root"),
     ],
-    serves=lambda options, host, port: f"udp {host}:{port} (TFTP of {options['root']}"
-    + (", writable)" if options["writable"] else ", read-only)"),
+    serves=lambda options, host, port: (
+        f"udp {host}:{port} (TFTP of {options['root']}"
+        + (", writable)" if options["writable"] else ", read-only)")
+    ),
 )

@@ -28,6 +28,7 @@ the native profiles.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import struct
@@ -62,7 +63,7 @@ OP: Final = struct.Struct("!H")
 OP_BLOCK: Final = struct.Struct("!HH")
 
 
-class Refused(Exception):
+class RefusedError(Exception):
     """A request the server answers with a TFTP error."""
 
     def __init__(self, code: int, text: str, counter: str) -> None:
@@ -73,25 +74,25 @@ class Refused(Exception):
 
 
 def safe_name(name: str) -> str:
-    """The name, relative to the root, or :class:`Refused` (access violation) for a
+    """The name, relative to the root, or :class:`RefusedError` (access violation) for a
     name that could leave it: absolute, ``..``, a backslash, control characters."""
     if not name or name.startswith("/") or "\\" in name or any(ord(c) < 32 for c in name):
-        raise Refused(ACCESS, "Access violation", "refused_traversal")
+        raise RefusedError(ACCESS, "Access violation", "refused_traversal")
     parts = name.split("/")
     if any(p in ("..", "") for p in parts) or parts == ["."]:
-        raise Refused(ACCESS, "Access violation", "refused_traversal")
+        raise RefusedError(ACCESS, "Access violation", "refused_traversal")
     return posixpath.normpath(name)
 
 
 def parse_request(data: bytes) -> tuple[str, str, dict[str, str]]:
-    """(filename, mode, options) of an RRQ/WRQ body; :class:`Refused` if malformed."""
+    """(filename, mode, options) of an RRQ/WRQ body; :class:`RefusedError` if malformed."""
     fields = data[2:].split(b"\0")
     if len(fields) < 3 or fields[-1] != b"" or len(fields) % 2 != 1:
-        raise Refused(ILLEGAL, "Illegal TFTP operation: malformed request", "malformed")
+        raise RefusedError(ILLEGAL, "Illegal TFTP operation: malformed request", "malformed")
     try:
         words = [f.decode("utf-8") for f in fields[:-1]]
     except UnicodeDecodeError:
-        raise Refused(ILLEGAL, "Illegal TFTP operation: bad encoding", "malformed") from None
+        raise RefusedError(ILLEGAL, "Illegal TFTP operation: bad encoding", "malformed") from None
     name, mode = words[0], words[1].lower()
     options: dict[str, str] = {}
     for key, value in zip(words[2::2], words[3::2], strict=True):
@@ -173,7 +174,9 @@ class Tftp(MicroProtocol):
             self.count("dropped_short")
             if len(data) >= 2 and OP.unpack_from(data)[0] == ERROR:
                 return
-            self._refuse(ctx, host, port, Refused(ILLEGAL, "Illegal TFTP operation", "malformed"))
+            self._refuse(
+                ctx, host, port, RefusedError(ILLEGAL, "Illegal TFTP operation", "malformed")
+            )
             return
         (op,) = OP.unpack_from(data)
         session = transport.sessions.get(sid)
@@ -187,7 +190,7 @@ class Tftp(MicroProtocol):
                 if op == ERROR:
                     self.count("dropped_error_unknown_tid")
                     return
-                raise Refused(UNKNOWN_TID, "Unknown transfer ID", "refused_unknown_tid")
+                raise RefusedError(UNKNOWN_TID, "Unknown transfer ID", "refused_unknown_tid")
             elif op == DATA:
                 self._data(ctx, sid, data, max_file)
             elif op == ACK:
@@ -196,13 +199,13 @@ class Tftp(MicroProtocol):
                 self.count("peer_errors")
                 transport.end(ctx, sid, "peer-error")
             else:
-                raise Refused(ILLEGAL, f"Illegal TFTP operation: opcode {op}", "malformed")
-        except Refused as exc:
+                raise RefusedError(ILLEGAL, f"Illegal TFTP operation: opcode {op}", "malformed")
+        except RefusedError as exc:
             self._refuse(ctx, host, port, exc)
             if sid in transport.sessions and exc.code != UNKNOWN_TID:
                 transport.end(ctx, sid, "refused")
 
-    def _refuse(self, ctx: Context, host: str, port: int, exc: Refused) -> None:
+    def _refuse(self, ctx: Context, host: str, port: int, exc: RefusedError) -> None:
         self.count(exc.counter)
         self.count("errors_sent")
         ctx.component(Transport).transmit_to(ctx, host, port, error_packet(exc.code, exc.text))
@@ -220,12 +223,12 @@ class Tftp(MicroProtocol):
         name, mode, asked = parse_request(data)
         self.count("rrq" if op == RRQ else "wrq")
         if mode not in ("octet", "netascii"):
-            raise Refused(ILLEGAL, f"Illegal TFTP operation: mode {mode!r}", "refused_mode")
+            raise RefusedError(ILLEGAL, f"Illegal TFTP operation: mode {mode!r}", "refused_mode")
         if not self.root:
-            raise Refused(NOT_DEFINED, "server not configured", "refused_unconfigured")
+            raise RefusedError(NOT_DEFINED, "server not configured", "refused_unconfigured")
         rel = safe_name(name)
         if op == WRQ and not self.writable:
-            raise Refused(ACCESS, "Access violation: writes are disabled", "refused_write")
+            raise RefusedError(ACCESS, "Access violation: writes are disabled", "refused_write")
         options: dict[str, str] = {}
         blksize = DEFAULT_BLKSIZE
         if "blksize" in asked:
@@ -234,7 +237,7 @@ class Tftp(MicroProtocol):
             except ValueError:
                 wanted = 0
             if wanted < MIN_BLKSIZE:
-                raise Refused(OPTIONS, f"bad blksize {asked['blksize']!r}", "refused_option")
+                raise RefusedError(OPTIONS, f"bad blksize {asked['blksize']!r}", "refused_option")
             blksize = min(wanted, max_blksize, MAX_BLKSIZE)
             options["blksize"] = str(blksize)
         timeout = 0
@@ -251,10 +254,14 @@ class Tftp(MicroProtocol):
             try:
                 tsize = int(asked["tsize"])
             except ValueError:
-                raise Refused(OPTIONS, f"bad tsize {asked['tsize']!r}", "refused_option") from None
+                raise RefusedError(
+                    OPTIONS, f"bad tsize {asked['tsize']!r}", "refused_option"
+                ) from None
             if op == WRQ:
                 if tsize > max_file:
-                    raise Refused(DISK_FULL, "Disk full or allocation exceeded", "refused_size")
+                    raise RefusedError(
+                        DISK_FULL, "Disk full or allocation exceeded", "refused_size"
+                    )
                 options["tsize"] = str(tsize)
             else:
                 options["tsize"] = "0"  # answered with the size, once known
@@ -330,7 +337,10 @@ class Tftp(MicroProtocol):
         transfer.path = real
         if transfer.options:
             if "tsize" in transfer.options:
-                transfer.options["tsize"] = str(size)
+                if size:
+                    transfer.options["tsize"] = str(size)
+                else:  # curl refuses an OACK of tsize 0; RFC 2347 lets a server omit one
+                    del transfer.options["tsize"]
             ctx.raise_event(t.SEGMENT_FROM_APP, sid, Segment(t.OACK, options=transfer.options))
         ctx.raise_event(t.SEND, sid, b"", real, size)
 
@@ -352,11 +362,11 @@ class Tftp(MicroProtocol):
         transport = ctx.component(Transport)
         s = transport.sessions[sid]
         if transfer is None or transfer.op != WRQ:
-            raise Refused(ILLEGAL, "Illegal TFTP operation: DATA in a read", "malformed")
+            raise RefusedError(ILLEGAL, "Illegal TFTP operation: DATA in a read", "malformed")
         (_, block) = OP_BLOCK.unpack_from(data)
         payload = data[4:]
         if len(payload) > transfer.blksize:
-            raise Refused(ILLEGAL, "Illegal TFTP operation: block too large", "malformed")
+            raise RefusedError(ILLEGAL, "Illegal TFTP operation: block too large", "malformed")
         s.last = ctx.now
         seq = _unwrap(block, s.rcv_next)
         if seq < 1:
@@ -367,7 +377,7 @@ class Tftp(MicroProtocol):
             return
         off = (seq - 1) * transfer.blksize
         if off + len(payload) > max_file:
-            raise Refused(DISK_FULL, "Disk full or allocation exceeded", "refused_size")
+            raise RefusedError(DISK_FULL, "Disk full or allocation exceeded", "refused_size")
         if transfer.options and seq == 1:
             # DATA 1 acknowledges the OACK (seq 0)
             ctx.raise_event(t.ACK_RECEIVED, sid, Segment(t.ACK, ack=1))
@@ -380,13 +390,13 @@ class Tftp(MicroProtocol):
         transfer = self.transfers.get(sid)
         s = ctx.component(Transport).sessions[sid]
         if transfer is None or transfer.op != RRQ:
-            raise Refused(ILLEGAL, "Illegal TFTP operation: ACK in a write", "malformed")
+            raise RefusedError(ILLEGAL, "Illegal TFTP operation: ACK in a write", "malformed")
         (_, block) = OP_BLOCK.unpack_from(data)
         s.last = ctx.now
         seq = _unwrap(block, max(s.snd_next - 1, 0))
         ctx.raise_event(t.ACK_RECEIVED, sid, Segment(t.ACK, ack=seq + 1))
 
-    # --- the application end of a write request ----------------------------------------------------
+    # --- the application end of a write request ---------------------------------------------
 
     def write(self, ctx: Context, sid: str, seg: Segment) -> None:
         """Every replica writes each block of an upload to the part file, as it applies it."""
@@ -421,10 +431,9 @@ class Tftp(MicroProtocol):
         if last:
             os.ftruncate(fd, seg.off + len(seg.payload))
             os.close(self._parts.pop(sid))
-            try:
+            # another replica may have renamed it first (this one wrote into the same file)
+            with contextlib.suppress(FileNotFoundError):
                 os.replace(transfer.part, transfer.path)
-            except FileNotFoundError:
-                pass  # another replica renamed it first (this one wrote into the same file)
 
     @update
     def failed(self, ctx: Context, sid: str, code: int, text: str) -> None:
@@ -475,13 +484,16 @@ class Tftp(MicroProtocol):
         if transfer is not None and reason == "done":
             self.count("transfers_done")
         elif transfer is not None and transfer.op == WRQ and transfer.state == "receiving":
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(transfer.part)
-            except FileNotFoundError:
-                pass
 
     def report(self) -> dict[str, Any]:
-        return {"root": self.root, "writable": self.writable, "transfers": len(self.transfers), **self.counters}
+        return {
+            "root": self.root,
+            "writable": self.writable,
+            "transfers": len(self.transfers),
+            **self.counters,
+        }
 
 
 def _unwrap(block: int, near: int) -> int:

@@ -46,7 +46,7 @@ class Transport(MicroProtocol):
     """Sessions and the bottom of every chain (see the module doc)."""
 
     transient: ClassVar[tuple[str, ...]] = ("output", "submit", "_files")
-    binds = (
+    binds: ClassVar[tuple[tuple[str, str, float], ...]] = (
         (t.SEND, "after_send", 90),
         (t.SEGMENT_FROM_APP, "from_app", 90),
         (t.SEGMENT_OUT, "out", 90),
@@ -217,11 +217,10 @@ class Transport(MicroProtocol):
             finally:
                 os.close(fd)
         key = f"{sid}\0{path}"
-        fd = self._files.get(key)
-        if fd is None:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            self._files[key] = fd
-        return os.pread(fd, length, off)
+        cached = self._files.get(key)
+        if cached is None:
+            cached = self._files[key] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return os.pread(cached, length, off)
 
     def payload(self, sid: str, seg: Segment) -> bytes:
         return self.read(sid, seg.src, seg.off, seg.length) if seg.src else seg.payload
@@ -291,8 +290,18 @@ def decode(data: bytes) -> tuple[int, Segment]:
     if kind == t.DATA and off + (len(data) - at) > total:
         raise WireError("payload beyond the message")
     seg = Segment(
-        kind, seq, ack, sack, wnd, bytes(data[at:]), msg=msg, off=off, total=total,
-        group=group, index=index, k=k,
+        kind,
+        seq,
+        ack,
+        sack,
+        wnd,
+        bytes(data[at:]),
+        msg=msg,
+        off=off,
+        total=total,
+        group=group,
+        index=index,
+        k=k,
     )
     return channel, seg
 
