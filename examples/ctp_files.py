@@ -140,16 +140,20 @@ class Files(Component):
         return {"received": dict(self.received), "sent": list(self.sent)}
 
 
+def _file(path: str) -> tuple[str, int]:
+    path = os.path.abspath(path)
+    return path, os.stat(path).st_size
+
+
 async def _start(replica: Replica) -> None:
     await start(replica)
-    root = os.path.abspath(str(replica.options["root"]))
+    root, _ = _file(str(replica.options["root"]))
     await replica.submit(Files.configure, root)
     send, to = replica.options["send"], replica.options["to"]
     if send and replica.index == 0:
         host, _, port = str(to).rpartition(":")
-        path = os.path.abspath(str(send))
-        size = os.stat(path).st_size
-        await replica.submit(Files.send, host, int(port), path, size, os.path.basename(path))
+        path, size = _file(str(send))
+        await replica.submit(Files.send, host, int(port), path, size, posixpath.basename(path))
 
 
 def _service(profile: Profile) -> Service:
