@@ -20,7 +20,9 @@ What each client does with the options (checked against tftpy's server):
   output file (curl opens it on the first byte): the helper creates it, so
   every client leaves a file behind on success.
 - tftpy: ``blksize`` is sent as the ``blksize`` option; it retransmits after
-  1 s here (its default is 5 s), up to 20 times per packet.
+  1 s here (its default is 5 s), up to 20 times per packet.  Its download
+  aborts on a repeated OACK (a duplicate, or a resend after a lost ACK 0):
+  the helper patches it to acknowledge it again instead.
 - tftp-hpa (Debian's ``tftp-hpa`` 5.2): no options at all (no ``blksize``,
   no ``tsize``): ``blksize`` is ignored, transfers use 512-byte blocks.  It
   always exits 0, so failures are read from its output ("Error code ...",
@@ -56,9 +58,27 @@ _TAIL = 2000
 
 # tftpy as a child process: argv is get|put, host, port, remote, local, blksize
 # (0: none).  Its retransmission interval is 1 s, 20 tries per packet.
+# tftpy 0.8's download gives up on an OACK once it has acknowledged one (a
+# duplicate, or the server's resend when the ACK 0 was lost, as RFC 2347 has
+# it): here it answers with ACK 0 again while no data came, else ignores it.
 _TFTPY = """
 import sys
 import tftpy
+from tftpy.TftpPacketTypes import TftpPacketOACK
+from tftpy.TftpStates import TftpStateExpectDAT
+
+_handle = TftpStateExpectDAT.handle
+
+
+def _tolerant(self, pkt, raddress, rport):
+    if isinstance(pkt, TftpPacketOACK):
+        if self.context.next_block == 1:
+            self.sendACK(0)
+        return self
+    return _handle(self, pkt, raddress, rport)
+
+
+TftpStateExpectDAT.handle = _tolerant
 
 op, host, port, remote, local, blksize = sys.argv[1:7]
 options = {"blksize": int(blksize)} if int(blksize) else {}
