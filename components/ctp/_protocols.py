@@ -47,6 +47,7 @@ __all__ = (
     "Fec",
     "Nak",
     "Par",
+    "Rate",
     "Reassembly",
     "Resequencer",
     "Segmentation",
@@ -107,6 +108,8 @@ class Segmentation(MicroProtocol):
             else:
                 seg = Segment(t.DATA, payload=data[off : off + n], msg=msg, off=off, total=total)
             item[4] = off + n
+            if s.budget < t.UNLIMITED:
+                s.budget -= 1
             last = off + n >= total and (not terminal_short or n < size)
             if last:
                 queue.pop(0)
@@ -487,6 +490,48 @@ class Aimd(MicroProtocol):
         self.recover.pop(sid, None)
 
 
+@register("rate")
+class Rate(MicroProtocol):
+    """Pacing: at most ``burst`` new segments per tick of ``burst / pps`` seconds,
+    each tick a replicated timer.  For profiles with nothing else to slow the
+    sender (no acknowledgements: ``unreliable-fec``), so a burst does not
+    overflow the receiver's socket."""
+
+    binds = (
+        (t.OPENED, "opened", 25),
+        (t.PUMP, "paced", 95),
+        ("ctp.tick", "tick", 0),
+        (t.CLOSED, "forget", 55),
+    )
+
+    def __init__(self) -> None:
+        self.timers: dict[str, int] = {}
+
+    def opened(self, ctx: Context, sid: str, *, burst: int = 32) -> None:
+        s = _session(ctx, sid)
+        if s is not None:
+            s.budget = burst
+
+    def paced(self, ctx: Context, sid: str, *, burst: int = 32, pps: float = 5000.0) -> None:
+        s = _session(ctx, sid)
+        if s is None or s.budget > 0 or sid in self.timers:
+            return
+        if ctx.raise_event("ctp.backlog", sid):
+            self.timers[sid] = ctx.raise_later(burst / pps, "ctp.tick", sid)
+
+    def tick(self, ctx: Context, sid: str, *, burst: int = 32) -> None:
+        self.timers.pop(sid, None)
+        s = _session(ctx, sid)
+        if s is not None:
+            s.budget = burst
+            ctx.raise_event(t.PUMP, sid)
+
+    def forget(self, ctx: Context, sid: str, reason: str) -> None:
+        timer = self.timers.pop(sid, None)
+        if timer is not None:
+            ctx.cancel(timer)
+
+
 #: each FEC block: the data segment's msg, off, total and payload length, then the payload
 BLOCK: Final = struct.Struct("!IIII")
 
@@ -497,7 +542,8 @@ class Fec(MicroProtocol):
     segments (or the last of a message) the owner sends ``m`` parity segments; a
     receiver that has any ``k`` of a group's blocks rebuilds its missing data
     segments.  Each block carries its segment's header, so a rebuilt segment is
-    whole.  Payloads must be in memory (not read from a file at send time)."""
+    whole.  The parity of segments read from a file at send time is computed by
+    the owner from the file, like their payloads."""
 
     binds = (
         (t.SEGMENT_OUT, "stamp", 15),
@@ -507,13 +553,14 @@ class Fec(MicroProtocol):
     )
 
     def __init__(self) -> None:
-        #: sid -> the open group: [first seq, [blocks]]
+        #: sid -> the open group: [group id, first seq, [its data segments]]
         self.building: dict[str, list[Any]] = {}
         self.next_group: dict[str, int] = {}
         #: sid -> group -> {"k", "seq", "blocks": {index: block}, "done"}
         self.groups: dict[str, dict[int, dict[str, Any]]] = {}
         self.recovered = 0
         self.parity_sent = 0
+        self.parity_received = 0
 
     @staticmethod
     def _block(seg: Segment) -> bytes:
@@ -522,26 +569,24 @@ class Fec(MicroProtocol):
     def stamp(self, ctx: Context, sid: str, seg: Segment, *, k: int = 8) -> None:
         if seg.kind != t.DATA:
             return
-        if seg.src:
-            raise ValueError("fec needs in-memory messages (not files read at send time)")
         group = self.building.get(sid)
         if group is None:
             gid = self.next_group.get(sid, 0)
             self.next_group[sid] = gid + 1
             group = self.building[sid] = [gid, seg.seq, []]
         seg.group, seg.index, seg.k = group[0], len(group[2]), k
-        group[2].append(self._block(seg))
+        group[2].append(seg)
 
     def parity(self, ctx: Context, sid: str, seg: Segment, *, k: int = 8, m: int = 2) -> None:
         group = self.building.get(sid)
         if seg.kind != t.DATA or group is None:
             return
-        end_of_message = seg.off + len(seg.payload) >= seg.total
+        end_of_message = seg.off + seg.size() >= seg.total
         if len(group[2]) < k and not end_of_message:
             return
         del self.building[sid]
-        gid, first, blocks = group
-        kk = len(blocks)
+        gid, first, members = group
+        kk = len(members)
         self.parity_sent += m
         transport = ctx.component(Transport)
         s = transport.sessions.get(sid)
@@ -550,6 +595,10 @@ class Fec(MicroProtocol):
         channel = s.channel
 
         def encoded() -> list[bytes]:
+            blocks = [
+                BLOCK.pack(m.msg, m.off, m.total, m.size()) + transport.payload(sid, m)
+                for m in members
+            ]
             width = max(len(b) for b in blocks)
             padded = tuple(b.ljust(width, b"\0") for b in blocks)
             return list(zfec.Encoder(kk, kk + m).encode(padded, tuple(range(kk, kk + m))))
@@ -575,6 +624,7 @@ class Fec(MicroProtocol):
             for old in [x for x in groups if x <= seg.group - keep]:
                 del groups[old]
         if seg.kind == t.PARITY:
+            self.parity_received += 1
             g["k"], g["seq"] = seg.k, seg.seq
             g["blocks"][seg.index] = seg.payload
             ctx.halt()  # parity is for this micro-protocol only

@@ -62,6 +62,7 @@ UNRELIABLE_FEC: Final = Profile.of(
     ("segment", {"size": 1400}),
     "sequence",
     ("fec", {"k": 8, "m": 2}),
+    ("rate", {"burst": 16, "pps": 4000.0}),
     "dedup",
     "reassemble",
 )
@@ -119,6 +120,7 @@ def report(replica: Replica) -> Any:
             elif isinstance(comp, Fec):
                 out["fec_recovered"] = comp.recovered
                 out["fec_parity_sent"] = comp.parity_sent
+                out["fec_parity_received"] = comp.parity_received
             elif isinstance(comp, Tftp):
                 out["tftp"] = comp.report()
         return out

@@ -177,6 +177,8 @@ class Session(msgspec.Struct, omit_defaults=True):
     #: window (flow control and congestion control narrow them)
     rwnd: int = UNLIMITED
     cwnd: float = float(UNLIMITED)
+    #: new segments the pacer still allows before its next tick (rate control)
+    budget: int = UNLIMITED
     #: the retransmission timeout, and the smoothed round trip (0: no sample yet)
     rto: float = 1.0
     srtt: float = 0.0
@@ -195,4 +197,4 @@ class Session(msgspec.Struct, omit_defaults=True):
 
     def allowance(self) -> int:
         """How many more segments may be sent now."""
-        return max(0, min(self.rwnd, int(self.cwnd)) - self.in_flight)
+        return max(0, min(self.rwnd, int(self.cwnd), self.budget + self.in_flight) - self.in_flight)

@@ -117,9 +117,16 @@ class LossyLink:
         return counts
 
 
-def _ruleset(device: str, server_addr: str, client_addr: str, loss: float, dup: float) -> str:
+def _ruleset(
+    device: str, server_addr: str, client_addr: str, loss: float, dup: float, every_out: int
+) -> str:
     # Out of 10000: probabilities to 0.01 %.
     drop_n, dup_n = round(loss * 10000), round(dup * 10000)
+    out = (
+        f"numgen inc mod {every_out} == {every_out - 1}"
+        if every_out
+        else f"numgen random mod 10000 < {drop_n}"
+    )
     return f"""
 table netdev lossy {{
   chain ingress {{
@@ -128,7 +135,7 @@ table netdev lossy {{
   }}
   chain egress {{
     type filter hook egress device "{device}" priority 0; policy accept;
-    meta protocol ip numgen random mod 10000 < {drop_n} counter drop comment "drop_out"
+    meta protocol ip {out} counter drop comment "drop_out"
   }}
 }}
 table ip lossy {{
@@ -156,11 +163,15 @@ def _sysctl(ns: str | None, setting: str) -> None:
 
 
 @contextlib.contextmanager
-def lossy_link(loss: float = 0.10, dup: float = 0.05, *, mtu: int = 1500) -> Iterator[LossyLink]:
+def lossy_link(
+    loss: float = 0.10, dup: float = 0.05, *, mtu: int = 1500, every_out: int = 0
+) -> Iterator[LossyLink]:
     """A fresh namespace behind a veth pair that drops ``loss`` and duplicates
     ``dup`` of the packets each way (fractions, to 0.0001); ``mtu`` for both
-    ends (a larger one lets a TFTP transfer use fewer, larger blocks).  Always
-    deleted afterwards."""
+    ends (a larger one lets a TFTP transfer use fewer, larger blocks).
+    ``every_out=N``: instead of ``loss`` on the way out of the namespace, drop
+    exactly every Nth IPv4 packet (the Nth, the 2Nth, ...), a loss a test can
+    count on.  Always deleted afterwards."""
     skip_unless_possible()
     if not (0 <= loss <= 1 and 0 <= dup <= 1):
         raise ValueError(f"loss and dup are fractions: {loss}, {dup}")
@@ -186,7 +197,7 @@ def lossy_link(loss: float = 0.10, dup: float = 0.05, *, mtu: int = 1500) -> Ite
         link = LossyLink(ns, ns_end, root_end, server_addr, client_addr)
         done = subprocess.run(
             [*link.wrap, "nft", "-f", "-"],
-            input=_ruleset(ns_end, server_addr, client_addr, loss, dup),
+            input=_ruleset(ns_end, server_addr, client_addr, loss, dup, every_out),
             capture_output=True,
             text=True,
             timeout=30,
