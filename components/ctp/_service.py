@@ -34,6 +34,9 @@ __all__ = (
 
 log = logging.getLogger("dominoes.ctp")
 
+#: datagrams a replica holds until its socket opens (then they go out, in order)
+EARLY_LIMIT: Final = 4096
+
 #: every seq delivered once, in order: the native profile for files and streams
 RELIABLE_ORDERED: Final = Profile.of(
     "reliable-ordered",
@@ -137,10 +140,29 @@ async def start(replica: Replica) -> None:
     """``on_start``: this replica's transport sends from its UDP socket and appends
     through the replica; ``dominoes stats`` gets a ``ctp`` section."""
     transport = replica.component(Transport)
+    loop = asyncio.get_running_loop()
+    # on_start runs before the replica's UDP socket opens; what an entry applied
+    # meanwhile sends (the first segments of a transfer started in on_start) waits
+    # for it, a few milliseconds at most
+    early: list[tuple[bytes, tuple[str, int]]] = []
+
+    def flush() -> None:
+        if replica.udp is None:
+            if not replica.closed:
+                loop.call_later(0.005, flush)
+            return
+        for data, addr in early:
+            replica.udp.sendto(data, addr)
+        early.clear()
 
     def output(data: bytes, addr: tuple[str, int]) -> None:
-        if replica.udp is not None:
+        if replica.udp is not None and not early:
             replica.udp.sendto(data, addr)
+            return
+        if len(early) < EARLY_LIMIT:
+            if not early:
+                loop.call_soon(flush)
+            early.append((data, addr))
 
     def submit(event: Any, *args: Any) -> None:
         try:
