@@ -559,6 +559,8 @@ class Fec(MicroProtocol):
         #: sid -> group -> {"k", "seq", "blocks": {index: block}, "done"}
         self.groups: dict[str, dict[int, dict[str, Any]]] = {}
         self.recovered = 0
+        #: rebuilt data segments that arrived after all (the parity overtook them)
+        self.late = 0
         self.parity_sent = 0
         self.parity_received = 0
 
@@ -620,7 +622,7 @@ class Fec(MicroProtocol):
         groups = self.groups.setdefault(sid, {})
         g = groups.get(seg.group)
         if g is None:
-            g = groups[seg.group] = {"k": 0, "seq": -1, "blocks": {}, "done": False}
+            g = groups[seg.group] = {"k": 0, "seq": -1, "blocks": {}, "done": False, "rebuilt": []}
             for old in [x for x in groups if x <= seg.group - keep]:
                 del groups[old]
         if seg.kind == t.PARITY:
@@ -629,6 +631,9 @@ class Fec(MicroProtocol):
             g["blocks"][seg.index] = seg.payload
             ctx.halt()  # parity is for this micro-protocol only
         elif seg.kind == t.DATA:
+            if seg.index in g["rebuilt"]:
+                g["rebuilt"].remove(seg.index)
+                self.late += 1
             g["blocks"][seg.index] = self._block(seg)
             if g["seq"] < 0:
                 g["seq"] = seg.seq - seg.index
@@ -660,6 +665,7 @@ class Fec(MicroProtocol):
                 recovered=True,
             )
             self.recovered += 1
+            g["rebuilt"].append(i)
             ctx.raise_event(t.DATAGRAM_FROM_NET, sid, rebuilt)
 
     def forget(self, ctx: Context, sid: str, reason: str) -> None:

@@ -122,6 +122,7 @@ def report(replica: Replica) -> Any:
                 out["duplicates_dropped"] = comp.dropped
             elif isinstance(comp, Fec):
                 out["fec_recovered"] = comp.recovered
+                out["fec_late"] = comp.late
                 out["fec_parity_sent"] = comp.parity_sent
                 out["fec_parity_received"] = comp.parity_received
             elif isinstance(comp, Tftp):

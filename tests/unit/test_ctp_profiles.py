@@ -221,6 +221,7 @@ def test_unreliable_fec_rebuilds_what_the_parity_covers(
     assert sorted(net.got()) == sorted(sent)
     for r in net.b.live:
         assert r.component(Fec).recovered == lost_data
+        assert r.component(Fec).late == 0
     net.converged()
 
 
