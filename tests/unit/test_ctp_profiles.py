@@ -20,6 +20,7 @@ timers fire.  Then:
 from __future__ import annotations
 
 import random
+import struct
 from typing import Any
 
 from dominoes.components.ctp import (
@@ -143,7 +144,16 @@ class Net:
 
 
 messages = st.lists(st.binary(min_size=0, max_size=700), min_size=1, max_size=6)
-faults = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+faults = settings(
+    max_examples=25,
+    deadline=None,
+    # a simulated transfer draws many random numbers: its "smallest" input is large
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.large_base_example,
+        HealthCheck.data_too_large,
+    ],
+)
 
 
 @faults
@@ -267,3 +277,146 @@ def test_a_profile_refuses_a_missing_dependency_and_unknown_arguments() -> None:
         RELIABLE_ORDERED.with_args("window", sise=3).compose()
     with pytest.raises(ValueError, match="unknown micro-protocol"):
         Profile.of("x", "transport", "nope").compose()
+
+
+# --- the tftp profile, against a scripted lock-step client over the same kind of network ---
+
+
+class TftpClient:
+    """RFC 1350's client side, lock-step, retransmitting on its own timer: just
+    enough to drive the server's profile through a lossy, duplicating network."""
+
+    def __init__(self, net: TftpNet) -> None:
+        self.net = net
+        self.got = bytearray()
+        self.expect = 1
+        self.last: bytes = b""
+        self.done = False
+        self.error: tuple[int, str] | None = None
+        self.upload: bytes = b""
+        self.uploading = False
+        self.acked = -1
+
+    def send(self, packet: bytes) -> None:
+        self.last = packet
+        self.net.to_server(packet)
+
+    def retransmit(self) -> None:
+        if not self.done and self.last:
+            self.net.to_server(self.last)
+
+    def received(self, packet: bytes) -> None:
+        if self.done:
+            return  # a finished client has closed its port: what comes later is lost
+        op, block = struct.unpack_from("!HH", packet)
+        if op == 5:
+            self.error = (block, packet[4:-1].decode())
+            self.done = True
+        elif op == 3 and not self.uploading:  # DATA of a download
+            if block == self.expect & 0xFFFF:
+                self.got += packet[4:]
+                self.expect += 1
+                if len(packet) - 4 < 512:
+                    self.done = True
+            self.send(struct.pack("!HH", 4, block))  # (re-)acknowledge what arrived
+        elif op == 4 and self.uploading and block == (self.acked + 1) & 0xFFFF:  # ACK
+            self.acked += 1
+            off = self.acked * 512
+            if off > len(self.upload):  # the last block (shorter than 512) is acknowledged
+                self.done = True
+                return
+            chunk = self.upload[off : off + 512]
+            self.send(struct.pack("!HH", 3, (self.acked + 1) & 0xFFFF) + chunk)
+
+
+class TftpNet(Net):
+    def __init__(self, rng: random.Random, root: str, *, loss: float, dup: float) -> None:
+        from dominoes.components.ctp import TFTP, Tftp
+
+        self.a = self.b = Cluster(compose(TFTP, "tftp", on_start=None), replicas=2)
+        self.rng, self.loss, self.dup, self.reorder, self.streak = rng, loss, dup, True, 0
+        self.wire = []
+        self.dropped = []
+        self.client = TftpClient(self)
+        for r in self.b:
+            transport = r.component(Transport)
+            transport.output = self._to_client
+            transport.submit = self._submitter(r.index)
+        self.b.call(0, Tftp.configure, root, True)
+
+    def _submitter(self, index: int) -> Any:
+        def submit(event: Any, *args: Any) -> None:
+            self.b.submit_nowait(index, event, *args)
+
+        return submit
+
+    def _to_client(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.wire.append((self.b, data, ("client", 0)))
+
+    def to_server(self, data: bytes) -> None:
+        self.wire.append((self.b, data, A))
+
+    def deliver_one(self, drop: Any = None) -> None:
+        i = self.rng.randrange(len(self.wire)) if self.rng.random() >= 0.7 else 0
+        _, data, src = self.wire.pop(i)
+        if self.random_loss():
+            self.streak += 1
+            return
+        self.streak = 0
+        for _ in range(2 if self.rng.random() < self.dup else 1):
+            if src == A:
+                replica = self.rng.choice([r.index for r in self.b.live])
+                self.b.submit_nowait(replica, Transport.datagram, data, *A, _mode=Mode.RACE)
+                self.b.run_until_quiet()
+            else:
+                self.client.received(data)
+
+    def run_tftp(self, kill_at: int = -1, rounds: int = 6000) -> None:
+        for step in range(rounds):
+            if self.client.done and not self.wire:
+                return
+            if step == kill_at:
+                self.b.kill(1)
+            if self.wire:
+                self.deliver_one()
+            else:
+                self.client.retransmit()
+                self.b.advance(0.5)
+        raise AssertionError("the TFTP transfer did not finish")
+
+
+@faults
+@given(st.binary(max_size=3000), st.randoms(use_true_random=False), st.integers(-1, 40))
+def test_tftp_profile_serves_a_download_through_loss_and_duplication(
+    data: bytes, rng: random.Random, kill_at: int
+) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as root:
+        with open(f"{root}/f", "wb") as f:
+            f.write(data)
+        net = TftpNet(rng, root, loss=0.15, dup=0.1)
+        net.client.send(b"\x00\x01f\x00octet\x00")
+        net.run_tftp(kill_at=kill_at)
+        assert net.client.error is None
+        assert bytes(net.client.got) == data
+        net.b.assert_converged()
+
+
+@faults
+@given(st.binary(max_size=3000), st.randoms(use_true_random=False), st.integers(-1, 40))
+def test_tftp_profile_takes_an_upload_through_loss_and_duplication(
+    data: bytes, rng: random.Random, kill_at: int
+) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as root:
+        net = TftpNet(rng, root, loss=0.15, dup=0.1)
+        net.client.upload = data
+        net.client.uploading = True
+        net.client.send(b"\x00\x02up\x00octet\x00")
+        net.run_tftp(kill_at=kill_at)
+        assert net.client.error is None
+        with open(f"{root}/up", "rb") as f:
+            assert f.read() == data
+        net.b.assert_converged()
