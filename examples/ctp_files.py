@@ -35,7 +35,7 @@ from dominoes.components.ctp import (
     compose,
     start,
 )
-from dominoes.components.ctp import _types as t
+from dominoes.components.ctp import events as t
 
 from dominoes import Component, Context, Option, Replica, Service, on, query, update
 

@@ -1,7 +1,8 @@
 """A configurable transport over UDP, composed of micro-protocols (Cactus's CTP),
 replicated on every core; and TFTP as one of its profiles.
 
-* :mod:`._types`: the events, :class:`Segment` and :class:`Session`;
+* :mod:`.events`: the event names micro-protocols bind to;
+* :mod:`._types`: :class:`Segment` and :class:`Session`;
 * :mod:`._base`: :class:`MicroProtocol` and :class:`Profile` (a configuration
   is data: micro-protocol names and their static arguments);
 * :mod:`._transport`: the transport driver (sessions, channels, the way out)
@@ -16,6 +17,7 @@ replicated on every core; and TFTP as one of its profiles.
 
 from __future__ import annotations
 
+from . import events
 from ._base import MICRO_PROTOCOLS, MicroProtocol, Profile, register
 from ._protocols import (
     Aimd,
@@ -71,6 +73,7 @@ __all__ = (
     "Window",
     "Wire",
     "compose",
+    "events",
     "register",
     "report",
     "session_id",
