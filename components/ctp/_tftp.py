@@ -448,9 +448,17 @@ class Tftp(MicroProtocol):
         transport.end(ctx, sid, "failed")
 
     def dallied(self, ctx: Context, sid: str) -> None:
+        """After the last block: keep answering a repeated last block (its ACK was
+        lost) until the client has been quiet for two timeouts, then end."""
         transfer = self.transfers.get(sid)
-        if transfer is not None and transfer.state == "dallying":
-            ctx.component(Transport).end(ctx, sid, "done")
+        s = ctx.component(Transport).sessions.get(sid)
+        if transfer is None or transfer.state != "dallying" or s is None:
+            return
+        quiet = ctx.now - s.last
+        if quiet < 2 * s.rto:
+            ctx.raise_later(2 * s.rto - quiet, "tftp.dallied", sid)
+            return
+        ctx.component(Transport).end(ctx, sid, "done")
 
     # --- datagrams out ----------------------------------------------------------------------------
 
