@@ -50,10 +50,12 @@ Servers (a fresh start for every transfer):
     --to HOST:PORT`` (the sender).  The time runs from the sender's ready
     line ("serving on", polled every 5 ms in its output) until ``IN/<name>``
     exists with the full size (the receiver renames its part file when the
-    last byte is in); the time from the sender's spawn is in the JSON too
-    (``wall_from_spawn_s``: it includes the service's start-up).  The sender
-    submits the file in ``on_start``, before it is ready, so a transfer may
-    begin a little before the clock starts.
+    last byte is in).  The sender submits the file in its ``on_start``, which
+    runs before its replicas report ready, so the transfer can begin before
+    that line: the clock then starts when the receiver's part file appears
+    (its first body segment; ``clock_started_by`` in the JSON says which).
+    The time from the sender's spawn is in the JSON too
+    (``wall_from_spawn_s``: it includes the service's start-up).
 ``kernel``
     Linux's TCP: this script as a server (``--serve-kernel``: accept, then
     ``socket.sendfile`` of the file, close) and a Python client that reads to
@@ -462,7 +464,9 @@ class Bench:
         label = self._label(name)
         into, out = self._dir(f"{label}-in-"), self._dir(f"{label}-out-")
         run_in, run_out = self._dir(f"{label}-runin-"), self._dir(f"{label}-runout-")
-        rport, sport = free_port(), free_port()
+        rport = sport = free_port()
+        while sport == rport:
+            sport = free_port()
         argv = dominoes_argv(CTP_SERVICE, replicas, path.server_addr, rport, run_in)
         receiver = Proc(f"{label}-receiver", [*argv, "--root", str(into)], self.workdir)
         argv = dominoes_argv(CTP_SERVICE, replicas, path.client_addr, sport, run_out)
@@ -475,21 +479,31 @@ class Bench:
             receiver.wait_ready()
             t_spawn = time.monotonic()
             sender.start()
+            # the clock starts at the sender's ready line, or at the receiver's first
+            # body segment (its part file appears) when that comes first
             t_ready: float | None = None
+            t_start: float | None = None
+            started_by = ""
             busy0 = own0 = cpu0 = 0.0
             deadline = t_spawn + self.timeout + 60
             while True:
                 if t_ready is None and sender.is_ready():
                     t_ready = time.monotonic()
+                if t_start is None and (t_ready is not None or any(into.iterdir())):
+                    t_start = time.monotonic()
+                    started_by = "ready line" if t_ready is not None else "first segment"
                     busy0, own0 = _machine_busy(), _own_cpu()
                     cpu0 = receiver.cpu() + sender.cpu()
                 with contextlib.suppress(OSError):
                     if target.stat().st_size == payload.size:
                         break
-                if sender.proc is not None and sender.proc.poll() is not None:
-                    raise RuntimeError(f"the sender exited: {sender.tail()}")
-                if receiver.proc is not None and receiver.proc.poll() is not None:
-                    raise RuntimeError(f"the receiver exited: {receiver.tail()}")
+                for role, proc in (("sender", sender), ("receiver", receiver)):
+                    if proc.proc is not None and proc.proc.poll() is not None:
+                        raise RuntimeError(
+                            f"the {role} exited {proc.proc.returncode} "
+                            f"({'after' if t_ready else 'before'} the sender's ready line): "
+                            f"{proc.tail()}"
+                        )
                 if time.monotonic() > deadline:
                     size = target.stat().st_size if target.exists() else None
                     parts = sorted(p.name for p in into.iterdir())
@@ -502,9 +516,9 @@ class Bench:
             t_done = time.monotonic()
             cpu1 = receiver.cpu() + sender.cpu()
             own1, busy1 = _own_cpu(), _machine_busy()
-            if t_ready is None:
-                raise RuntimeError("the file was complete before the sender's ready line")
-            wall = t_done - t_ready
+            if t_start is None:
+                raise RuntimeError("the file was complete before the clock started")
+            wall = t_done - t_start
             got = sha256_file(target)
             if got != payload.sha256:
                 return Sample(error=f"sha256 mismatch ({got[:16]}... != {payload.sha256[:16]})")
@@ -515,6 +529,9 @@ class Bench:
                 _busy(busy1 - busy0, own1 - own0, cpu1 - cpu0, wall),
             )
             sample.extra["wall_from_spawn_s"] = round(t_done - t_spawn, 3)
+            sample.extra["clock_started_by"] = started_by
+            if t_ready is not None:
+                sample.extra["ready_after_spawn_s"] = round(t_ready - t_spawn, 3)
             sample.extra["ctp_sender"] = ctp_stats(run_out)
             sample.extra["ctp_receiver"] = ctp_stats(run_in)
             return sample
@@ -557,7 +574,19 @@ def make_payload(directory: Path, size: int) -> Payload:
 
 
 def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
+    """V formatted, or a dash as wide as SPEC asks."""
+    if v is not None:
+        return format(v, spec)
+    width = spec.split(".")[0]
+    return f"{'-':>{width}s}" if width.isdigit() else "-"
+
+
+def _short(error: str, n: int = 400) -> str:
+    """An error on one line: its first line, and its last lines up to N characters."""
+    lines = [x.strip() for x in error.splitlines() if x.strip()]
+    if len(lines) <= 1:
+        return error[:n]
+    return (lines[0][: n // 2] + " ... " + " | ".join(lines[-4:]))[:n]
 
 
 def retrans(sample: Sample) -> int | None:
@@ -658,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
                                     else ""
                                 )
                                 + f"  busy elsewhere {got.busy_elsewhere:4.1f}%"
-                                + (f"  FAILED: {got.error}" if got.error else "")
+                                + (f"  FAILED: {_short(got.error)}" if got.error else "")
                             )
                             if got.error is not None:
                                 failures.append(f"round {r + 1} {p} {name}: {got.error}")
@@ -762,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
     if failures:
         print("\nfailures:")
         for f in failures:
-            print(f"  {f}")
+            print(f"  {_short(f)}")
     if bench.leftovers:
         print(f"\nleftover processes (killed): {bench.leftovers}")
     if ns_left:
