@@ -760,6 +760,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(meta['cores'])} cores shared by servers and clients (load average "
         f"{load_before[0]:.2f} before, {meta['loadavg_after'][0]:.2f} after)"
     )
+    if meta["git_head_after"] != head:
+        print(f"WARNING: git HEAD moved during the run: {head} -> {meta['git_head_after']}")
     for p in paths:
         extra = f", loss {args.loss:g} dup {args.dup:g} each way" if p == "lossy" else ""
         print(f"\n{p}: {sizes[p] / MB:g} MB{extra}")
