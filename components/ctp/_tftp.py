@@ -269,7 +269,7 @@ class Tftp(MicroProtocol):
         s = transport.session(ctx, host, port, role="rrq" if op == RRQ else "wrq")
         s.mss = blksize
         if timeout:
-            s.rto = float(timeout)
+            s.rto = s.rto_base = float(timeout)
         path = posixpath.join(self.root, rel)
         transfer = Transfer(op, rel, path, blksize, options=options)
         self.transfers[s.sid] = transfer
@@ -455,8 +455,8 @@ class Tftp(MicroProtocol):
         if transfer is None or transfer.state != "dallying" or s is None:
             return
         quiet = ctx.now - s.last
-        if quiet < 2 * s.rto:
-            ctx.raise_later(2 * s.rto - quiet, "tftp.dallied", sid)
+        if quiet < 2 * s.rto_base:
+            ctx.raise_later(2 * s.rto_base - quiet, "tftp.dallied", sid)
             return
         ctx.component(Transport).end(ctx, sid, "done")
 

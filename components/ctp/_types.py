@@ -181,6 +181,9 @@ class Session(msgspec.Struct, omit_defaults=True):
     budget: int = UNLIMITED
     #: the retransmission timeout, and the smoothed round trip (0: no sample yet)
     rto: float = 1.0
+    #: the RTO a timeout backs off from: par's static one (or a driver's), until the
+    #: RTT estimate gives one
+    rto_base: float = 1.0
     srtt: float = 0.0
     rttvar: float = 0.0
     #: receiving: every seq below ``rcv_next`` arrived; ``rcv_above``: later ones that did
