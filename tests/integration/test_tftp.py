@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 
+from . import lossy
 from .harness import Service, alive, wait_until
 from .tftp_clients import CLIENTS, available, download, upload
 from .tftp_service import (
@@ -535,3 +536,103 @@ def test_an_upload_survives_kill_9_of_a_replica(
     assert ctp(doc, 0) == ctp(doc, 1)
     assert sha256(root / remote) == sha256(local)
     assert [p.name for p in root.iterdir() if p.name.endswith(".part")] == []
+
+
+# --- 5. loss and duplication ----------------------------------------------------------------------
+
+#: over the lossy link: a large MTU and blocks, so that a 1 MB transfer is 17 lock-step
+#: exchanges, each lost one costing a retransmission interval (1 s); curl (a 5 s
+#: interval, and its own options) moves a 513-byte file in 512-byte blocks
+LOSSY_MTU = 65535
+LOSSY_BLKSIZE = {"tftpy": 65464, "atftp": 8192, "curl": None}
+
+#: found by these tests: in the TFTP profile the retransmission timeout doubles on every
+#: timeout (Par.expired: rto = min(2 * rto, 8 s)) and nothing brings it down again (no
+#: RTT sampling in the profile), so after three timeouts in a transfer every later lost
+#: DATA (or ACK) leaves the client without an answer for 8 s: atftp (1 s timeout, 6
+#: tries) aborts; tftpy (20 tries) rides it out.  128 blocks of 8192 bytes make three
+#: timeouts and one more loss near certain.
+RTO_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="TFTP profile: rto doubles per timeout up to 8 s and never comes back down; "
+    "atftp gives up after ~6 s without an answer",
+)
+#: atftp 0.8's put, on a timeout, sends the next block instead of the unacknowledged
+#: one (its --trace: "timeout: retrying ... sent DATA <block: N+1>"); the server drops
+#: a block ahead of the one it expects (tftp.dropped_ahead), so atftp cannot upload
+#: over a lossy link to any lock-step server
+ATFTP_PUT = pytest.mark.skip(
+    reason="atftp 0.8 sends the next block, not the lost one, after a timeout on put"
+)
+DOWNLOADS = [
+    pytest.param("tftpy", 1 << 20),
+    pytest.param("tftpy", 5_000_000),
+    pytest.param("atftp", 1 << 20, marks=RTO_BUG),
+    pytest.param("curl", 513),
+]
+UPLOADS = [
+    pytest.param("tftpy", 1 << 20),
+    pytest.param("atftp", 1 << 20, marks=ATFTP_PUT),
+    pytest.param("curl", 513),
+]
+LOSSY_FILES = (513, 1 << 20, 5_000_000)
+
+
+@pytest.fixture(scope="module")
+def lossy_svc(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[lossy.LossyLink, Service, Path]]:
+    """A writable service bound to the root end of a link that loses 10 % and
+    duplicates 5 % of the packets each way; its clients run in the namespace."""
+    lossy.skip_unless_possible()
+    d = tmp_path_factory.mktemp("tftp-lossy-root")
+    for size in LOSSY_FILES:
+        _write_random(d / f"f{size}", size, seed=size + 1)
+    with lossy.lossy_link(loss=0.10, dup=0.05, mtu=LOSSY_MTU) as link:
+        run_dir = tmp_path_factory.mktemp("tftp-lossy-run") / "run"
+        with tftp_service(d, run_dir, writable=True, host=link.server_addr) as s:
+            yield link, s, d
+
+
+@pytest.mark.parametrize(("client", "size"), DOWNLOADS)
+def test_download_over_a_lossy_link(
+    lossy_svc: tuple[lossy.LossyLink, Service, Path], tmp_path: Path, client: str, size: int
+) -> None:
+    _need(client)
+    link, svc, d = lossy_svc
+    local = tmp_path / "got"
+    download(
+        client, link.server_addr, svc.port, f"f{size}", local,
+        blksize=LOSSY_BLKSIZE[client], timeout=240, netns=link.ns,
+    )  # fmt: skip
+    assert sha256(local) == sha256(d / f"f{size}")
+
+
+@pytest.mark.parametrize(("client", "size"), UPLOADS)
+def test_upload_over_a_lossy_link(
+    lossy_svc: tuple[lossy.LossyLink, Service, Path], tmp_path: Path, client: str, size: int
+) -> None:
+    _need(client)
+    link, svc, d = lossy_svc
+    local = _write_random(tmp_path / "up", size, seed=size + 2)
+    remote = f"lossy-up-{client}-{size}"
+    upload(
+        client, link.server_addr, svc.port, local, remote,
+        blksize=LOSSY_BLKSIZE[client], timeout=240, netns=link.ns,
+    )  # fmt: skip
+    _server_file(d / remote, sha256(local))
+
+
+def test_the_loss_shows_in_the_counters(
+    lossy_svc: tuple[lossy.LossyLink, Service, Path],
+) -> None:
+    # after the transfers above (this test comes last in the module)
+    link, svc, _ = lossy_svc
+    faults = link.counters()
+    assert faults["dropped"] > 0, faults
+    assert faults["duplicated"] > 0, faults
+    doc = settled(svc)
+    reports = [ctp(doc, r["index"]) for r in doc["replicas"]]
+    assert reports[0] == reports[1]
+    assert reports[0]["retransmitted"] > 0, reports[0]
+    assert reports[0]["duplicates_dropped"] > 0, reports[0]
