@@ -544,19 +544,8 @@ def test_an_upload_survives_kill_9_of_a_replica(
 #: exchanges, each lost one costing a retransmission interval (1 s); curl (a 5 s
 #: interval, and its own options) moves a 513-byte file in 512-byte blocks
 LOSSY_MTU = 65535
-LOSSY_BLKSIZE = {"tftpy": 65464, "atftp": 8192, "curl": None}
+LOSSY_BLKSIZE = {"tftpy": 65464, "atftp": 65464, "curl": None}
 
-#: found by these tests: in the TFTP profile the retransmission timeout doubles on every
-#: timeout (Par.expired: rto = min(2 * rto, 8 s)) and nothing brings it down again (no
-#: RTT sampling in the profile), so after three timeouts in a transfer every later lost
-#: DATA (or ACK) leaves the client without an answer for 8 s: atftp (1 s timeout, 6
-#: tries) aborts; tftpy (20 tries) rides it out.  128 blocks of 8192 bytes make three
-#: timeouts and one more loss near certain.
-RTO_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="TFTP profile: rto doubles per timeout up to 8 s and never comes back down; "
-    "atftp gives up after ~6 s without an answer",
-)
 #: atftp 0.8's put, on a timeout, sends the next block instead of the unacknowledged
 #: one (its --trace: "timeout: retrying ... sent DATA <block: N+1>"); the server drops
 #: a block ahead of the one it expects (tftp.dropped_ahead), so atftp cannot upload
@@ -567,7 +556,7 @@ ATFTP_PUT = pytest.mark.skip(
 DOWNLOADS = [
     pytest.param("tftpy", 1 << 20),
     pytest.param("tftpy", 5_000_000),
-    pytest.param("atftp", 1 << 20, marks=RTO_BUG),
+    pytest.param("atftp", 1 << 20),
     pytest.param("curl", 513),
 ]
 UPLOADS = [
