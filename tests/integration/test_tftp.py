@@ -473,6 +473,9 @@ def _kill_mid_transfer(
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not alive(pid), timeout=30)
         svc.wait_restarted(target, restarts[target] + 1, timeout=60)
+    except BaseException:
+        _signal_all(_clients(marker), signal.SIGKILL)  # not left running behind a failure
+        raise
     finally:
         _signal_all(paused, signal.SIGCONT)
     job.join(240)
