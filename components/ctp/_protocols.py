@@ -32,6 +32,7 @@ import bisect
 import struct
 from typing import Any, Final
 
+import msgspec
 import zfec
 
 from dominoes import Context
@@ -189,6 +190,10 @@ class Par(MicroProtocol):
     another one, which sends it again.  The receiver acknowledges every data
     segment, cumulatively (``ack``) and selectively (``sack``)."""
 
+    unacked: dict[str, dict[int, Segment]]
+    timers: dict[str, int]
+    tries: dict[str, int]
+
     binds = (
         (t.OPENED, "opened", 20),
         (t.SEGMENT_OUT, "keep", 10),
@@ -212,7 +217,7 @@ class Par(MicroProtocol):
     def opened(self, ctx: Context, sid: str, *, rto: float = 1.0) -> None:
         s = _session(ctx, sid)
         if s is not None:
-            s.rto = rto
+            s.rto = s.rto_base = rto
 
     def keep(self, ctx: Context, sid: str, seg: Segment) -> None:
         s = _session(ctx, sid)
@@ -252,7 +257,10 @@ class Par(MicroProtocol):
                 sample = ctx.now - done.sent
         s.in_flight = len(unacked)
         s.newly_acked = len(acked)
-        self.tries.pop(sid, None)
+        if self.tries.pop(sid, None) is not None:
+            # progress after timeouts: undo the back-off (RFC 6298 5.7), to the
+            # estimate's RTO, or the base one in a profile without an estimator
+            s.rto = s.rto_base
         if sample is not None:
             ctx.raise_event(t.RTT_SAMPLE, sid, sample)
         timer = self.timers.pop(sid, None)
@@ -277,7 +285,7 @@ class Par(MicroProtocol):
         self.timeouts += 1
         for seg in unacked.values():
             self.resend(ctx, sid, seg)
-        s.rto = min(s.rto * 2, max_rto)
+        s.rto = min(s.rto * 2, max(max_rto, s.rto_base))
         ctx.raise_event(t.LOSS, sid, "timeout")
         if sid in self.unacked:
             self.timers[sid] = ctx.raise_later(s.rto, t.TIMEOUT, sid)
@@ -298,9 +306,9 @@ class Par(MicroProtocol):
 
 @register("nak")
 class Nak(MicroProtocol):
-    """Negative acknowledgement: the receiver names the seqs missing below one that
-    arrived (once each), and the sender sends them again at once, without waiting
-    for the retransmission timer (which stays, for a lost tail)."""
+    """Negative acknowledgement: the receiver names a seq missing once ``reorder``
+    later ones arrived (once each), and the sender sends it again at once, without
+    waiting for the retransmission timer (which stays, for a lost tail)."""
 
     binds = (
         (t.DATAGRAM_FROM_NET, "gap", 16),
@@ -315,16 +323,20 @@ class Nak(MicroProtocol):
         self.naks_sent = 0
         self.resent = 0
 
-    def gap(self, ctx: Context, sid: str, seg: Segment, *, limit: int = 32) -> None:
+    def gap(
+        self, ctx: Context, sid: str, seg: Segment, *, limit: int = 32, reorder: int = 3
+    ) -> None:
         s = _session(ctx, sid)
-        if s is None or seg.kind != t.DATA or seg.dup or seg.seq <= s.rcv_next:
+        if s is None or seg.kind != t.DATA or seg.dup or seg.seq < s.rcv_next + reorder:
             return
         reported = [q for q in self.reported.get(sid, ()) if q >= s.rcv_next]
         above = set(s.rcv_above)
         have = set(reported)
-        missing = [q for q in range(s.rcv_next, seg.seq) if q not in above and q not in have][
-            :limit
-        ]
+        # a seq is missing once `reorder` later ones arrived (TCP's duplicate-ACK
+        # threshold): two replicas that send reorder a little, and that is no loss
+        missing = [
+            q for q in range(s.rcv_next, seg.seq - reorder + 1) if q not in above and q not in have
+        ][:limit]
         self.reported[sid] = reported + missing
         if missing:
             self.naks_sent += 1
@@ -354,6 +366,9 @@ class Nak(MicroProtocol):
 @register("resequence")
 class Resequencer(MicroProtocol):
     """Ordered delivery: holds segments that arrive early, delivers in seq order."""
+
+    expected: dict[str, int]
+    held: dict[str, dict[int, Segment]]
 
     binds = (
         (t.OPENED, "opened", 30),
@@ -430,6 +445,9 @@ class Aimd(MicroProtocol):
     ``ssthresh``, then one segment per round trip; a timeout halves the threshold
     and restarts from ``initial``; a NAK halves the window once per round trip."""
 
+    ssthresh: dict[str, float]
+    recover: dict[str, int]
+
     binds = (
         (t.OPENED, "opened", 21),
         (t.ACK_RECEIVED, "grow", 20),
@@ -483,7 +501,7 @@ class Aimd(MicroProtocol):
         else:
             s.rttvar = 0.75 * s.rttvar + 0.25 * abs(s.srtt - rtt)
             s.srtt = 0.875 * s.srtt + 0.125 * rtt
-        s.rto = min(max(min_rto, s.srtt + 4 * s.rttvar), max_rto)
+        s.rto = s.rto_base = min(max(min_rto, s.srtt + 4 * s.rttvar), max_rto)
 
     def forget(self, ctx: Context, sid: str, reason: str) -> None:
         self.ssthresh.pop(sid, None)
@@ -532,6 +550,14 @@ class Rate(MicroProtocol):
             ctx.cancel(timer)
 
 
+class OpenGroup(msgspec.Struct):
+    """A FEC group being filled on the sending side."""
+
+    gid: int
+    first: int
+    members: list[Segment]
+
+
 #: each FEC block: the data segment's msg, off, total and payload length, then the payload
 BLOCK: Final = struct.Struct("!IIII")
 
@@ -545,6 +571,10 @@ class Fec(MicroProtocol):
     whole.  The parity of segments read from a file at send time is computed by
     the owner from the file, like their payloads."""
 
+    building: dict[str, OpenGroup]
+    next_group: dict[str, int]
+    groups: dict[str, dict[int, dict[str, Any]]]
+
     binds = (
         (t.SEGMENT_OUT, "stamp", 15),
         (t.SEGMENT_OUT, "parity", 95),
@@ -553,7 +583,7 @@ class Fec(MicroProtocol):
     )
 
     def __init__(self) -> None:
-        #: sid -> the open group: [group id, first seq, [its data segments]]
+        #: sid -> the group being filled
         self.building: dict[str, list[Any]] = {}
         self.next_group: dict[str, int] = {}
         #: sid -> group -> {"k", "seq", "blocks": {index: block}, "done"}
@@ -575,19 +605,19 @@ class Fec(MicroProtocol):
         if group is None:
             gid = self.next_group.get(sid, 0)
             self.next_group[sid] = gid + 1
-            group = self.building[sid] = [gid, seg.seq, []]
-        seg.group, seg.index, seg.k = group[0], len(group[2]), k
-        group[2].append(seg)
+            group = self.building[sid] = OpenGroup(gid, seg.seq, [])
+        seg.group, seg.index, seg.k = group.gid, len(group.members), k
+        group.members.append(seg)
 
     def parity(self, ctx: Context, sid: str, seg: Segment, *, k: int = 8, m: int = 2) -> None:
         group = self.building.get(sid)
         if seg.kind != t.DATA or group is None:
             return
         end_of_message = seg.off + seg.size() >= seg.total
-        if len(group[2]) < k and not end_of_message:
+        if len(group.members) < k and not end_of_message:
             return
         del self.building[sid]
-        gid, first, members = group
+        gid, first, members = group.gid, group.first, group.members
         kk = len(members)
         self.parity_sent += m
         transport = ctx.component(Transport)

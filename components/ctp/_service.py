@@ -76,7 +76,7 @@ TFTP: Final = Profile.of(
     "tftp",
     ("segment", {"size": 512, "terminal_short": True}),
     "sequence",
-    ("par", {"rto": 1.0, "retries": 6}),
+    ("par", {"rto": 1.0, "retries": 8, "max_rto": 2.0}),
     "dedup",
     ("window", {"size": 1}),
 )

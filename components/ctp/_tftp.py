@@ -126,6 +126,9 @@ class Transfer(msgspec.Struct, omit_defaults=True):
 class Tftp(MicroProtocol):
     """The TFTP codec and driver (see the module doc)."""
 
+    transfers: dict[str, Transfer]
+    counters: dict[str, int]
+
     transient: ClassVar[tuple[str, ...]] = ("_parts", "write_errors")
     binds = (
         (t.DATAGRAM, "received", 10),

@@ -46,6 +46,11 @@ class Transport(MicroProtocol):
     """Sessions and the bottom of every chain (see the module doc)."""
 
     transient: ClassVar[tuple[str, ...]] = ("output", "submit", "_files")
+    # state, annotated so that a snapshot restores its types
+    sessions: dict[str, Session]
+    counters: dict[str, int]
+    sweep_timer: int
+
     binds: ClassVar[tuple[tuple[str, str, float], ...]] = (
         (t.SEND, "after_send", 90),
         (t.SEGMENT_FROM_APP, "from_app", 90),

@@ -482,19 +482,6 @@ def _kill_mid_transfer(
     return job
 
 
-#: found by these tests: a replica restarted after kill -9 joins from a snapshot in
-#: which ``Tftp.transfers`` holds plain dicts instead of ``Transfer`` structs, so every
-#: entry of a transfer that was under way fails in its apply ("'dict' object has no
-#: attribute 'op'") and the owner of such an entry sends the client the runtime's
-#: ``ERR ...`` text datagram instead of a TFTP packet (tftpy: "Unsupported opcode: 17746")
-SNAPSHOT_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="a replica restored from a snapshot has Tftp.transfers as dicts: "
-    "AttributeError 'dict' object has no attribute 'op' on the transfer's next entry",
-)
-
-
-@SNAPSHOT_BUG
 @pytest.mark.parametrize("victim", ["sender", "other"])
 def test_a_download_survives_kill_9_of_a_replica(
     svc: Service, root: Path, tmp_path: Path, victim: str
@@ -517,7 +504,6 @@ def test_a_download_survives_kill_9_of_a_replica(
     assert sha256(again) == sha256(root / "f513")
 
 
-@SNAPSHOT_BUG
 @pytest.mark.parametrize("victim", ["sender", "other"])
 def test_an_upload_survives_kill_9_of_a_replica(
     svc: Service, root: Path, tmp_path: Path, victim: str

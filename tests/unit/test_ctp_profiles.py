@@ -80,6 +80,10 @@ class Net:
         self.wire: list[tuple[Cluster, bytes, tuple[str, int]]] = []
         self.dropped: list[bytes] = []
         self.streak = 0
+        self.wire_up()
+
+    def wire_up(self) -> None:
+        """Every replica's way out (again after a restart: it is per replica)."""
         for cluster, me, peer in ((self.a, A, self.b), (self.b, B, self.a)):
             for r in cluster:
                 r.component(Transport).output = self._output(peer, me)
@@ -120,6 +124,11 @@ class Net:
                 return
             if step == kill_at:
                 self.a.kill(1)
+            if kill_at >= 0 and step == kill_at + 20:
+                # back from a snapshot taken mid-transfer, and in the game again
+                self.a.restart(1)
+                self.a.run_until_quiet()
+                self.wire_up()
             if self.wire:
                 self.deliver_one(drop)
             else:
@@ -338,11 +347,14 @@ class TftpNet(Net):
         self.wire = []
         self.dropped = []
         self.client = TftpClient(self)
+        self.wire_server()
+        self.b.call(0, Tftp.configure, root, True)
+
+    def wire_server(self) -> None:
         for r in self.b:
             transport = r.component(Transport)
             transport.output = self._to_client
             transport.submit = self._submitter(r.index)
-        self.b.call(0, Tftp.configure, root, True)
 
     def _submitter(self, index: int) -> Any:
         def submit(event: Any, *args: Any) -> None:
@@ -377,6 +389,10 @@ class TftpNet(Net):
                 return
             if step == kill_at:
                 self.b.kill(1)
+            if kill_at >= 0 and step == kill_at + 20:
+                self.b.restart(1)
+                self.b.run_until_quiet()
+                self.wire_server()
             if self.wire:
                 self.deliver_one()
             else:
