@@ -106,6 +106,8 @@ def report(replica: Replica) -> Any:
         if detail is not None:
             return {"error": f"unknown detail {detail!r}: try 'sessions'"}
         out: dict[str, Any] = {"sessions": len(transport.sessions), **transport.counters}
+        if transport.last_error:
+            out["last_error"] = transport.last_error
         machine = replica.core.machine
         for name in MICRO_PROTOCOLS:
             try:

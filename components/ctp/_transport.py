@@ -16,6 +16,7 @@ datagram it cannot decode is counted and dropped.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from ._types import Segment, Session
 __all__ = ("Transport", "Wire", "WireError", "decode", "encode", "session_id")
 
 Output = Callable[[bytes, tuple[str, int]], None]
+
+log = logging.getLogger("dominoes.ctp")
 
 
 def session_id(host: str, port: int, channel: int = 0) -> str:
@@ -50,6 +53,7 @@ class Transport(MicroProtocol):
     sessions: dict[str, Session]
     counters: dict[str, int]
     sweep_timer: int
+    last_error: str
 
     binds: ClassVar[tuple[tuple[str, str, float], ...]] = (
         (t.SEND, "after_send", 90),
@@ -71,6 +75,8 @@ class Transport(MicroProtocol):
         self.counters: dict[str, int] = {}
         #: the idle sweep's replicated timer (0: not armed)
         self.sweep_timer = 0
+        #: the last exception a micro-protocol raised on a datagram ("" if none)
+        self.last_error = ""
         #: this replica's way out (None: nothing is sent, as in tests of the state alone)
         self.output: Output | None = None
         #: this replica's way to append an entry (``submit(event, *args)``), for drivers
@@ -85,9 +91,22 @@ class Transport(MicroProtocol):
 
     @update
     def datagram(self, ctx: Context, data: bytes, host: str, port: int) -> None:
-        """The service's UDP event: every datagram, as a ``race`` entry."""
+        """The service's UDP event: every datagram, as a ``race`` entry.
+
+        A micro-protocol's exception stops this datagram's chain and is counted
+        (``handler_errors``, the last one in ``last_error``) and logged by the
+        owner: every replica stops at the same point, so they stay identical, and
+        the peer gets nothing (the runtime would answer an error with a text
+        datagram, which no binary protocol's peer understands).
+        """
         self.count("datagrams_in")
-        ctx.raise_event(t.DATAGRAM, bytes(data), host, port)
+        try:
+            ctx.raise_event(t.DATAGRAM, bytes(data), host, port)
+        except Exception as exc:  # noqa: BLE001 - counted, logged, and the peer is spared
+            self.count("handler_errors")
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            if ctx.is_owner:
+                ctx.effect(log.error, "ctp: datagram from %s:%d failed: %r", host, port, exc)
 
     @update
     def open(self, ctx: Context, host: str, port: int, channel: int = 0) -> str:

@@ -436,3 +436,36 @@ def test_tftp_profile_takes_an_upload_through_loss_and_duplication(
         with open(f"{root}/up", "rb") as f:
             assert f.read() == data
         net.b.assert_converged()
+
+
+def test_a_failing_micro_protocol_costs_one_datagram_not_the_service() -> None:
+    """An exception in a micro-protocol ends that datagram's chain on every replica
+    alike: counted, nothing sent back, the replicas identical, the next datagram
+    served."""
+    from dominoes.components.ctp import MICRO_PROTOCOLS, MicroProtocol, register
+
+    if "boom" not in MICRO_PROTOCOLS:
+
+        @register("boom")
+        class Boom(MicroProtocol):
+            binds = ((t.DATAGRAM, "check", 1),)
+
+            def check(self, ctx: Context, data: bytes, host: str, port: int) -> None:
+                if data == b"boom":
+                    raise ValueError("boom")
+
+    net = Net(
+        small(RELIABLE_ORDERED).adding("boom", after="transport"),
+        random.Random(0),
+        loss=0.0,
+        dup=0.0,
+    )
+    net.b.call(0, Transport.datagram, b"boom", *A, _mode=Mode.RACE)
+    assert net.wire == []
+    for r in net.b:
+        transport = r.component(Transport)
+        assert transport.counters["handler_errors"] == 1
+        assert transport.last_error == "ValueError: boom"
+    net.send([b"after"])
+    net.run(lambda: net.got() == [b"after"] and not net.wire)
+    net.converged()
