@@ -51,6 +51,7 @@ __all__ = (
     "Rate",
     "Reassembly",
     "Resequencer",
+    "Rtt",
     "Segmentation",
     "Sequencing",
     "Window",
@@ -439,11 +440,35 @@ class Window(MicroProtocol):
             seg.wnd = max(1, size - held)
 
 
+@register("rtt")
+class Rtt(MicroProtocol):
+    """The round-trip estimate (RFC 6298): SRTT, RTTVAR and the RTO par waits, from
+    par's samples (Karn: never a retransmitted segment's).  A driver that agreed a
+    fixed timeout with the peer (TFTP's ``timeout`` option) pins the RTO."""
+
+    binds = ((t.RTT_SAMPLE, "estimate", 10),)
+    requires = ("par",)
+
+    def estimate(
+        self, ctx: Context, sid: str, rtt: float, *, min_rto: float = 0.05, max_rto: float = 8.0
+    ) -> None:
+        s = _session(ctx, sid)
+        if s is None:
+            return
+        if s.srtt == 0.0:
+            s.srtt, s.rttvar = rtt, rtt / 2
+        else:
+            s.rttvar = 0.75 * s.rttvar + 0.25 * abs(s.srtt - rtt)
+            s.srtt = 0.875 * s.srtt + 0.125 * rtt
+        if not s.rto_pinned:
+            s.rto = s.rto_base = min(max(min_rto, s.srtt + 4 * s.rttvar), max_rto)
+
+
 @register("aimd")
 class Aimd(MicroProtocol):
-    """AIMD congestion control with an RTT estimate (RFC 6298): slow start to
-    ``ssthresh``, then one segment per round trip; a timeout halves the threshold
-    and restarts from ``initial``; a NAK halves the window once per round trip."""
+    """AIMD congestion control: slow start to ``ssthresh``, then one segment per
+    round trip; a timeout halves the threshold and restarts from ``initial``; a
+    NAK halves the window once per round trip.  Its RTT estimate is ``rtt``'s."""
 
     ssthresh: dict[str, float]
     recover: dict[str, int]
@@ -452,9 +477,9 @@ class Aimd(MicroProtocol):
         (t.OPENED, "opened", 21),
         (t.ACK_RECEIVED, "grow", 20),
         (t.LOSS, "shrink", 10),
-        (t.RTT_SAMPLE, "estimate", 10),
         (t.CLOSED, "forget", 50),
     )
+    requires = ("rtt",)
 
     def __init__(self) -> None:
         self.ssthresh: dict[str, float] = {}
@@ -489,19 +514,6 @@ class Aimd(MicroProtocol):
             self.ssthresh[sid] = half
             s.cwnd = half
             self.recover[sid] = s.snd_next
-
-    def estimate(
-        self, ctx: Context, sid: str, rtt: float, *, min_rto: float = 0.05, max_rto: float = 8.0
-    ) -> None:
-        s = _session(ctx, sid)
-        if s is None:
-            return
-        if s.srtt == 0.0:
-            s.srtt, s.rttvar = rtt, rtt / 2
-        else:
-            s.rttvar = 0.75 * s.rttvar + 0.25 * abs(s.srtt - rtt)
-            s.srtt = 0.875 * s.srtt + 0.125 * rtt
-        s.rto = s.rto_base = min(max(min_rto, s.srtt + 4 * s.rttvar), max_rto)
 
     def forget(self, ctx: Context, sid: str, reason: str) -> None:
         self.ssthresh.pop(sid, None)

@@ -49,6 +49,7 @@ RELIABLE_ORDERED: Final = Profile.of(
     "dedup",
     "resequence",
     ("window", {"size": 64}),
+    ("rtt", {"min_rto": 0.2}),
     "aimd",
     "reassemble",
 )
@@ -77,6 +78,7 @@ TFTP: Final = Profile.of(
     ("segment", {"size": 512, "terminal_short": True}),
     "sequence",
     ("par", {"rto": 1.0, "retries": 8, "max_rto": 2.0}),
+    ("rtt", {"min_rto": 0.2}),
     "dedup",
     ("window", {"size": 1}),
 )

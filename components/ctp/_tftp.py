@@ -273,6 +273,7 @@ class Tftp(MicroProtocol):
         s.mss = blksize
         if timeout:
             s.rto = s.rto_base = float(timeout)
+            s.rto_pinned = True
         path = posixpath.join(self.root, rel)
         transfer = Transfer(op, rel, path, blksize, options=options)
         self.transfers[s.sid] = transfer

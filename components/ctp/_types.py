@@ -184,6 +184,8 @@ class Session(msgspec.Struct, omit_defaults=True):
     #: the RTO a timeout backs off from: par's static one (or a driver's), until the
     #: RTT estimate gives one
     rto_base: float = 1.0
+    #: the RTO was agreed with the peer (TFTP's timeout option): no estimate moves it
+    rto_pinned: bool = False
     srtt: float = 0.0
     rttvar: float = 0.0
     #: receiving: every seq below ``rcv_next`` arrived; ``rcv_above``: later ones that did

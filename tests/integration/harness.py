@@ -169,8 +169,9 @@ def running(
     replicas: int = 2,
     args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    wrap: tuple[str, ...] = (),
 ) -> Iterator[Service]:
-    svc = Service(target, run_dir, replicas=replicas, args=args, env=env)
+    svc = Service(target, run_dir, replicas=replicas, args=args, env=env, wrap=wrap)
     try:
         svc.wait_ready()
         yield svc

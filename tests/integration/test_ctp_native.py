@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from tests.integration import lossy
-from tests.integration.harness import ROOT, Service, wait_until
+from tests.integration.harness import ROOT, Service, running, wait_until
 
 PROFILES = ("reliable_ordered", "reliable_unordered", "unreliable_fec")
 
@@ -66,19 +66,6 @@ def settled(run_dir: Path) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def started(service: Service) -> Iterator[Service]:
-    try:
-        service.wait_ready()
-        yield service
-    finally:
-        if service.proc.poll() is None:
-            with contextlib.suppress(AssertionError):
-                service.stop()
-        else:
-            service._finish()
-
-
-@contextlib.contextmanager
 def transfer(
     tmp_path: Path,
     profile: str,
@@ -96,15 +83,12 @@ def transfer(
     source.write_bytes(os.urandom(size))
     target = f"examples.ctp_files:{profile}"
     host = link.server_addr if link is not None else "127.0.0.1"
-    receiver = Service(
-        target,
-        tmp_path / "run-in",
-        args=("--host", host, "--root", str(inbox)),
-    )
-    with started(receiver):
+    with running(
+        target, tmp_path / "run-in", args=("--host", host, "--root", str(inbox))
+    ) as receiver:
         wrap = ("ip", "netns", "exec", link.ns) if link is not None else ()
         sender_host = link.client_addr if link is not None else "127.0.0.1"
-        sender = Service(
+        with running(
             target,
             tmp_path / "run-out",
             args=(
@@ -118,8 +102,7 @@ def transfer(
                 f"{host}:{receiver.port}",
             ),
             wrap=wrap,
-        )
-        with started(sender):
+        ) as sender:
             yield receiver, sender, source, inbox / source.name
 
 
