@@ -307,9 +307,14 @@ class Par(MicroProtocol):
 
 @register("nak")
 class Nak(MicroProtocol):
-    """Negative acknowledgement: the receiver names a seq missing once ``reorder``
-    later ones arrived (once each), and the sender sends it again at once, without
-    waiting for the retransmission timer (which stays, for a lost tail)."""
+    """Negative acknowledgement: the receiver names a seq missing once it has been
+    missing for ``delay`` seconds of replicated time while later ones arrived (a
+    gap that young is reordering: two sending replicas interleave), once each;
+    the sender sends it again at once, without waiting for the retransmission
+    timer (which stays, for a lost tail)."""
+
+    gaps: dict[str, dict[int, float]]
+    reported: dict[str, list[int]]
 
     binds = (
         (t.DATAGRAM_FROM_NET, "gap", 16),
@@ -319,25 +324,34 @@ class Nak(MicroProtocol):
     requires = ("par", "sequence")
 
     def __init__(self) -> None:
+        #: sid -> missing seq -> when it was first seen missing
+        self.gaps: dict[str, dict[int, float]] = {}
         #: sid -> seqs already reported missing (each once)
         self.reported: dict[str, list[int]] = {}
         self.naks_sent = 0
         self.resent = 0
 
     def gap(
-        self, ctx: Context, sid: str, seg: Segment, *, limit: int = 32, reorder: int = 3
+        self, ctx: Context, sid: str, seg: Segment, *, limit: int = 32, delay: float = 0.05
     ) -> None:
         s = _session(ctx, sid)
-        if s is None or seg.kind != t.DATA or seg.dup or seg.seq < s.rcv_next + reorder:
+        if s is None or seg.kind != t.DATA or seg.dup:
+            return
+        gaps = self.gaps.setdefault(sid, {})
+        for q in [q for q in gaps if q < s.rcv_next]:
+            del gaps[q]
+        if seg.seq <= s.rcv_next:
             return
         reported = [q for q in self.reported.get(sid, ()) if q >= s.rcv_next]
-        above = set(s.rcv_above)
-        have = set(reported)
-        # a seq is missing once `reorder` later ones arrived (TCP's duplicate-ACK
-        # threshold): two replicas that send reorder a little, and that is no loss
-        missing = [
-            q for q in range(s.rcv_next, seg.seq - reorder + 1) if q not in above and q not in have
-        ][:limit]
+        above, have = set(s.rcv_above), set(reported)
+        missing: list[int] = []
+        for q in range(s.rcv_next, seg.seq):
+            if q in above:
+                gaps.pop(q, None)
+                continue
+            first = gaps.setdefault(q, ctx.now)
+            if q not in have and ctx.now - first >= delay and len(missing) < limit:
+                missing.append(q)
         self.reported[sid] = reported + missing
         if missing:
             self.naks_sent += 1
@@ -361,6 +375,7 @@ class Nak(MicroProtocol):
             ctx.raise_event(t.LOSS, sid, "nak")
 
     def forget(self, ctx: Context, sid: str, reason: str) -> None:
+        self.gaps.pop(sid, None)
         self.reported.pop(sid, None)
 
 
