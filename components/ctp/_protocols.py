@@ -307,17 +307,21 @@ class Par(MicroProtocol):
 
 @register("nak")
 class Nak(MicroProtocol):
-    """Negative acknowledgement: the receiver names a seq missing once it has been
-    missing for ``delay`` seconds of replicated time while later ones arrived (a
-    gap that young is reordering: two sending replicas interleave), once each;
-    the sender sends it again at once, without waiting for the retransmission
-    timer (which stays, for a lost tail)."""
+    """Negative acknowledgement.  The receiver notes when each gap (a seq missing
+    below one that arrived) appeared; a gap still open ``delay`` seconds later (a
+    replicated timer checks, so a sender stalled on a full window is not left
+    waiting) is reported, and reported again every ``again`` seconds while it
+    stays open.  A younger gap is reordering: two sending replicas interleave.
+    The sender sends a reported seq again at once, without waiting for its
+    retransmission timer (which stays, for a lost tail)."""
 
     gaps: dict[str, dict[int, float]]
-    reported: dict[str, list[int]]
+    reported: dict[str, dict[int, float]]
+    timers: dict[str, int]
 
     binds = (
         (t.DATAGRAM_FROM_NET, "gap", 16),
+        ("ctp.nak_check", "check", 0),
         (t.NAK_RECEIVED, "resend", 10),
         (t.CLOSED, "forget", 30),
     )
@@ -326,36 +330,60 @@ class Nak(MicroProtocol):
     def __init__(self) -> None:
         #: sid -> missing seq -> when it was first seen missing
         self.gaps: dict[str, dict[int, float]] = {}
-        #: sid -> seqs already reported missing (each once)
-        self.reported: dict[str, list[int]] = {}
+        #: sid -> seq -> when it was last reported
+        self.reported: dict[str, dict[int, float]] = {}
+        #: sid -> the check's replicated timer
+        self.timers: dict[str, int] = {}
         self.naks_sent = 0
         self.resent = 0
 
-    def gap(
-        self, ctx: Context, sid: str, seg: Segment, *, limit: int = 32, delay: float = 0.05
-    ) -> None:
+    def gap(self, ctx: Context, sid: str, seg: Segment, *, delay: float = 0.01) -> None:
         s = _session(ctx, sid)
         if s is None or seg.kind != t.DATA or seg.dup:
             return
         gaps = self.gaps.setdefault(sid, {})
         for q in [q for q in gaps if q < s.rcv_next]:
             del gaps[q]
-        if seg.seq <= s.rcv_next:
+        if seg.seq > s.rcv_next:
+            above = set(s.rcv_above)
+            for q in range(s.rcv_next, seg.seq):
+                if q not in above:
+                    gaps.setdefault(q, ctx.now)
+        if gaps and sid not in self.timers:
+            self.timers[sid] = ctx.raise_later(delay, "ctp.nak_check", sid)
+
+    def check(
+        self,
+        ctx: Context,
+        sid: str,
+        *,
+        delay: float = 0.01,
+        again: float = 0.2,
+        limit: int = 32,
+    ) -> None:
+        self.timers.pop(sid, None)
+        s = _session(ctx, sid)
+        gaps = self.gaps.get(sid)
+        if s is None or not gaps:
             return
-        reported = [q for q in self.reported.get(sid, ()) if q >= s.rcv_next]
-        above, have = set(s.rcv_above), set(reported)
-        missing: list[int] = []
-        for q in range(s.rcv_next, seg.seq):
-            if q in above:
-                gaps.pop(q, None)
-                continue
-            first = gaps.setdefault(q, ctx.now)
-            if q not in have and ctx.now - first >= delay and len(missing) < limit:
-                missing.append(q)
-        self.reported[sid] = reported + missing
+        above = set(s.rcv_above)
+        reported = self.reported.setdefault(sid, {})
+        for q in [q for q in gaps if q < s.rcv_next or q in above]:
+            del gaps[q]
+        for q in [q for q in reported if q < s.rcv_next or q in above]:
+            del reported[q]
+        missing = [
+            q
+            for q, first in sorted(gaps.items())
+            if ctx.now - first >= delay and ctx.now - reported.get(q, -again) >= again
+        ][:limit]
+        for q in missing:
+            reported[q] = ctx.now
         if missing:
             self.naks_sent += 1
             ctx.raise_event(t.SEGMENT_TO_NET, sid, Segment(t.NAK, ack=s.rcv_next, sack=missing))
+        if gaps:
+            self.timers[sid] = ctx.raise_later(delay, "ctp.nak_check", sid)
 
     def resend(self, ctx: Context, sid: str, seg: Segment) -> None:
         s = _session(ctx, sid)
@@ -377,6 +405,9 @@ class Nak(MicroProtocol):
     def forget(self, ctx: Context, sid: str, reason: str) -> None:
         self.gaps.pop(sid, None)
         self.reported.pop(sid, None)
+        timer = self.timers.pop(sid, None)
+        if timer is not None:
+            ctx.cancel(timer)
 
 
 @register("resequence")
