@@ -704,7 +704,7 @@ class Fec(MicroProtocol):
 
         ctx.effect(send_all)
 
-    def collect(self, ctx: Context, sid: str, seg: Segment, *, keep: int = 64) -> None:
+    def collect(self, ctx: Context, sid: str, seg: Segment, *, keep: int = 64, m: int = 2) -> None:
         if seg.recovered or seg.group < 0:
             return
         groups = self.groups.setdefault(sid, {})
@@ -725,10 +725,12 @@ class Fec(MicroProtocol):
             g["blocks"][seg.index] = self._block(seg)
             if g["seq"] < 0:
                 g["seq"] = seg.seq - seg.index
-        self._rebuild(ctx, sid, g)
+        self._rebuild(ctx, sid, g, m)
 
-    def _rebuild(self, ctx: Context, sid: str, g: dict[str, Any]) -> None:
-        kk, blocks = g["k"], g["blocks"]
+    def _rebuild(self, ctx: Context, sid: str, g: dict[str, Any], m: int) -> None:
+        kk = g["k"]
+        # the shares a decoder of (k, k + m) takes (both ends compose the same m)
+        blocks = {i: b for i, b in g["blocks"].items() if i < kk + m}
         if g["done"] or not kk or len(blocks) < kk:
             return
         missing = [i for i in range(kk) if i not in blocks]
@@ -737,8 +739,9 @@ class Fec(MicroProtocol):
             return
         width = max(len(b) for b in blocks.values())
         nums = sorted(blocks)[:kk]
-        shares = [blocks[i].ljust(width, b"\0") for i in nums]
-        data = zfec.Decoder(kk, kk + 16).decode(shares, nums)
+        # fresh buffers: the decoder is handed copies, never the replicated blocks
+        shares = [bytearray(blocks[i].ljust(width, b"\0")) for i in nums]
+        data = zfec.Decoder(kk, kk + m).decode(shares, nums)
         for i in missing:
             block = bytes(data[i])
             msg, off, total, n = BLOCK.unpack_from(block)

@@ -332,7 +332,9 @@ class Seen(Component):
 async def start(replica):
     o = replica.options
     line = f"replica {replica.index} options tun={o['tun']} mtu={o['mtu']!r} fast={o['fast']}"
-    print(line, flush=True, file=__import__("sys").stderr)
+    # one write: the two replicas share stderr, and print() writes the line and
+    # its newline apart (unbuffered stderr), so their lines could interleave
+    __import__("os").write(2, (line + "\\n").encode())
 
 
 service = Service(
