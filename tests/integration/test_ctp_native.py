@@ -190,7 +190,7 @@ def test_unreliable_fec_under_random_loss_never_duplicates(tmp_path: Path) -> No
 
 def test_a_killed_sending_replica_does_not_stop_the_transfer(tmp_path: Path) -> None:
     size = 8_000_000
-    with transfer(tmp_path, "reliable_ordered", size) as (_, sender, source, landed):
+    with transfer(tmp_path, "reliable_ordered", size) as (receiver, sender, source, landed):
         wait_until(
             lambda: (
                 bool(part := list((tmp_path / "in").glob(".ctp.*.part")))
@@ -198,8 +198,15 @@ def test_a_killed_sending_replica_does_not_stop_the_transfer(tmp_path: Path) -> 
             ),
             timeout=30,
         )
-        victim = sender.replica_pids()[1]
-        assert not landed.exists()  # mid-transfer
-        os.kill(victim, signal.SIGKILL)
+        # freeze the receiver, so that the kill lands mid-transfer however fast it goes
+        frozen = [receiver.proc.pid, *receiver.replica_pids()]
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            assert not landed.exists()
+            os.kill(sender.replica_pids()[1], signal.SIGKILL)
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
         arrived(landed, size, timeout=120)
         assert digest(landed) == digest(source)
