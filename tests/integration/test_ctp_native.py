@@ -112,7 +112,9 @@ def arrived(path: Path, size: int, timeout: float = 60) -> None:
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_profile_delivers_a_file_over_loopback(tmp_path: Path, profile: str) -> None:
-    size = 300_000 if profile == "unreliable_fec" else 2_000_000
+    # unreliable-fec sends nothing again: 60 KB (~55 datagrams) fits in the receiver's
+    # socket buffer whole, so a busy machine cannot make it lose more than FEC covers
+    size = 60_000 if profile == "unreliable_fec" else 2_000_000
     with transfer(tmp_path, profile, size) as (receiver, sender, source, landed):
         arrived(landed, size)
         assert digest(landed) == digest(source)
