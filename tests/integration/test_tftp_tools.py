@@ -208,7 +208,8 @@ def test_missing_file_raises(client: str, server: int, tmp_path: Path) -> None:
     assert caught.value.cmd, caught.value
 
 
-@pytest.mark.parametrize("client", CLIENTS)
+# The bound and the kill are the wrapper's own, the same for every client: one is enough.
+@pytest.mark.parametrize("client", ["tftpy"])
 def test_unanswered_times_out(client: str, tmp_path: Path) -> None:
     """Nobody answers: the call ends within its bound, with ClientError."""
     _need(client)
