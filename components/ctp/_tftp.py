@@ -483,10 +483,8 @@ class Tftp(MicroProtocol):
             body = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in seg.options.items())
             packet = OP.pack(OACK) + body
             transport.transmit(ctx, sid, lambda: packet)
-        elif seg.kind == t.ERROR:
-            packet = error_packet(seg.code, seg.text)
-            transport.transmit(ctx, sid, lambda: packet)
-        # NAK and parity have no TFTP form: a profile that adds them sends nothing more
+        # NAK and parity have no TFTP form: a profile that adds them sends nothing more;
+        # errors go out through transmit_to (a refusal may have no session)
 
     def forget(self, ctx: Context, sid: str, reason: str) -> None:
         transfer = self.transfers.pop(sid, None)

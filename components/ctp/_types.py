@@ -137,12 +137,10 @@ class Segment(msgspec.Struct, omit_defaults=True):
     msg: int = 0
     off: int = 0
     total: int = 0
-    #: forward error correction: the group, this block's index, the group's k,
-    #: and (parity) the lengths of the group's data blocks
+    #: forward error correction: the group, this block's index, the group's k
     group: int = -1
     index: int = 0
     k: int = 0
-    lengths: list[int] = []
     #: when it was first sent (replicated time), and how often again
     sent: float = 0.0
     retx: int = 0
@@ -150,9 +148,7 @@ class Segment(msgspec.Struct, omit_defaults=True):
     #: on receipt: already seen (set by sequencing), rebuilt by FEC
     dup: bool = False
     recovered: bool = False
-    #: ERROR: a code and a message; OACK: the options
-    code: int = 0
-    text: str = ""
+    #: OACK: the options
     options: dict[str, str] = {}
 
     def size(self) -> int:
