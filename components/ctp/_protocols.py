@@ -337,7 +337,9 @@ class Nak(MicroProtocol):
         self.naks_sent = 0
         self.resent = 0
 
-    def gap(self, ctx: Context, sid: str, seg: Segment, *, delay: float = 0.01) -> None:
+    def gap(
+        self, ctx: Context, sid: str, seg: Segment, *, delay: float = 0.01, span: int = 4096
+    ) -> None:
         s = _session(ctx, sid)
         if s is None or seg.kind != t.DATA or seg.dup:
             return
@@ -346,7 +348,9 @@ class Nak(MicroProtocol):
             del gaps[q]
         if seg.seq > s.rcv_next:
             above = set(s.rcv_above)
-            for q in range(s.rcv_next, seg.seq):
+            # gaps are tracked within ``span`` of rcv_next: a crafted seq far ahead
+            # must not make every replica walk billions of numbers (no poison datagram)
+            for q in range(s.rcv_next, min(seg.seq, s.rcv_next + span)):
                 if q not in above:
                     gaps.setdefault(q, ctx.now)
         if gaps and sid not in self.timers:

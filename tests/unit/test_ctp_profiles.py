@@ -469,3 +469,20 @@ def test_a_failing_micro_protocol_costs_one_datagram_not_the_service() -> None:
     net.send([b"after"])
     net.run(lambda: net.got() == [b"after"] and not net.wire)
     net.converged()
+
+
+def test_a_seq_far_ahead_costs_bounded_work() -> None:
+    """A crafted data segment numbered 2**32 - 1 is one datagram's worth of work on
+    every replica (no poison request): the NAK micro-protocol tracks gaps within a
+    bounded span of what arrived, and the session still serves afterwards."""
+    from dominoes.components.ctp import Nak
+    from dominoes.components.ctp._transport import encode
+
+    net = Net(small(RELIABLE_ORDERED), random.Random(0), loss=0.0, dup=0.0)
+    net.send([b"first"])
+    net.run(lambda: net.got() == [b"first"] and not net.wire)
+    crafted = encode(t.Segment(t.DATA, seq=2**32 - 1, msg=7, total=1, payload=b"x"), 0, b"x")
+    net.b.call(0, Transport.datagram, crafted, *A, _mode=Mode.RACE)
+    for r in net.b:
+        assert all(len(gaps) <= 4096 for gaps in r.component(Nak).gaps.values())
+    net.converged()
