@@ -127,13 +127,18 @@ class Files(Component):
         if body is None or body[0] is None or body[2] < body[1]:
             return
         name, size, _ = body
+        # the replicated state first, the same on every replica whatever its disk does
         del self.incoming[sid][msg]
-        fd = self._fd(sid, msg)  # an empty file has no segment that opened it
-        os.ftruncate(fd, size)
-        os.close(self._fds.pop(f"{sid} {msg}"))
-        with contextlib.suppress(FileNotFoundError):  # another replica renamed it first
-            os.replace(self._part(sid, msg), posixpath.join(self.root, name))
         self.received[name] = size
+        # then this replica's I/O: a full disk leaves its copy incomplete; a part file
+        # gone means another replica renamed it first (this one wrote into the same file)
+        with contextlib.suppress(OSError):
+            fd = self._fd(sid, msg)  # an empty file has no segment that opened it
+            try:
+                os.ftruncate(fd, size)
+            finally:
+                os.close(self._fds.pop(f"{sid} {msg}"))
+            os.replace(self._part(sid, msg), posixpath.join(self.root, name))
 
     @query
     def status(self) -> dict[str, Any]:

@@ -285,7 +285,11 @@ class Par(MicroProtocol):
         self.tries[sid] = tries
         self.timeouts += 1
         for seg in unacked.values():
-            self.resend(ctx, sid, seg)
+            # an OACK (TFTP) goes again only in answer to a repeated request (the
+            # driver's): clients take a second one for a new start (curl reads on and
+            # sends the next block as block 1; atftp aborts)
+            if seg.kind != t.OACK:
+                self.resend(ctx, sid, seg)
         s.rto = min(s.rto * 2, max(max_rto, s.rto_base))
         ctx.raise_event(t.LOSS, sid, "timeout")
         if sid in self.unacked:

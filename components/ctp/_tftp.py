@@ -17,10 +17,17 @@ the native profiles.
   16-bit block numbers roll over).  Par keeps the unacknowledged block and its
   retransmission timer, a replicated timer: if the replica that sent a block
   dies, another sends it again.  A window of 1 makes it lock-step.
+* The first answer (an OACK, or a WRQ's ACK 0) goes again only when the client
+  repeats its request, never on the timer: the client retransmits its ACK 0 or
+  DATA 1 itself, and clients take a second OACK for a new start (atftp aborts
+  with "unexpected OACK"; curl's upload reads on and sends its *next* block as
+  block 1, which a server would store as the whole file).
 * A write request (WRQ), when the service allows writes, is received into a
   part file that *every* replica writes as it applies each block (the same bytes
   at the same offset): an acknowledged block is on disk whichever replica dies.
-  The last block renames the part file to the name asked for.
+  The last block renames the part file to the name asked for.  A WRQ that
+  announces its size (``tsize`` above 0, octet mode) is held to it: a block that
+  ends elsewhere (past it, or a last block short of it) is refused.
 * Refusals are TFTP ERROR packets: a name outside the root (``..``, absolute
   paths), a write when writes are disabled, an unknown transfer ID, an illegal
   operation, a bad option.  Every refusal and drop is counted.
@@ -40,6 +47,7 @@ from dominoes import Context, update
 
 from . import _types as t
 from ._base import MicroProtocol, register
+from ._protocols import Par
 from ._transport import Transport
 from ._types import Segment
 
@@ -120,6 +128,8 @@ class Transfer(msgspec.Struct, omit_defaults=True):
     #: WRQ: the part file every replica writes, and the bytes received
     part: str = ""
     received: int = 0
+    #: WRQ: the size the client announced (``tsize``, octet mode), -1 if none (or 0)
+    expect: int = -1
 
 
 @register("tftp")
@@ -243,6 +253,7 @@ class Tftp(MicroProtocol):
                 raise RefusedError(OPTIONS, f"bad blksize {asked['blksize']!r}", "refused_option")
             blksize = min(wanted, max_blksize, MAX_BLKSIZE)
             options["blksize"] = str(blksize)
+        expect = -1
         timeout = 0
         if "timeout" in asked:
             try:
@@ -266,6 +277,8 @@ class Tftp(MicroProtocol):
                         DISK_FULL, "Disk full or allocation exceeded", "refused_size"
                     )
                 options["tsize"] = str(tsize)
+                if tsize > 0 and mode == "octet":  # curl announces 0 for a size unknown
+                    expect = tsize
             else:
                 options["tsize"] = "0"  # answered with the size, once known
         transport = ctx.component(Transport)
@@ -275,7 +288,7 @@ class Tftp(MicroProtocol):
             s.rto = s.rto_base = float(timeout)
             s.rto_pinned = True
         path = posixpath.join(self.root, rel)
-        transfer = Transfer(op, rel, path, blksize, options=options)
+        transfer = Transfer(op, rel, path, blksize, options=options, expect=expect)
         self.transfers[s.sid] = transfer
         if op == RRQ:
             s.snd_next = 0 if options else 1
@@ -293,14 +306,21 @@ class Tftp(MicroProtocol):
                 ctx.raise_event(t.SEGMENT_TO_NET, s.sid, Segment(t.ACK, ack=1))
 
     def _repeated_request(self, ctx: Context, sid: str) -> None:
-        """The client sent its request again (our first answer was lost, or slow)."""
+        """The client sent its request again (our first answer was lost, or slow, or
+        the network duplicated the request): the first answer goes again while the
+        client has not answered it (the only way it goes again, see the module doc)."""
         self.count("repeated_requests")
         transfer = self.transfers.get(sid)
+        s = ctx.component(Transport).sessions[sid]
         if transfer is None:
             return
+        oack = ctx.component(Par).unacked.get(sid, {}).get(0)
         if transfer.state == "opening":
             self._look(ctx, sid, transfer.path)  # the first owner may have died before
-        elif transfer.op == WRQ and transfer.received == 0 and not transfer.options:
+        elif oack is not None and oack.kind == t.OACK:
+            self.count("oacks_repeated")
+            ctx.component(Par).resend(ctx, sid, oack)
+        elif transfer.op == WRQ and not transfer.options and s.rcv_next == 1:
             ctx.raise_event(t.SEGMENT_TO_NET, sid, Segment(t.ACK, ack=1))
 
     def _look(self, ctx: Context, sid: str, path: str) -> None:
@@ -380,12 +400,20 @@ class Tftp(MicroProtocol):
             self.count("dropped_ahead")
             return
         off = (seq - 1) * transfer.blksize
-        if off + len(payload) > max_file:
+        end = off + len(payload)
+        if end > max_file:
             raise RefusedError(DISK_FULL, "Disk full or allocation exceeded", "refused_size")
+        last = len(payload) < transfer.blksize
+        if transfer.expect >= 0 and (end > transfer.expect or (last and end != transfer.expect)):
+            # not the file the client announced: never renamed into place
+            raise RefusedError(
+                ILLEGAL,
+                f"Illegal TFTP operation: block {block} ends at {end}, tsize {transfer.expect}",
+                "refused_tsize",
+            )
         if transfer.options and seq == 1:
             # DATA 1 acknowledges the OACK (seq 0)
             ctx.raise_event(t.ACK_RECEIVED, sid, Segment(t.ACK, ack=1))
-        last = len(payload) < transfer.blksize
         total = off + len(payload) if last else off + len(payload) + 1
         seg = Segment(t.DATA, seq=seq, payload=payload, off=off, total=total)
         ctx.raise_event(t.DATAGRAM_FROM_NET, sid, seg)
@@ -407,24 +435,25 @@ class Tftp(MicroProtocol):
         transfer = self.transfers.get(sid)
         if transfer is None or transfer.op != WRQ:
             return
+        transport = ctx.component(Transport)
         transfer.received += len(seg.payload)
         last = len(seg.payload) < transfer.blksize
+        if last:
+            # the replicated state first, the same on every replica whatever its disk
+            # does below (a write that fails on one replica only must not leave it in
+            # "receiving", with other counters and no dally timer, beside the others)
+            transfer.state = "dallying"
+            self.count("uploads")
+            ctx.raise_later(2 * transport.sessions[sid].rto, "tftp.dallied", sid)
         try:
             self._write_block(sid, transfer, seg, last)
         except OSError as exc:
-            # the replicated state moves on the same way everywhere; the owner, which
-            # answers the client, tells every replica through the log
-            transport = ctx.component(Transport)
+            # this replica's disk: counted here only (transient); the owner, which
+            # answers the client, tells every replica through the log (Tftp.failed)
             self.write_errors += 1
             if ctx.is_owner and transport.submit is not None:
                 code = DISK_FULL if exc.errno in (28, 122) else ACCESS
                 ctx.effect(transport.submit, Tftp.failed, sid, code, f"{exc.strerror}")
-            return
-        if last:
-            transfer.state = "dallying"
-            self.count("uploads")
-            rto = ctx.component(Transport).sessions[sid].rto
-            ctx.raise_later(2 * rto, "tftp.dallied", sid)
 
     def _write_block(self, sid: str, transfer: Transfer, seg: Segment, last: bool) -> None:
         fd = self._parts.get(sid)

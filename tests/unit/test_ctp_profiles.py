@@ -486,3 +486,138 @@ def test_a_seq_far_ahead_costs_bounded_work() -> None:
     for r in net.b:
         assert all(len(gaps) <= 4096 for gaps in r.component(Nak).gaps.values())
     net.converged()
+
+
+# --- the tftp profile's first answer, step by step (what real clients do with a second one) --
+
+
+class TftpBench:
+    """The tftp service (2 replicas) and one client address: each datagram is delivered
+    to replica 0, which owns it and answers; ``out`` has what the service sent."""
+
+    CLIENT = ("10.0.0.9", 4242)
+
+    def __init__(self, root: str) -> None:
+        from dominoes.components.ctp import TFTP, Tftp
+
+        self.b = Cluster(compose(TFTP, "tftp", on_start=None), replicas=2)
+        self.out: list[bytes] = []
+        for r in self.b:
+            transport = r.component(Transport)
+            transport.output = lambda data, addr: self.out.append(data)
+            transport.submit = self._submitter(r.index)
+        self.b.call(0, Tftp.configure, root, True)
+
+    def _submitter(self, index: int) -> Any:
+        def submit(event: Any, *args: Any) -> None:
+            self.b.submit_nowait(index, event, *args)
+
+        return submit
+
+    def send(self, packet: bytes) -> list[bytes]:
+        """Deliver ``packet``; what the service answered."""
+        self.out.clear()
+        self.b.submit_nowait(0, Transport.datagram, packet, *self.CLIENT, _mode=Mode.RACE)
+        self.b.run_until_quiet()
+        return list(self.out)
+
+    def wait(self, seconds: float) -> list[bytes]:
+        """Let the replicated clocks move on; what the service sent meanwhile."""
+        self.out.clear()
+        for _ in range(int(seconds * 4)):
+            self.b.advance(0.25)
+            self.b.run_until_quiet()
+        return list(self.out)
+
+
+def _request(op: int, name: str, **options: str) -> bytes:
+    body = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in options.items())
+    return struct.pack("!H", op) + name.encode() + b"\0octet\0" + body
+
+
+def _opcodes(packets: list[bytes]) -> list[tuple[int, int]]:
+    return [struct.unpack_from("!HH", p) if len(p) >= 4 else (p[1], -1) for p in packets]
+
+
+def test_tftp_upload_data_1_lost_brings_no_second_oack(tmp_path: Any) -> None:
+    """curl's upload over a lossy link stored 1 byte of 513: its DATA 1 was lost, the
+    server's retransmission timer sent the OACK again, and curl (7.88, tftp_tx) answers
+    any OACK with block 1 read *on* from its stream: the 1-byte tail, which the server
+    stored as the whole file.  Now the OACK goes again only for a repeated request."""
+    bench = TftpBench(str(tmp_path))
+    upload = random.Random(513).randbytes(513)
+    wrq = _request(2, "up", tsize="513", blksize="512", timeout="5")
+    assert [p[:2] for p in bench.send(wrq)] == [b"\x00\x06"]
+    # DATA 1 is lost: the server waits (its timer runs, sends nothing) for curl's own
+    # retransmission of DATA 1
+    assert bench.wait(12) == []
+    # the client repeats its WRQ (its OACK was lost, or is late): the OACK again
+    assert [p[:2] for p in bench.send(wrq)] == [b"\x00\x06"]
+    assert _opcodes(bench.send(struct.pack("!HH", 3, 1) + upload[:512])) == [(4, 1)]
+    assert _opcodes(bench.send(struct.pack("!HH", 3, 2) + upload[512:])) == [(4, 2)]
+    assert (tmp_path / "up").read_bytes() == upload
+    # a repeated WRQ (a late duplicate) while dallying: nothing again, the file intact
+    assert bench.send(wrq) == []
+    assert (tmp_path / "up").read_bytes() == upload
+    bench.b.assert_converged()
+
+
+def test_tftp_upload_that_ends_short_of_its_tsize_is_refused(tmp_path: Any) -> None:
+    """What curl sends after a second OACK (a 1-byte block 1 of a 513-byte file) is
+    refused: the client announced 513 bytes (tsize); no file is renamed into place."""
+    bench = TftpBench(str(tmp_path))
+    wrq = _request(2, "up", tsize="513", blksize="512")
+    bench.send(wrq)
+    got = bench.send(struct.pack("!HH", 3, 1) + b"x")
+    assert _opcodes(got) == [(5, 4)], got
+    assert b"tsize 513" in got[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    bench.b.assert_converged()
+
+
+def test_tftp_download_ack_0_lost_brings_no_second_oack(tmp_path: Any) -> None:
+    """atftp 0.8 aborts on a second OACK ("tftp: unexpected OACK"); the server sends
+    it again only for a repeated RRQ (the OACK was lost), and retransmits DATA, never
+    the OACK, once the transfer is under way."""
+    data = random.Random(1).randbytes(1000)
+    (tmp_path / "f").write_bytes(data)
+    bench = TftpBench(str(tmp_path))
+    rrq = _request(1, "f", blksize="512")
+    assert [p[:2] for p in bench.send(rrq)] == [b"\x00\x06"]
+    assert bench.wait(20) == []  # ACK 0 lost: the client's to send again
+    assert [p[:2] for p in bench.send(rrq)] == [b"\x00\x06"]
+    assert _opcodes(bench.send(struct.pack("!HH", 4, 0))) == [(3, 1)]
+    assert set(_opcodes(bench.wait(2))) == {(3, 1)}  # ACK 1 lost: DATA 1 again
+    assert bench.send(rrq) == []  # a late repeated RRQ: no OACK mid-transfer
+    assert _opcodes(bench.send(struct.pack("!HH", 4, 1))) == [(3, 2)]
+    assert bench.send(struct.pack("!HH", 4, 2)) == []
+    bench.b.assert_converged()
+
+
+def test_tftp_write_failing_on_one_replica_keeps_the_replicas_alike(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """The replicated state (the transfer's state, counters, the dally timer) moves
+    on before the disk is touched: a write that fails on one replica only (not the
+    owner, which would end the transfer for all) leaves the replicas identical."""
+    from dominoes.components.ctp import Tftp
+
+    bench = TftpBench(str(tmp_path))
+
+    other = bench.b[1].component(Tftp)
+    write_block = Tftp._write_block
+
+    def full_on_the_other(self: Tftp, *args: Any) -> None:
+        if self is other:
+            raise OSError(28, "No space left on device")
+        write_block(self, *args)
+
+    monkeypatch.setattr(Tftp, "_write_block", full_on_the_other)
+    upload = random.Random(2).randbytes(700)
+    bench.send(_request(2, "up"))
+    assert _opcodes(bench.send(struct.pack("!HH", 3, 1) + upload[:512])) == [(4, 1)]
+    assert _opcodes(bench.send(struct.pack("!HH", 3, 2) + upload[512:])) == [(4, 2)]
+    assert (tmp_path / "up").read_bytes() == upload  # the owner wrote it
+    assert other.write_errors == 2
+    bench.b.assert_converged()
+    assert other.transfers == bench.b[0].component(Tftp).transfers
