@@ -18,6 +18,14 @@ them, in both directions; every rule counts what it did (``.counters()``):
   ``prerouting`` hook for packets that came in on the device: the copy is
   routed locally, through ``lo``, and delivered a second time (it comes back
   through ``prerouting`` on ``lo``, which the rule does not match).
+- ``undup_ops``: UDP datagrams whose payload starts with one of these 16-bit
+  values (TFTP opcodes) are never duplicated, either way (``undup_in``,
+  ``undup_out`` count them); they are lost like any other.
+- ``dup_every_out=N``: besides the random duplicates, exactly every Nth UDP
+  datagram going out whose payload starts with ``dup_every_op`` (TFTP's DATA,
+  3) is duplicated *after* the loss (``dup to <device>`` in the netdev
+  ``egress`` chain, behind the drop; the copy skips that hook): both copies
+  reach the far end, a duplicate a test can count on.
 
 Everything is deleted in ``finally`` (deleting the namespace deletes the veth
 pair); nothing named ``dc-<pid>-*`` is left.  Root only: ``why_not()`` says why
@@ -101,7 +109,8 @@ class LossyLink:
 
     def counters(self) -> dict[str, int]:
         """Packets each rule acted on so far, by rule: ``drop_in`` (toward the
-        namespace), ``drop_out``, ``dup_in``, ``dup_out``; and the sums
+        namespace), ``drop_out``, ``dup_in``, ``dup_out``, ``dup_every_out``,
+        ``undup_in``, ``undup_out`` (spared); and the sums
         ``dropped`` and ``duplicated``."""
         ruleset = json.loads(self.run("nft", "-j", "list", "ruleset"))
         counts: dict[str, int] = {}
@@ -113,12 +122,22 @@ class LossyLink:
                 if isinstance(expr, dict) and "counter" in expr:
                     counts[str(rule["comment"])] = int(expr["counter"]["packets"])
         counts["dropped"] = counts.get("drop_in", 0) + counts.get("drop_out", 0)
-        counts["duplicated"] = counts.get("dup_in", 0) + counts.get("dup_out", 0)
+        counts["duplicated"] = (
+            counts.get("dup_in", 0) + counts.get("dup_out", 0) + counts.get("dup_every_out", 0)
+        )
         return counts
 
 
 def _ruleset(
-    device: str, server_addr: str, client_addr: str, loss: float, dup: float, every_out: int
+    device: str,
+    server_addr: str,
+    client_addr: str,
+    loss: float,
+    dup: float,
+    every_out: int,
+    undup_ops: tuple[int, ...] = (),
+    dup_every_out: int = 0,
+    dup_every_op: int = 3,
 ) -> str:
     # Out of 10000: probabilities to 0.01 %.
     drop_n, dup_n = round(loss * 10000), round(dup * 10000)
@@ -126,6 +145,27 @@ def _ruleset(
         f"numgen inc mod {every_out} == {every_out - 1}"
         if every_out
         else f"numgen random mod 10000 < {drop_n}"
+    )
+    # the first 16 bits of a UDP payload: 64 bits into the transport header
+    ops = ", ".join(str(op) for op in undup_ops)
+    undup_in = (
+        f'iifname "{device}" meta l4proto udp @th,64,16 {{ {ops} }} counter accept '
+        'comment "undup_in"'
+        if undup_ops
+        else ""
+    )
+    undup_out = (
+        f'oifname "{device}" meta l4proto udp @th,64,16 {{ {ops} }} counter accept '
+        'comment "undup_out"'
+        if undup_ops
+        else ""
+    )
+    every_dup = (
+        f"meta protocol ip meta l4proto udp @th,64,16 {dup_every_op} "
+        f"numgen inc mod {dup_every_out} == {dup_every_out - 1} "
+        f'counter dup to "{device}" comment "dup_every_out"'
+        if dup_every_out
+        else ""
     )
     return f"""
 table netdev lossy {{
@@ -136,15 +176,18 @@ table netdev lossy {{
   chain egress {{
     type filter hook egress device "{device}" priority 0; policy accept;
     meta protocol ip {out} counter drop comment "drop_out"
+    {every_dup}
   }}
 }}
 table ip lossy {{
   chain prerouting {{
     type filter hook prerouting priority 0; policy accept;
+    {undup_in}
     iifname "{device}" numgen random mod 10000 < {dup_n} counter dup to {client_addr} device "lo" comment "dup_in"
   }}
   chain output {{
     type filter hook output priority 0; policy accept;
+    {undup_out}
     oifname "{device}" numgen random mod 10000 < {dup_n} counter dup to {server_addr} device "{device}" comment "dup_out"
   }}
 }}
@@ -164,14 +207,22 @@ def _sysctl(ns: str | None, setting: str) -> None:
 
 @contextlib.contextmanager
 def lossy_link(
-    loss: float = 0.10, dup: float = 0.05, *, mtu: int = 1500, every_out: int = 0
+    loss: float = 0.10,
+    dup: float = 0.05,
+    *,
+    mtu: int = 1500,
+    every_out: int = 0,
+    undup_ops: tuple[int, ...] = (),
+    dup_every_out: int = 0,
+    dup_every_op: int = 3,
 ) -> Iterator[LossyLink]:
     """A fresh namespace behind a veth pair that drops ``loss`` and duplicates
     ``dup`` of the packets each way (fractions, to 0.0001); ``mtu`` for both
     ends (a larger one lets a TFTP transfer use fewer, larger blocks).
     ``every_out=N``: instead of ``loss`` on the way out of the namespace, drop
     exactly every Nth IPv4 packet (the Nth, the 2Nth, ...), a loss a test can
-    count on.  Always deleted afterwards."""
+    count on.  ``undup_ops``, ``dup_every_out``, ``dup_every_op``: see the
+    module doc.  Always deleted afterwards."""
     skip_unless_possible()
     if not (0 <= loss <= 1 and 0 <= dup <= 1):
         raise ValueError(f"loss and dup are fractions: {loss}, {dup}")
@@ -197,7 +248,17 @@ def lossy_link(
         link = LossyLink(ns, ns_end, root_end, server_addr, client_addr)
         done = subprocess.run(
             [*link.wrap, "nft", "-f", "-"],
-            input=_ruleset(ns_end, server_addr, client_addr, loss, dup, every_out),
+            input=_ruleset(
+                ns_end,
+                server_addr,
+                client_addr,
+                loss,
+                dup,
+                every_out,
+                undup_ops,
+                dup_every_out,
+                dup_every_op,
+            ),
             capture_output=True,
             text=True,
             timeout=30,

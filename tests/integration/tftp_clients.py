@@ -21,8 +21,8 @@ What each client does with the options (checked against tftpy's server):
   every client leaves a file behind on success.
 - tftpy: ``blksize`` is sent as the ``blksize`` option; it retransmits after
   1 s here (its default is 5 s), up to 20 times per packet.  Its download
-  aborts on a repeated OACK (a duplicate, or a resend after a lost ACK 0):
-  the helper patches it to acknowledge it again instead.
+  aborts on a repeated OACK (a duplicate, or the server's answer to a
+  repeated RRQ): the helper patches it to acknowledge it again instead.
 - tftp-hpa (Debian's ``tftp-hpa`` 5.2): no options at all (no ``blksize``,
   no ``tsize``): ``blksize`` is ignored, transfers use 512-byte blocks.  It
   always exits 0, so failures are read from its output ("Error code ...",
