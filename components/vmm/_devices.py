@@ -30,7 +30,6 @@ LINE_LIMIT: Final = 1024
 RX_LIMIT: Final = 4096
 
 
-
 class Uart(Device):
     """A 16550 UART (COM1, ports 0x3F8-0x3FF), without FIFO timing or interrupts.
 
@@ -214,7 +213,11 @@ class Timer(Device):
         self.timer_ids[vcpu] = ctx.raise_later(self.period_us[vcpu] / 1e6, Timer.tick, vcpu)
 
     def describe(self) -> dict[str, Any]:
-        return {"period_us": list(self.period_us), "ticks": list(self.ticks), "acked": list(self.acked)}
+        return {
+            "period_us": list(self.period_us),
+            "ticks": list(self.ticks),
+            "acked": list(self.acked),
+        }
 
 
 class Counter(Device):

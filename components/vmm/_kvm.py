@@ -51,8 +51,10 @@ class Regs(ctypes.Structure):
     _fields_ = [
         (name, ctypes.c_uint64)
         for name in (
-            "rax rbx rcx rdx rsi rdi rsp rbp r8 r9 r10 r11 r12 r13 r14 r15 rip rflags"
-        ).split()
+            *("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp"),
+            *("r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"),
+            *("rip", "rflags"),
+        )
     ]
 
 
@@ -93,7 +95,10 @@ class Sregs(ctypes.Structure):
         *((name, Segment) for name in ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")),
         ("gdt", Dtable),
         ("idt", Dtable),
-        *((name, ctypes.c_uint64) for name in ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base")),
+        *(
+            (name, ctypes.c_uint64)
+            for name in ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base")
+        ),
         ("interrupt_bitmap", ctypes.c_uint64 * 4),
     ]
 

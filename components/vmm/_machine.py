@@ -214,7 +214,11 @@ class Machine(Component):
         ``data`` holds the ``count`` values a write writes (``size`` bytes each,
         little-endian).  The owner resumes the vCPU with the result.
         """
-        if self.phase != RUNNING or not 0 <= vcpu < self.vcpus or self.vcpu_state[vcpu] != "running":
+        if (
+            self.phase != RUNNING
+            or not 0 <= vcpu < self.vcpus
+            or self.vcpu_state[vcpu] != "running"
+        ):
             return None  # the VM stopped while this exit was on its way
         if kind not in (IO_IN, IO_OUT, MMIO_READ, MMIO_WRITE) or size not in (1, 2, 4, 8):
             self.refused += 1
@@ -256,7 +260,8 @@ class Machine(Component):
     def _route(self, ctx: Context, kind: int, addr: int) -> tuple[Device, int] | None:
         if self._ports is None or self._mmio is None:
             self._build_map(ctx)
-            assert self._ports is not None and self._mmio is not None
+            assert self._ports is not None
+            assert self._mmio is not None
         if kind in (IO_IN, IO_OUT):
             hit = self._ports.get(addr)
             if hit is None:
@@ -271,7 +276,7 @@ class Machine(Component):
         ports: dict[int, tuple[str, int]] = {}
         mmio: list[tuple[int, int, str]] = []
         for name in self.devices:
-            device = ctx.component(name)
+            device: Device = ctx.component(name)
             if device.ports is not None:
                 first, count = device.ports
                 for port in range(first, first + count):

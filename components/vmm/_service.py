@@ -34,6 +34,7 @@ import mmap
 import os
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Final
 
 from dominoes import LogFullError, Option, Replica, Service, SlowSubscriberError, State
@@ -154,14 +155,14 @@ class Vmm:
             return
         size = options["memory"] << 20
         try:
-            with open(options["guest"], "rb") as f:
-                image = f.read()
+            image = await asyncio.to_thread(Path(options["guest"]).read_bytes)
         except OSError as exc:
             await self.replica.submit(Machine.stop, f"cannot read the guest image: {exc}")
             return
         if IMAGE_BASE + len(image) > size:
             await self.replica.submit(
-                Machine.stop, f"the guest image ({len(image)} bytes) does not fit in {size >> 20} MiB"
+                Machine.stop,
+                f"the guest image ({len(image)} bytes) does not fit in {size >> 20} MiB",
             )
             return
         fd = os.memfd_create("dominoes-vmm-ram", 0)
@@ -169,8 +170,12 @@ class Vmm:
         memory = mmap.mmap(fd, size)
         memory[IMAGE_BASE : IMAGE_BASE + len(image)] = image
         self.memory, self.memory_fd = memory, fd
-        log.info("vmm: image %s (%d bytes, sha256 %s)", options["guest"], len(image),
-                 hashlib.sha256(image).hexdigest()[:16])
+        log.info(
+            "vmm: image %s (%d bytes, sha256 %s)",
+            options["guest"],
+            len(image),
+            hashlib.sha256(image).hexdigest()[:16],
+        )
         disk = self.replica.component(Disk)
         if disk.fd >= 0:
             await self.replica.submit(Disk.attach, os.fstat(disk.fd).st_size)
@@ -265,7 +270,7 @@ class Vmm:
     async def _open_console(self, where: str) -> None:
         lines = self.state.subscribe(CONSOLE, maxsize=1 << 16)
         if where.startswith("file:"):
-            self.console_file = open(where[5:], "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            self.console_file = open(where[5:], "a", buffering=1, encoding="utf-8")  # noqa: SIM115, ASYNC230 - once, at start
         elif where.startswith("tcp:"):
             server = await asyncio.start_server(
                 self._console_client, self.replica.host, int(where[4:]), reuse_address=True
@@ -293,7 +298,12 @@ class Vmm:
             sys.stdout.write(data)
             sys.stdout.flush()
 
-    async def _console_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _console_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        # what the guest printed before this client came, then what it prints
+        for line in self.replica.component(Uart).tail:
+            writer.write((line + "\n").encode())
         self.console_clients.add(writer)
         try:
             while data := await reader.read(4096):
@@ -359,4 +369,3 @@ def compose(name: str = "vmm", devices: Iterable[Device] = (), **service_kwargs:
 
 #: ``dominoes run dominoes.components.vmm:service --guest kernel.bin``
 service: Final = compose()
-

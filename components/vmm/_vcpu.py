@@ -20,6 +20,7 @@ return at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -133,19 +134,15 @@ class VcpuRunner:
         self._kick()
         os.eventfd_write(self._wake, 1)
         os.eventfd_write(self._resume, 1)
-        try:
+        with contextlib.suppress(RuntimeError, ValueError):  # the loop is closing
             self.loop.remove_reader(self._to_loop)
-        except (RuntimeError, ValueError):  # the loop is closing
-            pass
 
     def _kick(self) -> None:
         self.kicks += 1
         self.run_struct.immediate_exit = 1
         if self._tid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 signal.pthread_kill(self._tid, KICK_SIGNAL)
-            except ProcessLookupError:
-                pass
 
     # --- the thread ---------------------------------------------------------------------------
 

@@ -51,10 +51,12 @@ class Service:
         session: bool = False,
         env: dict[str, str] | None = None,
         wrap: tuple[str, ...] = (),
+        stdout: Path | None = None,
     ) -> None:
         """``session``: lead a process group of its own (its processes can be
         killed as one); ``env``: added to this process's environment; ``wrap``:
-        a command that runs it (``ip netns exec NS``)."""
+        a command that runs it (``ip netns exec NS``); ``stdout``: a file for
+        its standard output (default: discarded)."""
         self.target = target
         self.run_dir = run_dir
         self.port = free_port()
@@ -64,15 +66,18 @@ class Service:
             "--run-dir", str(run_dir), "--log-level", "INFO",
             "--loop", loop, *args,
         ]  # fmt: skip
+        out = open(stdout, "wb") if stdout is not None else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
-            stdout=subprocess.DEVNULL,
+            stdout=out,
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=session,
             env={**os.environ, **env} if env else None,
         )
+        if stdout is not None:
+            out.close()  # type: ignore[union-attr]  # the child has its own copy
         self.lines: list[str] = []
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -170,8 +175,9 @@ def running(
     args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     wrap: tuple[str, ...] = (),
+    stdout: Path | None = None,
 ) -> Iterator[Service]:
-    svc = Service(target, run_dir, replicas=replicas, args=args, env=env, wrap=wrap)
+    svc = Service(target, run_dir, replicas=replicas, args=args, env=env, wrap=wrap, stdout=stdout)
     try:
         svc.wait_ready()
         yield svc
