@@ -123,6 +123,8 @@ class Machine(Component):
     memory_pid: int
     memory_fd: int
     boot_seq: int
+    boot_time: float
+    end_time: float
 
     def __init__(self, devices: tuple[str, ...] = ()) -> None:
         #: names of the device components on the bus
@@ -149,6 +151,9 @@ class Machine(Component):
         self.memory_pid = 0
         self.memory_fd = 0
         self.boot_seq = 0
+        #: replicated time (``ctx.now``) of the boot, and of the halt or stop
+        self.boot_time = 0.0
+        self.end_time = 0.0
         #: this replica's vCPU runner (None: no vCPU here, or not started)
         self.runner: Runner | None = None
         self._ports: dict[int, tuple[str, int]] | None = None
@@ -169,6 +174,7 @@ class Machine(Component):
         self.memory_pid = pid
         self.memory_fd = fd
         self.boot_seq = ctx.seq
+        self.boot_time = ctx.now
         for name in self.devices:
             ctx.component(name).reset(ctx, vcpus)
         ctx.publish(CONTROL, ("start", vcpus))
@@ -182,6 +188,7 @@ class Machine(Component):
         self.vcpu_state[vcpu] = "halted"
         if all(s == "halted" for s in self.vcpu_state):
             self.phase = HALTED
+            self.end_time = ctx.now
             ctx.publish(CONTROL, ("halted", ""))
 
     @update
@@ -200,6 +207,7 @@ class Machine(Component):
             return
         self.phase = STOPPED
         self.stop_reason = reason
+        self.end_time = ctx.now
         ctx.effect(log.error, "vmm: the VM stopped: %s", reason)
         ctx.publish(CONTROL, ("stop", reason))
 
@@ -336,4 +344,5 @@ class Machine(Component):
             "irq_raised": self.irq_raised,
             "irq_dropped": self.irq_dropped,
             "irq_pending": [len(q) for q in self.pending],
+            "seconds": round(self.end_time - self.boot_time, 6) if self.end_time else None,
         }

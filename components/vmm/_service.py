@@ -331,6 +331,8 @@ class Vmm:
             "thread_exits": runner.exits if runner else 0,
             "kicks": runner.kicks if runner else 0,
             "injected": runner.injected if runner else 0,
+            "round_trips": runner.round_trips if runner else 0,
+            "latency": runner.latency() if runner else {"sampled": 0},
             "running": bool(runner and not runner.stopped.is_set()),
         }
         return out

@@ -20,11 +20,13 @@ return at once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -47,6 +49,11 @@ def install_kick_handler() -> None:
     """
     signal.signal(KICK_SIGNAL, lambda _sig, _frame: None)
 
+
+#: an exit's round trip is timed every this many exits ...
+SAMPLE_EVERY: Final = 16
+#: ... and the last this many timings are kept
+SAMPLES: Final = 4096
 
 #: what the thread asks of the loop
 EXIT: Final = "exit"
@@ -95,6 +102,10 @@ class VcpuRunner:
         self.exits = 0
         self.kicks = 0
         self.injected = 0
+        #: round trips of exits through the log (handed off to resumed), in
+        #: nanoseconds: every SAMPLE_EVERY-th, the last SAMPLES of them
+        self.round_trips = 0
+        self.samples: collections.deque[int] = collections.deque(maxlen=SAMPLES)
 
     # --- the loop's side --------------------------------------------------------------------
 
@@ -211,8 +222,13 @@ class VcpuRunner:
 
     def _exit(self, kind: int, addr: int, size: int, count: int, data: bytes) -> bytes | None:
         self.where = "exit"
+        self.round_trips += 1
+        sample = not self.round_trips % SAMPLE_EVERY
+        began = time.perf_counter_ns() if sample else 0
         self._ask(EXIT, kind, addr, size, count, data)
         os.eventfd_read(self._resume)
+        if sample:
+            self.samples.append(time.perf_counter_ns() - began)
         self.where = ""
         if self.stopping:
             return None
@@ -251,6 +267,17 @@ class VcpuRunner:
             sub = int(self.run_struct.exit.internal.suberror)
             return f"KVM internal error (suberror {sub}), e.g. an instruction it cannot emulate"
         return f"unexpected exit {name} ({reason})"
+
+    def latency(self) -> dict[str, float]:
+        """Exit round trips sampled so far: count, p50, p99 and max, in microseconds."""
+        ordered = sorted(self.samples)
+        if not ordered:
+            return {"sampled": 0}
+
+        def at(q: float) -> float:
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000, 1)
+
+        return {"sampled": len(ordered), "p50_us": at(0.5), "p99_us": at(0.99), "max_us": at(1.0)}
 
     def close(self) -> None:
         """After the thread ended: release the eventfds."""
