@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from ._devices import CONSOLE, Counter, Disk, Mailbox, Timer, Uart
 from ._kvm import available
-from ._machine import Device, DeviceError, Machine
+from ._machine import IO_IN, IO_OUT, MMIO_READ, MMIO_WRITE, Device, DeviceError, Machine
 from ._service import IMAGE_BASE, compose, service
 
 __all__ = (
     "CONSOLE",
     "IMAGE_BASE",
+    "IO_IN",
+    "IO_OUT",
+    "MMIO_READ",
+    "MMIO_WRITE",
     "Counter",
     "Device",
     "DeviceError",

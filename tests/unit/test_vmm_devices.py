@@ -10,8 +10,19 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import pytest
-from dominoes.components.vmm import Counter, Device, Machine, Mailbox, Timer, Uart, compose
-from dominoes.components.vmm._machine import IO_IN, IO_OUT, MMIO_READ, MMIO_WRITE
+from dominoes.components.vmm import (
+    IO_IN,
+    IO_OUT,
+    MMIO_READ,
+    MMIO_WRITE,
+    Counter,
+    Device,
+    Machine,
+    Mailbox,
+    Timer,
+    Uart,
+    compose,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
