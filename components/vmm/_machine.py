@@ -203,7 +203,7 @@ class Machine(Component):
     @update
     def stop(self, ctx: Context, reason: str) -> None:
         """Stop every vCPU (an operator's request, or an error)."""
-        if self.phase != RUNNING:
+        if self.phase not in (NEW, RUNNING):
             return
         self.phase = STOPPED
         self.stop_reason = reason

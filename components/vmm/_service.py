@@ -200,8 +200,7 @@ class Vmm:
         replica, machine = self.replica, self.machine
         index = replica.index
         if index >= machine.vcpus:
-            self._attach_memory()  # for the devices' effects, not needed without a vCPU
-            return
+            return  # no vCPU here: this replica holds the device state only
         try:
             self._attach_memory()
             assert self.memory is not None
@@ -341,7 +340,11 @@ class Vmm:
 async def start(replica: Replica) -> None:
     """``on_start``: this replica's VM side."""
     if why := kvm.available():
-        raise RuntimeError(f"dominoes.components.vmm needs KVM: {why}")
+        # the service stays up, with the reason in its report and its log
+        log.error("vmm: replica %d cannot use KVM: %s", replica.index, why)
+        if replica.component(Machine).phase == "new":
+            await replica.submit(Machine.stop, f"KVM is not usable here: {why}")
+        return
     vmm = Vmm(replica)
     replica.vmm = vmm  # type: ignore[attr-defined]  # for the monitor and tests
     await vmm.start()

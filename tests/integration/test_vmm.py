@@ -207,3 +207,27 @@ def _connects(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (("--vcpus", "3"), "--vcpus 3 needs as many replicas (there are 2)"),
+        (("--guest", "/nonexistent/kernel.bin"), "cannot read the guest image"),
+        (("--memory", "2"), "does not fit in 2 MiB"),
+    ],
+)
+def test_a_machine_that_cannot_boot_says_why(
+    guests: dict[str, Path], tmp_path: Path, args: tuple[str, ...], reason: str
+) -> None:
+    """The service stays up and reports the reason; no replica crashes."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(guests["short"].read_bytes() + bytes(2 << 20))
+    guest = str(big if "--memory" in args else guests["short"])
+    given = args if "--guest" in args else ("--guest", guest, *args)
+    with running(TARGET, tmp_path / "run", args=given) as svc:
+        wait_phase(svc.run_dir, ("stopped",), timeout=30)
+        reports = [vmm(svc.run_dir, i) for i in range(2)]
+        assert [r["restarts"] for r in svc.status()["replicas"]] == [0, 0]
+    for report in reports:
+        assert reason in report["stop_reason"]
