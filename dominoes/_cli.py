@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
+import json
 import logging
 import os
 import sys
@@ -284,6 +286,7 @@ def _parser() -> argparse.ArgumentParser:
         "(--log nats://), write a snapshot of its state now, and print where (with nats, "
         "the bridge then uploads it to the stream's Object Store).",
     )
+    _reconfigure_parser(sub)
     _service_args(snapshot)
     snapshot.add_argument(
         "--timeout",
@@ -293,6 +296,42 @@ def _parser() -> argparse.ArgumentParser:
         help="give up waiting for the snapshot after this long (default 3600)",
     )
     return parser
+
+
+def _reconfigure_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    reconf = sub.add_parser(
+        "reconfigure",
+        help="change a running service's components or bindings, through its log",
+        description="Add or remove a component, or bind or unbind a handler, on every replica "
+        "of a running service at one log position (an update of the built-in event "
+        "dominoes.reconfigure). The module named must be importable where the service runs. "
+        "Prints the result: the component's name, or the binding's id.",
+    )
+    reconf.add_argument("name", help="the service's name (finds its run dir)")
+    reconf.add_argument("--run-dir", type=Path, default=None, help="the service's run dir")
+    what = reconf.add_subparsers(dest="what", required=True, metavar="CHANGE")
+    add = what.add_parser("add", help="add a component: module:Class [--kwargs JSON]")
+    add.add_argument("component", metavar="module:Class")
+    add.add_argument("--kwargs", type=_json_object, default={}, help="constructor arguments")
+    remove = what.add_parser("remove", help="remove a component, its handlers and its state")
+    remove.add_argument("component", metavar="NAME", help="the component's name")
+    bind = what.add_parser("bind", help="bind module:function to EVENT")
+    bind.add_argument("event", metavar="EVENT")
+    bind.add_argument("handler", metavar="module:function")
+    bind.add_argument("--order", type=float, default=0.0, help="its order (default 0)")
+    bind.add_argument("--static", type=_json_object, default={}, help="static arguments")
+    unbind = what.add_parser("unbind", help="remove a binding by the id bind printed")
+    unbind.add_argument("binding", type=int, metavar="ID")
+
+
+def _json_object(text: str) -> dict[str, object]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"limit\": 10}'")
+    return value
 
 
 def _replay_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -695,7 +734,42 @@ def main(argv: list[str] | None = None) -> int:
         return _replay(args)
     if args.command == "snapshot":
         return _snapshot(args)
+    if args.command == "reconfigure":
+        return _reconfigure(args)
     return 2
+
+
+def _reconfigure(args: argparse.Namespace) -> int:
+    from . import reconfiguration
+    from ._core._errors import DominoesError
+    from ._runtime._client import connect
+
+    if args.what == "add":
+        spec = reconfiguration.add(args.component, **args.kwargs)
+    elif args.what == "remove":
+        spec = reconfiguration.remove(args.component)
+    elif args.what == "bind":
+        spec = reconfiguration.bind(args.event, args.handler, args.order, **args.static)
+    else:
+        spec = reconfiguration.unbind(args.binding)
+
+    async def submit() -> object:
+        client = await connect(args.name, run_dir=args.run_dir)
+        try:
+            return await client.submit(reconfiguration.EVENT, spec)
+        finally:
+            await client.close()
+
+    try:
+        result = asyncio.run(submit())
+    except (ConnectionError, PermissionError, TimeoutError) as exc:
+        print(f"dominoes: error: {exc}", file=sys.stderr)
+        return 1
+    except DominoesError as exc:
+        print(f"dominoes: error: {exc}", file=sys.stderr)
+        return 1
+    print(result)
+    return 0
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -111,7 +111,9 @@ async def serve(
                 # submit_soon: every connection's INCRs of this loop iteration
                 # share one log entry (group commit).
                 value = await replica.submit_soon(Counter.incr, command[1], by=command[2])
-            except (DominoesError, OverflowError) as exc:
+            except (DominoesError, OverflowError, ValueError) as exc:
+                # ValueError: what a micro-protocol bound to Counter.incr refuses
+                # (examples/limits.py's cap, bound at run time)
                 writer.write(f"ERR {exc}\n".encode())
             else:
                 writer.write(b"%d\n" % value)

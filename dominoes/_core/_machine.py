@@ -29,6 +29,7 @@ from typing import Any, Final
 
 import msgspec
 
+from . import _reconfigure as reconfigure
 from ._codec import Batch, Call, Control, Entry, Fire, Mode
 from ._component import Component, EventRef, query, resolve
 from ._context import Context
@@ -126,6 +127,8 @@ class _Snapshot(msgspec.Struct, array_like=True):
     recent: list[tuple[str, Any]]  # bytes (a result) or str (an error)
     components: dict[str, Any]
     poisoned: list[tuple[int, str]] = []
+    #: the reconfigurations applied so far, in order (see ``_reconfigure``)
+    config: list[Any] = []
 
 
 #: Poison entries remembered in the replicated state (seq, event), newest last.
@@ -235,6 +238,9 @@ class StateMachine:
         # report, and must not keep it twice)
         self._early_reports: dict[int, dict[int, dict[str, str]]] = {}
         self.divergences = 0
+        #: the reconfigurations applied, in log order (replicated: snapshots
+        #: carry them and restoring replays them; see ``_reconfigure``)
+        self.config: list[Any] = []
         # local statistics
         self.applied_entries = 0
         self.errors = 0
@@ -568,6 +574,7 @@ class StateMachine:
                 recent=list(self._recent.items()),
                 poisoned=list(self.poisoned.items()),
                 components={name: c.snapshot() for name, c in self.components.items()},
+                config=list(self.config),
             )
         )
 
@@ -576,6 +583,12 @@ class StateMachine:
         snap = _snap_decoder.decode(data)
         if snap.service != self.service_name:
             raise ValueError(f"snapshot of service {snap.service!r}, not {self.service_name!r}")
+        if snap.config != self.config:
+            # the components and bindings the snapshot's reconfigurations made
+            if self.config:
+                raise ValueError("restore into a machine already reconfigured")
+            for spec in snap.config:
+                reconfigure.apply(self, spec)
         if set(snap.components) != set(self.components):
             raise ValueError("snapshot's components differ from this service's")
         self.cursor = snap.cursor
@@ -599,9 +612,14 @@ class StateMachine:
                 self.timers.digest_items(),
                 list(self._recent.items()),
                 list(self.poisoned.items()),
+                self.config,
             ]
         )
         return out
+
+    def reconfigure(self, spec: Any) -> Any:
+        """Apply one reconfiguration now (the built-in event's handler calls this)."""
+        return reconfigure.apply(self, spec)
 
 
 #: How each entry type is applied; an applier returns True when the entry is

@@ -92,6 +92,17 @@ class Registry:
     def events(self) -> list[str]:
         return sorted(self._by_event)
 
+    def bindings(self) -> list[Binding]:
+        """Every binding, by id."""
+        return [self._by_id[i] for i in sorted(self._by_id)]
+
+    def ids(self) -> frozenset[int]:
+        return frozenset(self._by_id)
+
+    def binding(self, binding_id: int) -> Binding:
+        """One binding by id.  Unknown ids raise ``KeyError``."""
+        return self._by_id[binding_id]
+
     def __contains__(self, event: object) -> bool:
         return event in self._by_event
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from types import MethodType
 from typing import Any
 
+from . import _reconfigure as reconfigure
 from ._component import (
     _AMBIGUOUS,
     CONSISTENCIES,
@@ -32,10 +33,16 @@ __all__ = ("PUBLISH_EVENT", "Option", "Service")
 #: The built-in event ``State.publish`` raises (in ``every`` mode): it changes
 #: no state and publishes its message on every replica.
 PUBLISH_EVENT = "dominoes.publish"
+#: the built-in event of a reconfiguration (see ``_reconfigure``)
+RECONFIGURE_EVENT = reconfigure.EVENT
 
 
 def _publish(ctx: Context, topic: str, message: Any) -> None:
     ctx.publish(topic, message)
+
+
+def _reconfigure(ctx: Context, spec: Any) -> Any:
+    return ctx._machine.reconfigure(spec)
 
 
 class Option:
@@ -212,7 +219,7 @@ class Service:
     def events(self) -> list[str]:
         """Every event some handler is bound to (the built-in ``dominoes.publish`` aside)."""
         names = self._build(self._components)[0].events()  # names only: no copy needed
-        return [name for name in names if name != PUBLISH_EVENT]
+        return [name for name in names if name not in (PUBLISH_EVENT, RECONFIGURE_EVENT)]
 
     def new_machine(self, index: int) -> StateMachine:
         """A fresh replica state machine with its own copy of every component."""
@@ -277,6 +284,7 @@ class Service:
         for event, handler, order, static in self._extra.values():
             registry.bind(resolve(names, event), handler, order, **static)
         registry.bind(PUBLISH_EVENT, _publish)
+        registry.bind(RECONFIGURE_EVENT, _reconfigure)
         return registry, queries, names, consistency
 
     def resolve(self, ref: EventRef) -> str:

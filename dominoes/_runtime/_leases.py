@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from .._core._backend import SupervisedLog
+from .._core._reconfigure import EVENT as RECONFIGURE_EVENT
 
 if TYPE_CHECKING:
     from .._core._service import Service
@@ -100,7 +101,7 @@ class ClientLeases:
             "line": line,
             "replicas": self._n,
             "service": self._service.name,
-            "events": sorted(self._service.events()),
+            "events": sorted({*self._service.events(), RECONFIGURE_EVENT}),
             "max_entry_bytes": self._log.max_entry_bytes,
         }
         return reply, list(self._fds)

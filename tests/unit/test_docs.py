@@ -30,8 +30,14 @@ DOCS = PROJECT_DIR / "docs"
 REFERENCE = DOCS / "reference.md"
 TUTORIAL = DOCS / "tutorial.md"
 
-PUBLIC_MODULES = ["dominoes", "dominoes.testing", "dominoes.lowlevel", "dominoes.loops"]
-COMMANDS = ["run", "stats", "top", "monitor", "snapshot", "replay"]
+PUBLIC_MODULES = [
+    "dominoes",
+    "dominoes.testing",
+    "dominoes.lowlevel",
+    "dominoes.loops",
+    "dominoes.reconfiguration",
+]
+COMMANDS = ["run", "stats", "top", "monitor", "snapshot", "replay", "reconfigure"]
 
 _HEADING = re.compile(r"^#+ ")
 _FENCE = re.compile(r"^```python\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)

@@ -1,0 +1,103 @@
+"""``dominoes reconfigure`` on a running ``examples.counter`` service, seen from its clients.
+
+A handler bound and a component added through the log change what every
+replica does from one log position on; a replica killed and restarted
+afterwards comes back with them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .harness import ROOT, Service, clients_on_every_replica, running, wait_until
+from .vmm_helpers import ask, converged
+
+TARGET = "examples.counter:service"
+
+
+def reconfigure(svc: Service, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dominoes",
+            "reconfigure",
+            "counter",
+            "--run-dir",
+            str(svc.run_dir),
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def components(svc: Service, index: int) -> dict[str, Any]:
+    registry = ask(svc.run_dir, index, "stats")["registry"]
+    return {c["name"]: c["sizes"] for c in registry["components"]}
+
+
+def test_bind_add_unbind_and_remove_on_a_live_service(tmp_path: Path) -> None:
+    with running(TARGET, tmp_path / "run") as svc:
+        on = clients_on_every_replica(svc.port, 2)
+        assert on[0].ask("INCR k 50") == "50"
+
+        bound = reconfigure(
+            svc, "bind", "Counter.incr", "examples.limits:cap", "--order", "-1",
+            "--static", json.dumps({"limit": 10}),
+        )  # fmt: skip
+        assert bound.returncode == 0, bound.stderr
+        binding = int(bound.stdout)
+        for client in on.values():  # the next write on either replica meets the cap
+            assert client.ask("INCR k 50") == "ERR increment 50 is over the limit of 10"
+        assert on[1].ask("INCR k 5") == "55"
+
+        added = reconfigure(svc, "add", "examples.limits:Audit")
+        assert added.returncode == 0, added.stderr
+        assert added.stdout.strip() == "audit"
+        on[0].ask("INCR a")
+        on[1].ask("INCR b")
+        converged(svc.run_dir)
+        assert [components(svc, i)["audit"] for i in range(2)] == [{"increments": 2}] * 2
+
+        # a replica killed now comes back with the cap and the audit (from a snapshot)
+        os.kill(svc.replica_pids()[1], signal.SIGKILL)
+        svc.wait_restarted(1)
+        for client in on.values():
+            client.close()
+        on = clients_on_every_replica(svc.port, 2)
+        assert on[1].ask("INCR k 50") == "ERR increment 50 is over the limit of 10"
+        on[1].ask("INCR c")
+        converged(svc.run_dir)
+        assert components(svc, 1)["audit"] == {"increments": 3}
+
+        unbound = reconfigure(svc, "unbind", str(binding))
+        assert unbound.returncode == 0, unbound.stderr
+        assert on[0].ask("INCR k 50") == "105"
+        removed = reconfigure(svc, "remove", "audit")
+        assert removed.returncode == 0, removed.stderr
+        wait_until(lambda: all("audit" not in components(svc, i) for i in range(2)))
+        converged(svc.run_dir)
+        for client in on.values():
+            client.close()
+
+
+def test_a_spec_that_cannot_apply_is_one_line_and_changes_nothing(tmp_path: Path) -> None:
+    with running(TARGET, tmp_path / "run") as svc:
+        failed = reconfigure(svc, "add", "examples.nowhere:Audit")
+        assert failed.returncode == 1
+        assert failed.stderr.startswith("dominoes: error: ")
+        assert "cannot import examples.nowhere:Audit" in failed.stderr
+        bad_json = reconfigure(svc, "add", "examples.limits:Audit", "--kwargs", "[1]")
+        assert bad_json.returncode == 2
+        assert "expected a JSON object" in bad_json.stderr
+        assert set(components(svc, 0)) == {"Counter"}
+        converged(svc.run_dir)
