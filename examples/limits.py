@@ -8,7 +8,10 @@ Start the counter, then change it while it serves::
     dominoes reconfigure counter add examples.limits:Audit
 
 ``cap`` refuses an increment above ``limit`` (``INCR k 500`` answers ``ERR
-...``); ``Audit`` counts every increment per key from the log position it was
+...``). Bind it at an order below 0: handlers of one event run in ascending
+order and ``Counter.incr`` runs at 0, so at ``--order -1`` the refusal comes
+before the increment; bound after it, the increment would already be applied
+when the error is raised; ``Audit`` counts every increment per key from the log position it was
 added at, on every replica (``dominoes stats counter --json`` shows its size).
 ``dominoes reconfigure counter unbind ID`` and ``... remove audit`` undo them.
 """

@@ -331,3 +331,38 @@ def _plain(data: bytes) -> bytes:
     data = re.sub(rb"\xff\xfa.*?\xff\xf0", b"", data, flags=re.S)
     data = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", data)
     return data.replace(b"\r", b"")
+
+
+def ask(run_dir: Path, index: int, op: str) -> Any:
+    """Ask replica ``index`` over its control socket (``stats`` or ``digest``)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(run_dir / f"replica-{index}.sock"))
+        s.sendall(json.dumps({"op": op}).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            buf += chunk
+    return json.loads(buf)
+
+
+def converged(run_dir: Path, replicas: int = 2, timeout: float = 20.0) -> dict[str, str]:
+    """Wait until every replica applied the same position; their digests must match."""
+    seen: list[tuple[int, dict[str, str]]] = []
+
+    def same_seq() -> bool:
+        seen[:] = [_digest(run_dir, i) for i in range(replicas)]
+        return len({seq for seq, _ in seen}) == 1
+
+    wait_until(same_seq, timeout=timeout, interval=0.05)
+    first = seen[0][1]
+    for seq, digest in seen[1:]:
+        assert digest == first, f"replicas diverged at {seq}: {first} vs {digest}"
+    return first
+
+
+def _digest(run_dir: Path, index: int) -> tuple[int, dict[str, str]]:
+    got = ask(run_dir, index, "digest")
+    return int(got["seq"]), dict(got["digest"])

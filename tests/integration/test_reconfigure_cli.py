@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .harness import ROOT, Service, clients_on_every_replica, running, wait_until
-from .vmm_helpers import ask, converged
+from .harness import ROOT, Service, ask, clients_on_every_replica, converged, running, wait_until
 
 TARGET = "examples.counter:service"
 
@@ -101,3 +100,34 @@ def test_a_spec_that_cannot_apply_is_one_line_and_changes_nothing(tmp_path: Path
         assert "expected a JSON object" in bad_json.stderr
         assert set(components(svc, 0)) == {"Counter"}
         converged(svc.run_dir)
+
+
+def test_a_durable_service_restarts_with_its_reconfigurations(tmp_path: Path) -> None:
+    """Stopped and started again from its data dir, the service has the cap and the audit."""
+    args = ("--durable", str(tmp_path / "data"))
+    with running(TARGET, tmp_path / "run", args=args) as svc:
+        assert reconfigure(svc, "add", "examples.limits:Audit").returncode == 0
+        bound = reconfigure(
+            svc,
+            "bind",
+            "Counter.incr",
+            "examples.limits:cap",
+            "--order",
+            "-1",
+            "--static",
+            '{"limit": 3}',
+        )
+        assert bound.returncode == 0, bound.stderr
+        on = clients_on_every_replica(svc.port, 2)
+        assert on[0].ask("INCR k 2") == "2"
+        for client in on.values():
+            client.close()
+        assert svc.stop() == 0
+    with running(TARGET, tmp_path / "run", args=args) as svc:
+        on = clients_on_every_replica(svc.port, 2)
+        assert on[1].ask("INCR k 9") == "ERR increment 9 is over the limit of 3"
+        assert on[0].ask("INCR k 3") == "5"
+        converged(svc.run_dir)
+        assert [components(svc, i)["audit"] for i in range(2)] == [{"increments": 1}] * 2
+        for client in on.values():
+            client.close()

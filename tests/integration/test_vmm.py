@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 from dominoes.components.vmm.guest import build_guest
 
-from .harness import running, wait_until
+from .harness import converged, running, wait_until
 from .vmm_helpers import (
     TARGET,
-    converged,
     expected_disk,
     skip_without_kvm,
     vmm,

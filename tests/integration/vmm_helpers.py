@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dominoes.components.vmm import available
 
-from .harness import wait_until
+from .harness import ask, wait_until
 
 TARGET = "dominoes.components.vmm:service"
 SECTOR = 512
@@ -25,21 +23,6 @@ def skip_without_kvm() -> None:
     for tool in ("gcc", "ld", "objcopy"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is missing: the test guest is built with gcc and binutils")
-
-
-def ask(run_dir: Path, index: int, op: str) -> Any:
-    """Ask replica ``index`` over its control socket (``stats`` or ``digest``)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(str(run_dir / f"replica-{index}.sock"))
-        s.sendall(json.dumps({"op": op}).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                break
-            buf += chunk
-    return json.loads(buf)
 
 
 def vmm(run_dir: Path, index: int) -> dict[str, Any]:
@@ -55,26 +38,6 @@ def wait_phase(run_dir: Path, phases: tuple[str, ...], timeout: float, replicas:
         return all(vmm(run_dir, i)["phase"] in phases for i in range(replicas))
 
     wait_until(there, timeout=timeout, interval=0.1)
-
-
-def converged(run_dir: Path, replicas: int = 2, timeout: float = 20.0) -> dict[str, str]:
-    """Wait until every replica applied the same position; their digests must match."""
-    seen: list[tuple[int, dict[str, str]]] = []
-
-    def same_seq() -> bool:
-        seen[:] = [_digest(run_dir, i) for i in range(replicas)]
-        return len({seq for seq, _ in seen}) == 1
-
-    wait_until(same_seq, timeout=timeout, interval=0.05)
-    first = seen[0][1]
-    for seq, digest in seen[1:]:
-        assert digest == first, f"replicas diverged at {seq}: {first} vs {digest}"
-    return first
-
-
-def _digest(run_dir: Path, index: int) -> tuple[int, dict[str, str]]:
-    got = ask(run_dir, index, "digest")
-    return int(got["seq"]), dict(got["digest"])
 
 
 def expected_disk(size: int, vcpus: int) -> bytes:
