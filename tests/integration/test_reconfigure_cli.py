@@ -12,10 +12,20 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
-from .harness import ROOT, Service, ask, clients_on_every_replica, converged, running, wait_until
+from .harness import (
+    ROOT,
+    LineClient,
+    Service,
+    ask,
+    clients_on_every_replica,
+    converged,
+    running,
+    wait_until,
+)
 
 TARGET = "examples.counter:service"
 
@@ -131,3 +141,42 @@ def test_a_durable_service_restarts_with_its_reconfigurations(tmp_path: Path) ->
         assert [components(svc, i)["audit"] for i in range(2)] == [{"increments": 1}] * 2
         for client in on.values():
             client.close()
+
+
+def test_reconfiguring_under_load_loses_no_write_and_applies_none_twice(tmp_path: Path) -> None:
+    """8 writers, each on its own key, while handlers and a component come and go:
+    every writer's replies count 1, 2, 3, ... with no gap and no repeat."""
+    with running(TARGET, tmp_path / "run") as svc:
+        stop = threading.Event()
+        replies: dict[int, list[str]] = {w: [] for w in range(8)}
+
+        def write(w: int) -> None:
+            with LineClient(svc.port) as client:
+                while not stop.is_set():
+                    replies[w].append(client.ask(f"INCR w{w}"))
+
+        writers = [threading.Thread(target=write, args=(w,)) for w in range(8)]
+        for t in writers:
+            t.start()
+        try:
+            for _ in range(2):
+                got = reconfigure(
+                    svc, "bind", "Counter.incr", "examples.limits:cap", "--order", "-1",
+                    "--static", '{"limit": 1000}',
+                )  # fmt: skip
+                assert got.returncode == 0, got.stderr
+                assert reconfigure(svc, "add", "examples.limits:Audit").returncode == 0
+                assert reconfigure(svc, "unbind", got.stdout.strip()).returncode == 0
+                assert reconfigure(svc, "remove", "audit").returncode == 0
+        finally:
+            stop.set()
+            for t in writers:
+                t.join(30)
+        for w, got in replies.items():
+            assert got == [str(n) for n in range(1, len(got) + 1)], f"writer {w}: {got[-5:]}"
+        on = clients_on_every_replica(svc.port, 2)
+        for client in on.values():
+            for w, got in replies.items():
+                assert client.ask(f"GET w{w}") == str(len(got))
+            client.close()
+        converged(svc.run_dir)
