@@ -172,11 +172,11 @@ def test_reconfiguring_under_load_loses_no_write_and_applies_none_twice(tmp_path
             stop.set()
             for t in writers:
                 t.join(30)
-        for w, got in replies.items():
-            assert got == [str(n) for n in range(1, len(got) + 1)], f"writer {w}: {got[-5:]}"
+        for w, said in replies.items():
+            assert said == [str(n) for n in range(1, len(said) + 1)], f"writer {w}: {said[-5:]}"
         on = clients_on_every_replica(svc.port, 2)
         for client in on.values():
-            for w, got in replies.items():
-                assert client.ask(f"GET w{w}") == str(len(got))
+            for w, said in replies.items():
+                assert client.ask(f"GET w{w}") == str(len(said))
             client.close()
         converged(svc.run_dir)
