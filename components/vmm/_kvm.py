@@ -16,6 +16,7 @@ import ctypes
 import fcntl
 import mmap
 import os
+import struct
 from typing import Final
 
 __all__ = (
@@ -28,6 +29,7 @@ __all__ = (
     "Vcpu",
     "Vm",
     "available",
+    "write_identity_map",
 )
 
 _KVMIO: Final = 0xAE
@@ -220,6 +222,35 @@ IO_OUT: Final = 1
 
 DEVICE: Final = "/dev/kvm"
 
+CR0_PE: Final = 1 << 0
+CR0_ET: Final = 1 << 4
+CR0_PG: Final = 1 << 31
+CR4_PAE: Final = 1 << 5
+EFER_LME: Final = 1 << 8
+EFER_LMA: Final = 1 << 10
+
+#: bytes :func:`write_identity_map` writes: a PML4, a PDPT and four page directories
+IDENTITY_MAP_BYTES: Final = 6 * 4096
+
+
+def write_identity_map(memory: mmap.mmap | bytearray, base: int) -> None:
+    """Page tables at ``base`` that map guest-physical 0-4 GiB to itself, in 2 MiB pages.
+
+    Long mode needs paging; identity mapping keeps every address the guest
+    and the devices use (RAM, the MMIO window below 4 GiB) what it was.
+    """
+    pml4, pdpt = base, base + 0x1000
+    tables = bytearray(IDENTITY_MAP_BYTES)
+    struct.pack_into("<Q", tables, 0, pdpt | 0x3)  # present, writable
+    for j in range(4):
+        directory = base + 0x2000 + j * 0x1000
+        struct.pack_into("<Q", tables, 0x1000 + 8 * j, directory | 0x3)
+        for i in range(512):
+            page = (j * 512 + i) << 21
+            struct.pack_into("<Q", tables, 0x2000 + j * 0x1000 + 8 * i, page | 0x83)  # 2 MiB
+    memory[pml4 : pml4 + IDENTITY_MAP_BYTES] = tables
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong)
 
@@ -343,6 +374,38 @@ class Vcpu:
         for name in ("ds", "es", "fs", "gs", "ss"):
             setattr(sregs, name, data)
         sregs.cr0 = (sregs.cr0 | 0x1) & ~0x80000000
+        self.set_sregs(sregs)
+        regs = Regs()
+        regs.rip = entry
+        regs.rsp = stack
+        regs.rflags = 0x2
+        for name, value in zip(("rdi", "rsi", "rdx", "rcx"), args, strict=False):
+            setattr(regs, name, value)
+        self.set_regs(regs)
+
+    def enter_long_mode(
+        self, *, entry: int, stack: int, page_tables: int, args: tuple[int, ...] = ()
+    ) -> None:
+        """Start in 64-bit long mode, paging on with the tables at ``page_tables``.
+
+        The tables (see :func:`write_identity_map`) must be in guest memory
+        already.  CS is selector 0x08, a 64-bit code segment, the data
+        segments 0x10; ``args`` go to RDI, RSI, RDX and RCX (the System V
+        calling convention's first arguments).
+        """
+        sregs = self.get_sregs()
+        sregs.cs = Segment(
+            base=0, limit=0xFFFFFFFF, selector=0x08, type=11, present=1, dpl=0, db=0, s=1, l=1, g=1
+        )
+        data = Segment(
+            base=0, limit=0xFFFFFFFF, selector=0x10, type=3, present=1, dpl=0, db=1, s=1, l=0, g=1
+        )
+        for name in ("ds", "es", "fs", "gs", "ss"):
+            setattr(sregs, name, data)
+        sregs.cr3 = page_tables
+        sregs.cr4 |= CR4_PAE
+        sregs.efer = EFER_LME | EFER_LMA
+        sregs.cr0 = CR0_PE | CR0_ET | CR0_PG
         self.set_sregs(sregs)
         regs = Regs()
         regs.rip = entry

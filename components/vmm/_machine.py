@@ -48,6 +48,9 @@ MMIO_READ: Final = 2
 MMIO_WRITE: Final = 3
 KIND_NAMES: Final = ("io_in", "io_out", "mmio_read", "mmio_write")
 
+#: how a vCPU may start
+MODES: Final = ("protected", "long")
+
 #: interrupts a vCPU may have raised and not yet acknowledged; more are dropped
 PENDING_LIMIT: Final = 64
 
@@ -123,6 +126,7 @@ class Machine(Component):
     memory_pid: int
     memory_fd: int
     boot_seq: int
+    mode: str
     boot_time: float
     end_time: float
 
@@ -151,6 +155,8 @@ class Machine(Component):
         self.memory_pid = 0
         self.memory_fd = 0
         self.boot_seq = 0
+        #: how the vCPUs start: "protected" (32-bit) or "long" (64-bit)
+        self.mode = ""
         #: replicated time (``ctx.now``) of the boot, and of the halt or stop
         self.boot_time = 0.0
         self.end_time = 0.0
@@ -162,11 +168,20 @@ class Machine(Component):
     # --- life cycle ---------------------------------------------------------------------
 
     @update
-    def boot(self, ctx: Context, vcpus: int, memory_size: int, pid: int, fd: int) -> bool:
-        """Start the VM, once: the booting replica has loaded the guest's image."""
+    def boot(
+        self, ctx: Context, vcpus: int, memory_size: int, pid: int, fd: int, mode: str = "protected"
+    ) -> bool:
+        """Start the VM, once: the booting replica has loaded the guest's image.
+
+        ``mode`` is how every vCPU starts: ``"protected"`` (32-bit) or
+        ``"long"`` (64-bit; the booting replica wrote the page tables).
+        """
         if self.phase != NEW:
             return False
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.phase = RUNNING
+        self.mode = mode
         self.vcpus = vcpus
         self.vcpu_state = ["running"] * vcpus
         self.pending = [[] for _ in range(vcpus)]
@@ -335,6 +350,7 @@ class Machine(Component):
     def describe(self) -> dict[str, Any]:
         return {
             "phase": self.phase,
+            "mode": self.mode,
             "vcpus": self.vcpus,
             "vcpu_state": list(self.vcpu_state),
             "stop_reason": self.stop_reason,

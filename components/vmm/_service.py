@@ -41,7 +41,7 @@ from dominoes import LogFullError, Option, Replica, Service, SlowSubscriberError
 
 from . import _kvm as kvm
 from ._devices import CONSOLE, Counter, Disk, Mailbox, Timer, Uart
-from ._machine import CONTROL, RUNNING, Device, Machine
+from ._machine import CONTROL, MODES, RUNNING, Device, Machine
 from ._vcpu import EXIT, FAULT, HALTED, VcpuRunner, install_kick_handler
 
 log = logging.getLogger("dominoes.vmm")
@@ -53,6 +53,8 @@ IMAGE_BASE: Final = 0x100000
 #: the top of vCPU 0's stack; vCPU i's is STACK_TOP - i * STACK_SIZE
 STACK_TOP: Final = 0x80000
 STACK_SIZE: Final = 0x8000
+#: where the booting replica writes the page tables of a long-mode guest
+PAGE_TABLES: Final = 0x90000
 #: the replica that writes the console and serves its socket
 CONSOLE_REPLICA: Final = 0
 
@@ -71,6 +73,12 @@ def _vcpus(text: str) -> int:
     return value
 
 
+def _mode(text: str) -> str:
+    if text not in MODES:
+        raise ValueError(f"--mode is one of {', '.join(MODES)}")
+    return text
+
+
 def _console(text: str) -> str:
     if text == "stdout" or text.startswith("file:") or text.startswith("tcp:"):
         if text.startswith("tcp:"):
@@ -84,6 +92,13 @@ OPTIONS: Final = (
     Option("vcpus", type=_vcpus, default=0, help="vCPUs (default: one per replica)"),
     Option("disk", default="", help="the disk's backing file (default: no disk)"),
     Option("memory", type=_mebibytes, default=16, help="guest RAM in MiB (default 16)"),
+    Option(
+        "mode",
+        type=_mode,
+        default="protected",
+        help="how every vCPU starts: protected (32-bit, flat segments; the default) or long "
+        "(64-bit, paging on, 0-4 GiB identity-mapped by tables at 0x90000)",
+    ),
     Option(
         "console",
         type=_console,
@@ -169,6 +184,8 @@ class Vmm:
         os.ftruncate(fd, size)
         memory = mmap.mmap(fd, size)
         memory[IMAGE_BASE : IMAGE_BASE + len(image)] = image
+        if options["mode"] == "long":
+            kvm.write_identity_map(memory, PAGE_TABLES)
         self.memory, self.memory_fd = memory, fd
         log.info(
             "vmm: image %s (%d bytes, sha256 %s)",
@@ -179,7 +196,7 @@ class Vmm:
         disk = self.replica.component(Disk)
         if disk.fd >= 0:
             await self.replica.submit(Disk.attach, os.fstat(disk.fd).st_size)
-        await self.replica.submit(Machine.boot, vcpus, size, os.getpid(), fd)
+        await self.replica.submit(Machine.boot, vcpus, size, os.getpid(), fd, options["mode"])
 
     # --- the control topic --------------------------------------------------------------
 
@@ -207,11 +224,13 @@ class Vmm:
             self.kvm = kvm.Kvm()
             self.vm = kvm.Vm(self.kvm, self.memory)
             self.vcpu = self.vm.vcpu(index)
-            self.vcpu.enter_protected_mode(
-                entry=IMAGE_BASE,
-                stack=STACK_TOP - index * STACK_SIZE,
-                args=(index, machine.vcpus),
-            )
+            stack, args = STACK_TOP - index * STACK_SIZE, (index, machine.vcpus)
+            if machine.mode == "long":
+                self.vcpu.enter_long_mode(
+                    entry=IMAGE_BASE, stack=stack, page_tables=PAGE_TABLES, args=args
+                )
+            else:
+                self.vcpu.enter_protected_mode(entry=IMAGE_BASE, stack=stack, args=args)
         except OSError as exc:
             self._submit(Machine.fault, index, f"cannot create the vCPU: {exc}")
             return
