@@ -1,6 +1,6 @@
 """The freestanding x86 test guest the VMM runs, and its build tool (see README.md).
 
-``build_guest`` and ``SCENARIOS`` are re-exported lazily, so that
+``build_guest``, ``SCENARIOS`` and ``ARCHES`` are re-exported lazily, so that
 ``python -m dominoes.components.vmm.guest.build`` does not import the module
 twice.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .build import SCENARIOS, build_guest
+    from .build import ARCHES, SCENARIOS, build_guest
 
-__all__ = ("SCENARIOS", "build_guest")
+__all__ = ("ARCHES", "SCENARIOS", "build_guest")
 
 
 def __getattr__(name: str) -> object:

@@ -1,12 +1,19 @@
 """Build the freestanding x86 test guest into a flat binary.
 
-The guest (``start.S``, ``kernel.c``, ``guest.h``, ``guest.ld`` next to this
-module) is compiled with Debian's gcc and binutils only: ``gcc -m32`` for the
-C and the assembly, ``ld -m elf_i386 -T guest.ld`` to link it at 0x100000, and
-``objcopy -O binary`` to flatten it.  See ``README.md`` for what it runs.
+The guest (``start.S``, ``start64.S``, ``kernel.c``, ``guest.h``, ``guest.ld``,
+``guest64.ld`` next to this module) is compiled with Debian's gcc and binutils
+only, for one of two architectures:
+
+- ``i386``: 32-bit protected mode, ``gcc -m32`` for ``start.S`` and
+  ``kernel.c``, ``ld -m elf_i386 -T guest.ld``;
+- ``x86_64``: 64-bit long mode, ``gcc -m64 -mno-red-zone -mcmodel=small`` for
+  ``start64.S`` and ``kernel.c``, ``ld -m elf_x86_64 -T guest64.ld``;
+
+both linked at 0x100000 and flattened with ``objcopy -O binary``.  See
+``README.md`` for what it runs.
 
 Usage: ``python -m dominoes.components.vmm.guest.build OUT [--iterations N]
-[--scenario S]``.
+[--scenario S] [--arch {i386,x86_64}]``.
 """
 
 from __future__ import annotations
@@ -17,21 +24,24 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-__all__ = ("SCENARIOS", "build_guest", "main")
+__all__ = ("ARCHES", "SCENARIOS", "build_guest", "main")
 
 SOURCE_DIR: Final = Path(__file__).resolve().parent
 
 #: Scenario names, in the order of their ``SCENARIO_*`` numbers in ``guest.h``.
 SCENARIOS: Final = ("normal", "bad_port", "bad_mmio", "triple_fault", "spin")
 
+#: Architectures the guest builds for: 32-bit protected mode or 64-bit long mode.
+ARCHES: Final = ("i386", "x86_64")
+
 _MAX_ITERATIONS: Final = 0xFFFF_FFFF
 
+#: Flags for both architectures; ``_ARCH_CFLAGS`` adds the architecture's own.
 _CFLAGS: Final = (
-    "-m32",
-    "-march=i686",
     "-std=gnu11",
     "-ffreestanding",
     "-fno-pic",
@@ -55,6 +65,27 @@ _CFLAGS: Final = (
 )
 
 
+@dataclass(frozen=True)
+class _Arch:
+    """How to build for one architecture: gcc's flags, its start file, ld's emulation and script."""
+
+    cflags: tuple[str, ...]
+    start: str
+    emulation: str
+    script: str
+
+
+_ARCH: Final = {
+    "i386": _Arch(("-m32", "-march=i686"), "start.S", "elf_i386", "guest.ld"),
+    # -mno-red-zone: an exception pushes its frame right below RSP; -mcmodel=small:
+    # the image and everything it addresses lie below 2 GiB (MMIO is reached
+    # through 32-bit constants, zero-extended).
+    "x86_64": _Arch(
+        ("-m64", "-mno-red-zone", "-mcmodel=small"), "start64.S", "elf_x86_64", "guest64.ld"
+    ),
+}
+
+
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -65,11 +96,11 @@ def _tool(name: str) -> str:
     return path
 
 
-def _gcc_include_dir(gcc: str) -> str:
+def _gcc_include_dir(gcc: str, machine: str) -> str:
     """gcc's own header directory (``stdint.h`` for freestanding code), since
     ``-nostdinc`` keeps the host's libc headers out."""
     done = subprocess.run(
-        [gcc, "-m32", "-print-file-name=include"],
+        [gcc, machine, "-print-file-name=include"],
         capture_output=True,
         text=True,
         check=False,
@@ -92,21 +123,28 @@ def _run(cmd: Sequence[str], cwd: Path) -> None:
         )
 
 
-def build_guest(out: Path, *, iterations: int = 100_000, scenario: str = "normal") -> Path:
-    """Compile the guest for ``scenario`` and write its flat image to ``out``.
+def build_guest(
+    out: Path, *, iterations: int = 100_000, scenario: str = "normal", arch: str = "i386"
+) -> Path:
+    """Compile the guest for ``scenario`` and ``arch`` and write its flat image to ``out``.
 
     ``iterations`` is how many times each vCPU adds 1 to the counter device
-    (the normal scenario).  Returns ``out``.  Raises :class:`ValueError` for an
-    unknown scenario or an iteration count outside 0..2**32-1,
+    (the normal scenario).  ``arch`` is one of :data:`ARCHES`: ``"i386"`` (the
+    vCPUs start in 32-bit protected mode) or ``"x86_64"`` (they start in long
+    mode).  Returns ``out``.  Raises :class:`ValueError` for an unknown
+    scenario or architecture or an iteration count outside 0..2**32-1,
     :class:`FileNotFoundError` if gcc, ld or objcopy is missing, and
     :class:`RuntimeError` (with the tool's messages) if a step fails.
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown guest scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
+    if arch not in ARCHES:
+        raise ValueError(f"unknown guest architecture {arch!r}; one of {', '.join(ARCHES)}")
+    target = _ARCH[arch]
     if isinstance(iterations, bool) or not 0 <= iterations <= _MAX_ITERATIONS:
         raise ValueError(f"iterations must be in 0..{_MAX_ITERATIONS}, not {iterations!r}")
     gcc, ld, objcopy = _tool("gcc"), _tool("ld"), _tool("objcopy")
-    include = _gcc_include_dir(gcc)
+    include = _gcc_include_dir(gcc, target.cflags[0])
     out = Path(out)
     defines = (
         f"-DITERATIONS={iterations}u",
@@ -114,20 +152,29 @@ def build_guest(out: Path, *, iterations: int = 100_000, scenario: str = "normal
     )
     with tempfile.TemporaryDirectory(prefix="dominoes-guest-") as tmp:
         work = Path(tmp)
-        common = (gcc, *_CFLAGS, "-isystem", include, f"-I{SOURCE_DIR}", *defines, "-c")
-        _run((*common, str(SOURCE_DIR / "start.S"), "-o", "start.o"), work)
+        common = (
+            gcc,
+            *target.cflags,
+            *_CFLAGS,
+            "-isystem",
+            include,
+            f"-I{SOURCE_DIR}",
+            *defines,
+            "-c",
+        )
+        _run((*common, str(SOURCE_DIR / target.start), "-o", "start.o"), work)
         _run((*common, str(SOURCE_DIR / "kernel.c"), "-o", "kernel.o"), work)
         _run(
             (
                 ld,
                 "-m",
-                "elf_i386",
+                target.emulation,
                 "-nostdlib",
                 "--no-dynamic-linker",
                 "-static",
                 "--build-id=none",
                 "-T",
-                str(SOURCE_DIR / "guest.ld"),
+                str(SOURCE_DIR / target.script),
                 "-o",
                 "guest.elf",
                 "start.o",
@@ -157,13 +204,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="counter increments per vCPU (default 100000)",
     )
     parser.add_argument("--scenario", choices=SCENARIOS, default="normal")
+    parser.add_argument(
+        "--arch",
+        choices=ARCHES,
+        default="i386",
+        help="i386: start in 32-bit protected mode (default); x86_64: in long mode",
+    )
     args = parser.parse_args(argv)
     try:
-        path = build_guest(args.out, iterations=args.iterations, scenario=args.scenario)
+        path = build_guest(
+            args.out, iterations=args.iterations, scenario=args.scenario, arch=args.arch
+        )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"{path}: {path.stat().st_size} bytes ({args.scenario})")
+    print(f"{path}: {path.stat().st_size} bytes ({args.scenario}, {args.arch})")
     return 0
 
 

@@ -1,4 +1,4 @@
-/* Shared by start.S and kernel.c. */
+/* Shared by start.S, start64.S and kernel.c. */
 #ifndef GUEST_H
 #define GUEST_H
 
@@ -12,7 +12,8 @@
 #define DATA_SEL 0x10
 #define CPU_SEL_BASE 0x18
 
-#define TIMER_VECTOR 0x20
+#define TIMER_VECTOR 0x20 /* 32-bit guest only: no timer in long mode */
+#define EXCEPTION_VECTORS 32 /* the x86_64 guest's IDT: exceptions only */
 
 /* Scenarios, chosen with -DSCENARIO=<n> (build.py names them). */
 #define SCENARIO_NORMAL 0

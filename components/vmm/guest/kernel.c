@@ -1,10 +1,20 @@
 /*
  * The test guest's kernel: freestanding C, no libc, no libgcc (so no 64-bit
- * division). start.S calls kmain(cpu, ncpus) on every vCPU; see README.md.
+ * division in the 32-bit build). start.S (32-bit) or start64.S (x86_64, long
+ * mode) calls kmain(cpu, ncpus) on every vCPU; see README.md. The same source
+ * builds for both: pointers go through uintptr_t, sizes are size_t.
  */
 #include <stdint.h>
 
 #include "guest.h"
+
+typedef __SIZE_TYPE__ size_t; /* unsigned int with -m32, unsigned long with -m64 */
+
+#ifdef __x86_64__
+_Static_assert(sizeof(void *) == 8, "the x86_64 build runs in long mode");
+#else
+_Static_assert(sizeof(void *) == 4, "the i386 build runs in 32-bit protected mode");
+#endif
 
 #ifndef ITERATIONS
 #define ITERATIONS 100000u
@@ -37,17 +47,19 @@
 #define SECTOR_SIZE 512u
 #define DISK_SECTORS 8u /* per vCPU: sectors [cpu*8, cpu*8+8) */
 
-#define MAILBOX ((volatile uint32_t *)0xD0000000u)
+#define MAILBOX ((volatile uint32_t *)(uintptr_t)0xD0000000u)
 #define MAILBOX_WORD 0xC0DE0000u
 
 #define BAD_PORT 0x1234
-#define BAD_MMIO ((volatile uint32_t *)0xE0000000u)
+#define BAD_MMIO ((volatile uint32_t *)(uintptr_t)0xE0000000u)
 
 void kmain(uint32_t cpu, uint32_t ncpus);
-void guest_exception(uint32_t vector, uint32_t error, uint32_t eip);
+void guest_exception(uint32_t vector, uintptr_t error, uintptr_t ip);
 
-/* In start.S: incremented by the timer handler. */
+#ifndef __x86_64__
+/* In start.S: incremented by the timer handler (no timer in long mode). */
 extern volatile uint32_t guest_ticks[MAX_CPUS];
+#endif
 
 /* Shared by all vCPUs; explicitly in .data so that loading the image zeroes them. */
 __attribute__((section(".data"))) static volatile uint32_t print_lock;  /* 1: held */
@@ -59,12 +71,12 @@ static uint8_t disk_out[MAX_CPUS][DISK_SECTORS * SECTOR_SIZE] __attribute__((ali
 static uint8_t disk_in[MAX_CPUS][DISK_SECTORS * SECTOR_SIZE] __attribute__((aligned(4096)));
 
 /* gcc may emit calls to these even when freestanding. */
-void *memset(void *dst, int c, uint32_t n);
-void *memcpy(void *dst, const void *src, uint32_t n);
-void *memmove(void *dst, const void *src, uint32_t n);
-int memcmp(const void *a, const void *b, uint32_t n);
+void *memset(void *dst, int c, size_t n);
+void *memcpy(void *dst, const void *src, size_t n);
+void *memmove(void *dst, const void *src, size_t n);
+int memcmp(const void *a, const void *b, size_t n);
 
-void *memset(void *dst, int c, uint32_t n)
+void *memset(void *dst, int c, size_t n)
 {
     uint8_t *d = dst;
     while (n--)
@@ -72,7 +84,7 @@ void *memset(void *dst, int c, uint32_t n)
     return dst;
 }
 
-void *memcpy(void *dst, const void *src, uint32_t n)
+void *memcpy(void *dst, const void *src, size_t n)
 {
     uint8_t *d = dst;
     const uint8_t *s = src;
@@ -81,7 +93,7 @@ void *memcpy(void *dst, const void *src, uint32_t n)
     return dst;
 }
 
-void *memmove(void *dst, const void *src, uint32_t n)
+void *memmove(void *dst, const void *src, size_t n)
 {
     uint8_t *d = dst;
     const uint8_t *s = src;
@@ -95,7 +107,7 @@ void *memmove(void *dst, const void *src, uint32_t n)
     return dst;
 }
 
-int memcmp(const void *a, const void *b, uint32_t n)
+int memcmp(const void *a, const void *b, size_t n)
 {
     const uint8_t *x = a, *y = b;
     for (; n; n--, x++, y++)
@@ -249,12 +261,12 @@ static uint32_t this_cpu(void)
     return (gs - CPU_SEL_BASE) >> 3;
 }
 
-/* From start.S, vectors 0-31, interrupts off: report and stop this vCPU. */
-void guest_exception(uint32_t vector, uint32_t error, uint32_t eip)
+/* From start.S or start64.S, vectors 0-31, interrupts off: report and stop this vCPU. */
+void guest_exception(uint32_t vector, uintptr_t error, uintptr_t ip)
 {
     uint32_t cpu = this_cpu();
     (void)error;
-    (void)eip;
+    (void)ip;
     if (print_owner == cpu + 1)
         con_putc('\n'); /* faulted while printing: end that line, keep the lock */
     else
@@ -272,6 +284,9 @@ void guest_exception(uint32_t vector, uint32_t error, uint32_t eip)
 
 #define STEP static __attribute__((unused))
 
+#ifndef __x86_64__
+/* Not in long mode: returning from the interrupt there needs iretq, which
+ * KVM's instruction emulator (kvm_pvm) does not implement. */
 STEP void timer_test(uint32_t cpu)
 {
     guest_ticks[cpu] = 0;
@@ -290,6 +305,7 @@ STEP void timer_test(uint32_t cpu)
     con_puts(" ticks\n");
     unlock_console();
 }
+#endif
 
 STEP void count(uint32_t iterations)
 {
@@ -383,9 +399,16 @@ void kmain(uint32_t cpu, uint32_t ncpus)
     put_u32(ncpus);
     con_putc('\n');
     unlock_console();
+#ifdef __x86_64__
+    say(cpu, "long mode");
+#endif
 
 #if SCENARIO == SCENARIO_NORMAL
+#ifdef __x86_64__
+    say(cpu, "no timer in long mode");
+#else
     timer_test(cpu);
+#endif
     count(ITERATIONS);
     disk_test(cpu);
     *MAILBOX = MAILBOX_WORD | cpu;
@@ -401,7 +424,7 @@ void kmain(uint32_t cpu, uint32_t ncpus)
 #elif SCENARIO == SCENARIO_TRIPLE_FAULT
     static const struct {
         uint16_t limit;
-        uint32_t base;
+        uintptr_t base; /* 32 bits, or 64 in long mode */
     } __attribute__((packed)) empty_idt = {0, 0};
     /* #UD -> #GP (vector beyond the limit) -> #DF -> triple fault: KVM_EXIT_SHUTDOWN.
      * ud2 rather than int3: KVM's instruction emulator (used where the guest
