@@ -38,6 +38,10 @@ def guests(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "bad_port": build_guest(out / "bad_port.bin", scenario="bad_port"),
         "bad_mmio": build_guest(out / "bad_mmio.bin", scenario="bad_mmio"),
         "triple_fault": build_guest(out / "triple_fault.bin", scenario="triple_fault"),
+        "long": build_guest(out / "long.bin", iterations=20_000, arch="x86_64"),
+        "long_triple_fault": build_guest(
+            out / "long_triple_fault.bin", scenario="triple_fault", arch="x86_64"
+        ),
     }
     return built
 
@@ -230,3 +234,34 @@ def test_a_machine_that_cannot_boot_says_why(
         assert [r["restarts"] for r in svc.status()["replicas"]] == [0, 0]
     for report in reports:
         assert reason in report["stop_reason"]
+
+
+def test_a_64_bit_guest_runs_in_long_mode(guests: dict[str, Path], tmp_path: Path) -> None:
+    """--mode long: paging on, 0-4 GiB identity-mapped, the same devices (no timer here)."""
+    disk, console = _disk(tmp_path), tmp_path / "console.txt"
+    args = ("--guest", str(guests["long"]), "--mode", "long", "--disk", str(disk))
+    with running(TARGET, tmp_path / "run", args=(*args, "--console", f"file:{console}")) as svc:
+        wait_phase(svc.run_dir, ("halted", "stopped"), timeout=120)
+        converged(svc.run_dir)
+        reports = [vmm(svc.run_dir, i) for i in range(2)]
+        lines = _console(console)
+    for report in reports:
+        assert report["phase"] == "halted", report["stop_reason"]
+        assert report["mode"] == "long"
+        assert report["counter"]["value"] == 2 * 20_000
+        assert sorted(report["mailbox"]["words"]) == [0xC0DE0000, 0xC0DE0001]
+    for cpu in range(2):
+        assert f"vCPU {cpu}: long mode" in lines
+        assert f"vCPU {cpu}: disk ok" in lines
+    assert "counter 40000" in lines
+    assert disk.read_bytes() == _expected_on(b"\xee" * DISK_BYTES, 2)
+
+
+def test_a_64_bit_triple_fault_stops_the_vm(guests: dict[str, Path], tmp_path: Path) -> None:
+    args = ("--guest", str(guests["long_triple_fault"]), "--mode", "long")
+    with running(TARGET, tmp_path / "run", args=args) as svc:
+        wait_phase(svc.run_dir, ("stopped",), timeout=60)
+        converged(svc.run_dir)
+        report = vmm(svc.run_dir, 0)
+    assert "triple fault" in report["stop_reason"]
+    assert report["faults"] >= 1
