@@ -12,8 +12,9 @@ The life of a VM:
 1. Replica 0 creates the RAM, copies the guest's image to 1 MiB and appends
    :meth:`Machine.boot` (and :meth:`Disk.attach`).
 2. Applying ``boot`` publishes ``start``: each replica with a vCPU opens the
-   RAM, creates its VM and vCPU in 32-bit protected mode at the image's first
-   byte, and starts its thread.
+   RAM, creates its VM and vCPU at the image's first byte, in 32-bit
+   protected mode or (``--mode long``) 64-bit long mode, and starts its
+   thread.
 3. Every exit is an entry (see ``_machine``).  HLT with interrupts off ends a
    vCPU (:meth:`Machine.halted`); once all have, the VM is ``halted``.
 4. A fault (triple fault, an access no device decodes, a lost replica) stops
@@ -126,7 +127,8 @@ class Vmm:
         self.console_clients: set[asyncio.StreamWriter] = set()
         self.console_file: Any = None
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.error = ""
+        #: why this replica could not open the disk ("" if it could, or there is none)
+        self.disk_error = ""
 
     # --- start --------------------------------------------------------------------------
 
@@ -137,7 +139,11 @@ class Vmm:
         disk = replica.component(Disk)
         disk.on_error = self._device_failed
         if options["disk"]:
-            disk.fd = os.open(options["disk"], os.O_RDWR | os.O_CLOEXEC)
+            try:
+                disk.fd = os.open(options["disk"], os.O_RDWR | os.O_CLOEXEC)
+            except OSError as exc:
+                self.disk_error = f"cannot open the disk {options['disk']}: {exc.strerror}"
+                log.error("vmm: replica %d %s", replica.index, self.disk_error)
         # follow the control topic from now on: nothing is applied before the
         # subscription exists, since this method does not await in between
         control = self.state.subscribe(CONTROL, maxsize=1 << 16)
@@ -167,6 +173,9 @@ class Vmm:
                 f"--vcpus {vcpus} needs as many replicas (there are {self.replica.replicas}): "
                 "each vCPU runs on its own replica",
             )
+            return
+        if self.disk_error:
+            await self.replica.submit(Machine.stop, self.disk_error)
             return
         size = options["memory"] << 20
         try:
@@ -288,7 +297,10 @@ class Vmm:
     async def _open_console(self, where: str) -> None:
         lines = self.state.subscribe(CONSOLE, maxsize=1 << 16)
         if where.startswith("file:"):
-            self.console_file = open(where[5:], "a", buffering=1, encoding="utf-8")  # noqa: SIM115, ASYNC230 - once, at start
+            try:
+                self.console_file = open(where[5:], "a", buffering=1, encoding="utf-8")  # noqa: SIM115, ASYNC230 - once, at start
+            except OSError as exc:
+                log.error("vmm: cannot open the console %s (%s); printing to stdout", where, exc)
         elif where.startswith("tcp:"):
             server = await asyncio.start_server(
                 self._console_client, self.replica.host, int(where[4:]), reuse_address=True

@@ -218,6 +218,7 @@ def _connects(port: int) -> bool:
         (("--vcpus", "3"), "--vcpus 3 needs as many replicas (there are 2)"),
         (("--guest", "/nonexistent/kernel.bin"), "cannot read the guest image"),
         (("--memory", "2"), "does not fit in 2 MiB"),
+        (("--disk", "/nonexistent/disk.img"), "cannot open the disk /nonexistent/disk.img"),
     ],
 )
 def test_a_machine_that_cannot_boot_says_why(
