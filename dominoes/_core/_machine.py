@@ -241,6 +241,16 @@ class StateMachine:
         #: the reconfigurations applied, in log order (replicated: snapshots
         #: carry them and restoring replays them; see ``_reconfigure``)
         self.config: list[Any] = []
+        # the configuration the service defined, which a restore goes back to
+        # before it replays a snapshot's reconfigurations (a rollback restores
+        # into this machine, which may have been reconfigured since)
+        self._defined = (
+            dict(self.components),
+            registry.save(),
+            dict(queries),
+            dict(names),
+            local_queries,
+        )
         # local statistics
         self.applied_entries = 0
         self.errors = 0
@@ -584,9 +594,15 @@ class StateMachine:
         if snap.service != self.service_name:
             raise ValueError(f"snapshot of service {snap.service!r}, not {self.service_name!r}")
         if snap.config != self.config:
-            # the components and bindings the snapshot's reconfigurations made
+            # back to the service's own configuration, then the components and
+            # bindings the snapshot's reconfigurations made
             if self.config:
-                raise ValueError("restore into a machine already reconfigured")
+                components, saved, queries, names, local = self._defined
+                self.components = dict(components)
+                self.registry.load(saved)
+                self._queries, self._names = dict(queries), dict(names)
+                self.local_queries = local
+                self.config = []
             for spec in snap.config:
                 reconfigure.apply(self, spec)
         if set(snap.components) != set(self.components):

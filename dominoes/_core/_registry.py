@@ -27,7 +27,6 @@ no longer be atomic, so the coroutine is closed and
 from __future__ import annotations
 
 import bisect
-import itertools
 from collections.abc import Callable
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
@@ -58,18 +57,20 @@ _EMPTY: Final[tuple[Binding, ...]] = ()
 class Registry:
     """Events and their ordered handlers."""
 
-    __slots__ = ("_by_event", "_by_id", "_ids")
+    __slots__ = ("_by_event", "_by_id", "_next")
 
     def __init__(self) -> None:
         self._by_event: dict[str, tuple[Binding, ...]] = {}
         self._by_id: dict[int, Binding] = {}
-        self._ids = itertools.count(1)
+        #: the next binding's id (ids only grow)
+        self._next = 1
 
     def bind(self, event: str, handler: Handler, order: float = 0, **static: Any) -> int:
         """Bind ``handler`` to ``event``; returns the binding id for :meth:`unbind`."""
         if not callable(handler):
             raise TypeError(f"handler for {event!r} is not callable: {handler!r}")
-        b = Binding(order, next(self._ids), event, handler, static)
+        b = Binding(order, self._next, event, handler, static)
+        self._next += 1
         handlers = list(self._by_event.get(event, _EMPTY))
         bisect.insort(handlers, b, key=_sort_key)
         self._by_event[event] = tuple(handlers)
@@ -98,6 +99,21 @@ class Registry:
 
     def ids(self) -> frozenset[int]:
         return frozenset(self._by_id)
+
+    def save(self) -> tuple[list[Binding], int]:
+        """Every binding and the next id: what :meth:`load` puts back."""
+        return self.bindings(), self._next
+
+    def load(self, saved: tuple[list[Binding], int]) -> None:
+        """Make this registry what :meth:`save` saw (a reconfigured machine's reset)."""
+        bindings, next_id = saved
+        self._by_event, self._by_id = {}, {}
+        for b in bindings:
+            self._by_id[b.id] = b
+            handlers = list(self._by_event.get(b.event, _EMPTY))
+            bisect.insort(handlers, b, key=_sort_key)
+            self._by_event[b.event] = tuple(handlers)
+        self._next = next_id
 
     def binding(self, binding_id: int) -> Binding:
         """One binding by id.  Unknown ids raise ``KeyError``."""

@@ -155,3 +155,42 @@ def _outcome(cluster: Cluster, replica: int, call: tuple[Any, ...], kwargs: dict
         return cluster.call(replica, *call, **kwargs)
     except (ValueError, RemoteError) as exc:
         return f"error: {exc}"
+
+
+def test_a_rollback_past_a_reconfiguration_rebuilds_the_same_registry() -> None:
+    """A recovery point taken before a reconfiguration, then a rollback (what a
+    poison entry causes): the machine goes back to the service's own
+    configuration, the journal's reconfigurations are applied again, and the
+    binding ids come out as before."""
+    cluster = Cluster(service, replicas=2)
+    core = cluster[0].core
+    core.enable_recovery()
+    cluster.call(0, Counter.incr, "k")
+    binding = cluster.call(1, EVENT, CAP)
+    cluster.call(0, EVENT, AUDIT)
+    cluster.call(1, Counter.incr, "k")
+    before = registries(cluster)[0]
+    digest = cluster[0].machine.digest()
+    core.rollback()
+    assert registries(cluster)[0] == before
+    assert cluster[0].machine.digest() == digest
+    with pytest.raises(ValueError, match="over the limit"):
+        cluster.call(0, Counter.incr, "k", by=11)
+    cluster.call(0, EVENT, reconfiguration.unbind(binding))
+    cluster.assert_converged()
+
+
+def test_a_snapshot_without_reconfigurations_restores_the_defined_service() -> None:
+    cluster = Cluster(service, replicas=2)
+    machine = cluster[0].machine
+    plain = machine.snapshot()
+    defined = registries(cluster)[0]
+    cluster.call(0, EVENT, AUDIT)
+    reconfigured = machine.snapshot()
+    machine.restore(plain)
+    assert sorted(machine.components) == ["Counter"]
+    assert registries(cluster)[0] == defined
+    assert machine.config == []
+    machine.restore(reconfigured)
+    assert sorted(machine.components) == ["Counter", "audit"]
+    assert registries(cluster)[0] == registries(cluster)[1]
