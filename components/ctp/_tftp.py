@@ -482,14 +482,22 @@ class Tftp(MicroProtocol):
 
     def dallied(self, ctx: Context, sid: str) -> None:
         """After the last block: keep answering a repeated last block (its ACK was
-        lost) until the client has been quiet for two timeouts, then end."""
+        lost) until the client has been quiet for two of its timeouts, then end."""
         transfer = self.transfers.get(sid)
         s = ctx.component(Transport).sessions.get(sid)
         if transfer is None or transfer.state != "dallying" or s is None:
             return
+        # two of the *client's* timeouts: it resends the last block when the
+        # final ACK is lost, after its own timeout, which only the timeout
+        # option tells; without it, assume the usual 5 s (tftp-hpa's; tftpy's
+        # and curl's are shorter).  Our RTO (0.2 s and up) would end the
+        # session before a client that waits 1 s resends, and answer its resend
+        # with "Unknown transfer ID" for an upload that succeeded.
+        client = float(transfer.options["timeout"]) if "timeout" in transfer.options else 5.0
+        dally = 2 * max(s.rto_base, client)
         quiet = ctx.now - s.last
-        if quiet < 2 * s.rto_base:
-            ctx.raise_later(2 * s.rto_base - quiet, "tftp.dallied", sid)
+        if quiet < dally:
+            ctx.raise_later(dally - quiet, "tftp.dallied", sid)
             return
         ctx.component(Transport).end(ctx, sid, "done")
 

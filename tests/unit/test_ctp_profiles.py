@@ -621,3 +621,25 @@ def test_tftp_write_failing_on_one_replica_keeps_the_replicas_alike(
     assert other.write_errors == 2
     bench.b.assert_converged()
     assert other.transfers == bench.b[0].component(Tftp).transfers
+
+
+def test_tftp_upload_final_ack_lost_is_acknowledged_again_after_the_client_timeout(
+    tmp_path: Any,
+) -> None:
+    """tftpy's 1 MB upload over a lossy link ended in "Unknown transfer ID": the final
+    ACK was lost, and the server had stopped dallying (two of its own RTOs, 0.4 s)
+    before the client resent the last block (after its own 1 s timeout).  The server
+    dallies for two of the client's timeouts (5 s when none was negotiated)."""
+    bench = TftpBench(str(tmp_path))
+    upload = random.Random(7).randbytes(700)
+    assert _opcodes(bench.send(_request(2, "up"))) == [(4, 0)]
+    assert _opcodes(bench.send(struct.pack("!HH", 3, 1) + upload[:512])) == [(4, 1)]
+    assert _opcodes(bench.send(struct.pack("!HH", 3, 2) + upload[512:])) == [(4, 2)]
+    # ACK 2 is lost; the client resends DATA 2 after its timeout (1 s, or up to 5 s)
+    assert bench.wait(4.5) == []
+    assert _opcodes(bench.send(struct.pack("!HH", 3, 2) + upload[512:])) == [(4, 2)]
+    assert (tmp_path / "up").read_bytes() == upload
+    # quiet for two client timeouts: the transfer is over
+    bench.wait(11)
+    assert _opcodes(bench.send(struct.pack("!HH", 3, 2) + upload[512:])) == [(5, 5)]
+    bench.b.assert_converged()
