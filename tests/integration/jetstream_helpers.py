@@ -135,9 +135,15 @@ def stream_state(url: str, stream: str) -> tuple[int, int, list[str]]:
         try:
             js = nc.jetstream(timeout=30)
             info = await js.stream_info(stream)
+            names: list[str] = []
             try:
-                store = await js.object_store(f"{stream}-snapshots")
-                names = sorted(o.name for o in await store.list(ignore_deletes=True))
+                # nats-py's listing of an *empty* bucket waits out the whole
+                # JetStream timeout (30 s) before it says so: look at the
+                # bucket's stream first, and list only one that holds something
+                bucket = await js.stream_info(f"OBJ_{stream}-snapshots")
+                if bucket.state.messages:
+                    store = await js.object_store(f"{stream}-snapshots")
+                    names = sorted(o.name for o in await store.list(ignore_deletes=True))
             except nats.js.errors.NotFoundError:  # no bucket yet, or an empty one
                 names = []
             return int(info.state.first_seq), int(info.state.last_seq), names
