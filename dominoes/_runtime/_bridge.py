@@ -777,6 +777,14 @@ async def list_snapshots(store: Any) -> list[tuple[int, int, int, str]]:
     import nats.js.errors
 
     try:
+        # nats-py's listing of an empty bucket waits out the JetStream timeout
+        # before it says so (its watcher never sees a last message): look at
+        # the bucket's stream first (nats-py keeps it as ``_js``/``_stream``)
+        js, stream = getattr(store, "_js", None), getattr(store, "_stream", None)
+        if js is not None and stream is not None:
+            held = await js.stream_info(stream)
+            if not held.state.messages:
+                return []
         infos = await store.list(ignore_deletes=True)
     except (nats.js.errors.NotFoundError, nats.js.errors.ObjectNotFoundError):  # empty
         return []
