@@ -21,6 +21,6 @@ components and bindings.
 
 from __future__ import annotations
 
-from ._core._reconfigure import EVENT, add, bind, remove, unbind
+from ._core._reconfigure import ADDED, EVENT, REMOVED, add, bind, remove, unbind
 
-__all__ = ("EVENT", "add", "bind", "remove", "unbind")
+__all__ = ("ADDED", "EVENT", "REMOVED", "add", "bind", "remove", "unbind")

@@ -9,7 +9,7 @@ device registers.  See ``docs/howto/vmm.md`` and ``docs/design/vmm.md``.
 
 from __future__ import annotations
 
-from ._devices import CONSOLE, Counter, Disk, Mailbox, Timer, Uart
+from ._devices import CONSOLE, Counter, Disk, Mailbox, Rtc, Timer, Uart
 from ._kvm import available
 from ._machine import IO_IN, IO_OUT, MMIO_READ, MMIO_WRITE, Device, DeviceError, Machine
 from ._service import IMAGE_BASE, compose, service
@@ -27,6 +27,7 @@ __all__ = (
     "Disk",
     "Machine",
     "Mailbox",
+    "Rtc",
     "Timer",
     "Uart",
     "available",

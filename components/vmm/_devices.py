@@ -18,7 +18,7 @@ from ._machine import Device, Machine
 
 log = logging.getLogger("dominoes.vmm")
 
-__all__ = ("CONSOLE", "Counter", "Disk", "Mailbox", "Timer", "Uart")
+__all__ = ("CONSOLE", "Counter", "Disk", "Mailbox", "Rtc", "Timer", "Uart")
 
 #: the topic console lines are published to (every replica gets them in log order)
 CONSOLE: Final = "vmm.console"
@@ -292,6 +292,34 @@ class Mailbox(Device):
 
     def describe(self) -> dict[str, Any]:
         return {"words": list(self.words), "posted": self.posted, "taken": self.taken}
+
+
+class Rtc(Device):
+    """A clock (ports 0x70-0x77), not on the bus by default: hot-plug it into a running VM.
+
+    ``inl 0x70`` and ``inl 0x74`` read the low and high halves of the
+    replicated time, in whole seconds since the epoch: the same on every
+    replica, so the registers stay identical.  ``dominoes reconfigure vmm add
+    dominoes.components.vmm:Rtc`` puts it on the bus at one log position.
+    """
+
+    name: ClassVar[str] = "rtc"
+    ports: ClassVar[tuple[int, int] | None] = (0x70, 8)
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def read(self, ctx: Context, vcpu: int, offset: int, size: int) -> int:
+        seconds = int(ctx.now)
+        if offset == 0:
+            self.reads += 1
+            return seconds & 0xFFFFFFFF
+        if offset == 4:
+            return seconds >> 32
+        return super().read(ctx, vcpu, offset, size)
+
+    def describe(self) -> dict[str, Any]:
+        return {"reads": self.reads}
 
 
 #: a disk sector

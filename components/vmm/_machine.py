@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar, Final, Protocol
 
-from dominoes import Component, Context, update
+from dominoes import Component, Context, on, reconfiguration, update
 
 log = logging.getLogger("dominoes.vmm")
 
@@ -109,9 +109,10 @@ class Machine(Component):
     """The VM: phase, vCPUs, the bus (ports and MMIO) and pending interrupts."""
 
     name: ClassVar[str] = "machine"
-    transient: ClassVar[tuple[str, ...]] = ("runner", "_ports", "_mmio")
+    transient: ClassVar[tuple[str, ...]] = ("runner", "memory", "_ports", "_mmio")
 
     devices: tuple[str, ...]
+    refused_devices: dict[str, str]
     phase: str
     vcpus: int
     vcpu_state: list[str]
@@ -133,6 +134,10 @@ class Machine(Component):
     def __init__(self, devices: tuple[str, ...] = ()) -> None:
         #: names of the device components on the bus
         self.devices = tuple(devices)
+        #: devices added to the service that could not go on the bus, and why
+        self.refused_devices = {}
+        #: the guest's RAM on this replica (None until the machine starts here)
+        self.memory: Any = None
         self.phase = NEW
         self.vcpus = 0
         #: per vCPU: "running", "halted" or "faulted"
@@ -308,6 +313,51 @@ class Machine(Component):
                 mmio.append((device.mmio[0], device.mmio[1], name))
         self._ports, self._mmio = ports, mmio
 
+    # --- hot-plug: a device added to (or removed from) the running service ----------------
+
+    @on(reconfiguration.ADDED)
+    def plug(self, ctx: Context, name: str) -> None:
+        """A component was added through the log: a device goes on the bus, here and now.
+
+        ``dominoes reconfigure vmm add module:Class`` on a running VM.  A device
+        whose ports or MMIO range overlap another's stays off the bus (the
+        reason is kept in ``refused_devices``).
+        """
+        device: Component = ctx.component(name)
+        if not isinstance(device, Device) or name in self.devices:
+            return
+        clash = self._clash(ctx, device)
+        if clash:
+            self.refused_devices[name] = clash
+            ctx.effect(log.error, "vmm: device %s stays off the bus: %s", name, clash)
+            return
+        self.devices = (*self.devices, name)
+        self._ports = self._mmio = None
+        if self.phase == RUNNING:
+            device.reset(ctx, self.vcpus)
+        device.memory = self.memory  # this replica's RAM, for its effects (transient)
+
+    @on(reconfiguration.REMOVED)
+    def unplug(self, ctx: Context, name: str) -> None:
+        """A device removed through the log leaves the bus: its ports decode nothing."""
+        self.refused_devices.pop(name, None)
+        if name in self.devices:
+            self.devices = tuple(d for d in self.devices if d != name)
+            self._ports = self._mmio = None
+
+    def _clash(self, ctx: Context, device: Device) -> str:
+        for name in self.devices:
+            other: Device = ctx.component(name)
+            if device.ports is not None and other.ports is not None:
+                (a, n), (b, m) = device.ports, other.ports
+                if a < b + m and b < a + n:
+                    return f"its ports 0x{a:x}-0x{a + n - 1:x} overlap {name}'s"
+            if device.mmio is not None and other.mmio is not None:
+                (a, n), (b, m) = device.mmio, other.mmio
+                if a < b + m and b < a + n:
+                    return f"its MMIO range at 0x{a:x} overlaps {name}'s"
+        return ""
+
     # --- interrupts ---------------------------------------------------------------------
 
     def raise_irq(self, ctx: Context, vcpu: int, vector: int) -> None:
@@ -350,6 +400,8 @@ class Machine(Component):
     def describe(self) -> dict[str, Any]:
         return {
             "phase": self.phase,
+            "devices": list(self.devices),
+            "refused_devices": dict(self.refused_devices),
             "mode": self.mode,
             "vcpus": self.vcpus,
             "vcpu_state": list(self.vcpu_state),

@@ -256,6 +256,7 @@ class Vmm:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             self.memory = mmap.mmap(fd, machine.memory_size)
             self.memory_fd = fd
+        machine.memory = self.memory  # for devices plugged in later
         for name in machine.devices:
             device: Device = self.replica.component(name)
             device.memory = self.memory

@@ -26,6 +26,12 @@ are part of the replicated state (``StateMachine.config``): a snapshot
 carries them, and restoring one replays them on the fresh machine before its
 components' state is loaded, so a joiner or a restarted replica ends with the
 same components and the same bindings.
+
+After an ``add`` or a ``remove``, the built-in handler raises :data:`ADDED`
+or :data:`REMOVED` with the component's name, in the same entry, for the
+components that keep a list of others (a bus that routes to its devices).
+They are not raised when a snapshot's specs are replayed: what those
+handlers changed is in the snapshot already.
 """
 
 from __future__ import annotations
@@ -39,10 +45,14 @@ from ._component import Component, on_marks, query, resolve, update
 if TYPE_CHECKING:
     from ._machine import StateMachine
 
-__all__ = ("EVENT", "add", "apply", "bind", "remove", "unbind")
+__all__ = ("ADDED", "EVENT", "REMOVED", "add", "apply", "bind", "remove", "unbind")
 
 #: the built-in event a reconfiguration is an update of
 EVENT: Final = "dominoes.reconfigure"
+#: raised, in the same entry, after ``add`` added a component: ``(ctx, name)``
+ADDED: Final = "dominoes.added"
+#: raised, in the same entry, after ``remove`` removed a component: ``(ctx, name)``
+REMOVED: Final = "dominoes.removed"
 
 
 def add(component: str, **kwargs: Any) -> dict[str, Any]:

@@ -42,7 +42,11 @@ def _publish(ctx: Context, topic: str, message: Any) -> None:
 
 
 def _reconfigure(ctx: Context, spec: Any) -> Any:
-    return ctx._machine.reconfigure(spec)
+    result = ctx._machine.reconfigure(spec)
+    follow = {"add": reconfigure.ADDED, "remove": reconfigure.REMOVED}.get(spec["do"])
+    if follow is not None and follow in ctx._machine.registry:
+        ctx.raise_event(follow, result)
+    return result
 
 
 class Option:

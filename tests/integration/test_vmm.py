@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from dominoes.components.vmm.guest import build_guest
 
-from .harness import converged, running, wait_until
+from .harness import ROOT, converged, running, wait_until
 from .vmm_helpers import (
     TARGET,
     expected_disk,
@@ -266,3 +268,22 @@ def test_a_64_bit_triple_fault_stops_the_vm(guests: dict[str, Path], tmp_path: P
         report = vmm(svc.run_dir, 0)
     assert "triple fault" in report["stop_reason"]
     assert report["faults"] >= 1
+
+
+def test_a_device_hot_plugged_into_a_running_vm(guests: dict[str, Path], tmp_path: Path) -> None:
+    """``dominoes reconfigure vmm add dominoes.components.vmm:Rtc`` while the guest runs:
+    both replicas put it on their bus at one log position; the VM runs on."""
+    with running(TARGET, tmp_path / "run", args=("--guest", str(guests["spin"]))) as svc:
+        wait_until(lambda: vmm(svc.run_dir, 0)["counter"]["value"] > 1000, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "dominoes", "reconfigure", "vmm", "--run-dir", str(svc.run_dir),
+             "add", "dominoes.components.vmm:Rtc"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "rtc"
+        wait_until(lambda: all("rtc" in vmm(svc.run_dir, i)["devices"] for i in range(2)))
+        reports = [vmm(svc.run_dir, i) for i in range(2)]
+    for report in reports:
+        assert report["phase"] == "running"
+        assert report["rtc"] == {"reads": 0}

@@ -192,3 +192,46 @@ def test_any_exits_leave_every_replica_with_the_same_devices(
     model = sum(v for _, w, (p, _), v in exits if w and p == 0x510)
     assert cluster[killed].component(Counter).value == model
     assert machine(cluster, killed).phase == "running"
+
+
+def test_a_device_hot_plugged_through_the_log_goes_on_the_bus_of_a_running_vm() -> None:
+    """``dominoes reconfigure vmm add dominoes.components.vmm:Rtc``: from that log
+    position on, every replica routes its ports; removing it takes it off again."""
+    from dominoes import reconfiguration
+
+    cluster = booted(replicas=3)
+    out(cluster, 0, 0x510, 7)
+    name = cluster.call(
+        1, reconfiguration.EVENT, reconfiguration.add("dominoes.components.vmm:Rtc")
+    )
+    assert name == "rtc"
+    assert inp(cluster, 1, 0x70) == int(cluster.clock)
+    assert inp(cluster, 0, 0x74) == 0
+    cluster.assert_converged()
+    for replica in cluster:
+        assert replica.component(Machine).devices[-1] == "rtc"
+    # a replica that joins now gets the device on its bus from the snapshot
+    cluster.kill(2)
+    cluster.restart(2)
+    cluster.run_until(lambda: not cluster[2].joining)
+    got = cluster.call(2, Machine.exit, 1, IO_IN, 0x70, 4, 1, b"")  # vCPU 1's exit, via 2
+    assert got == int(cluster.clock).to_bytes(4, "little")
+    assert cluster[2].component(Machine).devices[-1] == "rtc"
+    cluster.call(0, reconfiguration.EVENT, reconfiguration.remove("rtc"))
+    # no device decodes 0x70 any more: the VM stops
+    assert cluster.call(0, Machine.exit, 0, IO_IN, 0x70, 4, 1, b"") is None
+    assert "0x70, where no device is" in machine(cluster, 2).stop_reason
+    cluster.assert_converged()
+
+
+def test_a_hot_plugged_device_whose_ports_clash_stays_off_the_bus() -> None:
+    from dominoes import reconfiguration
+
+    cluster = booted(devices=(Clock(),))
+    cluster.call(0, reconfiguration.EVENT, reconfiguration.add("dominoes.components.vmm:Rtc"))
+    for replica in cluster:
+        m = replica.component(Machine)
+        assert "rtc" not in m.devices
+        assert "overlap clock's" in m.refused_devices["rtc"]
+    assert inp(cluster, 0, 0x70) == int(cluster.clock)  # still the clock's port
+    cluster.assert_converged()
