@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from dominoes import Component, Context, on, query
+from dominoes import Component, Context, on, query, update
 
 
 def cap(ctx: Context, key: str, by: int = 1, *, limit: int) -> None:
@@ -43,6 +43,11 @@ class Audit(Component):
     def saw(self, ctx: Context, key: str, by: int = 1) -> None:
         self.increments[key] = self.increments.get(key, 0) + 1
         self.last_seq = ctx.seq
+
+    @update
+    def reset(self, ctx: Context, key: str) -> int:
+        """Forget ``key``'s count; the count it had."""
+        return self.increments.pop(key, 0)
 
     @query
     def of(self, key: str) -> int:

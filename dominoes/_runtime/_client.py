@@ -109,6 +109,8 @@ class Client:
         self.replicas = replicas
         #: every event the service binds a handler to
         self.events = events
+        #: the service's run dir, to ask for the events bound now (None: never)
+        self._run_dir: Path | None = None
         #: the largest encoded request the log takes (EntryTooLargeError beyond)
         self.max_entry_bytes = max_entry_bytes
         self._control = control
@@ -166,7 +168,7 @@ class Client:
         if _retries < 0 or _timeout <= 0:
             raise ValueError("_retries must be >= 0 and _timeout > 0")
         name = event if isinstance(event, str) else event.event
-        if name not in self.events:
+        if name not in self.events and name not in await self._events_now():
             raise UnknownEventError(
                 f"no handler is bound to event {name!r} in service {self.service!r}"
             )
@@ -225,6 +227,23 @@ class Client:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    async def _events_now(self) -> frozenset[str]:
+        """The events bound now (a reconfiguration may have added some since the
+        welcome's list), asked of the supervisor; the welcome's list if it cannot say."""
+        if self._run_dir is None:
+            return self.events
+        from ._top import control_request
+
+        try:
+            (reply,) = await asyncio.to_thread(
+                control_request, self._run_dir, [{"op": "events"}], 5.0
+            )
+        except (ConnectionError, RuntimeError, OSError, ValueError):
+            return self.events
+        if isinstance(reply, dict) and isinstance(reply.get("events"), list):
+            self.events = frozenset(reply["events"]) | self.events
+        return self.events
 
     async def close(self) -> None:
         """Detach: pending submits fail, and the supervisor frees this client's line."""
@@ -416,6 +435,7 @@ async def connect(
                 wake_fds=fds,
                 loop=loop,
             )
+            client._run_dir = path.parent
         except BaseException:
             shared.close()
             raise

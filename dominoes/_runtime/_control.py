@@ -3,7 +3,8 @@
 Each replica serves a unix socket ``replica-<i>.sock`` (mode 0600) in the
 service's run directory, speaking JSON lines: ``{"op": "stats"}`` returns its
 ``statistics()`` structs, ``{"op": "digest"}`` its state digest,
-``{"op": "snapshot"}`` writes a durable snapshot now and says where
+``{"op": "snapshot"}`` writes a durable snapshot now and says where,
+``{"op": "events"}`` lists the events bound now
 (:func:`serve_replica`).
 
 The supervisor serves ``control.sock`` (:class:`ControlServer`), also JSON
@@ -141,6 +142,8 @@ async def serve_replica(replica: Replica) -> asyncio.Server:
                         reply = {"seq": seq, "digest": digest}
                     elif op == "snapshot":
                         reply = await _snapshot_reply(replica)
+                    elif op == "events":  # bound now: reconfigurations add some
+                        reply = {"events": replica.core.machine.registry.events()}
                     else:
                         reply = {"error": f"unknown op {op!r}"}
                 except Exception as exc:  # noqa: BLE001 - reported to the asker
@@ -247,6 +250,8 @@ class ControlServer:
                         reply = await self.stats()
                     elif isinstance(request, dict) and request.get("op") == "snapshot":
                         reply = await self.snapshot()
+                    elif isinstance(request, dict) and request.get("op") == "events":
+                        reply = await self.events()
                     else:
                         reply = self.handle(request)
                 except Exception as exc:  # noqa: BLE001 - reported to the client
@@ -334,6 +339,25 @@ class ControlServer:
         except (OSError, TimeoutError) as exc:
             return {"error": f"replica {child.index} did not answer: {exc or type(exc).__name__}"}
         return reply
+
+    async def events(self) -> dict[str, Any]:
+        """The events bound now, as a live replica sees them: ``{"events": [...]}``.
+
+        A local client asks when it is given an event its welcome did not
+        list: a reconfiguration may have bound it since.
+        """
+        sup = self._sup
+        for child in sorted(sup.children, key=lambda c: c.index):
+            if not child.ready or sup.log.state(child.index) != ReplicaState.LIVE:
+                continue
+            try:
+                reply: dict[str, Any] = await ask(
+                    replica_socket(sup.run_dir, child.index), {"op": "events"}
+                )
+            except (OSError, TimeoutError):
+                continue
+            return reply
+        return {"error": "no live replica answered"}
 
     def status(self) -> dict[str, Any]:
         sup = self._sup

@@ -7,6 +7,7 @@ afterwards comes back with them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,6 +16,10 @@ import sys
 import threading
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+from dominoes import UnknownEventError, connect, reconfiguration
 
 from .harness import (
     ROOT,
@@ -180,3 +185,26 @@ def test_reconfiguring_under_load_loses_no_write_and_applies_none_twice(tmp_path
                 assert client.ask(f"GET w{w}") == str(len(said))
             client.close()
         converged(svc.run_dir)
+
+
+def test_a_local_client_submits_to_a_component_added_after_it_connected(tmp_path: Path) -> None:
+    """The client's list of events came with its welcome; an event bound since is
+    looked up when first used, and a name bound nowhere is still refused at once."""
+
+    async def scenario(svc: Service) -> tuple[Any, str]:
+        async with await connect("counter", run_dir=svc.run_dir) as client:
+            await client.submit("Counter.incr", "a")
+            added = await client.submit(
+                reconfiguration.EVENT, reconfiguration.add("examples.limits:Audit")
+            )
+            assert added == "audit"
+            await client.submit("Counter.incr", "a")
+            got = await client.submit("audit.reset", "a")
+            with pytest.raises(UnknownEventError):
+                await client.submit("audit.nothing", "a")
+            return got, "ok"
+
+    with running(TARGET, tmp_path / "run") as svc:
+        got, _ = asyncio.run(scenario(svc))
+        converged(svc.run_dir)
+    assert got == 1
