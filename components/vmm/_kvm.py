@@ -363,25 +363,7 @@ class Vcpu:
         is selector 0x08 and the data segments 0x10, as a guest's own flat GDT
         would make them, so the guest may load its GDT and keep going.
         """
-        sregs = self.get_sregs()
-        code = Segment(
-            base=0, limit=0xFFFFFFFF, selector=0x08, type=11, present=1, dpl=0, db=1, s=1, l=0, g=1
-        )
-        data = Segment(
-            base=0, limit=0xFFFFFFFF, selector=0x10, type=3, present=1, dpl=0, db=1, s=1, l=0, g=1
-        )
-        sregs.cs = code
-        for name in ("ds", "es", "fs", "gs", "ss"):
-            setattr(sregs, name, data)
-        sregs.cr0 = (sregs.cr0 | 0x1) & ~0x80000000
-        self.set_sregs(sregs)
-        regs = Regs()
-        regs.rip = entry
-        regs.rsp = stack
-        regs.rflags = 0x2
-        for name, value in zip(("rdi", "rsi", "rdx", "rcx"), args, strict=False):
-            setattr(regs, name, value)
-        self.set_regs(regs)
+        self._enter(entry, stack, args, page_tables=None)
 
     def enter_long_mode(
         self, *, entry: int, stack: int, page_tables: int, args: tuple[int, ...] = ()
@@ -393,19 +375,37 @@ class Vcpu:
         segments 0x10; ``args`` go to RDI, RSI, RDX and RCX (the System V
         calling convention's first arguments).
         """
+        self._enter(entry, stack, args, page_tables=page_tables)
+
+    def _enter(
+        self, entry: int, stack: int, args: tuple[int, ...], *, page_tables: int | None
+    ) -> None:
+        long = page_tables is not None
         sregs = self.get_sregs()
         sregs.cs = Segment(
-            base=0, limit=0xFFFFFFFF, selector=0x08, type=11, present=1, dpl=0, db=0, s=1, l=1, g=1
+            base=0,
+            limit=0xFFFFFFFF,
+            selector=0x08,
+            type=11,  # code: execute/read, accessed
+            present=1,
+            dpl=0,
+            db=0 if long else 1,
+            s=1,
+            l=1 if long else 0,
+            g=1,
         )
         data = Segment(
             base=0, limit=0xFFFFFFFF, selector=0x10, type=3, present=1, dpl=0, db=1, s=1, l=0, g=1
         )
         for name in ("ds", "es", "fs", "gs", "ss"):
             setattr(sregs, name, data)
-        sregs.cr3 = page_tables
-        sregs.cr4 |= CR4_PAE
-        sregs.efer = EFER_LME | EFER_LMA
-        sregs.cr0 = CR0_PE | CR0_ET | CR0_PG
+        if page_tables is not None:
+            sregs.cr3 = page_tables
+            sregs.cr4 |= CR4_PAE
+            sregs.efer = EFER_LME | EFER_LMA
+            sregs.cr0 = CR0_PE | CR0_ET | CR0_PG
+        else:
+            sregs.cr0 = (sregs.cr0 | CR0_PE) & ~CR0_PG
         self.set_sregs(sregs)
         regs = Regs()
         regs.rip = entry
