@@ -143,6 +143,9 @@ async def serve_replica(replica: Replica) -> asyncio.Server:
                     elif op == "snapshot":
                         reply = await _snapshot_reply(replica)
                     elif op == "events":  # bound now: reconfigurations add some
+                        # as a linearizable read: every reconfiguration that any
+                        # replica applied (acknowledged to its client) counts
+                        replica.sync()
                         reply = {"events": replica.core.machine.registry.events()}
                     else:
                         reply = {"error": f"unknown op {op!r}"}
