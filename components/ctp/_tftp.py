@@ -63,6 +63,11 @@ OACK: Final = 6
 #: RFC 1350 error codes
 NOT_DEFINED, NOT_FOUND, ACCESS, DISK_FULL, ILLEGAL, UNKNOWN_TID, EXISTS, NO_USER, OPTIONS = range(9)
 
+#: ended uploads remembered (by client address), and for how long: a late copy of
+#: the last block within that time is acknowledged again
+FINISHED_KEPT: Final = 1024
+FINISHED_KEPT_S: Final = 300.0
+
 MIN_BLKSIZE: Final = 8
 MAX_BLKSIZE: Final = 65464
 DEFAULT_BLKSIZE: Final = 512
@@ -138,6 +143,7 @@ class Tftp(MicroProtocol):
 
     transfers: dict[str, Transfer]
     counters: dict[str, int]
+    finished: dict[str, tuple[int, float]]
 
     transient: ClassVar[tuple[str, ...]] = ("_parts", "write_errors")
     binds = (
@@ -154,6 +160,9 @@ class Tftp(MicroProtocol):
         self.root = ""
         self.writable = False
         self.transfers: dict[str, Transfer] = {}
+        #: uploads that ended, by client address: the last block's number and when
+        #: (a late copy of that block gets its ACK again, not "Unknown transfer ID")
+        self.finished: dict[str, tuple[int, float]] = {}
         self.counters: dict[str, int] = {}
         #: this replica's open part files: sid -> fd, and its failed writes
         self._parts: dict[str, int] = {}
@@ -203,6 +212,8 @@ class Tftp(MicroProtocol):
                 if op == ERROR:
                     self.count("dropped_error_unknown_tid")
                     return
+                if op == DATA and self._late_last_block(ctx, data, host, port):
+                    return
                 raise RefusedError(UNKNOWN_TID, "Unknown transfer ID", "refused_unknown_tid")
             elif op == DATA:
                 self._data(ctx, sid, data, max_file)
@@ -217,6 +228,26 @@ class Tftp(MicroProtocol):
             self._refuse(ctx, host, port, exc)
             if sid in transport.sessions and exc.code != UNKNOWN_TID:
                 transport.end(ctx, sid, "refused")
+
+    def _late_last_block(self, ctx: Context, data: bytes, host: str, port: int) -> bool:
+        """A copy of an ended upload's last block (its final ACK was lost, and the
+        client's retries outlasted the dally): acknowledged again."""
+        done = self.finished.get(f"{host}:{port}")
+        if done is None or len(data) < 4 or ctx.now - done[1] > FINISHED_KEPT_S:
+            return False
+        (_, block) = OP_BLOCK.unpack_from(data)
+        if block != done[0]:
+            return False
+        self.count("late_last_blocks")
+        ctx.component(Transport).transmit_to(ctx, host, port, OP_BLOCK.pack(ACK, block))
+        return True
+
+    def _remember_finished(self, ctx: Context, host: str, port: int, block: int) -> None:
+        finished = self.finished
+        finished.pop(f"{host}:{port}", None)
+        finished[f"{host}:{port}"] = (block, ctx.now)
+        while len(finished) > FINISHED_KEPT:  # the oldest first: dicts keep insertion order
+            del finished[next(iter(finished))]
 
     def _refuse(self, ctx: Context, host: str, port: int, exc: RefusedError) -> None:
         self.count(exc.counter)
@@ -499,6 +530,8 @@ class Tftp(MicroProtocol):
         if quiet < dally:
             ctx.raise_later(dally - quiet, "tftp.dallied", sid)
             return
+        last_block = (s.rcv_next - 1) & 0xFFFF
+        self._remember_finished(ctx, s.host, s.port, last_block)
         ctx.component(Transport).end(ctx, sid, "done")
 
     # --- datagrams out ----------------------------------------------------------------------------
