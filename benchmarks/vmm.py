@@ -321,19 +321,7 @@ def run_locked(image: bytes, vcpus: int, *, devices: bool = True) -> Sample:
                             raise RuntimeError(f"vCPU {index}: port 0x{port:x}, where no device is")
                         device, offset = hit
                         exits[KIND_NAMES[int(io.direction)]] += 1
-                        if out:
-                            for j in range(count):
-                                value = int.from_bytes(data[j * size : (j + 1) * size], "little")
-                                device.write(ctx, index, offset, size, value)
-                            result = b""
-                        else:
-                            mask = (1 << (8 * size)) - 1
-                            result = b"".join(
-                                (device.read(ctx, index, offset, size) & mask).to_bytes(
-                                    size, "little"
-                                )
-                                for _ in range(count)
-                            )
+                        result = device.access(ctx, index, offset, size, count, data, out)
                     if sample:
                         mine.append(time.perf_counter_ns() - began)
                     if not out:

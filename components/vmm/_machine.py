@@ -51,6 +51,9 @@ KIND_NAMES: Final = ("io_in", "io_out", "mmio_read", "mmio_write")
 #: how a vCPU may start
 MODES: Final = ("protected", "long")
 
+#: the bytes one exit may move (KVM's string I/O stays within a page)
+MAX_ACCESS_BYTES: Final = 4096
+
 #: interrupts a vCPU may have raised and not yet acknowledged; more are dropped
 PENDING_LIMIT: Final = 64
 
@@ -103,6 +106,28 @@ class Device(Component):
     def describe(self) -> dict[str, Any]:
         """This device's line in the ``vmm`` report (JSON-ready)."""
         return {}
+
+    def access(
+        self, ctx: Context, vcpu: int, offset: int, size: int, count: int, data: bytes, write: bool
+    ) -> bytes:
+        """One exit's ``count`` accesses of ``size`` bytes: :meth:`write` each value of
+        ``data`` (little-endian) and return ``b""``, or :meth:`read` ``count`` values
+        and return their bytes.  The machine calls it; so may a VMM of another shape."""
+        if write:
+            for i in range(count):
+                self.write(
+                    ctx,
+                    vcpu,
+                    offset,
+                    size,
+                    int.from_bytes(data[i * size : (i + 1) * size], "little"),
+                )
+            return b""
+        mask = (1 << (8 * size)) - 1
+        return b"".join(
+            (self.read(ctx, vcpu, offset, size) & mask).to_bytes(size, "little")
+            for _ in range(count)
+        )
 
 
 class Machine(Component):
@@ -248,9 +273,16 @@ class Machine(Component):
             or self.vcpu_state[vcpu] != "running"
         ):
             return None  # the VM stopped while this exit was on its way
-        if kind not in (IO_IN, IO_OUT, MMIO_READ, MMIO_WRITE) or size not in (1, 2, 4, 8):
+        write = kind in (IO_OUT, MMIO_WRITE)
+        if (
+            kind not in (IO_IN, IO_OUT, MMIO_READ, MMIO_WRITE)
+            or size not in (1, 2, 4, 8)
+            # KVM hands over at most a page of string I/O; more is not an exit
+            or not 1 <= count <= MAX_ACCESS_BYTES // size
+            or (write and len(data) != size * count)
+        ):
             self.refused += 1
-            self.stop(ctx, f"vCPU {vcpu}: malformed exit (kind {kind}, size {size})")
+            self.stop(ctx, f"vCPU {vcpu}: malformed exit (kind {kind}, size {size}, count {count})")
             return None
         self.exits[KIND_NAMES[kind]] += 1
         target = self._route(ctx, kind, addr)
@@ -262,17 +294,7 @@ class Machine(Component):
             return None
         device, offset = target
         try:
-            if kind in (IO_OUT, MMIO_WRITE):
-                for i in range(count):
-                    value = int.from_bytes(data[i * size : (i + 1) * size], "little")
-                    device.write(ctx, vcpu, offset, size, value)
-                result = b""
-            else:
-                mask = (1 << (8 * size)) - 1
-                result = b"".join(
-                    (device.read(ctx, vcpu, offset, size) & mask).to_bytes(size, "little")
-                    for _ in range(count)
-                )
+            result = device.access(ctx, vcpu, offset, size, count, data, write)
         except DeviceError as exc:
             self.refused += 1
             self.stop(ctx, f"vCPU {vcpu}: {size}-byte {verb} {where}: {exc}")

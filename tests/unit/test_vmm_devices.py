@@ -235,3 +235,19 @@ def test_a_hot_plugged_device_whose_ports_clash_stays_off_the_bus() -> None:
         assert "overlap clock's" in m.refused_devices["rtc"]
     assert inp(cluster, 0, 0x70) == int(cluster.clock)  # still the clock's port
     cluster.assert_converged()
+
+
+@pytest.mark.parametrize(
+    ("count", "data"),
+    [(0, b""), (4097, b""), (2, b"\x01\x00\x00\x00")],  # none; over a page; short data
+)
+def test_an_exit_no_kvm_could_make_is_refused_at_once(count: int, data: bytes) -> None:
+    """A crafted exit entry (a count past a page of string I/O, data shorter than
+    it says) stops the VM in one step: no device runs a billion accesses."""
+    cluster = booted()
+    kind = IO_OUT if data else IO_IN
+    size = 4 if data else 1
+    assert cluster.call(0, Machine.exit, 0, kind, 0x510, size, count, data) is None
+    assert "malformed exit" in machine(cluster, 1).stop_reason
+    assert cluster[1].component(Counter).adds == 0
+    cluster.assert_converged()
