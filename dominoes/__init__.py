@@ -23,6 +23,11 @@ from ._core._errors import PoisonedEntryError as PoisonedEntryError
 from ._core._errors import QueryWroteStateError as QueryWroteStateError
 from ._core._errors import UnknownEventError as UnknownEventError
 from ._core._machine import RemoteError as RemoteError
+from ._core._partition import KEY_ORDER as KEY_ORDER
+from ._core._partition import Partition as Partition
+from ._core._partition import PartitionError as PartitionError
+from ._core._partition import combine as combine
+from ._core._partition import hash_tag as hash_tag
 from ._core._service import Option as Option
 from ._core._service import Service as Service
 from ._runtime._client import Client as Client
@@ -37,6 +42,7 @@ __version__ = "0.1.0"
 
 __all__ = (
     "ApplySuspendedError",
+    "KEY_ORDER",
     "Client",
     "Component",
     "Context",
@@ -48,6 +54,8 @@ __all__ = (
     "LogFullError",
     "Mode",
     "Option",
+    "Partition",
+    "PartitionError",
     "PoisonedEntryError",
     "QueryWroteStateError",
     "RemoteError",
@@ -57,7 +65,9 @@ __all__ = (
     "State",
     "Subscription",
     "UnknownEventError",
+    "combine",
     "connect",
+    "hash_tag",
     "current",
     "on",
     "query",

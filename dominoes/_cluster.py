@@ -296,6 +296,10 @@ class Cluster:
         name = machine.resolve(ref)
         if name not in machine.local_queries:
             self.sync(replica)
+        if not machine.holds(name, *args, **kwargs):
+            # a partition held elsewhere: the read goes through the log to its
+            # holders (what ``await State.read`` does)
+            return self.call(replica, name, *args, **kwargs)
         return machine.query(name, *args, **kwargs)
 
     def sync(self, replica: int) -> int:
@@ -329,13 +333,14 @@ class Cluster:
         for applied in results:
             if applied.divergence is not None:
                 self.divergences.append(applied.divergence)
-            if applied.sub <= 0:
+            if applied.sub <= 0 and not applied.late:
                 r.applied.append(applied.seq)
-            if applied.owner:
-                if applied.sub <= 0:
-                    r.owned.append(applied.seq)
-                for fn, args, kwargs in applied.effects:
-                    self._run_effect(r.index, applied.seq, fn, args, kwargs)
+            if applied.owner and applied.sub <= 0:
+                r.owned.append(applied.seq)
+            # a partitioned part's effects run on its holder, which may not
+            # be the entry's owner: they are queued only where they run
+            for fn, args, kwargs in applied.effects:
+                self._run_effect(r.index, applied.seq, fn, args, kwargs)
             pending = applied.waiter
             if pending is not None:
                 pending.seq = applied.seq
@@ -492,17 +497,20 @@ class Cluster:
         if not live:
             return
         ref = live[0]
-        want = ref.core.machine.digest()
         for r in live[1:]:
             if r.cursor != ref.cursor:
                 raise DivergenceError(
                     f"replica {r.index} is at seq {r.cursor}, replica {ref.index} at {ref.cursor}"
                 )
-            got = r.core.machine.digest()
-            for name in want:
-                if got.get(name) != want[name]:
+        # every component (and every copy of a partition: "name#p") the same
+        # wherever it is held
+        seen: dict[str, tuple[int, str]] = {}
+        for r in live:
+            for name, digest in r.core.machine.digest().items():
+                first = seen.setdefault(name, (r.index, digest))
+                if first[1] != digest:
                     raise DivergenceError(
-                        f"replicas {ref.index} and {r.index} differ in component {name!r} "
+                        f"replicas {first[0]} and {r.index} differ in component {name!r} "
                         f"at seq {r.cursor - 1}"
                     )
 

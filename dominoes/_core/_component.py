@@ -37,6 +37,8 @@ from typing import (
 
 import msgspec
 
+from ._partition import Partition
+
 if TYPE_CHECKING:
     from ._context import Context
 
@@ -204,11 +206,17 @@ class Component:
 
     name: ClassVar[str] = "Component"
     transient: ClassVar[tuple[str, ...]] = ()
+    #: how the state is split across replicas (None: every replica holds it all)
+    partition: ClassVar[Partition | None] = None
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, partition: Partition | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" not in cls.__dict__:
             cls.name = cls.__name__
+        if partition is not None:
+            if not isinstance(partition, Partition):
+                raise TypeError(f"partition= takes a Partition, not {partition!r}")
+            cls.partition = partition
 
     # --- snapshots -------------------------------------------------------
 

@@ -31,6 +31,8 @@ class Context:
         "_effects",
         "_halted",
         "_machine",
+        "_part",
+        "_parts",
         "_published",
         "_random",
         "_replied",
@@ -81,6 +83,10 @@ class Context:
         self._published: list[tuple[str, Any]] | None = None
         self._reply: Any = None
         self._replied = False
+        #: the partition whose part of the call runs now ((component, partition) or None)
+        self._part: tuple[str, int] | None = None
+        #: what the call's partitioned parts did (``_partition.Parts``), None: it has none
+        self._parts: Any = None
 
     @property
     def random(self) -> _random.Random:
@@ -113,11 +119,15 @@ class Context:
         The timer fires exactly once in the replicated state (through a timer
         entry in the log), even if the replica that armed it dies.
         """
+        if self._part is not None:
+            self._unsupported("a replicated timer (raise_later)")
         deadline = self.now + max(0.0, delay)
         return self._machine.timers.arm(deadline, self._machine.resolve(event), args, kwargs)
 
     def cancel(self, timer_id: int) -> bool:
         """Cancel a replicated timer; False if it already fired or never existed."""
+        if self._part is not None:
+            self._unsupported("a replicated timer (cancel)")
         return self._machine.timers.cancel(timer_id)
 
     def timer_deadline(self, timer_id: int) -> float | None:
@@ -146,11 +156,24 @@ class Context:
         published if a handler of the entry raised.  ``message`` is the
         replica's own copy of a replicated value: subscribers must not change it.
         """
+        if self._part is not None:
+            self._unsupported("publish")
         published = self._published
         if published is None:
             self._published = [(topic, message)]
         else:
             published.append((topic, message))
+
+    def _unsupported(self, what: str) -> None:
+        from ._partition import PartitionError
+
+        assert self._part is not None
+        name, pid = self._part
+        raise PartitionError(
+            f"{what} is not available in a partitioned component's handler "
+            f"({name}, partition {pid}): only its holders run it; do it from a "
+            "replicated component's handler bound to the same event"
+        )
 
     def reply(self, value: Any) -> None:
         """Set the entry's result (instead of the handler's return value).

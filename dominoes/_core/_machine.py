@@ -23,8 +23,10 @@ Applying one entry
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
+from types import CoroutineType
 from typing import Any, Final
 
 import msgspec
@@ -34,7 +36,8 @@ from ._codec import Batch, Call, Control, Entry, Fire, Mode
 from ._component import Component, EventRef, query, resolve
 from ._context import Context
 from ._errors import DominoesError, PoisonedEntryError, QueryWroteStateError, UnknownEventError
-from ._registry import Registry, dispatch
+from ._partition import Held, Outcomes, PartitionError, Router, combined
+from ._registry import Registry, dispatch, drive
 from ._timers import Timers
 
 __all__ = ("Applied", "Divergence", "RemoteError", "StateMachine")
@@ -76,14 +79,19 @@ class Applied:
         "effects",
         "entry",
         "error",
+        "forward",
+        "late",
         "owner",
+        "parts",
         "published",
         "result",
+        "results",
         "seq",
         "snapshot",
         "snapshot_for",
         "sub",
         "waiter",
+        "waiting",
     )
 
     def __init__(self, seq: int, entry: Entry | None, owner: bool, sub: int = -1) -> None:
@@ -112,6 +120,18 @@ class Applied:
         #: what the driver registered to learn this outcome (``ReplicaCore``'s
         #: pending table: a future, a ``Pending``), or None
         self.waiter: Any = None
+        #: a call with partitioned parts: what they did here (``Outcomes``)
+        self.parts: Outcomes | None = None
+        #: partials this replica holds for an origin that does not:
+        #: [(component, partition, ok, encoded result or error text)]
+        self.forward: list[tuple[str, int, bool, bytes | str]] | None = None
+        #: this replica's own call, whose result waits for these parts' partials
+        self.waiting: set[tuple[str, int]] | None = None
+        #: a ``results`` entry: the partials it carries for this replica's calls
+        self.results: list[list[Any]] | None = None
+        #: the late outcome of a call whose last partial just arrived (its
+        #: entry was applied and reported earlier)
+        self.late = False
 
     def __repr__(self) -> str:
         what = f"error={self.error!r}" if self.error else f"result={self.result!r}"
@@ -173,6 +193,19 @@ def _canonical(obj: Any) -> Any:
     return obj
 
 
+def _wire(outcome: tuple[bool, Any]) -> tuple[bool, bytes | str]:
+    """A part's outcome as another replica gets it: (True, msgpack) or (False, error text)."""
+    ok, value = outcome
+    if ok:
+        try:
+            return True, _result_encoder.encode(value)
+        except TypeError as exc:
+            return False, f"TypeError: a partitioned result must be msgpack-encodable: {exc}"
+    if isinstance(value, RemoteError):
+        return False, str(value)
+    return False, f"{type(value).__name__}: {value}"
+
+
 class StateMachine:
     """The replicated state of one replica and the rules that change it."""
 
@@ -193,6 +226,15 @@ class StateMachine:
         self.service_name = service_name
         self.index = index
         self.components: dict[str, Component] = {c.name: c for c in components}
+        #: the partitioned components (their templates stay in ``components``)
+        self.partitioned: dict[str, Held] = {
+            c.name: Held(c, spec)
+            for c in components
+            if (spec := getattr(type(c), "partition", None)) is not None
+        }
+        self._replicas = 1
+        for held in self.partitioned.values():
+            held.place(index, 1)
         self.registry = registry
         self._queries = queries
         #: queries that read this replica's state as it is, without first
@@ -254,6 +296,19 @@ class StateMachine:
         # local statistics
         self.applied_entries = 0
         self.errors = 0
+
+    @property
+    def replicas(self) -> int:
+        """How many replicas the service runs: where partitions are placed."""
+        return self._replicas
+
+    @replicas.setter
+    def replicas(self, n: int) -> None:
+        if n < 1:
+            raise ValueError("replicas must be >= 1")
+        self._replicas = n
+        for held in self.partitioned.values():
+            held.place(self.index, n)
 
     @property
     def digest_every(self) -> int:
@@ -332,6 +387,12 @@ class StateMachine:
         elif entry.op == "digest":
             self._compare(out, entry)
             return True  # a report is not itself a digest point
+        elif entry.op == "results":
+            index = self.index
+            mine = [item for item in entry.arg[1] if item[0] == index]
+            if mine:
+                out.results = mine
+            return True
         return False
 
     def finish(self, out: Applied) -> None:
@@ -378,8 +439,9 @@ class StateMachine:
     def _check(
         self, at: int, reporter: int, theirs: dict[str, str], mine: dict[str, str]
     ) -> Divergence | None:
+        # a partition held by one of the two only is not compared
         for name in sorted(mine):
-            if theirs.get(name) != mine[name]:
+            if name in theirs and theirs[name] != mine[name]:
                 self.divergences += 1
                 return Divergence(seq=at, replicas=(reporter, self.index), component=name)
         return None
@@ -423,8 +485,133 @@ class StateMachine:
             sub=out.sub,
         )
         self._run(ctx, out, call.event, call.args, call.kwargs)
-        if rid:
+        parts = ctx._parts
+        if parts is not None and out.error is None:
+            self._settle(parts, out, call.origin)
+        elif rid:
             self._remember(rid, out)
+
+    # --- partitioned components ------------------------------------------------------
+
+    def _run_parts(
+        self, router: Router, ctx: Context, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Run the parts of a call this replica holds (``Router.__call__``)."""
+        held = self.partitioned[router.component]
+        shares = router.split(args, kwargs)
+        rec = ctx._parts
+        if rec is None:
+            rec = ctx._parts = Outcomes()
+        name = router.component
+        rec.routers[name] = (router, router.key_argument(args, kwargs))
+        parts, replicas, rid, origin = held.parts, self._replicas, ctx.request_id, ctx.origin
+        owner, fn, is_query = ctx.is_owner, router.fn, router.query
+        for pid, share in shares.items():
+            part = (name, pid)
+            rec.order.append(part)
+            inst = parts.get(pid)
+            if inst is None:
+                continue
+            holders = held.holders(pid, replicas)
+            if origin not in holders:
+                rec.forward.append(part)
+            recent = held.recent[pid]
+            if rid and rid in recent:
+                seen = recent[rid]
+                rec.outcomes[part] = (
+                    (True, _result_decoder.decode(seen))
+                    if isinstance(seen, bytes)
+                    else (False, RemoteError(seen))
+                )
+                continue
+            a, kw = router.with_share(args, kwargs, share)
+            ctx.is_owner = router.owns(ctx, holders)
+            ctx._part = part
+            try:
+                r = fn(inst, *a, **kw) if is_query else fn(inst, ctx, *a, **kw)
+                if type(r) is CoroutineType:
+                    r = drive(r)
+                outcome: tuple[bool, Any] = (True, r)
+            except Exception as exc:  # noqa: BLE001 - the part's outcome
+                self.errors += 1
+                outcome = (False, exc)
+            except SystemExit as exc:
+                self.errors += 1
+                outcome = (False, RuntimeError(f"a handler called sys.exit({exc.code!r})"))
+            finally:
+                ctx.is_owner = owner
+                ctx._part = None
+            rec.outcomes[part] = outcome
+            if rid:
+                recent[rid] = _wire(outcome)[1]
+                if len(recent) > self.dedup_window:
+                    del recent[next(iter(recent))]
+
+    def _settle(self, rec: Outcomes, out: Applied, origin: int) -> None:
+        """After a call with parts: its result here, what to forward, what to wait for."""
+        out.parts = rec
+        if rec.forward:
+            outcomes = rec.outcomes
+            out.forward = [(name, pid, *_wire(outcomes[(name, pid)])) for name, pid in rec.forward]
+        if origin != self.index:
+            return
+        missing = {part for part in rec.order if part not in rec.outcomes}
+        if missing:
+            out.waiting = missing
+            return
+        try:
+            out.result = combined(rec.order, rec.outcomes, rec.routers)
+        except Exception as exc:  # noqa: BLE001 - a part's error is the call's
+            out.error = exc
+
+    def fill(self, out: Applied, name: str, pid: int, ok: bool, value: bytes | str) -> bool:
+        """A partial another replica forwarded for ``out`` (a call of ours that waits).
+
+        Returns True once every part is known; ``out`` then holds the result.
+        """
+        waiting, rec = out.waiting, out.parts
+        part = (name, pid)
+        if waiting is None or rec is None or part not in waiting:
+            return False  # a second copy's partial, or not ours
+        waiting.discard(part)
+        if ok:
+            assert isinstance(value, bytes)
+            rec.outcomes[part] = (True, _result_decoder.decode(value))
+        else:
+            rec.outcomes[part] = (False, RemoteError(value))
+        if waiting:
+            return False
+        out.waiting = None
+        try:
+            out.result = combined(rec.order, rec.outcomes, rec.routers)
+        except Exception as exc:  # noqa: BLE001
+            out.error = exc
+        return True
+
+    def holds(self, ref: str | query[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """Whether this replica can answer the query locally (it holds every partition it reads)."""
+        fn = self._queries.get(resolve(self._names, ref))
+        if type(fn) is not Router:
+            return True
+        parts = self.partitioned[fn.component].parts
+        return all(pid in parts for pid in fn.split(args, kwargs))
+
+    def _query_parts(self, name: str, router: Router, args: Any, kwargs: dict[str, Any]) -> Any:
+        held = self.partitioned[router.component]
+        shares = router.split(args, kwargs)
+        missing = sorted(pid for pid in shares if pid not in held.parts)
+        if missing:
+            where = sorted({h for pid in missing for h in held.holders(pid, self._replicas)})
+            raise PartitionError(
+                f"{name} reads partitions {missing} of {router.component}, which replica "
+                f"{self.index} does not hold (replicas {where} do): await State.read() "
+                "forwards the read to a holder"
+            )
+        partials = []
+        for pid, share in shares.items():
+            a, kw = router.with_share(args, kwargs, share)
+            partials.append((pid, router.fn(held.parts[pid], *a, **kw)))
+        return router.merge(router.key_argument(args, kwargs), partials)
 
     def apply_poisoned(self, entry: Entry, owner: bool, nslots: int = 1) -> Applied:
         """Apply ``entry`` as a :class:`PoisonedEntryError` instead of running it.
@@ -553,6 +740,9 @@ class StateMachine:
         fn = self._queries.get(name)
         if fn is None:
             raise UnknownEventError(f"no query named {name!r}")
+        if type(fn) is Router:
+            fn = functools.partial(self._query_parts, name, fn)
+            return fn(args, kwargs) if not self.debug else self._checked(name, fn, args, kwargs)
         if not self.debug:
             return fn(*args, **kwargs)
         before = self.digest()
@@ -563,8 +753,20 @@ class StateMachine:
             raise QueryWroteStateError(f"query {name} changed the state of {', '.join(changed)}")
         return result
 
+    def _checked(self, name: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        before = self.digest()
+        result = fn(args, kwargs)
+        if before != self.digest():
+            raise QueryWroteStateError(f"query {name} changed the state")
+        return result
+
     def component(self, which: type[Component] | str) -> Component:
         name = which if isinstance(which, str) else which.name
+        if name in self.partitioned:
+            raise PartitionError(
+                f"{name} is partitioned: this replica holds only some of its state; "
+                "read it through its queries"
+            )
         try:
             return self.components[name]
         except KeyError:
@@ -583,7 +785,7 @@ class StateMachine:
                 timers=self.timers.dump(),
                 recent=list(self._recent.items()),
                 poisoned=list(self.poisoned.items()),
-                components={name: c.snapshot() for name, c in self.components.items()},
+                components={name: self._state_of(name, c) for name, c in self.components.items()},
                 config=list(self.config),
             )
         )
@@ -613,7 +815,11 @@ class StateMachine:
         self._recent = dict(snap.recent)
         self.poisoned = dict(snap.poisoned)
         for name, state in snap.components.items():
-            self.components[name].restore(state)
+            held = self.partitioned.get(name)
+            if held is None:
+                self.components[name].restore(state)
+            else:
+                held.restore(state)
 
     def digest(self) -> dict[str, str]:
         """A hash of each component's state (and of the machine's own, as ``"_dominoes"``).
@@ -621,7 +827,14 @@ class StateMachine:
         Dicts and sets are hashed in sorted order, so a replica restored from a
         snapshot digests like the one it came from.
         """
-        out = {name: _hash(c.snapshot()) for name, c in self.components.items()}
+        out = {}
+        for name, c in self.components.items():
+            held = self.partitioned.get(name)
+            if held is None:
+                out[name] = _hash(c.snapshot())
+            else:
+                for part, state in held.digest_items().items():
+                    out[part] = _hash(state)
         out["_dominoes"] = _hash(
             [
                 self.timers.next_id,
@@ -632,6 +845,10 @@ class StateMachine:
             ]
         )
         return out
+
+    def _state_of(self, name: str, component: Component) -> Any:
+        held = self.partitioned.get(name)
+        return component.snapshot() if held is None else held.snapshot()
 
     def reconfigure(self, spec: Any) -> Any:
         """Apply one reconfiguration now (the built-in event's handler calls this)."""

@@ -163,8 +163,11 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
         self.machine = machine
         machine.defer_outputs = True  # poll() calls finish() outside the timed apply
         self.index = machine.index
-        #: how many replicas the service runs (for spreading timer fires)
+        #: how many replicas the service runs (for spreading timer fires, and
+        #: placing the partitions of partitioned components)
         self.replicas = replicas
+        if machine.replicas != replicas:
+            machine.replicas = replicas
         self.batch = batch
         self.timer_grace = timer_grace
         self.claims_won = 0
@@ -196,6 +199,11 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
         self.checkpoint_bytes = DEFAULT_CHECKPOINT_BYTES
         #: the pending table: (seq, call index in a batch or -1) -> waiter
         self.pending: dict[tuple[int, int], W] = {}
+        #: this replica's calls applied but waiting for partials from the
+        #: holders of partitions it does not hold: (seq, sub) -> their outcome
+        self.parked: dict[tuple[int, int], Applied] = {}
+        # partials to send after this poll: [origin, seq, sub, component, partition, ok, value]
+        self._forwarding: list[list[Any]] = []
         #: calls queued for group commit, in order: (encoded call, waiter, batchable)
         self.group: list[tuple[bytes, W, bool]] = []
         self.group_commits = 0
@@ -507,14 +515,22 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
                 if batch is None:
                     if pending:
                         applied.waiter = pending.pop((key, -1), None)
+                    if applied.parts is not None:
+                        self._partials(applied, key)
+                    elif applied.results is not None:
+                        self._completed(applied.results, out)
                     out.append(applied)
                 else:
-                    if pending:
-                        for sub in batch:
+                    for sub in batch:
+                        if pending:
                             sub.waiter = pending.pop((key, sub.sub), None)
+                        if sub.parts is not None:
+                            self._partials(sub, key)
                     out.extend(batch)
             budget -= 1
             seq = machine.cursor
+        if self._forwarding:
+            self._send_partials()
         if seq != start:
             log.applied(index, seq)
         if recovery is not None:
@@ -523,6 +539,66 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
             if not self.gave_up and recovery.due():
                 self.checkpoint()
         return out
+
+    # --- partitioned components: partials between replicas -----------------------------
+
+    def _partials(self, applied: Applied, key: int) -> None:
+        """A call with partitioned parts was applied: forward ours, park what waits.
+
+        A replica that ran parts whose holders do not include the call's
+        origin sends their partials to it (one ``results`` entry per poll
+        carries them all).  The origin's waiter stays parked until the last
+        partial arrives (:meth:`_completed`).  ``key`` 0 (another machine's
+        entry) has no waiter here.
+        """
+        if applied.forward is not None and key:
+            origin = applied.entry.origin  # type: ignore[union-attr]
+            self._forwarding.extend(
+                [origin, applied.seq, applied.sub, name, pid, ok, value]
+                for name, pid, ok, value in applied.forward
+            )
+        if applied.waiting is not None and applied.waiter is not None:
+            late = Applied(applied.seq, applied.entry, False, applied.sub)
+            late.late = True
+            late.waiter, applied.waiter = applied.waiter, None
+            late.waiting, applied.waiting = applied.waiting, None
+            late.parts = applied.parts
+            self.parked[(applied.seq, applied.sub)] = late
+
+    def _completed(self, items: list[list[Any]], out: list[Applied]) -> None:
+        """Partials for this replica's parked calls arrived: report those now complete."""
+        parked, machine = self.parked, self.machine
+        for _, seq, sub, name, pid, ok, value in items:
+            late = parked.get((seq, sub))
+            if late is not None and machine.fill(late, name, pid, ok, value):
+                del parked[(seq, sub)]
+                out.append(late)
+
+    def _send_partials(self) -> None:
+        """Queue this poll's partials for their origins, in entries the log takes."""
+        items, self._forwarding = self._forwarding, []
+        limit = self.max_entry_bytes // 2
+        ts, index = self.machine.now, self.index
+        chunk: list[list[Any]] = []
+        size = 0
+        for item in items:
+            n = len(item[6]) + 64
+            if n > limit:  # too large to carry: the origin gets an error instead
+                item[5], item[6] = (
+                    False,
+                    (
+                        f"EntryTooLargeError: partition {item[4]}'s result ({n} bytes) "
+                        f"is over the log's entry limit ({limit} bytes for a forwarded result)"
+                    ),
+                )
+                n = 256
+            if chunk and size + n > limit:
+                self.outbox.append(encode(Control("results", [index, chunk], ts, index)))
+                chunk, size = [], 0
+            chunk.append(item)
+            size += n
+        if chunk:
+            self.outbox.append(encode(Control("results", [index, chunk], ts, index)))
 
     def _outcomes(self, applied: Applied, out: list[Applied], key: int | None = None) -> None:
         """Append ``applied`` (or its batch's calls) to ``out``, with their waiters.

@@ -26,6 +26,7 @@ from ._component import (
 )
 from ._context import Context
 from ._machine import DEFAULT_DEDUP_WINDOW, StateMachine
+from ._partition import Router
 from ._registry import Handler, Registry
 
 __all__ = ("PUBLISH_EVENT", "Option", "Service")
@@ -225,14 +226,18 @@ class Service:
         names = self._build(self._components)[0].events()  # names only: no copy needed
         return [name for name in names if name not in (PUBLISH_EVENT, RECONFIGURE_EVENT)]
 
-    def new_machine(self, index: int) -> StateMachine:
-        """A fresh replica state machine with its own copy of every component."""
+    def new_machine(self, index: int, replicas: int = 1) -> StateMachine:
+        """A fresh state machine for replica ``index`` of ``replicas``, with its own components.
+
+        ``replicas`` places the partitions of partitioned components (with the
+        default 1, the machine holds every partition).
+        """
         comps = copy.deepcopy(self._components)
         registry, queries, names, consistency = self._build(comps)
         local = frozenset(
             name for name, how in consistency.items() if (how or self.reads) == "local"
         )
-        return StateMachine(
+        machine = StateMachine(
             self.name,
             index,
             comps,
@@ -244,6 +249,9 @@ class Service:
             debug=self.debug,
             digest_every=self.digest_every,
         )
+        if replicas != 1:
+            machine.replicas = replicas
+        return machine
 
     def _build(
         self, comps: list[Component]
@@ -276,13 +284,25 @@ class Service:
             if isinstance(value, update | query):
                 full = f"{comp.name}.{attr}"
                 names[value] = _AMBIGUOUS if value in names else full
-                if isinstance(value, update):
+                spec = type(comp).partition
+                if spec is not None:  # routed to this replica's partitions' instances
+                    router = Router(comp.name, spec, value.fn, query=isinstance(value, query))
+                    registry.bind(full, router)  # a query too: a forwarded read is a call
+                    if isinstance(value, query):
+                        queries[full] = router
+                        consistency[full] = value.consistency
+                elif isinstance(value, update):
                     registry.bind(full, MethodType(value.fn, comp))
                 else:
                     queries[full] = MethodType(value.fn, comp)
                     consistency[full] = value.consistency
-        for comp, _, value in members:
+        for comp, attr, value in members:
             fn = value.fn if isinstance(value, update) else value
+            if on_marks(fn) and type(comp).partition is not None:
+                raise TypeError(
+                    f"{comp.name}.{attr}: @on handlers are not supported on a partitioned "
+                    "component; bind them on a replicated one"
+                )
             for ref, order, static in on_marks(fn):
                 registry.bind(resolve(names, ref), MethodType(fn, comp), order, **static)  # type: ignore[arg-type]
         for event, handler, order, static in self._extra.values():

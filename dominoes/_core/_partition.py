@@ -1,0 +1,422 @@
+"""Partitioned components: state split by key, each partition held by some replicas.
+
+A component declared ``class Counters(Component, partition=Partition("name"))``
+is not replicated on every replica.  Its keys are hashed into
+``Partition.partitions`` partitions, and each partition is held by ``copies``
+replicas (placed from the partition's number, so every replica computes the
+same placement).  Each replica keeps one instance of the component per
+partition it holds, made from the service's template instance, so a
+component author writes the class as if it held every key.
+
+Every replica still reads and decodes every entry, in log order.  A call to a
+partitioned update runs, on each replica, only for the partitions it holds
+(the :class:`Router` bound in the update's place filters the call's keys);
+the other replicas run the event's remaining handlers (those of replicated
+components) and skip the partitioned part.  What each part returned is the
+call's *partial* result for that partition: the replica that submitted the
+call combines the partials of every partition the call touched, its own and
+those the holders send it (``Applied.forward``, through the log), into the
+call's result.
+
+What this module holds is pure (no I/O): the placement rule, the key
+functions, and the router that runs a call's parts and keeps their outcomes
+in the context.  The machine (``_machine``) keeps the instances and the
+per-partition de-duplication of retries; the replica core (``_replica``)
+carries the partials between replicas.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import zlib
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final
+
+from ._codec import Mode
+from ._errors import DominoesError
+
+if TYPE_CHECKING:
+    from ._component import Component
+    from ._context import Context
+
+__all__ = (
+    "Held",
+    "Outcomes",
+    "Partition",
+    "PartitionError",
+    "KEY_ORDER",
+    "Router",
+    "combine",
+    "hash_tag",
+    "keyed_parameter",
+)
+
+#: Partitions a partitioned component has unless its ``Partition`` says otherwise.
+DEFAULT_PARTITIONS: Final = 64
+
+_COMBINE_ATTR: Final = "__dominoes_combine__"
+
+
+class PartitionError(DominoesError, LookupError):
+    """A partitioned component was used in a way its partitions cannot serve.
+
+    Raised, for example, by a synchronous ``State.query`` of a key whose
+    partition this replica does not hold (``await state.read(...)`` forwards
+    it to a holder instead), or by arming a timer inside a partition's part.
+    """
+
+
+def hash_tag(key: Any) -> Any:
+    """Redis Cluster's hash tag: the part of ``key`` between the first ``{`` and the next ``}``.
+
+    Keys with the same non-empty tag land in the same partition
+    (``{user1}:cart`` and ``{user1}:profile``); a key without one is hashed whole.
+    """
+    if isinstance(key, str):
+        start = key.find("{")
+        if start >= 0:
+            end = key.find("}", start + 1)
+            if end > start + 1:
+                return key[start + 1 : end]
+        return key
+    if isinstance(key, bytes | bytearray | memoryview):
+        data = bytes(key)
+        start = data.find(b"{")
+        if start >= 0:
+            end = data.find(b"}", start + 1)
+            if end > start + 1:
+                return data[start + 1 : end]
+        return data
+    return key
+
+
+def _key_bytes(key: Any) -> bytes:
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, bytearray | memoryview):
+        return bytes(key)
+    if isinstance(key, int) and not isinstance(key, bool):
+        return str(key).encode()
+    raise TypeError(f"a partition key must be str, bytes or int, not {type(key).__name__}")
+
+
+class Partition:
+    """How a component's state is split into partitions and placed on replicas.
+
+    ``key`` names the parameter that carries the key in every ``@update`` and
+    ``@query`` of the component.  Its value is one key, or a list (or dict)
+    of keys for an operation on several: each partition's part then gets only
+    its own keys (or items).  A method without that parameter touches every
+    partition.
+
+    ``copies`` replicas hold each partition (at most the number of replicas:
+    ``copies`` of N or more means every replica holds everything).
+    ``partitions`` is how many parts the keys are hashed into; ``tag`` maps a
+    key to what is hashed (:func:`hash_tag` keeps Redis-style ``{tag}`` keys
+    together).  The hash is CRC-32, so the placement is the same in every
+    process and every run.
+    """
+
+    __slots__ = ("copies", "key", "partitions", "tag")
+
+    def __init__(
+        self,
+        key: str,
+        *,
+        copies: int = 1,
+        partitions: int = DEFAULT_PARTITIONS,
+        tag: Callable[[Any], Any] | None = None,
+    ) -> None:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ValueError(f"key must name a parameter, not {key!r}")
+        if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+            raise ValueError(f"copies must be an int >= 1, not {copies!r}")
+        if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+            raise ValueError(f"partitions must be an int >= 1, not {partitions!r}")
+        self.key = key
+        self.copies = copies
+        self.partitions = partitions
+        self.tag = tag
+
+    def of(self, key: Any) -> int:
+        """The partition ``key`` is in."""
+        if self.tag is not None:
+            key = self.tag(key)
+        return zlib.crc32(_key_bytes(key)) % self.partitions
+
+    def holders(self, partition: int, replicas: int, copies: int | None = None) -> tuple[int, ...]:
+        """The replicas that hold ``partition`` out of ``replicas``, the primary first.
+
+        Partition ``p``'s primary is replica ``p mod N``; its other copies
+        are the next replicas round the ring.
+        """
+        n = min(self.copies if copies is None else copies, replicas)
+        return tuple((partition + j) % replicas for j in range(n))
+
+    def held(self, replica: int, replicas: int, copies: int | None = None) -> frozenset[int]:
+        """The partitions ``replica`` holds."""
+        return frozenset(
+            p for p in range(self.partitions) if replica in self.holders(p, replicas, copies)
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Partition({self.key!r}, copies={self.copies}, partitions={self.partitions}"
+            + (f", tag={getattr(self.tag, '__name__', self.tag)!s}" if self.tag else "")
+            + ")"
+        )
+
+
+#: ``@combine(KEY_ORDER)``: each part returns a list aligned with its keys, and
+#: the call's result is one list in the order of the call's keys
+KEY_ORDER: Final = "key order"
+
+
+def combine(fn: Callable[[list[Any]], Any] | str) -> Callable[[Any], Any]:
+    """Say how the partial results of an operation on several partitions make its result.
+
+    ``fn`` gets the partials in the order of the call's partitions (those of
+    its keys, first seen first; or every partition, for a method without a
+    key) and returns the result::
+
+        @combine(sum)
+        @update
+        def delete(self, ctx, names: list[str]) -> int: ...
+
+    ``@combine(KEY_ORDER)`` is for a method that returns one value per key
+    (a list aligned with the keys it got): the parts' lists are put back in
+    the order of the call's keys, duplicates included.  Without ``combine``,
+    the result is the first partition's partial.
+    """
+    if fn != KEY_ORDER and not callable(fn):
+        raise TypeError(f"combine takes a function or KEY_ORDER, not {fn!r}")
+
+    def mark(method: Any) -> Any:
+        target = getattr(method, "fn", method)
+        setattr(target, _COMBINE_ATTR, fn)
+        return method
+
+    return mark
+
+
+def combiner(fn: Callable[..., Any]) -> Callable[[list[Any]], Any] | str | None:
+    return getattr(fn, _COMBINE_ATTR, None)
+
+
+def keyed_parameter(fn: Callable[..., Any], key: str, skip: int) -> int | None:
+    """Where ``fn``'s parameter ``key`` is, after its first ``skip`` (None: it has none)."""
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    for i, p in enumerate(params):
+        if p.name == key:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                raise TypeError(f"{fn.__qualname__}: the partition key {key!r} cannot be *{key}")
+            return i if p.kind != p.KEYWORD_ONLY else -1
+    return None
+
+
+class Router:
+    """Bound in place of a partitioned ``@update`` (or of a ``@query`` run through the log).
+
+    Called like the method, on every replica.  It works out the partitions
+    the call touches, runs the method on this replica's instance of each
+    one it holds (with that partition's keys only), and records each part's
+    outcome in the context; it never raises, so every replica runs the
+    event's other handlers whatever a part did.
+    """
+
+    __slots__ = ("combine", "component", "fn", "index", "key", "query", "spec")
+
+    def __init__(
+        self,
+        component: str,
+        spec: Partition,
+        fn: Callable[..., Any],
+        *,
+        query: bool = False,
+    ) -> None:
+        self.component = component
+        self.spec = spec
+        self.fn = fn
+        self.query = query
+        self.key = spec.key
+        self.index = keyed_parameter(fn, spec.key, 1 if query else 2)
+        self.combine = combiner(fn)
+
+    def __repr__(self) -> str:
+        return f"<Router {getattr(self.fn, '__qualname__', self.fn)!s}>"
+
+    def split(self, args: list[Any] | tuple[Any, ...], kwargs: dict[str, Any]) -> dict[int, Any]:
+        """The call's partitions, in key order, each with its share of the key argument.
+
+        The share is ``None`` for a method without a key (it gets the call
+        unchanged); a single key maps to itself.
+        """
+        spec = self.spec
+        if self.index is None:
+            return dict.fromkeys(range(spec.partitions))
+        if self.index >= 0 and self.index < len(args):
+            value = args[self.index]
+        elif self.key in kwargs:
+            value = kwargs[self.key]
+        else:
+            raise TypeError(f"{self.fn.__qualname__}() is missing its key argument {self.key!r}")
+        if isinstance(value, list | tuple):
+            shares: dict[int, Any] = {}
+            for k in value:
+                shares.setdefault(spec.of(k), []).append(k)
+            return shares or {0: value}  # no key: it runs once, in partition 0
+        if isinstance(value, dict):
+            maps: dict[int, Any] = {}
+            for k, v in value.items():
+                maps.setdefault(spec.of(k), {})[k] = v
+            return maps or {0: value}
+        return {spec.of(value): value}
+
+    def with_share(
+        self, args: list[Any] | tuple[Any, ...], kwargs: dict[str, Any], share: Any
+    ) -> tuple[list[Any] | tuple[Any, ...], dict[str, Any]]:
+        if self.index is None:
+            return args, kwargs
+        if self.index >= 0 and self.index < len(args):
+            args = list(args)
+            args[self.index] = share
+            return args, kwargs
+        return args, {**kwargs, self.key: share}
+
+    def key_argument(self, args: list[Any] | tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.index is None:
+            return None
+        if self.index >= 0 and self.index < len(args):
+            return args[self.index]
+        return kwargs.get(self.key)
+
+    def merge(self, keys: Any, partials: list[tuple[int, Any]]) -> Any:
+        """The call's result from its parts' results, ``(partition, result)`` in call order."""
+        fn = self.combine
+        if fn is None:
+            return partials[0][1]
+        if fn != KEY_ORDER:
+            assert callable(fn)
+            return fn([value for _, value in partials])
+        if not isinstance(keys, list | tuple | dict):
+            return partials[0][1]
+        lists = {pid: iter(value) for pid, value in partials}
+        of = self.spec.of
+        try:
+            return [next(lists[of(k)]) for k in keys]
+        except (StopIteration, TypeError):
+            raise ValueError(
+                f"{self.fn.__qualname__} is combined in key order, so each part must return "
+                "a list with one value per key it got"
+            ) from None
+
+    def __call__(self, ctx: Context, *args: Any, **kwargs: Any) -> None:
+        ctx._machine._run_parts(self, ctx, args, kwargs)
+
+    def owns(self, ctx: Context, holders: tuple[int, ...]) -> bool:
+        """Whether this replica performs the effects of a part held by ``holders``."""
+        if ctx.mode == Mode.EVERY:
+            return True
+        if ctx.origin in holders:
+            return ctx.replica == ctx.origin
+        return ctx.replica == holders[0]
+
+
+def combined(
+    order: Iterable[tuple[str, int]],
+    outcomes: dict[tuple[str, int], tuple[bool, Any]],
+    routers: dict[str, tuple[Router, Any]],
+) -> Any:
+    """A call's result from its parts' outcomes (raises the first part's error).
+
+    With several partitioned components bound to one event, the last one's
+    combined result is the call's (as the last handler's result is, otherwise).
+    """
+    by_component: dict[str, list[tuple[int, Any]]] = {}
+    for part in order:
+        ok, value = outcomes[part]
+        if not ok:
+            raise value
+        by_component.setdefault(part[0], []).append((part[1], value))
+    result = None
+    for name, partials in by_component.items():
+        router, keys = routers[name]
+        result = router.merge(keys, partials)
+    return result
+
+
+class Held:
+    """A partitioned component on one replica: its instance for each partition it holds.
+
+    ``recent`` de-duplicates retried calls per partition (request id ->
+    the part's encoded result, or its error's text), since only a
+    partition's holders know what a call did to it.
+    """
+
+    __slots__ = ("copies", "name", "parts", "recent", "spec", "template")
+
+    def __init__(self, template: Component, spec: Partition) -> None:
+        self.name = template.name
+        #: the service's fresh instance, copied for each partition gained
+        self.template = copy.deepcopy(template)
+        self.spec = spec
+        self.copies = spec.copies
+        self.parts: dict[int, Component] = {}
+        self.recent: dict[int, dict[str, bytes | str]] = {}
+
+    def place(self, replica: int, replicas: int) -> None:
+        """Hold what the placement gives ``replica``: new partitions start empty."""
+        want = self.spec.held(replica, replicas, self.copies)
+        for pid in [p for p in self.parts if p not in want]:
+            del self.parts[pid]
+            del self.recent[pid]
+        for pid in sorted(want - self.parts.keys()):
+            self.parts[pid] = copy.deepcopy(self.template)
+            self.recent[pid] = {}
+        self.parts = dict(sorted(self.parts.items()))
+
+    def holders(self, pid: int, replicas: int) -> tuple[int, ...]:
+        return self.spec.holders(pid, replicas, self.copies)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "parts": {pid: c.snapshot() for pid, c in self.parts.items()},
+            "recent": {pid: list(r.items()) for pid, r in self.recent.items()},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        parts, recent = state["parts"], state["recent"]
+        missing = sorted(set(self.parts) - set(parts))
+        if missing:
+            raise PartitionError(
+                f"the snapshot does not hold partitions {missing} of {self.name}, "
+                "which this replica holds"
+            )
+        for pid, inst in self.parts.items():
+            inst.restore(parts[pid])
+            self.recent[pid] = dict(recent.get(pid, ()))
+
+    def digest_items(self) -> dict[str, Any]:
+        return {
+            f"{self.name}#{pid}": [c.snapshot(), list(self.recent[pid].items())]
+            for pid, c in self.parts.items()
+        }
+
+
+class Outcomes:
+    """What one call's partitioned parts did on this replica (``ctx._parts``)."""
+
+    __slots__ = ("forward", "order", "outcomes", "routers")
+
+    def __init__(self) -> None:
+        #: every part the call touches, in key order: (component, partition)
+        self.order: list[tuple[str, int]] = []
+        #: the parts run here (or answered from ``Held.recent``): (ok, value or error)
+        self.outcomes: dict[tuple[str, int], tuple[bool, Any]] = {}
+        #: the parts run here whose holders do not include the call's origin
+        self.forward: list[tuple[str, int]] = []
+        #: each partitioned component's router and the call's key argument
+        self.routers: dict[str, tuple[Router, Any]] = {}

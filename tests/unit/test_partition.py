@@ -1,0 +1,237 @@
+"""Partitioned components, against an all-replicated twin of the same service.
+
+Every operation goes to a random replica of a partitioned service and of a
+twin whose component is the same class replicated everywhere; their results
+(and errors) must be equal, and so must what each partition's copies hold.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dominoes import (
+    KEY_ORDER,
+    Component,
+    Context,
+    Partition,
+    PartitionError,
+    RemoteError,
+    Service,
+    combine,
+    hash_tag,
+    on,
+    query,
+    update,
+)
+from dominoes.testing import Cluster
+
+LIMIT = 1000
+
+
+class Counts(Component):
+    """The component under test, replicated (the twin) or partitioned (subclasses)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    @update
+    def incr(self, ctx: Context, key: str, by: int = 1) -> int:
+        if by > LIMIT:
+            raise ValueError(f"{by} is over the limit")
+        self.counts[key] = self.counts.get(key, 0) + by
+        return self.counts[key]
+
+    @combine(sum)
+    @update
+    def delete(self, ctx: Context, key: list[str]) -> int:
+        return sum(self.counts.pop(k, None) is not None for k in key)
+
+    @update
+    def put(self, ctx: Context, key: dict[str, int]) -> str:
+        """Several keys at once: one entry, so no other write comes between them.
+
+        Its arguments are checked by ``Limits``, a replicated component that
+        sees them all: a part sees only its own partition's keys.
+        """
+        self.counts.update(key)
+        return "OK"
+
+    @combine(sum)
+    @update
+    def clear(self, ctx: Context) -> int:
+        """No key parameter: every partition."""
+        n = len(self.counts)
+        self.counts.clear()
+        return n
+
+    @query
+    def get(self, key: str) -> int:
+        return self.counts.get(key, 0)
+
+    @combine(KEY_ORDER)
+    @query
+    def many(self, key: list[str]) -> list[int]:
+        return [self.counts.get(k, 0) for k in key]
+
+    @combine(sum)
+    @query
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class Limits(Component):
+    """Checks a multi-key write as a whole, on every replica, before any part runs."""
+
+    @on("Counts.put", order=-1)
+    def check(self, ctx: Context, key: dict[str, int]) -> None:
+        for k, v in key.items():
+            if v > LIMIT:
+                raise ValueError(f"{k}={v} is over the limit")
+
+
+def partitioned(copies: int, partitions: int = 8) -> type[Counts]:
+    class Split(Counts, partition=Partition("key", copies=copies, partitions=partitions)):
+        name = "Counts"
+
+    return Split
+
+
+def outcome(fn: Any, *args: Any) -> Any:
+    try:
+        return ("ok", fn(*args))
+    except RemoteError as exc:  # forwarded: "Type: message"
+        return ("error", str(exc))
+    except Exception as exc:  # noqa: BLE001
+        return ("error", f"{type(exc).__name__}: {exc}")
+
+
+keys = st.sampled_from([f"k{i}" for i in range(12)] + ["{u}:a", "{u}:b"])
+ops = st.one_of(
+    st.tuples(st.just("incr"), keys, st.integers(-5, LIMIT + 5)),
+    st.tuples(st.just("delete"), st.lists(keys, max_size=4)),
+    st.tuples(st.just("put"), st.dictionaries(keys, st.integers(0, LIMIT + 1), max_size=4)),
+    st.tuples(st.just("clear")),
+    st.tuples(st.just("get"), keys),
+    st.tuples(st.just("many"), st.lists(keys, max_size=4)),
+    st.tuples(st.just("total")),
+)
+
+
+def run(cluster: Cluster, replica: int, op: tuple[Any, ...]) -> Any:
+    name, *args = op
+    if name in ("get", "many", "total"):
+        return outcome(cluster.query, replica, f"Counts.{name}", *args)
+    return outcome(cluster.call, replica, f"Counts.{name}", *args)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    replicas=st.integers(2, 3),
+    copies=st.integers(1, 3),
+    script=st.lists(st.tuples(st.integers(0, 2), ops), max_size=30),
+)
+def test_a_partitioned_service_answers_like_its_replicated_twin(
+    replicas: int, copies: int, script: list[tuple[int, tuple[Any, ...]]]
+) -> None:
+    split = Cluster(Service("s", [partitioned(copies)(), Limits()]), replicas=replicas)
+    twin = Cluster(Service("s", [Counts(), Limits()]), replicas=replicas)
+    for replica, op in script:
+        replica %= replicas
+        assert run(split, replica, op) == run(twin, replica, op), op
+    split.assert_converged()
+    # each replica holds only its partitions, and together they hold the twin's state
+    held: dict[str, int] = {}
+    for r in split.live:
+        for part in r.core.machine.partitioned["Counts"].parts.values():
+            held.update(part.counts)  # type: ignore[attr-defined]
+    assert held == twin.replicas[0].component(Counts).counts
+
+
+def test_each_write_is_applied_only_where_its_partition_lives() -> None:
+    cls = partitioned(1, partitions=4)
+    cluster = Cluster(Service("s", [cls()]), replicas=2)
+    spec = cls.partition
+    assert spec is not None
+    for i in range(40):
+        cluster.call(i % 2, cls.incr, f"k{i}")
+    for r in cluster.live:
+        held = r.core.machine.partitioned["Counts"].parts
+        assert sorted(held) == [p for p in range(4) if p % 2 == r.index]
+        for pid, part in held.items():
+            assert part.counts  # type: ignore[attr-defined]
+            assert all(spec.of(k) == pid for k in part.counts)  # type: ignore[attr-defined]
+    # either replica reads every key
+    assert [cluster.query(r, cls.get, f"k{i}") for r in (0, 1) for i in range(40)] == [1] * 80
+
+
+def test_a_read_of_a_partition_held_elsewhere_is_refused_synchronously_and_named() -> None:
+    cls = partitioned(1, partitions=2)
+    cluster = Cluster(Service("s", [cls()]), replicas=2)
+    machine = cluster.replicas[0].core.machine
+    key = next(k for k in (f"k{i}" for i in range(50)) if cls.partition.of(k) == 1)  # type: ignore[union-attr]
+    assert not machine.holds("Counts.get", key)
+    with pytest.raises(PartitionError, match=r"replicas \[1\] do"):
+        machine.query("Counts.get", key)
+    cluster.call(1, cls.incr, key, 5)
+    assert cluster.query(0, cls.get, key) == 5  # Cluster.query forwards it through the log
+
+
+def test_a_retried_request_is_applied_once_per_partition() -> None:
+    cls = partitioned(1, partitions=4)
+    cluster = Cluster(Service("s", [cls()]), replicas=2)
+    for _ in range(3):
+        pending = cluster.submit_nowait(0, cls.put, {"a": 1, "b": 2, "c": 3}, _request_id="r1")
+        cluster.run_until(lambda p=pending: p.done)  # type: ignore[misc]
+        assert pending.result() == "OK"
+        pending = cluster.submit_nowait(1, cls.incr, "a", 10, _request_id="r2")
+        cluster.run_until(lambda p=pending: p.done)  # type: ignore[misc]
+        assert pending.result() == 11
+    assert [cluster.query(0, cls.get, k) for k in "abc"] == [11, 2, 3]
+    cluster.assert_converged()
+
+
+def test_effects_of_a_part_run_once_on_a_holder() -> None:
+    ran: list[tuple[int, str]] = []
+
+    class Noisy(Component, partition=Partition("key", partitions=4)):
+        @update
+        def touch(self, ctx: Context, key: str) -> int:
+            ctx.effect(ran.append, (ctx.replica, key))
+            return ctx.replica
+
+    cluster = Cluster(Service("s", [Noisy()]), replicas=2)
+    for i in range(20):
+        cluster.call(i % 2, Noisy.touch, f"k{i}")
+    cluster.run_until_quiet()
+    assert sorted(k for _, k in ran) == sorted(f"k{i}" for i in range(20))
+    spec = Noisy.partition
+    assert spec is not None
+    assert all(spec.holders(spec.of(k), 2)[0] == r for r, k in ran)
+
+
+def test_a_timer_in_a_partition_is_refused_with_a_clear_error() -> None:
+    class Timed(Component, partition=Partition("key")):
+        @update
+        def later(self, ctx: Context, key: str) -> None:
+            ctx.raise_later(1.0, "Timed.later", key)
+
+    cluster = Cluster(Service("s", [Timed()]), replicas=2)
+    with pytest.raises((PartitionError, RemoteError), match="not available in a partitioned"):
+        cluster.call(0, Timed.later, "k")
+    cluster.assert_converged()
+
+
+def test_hash_tags_keep_keys_together() -> None:
+    spec = Partition("key", tag=hash_tag, partitions=1024)
+    assert spec.of("{user1}:cart") == spec.of("{user1}:profile") == spec.of("user1")
+    assert spec.of(b"{user1}:cart") == spec.of("user1")
+    assert hash_tag("{}x") == "{}x"  # an empty tag: the whole key, as Redis does
+    assert hash_tag("a{b}{c}") == "b"
+    with pytest.raises(ValueError, match="must name a parameter"):
+        Partition("not a name")
+    with pytest.raises(ValueError, match="copies must be"):
+        Partition("key", copies=0)
