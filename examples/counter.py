@@ -103,7 +103,9 @@ async def serve(
         if isinstance(command, str):
             writer.write(command.encode())
         elif command[0] == "GET":
-            writer.write(b"%d\n" % replica.query(Counter.get, command[1]))
+            # read, not query: a partitioned counter (examples/partitioned.py) forwards
+            # a key held by another replica to it
+            writer.write(b"%d\n" % await replica.read(Counter.get, command[1]))
         elif command[0] == "INFO":
             writer.write(b"replica %d seq %d\n" % (replica.index, replica.applied_seq))
         else:

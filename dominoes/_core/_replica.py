@@ -140,6 +140,12 @@ class ReplicaStatistics(msgspec.Struct, frozen=True, kw_only=True):
     poisoned: int
     blobs_appended: int
     group_commits: int
+    #: partitioned components: how many partitions this replica holds, by component
+    partitions: dict[str, int] = {}
+    #: partial results sent to the replicas whose calls touched partitions held here
+    partials_sent: int = 0
+    #: this replica's calls applied and waiting for other holders' partials now
+    waiting_for_partials: int = 0
 
 
 class ReplicaCore(Membership, Recovering, Generic[W]):
@@ -204,6 +210,7 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
         self.parked: dict[tuple[int, int], Applied] = {}
         # partials to send after this poll: [origin, seq, sub, component, partition, ok, value]
         self._forwarding: list[list[Any]] = []
+        self.partials_sent = 0
         #: calls queued for group commit, in order: (encoded call, waiter, batchable)
         self.group: list[tuple[bytes, W, bool]] = []
         self.group_commits = 0
@@ -577,6 +584,7 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
     def _send_partials(self) -> None:
         """Queue this poll's partials for their origins, in entries the log takes."""
         items, self._forwarding = self._forwarding, []
+        self.partials_sent += len(items)
         limit = self.max_entry_bytes // 2
         ts, index = self.machine.now, self.index
         chunk: list[list[Any]] = []
@@ -706,4 +714,7 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
             poisoned=len(m.poisoned),
             blobs_appended=self.blobs_appended,
             group_commits=self.group_commits,
+            partitions={name: len(h.parts) for name, h in m.partitioned.items()},
+            partials_sent=self.partials_sent,
+            waiting_for_partials=len(self.parked),
         )

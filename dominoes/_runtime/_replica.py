@@ -64,7 +64,7 @@ from typing import Any, Final, TypeVar
 from .._core._backend import LogBackend
 from .._core._codec import Mode
 from .._core._component import Component, EventRef, query
-from .._core._errors import ApplyTimeout, DurabilityError
+from .._core._errors import ApplyTimeout, DominoesError, DurabilityError
 from .._core._log import LogStatistics
 from .._core._machine import Applied, Divergence
 from .._core._replica import DEFAULT_STALL_THRESHOLD, ReplicaCore
@@ -184,6 +184,14 @@ class Replica:
         if self.fences.active:
             # an entry must travel to other machines by value: no blob files
             self.core.blobs = None
+        if machine.partitioned and (self.fences.active or self.persist.active):
+            raise DominoesError(
+                f"service {service.name!r} has partitioned components "
+                f"({', '.join(machine.partitioned)}), which run on one machine's "
+                "shared-memory log without --durable for now: a partition is held by "
+                "some replicas only, and the durable snapshots and the machines of a "
+                "shared log each hold one replica's state"
+            )
         #: lines a producer here wakes: the replicas, and the log writer or the
         #: bridge after them
         self.wake_lines = replicas + 1 if self.persist.active or self.fences.active else replicas
@@ -193,6 +201,8 @@ class Replica:
             self._deliver_holding if self.persist.active else self._deliver_now
         )
         self.syncs = 0
+        #: reads of partitions held elsewhere, sent through the log (``read``)
+        self.forwarded_reads = 0
         self.poisoned_seen = 0
         #: slow applies that were the core's other processes, not the apply (see _on_stall)
         self.preempted = 0
@@ -349,7 +359,9 @@ class Replica:
         tail (:meth:`sync`), so it reflects every write acknowledged anywhere
         on this machine before it; a ``local`` one reads the state as it is.
         With ``--log nats://``, use ``await`` :meth:`read` to see writes
-        acknowledged on other machines too.
+        acknowledged on other machines too.  A query of a partitioned
+        component whose partition this replica does not hold raises
+        :class:`~dominoes.PartitionError`; :meth:`read` forwards it.
         """
         self.queries += 1
         machine = self.core.machine
@@ -364,10 +376,17 @@ class Replica:
         With a log shared across machines (``--log nats://``) a linearizable
         query first awaits a read fence (:meth:`read_fence`), so it reflects
         every write acknowledged on any machine before it was called.  On one
-        machine it is :meth:`query` (nothing to await).
+        machine it is :meth:`query` (nothing to await), except for a read of
+        partitions of a partitioned component this replica does not hold:
+        that goes through the log to their holders and comes back as a call.
         """
         machine = self.core.machine
         name = machine.resolve(ref)
+        if machine.partitioned and not machine.holds(name, *args, **kwargs):
+            # a partition held elsewhere: the read goes through the log to its
+            # holders (linearizable: it is ordered with every write)
+            self.forwarded_reads += 1
+            return await self.submit(name, *args, **kwargs)
         if name not in machine.local_queries:
             fence = self.read_fence()
             if fence is not None:
@@ -474,7 +493,11 @@ class Replica:
             bindings=len(m.registry),
             queries=len(m.query_names),
             components=tuple(
-                ComponentSummary(name=name, cls=type(c).__name__, sizes=component_sizes(c))
+                ComponentSummary(
+                    name=name,
+                    cls=type(c).__name__,
+                    sizes=component_sizes(m.partitioned.get(name, c)),
+                )
                 for name, c in m.components.items()
             ),
         )
@@ -735,7 +758,7 @@ class Replica:
 
     def _deliver_holding(self, applied: Applied) -> None:
         """``_deliver`` with a durable log: an owned outcome waits for the log writer."""
-        if applied.owner or applied.waiter is not None:
+        if applied.owner or applied.waiter is not None or applied.effects:
             if applied.divergence is not None:
                 self._on_divergence(applied.divergence)
                 applied.divergence = None
@@ -760,10 +783,12 @@ class Replica:
             write_snapshot(self, applied)
         if applied.published is not None:  # every replica delivers to its own subscribers
             self.feeds.deliver(applied.published)
-        if not applied.owner:
-            return
+        # queued only where they run: on the owner, or for a partitioned part,
+        # on the holder that performs it
         for fn, args, kwargs in applied.effects:
             self._run_effect(fn, args, kwargs)
+        if not applied.owner:
+            return
         for hook in self.owner_hooks:
             try:
                 hook(applied)

@@ -78,6 +78,8 @@ class RuntimeStatistics(msgspec.Struct, frozen=True, kw_only=True):
     entries_per_s: float
     queries: int
     queries_per_s: float
+    #: reads of partitions held by other replicas, sent through the log
+    forwarded_reads: int
     effects_run: int
     effect_errors: int
     effect_stalls: int
@@ -143,6 +145,12 @@ def thread_usage() -> resource.struct_rusage:
 def component_sizes(component: Any) -> dict[str, int]:
     """Items per sized attribute of a component's replicated state."""
     out: dict[str, int] = {}
+    parts = getattr(component, "parts", None)
+    if isinstance(parts, dict):  # a partitioned component (``Held``): the held parts' sum
+        for part in parts.values():
+            for key, n in component_sizes(part).items():
+                out[key] = out.get(key, 0) + n
+        return out
     for key, value in component.snapshot().items():
         if hasattr(value, "__len__") and not isinstance(value, str | bytes):
             out[key] = len(value)
@@ -166,6 +174,7 @@ def runtime_statistics(replica: Replica) -> RuntimeStatistics:
         entries_per_s=replica.rates.entries_per_s,
         queries=replica.queries,
         queries_per_s=replica.rates.queries_per_s,
+        forwarded_reads=replica.forwarded_reads,
         effects_run=replica.effects_run,
         effect_errors=replica.effect_errors,
         effect_stalls=replica.effect_stalls,
