@@ -26,6 +26,7 @@ from ._core._machine import RemoteError as RemoteError
 from ._core._partition import KEY_ORDER as KEY_ORDER
 from ._core._partition import Partition as Partition
 from ._core._partition import PartitionError as PartitionError
+from ._core._partition import PartitionUnavailableError as PartitionUnavailableError
 from ._core._partition import combine as combine
 from ._core._partition import hash_tag as hash_tag
 from ._core._service import Option as Option
@@ -56,6 +57,7 @@ __all__ = (
     "Option",
     "Partition",
     "PartitionError",
+    "PartitionUnavailableError",
     "PoisonedEntryError",
     "QueryWroteStateError",
     "RemoteError",

@@ -155,6 +155,9 @@ class Cluster:
         #: tasks of asynchronous effects still running (when a loop is running)
         self.effect_tasks: set[asyncio.Task[Any]] = set()
         self._snapshot_waits: dict[int, tuple[int, int]] = {}  # joiner -> (source, seq)
+        # joiner -> the other replicas writing snapshots for its partitions, and
+        # what arrived (writer -> snapshot; the source's under its index too)
+        self._snapshot_parts: dict[int, tuple[tuple[int, ...], dict[int, bytes]]] = {}
 
     def __getitem__(self, index: int) -> ClusterReplica:
         return self.replicas[index]
@@ -329,6 +332,8 @@ class Cluster:
     def _poll(self, r: ClusterReplica, limit: int | None, until: int | None = None) -> int:
         noops = r.core.noops_skipped
         results = r.core.poll(limit, until)
+        if r.core.parked:  # what the runtime's tick does: holders died?
+            results += r.core.check_parked()
         r.core.flush_outbox()
         for applied in results:
             if applied.divergence is not None:
@@ -346,7 +351,7 @@ class Cluster:
                 pending.seq = applied.seq
                 pending.applied = applied
             if applied.snapshot is not None:
-                self._deliver_snapshot(applied)
+                self._deliver_snapshot(applied, r.index)
         return len(results) + r.core.noops_skipped - noops
 
     def _run_effect(
@@ -419,8 +424,16 @@ class Cluster:
             pending.applied = Applied(pending.seq, None, False)
             pending.applied.error = ReplicaDeadError(f"replica {replica} died")
         self._snapshot_waits.pop(replica, None)
+        self._snapshot_parts.pop(replica, None)
         self.log.mark_dead(replica)
         self.log.fill_abandoned(replica)
+        # calls waiting for partials that no live replica can now send fail
+        for other in self.live:
+            for applied in other.core.check_parked():
+                pending = applied.waiter
+                if pending is not None:
+                    pending.seq = applied.seq
+                    pending.applied = applied
 
     def restart(self, replica: int, source: int | None = None) -> None:
         """Bring a dead replica back: join, snapshot through the log, catch up.
@@ -452,6 +465,7 @@ class Cluster:
             seq = core.try_append(ask.payload)
             if seq:
                 self._snapshot_waits[joiner] = (ask.source, seq)
+                self._snapshot_parts[joiner] = (ask.extras, {})
                 return
             if not self.step():
                 # Other joiners may hold the log for sources that died.
@@ -469,20 +483,28 @@ class Cluster:
         the request's seq, so it will never apply it).
         """
         for joiner, (source, asked_at) in list(self._snapshot_waits.items()):
-            src = self.replicas[source]
-            if not src.alive or src.joining or src.cursor > asked_at:
-                self._request_snapshot(joiner, None)
+            extras, got = self._snapshot_parts.get(joiner, ((), {}))
+            for writer in (source, *extras):
+                src = self.replicas[writer]
+                if writer not in got and (not src.alive or src.joining or src.cursor > asked_at):
+                    self._request_snapshot(joiner, None)
+                    break
 
-    def _deliver_snapshot(self, applied: Applied) -> None:
+    def _deliver_snapshot(self, applied: Applied, writer: int) -> None:
         entry = applied.entry
         assert entry is not None
         assert applied.snapshot is not None
         source, joiner = entry.arg[0], entry.arg[1]  # type: ignore[union-attr]
         if self._snapshot_waits.get(joiner) != (source, entry.seq):
             return  # a stale request (the joiner died, or asked again)
+        extras, got = self._snapshot_parts.get(joiner, ((), {}))
+        got[writer] = applied.snapshot
+        if any(w not in got for w in (source, *extras)):
+            return  # the partitions other replicas write for it are still to come
         del self._snapshot_waits[joiner]
+        self._snapshot_parts.pop(joiner, None)
         r = self.replicas[joiner]
-        r.core.load(applied.snapshot)
+        r.core.load(got[source], [got[w] for w in extras])
         r.joining = False
 
     # --- checking --------------------------------------------------------------------------------

@@ -104,8 +104,11 @@ async def serve(
             writer.write(command.encode())
         elif command[0] == "GET":
             # read, not query: a partitioned counter (examples/partitioned.py) forwards
-            # a key held by another replica to it
-            writer.write(b"%d\n" % await replica.read(Counter.get, command[1]))
+            # a key held by another replica to it, and refuses one whose holders are down
+            try:
+                writer.write(b"%d\n" % await replica.read(Counter.get, command[1]))
+            except DominoesError as exc:
+                writer.write(f"ERR {exc}\n".encode())
         elif command[0] == "INFO":
             writer.write(b"replica %d seq %d\n" % (replica.index, replica.applied_seq))
         else:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import CoroutineType
 from typing import Any, Final
 
@@ -232,6 +232,9 @@ class StateMachine:
             for c in components
             if (spec := getattr(type(c), "partition", None)) is not None
         }
+        #: partitions that started empty when this replica restored a
+        #: snapshot, since no live replica held a copy: (component, partition)
+        self.lost: list[tuple[str, int]] = []
         self._replicas = 1
         for held in self.partitioned.values():
             held.place(index, 1)
@@ -387,6 +390,10 @@ class StateMachine:
         elif entry.op == "digest":
             self._compare(out, entry)
             return True  # a report is not itself a digest point
+        elif entry.op == "snapshot" and len(entry.arg) > 2 and self.index in entry.arg[2]:
+            # partitions the joiner holds and the source does not: this
+            # replica writes its snapshot for them too, at the same position
+            out.snapshot_for = int(entry.arg[1])
         elif entry.op == "results":
             index = self.index
             mine = [item for item in entry.arg[1] if item[0] == index]
@@ -790,8 +797,14 @@ class StateMachine:
             )
         )
 
-    def restore(self, data: bytes) -> None:
-        """Load a :meth:`snapshot` into this (fresh) machine; it continues at its cursor."""
+    def restore(self, data: bytes, more: Sequence[bytes] = ()) -> None:
+        """Load a :meth:`snapshot` into this (fresh) machine; it continues at its cursor.
+
+        ``more``: snapshots other replicas wrote at the same log position,
+        for the partitions this replica holds and ``data``'s writer does not.
+        A partition none of them holds starts empty, and is listed in
+        :attr:`lost` (its only copies died with their replicas).
+        """
         snap = _snap_decoder.decode(data)
         if snap.service != self.service_name:
             raise ValueError(f"snapshot of service {snap.service!r}, not {self.service_name!r}")
@@ -814,12 +827,23 @@ class StateMachine:
         self.timers.load(snap.next_timer, snap.timers)
         self._recent = dict(snap.recent)
         self.poisoned = dict(snap.poisoned)
+        missing: dict[str, list[int]] = {}
         for name, state in snap.components.items():
             held = self.partitioned.get(name)
             if held is None:
                 self.components[name].restore(state)
             else:
-                held.restore(state)
+                missing[name] = held.restore(state)
+        for extra in map(_snap_decoder.decode, more):
+            if extra.cursor != snap.cursor or extra.service != snap.service:
+                raise ValueError("the snapshots to restore together are of different positions")
+            for name, pids in missing.items():
+                if pids:
+                    missing[name] = self.partitioned[name].restore(extra.components[name], pids)
+        for name, pids in missing.items():
+            for pid in pids:
+                self.partitioned[name].reset(pid)
+                self.lost.append((name, pid))
 
     def digest(self) -> dict[str, str]:
         """A hash of each component's state (and of the machine's own, as ``"_dominoes"``).

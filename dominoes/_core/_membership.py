@@ -11,6 +11,7 @@ backlog, and goes live (:meth:`Membership.go_live`).  The runtime's
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from ._backend import LogBackend
@@ -31,6 +32,9 @@ class SnapshotAsk(NamedTuple):
     payload: bytes
     #: the seq the joiner now holds the log from (it copies entries from there)
     held_from: int
+    #: the other live replicas asked to write theirs at the same position, for
+    #: partitions the joiner holds and the source does not
+    extras: tuple[int, ...] = ()
 
 
 class Membership:
@@ -50,6 +54,8 @@ class Membership:
         ) -> None: ...
         def unstamp(self, payload: bytes) -> tuple[int, bytes, int]: ...
         def owns_stamped(self, entry: Entry, key: int) -> bool: ...
+        def _partials(self, applied: Applied, key: int) -> None: ...
+        def _send_partials(self) -> None: ...
         def enable_recovery(self, snapshot: bytes | None = None) -> None: ...
 
     def start(self, pid: int = 0) -> None:
@@ -67,9 +73,12 @@ class Membership:
         self.log.advance(self.index, tail)
         return tail
 
-    def load(self, snapshot: bytes) -> None:
-        """Restore a snapshot taken through the log, then go live at its cursor."""
-        self.machine.restore(snapshot)
+    def load(self, snapshot: bytes, more: Sequence[bytes] = ()) -> None:
+        """Restore a snapshot taken through the log, then go live at its cursor.
+
+        ``more``: the snapshots the ask's ``extras`` wrote (partitions).
+        """
+        self.machine.restore(snapshot, more)
         self.log.set_live(self.index, self.machine.cursor)
 
     def copy_backlog(self, backlog: list[Journaled], start: int) -> int:
@@ -104,23 +113,30 @@ class Membership:
         copied: int,
         *,
         recovery: bool = False,
+        more: Sequence[bytes] = (),
     ) -> list[Applied]:
         """Restore ``snapshot``, apply the backlog past it, and go live after both
         (:meth:`restore_snapshot`, :meth:`apply_backlog` and :meth:`go_live` in one)."""
-        self.restore_snapshot(snapshot, recovery=recovery)
+        self.restore_snapshot(snapshot, recovery=recovery, more=more)
         out = self.apply_backlog(backlog)
         self.go_live(copied)
         return out
 
-    def restore_snapshot(self, snapshot: bytes, *, recovery: bool = False) -> None:
+    def restore_snapshot(
+        self, snapshot: bytes, *, recovery: bool = False, more: Sequence[bytes] = ()
+    ) -> None:
         """Restore a joiner's snapshot without going live (its backlog comes next).
 
         ``recovery``: the recovery point starts at the snapshot, and the
-        backlog applied after it goes into its journal.
+        backlog applied after it goes into its journal.  ``more``: the
+        snapshots the ask's ``extras`` wrote at the same position.
         """
-        self.machine.restore(snapshot)
+        machine = self.machine
+        machine.restore(snapshot, more)
         if recovery:
-            self.enable_recovery(snapshot)
+            # a recovery point holds this replica's own state: its partitions,
+            # not the source's
+            self.enable_recovery(machine.snapshot() if machine.partitioned else snapshot)
 
     def apply_backlog(self, backlog: list[Journaled]) -> list[Applied]:
         """Apply copied entries, in order, skipping those the snapshot holds.
@@ -153,9 +169,14 @@ class Membership:
                     applied.snapshot_for = -1
                 machine.finish(applied)
                 self._outcomes(applied, out, key)
+                if key != 0:  # partials of the partitions held here, for their origins
+                    for one in [applied] if applied.batch is None else applied.batch:
+                        if one.forward is not None:
+                            self._partials(one, 1)
             if recovery is not None:
                 recovery.journal.append((seq, kind, nslots, payload))
                 recovery.journal_bytes += len(payload)
+        self._send_partials()
         return out
 
     def go_live(self, copied: int) -> None:
@@ -185,15 +206,37 @@ class Membership:
         nothing it held before is needed (it applied nothing yet), and a log
         that filled up behind it must have room for the request.
         """
+        live = self.log.replicas_in(frozenset({ReplicaState.LIVE}))
+        others = [i for i in live if i != self.index and i < self.replicas]
         if source is None:
-            live = self.log.replicas_in(frozenset({ReplicaState.LIVE}))
-            others = [i for i in live if i != self.index and i < self.replicas]
             if not others:
                 raise RuntimeError("no live replica to take a snapshot from")
             source = others[0]
+        extras = self._extra_sources(source, others)
         held = self.hold_from_tail()
-        payload = encode(Control("snapshot", [source, self.index], now, self.index))
-        return SnapshotAsk(source, payload, held)
+        arg: list[object] = [source, self.index]
+        if extras:
+            arg.append(list(extras))
+        payload = encode(Control("snapshot", arg, now, self.index))
+        return SnapshotAsk(source, payload, held, extras)
+
+    def _extra_sources(self, source: int, live: list[int]) -> tuple[int, ...]:
+        """Live replicas holding the partitions this replica holds and ``source`` does not.
+
+        For each such partition, its lowest live holder; a partition with no
+        live holder but this replica has none to give (``StateMachine.lost``).
+        """
+        machine, n, index = self.machine, self.replicas, self.index
+        extras: set[int] = set()
+        for held in machine.partitioned.values():
+            for pid in held.parts:
+                holders = held.holders(pid, n)
+                if source in holders:
+                    continue
+                there = [h for h in live if h in holders and h != index]
+                if there:
+                    extras.add(min(there))
+        return tuple(sorted(extras))
 
 
 def owns_foreign(entry: Entry) -> bool:

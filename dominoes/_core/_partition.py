@@ -45,6 +45,7 @@ __all__ = (
     "Outcomes",
     "Partition",
     "PartitionError",
+    "PartitionUnavailableError",
     "KEY_ORDER",
     "Router",
     "combine",
@@ -56,6 +57,15 @@ __all__ = (
 DEFAULT_PARTITIONS: Final = 64
 
 _COMBINE_ATTR: Final = "__dominoes_combine__"
+
+
+class PartitionUnavailableError(DominoesError):
+    """No live replica holds a partition the call needs (its holders died).
+
+    A write may or may not have been applied on a holder before it died; a
+    retry with the same request id is applied at most once by the holders
+    that remember it.
+    """
 
 
 class PartitionError(DominoesError, LookupError):
@@ -387,17 +397,27 @@ class Held:
             "recent": {pid: list(r.items()) for pid, r in self.recent.items()},
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], only: Iterable[int] | None = None) -> list[int]:
+        """Load the held partitions (or those of ``only``) a snapshot has; the others' numbers.
+
+        A snapshot holds its writer's partitions only: a joiner gets the
+        rest from the other snapshots written for it (``StateMachine.restore``).
+        """
         parts, recent = state["parts"], state["recent"]
-        missing = sorted(set(self.parts) - set(parts))
-        if missing:
-            raise PartitionError(
-                f"the snapshot does not hold partitions {missing} of {self.name}, "
-                "which this replica holds"
-            )
-        for pid, inst in self.parts.items():
+        missing = []
+        for pid in self.parts if only is None else only:
+            if pid not in parts:
+                missing.append(pid)
+                continue
+            inst = self.parts[pid] = copy.deepcopy(self.template)
             inst.restore(parts[pid])
             self.recent[pid] = dict(recent.get(pid, ()))
+        return missing
+
+    def reset(self, pid: int) -> None:
+        """Partition ``pid`` starts empty here (no live replica had a copy to give)."""
+        self.parts[pid] = copy.deepcopy(self.template)
+        self.recent[pid] = {}
 
     def digest_items(self) -> dict[str, Any]:
         return {

@@ -63,10 +63,11 @@ from ._backend import LogBackend
 from ._codec import Call, Control, Entry, Fire, Mode, batch_payload, decode, encode
 from ._component import EventRef
 from ._errors import ApplyTimeout, EntryTooLargeError, LogFullError, UnknownEventError
-from ._layout import STAMP
+from ._layout import STAMP, ReplicaState
 from ._log import KIND_BLOB, KIND_ENTRY, KIND_NOOP, KIND_STAMPED
 from ._machine import Applied, StateMachine
 from ._membership import Membership, SnapshotAsk, owns_foreign
+from ._partition import PartitionUnavailableError
 from ._recovery import (
     DEFAULT_CHECKPOINT_BYTES,
     DEFAULT_CHECKPOINT_ENTRIES,
@@ -571,6 +572,45 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
             late.waiting, applied.waiting = applied.waiting, None
             late.parts = applied.parts
             self.parked[(applied.seq, applied.sub)] = late
+
+    def check_parked(self) -> list[Applied]:
+        """Fail this replica's calls waiting for partials that no holder can still send.
+
+        A holder can send a call's partial while it is live, or joining from
+        a position before the call (it applies the call in its backlog).  A
+        partition whose holders are all dead, or restarted past the call,
+        sends nothing: the calls that wait for it get a
+        :class:`PartitionUnavailableError` (the part may or may not have been
+        applied before its holders died).  The driver calls this when a
+        replica may have died (a tick, or a kill); returns those outcomes.
+        """
+        log, machine, n = self.log, self.machine, self.replicas
+        failed = []
+        for key, late in list(self.parked.items()):
+            seq = key[0]
+
+            def gone(h: int, seq: int = seq) -> bool:
+                state = log.state(h)
+                if state == ReplicaState.JOINING:
+                    return log.cursor(h) > seq
+                return state != ReplicaState.LIVE
+
+            down = sorted(
+                part
+                for part in late.waiting or ()
+                if all(map(gone, machine.partitioned[part[0]].holders(part[1], n)))
+            )
+            if down:
+                del self.parked[key]
+                late.waiting = None
+                name, pid = down[0]
+                late.error = PartitionUnavailableError(
+                    f"partition {pid} of {name} has no live holder (replicas "
+                    f"{list(machine.partitioned[name].holders(pid, n))} are down): the call "
+                    "may or may not have been applied there; retry once it is back"
+                )
+                failed.append(late)
+        return failed
 
     def _completed(self, items: list[list[Any]], out: list[Applied]) -> None:
         """Partials for this replica's parked calls arrived: report those now complete."""

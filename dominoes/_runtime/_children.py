@@ -107,7 +107,7 @@ class Children:
         """
         if self._r.loop is None:
             return False
-        path = snapshot_path(self._r.run_dir, joiner, seq)
+        path = snapshot_path(self._r.run_dir, joiner, seq, self._r.index)
         # Tells the joiner that its snapshot is on its way, so it does not ask
         # again (and start another child) while a large state is encoded.
         marker = path.with_name(f".{path.name}.writing")

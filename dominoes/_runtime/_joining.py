@@ -4,7 +4,11 @@ A joiner (a restarted replica) holds the log from the tail and appends a
 request for a snapshot (``ReplicaCore.ask_snapshot`` picks the source).  The
 source writes its state when it applies the request, so the snapshot is the
 state at exactly that log position; it lands in the run directory as
-``snapshot-<joiner>-<seq>.bin`` and the source wakes the joiner.  Meanwhile
+``snapshot-<joiner>-<seq>-<writer>.bin`` and the source wakes the joiner.
+A joiner that holds partitions of a partitioned component the source does not
+hold names other live replicas in its request (``SnapshotAsk.extras``); each
+writes its own snapshot at the same position, and the joiner restores the
+source's with theirs (``StateMachine.restore``).  Meanwhile
 the joiner copies what the log publishes (its *backlog*) so that it does not
 hold the ring for the seconds a large snapshot takes.  Once the snapshot is
 restored, the backlog is applied a batch at a time, between which ingress
@@ -42,9 +46,9 @@ log = logging.getLogger("dominoes.replica")
 SNAPSHOT_TIMEOUT: Final = 2.0
 
 
-def snapshot_path(run_dir: Path, joiner: int, seq: int) -> Path:
-    """Where the snapshot asked by ``joiner`` at entry ``seq`` is written."""
-    return run_dir / f"snapshot-{joiner}-{seq}.bin"
+def snapshot_path(run_dir: Path, joiner: int, seq: int, writer: int) -> Path:
+    """Where ``writer``'s snapshot asked by ``joiner`` at entry ``seq`` is written."""
+    return run_dir / f"snapshot-{joiner}-{seq}-{writer}.bin"
 
 
 def write_snapshot(replica: Replica, applied: Applied) -> None:
@@ -53,7 +57,7 @@ def write_snapshot(replica: Replica, applied: Applied) -> None:
     assert isinstance(entry, Control)
     assert applied.snapshot is not None
     joiner = int(entry.arg[1])
-    path = snapshot_path(replica.run_dir, joiner, entry.seq)
+    path = snapshot_path(replica.run_dir, joiner, entry.seq, replica.index)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with open(fd, "wb") as f:
@@ -72,6 +76,8 @@ class Joining:
         self._r = replica
         #: (source, request seq) while waiting for the snapshot, else None
         self.wait: tuple[int, int] | None = None
+        #: the other replicas writing snapshots for this one's partitions
+        self.extras: tuple[int, ...] = ()
         #: the snapshot is restored; the backlog is being applied
         self.catching_up = False
         #: entries copied out of the ring: (seq, kind, nslots, payload)
@@ -97,7 +103,7 @@ class Joining:
     def ask(self) -> None:
         """Append a request for a snapshot (the log being full, retry a while)."""
         r = self._r
-        source, payload, self.copied = r.core.ask_snapshot(now=time.time())
+        source, payload, self.copied, self.extras = r.core.ask_snapshot(now=time.time())
         self.backlog = []
         seq = 0
         deadline = time.monotonic() + SNAPSHOT_TIMEOUT
@@ -109,7 +115,13 @@ class Joining:
                 time.sleep(FULL_BACKOFF_MAX)
         self.wait = (source, seq)
         self._asked = time.monotonic()
-        log.info("replica %d: asked replica %d for a snapshot at seq %d", r.index, source, seq)
+        log.info(
+            "replica %d: asked replica %d for a snapshot at seq %d%s",
+            r.index,
+            source,
+            seq,
+            f" (and replicas {list(self.extras)} for partitions)" if self.extras else "",
+        )
 
     def copy(self) -> None:
         """Copy what the log published since the last copy into the backlog."""
@@ -120,28 +132,44 @@ class Joining:
         r = self._r
         assert self.wait is not None
         source, seq = self.wait
-        path = snapshot_path(r.run_dir, r.index, seq)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            writing = path.with_name(f".{path.name}.writing").exists()
-            if writing and r.log.state(source) == ReplicaState.LIVE:
-                return False  # a child of the source is writing it: a large state takes time
-            if time.monotonic() - self._asked > SNAPSHOT_TIMEOUT:
-                log.warning(
-                    "replica %d: no snapshot after %.1fs, asking again", r.index, SNAPSHOT_TIMEOUT
-                )
-                self.ask()
-            return False
-        path.unlink(missing_ok=True)
+        got: list[bytes] = []
+        paths = [snapshot_path(r.run_dir, r.index, seq, w) for w in (source, *self.extras)]
+        for writer, path in zip((source, *self.extras), paths, strict=True):
+            try:
+                got.append(path.read_bytes())
+            except FileNotFoundError:
+                writing = path.with_name(f".{path.name}.writing").exists()
+                if writing and r.log.state(writer) == ReplicaState.LIVE:
+                    return False  # a child of the writer is at it: a large state takes time
+                if time.monotonic() - self._asked > SNAPSHOT_TIMEOUT:
+                    log.warning(
+                        "replica %d: no snapshot from replica %d after %.1fs, asking again",
+                        r.index,
+                        writer,
+                        SNAPSHOT_TIMEOUT,
+                    )
+                    for done in paths:
+                        done.unlink(missing_ok=True)
+                    self.ask()
+                return False
+        for path in paths:
+            path.unlink(missing_ok=True)
         self.copy()
-        self._restore_while_copying(data)
+        self._restore_while_copying(got[0], got[1:])
+        for name, pid in r.core.machine.lost:
+            log.error(
+                "replica %d: partition %d of %s starts EMPTY: no live replica held a copy "
+                "(copies=1 keeps one copy in memory; its data died with its holder)",
+                r.index,
+                pid,
+                name,
+            )
         self.wait = None
         self.catching_up = True  # the drain applies the backlog, a batch at a time
         log.info("replica %d: restored the snapshot at seq %d", r.index, seq)
         return True
 
-    def _restore_while_copying(self, data: bytes) -> None:
+    def _restore_while_copying(self, data: bytes, more: list[bytes]) -> None:
         """Restore a joiner's snapshot while a forked child keeps copying the ring."""
         r = self._r
         copier = None
@@ -152,11 +180,11 @@ class Joining:
             except OSError as exc:
                 log.warning("replica %d: no backlog copier (%s)", r.index, exc)
         try:
-            r.core.restore_snapshot(data, recovery=True)
+            r.core.restore_snapshot(data, recovery=True, more=more)
         finally:
             if copier is not None:
-                more, self.copied = copier.finish()
-                self.backlog.extend(more)
+                copied, self.copied = copier.finish()
+                self.backlog.extend(copied)
 
     def catch_up(self, deliver: Callable[[Applied], None]) -> bool:
         """Apply a batch of the backlog (``deliver`` each outcome); True once live."""

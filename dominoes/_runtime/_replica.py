@@ -644,6 +644,9 @@ class Replica:
         if not self.closed:
             self._safety = self._loop.call_later(SAFETY_TICK, self._on_safety)
             self.log.beat(self.index)  # the loop runs: the supervisor watches this
+        if self.core.parked:  # calls waiting for partials: are their holders still up?
+            for applied in self.core.check_parked():
+                self._deliver(applied)
         if self.joining.waiting:
             self.joining.copy()
             if self.joining.check():

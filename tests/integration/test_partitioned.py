@@ -8,6 +8,8 @@ where the placement says, and only there.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from pathlib import Path
 
@@ -26,19 +28,21 @@ def digests(run_dir: Path, replicas: int = 2) -> list[tuple[int, dict[str, str]]
     return out
 
 
-def settled(run_dir: Path) -> list[dict[str, str]]:
-    """Wait until both replicas applied the same position; the copies they share agree."""
+def settled(run_dir: Path, replicas: int = 2) -> list[dict[str, str]]:
+    """Wait until the replicas applied the same position; the copies they share agree."""
     seen: list[tuple[int, dict[str, str]]] = []
 
     def same_seq() -> bool:
-        seen[:] = digests(run_dir)
+        seen[:] = digests(run_dir, replicas)
         return len({seq for seq, _ in seen}) == 1
 
     wait_until(same_seq, timeout=20, interval=0.05)
-    (_, a), (_, b) = seen
-    for name in a.keys() & b.keys():
-        assert a[name] == b[name], f"replicas differ in {name}"
-    return [a, b]
+    first: dict[str, tuple[int, str]] = {}
+    for index, (_, digest) in enumerate(seen):
+        for name, value in digest.items():
+            other = first.setdefault(name, (index, value))
+            assert other[1] == value, f"replicas {other[0]} and {index} differ in {name}"
+    return [digest for _, digest in seen]
 
 
 def test_a_write_on_one_replica_is_read_on_the_other_whoever_holds_the_key(
@@ -96,3 +100,73 @@ def test_eight_writers_lose_and_double_nothing(tmp_path: Path) -> None:
             assert client.ask("GET total") == str(writers * rounds)
             client.close()
         settled(svc.run_dir)
+
+
+def held_by(replica: int, replicas: int = 2, copies: int = 1) -> list[str]:
+    spec = Counter.partition
+    assert spec is not None
+    return [
+        k
+        for k in (f"k{i}" for i in range(200))
+        if replica in spec.holders(spec.of(k), replicas, copies)
+    ]
+
+
+def test_kill_9_with_one_copy_the_dead_replica_s_keys_fail_fast_then_start_empty(
+    tmp_path: Path,
+) -> None:
+    with running(TARGET, tmp_path / "run") as svc:
+        on = clients_on_every_replica(svc.port, 2)
+        mine, theirs = held_by(0)[0], held_by(1)[0]
+        assert on[0].ask(f"INCR {mine} 5") == "5"
+        assert on[0].ask(f"INCR {theirs} 7") == "7"
+        on[1].close()
+        os.kill(svc.replica_pids()[1], signal.SIGKILL)
+        # replica 0 keeps serving its own keys, and refuses the dead one's at
+        # once, reads and writes, until it is back
+        wait_until(lambda: "no live holder" in on[0].ask(f"GET {theirs}"), timeout=20)
+        assert on[0].ask(f"INCR {mine} 1") == "6"
+        svc.wait_restarted(1)
+        # its only copy died with it: it starts empty, and the log says so
+        assert on[0].ask(f"GET {theirs}") == "0"
+        assert on[0].ask(f"GET {mine}") == "6"
+        assert "starts EMPTY" in svc.output
+        on[0].close()
+        settled(svc.run_dir)
+
+
+def test_kill_9_with_two_copies_of_three_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    rounds = 300
+    with running("examples.partitioned:copies2", tmp_path / "run", replicas=3) as svc:
+        on = clients_on_every_replica(svc.port, 3)
+        on[1].close()
+        errors: list[BaseException] = []
+        done = [0, 0]
+
+        def write(slot: int, client: LineClient) -> None:
+            try:
+                for i in range(1, rounds + 1):
+                    assert client.ask(f"INCR w{slot}") == str(i)
+                    done[slot] = i
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=write, args=(slot, on[r])) for slot, r in enumerate((0, 2))
+        ]
+        for t in threads:
+            t.start()
+        wait_until(lambda: min(done) > rounds // 4, timeout=30)
+        os.kill(svc.replica_pids()[1], signal.SIGKILL)
+        for t in threads:
+            t.join()
+        assert errors == []
+        svc.wait_restarted(1)
+        back = clients_on_every_replica(svc.port, 3)
+        for client in back.values():
+            assert [client.ask(f"GET w{slot}") for slot in (0, 1)] == [str(rounds)] * 2
+            client.close()
+        for client in (on[0], on[2]):
+            client.close()
+        settled(svc.run_dir, 3)
+        assert "starts EMPTY" not in svc.output

@@ -19,6 +19,7 @@ from dominoes import (
     Context,
     Partition,
     PartitionError,
+    PartitionUnavailableError,
     RemoteError,
     Service,
     combine,
@@ -235,3 +236,67 @@ def test_hash_tags_keep_keys_together() -> None:
         Partition("not a name")
     with pytest.raises(ValueError, match="copies must be"):
         Partition("key", copies=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    script=st.lists(
+        st.one_of(st.tuples(st.integers(0, 2), ops), st.tuples(st.just("kill"), st.integers(0, 2))),
+        max_size=30,
+    )
+)
+def test_with_two_copies_of_three_a_killed_replica_loses_nothing(
+    script: list[tuple[Any, Any]],
+) -> None:
+    """Each partition on 2 of 3 replicas: one death at a time, and the restarted
+    replica gets its partitions from the live holders (two snapshots at one position)."""
+    split = Cluster(Service("s", [partitioned(2)(), Limits()]), replicas=3)
+    twin = Cluster(Service("s", [Counts(), Limits()]), replicas=3)
+    dead: int | None = None
+    for first, second in script:
+        if first == "kill":
+            if dead is not None:
+                split.restart(dead)
+                split.run_until_quiet()
+                dead = None
+            else:
+                dead = second
+                split.kill(second)
+            continue
+        replica = first if first != dead else (first + 1) % 3
+        assert run(split, replica, second) == run(twin, replica, second), second
+    if dead is not None:
+        split.restart(dead)
+    split.assert_converged()
+    for r in split.live:
+        assert r.core.machine.lost == []
+    assert [run(split, i % 3, ("get", f"k{i}")) for i in range(12)] == [
+        run(twin, 0, ("get", f"k{i}")) for i in range(12)
+    ]
+
+
+def test_with_one_copy_a_dead_replica_s_partitions_fail_fast_and_come_back_empty() -> None:
+    cls = partitioned(1, partitions=4)
+    cluster = Cluster(Service("s", [cls()]), replicas=2)
+    spec = cls.partition
+    assert spec is not None
+    mine = next(f"k{i}" for i in range(50) if spec.holders(spec.of(f"k{i}"), 2) == (0,))
+    theirs = next(f"k{i}" for i in range(50) if spec.holders(spec.of(f"k{i}"), 2) == (1,))
+    cluster.call(0, cls.incr, mine, 1)
+    cluster.call(0, cls.incr, theirs, 1)
+    cluster.kill(1)
+    # replica 0 keeps serving its own partitions
+    assert cluster.call(0, cls.incr, mine, 1) == 2
+    # and says at once that the dead replica's are unavailable, reads and writes
+    with pytest.raises(PartitionUnavailableError, match="no live holder"):
+        cluster.call(0, cls.incr, theirs, 1)
+    with pytest.raises(PartitionUnavailableError):
+        cluster.query(0, cls.get, theirs)
+    cluster.restart(1)
+    cluster.run_until_quiet()
+    # its only copy died with it: the partitions start empty, and say so
+    lost = cluster.replicas[1].core.machine.lost
+    assert lost == [("Counts", 1), ("Counts", 3)]
+    assert cluster.query(0, cls.get, theirs) == 0
+    assert cluster.query(1, cls.get, mine) == 2
+    cluster.assert_converged()
