@@ -126,11 +126,14 @@ class Partition:
     ``copies`` of N or more means every replica holds everything).
     ``partitions`` is how many parts the keys are hashed into; ``tag`` maps a
     key to what is hashed (:func:`hash_tag` keeps Redis-style ``{tag}`` keys
-    together).  The hash is CRC-32, so the placement is the same in every
-    process and every run.
+    together).  ``keyof`` maps each item of the key argument (or the argument
+    itself) to its key, for an argument whose items are not bare keys: a
+    list of commands, each ``[name, key, ...]``, is split by
+    ``keyof=lambda command: command[1]``.  The hash is CRC-32, so the
+    placement is the same in every process and every run.
     """
 
-    __slots__ = ("copies", "key", "partitions", "tag")
+    __slots__ = ("copies", "key", "keyof", "partitions", "tag")
 
     def __init__(
         self,
@@ -139,6 +142,7 @@ class Partition:
         copies: int = 1,
         partitions: int = DEFAULT_PARTITIONS,
         tag: Callable[[Any], Any] | None = None,
+        keyof: Callable[[Any], Any] | None = None,
     ) -> None:
         if not isinstance(key, str) or not key.isidentifier():
             raise ValueError(f"key must name a parameter, not {key!r}")
@@ -150,12 +154,17 @@ class Partition:
         self.copies = copies
         self.partitions = partitions
         self.tag = tag
+        self.keyof = keyof
 
     def of(self, key: Any) -> int:
         """The partition ``key`` is in."""
         if self.tag is not None:
             key = self.tag(key)
         return zlib.crc32(_key_bytes(key)) % self.partitions
+
+    def of_item(self, item: Any) -> int:
+        """The partition an item of the key argument is in (through ``keyof``)."""
+        return self.of(item if self.keyof is None else self.keyof(item))
 
     def holders(self, partition: int, replicas: int, copies: int | None = None) -> tuple[int, ...]:
         """The replicas that hold ``partition`` out of ``replicas``, the primary first.
@@ -273,17 +282,18 @@ class Router:
             value = kwargs[self.key]
         else:
             raise TypeError(f"{self.fn.__qualname__}() is missing its key argument {self.key!r}")
+        of = spec.of if spec.keyof is None else spec.of_item
         if isinstance(value, list | tuple):
             shares: dict[int, Any] = {}
             for k in value:
-                shares.setdefault(spec.of(k), []).append(k)
+                shares.setdefault(of(k), []).append(k)
             return shares or {0: value}  # no key: it runs once, in partition 0
         if isinstance(value, dict):
             maps: dict[int, Any] = {}
             for k, v in value.items():
-                maps.setdefault(spec.of(k), {})[k] = v
+                maps.setdefault(of(k), {})[k] = v
             return maps or {0: value}
-        return {spec.of(value): value}
+        return {of(value): value}
 
     def with_share(
         self, args: list[Any] | tuple[Any, ...], kwargs: dict[str, Any], share: Any
@@ -314,7 +324,7 @@ class Router:
         if not isinstance(keys, list | tuple | dict):
             return partials[0][1]
         lists = {pid: iter(value) for pid, value in partials}
-        of = self.spec.of
+        of = self.spec.of if self.spec.keyof is None else self.spec.of_item
         try:
             return [next(lists[of(k)]) for k in keys]
         except (StopIteration, TypeError):
