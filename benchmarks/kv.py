@@ -1,7 +1,7 @@
 """The dominoes KV service against its peers, driven by redis-benchmark.
 
     python benchmarks/kv.py [--repeat R] [--quick] [--json] [--json-file F]
-                            [--servers a,b,...|default|durability|all]
+                            [--servers a,b,...|default|durability|partition|all]
                             [--requests-p1 N] [--requests-p16 N] [--clients C]
                             [--keyspace K] [--busy-limit PCT]
 
@@ -57,7 +57,15 @@ the next:
     as dominoes' snapshots are).
 Not in the default group, which keeps a bare run at a few minutes;
 ``--servers durability`` runs them (about 2 minutes at ``--repeat 3`` on 2
-quiet cores).  DIR (and
+quiet cores).
+``partkv_2`` / ``partkv_2_copies2`` / ``partkv_2_all``
+    ``dominoes run examples.partkv:service|copies2|replicated --replicas 2``:
+    a small Redis-protocol store (SET, GET, INCR, ...) whose keys are
+    partitioned across the 2 replicas, each key on 1 replica or on both, and
+    the same store replicated on every replica.  ``--servers partition``
+    runs them with ``dominoes_2``, ``plain_2`` and ``redis_server``.
+    ``partkv_2/partkv_2_all`` is what partitioning buys the same code.
+DIR (and
 redis-server's ``--dir``, for every redis-server above) is a fresh directory
 per start under the benchmark's temporary workdir (under ``$TMPDIR``, so on
 the same filesystem for dominoes and redis-server), removed when the server
@@ -151,7 +159,17 @@ SERVERS: Final = (
     "redis_aof_always",
     "redis_aof_everysec",
     "redis_aof_no",
+    "partkv_2",
+    "partkv_2_copies2",
+    "partkv_2_all",
 )
+#: ``examples.partkv``'s services: a small store partitioned by key (copies=1 and 2 of
+#: 2 replicas) and its all-replicated twin (the same code, every key everywhere)
+PARTKV: Final = {
+    "partkv_2": "examples.partkv:service",
+    "partkv_2_copies2": "examples.partkv:copies2",
+    "partkv_2_all": "examples.partkv:replicated",
+}
 #: fsync policies, as ``dominoes run --fsync`` and ``redis-server --appendfsync`` name them
 POLICIES: Final = ("always", "everysec", "no")
 GROUPS: Final = {
@@ -162,6 +180,7 @@ GROUPS: Final = {
         *(f"redis_aof_{p}" for p in POLICIES),
         "redis_server",
     ),
+    "partition": (*PARTKV, "dominoes_2", "plain_2", "redis_server"),
     "all": SERVERS,
 }
 DESCRIPTIONS: Final = {
@@ -175,6 +194,9 @@ DESCRIPTIONS: Final = {
     "redis_server": "(6) redis-server",
     **{f"dominoes_2_{p}": f"(2d) dominoes KV, 2 replicas, --durable --fsync {p}" for p in POLICIES},
     **{f"redis_aof_{p}": f"(6d) redis-server --appendonly yes --appendfsync {p}" for p in POLICIES},
+    "partkv_2": "(7) examples.partkv, 2 replicas, each key on 1 (copies=1)",
+    "partkv_2_copies2": "(7') examples.partkv, 2 replicas, copies=2 (every key on both)",
+    "partkv_2_all": "(7'') examples.partkv's store replicated, 2 replicas (the twin)",
 }
 WORKERS: Final = {
     "dominoes_1": 1,
@@ -187,6 +209,7 @@ WORKERS: Final = {
     "redis_server": 1,
     **{f"dominoes_2_{p}": 2 for p in POLICIES},
     **{f"redis_aof_{p}": 1 for p in POLICIES},
+    **dict.fromkeys(PARTKV, 2),
 }
 SCALE: Final = {"redis_shared_2": 0.2}  # fraction of -n for servers that are much slower
 TESTS: Final = (("set", 1), ("get", 1), ("set", 16), ("get", 16))
@@ -206,6 +229,7 @@ SUPPORTED: Final = {
     "plain_1": frozenset({"set", "get", "incr"}),
     "plain_2": frozenset({"set", "get", "incr"}),
     "redis_shared_2": frozenset({"set", "get", "incr"}),
+    **dict.fromkeys(PARTKV, frozenset({"set", "get", "incr"})),
 }
 
 
@@ -248,6 +272,17 @@ RATIOS: Final = (
     ("dominoes_2_digest/dominoes_2", "dominoes_2_digest", "dominoes_2", "set", 16),
     ("dominoes_2_digest/dominoes_2", "dominoes_2_digest", "dominoes_2", "set", 1),
     ("dominoes_2/redis_server", "dominoes_2", "redis_server", "set", 16),
+    # partitioning (``--servers partition``): against the share-nothing bound, Redis,
+    # and the same store replicated on every replica
+    ("partkv_2/plain_2", "partkv_2", "plain_2", "set", 16),
+    ("partkv_2/plain_2", "partkv_2", "plain_2", "get", 16),
+    ("partkv_2/redis_server", "partkv_2", "redis_server", "set", 16),
+    ("partkv_2/partkv_2_all", "partkv_2", "partkv_2_all", "set", 16),
+    ("partkv_2/partkv_2_all", "partkv_2", "partkv_2_all", "get", 16),
+    ("partkv_2/partkv_2_all", "partkv_2", "partkv_2_all", "set", 1),
+    ("partkv_2/partkv_2_all", "partkv_2", "partkv_2_all", "get", 1),
+    ("partkv_2_copies2/partkv_2_all", "partkv_2_copies2", "partkv_2_all", "set", 16),
+    ("partkv_2_all/plain_2", "partkv_2_all", "plain_2", "set", 16),
 )
 
 
@@ -334,6 +369,9 @@ def missing_requirements(server: str) -> str | None:
             last = (done.stderr.strip().splitlines() or ["?"])[-1]
             return f"the dominoes KV service is not available (`{probe}`: {last})"
         return None
+    if server in PARTKV:
+        spec = importlib.util.find_spec("hiredis")
+        return None if spec is not None else "Python package 'hiredis' missing"
     uses_redis = server in ("redis_shared_2", "redis_server") or server.startswith("redis_aof")
     if uses_redis and shutil.which("redis-server") is None:
         return "redis-server not found: apt-get update && apt-get install -y redis-server"
@@ -591,6 +629,9 @@ def make_server(name: str, workdir: Path) -> Server:
         if policy in POLICIES:
             datadir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
             argv += ["--durable", str(datadir), "--fsync", policy]
+    elif name in PARTKV:
+        argv = [py, "-m", "dominoes", "run", PARTKV[name], "--replicas", "2"]
+        argv += ["--port", str(port)]
     elif name.startswith("plain_"):
         argv = [py, str(BASELINES / "plain_resp.py"), "--port", str(port)]
         argv += ["--processes", name.split("_")[1]]
