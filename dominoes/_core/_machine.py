@@ -505,12 +505,12 @@ class StateMachine:
     ) -> None:
         """Run the parts of a call this replica holds (``Router.__call__``)."""
         held = self.partitioned[router.component]
-        shares = router.split(args, kwargs)
+        shares, items = router.split_items(args, kwargs)
         rec = ctx._parts
         if rec is None:
             rec = ctx._parts = Outcomes()
         name = router.component
-        rec.routers[name] = (router, router.key_argument(args, kwargs))
+        rec.routers[name] = (router, items)
         parts, replicas, rid, origin = held.parts, self._replicas, ctx.request_id, ctx.origin
         owner, fn, is_query = ctx.is_owner, router.fn, router.query
         for pid, share in shares.items():
@@ -605,7 +605,7 @@ class StateMachine:
 
     def _query_parts(self, name: str, router: Router, args: Any, kwargs: dict[str, Any]) -> Any:
         held = self.partitioned[router.component]
-        shares = router.split(args, kwargs)
+        shares, items = router.split_items(args, kwargs)
         missing = sorted(pid for pid in shares if pid not in held.parts)
         if missing:
             where = sorted({h for pid in missing for h in held.holders(pid, self._replicas)})
@@ -618,7 +618,7 @@ class StateMachine:
         for pid, share in shares.items():
             a, kw = router.with_share(args, kwargs, share)
             partials.append((pid, router.fn(held.parts[pid], *a, **kw)))
-        return router.merge(router.key_argument(args, kwargs), partials)
+        return router.merge(items, partials)
 
     def apply_poisoned(self, entry: Entry, owner: bool, nslots: int = 1) -> Applied:
         """Apply ``entry`` as a :class:`PoisonedEntryError` instead of running it.

@@ -83,6 +83,8 @@ def hash_tag(key: Any) -> Any:
     Keys with the same non-empty tag land in the same partition
     (``{user1}:cart`` and ``{user1}:profile``); a key without one is hashed whole.
     """
+    if type(key) is bytes and b"{" not in key:
+        return key
     if isinstance(key, str):
         start = key.find("{")
         if start >= 0:
@@ -160,6 +162,8 @@ class Partition:
         """The partition ``key`` is in."""
         if self.tag is not None:
             key = self.tag(key)
+        if type(key) is bytes:
+            return zlib.crc32(key) % self.partitions
         return zlib.crc32(_key_bytes(key)) % self.partitions
 
     def of_item(self, item: Any) -> int:
@@ -273,9 +277,15 @@ class Router:
         The share is ``None`` for a method without a key (it gets the call
         unchanged); a single key maps to itself.
         """
+        return self.split_items(args, kwargs)[0]
+
+    def split_items(
+        self, args: list[Any] | tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[dict[int, Any], list[int] | None]:
+        """:meth:`split`, and the partition of each item of a list or dict key argument."""
         spec = self.spec
         if self.index is None:
-            return dict.fromkeys(range(spec.partitions))
+            return dict.fromkeys(range(spec.partitions)), None
         if self.index >= 0 and self.index < len(args):
             value = args[self.index]
         elif self.key in kwargs:
@@ -284,16 +294,22 @@ class Router:
             raise TypeError(f"{self.fn.__qualname__}() is missing its key argument {self.key!r}")
         of = spec.of if spec.keyof is None else spec.of_item
         if isinstance(value, list | tuple):
+            items = [of(k) for k in value]
             shares: dict[int, Any] = {}
-            for k in value:
-                shares.setdefault(of(k), []).append(k)
-            return shares or {0: value}  # no key: it runs once, in partition 0
+            for pid, k in zip(items, value, strict=True):
+                share = shares.get(pid)
+                if share is None:
+                    shares[pid] = [k]
+                else:
+                    share.append(k)
+            return (shares, items) if shares else ({0: value}, None)  # no key: once, in 0
         if isinstance(value, dict):
+            items = [of(k) for k in value]
             maps: dict[int, Any] = {}
-            for k, v in value.items():
-                maps.setdefault(of(k), {})[k] = v
-            return maps or {0: value}
-        return {of(value): value}
+            for pid, (k, v) in zip(items, value.items(), strict=True):
+                maps.setdefault(pid, {})[k] = v
+            return (maps, items) if maps else ({0: value}, None)
+        return {of(value): value}, None
 
     def with_share(
         self, args: list[Any] | tuple[Any, ...], kwargs: dict[str, Any], share: Any
@@ -306,27 +322,22 @@ class Router:
             return args, kwargs
         return args, {**kwargs, self.key: share}
 
-    def key_argument(self, args: list[Any] | tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if self.index is None:
-            return None
-        if self.index >= 0 and self.index < len(args):
-            return args[self.index]
-        return kwargs.get(self.key)
+    def merge(self, items: list[int] | None, partials: list[tuple[int, Any]]) -> Any:
+        """The call's result from its parts' results, ``(partition, result)`` in call order.
 
-    def merge(self, keys: Any, partials: list[tuple[int, Any]]) -> Any:
-        """The call's result from its parts' results, ``(partition, result)`` in call order."""
+        ``items``: the partition of each item of the key argument (:meth:`split_items`).
+        """
         fn = self.combine
         if fn is None:
             return partials[0][1]
         if fn != KEY_ORDER:
             assert callable(fn)
             return fn([value for _, value in partials])
-        if not isinstance(keys, list | tuple | dict):
+        if items is None:
             return partials[0][1]
         lists = {pid: iter(value) for pid, value in partials}
-        of = self.spec.of if self.spec.keyof is None else self.spec.of_item
         try:
-            return [next(lists[of(k)]) for k in keys]
+            return [next(lists[pid]) for pid in items]
         except (StopIteration, TypeError):
             raise ValueError(
                 f"{self.fn.__qualname__} is combined in key order, so each part must return "
@@ -376,7 +387,7 @@ class Held:
     partition's holders know what a call did to it.
     """
 
-    __slots__ = ("copies", "name", "parts", "recent", "spec", "template")
+    __slots__ = ("_holders", "copies", "name", "parts", "recent", "spec", "template")
 
     def __init__(self, template: Component, spec: Partition) -> None:
         self.name = template.name
@@ -386,10 +397,17 @@ class Held:
         self.copies = spec.copies
         self.parts: dict[int, Component] = {}
         self.recent: dict[int, dict[str, bytes | str]] = {}
+        # (replicas, each partition's holders) of the last placement
+        self._holders: tuple[int, list[tuple[int, ...]]] = (0, [])
 
     def place(self, replica: int, replicas: int) -> None:
         """Hold what the placement gives ``replica``: new partitions start empty."""
-        want = self.spec.held(replica, replicas, self.copies)
+        spec = self.spec
+        self._holders = (
+            replicas,
+            [spec.holders(p, replicas, self.copies) for p in range(spec.partitions)],
+        )
+        want = spec.held(replica, replicas, self.copies)
         for pid in [p for p in self.parts if p not in want]:
             del self.parts[pid]
             del self.recent[pid]
@@ -399,6 +417,9 @@ class Held:
         self.parts = dict(sorted(self.parts.items()))
 
     def holders(self, pid: int, replicas: int) -> tuple[int, ...]:
+        n, table = self._holders
+        if n == replicas:
+            return table[pid]
         return self.spec.holders(pid, replicas, self.copies)
 
     def snapshot(self) -> dict[str, Any]:
@@ -448,5 +469,5 @@ class Outcomes:
         self.outcomes: dict[tuple[str, int], tuple[bool, Any]] = {}
         #: the parts run here whose holders do not include the call's origin
         self.forward: list[tuple[str, int]] = []
-        #: each partitioned component's router and the call's key argument
+        #: each partitioned component's router and its key items' partitions
         self.routers: dict[str, tuple[Router, Any]] = {}
