@@ -119,19 +119,33 @@ class Context:
         The timer fires exactly once in the replicated state (through a timer
         entry in the log), even if the replica that armed it dies.
         """
-        if self._part is not None:
-            self._unsupported("a replicated timer (raise_later)")
         deadline = self.now + max(0.0, delay)
+        if self._part is not None:  # the partition's own timer, fired on its holders
+            return self._machine.arm_part_timer(
+                self._part, deadline, self._machine.resolve(event), args, kwargs
+            )
         return self._machine.timers.arm(deadline, self._machine.resolve(event), args, kwargs)
 
     def cancel(self, timer_id: int) -> bool:
         """Cancel a replicated timer; False if it already fired or never existed."""
         if self._part is not None:
-            self._unsupported("a replicated timer (cancel)")
+            return self._machine.cancel_part_timer(self._part, timer_id)
+        if timer_id < 0:
+            from ._partition import PartitionError
+
+            raise PartitionError(
+                f"timer {timer_id} is a partition's: only a handler of that partition cancels it"
+            )
         return self._machine.timers.cancel(timer_id)
 
     def timer_deadline(self, timer_id: int) -> float | None:
         """When a pending timer is due (replicated time), or None."""
+        if timer_id < 0:
+            if self._part is None:
+                from ._partition import PartitionError
+
+                raise PartitionError(f"timer {timer_id} is a partition's: ask from its handler")
+            return self._machine.part_timer_deadline(timer_id)
         return self._machine.timers.deadline(timer_id)
 
     # --- effects -------------------------------------------------------------------------

@@ -232,6 +232,7 @@ class StateMachine:
             for c in components
             if (spec := getattr(type(c), "partition", None)) is not None
         }
+        self._held_index = {name: i for i, name in enumerate(self.partitioned)}
         #: partitions that started empty when this replica restored a
         #: snapshot, since no live replica held a copy: (component, partition)
         self.lost: list[tuple[str, int]] = []
@@ -368,6 +369,8 @@ class StateMachine:
         out.batch = subs
 
     def _apply_fire(self, entry: Fire, out: Applied, now: float) -> bool:
+        if entry.timer_id < 0:
+            return self._fire_part(entry, out, now)
         timer = self.timers.take(entry.timer_id)
         if timer is None:  # already fired or cancelled: a no-op everywhere
             self.now = now
@@ -554,6 +557,88 @@ class StateMachine:
                 if len(recent) > self.dedup_window:
                     del recent[next(iter(recent))]
 
+    # A partition's timer lives with the partition's state (``Held.timers``) and
+    # fires into that partition only, on its holders.  Its id, as handlers see it,
+    # is negative: -((local id << 24 | component << 16 | partition) + 1).
+
+    def arm_part_timer(
+        self, part: tuple[str, int], deadline: float, event: str, args: Any, kwargs: Any
+    ) -> int:
+        name, pid = part
+        if not any(
+            type(b.handler) is Router and b.handler.component == name
+            for b in self.registry.handlers(event)
+        ):
+            raise PartitionError(
+                f"a timer armed in {name} fires into its partition: {event!r} must be an "
+                f"@update of {name}"
+            )
+        local = self.partitioned[name].timers[pid].arm(deadline, event, args, kwargs)
+        return -(((local << 24) | (self._held_index[name] << 16) | pid) + 1)
+
+    def _part_timer(self, tid: int) -> tuple[Held, int, int]:
+        x = -tid - 1
+        held = list(self.partitioned.values())[(x >> 16) & 0xFF]
+        return held, x & 0xFFFF, x >> 24
+
+    def cancel_part_timer(self, part: tuple[str, int], tid: int) -> bool:
+        held, pid, local = self._part_timer(tid)
+        if (held.name, pid) != part:
+            raise PartitionError(
+                f"timer {tid} belongs to partition {pid} of {held.name}; a partition's "
+                f"handler cancels its own timers only (this is {part[0]}, partition {part[1]})"
+            )
+        return held.timers[pid].cancel(local)
+
+    def part_timer_deadline(self, tid: int) -> float | None:
+        held, pid, local = self._part_timer(tid)
+        timers = held.timers.get(pid)
+        return None if timers is None else timers.deadline(local)
+
+    def _fire_part(self, entry: Fire, out: Applied, now: float) -> bool:
+        """A partition's timer is due: its holders run it on the partition's instance.
+
+        The other replicas skip it.  Its entry's time is at least the deadline
+        (the holder that appended it sees to that), so ``now`` is the same on
+        every replica; and it is never a digest point, since only holders know
+        whether the timer was still pending.
+        """
+        self.now = now
+        held, pid, local = self._part_timer(entry.timer_id)
+        timers = held.timers.get(pid)
+        timer = None if timers is None else timers.take(local)
+        if timer is None:
+            return True
+        _, event, args, kwargs = timer
+        router = next(
+            (
+                b.handler
+                for b in self.registry.handlers(event)
+                if type(b.handler) is Router and b.handler.component == held.name
+            ),
+            None,
+        )
+        self.timers.fired += 1
+        if router is None:
+            self.errors += 1
+            out.error = UnknownEventError(f"no handler of {held.name} is bound to {event!r}")
+            return True
+        ctx = Context(
+            self, seq=out.seq, now=now, origin=entry.origin, mode=Mode.RACE, is_owner=False
+        )
+        ctx.is_owner = router.owns(ctx, held.holders(pid, self._replicas))
+        ctx._part = (held.name, pid)
+        try:
+            r = router.fn(held.parts[pid], ctx, *args, **kwargs)
+            if type(r) is CoroutineType:
+                drive(r)
+        except Exception as exc:  # noqa: BLE001 - the timer's outcome, on its holders
+            self.errors += 1
+            out.error = exc
+            return True
+        out.effects = ctx._effects
+        return True
+
     def _settle(self, rec: Outcomes, out: Applied, origin: int) -> None:
         """After a call with parts: its result here, what to forward, what to wait for."""
         out.parts = rec
@@ -723,17 +808,51 @@ class StateMachine:
 
     @property
     def pending_timers(self) -> int:
-        return len(self.timers)
+        return len(self.timers) + sum(
+            len(t) for held in self.partitioned.values() for t in held.timers.values()
+        )
 
     def next_deadline(self) -> float | None:
         """The earliest pending timer's deadline (replicated time), or None."""
-        return self.timers.next_deadline()
+        deadlines = [self.timers.next_deadline()]
+        for held in self.partitioned.values():
+            deadlines += [t.next_deadline() for t in held.timers.values() if t.pending]
+        return min((d for d in deadlines if d is not None), default=None)
 
     def due_timers(
         self, local_now: float, replicas: int, grace: float, resend: float | None = None
     ) -> list[int]:
-        """Timers this replica should ask to fire now (:meth:`Timers.due`)."""
-        return self.timers.due(local_now, self.index, replicas, grace, resend)
+        """Timers this replica should ask to fire now (:meth:`Timers.due`).
+
+        A partition's timers are asked for by its holders, first by one of
+        them and by the others ``grace`` later.
+        """
+        due = self.timers.due(local_now, self.index, replicas, grace, resend)
+        for ci, held in enumerate(self.partitioned.values()):
+            for pid, timers in held.timers.items():
+                if timers.pending:
+                    holders = held.holders(pid, replicas)
+                    position = holders.index(self.index)
+                    due += [
+                        -(((local << 24) | (ci << 16) | pid) + 1)
+                        for local in timers.due(local_now, position, len(holders), grace, resend)
+                    ]
+        return due
+
+    def fire_time(self, timer_id: int, local_now: float) -> float:
+        """The time a ``Fire`` entry for ``timer_id`` carries: a partition's timer
+        fires at its deadline at the earliest on every replica (see ``_fire_part``)."""
+        if timer_id >= 0:
+            return local_now
+        deadline = self.part_timer_deadline(timer_id)
+        return local_now if deadline is None else max(local_now, deadline)
+
+    def timers_refused(self) -> None:
+        """The log refused this replica's timer asks: ask for every due timer again."""
+        self.timers.refused()
+        for held in self.partitioned.values():
+            for timers in held.timers.values():
+                timers.refused()
 
     # --- queries ---------------------------------------------------------------------
 
@@ -824,7 +943,7 @@ class StateMachine:
             raise ValueError("snapshot's components differ from this service's")
         self.cursor = snap.cursor
         self.now = snap.now
-        self.timers.load(snap.next_timer, snap.timers)
+        self.timers.load(snap.next_timer, snap.timers)  # a partition's: with its state
         self._recent = dict(snap.recent)
         self.poisoned = dict(snap.poisoned)
         missing: dict[str, list[int]] = {}

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ._codec import Mode
 from ._errors import DominoesError
+from ._timers import Timers
 
 if TYPE_CHECKING:
     from ._component import Component
@@ -387,7 +388,7 @@ class Held:
     partition's holders know what a call did to it.
     """
 
-    __slots__ = ("_holders", "copies", "name", "parts", "recent", "spec", "template")
+    __slots__ = ("_holders", "copies", "name", "parts", "recent", "spec", "template", "timers")
 
     def __init__(self, template: Component, spec: Partition) -> None:
         self.name = template.name
@@ -397,6 +398,8 @@ class Held:
         self.copies = spec.copies
         self.parts: dict[int, Component] = {}
         self.recent: dict[int, dict[str, bytes | str]] = {}
+        #: each held partition's replicated timers (armed by its handlers)
+        self.timers: dict[int, Timers] = {}
         # (replicas, each partition's holders) of the last placement
         self._holders: tuple[int, list[tuple[int, ...]]] = (0, [])
 
@@ -411,9 +414,9 @@ class Held:
         for pid in [p for p in self.parts if p not in want]:
             del self.parts[pid]
             del self.recent[pid]
+            del self.timers[pid]
         for pid in sorted(want - self.parts.keys()):
-            self.parts[pid] = copy.deepcopy(self.template)
-            self.recent[pid] = {}
+            self.reset(pid)
         self.parts = dict(sorted(self.parts.items()))
 
     def holders(self, pid: int, replicas: int) -> tuple[int, ...]:
@@ -426,6 +429,7 @@ class Held:
         return {
             "parts": {pid: c.snapshot() for pid, c in self.parts.items()},
             "recent": {pid: list(r.items()) for pid, r in self.recent.items()},
+            "timers": {pid: [t.next_id, t.dump()] for pid, t in self.timers.items()},
         }
 
     def restore(self, state: dict[str, Any], only: Iterable[int] | None = None) -> list[int]:
@@ -434,7 +438,7 @@ class Held:
         A snapshot holds its writer's partitions only: a joiner gets the
         rest from the other snapshots written for it (``StateMachine.restore``).
         """
-        parts, recent = state["parts"], state["recent"]
+        parts, recent, timers = state["parts"], state["recent"], state.get("timers", {})
         missing = []
         for pid in self.parts if only is None else only:
             if pid not in parts:
@@ -443,16 +447,26 @@ class Held:
             inst = self.parts[pid] = copy.deepcopy(self.template)
             inst.restore(parts[pid])
             self.recent[pid] = dict(recent.get(pid, ()))
+            self.timers[pid] = Timers()
+            if pid in timers:
+                next_id, pending = timers[pid]
+                self.timers[pid].load(next_id, [tuple(t) for t in pending])
         return missing
 
     def reset(self, pid: int) -> None:
         """Partition ``pid`` starts empty here (no live replica had a copy to give)."""
         self.parts[pid] = copy.deepcopy(self.template)
         self.recent[pid] = {}
+        self.timers[pid] = Timers()
 
     def digest_items(self) -> dict[str, Any]:
         return {
-            f"{self.name}#{pid}": [c.snapshot(), list(self.recent[pid].items())]
+            f"{self.name}#{pid}": [
+                c.snapshot(),
+                list(self.recent[pid].items()),
+                self.timers[pid].next_id,
+                self.timers[pid].digest_items(),
+            ]
             for pid, c in self.parts.items()
         }
 

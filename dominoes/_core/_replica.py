@@ -711,8 +711,9 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
 
     def due_fires(self, now: float) -> list[bytes]:
         """Payloads of the ``Fire`` entries this replica should append at local time ``now``."""
-        due = self.machine.due_timers(now, self.replicas, self.timer_grace)
-        return [encode(Fire(tid, now, self.index)) for tid in due]
+        machine = self.machine
+        due = machine.due_timers(now, self.replicas, self.timer_grace)
+        return [encode(Fire(tid, machine.fire_time(tid, now), self.index)) for tid in due]
 
     def fire_due(self, now: float) -> int:
         """Append ``Fire`` entries for the timers due at local time ``now``; how many.
@@ -723,7 +724,7 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
         n = 0
         for payload in self.due_fires(now):
             if not self.try_append(payload):
-                self.machine.timers.refused()
+                self.machine.timers_refused()
                 break
             n += 1
         return n

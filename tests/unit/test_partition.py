@@ -214,15 +214,69 @@ def test_effects_of_a_part_run_once_on_a_holder() -> None:
     assert all(spec.holders(spec.of(k), 2)[0] == r for r, k in ran)
 
 
-def test_a_timer_in_a_partition_is_refused_with_a_clear_error() -> None:
+class Sessions(Component, partition=Partition("key", copies=2, partitions=8)):
+    """Sessions that expire: each arms its partition's own timer."""
+
+    def __init__(self) -> None:
+        self.alive: dict[str, int] = {}  # key -> its timer
+        self.expired: list[str] = []
+
+    @update
+    def open(self, ctx: Context, key: str, ttl: float) -> int:
+        old = self.alive.get(key)
+        if old is not None:
+            ctx.cancel(old)
+        self.alive[key] = ctx.raise_later(ttl, "Sessions.expire", key)
+        return self.alive[key]
+
+    @update
+    def expire(self, ctx: Context, key: str) -> None:
+        del self.alive[key]
+        self.expired.append(key)
+
+    @query
+    def is_open(self, key: str) -> bool:
+        return key in self.alive
+
+
+def test_a_partition_s_timer_fires_once_on_its_holders_even_when_one_dies() -> None:
+    cluster = Cluster(Service("s", [Sessions()]), replicas=3)
+    for i in range(12):
+        cluster.call(i % 3, Sessions.open, f"s{i}", 1.0 + i % 3)
+    cluster.call(0, Sessions.open, "s0", 10.0)  # renewed: the first timer is cancelled
+    cluster.advance(1.5)
+    cluster.kill(2)  # timers of its partitions fire on their other holder
+    cluster.advance(2.0)
+    assert [cluster.query(i % 2, Sessions.is_open, f"s{i}") for i in range(12)] == [
+        i == 0 for i in range(12)
+    ]
+    cluster.restart(2)
+    cluster.advance(8.0)
+    cluster.assert_converged()
+    expired: list[str] = []
+    for r in cluster.live:
+        for part in r.core.machine.partitioned["Sessions"].parts.values():
+            expired += part.expired  # type: ignore[attr-defined]
+    # each partition on 2 replicas: every session expired exactly once per copy
+    assert sorted(expired) == sorted(f"s{i}" for i in range(12) for _ in range(2))
+    assert cluster.replicas[0].core.machine.pending_timers == 0
+
+
+def test_a_timer_for_another_component_s_event_is_refused() -> None:
     class Timed(Component, partition=Partition("key")):
         @update
         def later(self, ctx: Context, key: str) -> None:
-            ctx.raise_later(1.0, "Timed.later", key)
+            ctx.raise_later(1.0, "Other.event", key)
+
+        @update
+        def publish(self, ctx: Context, key: str) -> None:
+            ctx.publish("topic", key)
 
     cluster = Cluster(Service("s", [Timed()]), replicas=2)
-    with pytest.raises((PartitionError, RemoteError), match="not available in a partitioned"):
+    with pytest.raises((PartitionError, RemoteError), match="fires into its partition"):
         cluster.call(0, Timed.later, "k")
+    with pytest.raises((PartitionError, RemoteError), match="not available in a partitioned"):
+        cluster.call(1, Timed.publish, "k")
     cluster.assert_converged()
 
 
