@@ -334,6 +334,8 @@ class Cluster:
         results = r.core.poll(limit, until)
         if r.core.parked:  # what the runtime's tick does: holders died?
             results += r.core.check_parked()
+        if r.core.machine.partitioned:  # and a holder asked for a partition's state died?
+            r.core.ask_fetches()
         r.core.flush_outbox()
         for applied in results:
             if applied.divergence is not None:

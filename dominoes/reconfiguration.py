@@ -1,8 +1,9 @@
 """Change a live service's configuration through its log.
 
 A reconfiguration is an update of the built-in event :data:`EVENT` whose
-argument is a *spec* made by :func:`add`, :func:`remove`, :func:`bind` or
-:func:`unbind`.  Every replica applies it at the same log position, so they
+argument is a *spec* made by :func:`add`, :func:`remove`, :func:`bind`,
+:func:`unbind` or :func:`copies` (how many replicas hold each partition of a
+partitioned component).  Every replica applies it at the same log position, so they
 all switch at once, between the same two entries::
 
     from dominoes import connect, reconfiguration
@@ -21,6 +22,6 @@ components and bindings.
 
 from __future__ import annotations
 
-from ._core._reconfigure import ADDED, EVENT, REMOVED, add, bind, remove, unbind
+from ._core._reconfigure import ADDED, EVENT, REMOVED, add, bind, copies, remove, unbind
 
-__all__ = ("ADDED", "EVENT", "REMOVED", "add", "bind", "remove", "unbind")
+__all__ = ("ADDED", "EVENT", "REMOVED", "add", "bind", "copies", "remove", "unbind")

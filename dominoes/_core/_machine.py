@@ -90,6 +90,7 @@ class Applied:
         "snapshot",
         "snapshot_for",
         "sub",
+        "transfer",
         "waiter",
         "waiting",
     )
@@ -132,6 +133,9 @@ class Applied:
         #: the late outcome of a call whose last partial just arrived (its
         #: entry was applied and reported earlier)
         self.late = False
+        #: partitions' states this replica sends to replicas loading them:
+        #: [(gainer, component, fetch seq, partition, state)]
+        self.transfer: list[tuple[int, str, int, int, dict[str, Any]]] = []
 
     def __repr__(self) -> str:
         what = f"error={self.error!r}" if self.error else f"result={self.result!r}"
@@ -237,6 +241,8 @@ class StateMachine:
         #: snapshot, since no live replica held a copy: (component, partition)
         self.lost: list[tuple[str, int]] = []
         self._replicas = 1
+        # replaying a snapshot's reconfigurations (``restore``)
+        self._restoring = False
         for held in self.partitioned.values():
             held.place(index, 1)
         self.registry = registry
@@ -397,6 +403,12 @@ class StateMachine:
             # partitions the joiner holds and the source does not: this
             # replica writes its snapshot for them too, at the same position
             out.snapshot_for = int(entry.arg[1])
+        elif entry.op == "fetch":
+            self._fetch(entry, out)
+            return True
+        elif entry.op == "parts":
+            self._loaded(entry, out)
+            return True
         elif entry.op == "results":
             index = self.index
             mine = [item for item in entry.arg[1] if item[0] == index]
@@ -521,6 +533,11 @@ class StateMachine:
             rec.order.append(part)
             inst = parts.get(pid)
             if inst is None:
+                if held.loading and not is_query and pid in held.journal:
+                    # being loaded here: applied once its state arrives
+                    a, kw = router.with_share(args, kwargs, share)
+                    item = ("call", ctx.seq, ctx.sub, ctx.now, origin, ctx.mode, rid, router, a, kw)
+                    held.journal[pid].append(item)
                 continue
             holders = held.holders(pid, replicas)
             if origin not in holders:
@@ -606,9 +623,24 @@ class StateMachine:
         self.now = now
         held, pid, local = self._part_timer(entry.timer_id)
         timers = held.timers.get(pid)
+        if timers is None and pid in held.journal:  # being loaded here
+            held.journal[pid].append(("fire", out.seq, -1, now, entry.origin, Mode.RACE, local))
         timer = None if timers is None else timers.take(local)
         if timer is None:
             return True
+        self._fire_into(held, pid, timer, entry.origin, out, now)
+        return True
+
+    def _fire_into(
+        self,
+        held: Held,
+        pid: int,
+        timer: tuple[float, str, list[Any], dict[str, Any]],
+        origin: int,
+        out: Applied,
+        now: float,
+        replay: bool = False,
+    ) -> None:
         _, event, args, kwargs = timer
         router = next(
             (
@@ -622,11 +654,9 @@ class StateMachine:
         if router is None:
             self.errors += 1
             out.error = UnknownEventError(f"no handler of {held.name} is bound to {event!r}")
-            return True
-        ctx = Context(
-            self, seq=out.seq, now=now, origin=entry.origin, mode=Mode.RACE, is_owner=False
-        )
-        ctx.is_owner = router.owns(ctx, held.holders(pid, self._replicas))
+            return
+        ctx = Context(self, seq=out.seq, now=now, origin=origin, mode=Mode.RACE, is_owner=False)
+        ctx.is_owner = not replay and router.owns(ctx, held.holders(pid, self._replicas))
         ctx._part = (held.name, pid)
         try:
             r = router.fn(held.parts[pid], ctx, *args, **kwargs)
@@ -635,9 +665,101 @@ class StateMachine:
         except Exception as exc:  # noqa: BLE001 - the timer's outcome, on its holders
             self.errors += 1
             out.error = exc
-            return True
+            return
         out.effects = ctx._effects
-        return True
+
+    # --- changing copies: partitions gained are loaded from a holder ------------------
+    #
+    # At the reconfiguration's position every replica marks the gainers of each
+    # partition as loading it (``Held.loading``, replicated).  A gainer journals
+    # the partition's calls and appends a ``fetch`` entry naming a ready holder;
+    # that holder, applying it, sends the partition's state at that position in
+    # a ``parts`` entry; applying that, every replica counts the gainer as a
+    # ready holder from there on, and the gainer loads the state and replays
+    # what it journaled after the fetch.
+
+    def set_copies(self, name: str, copies: int) -> list[int]:
+        """Change a partitioned component's ``copies`` at this log position."""
+        held = self.partitioned.get(name)
+        if held is None:
+            raise ValueError(f"no partitioned component named {name!r} in this service")
+        if self._restoring:  # a snapshot's reconfigurations: its own state says the rest
+            held.copies = copies
+            held.place(self.index, self._replicas)
+            return []
+        gained = held.resize(self.index, self._replicas, copies)
+        for pid in gained:
+            held.journal[pid] = []
+        return gained
+
+    def fetches_needed(self) -> list[tuple[str, int]]:
+        """The partitions this replica is loading: (component, partition)."""
+        return [
+            (held.name, pid)
+            for held in self.partitioned.values()
+            if held.loading
+            for pid in held.loading_here(self.index)
+        ]
+
+    def _fetch(self, entry: Control, out: Applied) -> None:
+        gainer, writer, name, pids = entry.arg
+        held = self.partitioned.get(name)
+        if held is None:
+            return
+        for pid in pids:
+            busy = held.loading.get(pid)
+            if busy is not None and gainer in busy:
+                busy[gainer] = entry.seq  # the position its state is taken at
+                if gainer == self.index:
+                    held.journal[pid] = []  # the state at this position includes the rest
+                if writer == self.index and pid in held.parts:
+                    out.transfer.append((gainer, name, entry.seq, pid, held.part_state(pid)))
+
+    def _loaded(self, entry: Control, out: Applied) -> None:
+        gainer, name, at, pid, state = entry.arg
+        held = self.partitioned.get(name)
+        busy = None if held is None else held.loading.get(pid)
+        if held is None or busy is None or busy.get(gainer) != at:
+            return  # a stale transfer (asked again since), or not loading any more
+        del busy[gainer]
+        if not busy:
+            del held.loading[pid]
+        if gainer != self.index:
+            return
+        held.load_part(pid, state)
+        for item in held.journal.pop(pid, []):
+            self._replay(held, pid, item, out)
+
+    def _replay(self, held: Held, pid: int, item: tuple[Any, ...], out: Applied) -> None:
+        """Apply, on a partition just loaded, a part journaled while it was loading."""
+        kind, seq, sub, now, origin, mode, rest = item[0], *item[1:6], item[6:]
+        if kind == "fire":
+            timer = held.timers[pid].take(rest[0])
+            if timer is not None:
+                self._fire_into(held, pid, timer, origin, Applied(seq, None, False), now, True)
+            return
+        rid, router, args, kwargs = rest
+        recent = held.recent[pid]
+        if rid and rid in recent:
+            return
+        ctx = Context(
+            self, seq=seq, now=now, origin=origin, mode=mode, is_owner=False, request_id=rid,
+            sub=sub,
+        )  # fmt: skip
+        ctx._part = (held.name, pid)
+        outcome: tuple[bool, Any]
+        try:
+            r = router.fn(held.parts[pid], ctx, *args, **kwargs)
+            if type(r) is CoroutineType:
+                r = drive(r)
+            outcome = (True, r)
+        except Exception as exc:  # noqa: BLE001 - the part's outcome, as its holders had it
+            self.errors += 1
+            outcome = (False, exc)
+        if rid:
+            recent[rid] = _wire(outcome)[1]
+            if len(recent) > self.dedup_window:
+                del recent[next(iter(recent))]
 
     def _settle(self, rec: Outcomes, out: Applied, origin: int) -> None:
         """After a call with parts: its result here, what to forward, what to wait for."""
@@ -937,8 +1059,12 @@ class StateMachine:
                 self._queries, self._names = dict(queries), dict(names)
                 self.local_queries = local
                 self.config = []
-            for spec in snap.config:
-                reconfigure.apply(self, spec)
+            self._restoring = True
+            try:
+                for spec in snap.config:
+                    reconfigure.apply(self, spec)
+            finally:
+                self._restoring = False
         if set(snap.components) != set(self.components):
             raise ValueError("snapshot's components differ from this service's")
         self.cursor = snap.cursor

@@ -388,7 +388,19 @@ class Held:
     partition's holders know what a call did to it.
     """
 
-    __slots__ = ("_holders", "copies", "name", "parts", "recent", "spec", "template", "timers")
+    __slots__ = (
+        "_holders",
+        "copies",
+        "journal",
+        "loading",
+        "name",
+        "parts",
+        "recent",
+        "replica",
+        "spec",
+        "template",
+        "timers",
+    )
 
     def __init__(self, template: Component, spec: Partition) -> None:
         self.name = template.name
@@ -402,15 +414,25 @@ class Held:
         self.timers: dict[int, Timers] = {}
         # (replicas, each partition's holders) of the last placement
         self._holders: tuple[int, list[tuple[int, ...]]] = (0, [])
+        #: replicated: partitions being loaded by replicas that gained them when
+        #: ``copies`` grew: partition -> {gainer: the seq of its fetch, 0 before}.
+        #: A gainer is not a *ready* holder (:meth:`holders`) until it loaded.
+        self.loading: dict[int, dict[int, int]] = {}
+        #: local: what this replica applied of the partitions it is loading,
+        #: replayed once their state arrives: partition -> [item]
+        self.journal: dict[int, list[tuple[Any, ...]]] = {}
+        #: this replica's index (set by :meth:`place`)
+        self.replica = 0
 
     def place(self, replica: int, replicas: int) -> None:
         """Hold what the placement gives ``replica``: new partitions start empty."""
+        self.replica = replica
         spec = self.spec
         self._holders = (
             replicas,
             [spec.holders(p, replicas, self.copies) for p in range(spec.partitions)],
         )
-        want = spec.held(replica, replicas, self.copies)
+        want = spec.held(replica, replicas, self.copies) - set(self.loading_here(replica))
         for pid in [p for p in self.parts if p not in want]:
             del self.parts[pid]
             del self.recent[pid]
@@ -419,17 +441,74 @@ class Held:
             self.reset(pid)
         self.parts = dict(sorted(self.parts.items()))
 
+    def part_state(self, pid: int) -> dict[str, Any]:
+        """One held partition's state, as a gainer loads it (:meth:`load_part`)."""
+        timers = self.timers[pid]
+        return {
+            "part": self.parts[pid].snapshot(),
+            "recent": list(self.recent[pid].items()),
+            "timers": [timers.next_id, timers.dump()],
+        }
+
+    def load_part(self, pid: int, state: dict[str, Any]) -> None:
+        inst = copy.deepcopy(self.template)
+        inst.restore(state["part"])
+        self.parts[pid] = inst
+        self.parts = dict(sorted(self.parts.items()))
+        self.recent[pid] = dict(state["recent"])
+        timers = self.timers[pid] = Timers()
+        next_id, pending = state["timers"]
+        timers.load(next_id, [tuple(t) for t in pending])
+
     def holders(self, pid: int, replicas: int) -> tuple[int, ...]:
+        """The *ready* holders of ``pid``: placed there, and not loading it."""
         n, table = self._holders
-        if n == replicas:
-            return table[pid]
-        return self.spec.holders(pid, replicas, self.copies)
+        holders = table[pid] if n == replicas else self.spec.holders(pid, replicas, self.copies)
+        if self.loading:
+            busy = self.loading.get(pid)
+            if busy:
+                return tuple(h for h in holders if h not in busy)
+        return holders
+
+    def resize(self, replica: int, replicas: int, copies: int) -> list[int]:
+        """``copies`` changes at this log position (every replica calls it alike).
+
+        A replica that drops a partition forgets it; one that gains a
+        partition is *loading* it until its state arrives (``loaded``), and
+        journals the partition's calls meanwhile.  Returns the partitions
+        this replica gained.
+        """
+        spec = self.spec
+        old = [spec.holders(p, replicas, self.copies) for p in range(spec.partitions)]
+        self.copies = copies
+        new = [spec.holders(p, replicas, copies) for p in range(spec.partitions)]
+        gained = []
+        for pid in range(spec.partitions):
+            busy = self.loading.get(pid, {})
+            for h in set(new[pid]) - set(old[pid]):
+                busy[h] = 0
+                if h == replica:
+                    gained.append(pid)
+            for h in set(old[pid]) - set(new[pid]):
+                busy.pop(h, None)
+                if h == replica:
+                    self.journal.pop(pid, None)
+            if busy:
+                self.loading[pid] = busy
+            else:
+                self.loading.pop(pid, None)
+        self.place(replica, replicas)
+        return gained
+
+    def loading_here(self, replica: int) -> list[int]:
+        return [pid for pid, busy in self.loading.items() if replica in busy]
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "parts": {pid: c.snapshot() for pid, c in self.parts.items()},
             "recent": {pid: list(r.items()) for pid, r in self.recent.items()},
             "timers": {pid: [t.next_id, t.dump()] for pid, t in self.timers.items()},
+            "loading": {pid: list(busy.items()) for pid, busy in self.loading.items()},
         }
 
     def restore(self, state: dict[str, Any], only: Iterable[int] | None = None) -> list[int]:
@@ -439,6 +518,12 @@ class Held:
         rest from the other snapshots written for it (``StateMachine.restore``).
         """
         parts, recent, timers = state["parts"], state["recent"], state.get("timers", {})
+        if only is None:  # the snapshot's replicated loading, and what it means here
+            self.loading = {pid: dict(busy) for pid, busy in state.get("loading", {}).items()}
+            self.journal = {}
+            for pid in self.loading_here(self.replica):
+                if pid in self.parts:
+                    del self.parts[pid], self.recent[pid], self.timers[pid]
         missing = []
         for pid in self.parts if only is None else only:
             if pid not in parts:
@@ -460,6 +545,13 @@ class Held:
         self.timers[pid] = Timers()
 
     def digest_items(self) -> dict[str, Any]:
+        loading = sorted((pid, sorted(busy.items())) for pid, busy in self.loading.items())
+        return {
+            f"{self.name}#loading": loading,
+            **self._part_digests(),
+        }
+
+    def _part_digests(self) -> dict[str, Any]:
         return {
             f"{self.name}#{pid}": [
                 c.snapshot(),

@@ -14,6 +14,11 @@ travels in the log like any argument):
   "static": {...}}`` binds a free function, as ``Service.bind`` does; the
   result is the binding id.
 * ``{"do": "unbind", "binding": ID}`` removes a binding.
+* ``{"do": "copies", "component": NAME, "copies": K}`` changes how many
+  replicas hold each partition of the partitioned component ``NAME``: a
+  replica that drops a partition forgets it there; one that gains a partition
+  loads its state from a holder (``StateMachine.set_copies``).  The result is
+  the number of partitions this replica gained.
 
 Every replica applies the entry at the same log position, in log order, so
 the registries stay identical: binding ids come from one counter that every
@@ -45,7 +50,7 @@ from ._component import Component, on_marks, query, resolve, update
 if TYPE_CHECKING:
     from ._machine import StateMachine
 
-__all__ = ("ADDED", "EVENT", "REMOVED", "add", "apply", "bind", "remove", "unbind")
+__all__ = ("ADDED", "EVENT", "REMOVED", "add", "apply", "bind", "copies", "remove", "unbind")
 
 #: the built-in event a reconfiguration is an update of
 EVENT: Final = "dominoes.reconfigure"
@@ -75,6 +80,11 @@ def unbind(binding: int) -> dict[str, Any]:
     return {"do": "unbind", "binding": binding}
 
 
+def copies(component: str, copies: int) -> dict[str, Any]:
+    """A spec that keeps each partition of ``component`` on ``copies`` replicas."""
+    return {"do": "copies", "component": component, "copies": copies}
+
+
 def _import(target: str) -> Any:
     module_name, sep, attr = str(target).partition(":")
     if not sep or not module_name or not attr:
@@ -90,19 +100,12 @@ def _import(target: str) -> Any:
 
 def apply(machine: StateMachine, spec: Any) -> Any:
     """Apply one spec to ``machine``; see the module doc.  Raises ``ValueError``."""
-    if not isinstance(spec, dict) or spec.get("do") not in ("add", "remove", "bind", "unbind"):
+    if not isinstance(spec, dict) or spec.get("do") not in _APPLY:
         raise ValueError(
-            f"a reconfiguration is a dict whose 'do' is add, remove, bind or unbind; not {spec!r}"
+            "a reconfiguration is a dict whose 'do' is add, remove, bind, unbind or copies; "
+            f"not {spec!r}"
         )
-    do = spec["do"]
-    if do == "add":
-        result: Any = _add(machine, spec)
-    elif do == "remove":
-        result = _remove(machine, spec)
-    elif do == "bind":
-        result = _bind(machine, spec)
-    else:
-        result = _unbind(machine, spec)
+    result = _APPLY[spec["do"]](machine, spec)
     machine.config.append(spec)
     return result
 
@@ -120,6 +123,11 @@ def _add(machine: StateMachine, spec: dict[str, Any]) -> str:
         raise ValueError(f"{cls.__name__}(**{kwargs!r}) failed: {exc!r}") from None
     if comp.name in machine.components:
         raise ValueError(f"a component named {comp.name!r} is already in the service")
+    if type(comp).partition is not None:
+        raise ValueError(
+            f"{comp.name} is partitioned: a partitioned component cannot be added to a "
+            "running service yet"
+        )
     # everything is resolved before anything is bound, so a failure changes nothing
     names = dict(machine._names)
     members: list[tuple[str, object]] = []
@@ -199,3 +207,21 @@ def _unbind(machine: StateMachine, spec: dict[str, Any]) -> int:
         raise ValueError("the built-in reconfiguration binding cannot be removed")
     machine.registry.unbind(binding)
     return binding
+
+
+def _copies(machine: StateMachine, spec: dict[str, Any]) -> int:
+    name, k = spec.get("component"), spec.get("copies")
+    if not isinstance(name, str) or name not in machine.partitioned:
+        raise ValueError(f"no partitioned component named {name!r} in this service")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"copies must be an int >= 1, not {k!r}")
+    return len(machine.set_copies(name, k))
+
+
+_APPLY: Final[dict[str, Any]] = {
+    "add": _add,
+    "remove": _remove,
+    "bind": _bind,
+    "unbind": _unbind,
+    "copies": _copies,
+}

@@ -212,6 +212,9 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
         # partials to send after this poll: [origin, seq, sub, component, partition, ok, value]
         self._forwarding: list[list[Any]] = []
         self.partials_sent = 0
+        # partitions this replica is loading -> the replica asked for their state
+        self._fetching: dict[tuple[str, int], int] = {}
+        self.parts_sent = 0
         #: calls queued for group commit, in order: (encoded call, waiter, batchable)
         self.group: list[tuple[bytes, W, bool]] = []
         self.group_commits = 0
@@ -527,6 +530,8 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
                         self._partials(applied, key)
                     elif applied.results is not None:
                         self._completed(applied.results, out)
+                    elif applied.transfer:
+                        self._send_parts(applied)
                     out.append(applied)
                 else:
                     for sub in batch:
@@ -539,6 +544,8 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
             seq = machine.cursor
         if self._forwarding:
             self._send_partials()
+        if machine.partitioned and seq != start:
+            self.ask_fetches()
         if seq != start:
             log.applied(index, seq)
         if recovery is not None:
@@ -611,6 +618,45 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
                 )
                 failed.append(late)
         return failed
+
+    def _send_parts(self, applied: Applied) -> None:
+        """Send the partitions' states a gainer's ``fetch`` asked this replica for."""
+        ts, index = self.machine.now, self.index
+        for gainer, name, at, pid, state in applied.transfer:
+            payload = encode(Control("parts", [gainer, name, at, pid, state], ts, index))
+            self.outbox.append(payload)
+            self.parts_sent += 1
+
+    def ask_fetches(self) -> int:
+        """Ask a live ready holder for each partition this replica is loading; how many asks.
+
+        A partition asked for already is asked again only when the replica
+        asked is no longer live.  The driver calls it after applying, and on
+        its tick (a holder may die before it answers).
+        """
+        machine, log, n = self.machine, self.log, self.replicas
+        needed = machine.fetches_needed()
+        fetching = self._fetching
+        if not needed:
+            fetching.clear()
+            return 0
+        asks: dict[tuple[int, str], list[int]] = {}
+        for name, pid in needed:
+            writer = fetching.get((name, pid))
+            if writer is not None and log.state(writer) == ReplicaState.LIVE:
+                continue
+            live = [
+                h
+                for h in machine.partitioned[name].holders(pid, n)
+                if h != self.index and log.state(h) == ReplicaState.LIVE
+            ]
+            if live:
+                fetching[(name, pid)] = min(live)
+                asks.setdefault((min(live), name), []).append(pid)
+        ts, index = machine.now, self.index
+        for (writer, name), pids in asks.items():
+            self.outbox.append(encode(Control("fetch", [index, writer, name, pids], ts, index)))
+        return len(asks)
 
     def _completed(self, items: list[list[Any]], out: list[Applied]) -> None:
         """Partials for this replica's parked calls arrived: report those now complete."""

@@ -644,9 +644,12 @@ class Replica:
         if not self.closed:
             self._safety = self._loop.call_later(SAFETY_TICK, self._on_safety)
             self.log.beat(self.index)  # the loop runs: the supervisor watches this
-        if self.core.parked:  # calls waiting for partials: are their holders still up?
-            for applied in self.core.check_parked():
+        core = self.core
+        if core.parked:  # calls waiting for partials: are their holders still up?
+            for applied in core.check_parked():
                 self._deliver(applied)
+        if core.machine.partitioned and core.ask_fetches():  # a holder asked died?
+            self._schedule()  # the ask waits in the outbox
         if self.joining.waiting:
             self.joining.copy()
             if self.joining.check():

@@ -26,9 +26,12 @@ from dominoes import (
     hash_tag,
     on,
     query,
+    reconfiguration,
     update,
 )
 from dominoes.testing import Cluster
+
+EVENT = reconfiguration.EVENT
 
 LIMIT = 1000
 
@@ -354,3 +357,58 @@ def test_with_one_copy_a_dead_replica_s_partitions_fail_fast_and_come_back_empty
     assert cluster.query(0, cls.get, theirs) == 0
     assert cluster.query(1, cls.get, mine) == 2
     cluster.assert_converged()
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    script=st.lists(
+        st.one_of(
+            st.tuples(st.integers(0, 2), ops),
+            st.tuples(st.just("copies"), st.integers(1, 3)),
+            st.tuples(st.just("kill"), st.integers(0, 2)),
+        ),
+        max_size=40,
+    )
+)
+def test_copies_change_at_one_log_position_and_nothing_is_lost(
+    script: list[tuple[Any, Any]],
+) -> None:
+    """``copies`` changed through the log, between writes, reads and a death:
+    the gainers load each partition from a holder and answer like the twin."""
+    split = Cluster(Service("s", [partitioned(2)(), Limits()]), replicas=3)
+    twin = Cluster(Service("s", [Counts(), Limits()]), replicas=3)
+    dead: int | None = None
+    k = 2
+    for first, second in script:
+        if first == "copies":
+            if dead is None or second >= 2:  # one copy and a dead replica: lost by design
+                k = second
+                split.call(0 if dead != 0 else 1, EVENT, reconfiguration.copies("Counts", k))
+                split.run_until_quiet()  # the gainers load: only then are there k copies
+            continue
+        if first == "kill":
+            if dead is not None:
+                split.restart(dead)
+                split.run_until_quiet()
+                dead = None
+            elif k >= 2:
+                dead = second
+                split.kill(second)
+            continue
+        replica = first if first != dead else (first + 1) % 3
+        assert run(split, replica, second) == run(twin, replica, second), second
+    if dead is not None:
+        split.restart(dead)
+    split.assert_converged()
+    machines = [r.core.machine for r in split.live]
+    for m in machines:
+        assert m.partitioned["Counts"].loading == {}
+        assert m.lost == []
+        assert sorted(m.partitioned["Counts"].parts) == sorted(
+            p
+            for p in range(8)
+            if m.index in partitioned(k).partition.holders(p, 3, k)  # type: ignore[union-attr]
+        )
+    assert [run(split, i % 3, ("get", f"k{i}")) for i in range(12)] == [
+        run(twin, 0, ("get", f"k{i}")) for i in range(12)
+    ]

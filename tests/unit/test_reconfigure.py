@@ -83,8 +83,8 @@ def test_a_replica_that_joins_later_gets_the_same_components_and_bindings() -> N
         (reconfiguration.remove("nobody"), "no component named 'nobody'"),
         (reconfiguration.unbind(9999), "no binding 9999"),
         (reconfiguration.bind("Counter.incr", "examples.limits:Audit.nothing"), "cannot import"),
-        ({"do": "explode"}, "add, remove, bind or unbind"),
-        ("add", "add, remove, bind or unbind"),
+        ({"do": "explode"}, "add, remove, bind, unbind or copies"),
+        ("add", "add, remove, bind, unbind or copies"),
     ],
 )
 def test_a_spec_that_cannot_apply_is_an_error_everywhere_and_changes_nothing(
