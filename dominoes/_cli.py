@@ -304,8 +304,10 @@ def _reconfigure_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="change a running service's components or bindings, through its log",
         description="Add or remove a component, or bind or unbind a handler, on every replica "
         "of a running service at one log position (an update of the built-in event "
-        "dominoes.reconfigure). The module named must be importable where the service runs. "
-        "Prints the result: the component's name, or the binding's id.",
+        "dominoes.reconfigure), or change how many replicas hold each partition of a "
+        "partitioned component. The module named must be importable where the service runs. "
+        "Prints the result: the component's name, the binding's id, or the number of "
+        "partition copies the replicas gained.",
     )
     reconf.add_argument("name", help="the service's name (finds its run dir)")
     reconf.add_argument("--run-dir", type=Path, default=None, help="the service's run dir")
@@ -322,6 +324,11 @@ def _reconfigure_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     bind.add_argument("--static", type=_json_object, default={}, help="static arguments")
     unbind = what.add_parser("unbind", help="remove a binding by the id bind printed")
     unbind.add_argument("binding", type=int, metavar="ID")
+    copies = what.add_parser(
+        "copies", help="keep each partition of a partitioned component on K replicas"
+    )
+    copies.add_argument("component", metavar="NAME", help="the partitioned component's name")
+    copies.add_argument("copies", type=_positive_int, metavar="K")
 
 
 def _json_object(text: str) -> dict[str, object]:
@@ -750,6 +757,8 @@ def _reconfigure(args: argparse.Namespace) -> int:
         spec = reconfiguration.remove(args.component)
     elif args.what == "bind":
         spec = reconfiguration.bind(args.event, args.handler, args.order, **args.static)
+    elif args.what == "copies":
+        spec = reconfiguration.copies(args.component, args.copies)
     else:
         spec = reconfiguration.unbind(args.binding)
 

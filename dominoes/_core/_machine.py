@@ -678,19 +678,23 @@ class StateMachine:
     # ready holder from there on, and the gainer loads the state and replays
     # what it journaled after the fetch.
 
-    def set_copies(self, name: str, copies: int) -> list[int]:
-        """Change a partitioned component's ``copies`` at this log position."""
+    def set_copies(self, name: str, copies: int) -> int:
+        """Change a partitioned component's ``copies`` at this log position.
+
+        Returns how many partition copies the replicas gained (to load), the
+        same on every replica.
+        """
         held = self.partitioned.get(name)
         if held is None:
             raise ValueError(f"no partitioned component named {name!r} in this service")
         if self._restoring:  # a snapshot's reconfigurations: its own state says the rest
             held.copies = copies
             held.place(self.index, self._replicas)
-            return []
-        gained = held.resize(self.index, self._replicas, copies)
+            return 0
+        gained, total = held.resize(self.index, self._replicas, copies)
         for pid in gained:
             held.journal[pid] = []
-        return gained
+        return total
 
     def fetches_needed(self) -> list[tuple[str, int]]:
         """The partitions this replica is loading: (component, partition)."""

@@ -470,23 +470,24 @@ class Held:
                 return tuple(h for h in holders if h not in busy)
         return holders
 
-    def resize(self, replica: int, replicas: int, copies: int) -> list[int]:
+    def resize(self, replica: int, replicas: int, copies: int) -> tuple[list[int], int]:
         """``copies`` changes at this log position (every replica calls it alike).
 
         A replica that drops a partition forgets it; one that gains a
         partition is *loading* it until its state arrives (``loaded``), and
         journals the partition's calls meanwhile.  Returns the partitions
-        this replica gained.
+        this replica gained, and how many copies every replica gained in all.
         """
         spec = self.spec
         old = [spec.holders(p, replicas, self.copies) for p in range(spec.partitions)]
         self.copies = copies
         new = [spec.holders(p, replicas, copies) for p in range(spec.partitions)]
-        gained = []
+        gained, total = [], 0
         for pid in range(spec.partitions):
             busy = self.loading.get(pid, {})
             for h in set(new[pid]) - set(old[pid]):
                 busy[h] = 0
+                total += 1
                 if h == replica:
                     gained.append(pid)
             for h in set(old[pid]) - set(new[pid]):
@@ -498,7 +499,7 @@ class Held:
             else:
                 self.loading.pop(pid, None)
         self.place(replica, replicas)
-        return gained
+        return gained, total
 
     def loading_here(self, replica: int) -> list[int]:
         return [pid for pid, busy in self.loading.items() if replica in busy]

@@ -18,7 +18,7 @@ travels in the log like any argument):
   replicas hold each partition of the partitioned component ``NAME``: a
   replica that drops a partition forgets it there; one that gains a partition
   loads its state from a holder (``StateMachine.set_copies``).  The result is
-  the number of partitions this replica gained.
+  how many partition copies the replicas gained in all (0 when it shrank).
 
 Every replica applies the entry at the same log position, in log order, so
 the registries stay identical: binding ids come from one counter that every
@@ -215,7 +215,7 @@ def _copies(machine: StateMachine, spec: dict[str, Any]) -> int:
         raise ValueError(f"no partitioned component named {name!r} in this service")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"copies must be an int >= 1, not {k!r}")
-    return len(machine.set_copies(name, k))
+    return machine.set_copies(name, k)
 
 
 _APPLY: Final[dict[str, Any]] = {

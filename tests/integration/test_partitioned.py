@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 from examples.partitioned import Counter
 
-from .harness import LineClient, ask, clients_on_every_replica, running, wait_until
+from .harness import (
+    ROOT,
+    LineClient,
+    Service,
+    ask,
+    clients_on_every_replica,
+    running,
+    wait_until,
+)
 
 TARGET = "examples.partitioned:service"
 
@@ -66,7 +76,9 @@ def test_a_write_on_one_replica_is_read_on_the_other_whoever_holds_the_key(
         # each replica digests only the partitions it holds: replica r the
         # partitions p with p mod 2 == r
         for index, digest in enumerate((a, b)):
-            parts = sorted(int(n.split("#")[1]) for n in digest if n.startswith("Counter#"))
+            parts = sorted(
+                int(n.split("#")[1]) for n in digest if n.startswith("Counter#") and "loading" not in n
+            )
             assert parts == [p for p in range(spec.partitions) if p % 2 == index]
         stats = [ask(svc.run_dir, i, "stats") for i in range(2)]
         assert sum(s["replica"]["forwarded_reads"] for s in stats) > 0
@@ -170,3 +182,63 @@ def test_kill_9_with_two_copies_of_three_loses_no_acknowledged_write(tmp_path: P
             client.close()
         settled(svc.run_dir, 3)
         assert "starts EMPTY" not in svc.output
+
+
+def reconfigure(svc: Service, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "dominoes", "reconfigure", "counter", "--run-dir",
+         str(svc.run_dir), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def held_partitions(svc: Service) -> list[int]:
+    return [
+        ask(svc.run_dir, i, "stats")["replica"]["core"]["partitions"]["Counter"] for i in (0, 1)
+    ]
+
+
+def test_copies_2_to_1_and_back_under_8_writers_lose_and_double_nothing(tmp_path: Path) -> None:
+    writers = 8
+    with running(TARGET, tmp_path / "run") as svc:
+        errors: list[BaseException] = []
+        done = [0] * writers
+        stop = threading.Event()
+
+        def write(n: int) -> None:
+            try:
+                with LineClient(svc.port) as c:
+                    while not stop.is_set():
+                        assert c.ask(f"INCR w{n}") == str(done[n] + 1)
+                        done[n] += 1
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+        for t in threads:
+            t.start()
+        assert held_partitions(svc) == [32, 32]
+        for copies, held in (("2", [64, 64]), ("1", [32, 32]), ("2", [64, 64])):
+            before = sum(done)
+            wait_until(lambda before=before: sum(done) > before + 200, timeout=30)
+            # 32 partitions gained by each of the 2 replicas; none when shrinking
+            assert reconfigure(svc, "copies", "Counter", copies) == ("64" if copies == "2" else "0")
+            wait_until(lambda held=held: held_partitions(svc) == held, timeout=30)
+        before = sum(done)
+        wait_until(lambda: sum(done) > before + 200, timeout=30)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert errors == []
+        on = clients_on_every_replica(svc.port, 2)
+        for client in on.values():
+            assert [client.ask(f"GET w{n}") for n in range(writers)] == [str(d) for d in done]
+            client.close()
+        a, b = settled(svc.run_dir)
+        # two copies again: every partition on both, and equal
+        assert {n for n in a if n.startswith("Counter#") and "loading" not in n} == {
+            f"Counter#{p}" for p in range(64)
+        }
+        assert a == b
