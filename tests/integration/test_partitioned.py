@@ -77,7 +77,9 @@ def test_a_write_on_one_replica_is_read_on_the_other_whoever_holds_the_key(
         # partitions p with p mod 2 == r
         for index, digest in enumerate((a, b)):
             parts = sorted(
-                int(n.split("#")[1]) for n in digest if n.startswith("Counter#") and "loading" not in n
+                int(n.split("#")[1])
+                for n in digest
+                if n.startswith("Counter#") and "loading" not in n
             )
             assert parts == [p for p in range(spec.partitions) if p % 2 == index]
         stats = [ask(svc.run_dir, i, "stats") for i in range(2)]
