@@ -8,7 +8,9 @@ twin the benchmark compares it with).  Talk to any of them with ``redis-cli``
 or redis-py: a connection on either replica sees every key.
 
 Commands: ``SET key value``, ``GET``, ``INCR``, ``INCRBY``, ``DEL``, ``EXISTS``,
-``MSET``, ``MGET``, ``DBSIZE``, ``FLUSHALL``, and ``PING``, ``ECHO``, ``INFO``,
+``MSET``, ``MGET``, ``DBSIZE``, ``FLUSHALL``, ``MULTI``/``EXEC``/``DISCARD``
+(a transaction is one call, so one log entry: atomic across partitions,
+without locks or two-phase commit), and ``PING``, ``ECHO``, ``INFO``,
 ``CONFIG GET``, ``COMMAND``, ``CLIENT``, ``SELECT 0``, ``QUIT`` answered
 locally.  Keys follow Redis Cluster's hash tags: ``{user1}:a`` and
 ``{user1}:b`` are in one partition.  A command naming keys of different
@@ -65,11 +67,14 @@ class StoreBase(Component):
     @combine(KEY_ORDER)
     @update
     def run(self, ctx: Context, commands: list[list[bytes]]) -> list[Any]:
-        """Apply a run of write commands; one reply each (``str`` for an error)."""
-        return [self._write(c) for c in commands]
+        """Apply a run of commands (writes, or a transaction's writes and reads) in
+        order; one reply each (``str`` for an error)."""
+        return [self._apply(c) for c in commands]
 
-    def _write(self, c: list[bytes]) -> Any:
+    def _apply(self, c: list[bytes]) -> Any:
         data, name = self.data, c[0]
+        if name in READS:
+            return self.read([c])[0]
         if name == b"SET":
             data[c[1]] = c[2]
             return True
@@ -181,6 +186,10 @@ class Connection(asyncio.Protocol):
         # the connection's work in order: ready replies, or runs to submit
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
+        # MULTI: the commands queued (None: not in a transaction), and whether
+        # one of them was refused (EXEC then discards the transaction)
+        self.multi: list[list[bytes]] | None = None
+        self.aborted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -203,6 +212,11 @@ class Connection(asyncio.Protocol):
                     return
                 cmd[0] = cmd[0].upper()
                 name = cmd[0]
+                if self.multi is not None or name in (b"MULTI", b"EXEC", b"DISCARD"):
+                    self.put(kind, run)
+                    run, kind = [], ""
+                    self.queue.put_nowait(("reply", self.transaction(cmd)))
+                    continue
                 this = "write" if name in WRITES else "read" if name in READS else ""
                 problem = check(cmd) if this else None
                 if this and problem is None:
@@ -219,6 +233,36 @@ class Connection(asyncio.Protocol):
             self.queue.put_nowait(("close", error(f"ERR Protocol error: {exc}")))
             return
         self.put(kind, run)
+
+    def transaction(self, cmd: list[bytes]) -> Any:
+        """MULTI, EXEC, DISCARD, and the commands queued between them."""
+        name = cmd[0]
+        if name == b"MULTI":
+            if self.multi is not None:
+                self.aborted = True
+                return error("ERR MULTI calls can not be nested")
+            self.multi, self.aborted = [], False
+            return OK
+        if name in (b"EXEC", b"DISCARD"):
+            queued, aborted = self.multi, self.aborted
+            if queued is None:
+                return error(f"ERR {name.decode()} without MULTI")
+            self.multi, self.aborted = None, False
+            if name == b"DISCARD":
+                return OK
+            if aborted:
+                return error("EXECABORT Transaction discarded because of previous errors.")
+            return ("exec", queued) if queued else b"*0\r\n"
+        assert self.multi is not None
+        if name not in WRITES and name not in READS:
+            self.aborted = True
+            return error(f"ERR '{name.decode(errors='replace')}' is not supported in MULTI here")
+        problem = check(cmd)
+        if problem is not None:
+            self.aborted = True
+            return problem
+        self.multi.append(cmd)
+        return b"+QUEUED\r\n"
 
     def put(self, kind: str, run: list[list[bytes]]) -> None:
         if run:
@@ -260,8 +304,11 @@ class Connection(asyncio.Protocol):
                     out = b"".join(map(encode, await replica.submit_soon(Store.run, what)))
                 elif kind == "read":
                     out = b"".join(map(encode, await replica.read(Store.read, what)))
-                elif isinstance(what, tuple):  # a keyless command, or QUIT
-                    if what[0] == "size":
+                elif isinstance(what, tuple):  # a keyless command, EXEC, or QUIT
+                    if what[0] == "exec":  # one call: one log entry, whatever it touches
+                        replies = await replica.submit_soon(Store.run, what[1])
+                        out = b"*%d\r\n" % len(replies) + b"".join(map(encode, replies))
+                    elif what[0] == "size":
                         out = encode(await replica.read(Store.size))
                     elif what[0] == "flush":
                         await replica.submit(Store.flush)

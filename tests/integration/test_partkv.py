@@ -7,8 +7,12 @@ acknowledged on one replica is read on the other, whichever holds the key.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +22,8 @@ from hypothesis import strategies as st
 
 from examples.partkv import SPEC
 
-from .harness import Service, running
-from .kv_helpers import _pings, clients_on_every_replica, wait_for
+from .harness import Service, running, wait_until
+from .kv_helpers import _pings, client, clients_on_every_replica, replica_of, wait_for
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="redis-server (the oracle) is not installed"
@@ -68,7 +72,17 @@ command = st.one_of(
 )
 
 
+transaction = st.lists(command, min_size=1, max_size=4).map(lambda cs: ["TX", cs])
+
+
 def reply(r: redis.Redis, args: Any) -> Any:
+    if args[0] == "TX":  # MULTI, the commands (each QUEUED), EXEC: the array of replies
+        out = [reply(r, ["MULTI"])]
+        out += [reply(r, cmd) for cmd in args[1]]
+        got = reply(r, ["EXEC"])
+        if got[0] == "ok":
+            got = ("ok", [g if not isinstance(g, redis.ResponseError) else "error" for g in got[1]])
+        return [*out, got]
     try:
         return ("ok", r.execute_command(*args))
     except redis.ResponseError as exc:
@@ -78,7 +92,11 @@ def reply(r: redis.Redis, args: Any) -> Any:
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(script=st.lists(st.tuples(st.integers(0, 1), command), min_size=1, max_size=25))
+@given(
+    script=st.lists(
+        st.tuples(st.integers(0, 1), st.one_of(command, transaction)), min_size=1, max_size=25
+    )
+)
 def test_replies_match_redis_server_from_either_replica(
     on: dict[int, redis.Redis], oracle: redis.Redis, script: list[tuple[int, Any]]
 ) -> None:
@@ -120,3 +138,77 @@ def test_a_pipeline_answers_in_order_across_partitions(on: dict[int, redis.Redis
         pipe.get(f"p{i}")
     got = pipe.execute()
     assert got == [x for i in range(200) for x in (True, i + 1, b"%d" % (i + 1))]
+
+
+def test_a_transaction_across_partitions_is_atomic_under_kill_9(tmp_path: Path) -> None:
+    """Each partition on 2 of 3 replicas; x and y in different partitions.  Writers
+    increment both in one MULTI/EXEC, readers read both in one, and one replica is
+    killed with SIGKILL meanwhile: no reader ever sees them differ, and at the end
+    they are equal and count every acknowledged transaction."""
+    x, y = next((f"x{i}", f"y{i}") for i in range(100) if SPEC.of(f"x{i}") != SPEC.of(f"y{i}"))
+    with running("examples.partkv:copies2", tmp_path / "run", replicas=3) as svc:
+        wait_for(lambda: _pings(svc.port), timeout=20)
+        on = clients_on_every_replica(svc.port, 3)
+        stop = threading.Event()
+        acked = [0] * 3
+        seen: list[tuple[bytes, bytes]] = []
+        errors: list[BaseException] = []
+
+        def write(index: int) -> None:
+            try:
+                with client(svc.port) as r:
+                    while replica_of(r) != index:
+                        r.close()
+                        r = client(svc.port)
+                    while not stop.is_set():
+                        pipe = r.pipeline(transaction=True)
+                        pipe.incr(x).incr(y)
+                        a, b = pipe.execute()
+                        assert a == b
+                        acked[index] += 1
+            except redis.ConnectionError:
+                assert index == 1  # the killed replica's connection
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        def read() -> None:
+            try:
+                with client(svc.port) as r:
+                    while replica_of(r) == 1:
+                        r.close()
+                        r = client(svc.port)
+                    while not stop.is_set():
+                        pipe = r.pipeline(transaction=True)
+                        pipe.get(x).get(y)
+                        seen.append(tuple(pipe.execute()))
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(3)]
+        threads += [threading.Thread(target=read) for _ in range(2)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: sum(acked) > 300, timeout=30)
+        os.kill(svc.replica_pids()[1], signal.SIGKILL)
+        done = sum(acked)
+        wait_until(lambda: sum(acked) > done + 300, timeout=30)
+        svc.wait_restarted(1)
+        done = sum(acked)
+        wait_until(lambda: sum(acked) > done + 100, timeout=30)
+        stop.set()
+        for t in threads:
+            t.join()
+        for r in on.values():
+            r.close()
+        assert errors == []
+        assert seen
+        assert all(a == b for a, b in seen)
+        back = clients_on_every_replica(svc.port, 3)
+        finals = {(r.get(x), r.get(y)) for r in back.values()}
+        for r in back.values():
+            r.close()
+        assert len(finals) == 1
+        ((a, b),) = finals
+        assert a == b
+        # every acknowledged one counted; the killed replica's last may be too
+        assert sum(acked) <= int(a) <= sum(acked) + 1
