@@ -49,7 +49,8 @@ def stats(run_dir: Path) -> list[dict[str, Any]]:
         cwd=ROOT,
     )
     report = json.loads(done.stdout)
-    return [r["report"]["reports"]["ctp"] for r in report["replicas"]]
+    # a replica still starting (or restarting) has no ctp section yet: {}
+    return [(r.get("report") or {}).get("reports", {}).get("ctp", {}) for r in report["replicas"]]
 
 
 def settled(run_dir: Path) -> list[dict[str, Any]]:
@@ -59,7 +60,7 @@ def settled(run_dir: Path) -> list[dict[str, Any]]:
     def same() -> bool:
         reports = stats(run_dir)
         seen.append(reports)
-        return all(r == reports[0] for r in reports)
+        return all(reports) and all(r == reports[0] for r in reports)
 
     wait_until(same, timeout=20)
     return seen[-1]

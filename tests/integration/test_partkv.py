@@ -210,5 +210,6 @@ def test_a_transaction_across_partitions_is_atomic_under_kill_9(tmp_path: Path) 
         assert len(finals) == 1
         ((a, b),) = finals
         assert a == b
+        assert isinstance(a, bytes)
         # every acknowledged one counted; the killed replica's last may be too
         assert sum(acked) <= int(a) <= sum(acked) + 1
