@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .._core._log import LogStatistics
+from .._core._partition import Held
 from .._core._replica import ReplicaStatistics
 
 if TYPE_CHECKING:
@@ -145,9 +146,8 @@ def thread_usage() -> resource.struct_rusage:
 def component_sizes(component: Any) -> dict[str, int]:
     """Items per sized attribute of a component's replicated state."""
     out: dict[str, int] = {}
-    parts = getattr(component, "parts", None)
-    if isinstance(parts, dict):  # a partitioned component (``Held``): the held parts' sum
-        for part in parts.values():
+    if isinstance(component, Held):  # a partitioned component: the held parts' sum
+        for part in component.parts.values():
             for key, n in component_sizes(part).items():
                 out[key] = out.get(key, 0) + n
         return out
