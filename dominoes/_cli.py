@@ -304,10 +304,10 @@ def _reconfigure_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="change a running service's components or bindings, through its log",
         description="Add or remove a component, or bind or unbind a handler, on every replica "
         "of a running service at one log position (an update of the built-in event "
-        "dominoes.reconfigure), or change how many replicas hold each partition of a "
-        "partitioned component. The module named must be importable where the service runs. "
-        "Prints the result: the component's name, the binding's id, or the number of "
-        "partition copies the replicas gained.",
+        "dominoes.reconfigure), change how many replicas hold each partition of a "
+        "partitioned component, or set an event's ownership mode. The module named must be "
+        "importable where the service runs. Prints the result: the component's name, the "
+        "binding's id, the number of partition copies the replicas gained, or the mode.",
     )
     reconf.add_argument("name", help="the service's name (finds its run dir)")
     reconf.add_argument("--run-dir", type=Path, default=None, help="the service's run dir")
@@ -329,6 +329,11 @@ def _reconfigure_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     copies.add_argument("component", metavar="NAME", help="the partitioned component's name")
     copies.add_argument("copies", type=_positive_int, metavar="K")
+    mode = what.add_parser(
+        "mode", help="set the ownership mode of an event's calls (or 'caller': theirs again)"
+    )
+    mode.add_argument("event", metavar="EVENT")
+    mode.add_argument("mode", choices=("race", "affinity", "every", "caller"), metavar="MODE")
 
 
 def _json_object(text: str) -> dict[str, object]:
@@ -759,6 +764,8 @@ def _reconfigure(args: argparse.Namespace) -> int:
         spec = reconfiguration.bind(args.event, args.handler, args.order, **args.static)
     elif args.what == "copies":
         spec = reconfiguration.copies(args.component, args.copies)
+    elif args.what == "mode":
+        spec = reconfiguration.mode(args.event, None if args.mode == "caller" else args.mode)
     else:
         spec = reconfiguration.unbind(args.binding)
 

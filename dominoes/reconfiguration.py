@@ -2,9 +2,10 @@
 
 A reconfiguration is an update of the built-in event :data:`EVENT` whose
 argument is a *spec* made by :func:`add`, :func:`remove`, :func:`bind`,
-:func:`unbind` or :func:`copies` (how many replicas hold each partition of a
-partitioned component).  Every replica applies it at the same log position, so they
-all switch at once, between the same two entries::
+:func:`unbind`, :func:`copies` (how many replicas hold each partition of a
+partitioned component) or :func:`mode` (an event's ownership mode).  Every
+replica applies it at the same log position, so they all switch at once,
+between the same two entries::
 
     from dominoes import connect, reconfiguration
 
@@ -22,6 +23,6 @@ components and bindings.
 
 from __future__ import annotations
 
-from ._core._reconfigure import ADDED, EVENT, REMOVED, add, bind, copies, remove, unbind
+from ._core._reconfigure import ADDED, EVENT, REMOVED, add, bind, copies, mode, remove, unbind
 
-__all__ = ("ADDED", "EVENT", "REMOVED", "add", "bind", "copies", "remove", "unbind")
+__all__ = ("ADDED", "EVENT", "REMOVED", "add", "bind", "copies", "mode", "remove", "unbind")

@@ -293,6 +293,12 @@ class StateMachine:
         #: the reconfigurations applied, in log order (replicated: snapshots
         #: carry them and restoring replays them; see ``_reconfigure``)
         self.config: list[Any] = []
+        #: events whose calls' ownership mode a reconfiguration set, whatever
+        #: mode the caller asked for (``reconfiguration.mode``)
+        self.modes: dict[str, Mode] = {}
+        #: the driver's claim of an entry's slot, for a call of a batch whose mode
+        #: was set to ``race`` (None: the batch's owner owns it)
+        self.claim: Callable[[int], bool] | None = None
         # the configuration the service defined, which a restore goes back to
         # before it replays a snapshot's reconfigurations (a rollback restores
         # into this machine, which may have been reconfigured since)
@@ -367,9 +373,12 @@ class StateMachine:
 
     def _apply_batch(self, entry: Batch, out: Applied, now: float) -> None:
         subs = []
-        seq, owner = out.seq, out.owner
+        seq, owner, modes = out.seq, out.owner, self.modes
         for i, call in enumerate(entry.calls):
-            sub = Applied(seq, call, owner, i)
+            if modes and call.event in modes:  # its mode was changed by a reconfiguration
+                sub = Applied(seq, call, self._owner_as(modes[call.event], call, seq, owner), i)
+            else:
+                sub = Applied(seq, call, owner, i)
             self._call(call, sub, call.ts if call.ts > self.now else self.now)
             subs.append(sub)
         out.batch = subs
@@ -501,7 +510,7 @@ class StateMachine:
             seq=out.seq,
             now=now,
             origin=call.origin,
-            mode=call.mode,
+            mode=self.modes.get(call.event, call.mode) if self.modes else call.mode,
             is_owner=out.owner,
             request_id=rid,
             sub=out.sub,
@@ -1063,6 +1072,7 @@ class StateMachine:
                 self._queries, self._names = dict(queries), dict(names)
                 self.local_queries = local
                 self.config = []
+                self.modes = {}
             self._restoring = True
             try:
                 for spec in snap.config:
@@ -1118,6 +1128,14 @@ class StateMachine:
             ]
         )
         return out
+
+    def _owner_as(self, mode: Mode, call: Call, seq: int, owner: bool) -> bool:
+        """Whether this replica owns ``call`` (of the entry at ``seq``) in ``mode``."""
+        if mode == Mode.EVERY:
+            return True
+        if mode == Mode.AFFINITY:
+            return call.origin == self.index
+        return self.claim(seq) if self.claim is not None else owner
 
     def _state_of(self, name: str, component: Component) -> Any:
         held = self.partitioned.get(name)

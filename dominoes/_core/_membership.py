@@ -193,9 +193,8 @@ class Membership:
     def _owns_decided(self, entry: Entry) -> bool:
         """Ownership of an entry others applied already (no claim is made)."""
         if type(entry) is Call:
-            return entry.mode == Mode.EVERY or (
-                entry.mode == Mode.AFFINITY and entry.origin == self.index
-            )
+            mode = self.machine.modes.get(entry.event, entry.mode)
+            return mode == Mode.EVERY or (mode == Mode.AFFINITY and entry.origin == self.index)
         return type(entry) is not Fire and entry.origin == self.index
 
     def ask_snapshot(self, *, now: float, source: int | None = None) -> SnapshotAsk:

@@ -19,6 +19,9 @@ travels in the log like any argument):
   replica that drops a partition forgets it there; one that gains a partition
   loads its state from a holder (``StateMachine.set_copies``).  The result is
   how many partition copies the replicas gained in all (0 when it shrank).
+* ``{"do": "mode", "event": EVENT, "mode": "race" | "affinity" | "every" | None}``
+  sets the ownership mode of every later call of ``EVENT``, whatever mode its
+  caller asked for (None: the caller's again).  The result is the mode's name.
 
 Every replica applies the entry at the same log position, in log order, so
 the registries stay identical: binding ids come from one counter that every
@@ -45,12 +48,24 @@ import importlib
 from types import MethodType
 from typing import TYPE_CHECKING, Any, Final
 
+from ._codec import Mode
 from ._component import Component, on_marks, query, resolve, update
 
 if TYPE_CHECKING:
     from ._machine import StateMachine
 
-__all__ = ("ADDED", "EVENT", "REMOVED", "add", "apply", "bind", "copies", "remove", "unbind")
+__all__ = (
+    "ADDED",
+    "EVENT",
+    "REMOVED",
+    "add",
+    "apply",
+    "bind",
+    "copies",
+    "mode",
+    "remove",
+    "unbind",
+)
 
 #: the built-in event a reconfiguration is an update of
 EVENT: Final = "dominoes.reconfigure"
@@ -80,6 +95,11 @@ def unbind(binding: int) -> dict[str, Any]:
     return {"do": "unbind", "binding": binding}
 
 
+def mode(event: str, mode: str | None) -> dict[str, Any]:
+    """A spec that sets the ownership mode of ``event``'s calls (None: the caller's)."""
+    return {"do": "mode", "event": event, "mode": mode}
+
+
 def copies(component: str, copies: int) -> dict[str, Any]:
     """A spec that keeps each partition of ``component`` on ``copies`` replicas."""
     return {"do": "copies", "component": component, "copies": copies}
@@ -102,7 +122,7 @@ def apply(machine: StateMachine, spec: Any) -> Any:
     """Apply one spec to ``machine``; see the module doc.  Raises ``ValueError``."""
     if not isinstance(spec, dict) or spec.get("do") not in _APPLY:
         raise ValueError(
-            "a reconfiguration is a dict whose 'do' is add, remove, bind, unbind or copies; "
+            "a reconfiguration is a dict whose 'do' is add, remove, bind, unbind, copies or mode; "
             f"not {spec!r}"
         )
     result = _APPLY[spec["do"]](machine, spec)
@@ -218,10 +238,25 @@ def _copies(machine: StateMachine, spec: dict[str, Any]) -> int:
     return machine.set_copies(name, k)
 
 
+def _mode(machine: StateMachine, spec: dict[str, Any]) -> str:
+    event, name = spec.get("event"), spec.get("mode")
+    if not isinstance(event, str) or not event:
+        raise ValueError("'event' must be an event name")
+    if name is None:
+        machine.modes.pop(event, None)
+        return "the caller's"
+    chosen = Mode.parse(name) if isinstance(name, str) else None
+    if chosen is None:
+        raise ValueError(f"mode must be race, affinity, every or None, not {name!r}")
+    machine.modes[event] = chosen
+    return chosen.name.lower()
+
+
 _APPLY: Final[dict[str, Any]] = {
     "add": _add,
     "remove": _remove,
     "bind": _bind,
     "unbind": _unbind,
     "copies": _copies,
+    "mode": _mode,
 }

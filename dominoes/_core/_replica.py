@@ -169,6 +169,7 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
         self.log = log
         self.machine = machine
         machine.defer_outputs = True  # poll() calls finish() outside the timed apply
+        machine.claim = self._claim_slot
         self.index = machine.index
         #: how many replicas the service runs (for spreading timer fires, and
         #: placing the partitions of partitioned components)
@@ -233,6 +234,9 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
         # who owns the last given-up seq (its claim CAS cannot be won twice)
         self._memo_seq = 0
         self._memo_owner = False
+        # the last slot claimed for a race call of a batch, and whether it was won
+        self._claim_seq = 0
+        self._claim_won = False
         #: this machine's id when the log is shared across machines (0: the log
         #: is this machine's alone); see :meth:`unstamp`
         self.origin = log.origin
@@ -730,6 +734,9 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
             return self._memo_owner
         if type(entry) is Call:
             mode = entry.mode
+            modes = self.machine.modes
+            if modes:  # a reconfiguration set this event's mode
+                mode = modes.get(entry.event, mode)
             if mode == Mode.AFFINITY:
                 owner = entry.origin == self.index
             elif mode == Mode.EVERY:
@@ -744,6 +751,16 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
             owner = entry.origin == self.index
         self.owned_entries += owner
         return owner
+
+    def _claim_slot(self, seq: int) -> bool:
+        """Claim the slot at ``seq`` for a ``race`` call of a batch (once: a re-apply
+        after a rollback finds the first answer)."""
+        if seq == self._claim_seq:
+            return self._claim_won
+        won = self.log.claim(seq, self.index)
+        self.claims_won += won
+        self._claim_seq, self._claim_won = seq, won
+        return won
 
     # --- timers ----------------------------------------------------------------------------
 

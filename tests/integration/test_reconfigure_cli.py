@@ -208,3 +208,22 @@ def test_a_local_client_submits_to_a_component_added_after_it_connected(tmp_path
         got, _ = asyncio.run(scenario(svc))
         converged(svc.run_dir)
     assert got == 1
+
+
+def test_an_event_s_ownership_mode_is_set_and_given_back(tmp_path: Path) -> None:
+    with running(TARGET, tmp_path / "run") as svc:
+        on = clients_on_every_replica(svc.port, 2)
+        assert on[0].ask("INCR m 1") == "1"
+        every = reconfigure(svc, "mode", "Counter.incr", "every")
+        assert every.returncode == 0, every.stderr
+        assert every.stdout.strip() == "every"
+        for client in on.values():  # replies still come from the replica asked
+            assert client.ask("INCR m 1") in ("2", "3")
+        back = reconfigure(svc, "mode", "Counter.incr", "caller")
+        assert back.stdout.strip() == "the caller's"
+        assert on[1].ask("INCR m 1") == "4"
+        bad = reconfigure(svc, "mode", "Counter.incr", "sometimes")
+        assert bad.returncode == 2
+        for client in on.values():
+            client.close()
+        converged(svc.run_dir)

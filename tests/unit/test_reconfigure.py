@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dominoes import RemoteError, reconfiguration
+from dominoes import Component, Context, Mode, RemoteError, Service, reconfiguration, update
 from dominoes.testing import Cluster
 from examples.counter import Counter, service
 
@@ -83,8 +83,8 @@ def test_a_replica_that_joins_later_gets_the_same_components_and_bindings() -> N
         (reconfiguration.remove("nobody"), "no component named 'nobody'"),
         (reconfiguration.unbind(9999), "no binding 9999"),
         (reconfiguration.bind("Counter.incr", "examples.limits:Audit.nothing"), "cannot import"),
-        ({"do": "explode"}, "add, remove, bind, unbind or copies"),
-        ("add", "add, remove, bind, unbind or copies"),
+        ({"do": "explode"}, "add, remove, bind, unbind, copies or mode"),
+        ("add", "add, remove, bind, unbind, copies or mode"),
     ],
 )
 def test_a_spec_that_cannot_apply_is_an_error_everywhere_and_changes_nothing(
@@ -194,3 +194,49 @@ def test_a_snapshot_without_reconfigurations_restores_the_defined_service() -> N
     machine.restore(reconfigured)
     assert sorted(machine.components) == ["Counter", "audit"]
     assert registries(cluster)[0] == registries(cluster)[1]
+
+
+SENT: list[tuple[int, str]] = []
+
+
+class Notifier(Component):
+    """Each notice is an effect: it runs where the call is owned."""
+
+    @update
+    def notify(self, ctx: Context, what: str) -> None:
+        ctx.effect(SENT.append, (ctx.replica, what))
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_an_event_s_ownership_mode_changes_at_one_log_position(batched: bool) -> None:
+    cluster = Cluster(Service("notes", [Notifier()]), replicas=3)
+    SENT.clear()
+
+    def send(what: str) -> list[int]:
+        SENT.clear()
+        if batched:  # calls of a group commit: one entry, owned by its origin until set
+            for p in cluster.submit_batch_nowait(1, [(Notifier.notify, (what,), {})] * 2):
+                cluster.run_until(lambda p=p: p.done)  # type: ignore[misc]
+        else:
+            cluster.call(1, Notifier.notify, what)
+        cluster.run_until_quiet()
+        return sorted(r for r, _ in SENT)
+
+    per = 2 if batched else 1
+    assert send("a") == [1] * per  # affinity: the origin
+    assert cluster.call(0, EVENT, reconfiguration.mode("Notifier.notify", "every")) == "every"
+    assert send("b") == sorted([0, 1, 2] * per)
+    cluster.call(2, EVENT, reconfiguration.mode("Notifier.notify", "race"))
+    owners = send("c")
+    assert len(owners) == per  # exactly one replica each
+    # a replica restarted now gets the configuration from its snapshot
+    cluster.kill(2)
+    cluster.restart(2)
+    cluster.run_until_quiet()
+    assert cluster.replicas[2].core.machine.modes == {"Notifier.notify": Mode.RACE}
+    assert len(send("d")) == per
+    assert cluster.call(0, EVENT, reconfiguration.mode("Notifier.notify", None)) == "the caller's"
+    assert send("e") == [1] * per
+    cluster.assert_converged()
+    with pytest.raises(ValueError, match="one of race, affinity, every"):
+        cluster.call(0, EVENT, reconfiguration.mode("Notifier.notify", "sometimes"))
