@@ -134,8 +134,8 @@ class Applied:
         #: entry was applied and reported earlier)
         self.late = False
         #: partitions' states this replica sends to replicas loading them:
-        #: [(gainer, component, fetch seq, partition, state)]
-        self.transfer: list[tuple[int, str, int, int, dict[str, Any]]] = []
+        #: [(gainer, component, fetch seq, partition, state)], or None
+        self.transfer: list[tuple[int, str, int, int, dict[str, Any]]] | None = None
 
     def __repr__(self) -> str:
         what = f"error={self.error!r}" if self.error else f"result={self.result!r}"
@@ -236,6 +236,8 @@ class StateMachine:
             for c in components
             if (spec := getattr(type(c), "partition", None)) is not None
         }
+        if len(self.partitioned) > 256:  # a partition's timer ids carry its component's index
+            raise ValueError("a service has at most 256 partitioned components")
         self._held_index = {name: i for i, name in enumerate(self.partitioned)}
         #: partitions that started empty when this replica restored a
         #: snapshot, since no live replica held a copy: (component, partition)
@@ -604,8 +606,10 @@ class StateMachine:
 
     def _part_timer(self, tid: int) -> tuple[Held, int, int]:
         x = -tid - 1
-        held = list(self.partitioned.values())[(x >> 16) & 0xFF]
-        return held, x & 0xFFFF, x >> 24
+        helds = list(self.partitioned.values())
+        if tid >= 0 or (x >> 16) & 0xFF >= len(helds):
+            raise PartitionError(f"{tid} is not a partition's timer")
+        return helds[(x >> 16) & 0xFF], x & 0xFFFF, x >> 24
 
     def cancel_part_timer(self, part: tuple[str, int], tid: int) -> bool:
         held, pid, local = self._part_timer(tid)
@@ -630,7 +634,10 @@ class StateMachine:
         whether the timer was still pending.
         """
         self.now = now
-        held, pid, local = self._part_timer(entry.timer_id)
+        try:
+            held, pid, local = self._part_timer(entry.timer_id)
+        except PartitionError:  # no such component (a damaged entry): nothing to fire
+            return True
         timers = held.timers.get(pid)
         if timers is None and pid in held.journal:  # being loaded here
             held.journal[pid].append(("fire", out.seq, -1, now, entry.origin, Mode.RACE, local))
@@ -726,6 +733,8 @@ class StateMachine:
                 if gainer == self.index:
                     held.journal[pid] = []  # the state at this position includes the rest
                 if writer == self.index and pid in held.parts:
+                    if out.transfer is None:
+                        out.transfer = []
                     out.transfer.append((gainer, name, entry.seq, pid, held.part_state(pid)))
 
     def _loaded(self, entry: Control, out: Applied) -> None:

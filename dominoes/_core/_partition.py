@@ -56,6 +56,8 @@ __all__ = (
 
 #: Partitions a partitioned component has unless its ``Partition`` says otherwise.
 DEFAULT_PARTITIONS: Final = 64
+#: The most partitions a component may have (a partition's timer ids carry its number).
+MAX_PARTITIONS: Final = 65536
 
 _COMBINE_ATTR: Final = "__dominoes_combine__"
 
@@ -151,8 +153,14 @@ class Partition:
             raise ValueError(f"key must name a parameter, not {key!r}")
         if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
             raise ValueError(f"copies must be an int >= 1, not {copies!r}")
-        if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
-            raise ValueError(f"partitions must be an int >= 1, not {partitions!r}")
+        if (
+            isinstance(partitions, bool)
+            or not isinstance(partitions, int)
+            or not 1 <= partitions <= MAX_PARTITIONS
+        ):
+            raise ValueError(
+                f"partitions must be an int from 1 to {MAX_PARTITIONS}, not {partitions!r}"
+            )
         self.key = key
         self.copies = copies
         self.partitions = partitions

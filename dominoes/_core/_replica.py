@@ -626,7 +626,7 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
     def _send_parts(self, applied: Applied) -> None:
         """Send the partitions' states a gainer's ``fetch`` asked this replica for."""
         ts, index = self.machine.now, self.index
-        for gainer, name, at, pid, state in applied.transfer:
+        for gainer, name, at, pid, state in applied.transfer or ():
             payload = encode(Control("parts", [gainer, name, at, pid, state], ts, index))
             self.outbox.append(payload)
             self.parts_sent += 1

@@ -412,3 +412,19 @@ def test_copies_change_at_one_log_position_and_nothing_is_lost(
     assert [run(split, i % 3, ("get", f"k{i}")) for i in range(12)] == [
         run(twin, 0, ("get", f"k{i}")) for i in range(12)
     ]
+
+
+def test_limits_of_a_partition_s_numbering_are_refused() -> None:
+    with pytest.raises(ValueError, match="from 1 to 65536"):
+        Partition("key", partitions=65537)
+
+    class Timed(Component, partition=Partition("key", partitions=2)):
+        @update
+        def cancel(self, ctx: Context, key: str, timer: int) -> bool:
+            return ctx.cancel(timer)
+
+    cluster = Cluster(Service("s", [Timed()]), replicas=2)
+    for bogus in (5, -1 - (7 << 16)):  # a replicated timer's id; no such component
+        with pytest.raises((PartitionError, RemoteError), match="not a partition's timer"):
+            cluster.call(0, Timed.cancel, "k", bogus)
+    cluster.assert_converged()
