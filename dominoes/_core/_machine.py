@@ -421,8 +421,9 @@ class StateMachine:
             self._loaded(entry, out)
             return True
         elif entry.op == "results":
-            index = self.index
-            mine = [item for item in entry.arg[1] if item[0] == index]
+            # ours, and those for local clients' calls (their owner collects them)
+            index, replicas = self.index, self._replicas
+            mine = [item for item in entry.arg[1] if item[0] == index or item[0] >= replicas]
             if mine:
                 out.results = mine
             return True
@@ -784,12 +785,17 @@ class StateMachine:
                 del recent[next(iter(recent))]
 
     def _settle(self, rec: Outcomes, out: Applied, origin: int) -> None:
-        """After a call with parts: its result here, what to forward, what to wait for."""
+        """After a call with parts: its result here, what to forward, what to wait for.
+
+        The replica that collects the result is the call's origin, or, for a
+        local client's call (its origin is a client line, above the
+        replicas), the replica that owns the entry and answers the client.
+        """
         out.parts = rec
         if rec.forward:
             outcomes = rec.outcomes
             out.forward = [(name, pid, *_wire(outcomes[(name, pid)])) for name, pid in rec.forward]
-        if origin != self.index:
+        if origin != self.index and not (origin >= self._replicas and out.owner):
             return
         missing = {part for part in rec.order if part not in rec.outcomes}
         if missing:

@@ -576,8 +576,15 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
                 [origin, applied.seq, applied.sub, name, pid, ok, value]
                 for name, pid, ok, value in applied.forward
             )
-        if applied.waiting is not None and applied.waiter is not None:
-            late = Applied(applied.seq, applied.entry, False, applied.sub)
+        if applied.waiting is None:
+            return
+        # a local client's call (its origin is a client line) is answered by the
+        # replica that owns it, from the late outcome: not before every part is in
+        client = applied.owner and applied.entry.origin >= self.replicas  # type: ignore[union-attr]
+        if applied.waiter is not None or client:
+            late = Applied(applied.seq, applied.entry, client, applied.sub)
+            if client:
+                applied.owner = False
             late.late = True
             late.waiter, applied.waiter = applied.waiter, None
             late.waiting, applied.waiting = applied.waiting, None

@@ -8,13 +8,16 @@ where the placement says, and only there.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
+from dominoes import connect
 from examples.partitioned import Counter
 
 from .harness import (
@@ -244,3 +247,24 @@ def test_copies_2_to_1_and_back_under_8_writers_lose_and_double_nothing(tmp_path
             f"Counter#{p}" for p in range(64)
         }
         assert a == b
+
+
+async def _local_client_calls(run_dir: Path, keys: list[str]) -> list[Any]:
+    async with await connect("counter", run_dir=run_dir) as client:
+        return [await client.submit("Counter.incr", key, by=i) for i, key in enumerate(keys)]
+
+
+def test_a_local_client_gets_the_result_of_a_partitioned_call(tmp_path: Path) -> None:
+    """A local client's call is owned by the replica that claims it, which collects
+    the partials of the partitions it does not hold before it answers."""
+    with running(TARGET, tmp_path / "run") as svc:
+        keys = held_by(0)[:5] + held_by(1)[:5]
+        got = asyncio.run(_local_client_calls(svc.run_dir, keys))
+        assert got == list(range(len(keys)))
+        again = asyncio.run(_local_client_calls(svc.run_dir, keys))
+        assert again == [2 * i for i in range(len(keys))]
+        on = clients_on_every_replica(svc.port, 2)
+        for client in on.values():
+            assert [client.ask(f"GET {k}") for k in keys] == [str(2 * i) for i in range(10)]
+            client.close()
+        settled(svc.run_dir)
