@@ -382,15 +382,17 @@ class Replica:
         """
         machine = self.core.machine
         name = machine.resolve(ref)
+        if name not in machine.local_queries:
+            fence = self.read_fence()
+            if fence is not None:
+                await fence
+        # after the catch-up: a partition this replica held before it may have
+        # moved (a change of copies applied by the catch-up)
         if machine.partitioned and not machine.holds(name, *args, **kwargs):
             # a partition held elsewhere: the read goes through the log to its
             # holders (linearizable: it is ordered with every write)
             self.forwarded_reads += 1
             return await self.submit(name, *args, **kwargs)
-        if name not in machine.local_queries:
-            fence = self.read_fence()
-            if fence is not None:
-                await fence
         self.queries += 1
         return machine.query(name, *args, **kwargs)
 
