@@ -185,6 +185,11 @@ class LogBackend(Protocol):
         """``ReplicaState`` of ``replica``."""
         ...
 
+    def pid(self, replica: int, /) -> int:
+        """The pid ``replica`` last joined with (0: none given): a new one means a
+        new incarnation."""
+        ...
+
     def replicas_in(self, states: frozenset[int], /) -> list[int]:
         """The replicas whose state is one of ``states``."""
         ...

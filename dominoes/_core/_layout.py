@@ -167,8 +167,8 @@ B_SERVED: Final = D_SYNCED
 
 R_CURSOR: Final = 0
 R_STATE: Final = 8
-#: The pid given to ``join``.  Nothing in dominoes reads it back: it is there
-#: for whoever inspects a log image (a core dump, a debugger).
+#: The pid given to ``join``: a replica's incarnation (``Log.pid``; a restarted
+#: replica joins with a new one), and for whoever inspects a log image.
 R_PID: Final = 16
 R_ASLEEP: Final = 24
 R_INTENT_SEQ: Final = 32

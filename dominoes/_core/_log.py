@@ -707,6 +707,10 @@ class Log:
         """``replica``'s heartbeat count; a value that stops moving means a frozen loop."""
         return self._w.load_acquire(self._beat_line(replica))
 
+    def pid(self, replica: int) -> int:
+        """The pid ``replica`` last joined with (0: none was given)."""
+        return self._w.load_acquire(self._line(replica) + R_PID)
+
     # --- poison entries ----------------------------------------------------------------
 
     def stuck(self, replica: int) -> int:

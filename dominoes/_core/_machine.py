@@ -72,6 +72,7 @@ class Applied:
 
     __slots__ = (
         "batch",
+        "control",
         "digest",
         "digest_due",
         "divergence",
@@ -79,20 +80,16 @@ class Applied:
         "effects",
         "entry",
         "error",
-        "forward",
         "late",
         "owner",
         "parts",
         "published",
         "result",
-        "results",
         "seq",
         "snapshot",
         "snapshot_for",
         "sub",
-        "transfer",
         "waiter",
-        "waiting",
     )
 
     def __init__(self, seq: int, entry: Entry | None, owner: bool, sub: int = -1) -> None:
@@ -121,21 +118,16 @@ class Applied:
         #: what the driver registered to learn this outcome (``ReplicaCore``'s
         #: pending table: a future, a ``Pending``), or None
         self.waiter: Any = None
-        #: a call with partitioned parts: what they did here (``Outcomes``)
+        #: a call with partitioned parts: what they did here, what to forward
+        #: and what to wait for (``Outcomes``)
         self.parts: Outcomes | None = None
-        #: partials this replica holds for an origin that does not:
-        #: [(component, partition, ok, encoded result or error text)]
-        self.forward: list[tuple[str, int, bool, bytes | str]] | None = None
-        #: this replica's own call, whose result waits for these parts' partials
-        self.waiting: set[tuple[str, int]] | None = None
-        #: a ``results`` entry: the partials it carries for this replica's calls
-        self.results: list[list[Any]] | None = None
+        #: what a partitions' control entry asks of this replica's core:
+        #: ``("results", partials for its calls)`` or ``("transfer", [(gainer,
+        #: component, fetch seq, partition, state)])``; None: nothing
+        self.control: tuple[str, list[Any]] | None = None
         #: the late outcome of a call whose last partial just arrived (its
         #: entry was applied and reported earlier)
         self.late = False
-        #: partitions' states this replica sends to replicas loading them:
-        #: [(gainer, component, fetch seq, partition, state)], or None
-        self.transfer: list[tuple[int, str, int, int, dict[str, Any]]] | None = None
 
     def __repr__(self) -> str:
         what = f"error={self.error!r}" if self.error else f"result={self.result!r}"
@@ -423,9 +415,12 @@ class StateMachine:
         elif entry.op == "results":
             # ours, and those for local clients' calls (their owner collects them)
             index, replicas = self.index, self._replicas
-            mine = [item for item in entry.arg[1] if item[0] == index or item[0] >= replicas]
+            try:
+                mine = [item for item in entry.arg[1] if item[0] == index or item[0] >= replicas]
+            except (IndexError, TypeError):  # not a results entry this code wrote
+                return True
             if mine:
-                out.results = mine
+                out.control = ("results", mine)
             return True
         return False
 
@@ -723,8 +718,12 @@ class StateMachine:
         ]
 
     def _fetch(self, entry: Control, out: Applied) -> None:
-        gainer, writer, name, pids = entry.arg
-        held = self.partitioned.get(name)
+        try:
+            gainer, writer, name, pids = entry.arg
+            held = self.partitioned.get(name)
+            pids = [pid for pid in pids if isinstance(pid, int)]
+        except (TypeError, ValueError):  # not a fetch this code wrote: a no-op everywhere
+            return
         if held is None:
             return
         for pid in pids:
@@ -734,14 +733,17 @@ class StateMachine:
                 if gainer == self.index:
                     held.journal[pid] = []  # the state at this position includes the rest
                 if writer == self.index and pid in held.parts:
-                    if out.transfer is None:
-                        out.transfer = []
-                    out.transfer.append((gainer, name, entry.seq, pid, held.part_state(pid)))
+                    if out.control is None:
+                        out.control = ("transfer", [])
+                    out.control[1].append((gainer, name, entry.seq, pid, held.part_state(pid)))
 
     def _loaded(self, entry: Control, out: Applied) -> None:
-        gainer, name, at, pid, state = entry.arg
-        held = self.partitioned.get(name)
-        busy = None if held is None else held.loading.get(pid)
+        try:
+            gainer, name, at, pid, state = entry.arg
+            held = self.partitioned.get(name)
+            busy = None if held is None else held.loading.get(pid)
+        except (TypeError, ValueError):  # not a transfer this code wrote: a no-op everywhere
+            return
         if held is None or busy is None or busy.get(gainer) != at:
             return  # a stale transfer (asked again since), or not loading any more
         del busy[gainer]
@@ -794,12 +796,12 @@ class StateMachine:
         out.parts = rec
         if rec.forward:
             outcomes = rec.outcomes
-            out.forward = [(name, pid, *_wire(outcomes[(name, pid)])) for name, pid in rec.forward]
+            rec.sends = [(name, pid, *_wire(outcomes[(name, pid)])) for name, pid in rec.forward]
         if origin != self.index and not (origin >= self._replicas and out.owner):
             return
         missing = {part for part in rec.order if part not in rec.outcomes}
         if missing:
-            out.waiting = missing
+            rec.waiting = missing
             return
         try:
             out.result = combined(rec.order, rec.outcomes, rec.routers)
@@ -811,7 +813,8 @@ class StateMachine:
 
         Returns True once every part is known; ``out`` then holds the result.
         """
-        waiting, rec = out.waiting, out.parts
+        rec = out.parts
+        waiting = None if rec is None else rec.waiting
         part = (name, pid)
         if waiting is None or rec is None or part not in waiting:
             return False  # a second copy's partial, or not ours
@@ -823,7 +826,7 @@ class StateMachine:
             rec.outcomes[part] = (False, RemoteError(value))
         if waiting:
             return False
-        out.waiting = None
+        rec.waiting = None
         try:
             out.result = combined(rec.order, rec.outcomes, rec.routers)
         except Exception as exc:  # noqa: BLE001

@@ -171,7 +171,7 @@ class Membership:
                 self._outcomes(applied, out, key)
                 if key != 0:  # partials of the partitions held here, for their origins
                     for one in [applied] if applied.batch is None else applied.batch:
-                        if one.forward is not None:
+                        if one.parts is not None and one.parts.sends is not None:
                             self._partials(one, 1)
             if recovery is not None:
                 recovery.journal.append((seq, kind, nslots, payload))

@@ -575,7 +575,7 @@ class Held:
 class Outcomes:
     """What one call's partitioned parts did on this replica (``ctx._parts``)."""
 
-    __slots__ = ("forward", "order", "outcomes", "routers")
+    __slots__ = ("forward", "holder_pids", "order", "outcomes", "routers", "sends", "waiting")
 
     def __init__(self) -> None:
         #: every part the call touches, in key order: (component, partition)
@@ -584,5 +584,11 @@ class Outcomes:
         self.outcomes: dict[tuple[str, int], tuple[bool, Any]] = {}
         #: the parts run here whose holders do not include the call's origin
         self.forward: list[tuple[str, int]] = []
+        #: their partials, as sent: (component, partition, ok, msgpack or error text)
+        self.sends: list[tuple[str, int, bool, bytes | str]] | None = None
+        #: on the replica that collects the result: the parts still to come
+        self.waiting: set[tuple[str, int]] | None = None
+        #: when it started waiting: each holder's incarnation (``LogBackend.pid``)
+        self.holder_pids: dict[int, int] = {}
         #: each partitioned component's router and its key items' partitions
         self.routers: dict[str, tuple[Router, Any]] = {}

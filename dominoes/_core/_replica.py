@@ -532,10 +532,12 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
                         applied.waiter = pending.pop((key, -1), None)
                     if applied.parts is not None:
                         self._partials(applied, key)
-                    elif applied.results is not None:
-                        self._completed(applied.results, out)
-                    elif applied.transfer:
-                        self._send_parts(applied)
+                    elif applied.control is not None:
+                        what, items = applied.control
+                        if what == "results":
+                            self._completed(items, out)
+                        else:
+                            self._send_parts(items)
                     out.append(applied)
                 else:
                     for sub in batch:
@@ -570,57 +572,71 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
         partial arrives (:meth:`_completed`).  ``key`` 0 (another machine's
         entry) has no waiter here.
         """
-        if applied.forward is not None and key:
+        rec = applied.parts
+        assert rec is not None
+        if rec.sends is not None and key:
             origin = applied.entry.origin  # type: ignore[union-attr]
             self._forwarding.extend(
                 [origin, applied.seq, applied.sub, name, pid, ok, value]
-                for name, pid, ok, value in applied.forward
+                for name, pid, ok, value in rec.sends
             )
-        if applied.waiting is None:
+        if rec.waiting is None:
             return
         # a local client's call (its origin is a client line) is answered by the
         # replica that owns it, from the late outcome: not before every part is in
         client = applied.owner and applied.entry.origin >= self.replicas  # type: ignore[union-attr]
-        if applied.waiter is not None or client:
-            late = Applied(applied.seq, applied.entry, client, applied.sub)
-            if client:
-                applied.owner = False
-            late.late = True
-            late.waiter, applied.waiter = applied.waiter, None
-            late.waiting, applied.waiting = applied.waiting, None
-            late.parts = applied.parts
-            self.parked[(applied.seq, applied.sub)] = late
+        if applied.waiter is None and not client:
+            return
+        late = Applied(applied.seq, applied.entry, client, applied.sub)
+        if client:
+            applied.owner = False
+        late.late = True
+        late.waiter, applied.waiter = applied.waiter, None
+        late.parts = rec
+        # each holder's incarnation now: a holder restarted since never sends
+        log, machine, n = self.log, self.machine, self.replicas
+        rec.holder_pids = {
+            h: log.pid(h)
+            for name, pid in rec.waiting
+            for h in machine.partitioned[name].holders(pid, n)
+        }
+        self.parked[(applied.seq, applied.sub)] = late
 
     def check_parked(self) -> list[Applied]:
         """Fail this replica's calls waiting for partials that no holder can still send.
 
         A holder can send a call's partial while it is live, or joining from
         a position before the call (it applies the call in its backlog).  A
-        partition whose holders are all dead, or restarted past the call,
-        sends nothing: the calls that wait for it get a
-        :class:`PartitionUnavailableError` (the part may or may not have been
-        applied before its holders died).  The driver calls this when a
-        replica may have died (a tick, or a kill); returns those outcomes.
+        partition whose holders are all dead, or restarted since the call
+        started waiting (another incarnation: a pid other than the one it had
+        then), or joining from past the call, sends nothing: the calls that
+        wait for it get a :class:`PartitionUnavailableError` (the part may or
+        may not have been applied before its holders died).  The driver calls
+        this when a replica may have died (a tick, or a kill); returns those
+        outcomes.
         """
         log, machine, n = self.log, self.machine, self.replicas
         failed = []
         for key, late in list(self.parked.items()):
-            seq = key[0]
+            seq, rec = key[0], late.parts
+            assert rec is not None
+            assert rec.waiting is not None
+            pids = rec.holder_pids
 
-            def gone(h: int, seq: int = seq) -> bool:
+            def gone(h: int, seq: int = seq, pids: dict[int, int] = pids) -> bool:
                 state = log.state(h)
                 if state == ReplicaState.JOINING:
                     return log.cursor(h) > seq
-                return state != ReplicaState.LIVE
+                return state != ReplicaState.LIVE or log.pid(h) != pids.get(h, 0)
 
             down = sorted(
                 part
-                for part in late.waiting or ()
+                for part in rec.waiting
                 if all(map(gone, machine.partitioned[part[0]].holders(part[1], n)))
             )
             if down:
                 del self.parked[key]
-                late.waiting = None
+                rec.waiting = None
                 name, pid = down[0]
                 late.error = PartitionUnavailableError(
                     f"partition {pid} of {name} has no live holder (replicas "
@@ -630,10 +646,10 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
                 failed.append(late)
         return failed
 
-    def _send_parts(self, applied: Applied) -> None:
+    def _send_parts(self, transfer: list[Any]) -> None:
         """Send the partitions' states a gainer's ``fetch`` asked this replica for."""
         ts, index = self.machine.now, self.index
-        for gainer, name, at, pid, state in applied.transfer or ():
+        for gainer, name, at, pid, state in transfer:
             payload = encode(Control("parts", [gainer, name, at, pid, state], ts, index))
             self.outbox.append(payload)
             self.parts_sent += 1
@@ -672,8 +688,12 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
     def _completed(self, items: list[list[Any]], out: list[Applied]) -> None:
         """Partials for this replica's parked calls arrived: report those now complete."""
         parked, machine = self.parked, self.machine
-        for _, seq, sub, name, pid, ok, value in items:
-            late = parked.get((seq, sub))
+        for item in items:
+            try:
+                _, seq, sub, name, pid, ok, value = item
+                late = parked.get((seq, sub))
+            except (TypeError, ValueError):  # not a partial this code wrote: ignored
+                continue
             if late is not None and machine.fill(late, name, pid, ok, value):
                 del parked[(seq, sub)]
                 out.append(late)

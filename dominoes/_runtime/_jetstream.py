@@ -63,6 +63,7 @@ class BridgedLog:
         self.mark_dead = ring.mark_dead
         self.leave = ring.leave
         self.state = ring.state
+        self.pid = ring.pid
         self.replicas_in = ring.replicas_in
         self.set_asleep = ring.set_asleep
         self.beat = ring.beat

@@ -413,6 +413,9 @@ class SettledLog:
     def state(self, replica: int, /) -> int:
         return self._log.state(replica)
 
+    def pid(self, replica: int, /) -> int:
+        return self._log.pid(replica)
+
     def replicas_in(self, states: frozenset[int], /) -> list[int]:
         return self._log.replicas_in(states)
 
