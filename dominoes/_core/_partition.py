@@ -459,10 +459,10 @@ class Held:
         }
 
     def load_part(self, pid: int, state: dict[str, Any]) -> None:
+        """Hold partition ``pid`` as :meth:`part_state` gave it."""
         inst = copy.deepcopy(self.template)
         inst.restore(state["part"])
         self.parts[pid] = inst
-        self.parts = dict(sorted(self.parts.items()))
         self.recent[pid] = dict(state["recent"])
         timers = self.timers[pid] = Timers()
         next_id, pending = state["timers"]
@@ -514,9 +514,7 @@ class Held:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "parts": {pid: c.snapshot() for pid, c in self.parts.items()},
-            "recent": {pid: list(r.items()) for pid, r in self.recent.items()},
-            "timers": {pid: [t.next_id, t.dump()] for pid, t in self.timers.items()},
+            "parts": {pid: self.part_state(pid) for pid in self.parts},
             "loading": {pid: list(busy.items()) for pid, busy in self.loading.items()},
         }
 
@@ -526,7 +524,7 @@ class Held:
         A snapshot holds its writer's partitions only: a joiner gets the
         rest from the other snapshots written for it (``StateMachine.restore``).
         """
-        parts, recent, timers = state["parts"], state["recent"], state.get("timers", {})
+        parts = state["parts"]
         if only is None:  # the snapshot's replicated loading, and what it means here
             self.loading = {pid: dict(busy) for pid, busy in state.get("loading", {}).items()}
             self.journal = {}
@@ -535,16 +533,10 @@ class Held:
                     del self.parts[pid], self.recent[pid], self.timers[pid]
         missing = []
         for pid in self.parts if only is None else only:
-            if pid not in parts:
+            if pid in parts:
+                self.load_part(pid, parts[pid])
+            else:
                 missing.append(pid)
-                continue
-            inst = self.parts[pid] = copy.deepcopy(self.template)
-            inst.restore(parts[pid])
-            self.recent[pid] = dict(recent.get(pid, ()))
-            self.timers[pid] = Timers()
-            if pid in timers:
-                next_id, pending = timers[pid]
-                self.timers[pid].load(next_id, [tuple(t) for t in pending])
         return missing
 
     def reset(self, pid: int) -> None:
