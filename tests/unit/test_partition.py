@@ -295,6 +295,38 @@ def test_hash_tags_keep_keys_together() -> None:
         Partition("key", copies=0)
 
 
+def play(split: Cluster, twin: Cluster, script: list[tuple[Any, Any]], copies: int = 2) -> int:
+    """Run ``script`` on 3 replicas of each, one death at a time; the final ``copies``.
+
+    Steps: ``(replica, op)``, compared with the twin; ``("kill", i)``, which kills
+    replica i, or restarts the dead one; ``("copies", k)``, a change of copies
+    through the log (each partition then has k copies once the gainers loaded).
+    A replica is killed only while every partition has 2 copies, and copies go
+    down to 1 only while none is dead: else data is lost by design.
+    """
+    dead: int | None = None
+    for first, second in script:
+        if first == "copies":
+            if dead is None or second >= 2:
+                copies = second
+                split.call(0 if dead != 0 else 1, EVENT, reconfiguration.copies("Counts", copies))
+                split.run_until_quiet()  # the gainers load: only then are there k copies
+        elif first == "kill":
+            if dead is not None:
+                split.restart(dead)
+                split.run_until_quiet()
+                dead = None
+            elif copies >= 2:
+                dead = second
+                split.kill(second)
+        else:
+            replica = first if first != dead else (first + 1) % 3
+            assert run(split, replica, second) == run(twin, replica, second), second
+    if dead is not None:
+        split.restart(dead)
+    return copies
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     script=st.lists(
@@ -309,21 +341,7 @@ def test_with_two_copies_of_three_a_killed_replica_loses_nothing(
     replica gets its partitions from the live holders (two snapshots at one position)."""
     split = Cluster(Service("s", [partitioned(2)(), Limits()]), replicas=3)
     twin = Cluster(Service("s", [Counts(), Limits()]), replicas=3)
-    dead: int | None = None
-    for first, second in script:
-        if first == "kill":
-            if dead is not None:
-                split.restart(dead)
-                split.run_until_quiet()
-                dead = None
-            else:
-                dead = second
-                split.kill(second)
-            continue
-        replica = first if first != dead else (first + 1) % 3
-        assert run(split, replica, second) == run(twin, replica, second), second
-    if dead is not None:
-        split.restart(dead)
+    play(split, twin, script)
     split.assert_converged()
     for r in split.live:
         assert r.core.machine.lost == []
@@ -377,28 +395,7 @@ def test_copies_change_at_one_log_position_and_nothing_is_lost(
     the gainers load each partition from a holder and answer like the twin."""
     split = Cluster(Service("s", [partitioned(2)(), Limits()]), replicas=3)
     twin = Cluster(Service("s", [Counts(), Limits()]), replicas=3)
-    dead: int | None = None
-    k = 2
-    for first, second in script:
-        if first == "copies":
-            if dead is None or second >= 2:  # one copy and a dead replica: lost by design
-                k = second
-                split.call(0 if dead != 0 else 1, EVENT, reconfiguration.copies("Counts", k))
-                split.run_until_quiet()  # the gainers load: only then are there k copies
-            continue
-        if first == "kill":
-            if dead is not None:
-                split.restart(dead)
-                split.run_until_quiet()
-                dead = None
-            elif k >= 2:
-                dead = second
-                split.kill(second)
-            continue
-        replica = first if first != dead else (first + 1) % 3
-        assert run(split, replica, second) == run(twin, replica, second), second
-    if dead is not None:
-        split.restart(dead)
+    k = play(split, twin, script)
     split.assert_converged()
     machines = [r.core.machine for r in split.live]
     for m in machines:
