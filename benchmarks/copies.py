@@ -145,6 +145,8 @@ def change(run_dir: Path, copies: int) -> float:
     t0 = time.monotonic()
     asyncio.run(submit(run_dir, copies))
     while held(run_dir) != want:
+        if time.monotonic() - t0 > 60:
+            raise RuntimeError(f"copies {copies}: the replicas hold {held(run_dir)} after 60 s")
         time.sleep(0.001)
     return time.monotonic() - t0
 

@@ -11,7 +11,7 @@ import os
 import shutil
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -154,12 +154,17 @@ def test_a_transaction_across_partitions_is_atomic_under_kill_9(tmp_path: Path) 
         seen: list[tuple[bytes, bytes]] = []
         errors: list[BaseException] = []
 
+        def connection(wanted: Callable[[int], bool]) -> redis.Redis:
+            """A connection that landed on a replica ``wanted`` accepts (the others closed)."""
+            r = client(svc.port)
+            while not wanted(replica_of(r)):
+                r.close()
+                r = client(svc.port)
+            return r
+
         def write(index: int) -> None:
             try:
-                with client(svc.port) as r:
-                    while replica_of(r) != index:
-                        r.close()
-                        r = client(svc.port)
+                with connection(lambda i: i == index) as r:
                     while not stop.is_set():
                         pipe = r.pipeline(transaction=True)
                         pipe.incr(x).incr(y)
@@ -173,10 +178,7 @@ def test_a_transaction_across_partitions_is_atomic_under_kill_9(tmp_path: Path) 
 
         def read() -> None:
             try:
-                with client(svc.port) as r:
-                    while replica_of(r) == 1:
-                        r.close()
-                        r = client(svc.port)
+                with connection(lambda i: i != 1) as r:
                     while not stop.is_set():
                         pipe = r.pipeline(transaction=True)
                         pipe.get(x).get(y)
