@@ -402,7 +402,12 @@ class StateMachine:
         elif entry.op == "digest":
             self._compare(out, entry)
             return True  # a report is not itself a digest point
-        elif entry.op == "snapshot" and len(entry.arg) > 2 and self.index in entry.arg[2]:
+        elif (
+            entry.op == "snapshot"
+            and len(entry.arg) > 2
+            and isinstance(entry.arg[2], list)
+            and self.index in entry.arg[2]
+        ):
             # partitions the joiner holds and the source does not: this
             # replica writes its snapshot for them too, at the same position
             out.snapshot_for = int(entry.arg[1])
