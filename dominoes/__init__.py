@@ -23,6 +23,7 @@ from ._core._errors import PoisonedEntryError as PoisonedEntryError
 from ._core._errors import QueryWroteStateError as QueryWroteStateError
 from ._core._errors import UnknownEventError as UnknownEventError
 from ._core._machine import RemoteError as RemoteError
+from ._core._partition import EVERY as EVERY
 from ._core._partition import KEY_ORDER as KEY_ORDER
 from ._core._partition import Partition as Partition
 from ._core._partition import PartitionError as PartitionError
@@ -43,6 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = (
     "ApplySuspendedError",
+    "EVERY",
     "KEY_ORDER",
     "Client",
     "Component",

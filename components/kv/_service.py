@@ -15,9 +15,9 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
-from dominoes import Component, Service
+from dominoes import Component, Option, Service
 
 from ._bitmaps import Bitmaps
 from ._blocking import Blocking
@@ -39,10 +39,11 @@ from ._server import start_hook, tcp_factory
 from ._sets import Sets
 from ._streams import Streams
 from ._strings import Strings
-from ._table import Spec, commands_of
+from ._shard import shard_class
+from ._table import CONN, Spec, commands_of
 from ._zsets import Zsets
 
-__all__ = ("DEFAULT_PORT", "TABLE", "make_service", "service")
+__all__ = ("DEFAULT_PORT", "FRONT_TABLE", "SHARD_TABLE", "TABLE", "compose", "make_service", "service")
 
 #: The port to run it on (``dominoes run ... --port 6380``); Redis's own is 6379.
 DEFAULT_PORT: Final = 6380
@@ -83,18 +84,24 @@ def _table() -> dict[bytes, Spec]:
 TABLE: Final = _table()
 
 
-def make_service(name: str = "kv") -> Service:
-    """A new KV service (its own component instances) named ``name``."""
+def compose(
+    table: dict[bytes, Spec],
+    *,
+    pubsub: bool = True,
+    expiry: type[Expiry] = Expiry,
+    memory: type[Memory] = Memory,
+) -> list[Component]:
+    """Fresh data components over one keyspace, linked to each other (not ``Commands``)."""
     keyspace = Keyspace()
     lists, zsets, streams = Lists(keyspace), Zsets(keyspace), Streams(keyspace)
     config = ServerConfig(keyspace)
-    keys = Keys(keyspace, TABLE, config)
-    memory = Memory(keyspace, TABLE, config, keys)
+    keys = Keys(keyspace, table, config)
+    mem = memory(keyspace, table, config, keys)
     parts: list[Component] = [
         keyspace,
-        Expiry(keyspace, TABLE),
+        expiry(keyspace, table),
         keys,
-        memory,
+        mem,
         Transactions(keyspace),
         Strings(keyspace),
         Hashes(keyspace),
@@ -106,25 +113,80 @@ def make_service(name: str = "kv") -> Service:
         Bitmaps(keyspace),
         HyperLogLogs(keyspace),
         streams,
-        PubSub(),
+        *([PubSub()] if pubsub else []),
         config,
     ]
-    scripting = Scripting(TABLE, parts)
+    scripting = Scripting(table, parts)
     functions = Functions(scripting)
     parts += [scripting, functions]
-    memory.exempt.update(
+    mem.exempt.update(
         {
             b"EVAL": scripting.ignores_oom,
             b"EVALSHA": scripting.ignores_oom,
             b"FCALL": functions.ignores_oom,
         }
     )
-    return Service(
+    return parts
+
+
+#: The commands a partition's engine runs: all but pub/sub's.
+SHARD_TABLE: Final = {n: s for n, s in TABLE.items() if s.component != "pubsub"}
+#: The commands the replicated part of the partitioned KV runs.
+FRONT_TABLE: Final = {
+    n: s for n, s in TABLE.items() if s.component in ("pubsub", "serverconfig") or s.kind is CONN
+}
+
+
+def _copies(text: str) -> int:
+    """``--partition copies=K``'s value."""
+    name, sep, value = text.partition("=")
+    if name.strip() != "copies" or not sep:
+        raise ValueError("expected copies=K, for example --partition copies=1")
+    copies = int(value)
+    if copies < 1:
+        raise ValueError("copies must be at least 1")
+    return copies
+
+
+_OPTIONS: Final = (
+    Option(
+        "partition",
+        type=_copies,
+        help="partition the keys: copies=K replicas hold each key (default: every replica "
+        "holds every key)",
+    ),
+)
+
+
+def make_service(name: str = "kv", *, copies: int | None = None) -> Service:
+    """A new KV service (its own component instances) named ``name``.
+
+    ``copies``: partition the keys, each held by ``copies`` replicas (None:
+    every replica holds every key), as ``--partition copies=K`` does.
+    """
+    def configure(options: dict[str, Any]) -> Service:
+        wanted = options.get("partition")
+        if wanted == copies:
+            return service
+        return make_service(name, copies=wanted)
+
+    if copies is None:
+        parts = compose(TABLE)
+        components: list[Component] = [Commands(TABLE, parts), *parts]
+    else:
+        pubsub = PubSub()
+        config = ServerConfig(Keyspace())
+        front: list[Component] = [pubsub, config]
+        components = [Commands(FRONT_TABLE, front), *front, shard_class(copies)()]
+    service = Service(
         name,
-        [Commands(TABLE, parts), *parts],
+        components,
         tcp=tcp_factory(TABLE),
         on_start=start_hook(TABLE),
+        options=_OPTIONS,
+        configure=configure,
     )
+    return service
 
 
 #: ``dominoes run dominoes.components.kv:service --replicas N --port 6380``

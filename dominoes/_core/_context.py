@@ -89,6 +89,27 @@ class Context:
         self._parts: Any = None
 
     @property
+    def answers(self) -> bool:
+        """Whether the caller may get this replica's result of the call (or of this part).
+
+        Outside a partition's part it is :attr:`is_owner`.  In a part, it is
+        the call's origin if that holds the partition, else every holder:
+        each of them sends its partial and the first to arrive is used.  A
+        handler may skip work whose only use is the result (a read inside a
+        batch of writes) where it is False; it must still apply every write.
+        """
+        part = self._part
+        if part is None:
+            return self.is_owner
+        return self._machine.answers_part(self.origin, part)
+
+    @property
+    def partition(self) -> int | None:
+        """The partition whose part of the call runs now (None: not in a partitioned part)."""
+        part = self._part
+        return None if part is None else part[1]
+
+    @property
     def random(self) -> _random.Random:
         """A ``random.Random`` seeded from ``seq``: the same sequence on every replica.
 

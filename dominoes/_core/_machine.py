@@ -838,6 +838,18 @@ class StateMachine:
             out.error = exc
         return True
 
+    def answers_part(self, origin: int, part: tuple[str, int]) -> bool:
+        """``Context.answers`` in a part: the origin if it holds it, else every holder."""
+        holders = self.partitioned[part[0]].holders(part[1], self._replicas)
+        return self.index == origin if origin in holders else True
+
+    def local_part(self, name: str, pid: int) -> Component | None:
+        """This replica's instance of partition ``pid`` of ``name``, if it holds it, ready."""
+        held = self.partitioned.get(name)
+        if held is None:
+            raise LookupError(f"{name!r} is not a partitioned component of this service")
+        return held.parts.get(pid)
+
     def holds(self, ref: str | query[..., Any], *args: Any, **kwargs: Any) -> bool:
         """Whether this replica can answer the query locally (it holds every partition it reads)."""
         fn = self._queries.get(resolve(self._names, ref))

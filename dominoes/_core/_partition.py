@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ._context import Context
 
 __all__ = (
+    "EVERY",
     "Held",
     "Outcomes",
     "Partition",
@@ -60,6 +61,26 @@ DEFAULT_PARTITIONS: Final = 64
 MAX_PARTITIONS: Final = 65536
 
 _COMBINE_ATTR: Final = "__dominoes_combine__"
+
+
+class _Every:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "EVERY"
+
+
+#: What ``Partition(keyof=...)`` returns for an item that has no key and goes to
+#: every partition (a keyless command in a list of commands: DBSIZE, FLUSHALL).
+#: Each partition's part gets the item; ``Partition(every=...)`` combines what
+#: the parts made of it.
+EVERY: Final[Any] = _Every()
+
+
+class _Mixed(list):  # type: ignore[type-arg]
+    """The partitions of a key argument's items, some of them ``(item,)``: sent to EVERY."""
+
+    __slots__ = ()
 
 
 class PartitionUnavailableError(DominoesError):
@@ -134,11 +155,14 @@ class Partition:
     together).  ``keyof`` maps each item of the key argument (or the argument
     itself) to its key, for an argument whose items are not bare keys: a
     list of commands, each ``[name, key, ...]``, is split by
-    ``keyof=lambda command: command[1]``.  The hash is CRC-32, so the
-    placement is the same in every process and every run.
+    ``keyof=lambda command: command[1]``; ``keyof`` returns :data:`EVERY`
+    for an item that goes to every partition, and ``every(item, values)``
+    makes that item's value from what each partition's part made of it (one
+    value per partition, in partition order; by default the first).  The hash
+    is CRC-32, so the placement is the same in every process and every run.
     """
 
-    __slots__ = ("copies", "key", "keyof", "partitions", "tag")
+    __slots__ = ("copies", "every", "key", "keyof", "partitions", "tag")
 
     def __init__(
         self,
@@ -148,6 +172,7 @@ class Partition:
         partitions: int = DEFAULT_PARTITIONS,
         tag: Callable[[Any], Any] | None = None,
         keyof: Callable[[Any], Any] | None = None,
+        every: Callable[[Any, list[Any]], Any] | None = None,
     ) -> None:
         if not isinstance(key, str) or not key.isidentifier():
             raise ValueError(f"key must name a parameter, not {key!r}")
@@ -166,6 +191,7 @@ class Partition:
         self.partitions = partitions
         self.tag = tag
         self.keyof = keyof
+        self.every = every
 
     def of(self, key: Any) -> int:
         """The partition ``key`` is in."""
@@ -176,8 +202,11 @@ class Partition:
         return zlib.crc32(_key_bytes(key)) % self.partitions
 
     def of_item(self, item: Any) -> int:
-        """The partition an item of the key argument is in (through ``keyof``)."""
-        return self.of(item if self.keyof is None else self.keyof(item))
+        """The partition an item of the key argument is in (through ``keyof``; -1: EVERY)."""
+        if self.keyof is None:
+            return self.of(item)
+        key = self.keyof(item)
+        return -1 if key is EVERY else self.of(key)
 
     def holders(self, partition: int, replicas: int, copies: int | None = None) -> tuple[int, ...]:
         """The replicas that hold ``partition`` out of ``replicas``, the primary first.
@@ -305,12 +334,26 @@ class Router:
         if isinstance(value, list | tuple):
             items = [of(k) for k in value]
             shares: dict[int, Any] = {}
+            every = False
             for pid, k in zip(items, value, strict=True):
+                if pid < 0:  # EVERY: a share of every partition
+                    every = True
+                    for p in range(spec.partitions):
+                        share = shares.get(p)
+                        if share is None:
+                            shares[p] = [k]
+                        else:
+                            share.append(k)
+                    continue
                 share = shares.get(pid)
                 if share is None:
                     shares[pid] = [k]
                 else:
                     share.append(k)
+            if every:
+                items = _Mixed(
+                    pid if pid >= 0 else (k,) for pid, k in zip(items, value, strict=True)
+                )
             return (shares, items) if shares else ({0: value}, None)  # no key: once, in 0
         if isinstance(value, dict):
             items = [of(k) for k in value]
@@ -346,6 +389,16 @@ class Router:
             return partials[0][1]
         lists = {pid: iter(value) for pid, value in partials}
         try:
+            if type(items) is _Mixed:
+                every = self.spec.every
+                out = []
+                for pid in items:
+                    if type(pid) is int:
+                        out.append(next(lists[pid]))
+                        continue
+                    values = [next(lists[p]) for p in range(self.spec.partitions)]
+                    out.append(values[0] if every is None else every(pid[0], values))
+                return out
             return [next(lists[pid]) for pid in items]
         except (StopIteration, TypeError):
             raise ValueError(

@@ -144,6 +144,7 @@ class Service:
         asgi: Callable[..., Any] | None = None,
         options: Iterable[Option] = (),
         serves: str | Callable[[dict[str, Any], str, int], str] | None = None,
+        configure: Callable[[dict[str, Any]], Service] | None = None,
     ) -> None:
         if not name or not name.replace("-", "_").replace(".", "_").isidentifier():
             raise ValueError(f"service name must be an identifier-like string, not {name!r}")
@@ -189,11 +190,27 @@ class Service:
         #: ``serves(options, host, port) -> str`` from the service's option values and
         #: ``--host``/``--port`` (None: say what the tcp/udp/asgi ingress serves)
         self.serves = serves
+        #: ``configure(options) -> Service``: the composition to run for these option
+        #: values (for example the same service partitioned), or None: this one
+        self.configure = configure
         self._components: list[Component] = []
         self._extra: dict[int, tuple[EventRef, Handler, float, dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         for c in components:
             self.add(c)
+
+    def configured(self, options: dict[str, Any]) -> Service:
+        """The service to run with these option values (``configure``'s, or this one).
+
+        ``dominoes run`` calls it in the supervisor and in every replica, with
+        the values of the service's own options, before any state is built.
+        """
+        if self.configure is None:
+            return self
+        service = self.configure(options)
+        if not isinstance(service, Service):
+            raise TypeError(f"{self.name}: configure() returned {service!r}, not a Service")
+        return service
 
     def add(self, component: Component) -> None:
         """Add a component (before any replica is created)."""

@@ -380,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
             sys.path.append(path)
     try:
         service = load_service(config.target)
+        service = service.configured(
+            parse_options(service.options, config.service_options, service=service.name)
+        )
         # dominoes.loops is a mapped package (loops/ in the source tree); imported
         # by name so type checkers that do not follow the mapping are not misled.
         policy = importlib.import_module("dominoes.loops").get(config.loop)

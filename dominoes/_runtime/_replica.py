@@ -469,6 +469,18 @@ class Replica:
         """This replica's instance of a component (read it; never write it here)."""
         return self.core.machine.component(which)  # type: ignore[return-value]
 
+    def partition(self, which: type[C] | str, partition: int) -> C | None:
+        """This replica's instance of one partition of a partitioned component.
+
+        None when this replica does not hold ``partition`` (or is still
+        loading it after a change of ``copies``).  Like :meth:`component`, it
+        is for reading, after a catch-up when the read must see every
+        acknowledged write (:meth:`sync`); never change it here.  The
+        partition of a key is ``Component.partition.of(key)``.
+        """
+        name = which if isinstance(which, str) else which.name
+        return self.core.machine.local_part(name, partition)  # type: ignore[return-value]
+
     @property
     def applied_seq(self) -> int:
         """The last log position applied here."""

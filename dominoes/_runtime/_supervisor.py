@@ -205,6 +205,7 @@ class Supervisor:
         self.options = parse_options(
             self.service.options, config.service_options, service=self.service.name
         )
+        self.service = self.service.configured(self.options)
         if self.service.asgi is not None and importlib.util.find_spec("uvicorn") is None:
             raise ImportError(
                 f"service {self.service.name!r} serves an ASGI app, which needs uvicorn: "

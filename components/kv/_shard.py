@@ -1,0 +1,452 @@
+"""The KV partitioned by key: each partition is a whole KV engine.
+
+``dominoes run dominoes.components.kv:service --partition copies=K`` runs this
+composition instead of the replicated one::
+
+    commands   Commands over PubSub and ServerConfig: replicated (pub/sub, CONFIG, ...)
+    pubsub     PubSub: replicated, as in the replicated KV
+    serverconfig  ServerConfig: replicated
+    shard      Shard, partitioned by key: per partition, the data components
+               (Keyspace, Expiry, Keys, Memory, Transactions, Strings, ..., Scripting,
+               Functions) and a Commands running them
+
+A key's partition is CRC-32 of its hash tag (Redis Cluster's ``{tag}``) modulo
+:data:`PARTITIONS`; each partition is held by ``copies`` replicas.  A batch of
+commands (``Shard.run``) or a transaction (``Shard.exec``) is one log entry,
+split by the partition of each command's first key (:func:`route`): every
+replica applies the commands of the partitions it holds, and the replica that
+appended the entry gathers the replies of the others (their *partials*).  So
+a transaction across partitions is still one entry, applied atomically, with
+no locks and no two-phase commit.
+
+What a command sees is its partition: a command naming keys of two partitions
+is refused with ``CROSSSLOT`` before it is appended (as Redis Cluster does),
+and so is a transaction that WATCHes keys unless all its keys and the watched
+ones share a partition.  The keyless commands that read or change every key
+(DBSIZE, KEYS, SCAN, RANDOMKEY, FLUSHALL, SCRIPT, FUNCTION, ...) go to every
+partition (:data:`dominoes.EVERY`) and their replies are combined
+(:func:`combine_every`).  A script that declares no key runs in partition 0.
+
+The replies cross replicas as msgpack, so the shard returns them packed
+(:func:`pack`: the RESP types that msgpack would flatten become ``Ext``
+values), and the connection's encoder writes packed values as it writes the
+others.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from typing import Any, ClassVar, Final
+
+import msgspec
+from msgspec.msgpack import Ext
+
+from dominoes import EVERY, KEY_ORDER, Component, Context, Partition, combine, hash_tag, update
+
+from ._commands import Commands
+from ._errors import KvError
+from ._expiry import Expiry
+from ._keyspace import now_ms
+from ._memory import Memory
+from ._resp import (
+    NULL_ARRAY,
+    Double,
+    Frames,
+    MapOfArrays,
+    Pairs,
+    Push,
+    SetOf,
+    Status,
+    Verbatim,
+)
+from ._table import Spec
+
+__all__ = (
+    "PARTITIONS",
+    "WATCHED",
+    "Shard",
+    "command_keys",
+    "combine_every",
+    "pack",
+    "shard_class",
+    "unpack",
+)
+
+#: How many partitions the keys are hashed into.
+PARTITIONS: Final = 64
+#: The pseudo-command a transaction that WATCHed keys starts with: ``[WATCHED, key]``
+#: routes it to the watched partition, whose part runs WATCH's check.
+WATCHED: Final = b"\x00WATCHED"
+#: The reply of :data:`WATCHED` when the check failed: the transaction did not run.
+ABORTED: Final = Ext(3, b"aborted")
+
+# --- keys --------------------------------------------------------------------------------
+
+#: commands whose keys follow a count: name -> (where the count is, keys before it)
+_NUMKEYS: Final = {
+    b"EVAL": (2, 0), b"EVALSHA": (2, 0), b"EVAL_RO": (2, 0), b"EVALSHA_RO": (2, 0),
+    b"FCALL": (2, 0), b"FCALL_RO": (2, 0),
+    b"ZINTER": (1, 0), b"ZUNION": (1, 0), b"ZDIFF": (1, 0), b"ZINTERCARD": (1, 0),
+    b"SINTERCARD": (1, 0), b"LMPOP": (1, 0), b"ZMPOP": (1, 0),
+    b"BLMPOP": (2, 0), b"BZMPOP": (2, 0),
+    b"ZINTERSTORE": (2, 1), b"ZUNIONSTORE": (2, 1), b"ZDIFFSTORE": (2, 1),
+}  # fmt: skip
+#: commands whose STORE option names a key: the options that take one
+_STORE_OPTIONS: Final = {
+    b"SORT": (b"STORE",),
+    b"GEORADIUS": (b"STORE", b"STOREDIST"),
+    b"GEORADIUSBYMEMBER": (b"STORE", b"STOREDIST"),
+}
+
+
+def command_keys(spec: Spec, args: list[bytes]) -> list[bytes]:
+    """Every key ``args`` names, as the command reads them (as it is in the log).
+
+    Precise where the table's key positions are not: counted keys (EVAL,
+    ZUNIONSTORE, LMPOP, ...), XREAD's STREAMS, SORT's and GEORADIUS's STORE.
+    A malformed count gives no keys (the command answers its own error).
+    """
+    name = spec.name
+    counted = _NUMKEYS.get(name)
+    if counted is not None:
+        at, before = counted
+        try:
+            n = int(args[at])
+        except (IndexError, ValueError):
+            return []
+        if n < 0 or at + 1 + n > len(args):
+            return []
+        return [*args[at - before : at], *args[at + 1 : at + 1 + n]]
+    if name == b"XREAD" or name == b"XREADGROUP":
+        for i in range(1, len(args)):
+            if args[i].upper() == b"STREAMS":
+                rest = args[i + 1 :]
+                return rest[: len(rest) // 2]
+        return []
+    keys = spec.keys(args)
+    options = _STORE_OPTIONS.get(name)
+    if options is not None:
+        for i in range(2, len(args) - 1):
+            if args[i].upper() in options:
+                keys = [*keys, args[i + 1]]
+    return keys
+
+
+def partition_of(key: bytes) -> int:
+    """The partition ``key`` is in (its hash tag's CRC-32 modulo :data:`PARTITIONS`)."""
+    return zlib.crc32(hash_tag(key)) % PARTITIONS
+
+
+#: keyless commands that read or change every key: they go to every partition
+_EVERYWHERE: Final = frozenset(
+    {b"DBSIZE", b"KEYS", b"SCAN", b"RANDOMKEY", b"FLUSHALL", b"FLUSHDB", b"SWAPDB", b"SCRIPT",
+     b"FUNCTION", b"UNWATCH"}
+)  # fmt: skip
+
+
+#: commands whose first key is not at the table's first key position
+_COUNTED: Final = frozenset({*_NUMKEYS, b"XREAD", b"XREADGROUP"})
+
+
+def _route_with(table: dict[bytes, Spec]) -> Callable[[list[bytes]], Any]:
+    def route(command: list[bytes]) -> Any:
+        """A command's partition key: its first key, EVERY, or b"" (partition 0)."""
+        name = command[0]
+        if name == WATCHED:
+            return command[1]
+        spec = table.get(name)
+        if spec is None:
+            return b""
+        if spec.first and name not in _COUNTED:
+            if len(command) > spec.first:
+                return command[spec.first]
+            return b""
+        if name in _EVERYWHERE:
+            return EVERY
+        keys = command_keys(spec, command)
+        return keys[0] if keys else b""
+
+    return route
+
+
+# --- replies across replicas -------------------------------------------------------------
+
+_PLAIN: Final = frozenset({bytes, int, type(None), str, float, bool})
+_BYTES_TAGS: Final = {Status: 1, Double: 4, Verbatim: 5}
+_LIST_TAGS: Final = {SetOf: 6, Push: 7, Pairs: 8, MapOfArrays: 9, Frames: 10, set: 11, frozenset: 11}
+_encoder: Final = msgspec.msgpack.Encoder()
+_decoder: Final = msgspec.msgpack.Decoder()
+
+
+def pack(value: Any) -> Any:
+    """``value`` as msgpack keeps it: RESP types msgpack would flatten become ``Ext``."""
+    t = type(value)
+    if t in _PLAIN:
+        return value
+    if t is list or t is tuple:
+        return [v if type(v) in _PLAIN else pack(v) for v in value]
+    tag = _BYTES_TAGS.get(t)
+    if tag is not None:
+        return Ext(tag, bytes(value))
+    if t is dict:
+        return {pack(k): pack(v) for k, v in value.items()}
+    if value is NULL_ARRAY:
+        return Ext(12, b"")
+    tag = _LIST_TAGS.get(t)
+    if tag is not None:
+        items = [list(v) for v in value] if t is MapOfArrays else list(value)
+        return Ext(tag, _encoder.encode(pack(items)))
+    if isinstance(value, KvError):
+        return Ext(2, str(value).encode())
+    if isinstance(value, BaseException):
+        return Ext(2, f"ERR {type(value).__name__}: {value}".encode())
+    if t is Ext:
+        return value
+    return Ext(2, f"ERR cannot encode a reply of type {t.__name__}".encode())
+
+
+_LIST_TYPES: Final[dict[int, Callable[[list[Any]], Any]]] = {
+    6: SetOf,
+    7: Push,
+    8: Pairs,
+    9: lambda items: MapOfArrays([(k, v) for k, v in items]),
+    10: Frames,
+    11: set,
+}
+
+
+def unpack(value: Any) -> Any:
+    """What :func:`pack` packed, as the RESP encoder writes it."""
+    if type(value) is list:
+        return [unpack(v) if type(v) is Ext or type(v) is list else v for v in value]
+    if type(value) is dict:
+        return {unpack(k): unpack(v) for k, v in value.items()}
+    if type(value) is not Ext:
+        return value
+    code, data = value.code, value.data
+    if code == 1:
+        return Status(data)
+    if code == 2:
+        return KvError(bytes(data).decode("utf-8", "replace"))
+    if code == 4:
+        return Double(data)
+    if code == 5:
+        return Verbatim(data)
+    if code == 12 or code == 3:
+        return NULL_ARRAY
+    make = _LIST_TYPES.get(code)
+    if make is None:
+        return KvError(f"ERR a reply of unknown kind {code}")
+    items = unpack(_decoder.decode(data))
+    if code == 11:
+        return {tuple(i) if type(i) is list else i for i in items}
+    return make(items)
+
+
+def _is_error(value: Any) -> bool:
+    return type(value) is Ext and value.code == 2
+
+
+def combine_every(command: list[bytes], values: list[Any]) -> Any:
+    """A command sent to every partition: its reply, from each partition's (packed).
+
+    An error from any partition is the reply (every partition checks the
+    arguments alike, so they all fail the same way).
+    """
+    for v in values:
+        if _is_error(v):
+            return v
+    name = command[0]
+    if name == b"DBSIZE":
+        return sum(v for v in values if type(v) is int)
+    if name == b"KEYS":
+        return [k for v in values if type(v) is list for k in v]
+    if name == b"RANDOMKEY" or name == b"SCAN":
+        return next((v for v in values if v is not None), None)
+    return values[0]
+
+
+# --- the partition's engine ----------------------------------------------------------------
+
+
+class _Expiry(Expiry):
+    """Expiry whose sweep timer fires into its partition (``Shard.sweep``)."""
+
+    name = "expiry"
+
+    def _arm(self, ctx: Context, at: int) -> None:
+        if self.timer:
+            ctx.cancel(self.timer)
+        now = now_ms(ctx)
+        delay = (at - now + 1) / 1000 if at > now else 0.0
+        self.timer = ctx.raise_later(delay, "shard.sweep")
+        self.timer_at = at
+
+
+class _Memory(Memory):
+    """Memory with ``maxmemory`` split evenly between the partitions."""
+
+    name = "memory"
+
+    def limit(self) -> int:
+        total = super().limit()
+        return max(1, total // PARTITIONS) if total else 0
+
+
+class Shard(Component):
+    """One partition of the KV: a whole engine (see the module doc).
+
+    ``shard_class(copies)`` is this class partitioned with ``copies`` copies;
+    this base is never bound itself.
+    """
+
+    name = "shard"
+    transient: ClassVar[tuple[str, ...]] = (
+        "parts", "commands", "keyspace", "expiry", "memory", "keys", "transactions",
+        "settings", "_pid",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        from ._service import SHARD_TABLE, compose
+
+        parts = compose(SHARD_TABLE, pubsub=False, expiry=_Expiry, memory=_Memory)
+        self.parts = {c.name: c for c in parts}
+        self.commands = Commands(SHARD_TABLE, parts)
+        p: Any = self.parts
+        self.keyspace, self.expiry, self.memory = p["keyspace"], p["expiry"], p["memory"]
+        self.keys, self.transactions, self.settings = p["keys"], p["transactions"], p["serverconfig"]
+        #: the partition being applied (SCAN's cursor names it)
+        self._pid = 0
+        bound = self.commands.bound
+        bound[b"SCAN"] = (self._scan, False, None)
+
+    # --- state -------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {n: c.snapshot() for n, c in self.parts.items() if n != "serverconfig"}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for name, part in state.items():
+            self.parts[name].restore(part)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Shard:
+        new = type(self)()
+        new.restore(_decoder.decode(_encoder.encode(self.snapshot())))
+        return new
+
+    def _link(self, ctx: Context) -> None:
+        """Follow the replicated CONFIG SET values (maxmemory, its policy)."""
+        live: Any = ctx.component("serverconfig")
+        self.settings.config = live.config
+        self._pid = ctx.partition or 0
+
+    # --- the command events ------------------------------------------------------------
+
+    @combine(KEY_ORDER)
+    @update
+    def run(self, ctx: Context, commands: list[list[bytes]]) -> list[Any]:
+        """A batch of commands of this partition (see ``Commands.run``); packed replies."""
+        self._link(ctx)
+        self.expiry.lazy(ctx, commands)
+        self.memory.check(ctx, commands)
+        out = self.commands.run(ctx, commands)
+        self.memory.account(ctx, commands)
+        self.keys.stamp(ctx, commands)
+        return [v if type(v) in _PLAIN else pack(v) for v in out]
+
+    @combine(KEY_ORDER)
+    @update
+    def exec(self, ctx: Context, commands: list[list[bytes]], client: int) -> list[Any]:
+        """This partition's commands of a transaction; packed replies.
+
+        A transaction that WATCHed keys starts with ``[WATCHED, key]`` (all its
+        keys share that key's partition): its reply is None, or
+        :data:`ABORTED` when a watched key changed, and then nothing ran.
+        """
+        self._link(ctx)
+        watched = bool(commands) and commands[0][0] == WATCHED
+        if watched:
+            commands = commands[1:]
+        self.expiry.lazy(ctx, commands, client)
+        if watched and self._changed(ctx, client):
+            return [ABORTED] + [None] * len(commands)
+        self.memory.check(ctx, commands, client)
+        out = self.commands.exec(ctx, commands, client)
+        self.memory.account(ctx, commands, client)
+        self.keys.stamp(ctx, commands, client)
+        replies = [v if type(v) in _PLAIN else pack(v) for v in out]
+        return [None, *replies] if watched else replies
+
+    def _changed(self, ctx: Context, client: int) -> bool:
+        """WATCH's check (``Transactions.check``): forget the watches; whether one changed."""
+        tx = self.transactions
+        mine = tx.watches.get(client)
+        if not mine:
+            return False
+        ks = self.keyspace
+        now = now_ms(ctx)
+        for key in mine:
+            ks.expire_if_due(key, now)  # expired since the WATCH: a change
+        changed = any(ks.changed_since(k, tick) for k, tick in mine.items())
+        tx._forget(client)
+        if changed:
+            tx.aborted += 1
+        return changed
+
+    @update
+    def sweep(self, ctx: Context) -> int:
+        """The partition's expiry timer fired (``Expiry.sweep``)."""
+        self._link(ctx)
+        return int(self.expiry.sweep(ctx))
+
+    @update
+    def clients_gone(self, ctx: Context, replica: int, below: int) -> None:
+        """Drop the watches of ``replica``'s clients numbered below ``below``."""
+        self.transactions._gone(ctx, replica, below)
+
+    # --- SCAN across partitions ----------------------------------------------------------
+
+    def _scan(self, now: int, args: list[bytes]) -> Any:
+        """SCAN of one partition: the cursor is (the partition's cursor, the partition).
+
+        Every partition gets the command; the one the cursor names answers,
+        and its cursor goes on to the next partition when it is done.
+        """
+        try:
+            cursor = int(args[1])
+        except ValueError:
+            cursor = -1
+        if not 0 <= cursor < (1 << 48) * PARTITIONS:
+            raise KvError("ERR invalid cursor")
+        pid, inner = cursor % PARTITIONS, cursor // PARTITIONS
+        if pid != self._pid:
+            return None
+        reply = self.keyspace.scan(now, [args[0], b"%d" % inner, *args[2:]])
+        following = int(reply[0])
+        if following:
+            reply[0] = b"%d" % (following * PARTITIONS + pid)
+        else:
+            reply[0] = b"%d" % (pid + 1 if pid + 1 < PARTITIONS else 0)
+        return reply
+
+
+def shard_class(copies: int) -> type[Shard]:
+    """:class:`Shard` partitioned into :data:`PARTITIONS`, each held by ``copies`` replicas."""
+    from ._service import SHARD_TABLE
+
+    spec = Partition(
+        "commands",
+        copies=copies,
+        partitions=PARTITIONS,
+        tag=hash_tag,
+        keyof=_route_with(SHARD_TABLE),
+        every=combine_every,
+    )
+
+    class PartitionedShard(Shard, partition=spec):
+        name = "shard"
+
+    PartitionedShard.__qualname__ = PartitionedShard.__name__ = f"Shard_copies{copies}"
+    return PartitionedShard
+
