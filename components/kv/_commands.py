@@ -211,7 +211,7 @@ def _execute(
     ready: dict[bytes, None] | None = None,
 ) -> list[Any]:
     """Run ``commands`` in order; after each write, ``serve`` the keys it made ``ready``."""
-    owner = ctx.is_owner
+    owner = ctx.answers
     now = int(ctx.now * 1000)
     out: list[Any] = []
     append = out.append

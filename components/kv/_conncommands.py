@@ -40,6 +40,7 @@ from ._keyspace import Keyspace
 from ._limits import OUTPUT_LIMIT, parse_output_limits
 from ._persistence import CONFIG_ON_COMMAND_LINE
 from ._resp import OK, PONG, QUEUED, Status, Verbatim
+from ._routing import queued_error, transaction
 from ._scripting import SCRIPT_SUBCOMMANDS
 from ._streams import XGROUP_SUBCOMMANDS, XINFO_SUBCOMMANDS
 from ._table import CONN, Spec, command
@@ -58,7 +59,6 @@ __all__ = ("REDIS_VERSION", "REQUIREPASS_ENV", "ConnectionCommands", "ServerConf
 REDIS_VERSION: Final = "7.0.0"
 
 #: The command events by name (a name skips resolving the descriptor on every append).
-_EXEC: Final = Commands.exec.event
 _SET_LIMITS: Final = Commands.set_output_limits.event
 _TX_CONTROL: Final = frozenset({b"EXEC", b"DISCARD", b"MULTI", b"QUIT", b"RESET"})
 _SUBSCRIBED_OK: Final = frozenset(
@@ -129,6 +129,7 @@ class ConnectionCommands:
         channels: set[bytes]
         patterns: set[bytes]
         watching: bool
+        watched_keys: list[bytes]
         batch: list[list[bytes]]
         pending: deque[bytes | Entry]
         closing: bool
@@ -149,6 +150,7 @@ class ConnectionCommands:
         def _state_changed(self) -> None: ...
         def _held(self) -> int: ...
         def _flush_batch(self) -> None: ...
+        def _batch_kind(self, args: list[bytes]) -> None: ...
         def _submit(self, entry: Entry, event: Any, args: tuple[Any, ...], mode: str) -> None: ...
 
     #: the client has authenticated (or needs not: no ``requirepass`` when it connected)
@@ -191,6 +193,8 @@ class ConnectionCommands:
                 self._refuse(_NOT_IN_MULTI)
             elif (refused := subcommand_error(args)) is not None:
                 self._refuse(refused)  # as Redis: at queueing time, so EXEC aborts
+            elif self.server.partitioned and (refused := queued_error(spec, args)) is not None:
+                self._refuse(refused)
             else:
                 if spec.client_id:  # UNWATCH: a no-op by then, as in Redis
                     args.insert(1, b"%d" % self.id)
@@ -217,9 +221,11 @@ class ConnectionCommands:
         args.insert(1, b"%d" % self.id)
         if name == b"WATCH":
             self.watching = True
+            self.watched_keys += names
             return
         if name == b"UNWATCH":
             self.watching = False
+            self.watched_keys = []
             return
         if name in _SHARD_COMMANDS:  # shard channels, kept as 1-tuples among the channels
             shards = [(n,) for n in names]
@@ -421,6 +427,7 @@ class ConnectionCommands:
             self.authenticated = False
         if self.watching:
             self.watching = False
+            self.watched_keys = []
             self._batch_silently([b"UNWATCH", b"%d" % self.id])
         self.resp3 = False
         self._state_changed()
@@ -1053,7 +1060,10 @@ class ConnectionCommands:
         self.multi_error = False
         if self.watching:  # UNWATCH's reply (+OK) is DISCARD's
             self.watching = False
-            self.batch.append([b"UNWATCH", b"%d" % self.id])
+            self.watched_keys = []
+            unwatch = [b"UNWATCH", b"%d" % self.id]
+            self._batch_kind(unwatch)
+            self.batch.append(unwatch)
         else:
             self._reply(OK)
 
@@ -1067,6 +1077,7 @@ class ConnectionCommands:
         self._state_changed()
         client = self.id if self.watching else 0
         self.watching = False
+        watched, self.watched_keys = self.watched_keys, []
         if self.multi_error:
             self.multi_error = False
             if client:
@@ -1080,13 +1091,24 @@ class ConnectionCommands:
             self._flush_batch()
         every = any(self.table[c[0]].broadcast for c in commands)
         entry = Entry(self.resp3, transaction=True)
+        if self.server.partitioned:
+            routed = transaction(commands, watched if client else [])
+            if isinstance(routed, KvError):
+                if client:
+                    self._batch_silently([b"UNWATCH", b"%d" % client])
+                self._reply(routed)
+                return
+            commands, entry.watched, every = routed, bool(client), False
         self.pending.append(entry)
-        self._submit(entry, _EXEC, (commands, client), "every" if every else "affinity")
+        self._submit(
+            entry, self.server.exec_event, (commands, client), "every" if every else "affinity"
+        )
 
     def _batch_silently(self, args: list[bytes]) -> None:
         """Append an internal command whose reply the client must not see."""
         if self.batch:
             self._flush_batch()
+        self._batch_kind(args)
         self.batch.append(args)
         self._flush_batch()
         entry = self.pending[-1]

@@ -47,14 +47,15 @@ from typing import TYPE_CHECKING, Any, Final
 from dominoes import LogUnavailableError
 
 from ._blocking import BLOCKING_READ, Blocking, blocks
-from ._commands import Commands, internal_error
+from ._commands import internal_error
 from ._conncommands import ConnectionCommands
-from ._entries import RUN, Appends, Blocked, Deferred, Delayed, Entry, Unblocker, ready
+from ._entries import Appends, Blocked, Deferred, Delayed, Entry, Unblocker, ready
 from ._errors import KvError, arity_error, unknown_command, unreachable
 from ._limits import OutputLimits
 from ._persistence import PersistenceCommands
 from ._pubsub import PubSub
 from ._resp import ProtocolError, RequestParser, encode
+from ._routing import FRONT, Forward
 from ._table import READ, WRITE
 
 if TYPE_CHECKING:
@@ -90,6 +91,10 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
         self.patterns: set[bytes] = set()
         self.batch: list[list[bytes]] = []
         self.batch_every = False
+        #: the batch holds pub/sub commands (partitioned KV: they go to ``Commands.run``)
+        self.batch_front = False
+        #: the keys this client WATCHes (partitioned KV: EXEC checks their partition)
+        self.watched_keys: list[bytes] = []
         self.pending: deque[bytes | Entry] = deque()
         self.out: list[bytes] = []
         self.watching = False
@@ -154,7 +159,8 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
             self.server.background(PubSub.disconnect, self.id)
         if self.watching:
             self.watching = False
-            self.server.background(Commands.run, [[b"UNWATCH", b"%d" % self.id]])
+            self.watched_keys = []
+            self.server.background(self.server.run_event, [[b"UNWATCH", b"%d" % self.id]])
         if self.blocked is not None:
             self.blocked = None
             self.server.background(Blocking.disconnect, self.id)
@@ -329,6 +335,14 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
                 if handled:
                     continue
             kind = cmd.kind
+            check = cmd.check
+            if check is not None:  # a partitioned KV's (see _routing)
+                refused = check(self, args)
+                batch = self.batch
+                if refused is not None:
+                    self._refuse(refused)
+                    batch = self.batch
+                    continue
             if cmd.spec.may_block and blocks(args):  # XREAD ... BLOCK: a blocking write
                 args[0:1] = [BLOCKING_READ, b"%d" % self.id, cmd.name]
                 batch.append(args)
@@ -366,6 +380,10 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
                 reads += 1
                 try:
                     value = cmd.read(now, args)
+                except Forward:  # its partition is held elsewhere: through the log
+                    reads -= 1
+                    batch.append(args)
+                    continue
                 except KvError as exc:
                     value = exc
                 except Exception as exc:
@@ -493,10 +511,21 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
         if entry is None:
             entry = Entry(self.resp3, transaction=False)
         self.pending.append(entry)
-        if mode == "affinity" and not self.delayed:
+        if self.batch_front:  # pub/sub commands of a partitioned KV
+            self._submit(entry, self.server.front_event, (commands,), mode)
+        elif mode == "affinity" and not self.delayed:
             self.server.join_group(self, entry, commands)
         else:
-            self._submit(entry, RUN, (commands,), mode)
+            self._submit(entry, self.server.run_event, (commands,), mode)
+
+    def _batch_kind(self, args: list[bytes]) -> None:
+        """Start a batch of ``args``'s kind (pub/sub or data) if the batch is of the other."""
+        if self.server.partitioned:
+            front = self.table[args[0]].component in FRONT
+            if front != self.batch_front:
+                if self.batch:
+                    self._flush_batch()
+                self.batch_front = front
 
     # --- the reply queue and flow control --------------------------------------------------
 

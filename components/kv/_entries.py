@@ -42,7 +42,7 @@ from dominoes.lowlevel import when_room
 from ._blocking import BLOCKED, TOPIC
 from ._commands import Bound, Commands, internal_error
 from ._errors import KvError, misconf, unreachable
-from ._resp import OK, encode
+from ._resp import NULL_ARRAY, OK, encode
 
 if TYPE_CHECKING:
     from dominoes import Replica
@@ -64,6 +64,8 @@ __all__ = (
 
 #: ``Commands.run``'s event by name (a name skips resolving the descriptor on every append).
 RUN: Final = Commands.run.event
+#: the batch events: the replicated KV's, and the partitioned KV's (``Shard.run``)
+RUNS: Final = frozenset({RUN, "shard.run"})
 _OK_FRAME: Final = b"+OK\r\n"
 
 
@@ -76,11 +78,14 @@ class Entry:
     replies are this entry's and where they start.
     """
 
-    __slots__ = ("parts", "resp3", "silent", "transaction")
+    __slots__ = ("parts", "resp3", "silent", "transaction", "watched")
 
     def __init__(self, resp3: bool, transaction: bool) -> None:
         self.resp3 = resp3
         self.transaction = transaction
+        #: a partitioned KV's transaction that WATCHed keys: its first reply is
+        #: WATCH's check (``_shard.WATCHED``), not a command's
+        self.watched = False
         #: an internal entry (RESET's unsubscriptions): its replies are not sent
         self.silent = False
         self.parts: list[tuple[asyncio.Future[Any], int, int]] = []
@@ -99,6 +104,8 @@ class Entry:
         for fut, count, start in self.parts:
             result = _outcome(fut)
             if self.transaction:
+                if self.watched and type(result) is list:
+                    result = NULL_ARRAY if result[0] is not None else result[1:]
                 out.append(encode(result, resp3))
             elif isinstance(result, KvError):
                 out.extend([encode(result, resp3)] * count)
@@ -258,7 +265,7 @@ def refused(
         code = server.replica.log.write_error
         error = misconf(os.strerror(code) if code else str(exc))
     out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    if event == RUN:
+    if event in RUNS:
         out.set_result(Refused(args[0], error, server.reads))
     else:
         out.set_exception(error)
@@ -332,7 +339,7 @@ class Appends:
     ) -> list[tuple[Entry, Any, tuple[Any, ...], str]]:
         """Halves of a batch too large for one entry; a lone command or a transaction fails."""
         commands = args[0]
-        if event == RUN and len(commands) > 1:
+        if event in RUNS and len(commands) > 1:
             half = len(commands) // 2
             return [
                 (entry, event, (commands[:half],), mode),

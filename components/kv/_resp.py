@@ -63,6 +63,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import hiredis
+from msgspec.msgpack import Ext
 
 from ._errors import KvError
 
@@ -270,6 +271,10 @@ def _encode_into(value: Any, resp3: bool, out: list[bytes]) -> None:
             out.append(b"$%d\r\n%s\r\n" % (len(value), value))
     elif isinstance(value, BaseException):
         out.append(b"-ERR %s\r\n" % _one_line(f"{type(value).__name__}: {value}").encode())
+    elif t is Ext:  # a reply of the partitioned KV, packed to cross replicas
+        from ._shard import unpack
+
+        _encode_into(unpack(value), resp3, out)
     else:  # a bug in a handler: say so instead of breaking the stream
         out.append(b"-ERR cannot encode a reply of type %s\r\n" % t.__name__.encode())
 

@@ -42,18 +42,18 @@ import msgspec
 
 from dominoes import EntryTooLargeError, LogFullError, Replica
 
-from ._blocking import Blocking
 from ._commands import Bound, Commands, client_id, replica_of
 from ._conncommands import REDIS_VERSION, ServerConfig
 from ._connection import MAX_BATCH, Connection
 from ._entries import RUN, Entry, Unblocker, refused
 from ._errors import KvError
-from ._keyspace import Keyspace
 from ._limits import NORMAL_OUTPUT_LIMITS, PUBSUB_OUTPUT_LIMITS, Limits
 from ._persistence import Saves
 from ._pubsub import PubSub
 from ._resp import OK
-from ._table import WRITE, Spec
+from ._routing import checker, reader
+from ._shard import PARTITIONS
+from ._table import CONN, READ, WRITE, Spec
 
 __all__ = ("Connection", "KvConnection", "Server", "server_for", "start_hook", "tcp_factory")
 
@@ -95,7 +95,7 @@ MAX_KNOWN_SPELLINGS: Final = 4096
 class _Cmd:
     """What the hot loop needs of one command, precomputed per replica."""
 
-    __slots__ = ("hi", "kind", "lo", "name", "plain", "read", "spec")
+    __slots__ = ("check", "hi", "kind", "lo", "name", "plain", "read", "spec")
 
     def __init__(self, spec: Spec, read: Callable[[int, list[bytes]], Any] | None) -> None:
         self.spec = spec
@@ -108,6 +108,8 @@ class _Cmd:
         self.plain = spec.kind is WRITE and not spec.client_id and not spec.broadcast
         #: a read's local implementation, ``read(now_ms, args)`` (every READ has one)
         self.read = read if read is not None else _no_local_read
+        #: partitioned KV: ``check(conn, args)`` before it runs (None: no check)
+        self.check: Callable[[Connection, list[bytes]], KvError | None] | None = None
 
 
 def _no_local_read(now: int, args: list[bytes]) -> Any:
@@ -136,12 +138,17 @@ class Server:
         self.replica = replica
         self.table = table
         self.index = replica.index
+        #: the keys are partitioned (``--partition copies=K``): see ``_routing``
+        self.partitioned = any(c.name == "shard" for c in replica.service.components)
+        #: the events of a batch and of a transaction, and of a pub/sub batch
+        self.run_event = "shard.run" if self.partitioned else RUN
+        self.exec_event = "shard.exec" if self.partitioned else Commands.exec.event
+        self.front_event = RUN
         bound = replica.component(Commands).bound
         #: local reads: name -> implementation(now_ms, args)
         self.reads: Bound = {k: v for k, v in bound.items() if not v[1]}
         #: the commands by name as clients spell it (``SET``, ``set``, ...)
         self.known: dict[bytes, _Cmd] = {}
-        self.keyspace: Keyspace = replica.component(Keyspace)
         self.commands: Commands = replica.component(Commands)
         self._limits_of: list[int] | None = None
         self._normal = Limits(*NORMAL_OUTPUT_LIMITS)
@@ -180,6 +187,8 @@ class Server:
         #: later versions print the same INFO field)
         self.output_limit_disconnections = 0
         self.background(Commands.clients_gone, self.index, first)
+        if self.partitioned:  # the watches are in the partitions, some held elsewhere
+            self.background("shard.clients_gone", self.index, 1 << 53)
 
     def reset_stats(self) -> None:
         """CONFIG RESETSTAT: the counters INFO stats prints."""
@@ -286,7 +295,12 @@ class Server:
         if spec is None:
             return None
         read = self.reads.get(name)
-        cmd = _Cmd(spec, read[0] if read is not None else None)
+        local = read[0] if read is not None else None
+        if self.partitioned and spec.kind is READ:
+            local = reader(spec, self.replica, local)
+        cmd = _Cmd(spec, local)
+        if self.partitioned and spec.kind is not CONN:
+            cmd.check = checker(spec)
         if len(self.known) < MAX_KNOWN_SPELLINGS:
             self.known[spelled] = cmd
         return cmd
@@ -323,15 +337,15 @@ class Server:
         self._group_commands = []
         try:
             try:
-                fut = self.replica.submit_nowait(RUN, commands)
+                fut = self.replica.submit_nowait(self.run_event, commands)
             except LogFullError:  # queued, in order, until there is room
-                fut = self.replica.submit_soon(RUN, commands)
+                fut = self.replica.submit_soon(self.run_event, commands)
         except EntryTooLargeError:  # each connection's batch on its own (split if need be)
             for conn, entry, start, count in group:
-                conn._submit(entry, RUN, (commands[start : start + count],), "affinity")
+                conn._submit(entry, self.run_event, (commands[start : start + count],), "affinity")
             return
         if fut.done():  # the durable log refused it (a full disk)
-            fut = refused(fut, RUN, (commands,), self)
+            fut = refused(fut, self.run_event, (commands,), self)
         for _, entry, start, count in group:
             entry.parts.append((fut, count, start))
         fut.add_done_callback(functools.partial(_group_done, group))
@@ -358,8 +372,7 @@ class Server:
         every = bool(wanted & {b"all", b"everything", b"default"})
         replica = self.replica
         now = time.time()
-        keyspace = self.keyspace
-        nkeys = keyspace.count_live(int(now * 1000))
+        nkeys = sum(k.count_live(int(now * 1000)) for k in self.local_data("keyspace"))
         parts: list[str] = []
 
         def section(name: str, fields: dict[str, Any]) -> None:
@@ -382,16 +395,18 @@ class Server:
                 "uptime_in_days": int(now - self.started) // 86400,
             },
         )
-        blocking: Blocking = self.replica.component(Blocking)
         section(
             "Clients",
             {
                 "connected_clients": len(self.connections),
                 # every replica's: the waiters are replicated state
-                "blocked_clients": blocking.blocked_clients(),
+                "blocked_clients": sum(b.blocked_clients() for b in self.local_data("blocking")),
             },
         )
-        memory: dict[str, Any] = replica.component("memory").info()
+        memory: dict[str, Any] = {}
+        for part in self.local_data("memory"):  # summed over the partitions held here
+            for k, v in part.info().items():
+                memory[k] = memory.get(k, 0) + v if isinstance(v, int) else v
         section("Memory", {k: v for k, v in memory.items() if k != "evicted_keys"})
         if every or b"persistence" in wanted:
             section("Persistence", self.saves.info())
@@ -402,7 +417,7 @@ class Server:
                 "total_commands_processed": self.commands_processed,
                 "protocol_errors": self.protocol_errors,
                 "client_output_buffer_limit_disconnections": self.output_limit_disconnections,
-                "expired_keys": replica.component("expiry").expired,
+                "expired_keys": sum(e.expired for e in self.local_data("expiry")),
                 "evicted_keys": memory["evicted_keys"],
             },
         )
@@ -418,10 +433,25 @@ class Server:
         fields.update(_flatten(replica.statistics()))
         section("Dominoes", fields)
         if every or b"keyspace" in wanted:
-            expires = sum(1 for d in keyspace.deadlines.values() if d > now * 1000)
+            expires = sum(
+                1
+                for k in self.local_data("keyspace")
+                for d in k.deadlines.values()
+                if d > now * 1000
+            )
             body = f"db0:keys={nkeys},expires={expires},avg_ttl=0\r\n" if nkeys else ""
             parts.append(f"# Keyspace\r\n{body}")
         return "\r\n".join(parts).encode()
+
+    def local_data(self, name: str) -> list[Any]:
+        """This replica's instances of a data component: one, or one per partition held here.
+
+        A partitioned KV's INFO counts the partitions this replica holds.
+        """
+        if not self.partitioned:
+            return [self.replica.component(name)]
+        shards = [self.replica.partition("shard", pid) for pid in range(PARTITIONS)]
+        return [s.parts[name] for s in shards if s is not None]
 
 
 def _flatten(stats: Any, prefix: str = "", depth: int = 0) -> dict[str, Any]:

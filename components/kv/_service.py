@@ -37,13 +37,21 @@ from ._pubsub import PubSub
 from ._scripting import Scripting
 from ._server import start_hook, tcp_factory
 from ._sets import Sets
+from ._shard import shard_class
 from ._streams import Streams
 from ._strings import Strings
-from ._shard import shard_class
 from ._table import CONN, Spec, commands_of
 from ._zsets import Zsets
 
-__all__ = ("DEFAULT_PORT", "FRONT_TABLE", "SHARD_TABLE", "TABLE", "compose", "make_service", "service")
+__all__ = (
+    "DEFAULT_PORT",
+    "FRONT_TABLE",
+    "SHARD_TABLE",
+    "TABLE",
+    "compose",
+    "make_service",
+    "service",
+)
 
 #: The port to run it on (``dominoes run ... --port 6380``); Redis's own is 6379.
 DEFAULT_PORT: Final = 6380
@@ -164,6 +172,7 @@ def make_service(name: str = "kv", *, copies: int | None = None) -> Service:
     ``copies``: partition the keys, each held by ``copies`` replicas (None:
     every replica holds every key), as ``--partition copies=K`` does.
     """
+
     def configure(options: dict[str, Any]) -> Service:
         wanted = options.get("partition")
         if wanted == copies:

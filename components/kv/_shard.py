@@ -174,7 +174,15 @@ def _route_with(table: dict[bytes, Spec]) -> Callable[[list[bytes]], Any]:
 
 _PLAIN: Final = frozenset({bytes, int, type(None), str, float, bool})
 _BYTES_TAGS: Final = {Status: 1, Double: 4, Verbatim: 5}
-_LIST_TAGS: Final = {SetOf: 6, Push: 7, Pairs: 8, MapOfArrays: 9, Frames: 10, set: 11, frozenset: 11}
+_LIST_TAGS: Final = {
+    SetOf: 6,
+    Push: 7,
+    Pairs: 8,
+    MapOfArrays: 9,
+    Frames: 10,
+    set: 11,
+    frozenset: 11,
+}
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final = msgspec.msgpack.Decoder()
 
@@ -315,7 +323,11 @@ class Shard(Component):
         self.commands = Commands(SHARD_TABLE, parts)
         p: Any = self.parts
         self.keyspace, self.expiry, self.memory = p["keyspace"], p["expiry"], p["memory"]
-        self.keys, self.transactions, self.settings = p["keys"], p["transactions"], p["serverconfig"]
+        self.keys, self.transactions, self.settings = (
+            p["keys"],
+            p["transactions"],
+            p["serverconfig"],
+        )
         #: the partition being applied (SCAN's cursor names it)
         self._pid = 0
         bound = self.commands.bound
@@ -449,4 +461,3 @@ def shard_class(copies: int) -> type[Shard]:
 
     PartitionedShard.__qualname__ = PartitionedShard.__name__ = f"Shard_copies{copies}"
     return PartitionedShard
-
