@@ -450,7 +450,7 @@ class Server:
         """
         if not self.partitioned:
             return [self.replica.component(name)]
-        shards = [self.replica.partition("shard", pid) for pid in range(PARTITIONS)]
+        shards: list[Any] = [self.replica.partition("shard", pid) for pid in range(PARTITIONS)]
         return [s.parts[name] for s in shards if s is not None]
 
 

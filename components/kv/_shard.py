@@ -173,8 +173,8 @@ def _route_with(table: dict[bytes, Spec]) -> Callable[[list[bytes]], Any]:
 # --- replies across replicas -------------------------------------------------------------
 
 _PLAIN: Final = frozenset({bytes, int, type(None), str, float, bool})
-_BYTES_TAGS: Final = {Status: 1, Double: 4, Verbatim: 5}
-_LIST_TAGS: Final = {
+_BYTES_TAGS: Final[dict[type, int]] = {Status: 1, Double: 4, Verbatim: 5}
+_LIST_TAGS: Final[dict[type, int]] = {
     SetOf: 6,
     Push: 7,
     Pairs: 8,

@@ -291,7 +291,7 @@ async def test_save_starts_after_the_connections_earlier_writes_are_applied(
     reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
     def save() -> asyncio.Future[Any]:  # stands in for the snapshot: what would it hold?
-        seen.append(srv.keyspace.values.get(b"k"))
+        seen.append(srv.local_data("keyspace")[0].values.get(b"k"))
         return reply
 
     srv.saves.save = save  # type: ignore[method-assign]
