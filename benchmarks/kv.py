@@ -65,6 +65,11 @@ quiet cores).
     the same store replicated on every replica.  ``--servers partition``
     runs them with ``dominoes_2``, ``plain_2`` and ``redis_server``.
     ``partkv_2/partkv_2_all`` is what partitioning buys the same code.
+``dominoes_2_p1`` / ``dominoes_2_p2``
+    ``dominoes_2`` with ``--partition copies=1|2``: the KV itself, its keys
+    partitioned across the 2 replicas (each key on one, or on both).  In
+    ``--servers partition``; ``dominoes_2_p1/dominoes_2`` is what partitioning
+    buys the KV.
 DIR (and
 redis-server's ``--dir``, for every redis-server above) is a fresh directory
 per start under the benchmark's temporary workdir (under ``$TMPDIR``, so on
@@ -162,6 +167,8 @@ SERVERS: Final = (
     "partkv_2",
     "partkv_2_copies2",
     "partkv_2_all",
+    "dominoes_2_p1",
+    "dominoes_2_p2",
 )
 #: ``examples.partkv``'s services: a small store partitioned by key (copies=1 and 2 of
 #: 2 replicas) and its all-replicated twin (the same code, every key everywhere)
@@ -180,7 +187,14 @@ GROUPS: Final = {
         *(f"redis_aof_{p}" for p in POLICIES),
         "redis_server",
     ),
-    "partition": (*PARTKV, "dominoes_2", "plain_2", "redis_server"),
+    "partition": (
+        "dominoes_2_p1",
+        "dominoes_2_p2",
+        *PARTKV,
+        "dominoes_2",
+        "plain_2",
+        "redis_server",
+    ),
     "all": SERVERS,
 }
 DESCRIPTIONS: Final = {
@@ -197,6 +211,8 @@ DESCRIPTIONS: Final = {
     "partkv_2": "(7) examples.partkv, 2 replicas, each key on 1 (copies=1)",
     "partkv_2_copies2": "(7') examples.partkv, 2 replicas, copies=2 (every key on both)",
     "partkv_2_all": "(7'') examples.partkv's store replicated, 2 replicas (the twin)",
+    "dominoes_2_p1": "(8) dominoes KV, 2 replicas, --partition copies=1",
+    "dominoes_2_p2": "(8') dominoes KV, 2 replicas, --partition copies=2",
 }
 WORKERS: Final = {
     "dominoes_1": 1,
@@ -210,6 +226,8 @@ WORKERS: Final = {
     **{f"dominoes_2_{p}": 2 for p in POLICIES},
     **{f"redis_aof_{p}": 1 for p in POLICIES},
     **dict.fromkeys(PARTKV, 2),
+    "dominoes_2_p1": 2,
+    "dominoes_2_p2": 2,
 }
 SCALE: Final = {"redis_shared_2": 0.2}  # fraction of -n for servers that are much slower
 TESTS: Final = (("set", 1), ("get", 1), ("set", 16), ("get", 16))
@@ -283,6 +301,16 @@ RATIOS: Final = (
     ("partkv_2/partkv_2_all", "partkv_2", "partkv_2_all", "get", 1),
     ("partkv_2_copies2/partkv_2_all", "partkv_2_copies2", "partkv_2_all", "set", 16),
     ("partkv_2_all/plain_2", "partkv_2_all", "plain_2", "set", 16),
+    # the KV itself partitioned: against the bound, Redis, and the replicated KV
+    ("dominoes_2_p1/plain_2", "dominoes_2_p1", "plain_2", "set", 16),
+    ("dominoes_2_p1/plain_2", "dominoes_2_p1", "plain_2", "get", 16),
+    ("dominoes_2_p1/redis_server", "dominoes_2_p1", "redis_server", "set", 16),
+    ("dominoes_2_p1/dominoes_2", "dominoes_2_p1", "dominoes_2", "set", 16),
+    ("dominoes_2_p1/dominoes_2", "dominoes_2_p1", "dominoes_2", "get", 16),
+    ("dominoes_2_p1/dominoes_2", "dominoes_2_p1", "dominoes_2", "set", 1),
+    ("dominoes_2_p1/dominoes_2", "dominoes_2_p1", "dominoes_2", "get", 1),
+    ("dominoes_2_p2/dominoes_2", "dominoes_2_p2", "dominoes_2", "set", 16),
+    ("dominoes_2_p2/dominoes_2", "dominoes_2_p2", "dominoes_2", "get", 16),
 )
 
 
@@ -626,6 +654,8 @@ def make_server(name: str, workdir: Path) -> Server:
             argv += ["--reads", "local"]
         if name.endswith("_digest"):  # the price of leaving divergence detection on
             argv += ["--digest-every", "10000"]
+        if name.endswith(("_p1", "_p2")):  # the keys partitioned, 1 or 2 copies of each
+            argv += ["--partition", f"copies={name[-1]}"]
         if policy in POLICIES:
             datadir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
             argv += ["--durable", str(datadir), "--fsync", policy]

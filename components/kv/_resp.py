@@ -190,6 +190,8 @@ def encode(value: Any, resp3: bool = False) -> bytes:
         return b":%d\r\n" % value
     if value is None:
         return _NIL3 if resp3 else _NIL2
+    if t is Ext and value.code == 1:  # a partitioned KV's status reply (OK), packed
+        return b"+%s\r\n" % value.data
     parts: list[bytes] = []
     _encode_into(value, resp3, parts)
     return b"".join(parts)

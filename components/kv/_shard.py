@@ -51,6 +51,7 @@ from ._keyspace import now_ms
 from ._memory import Memory
 from ._resp import (
     NULL_ARRAY,
+    OK,
     Double,
     Frames,
     MapOfArrays,
@@ -170,6 +171,24 @@ def _route_with(table: dict[bytes, Spec]) -> Callable[[list[bytes]], Any]:
     return route
 
 
+def _locator(table: dict[bytes, Spec], route: Callable[[list[bytes]], Any]) -> Callable[[Any], int]:
+    """``Partition(locate=...)``: a command's partition, fast for the common one-key case."""
+    first = {n: s.first for n, s in table.items() if s.first and n not in _COUNTED}
+    crc32 = zlib.crc32
+
+    def locate(command: list[bytes]) -> int:
+        at = first.get(command[0])
+        if at is not None and len(command) > at:
+            key = command[at]
+            if b"{" in key:
+                key = hash_tag(key)
+            return crc32(key) % PARTITIONS
+        key = route(command)
+        return -1 if key is EVERY else partition_of(key)
+
+    return locate
+
+
 # --- replies across replicas -------------------------------------------------------------
 
 _PLAIN: Final = frozenset({bytes, int, type(None), str, float, bool})
@@ -183,6 +202,8 @@ _LIST_TAGS: Final[dict[type, int]] = {
     set: 11,
     frozenset: 11,
 }
+#: OK, packed (the commonest reply of a write)
+OK_PACKED: Final = Ext(1, b"OK")
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final = msgspec.msgpack.Decoder()
 
@@ -212,6 +233,11 @@ def pack(value: Any) -> Any:
     if t is Ext:
         return value
     return Ext(2, f"ERR cannot encode a reply of type {t.__name__}".encode())
+
+
+def _pack_replies(replies: list[Any]) -> list[Any]:
+    plain = _PLAIN
+    return [OK_PACKED if v is OK else v if type(v) in plain else pack(v) for v in replies]
 
 
 _LIST_TYPES: Final[dict[int, Callable[[list[Any]], Any]]] = {
@@ -365,7 +391,7 @@ class Shard(Component):
         out = self.commands.run(ctx, commands)
         self.memory.account(ctx, commands)
         self.keys.stamp(ctx, commands)
-        return [v if type(v) in _PLAIN else pack(v) for v in out]
+        return _pack_replies(out)
 
     @combine(KEY_ORDER)
     @update
@@ -387,7 +413,7 @@ class Shard(Component):
         out = self.commands.exec(ctx, commands, client)
         self.memory.account(ctx, commands, client)
         self.keys.stamp(ctx, commands, client)
-        replies = [v if type(v) in _PLAIN else pack(v) for v in out]
+        replies = _pack_replies(out)
         return [None, *replies] if watched else replies
 
     def _changed(self, ctx: Context, client: int) -> bool:
@@ -447,13 +473,15 @@ def shard_class(copies: int) -> type[Shard]:
     """:class:`Shard` partitioned into :data:`PARTITIONS`, each held by ``copies`` replicas."""
     from ._service import SHARD_TABLE
 
+    route = _route_with(SHARD_TABLE)
     spec = Partition(
         "commands",
         copies=copies,
         partitions=PARTITIONS,
         tag=hash_tag,
-        keyof=_route_with(SHARD_TABLE),
+        keyof=route,
         every=combine_every,
+        locate=_locator(SHARD_TABLE, route),
     )
 
     class PartitionedShard(Shard, partition=spec):
