@@ -382,6 +382,7 @@ class Connection(ConnectionCommands, PersistenceCommands, OutputLimits, Appends,
                     value = cmd.read(now, args)
                 except Forward:  # its partition is held elsewhere: through the log
                     reads -= 1
+                    self.replica.forwarded_reads += 1
                     batch.append(args)
                     continue
                 except KvError as exc:
