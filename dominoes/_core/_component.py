@@ -20,6 +20,7 @@ keeps the container type of the fresh instance's attribute.  Override
 from __future__ import annotations
 
 import typing
+import weakref
 from collections.abc import Callable
 from types import MethodType
 from typing import (
@@ -239,9 +240,19 @@ class Component:
             setattr(self, key, value)
 
 
+#: each component class's state hints, worked out once (``get_type_hints`` compiles
+#: every string annotation each time: a restore of many partitions paid it per instance)
+_HINTS: weakref.WeakKeyDictionary[type, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
 def _state_hints(cls: type) -> dict[str, Any]:
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception:  # noqa: BLE001 - unresolvable annotations: fall back to shapes
-        return {}
-    return {k: v for k, v in hints.items() if typing.get_origin(v) is not ClassVar}
+    hints = _HINTS.get(cls)
+    if hints is None:
+        try:
+            every = typing.get_type_hints(cls)
+        except Exception:  # noqa: BLE001 - unresolvable annotations: fall back to shapes
+            every = {}
+        hints = _HINTS[cls] = {
+            k: v for k, v in every.items() if typing.get_origin(v) is not ClassVar
+        }
+    return hints

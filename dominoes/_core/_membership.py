@@ -220,22 +220,18 @@ class Membership:
         return SnapshotAsk(source, payload, held, extras)
 
     def _extra_sources(self, source: int, live: list[int]) -> tuple[int, ...]:
-        """Live replicas holding the partitions this replica holds and ``source`` does not.
+        """The live replicas other than ``source`` whose snapshots complete the partitions.
 
-        For each such partition, its lowest live holder; a partition with no
-        live holder but this replica has none to give (``StateMachine.lost``).
+        A joiner does not know the service's placement yet: ``copies`` may
+        have changed since the service started (``reconfiguration.copies``),
+        and the change is in the snapshot it is about to load.  So with any
+        partitioned component it asks every live replica: once loaded, it
+        takes each partition it holds from a snapshot that has it, and a
+        partition none of them has starts empty (``StateMachine.lost``).
         """
-        machine, n, index = self.machine, self.replicas, self.index
-        extras: set[int] = set()
-        for held in machine.partitioned.values():
-            for pid in held.parts:
-                holders = held.holders(pid, n)
-                if source in holders:
-                    continue
-                there = [h for h in live if h in holders and h != index]
-                if there:
-                    extras.add(min(there))
-        return tuple(sorted(extras))
+        if not self.machine.partitioned:
+            return ()
+        return tuple(sorted(h for h in live if h != source and h != self.index))
 
 
 def owns_foreign(entry: Entry) -> bool:
