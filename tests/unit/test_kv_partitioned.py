@@ -13,13 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from dominoes.components.kv._resp import SetOf, encode
+from dominoes.components.kv._service import make_service
+from dominoes.components.kv._shard import PARTITIONS, partition_of, unpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dominoes import reconfiguration
-from dominoes.components.kv._resp import SetOf, encode
-from dominoes.components.kv._service import make_service
-from dominoes.components.kv._shard import PARTITIONS, partition_of, unpack
 from dominoes.testing import Cluster
 
 EVENT = reconfiguration.EVENT
@@ -75,7 +75,9 @@ def canonical(value: Any) -> Any:
     return encode(fix(value), True)
 
 
-def run_both(part: Cluster, twin: Cluster, replica: int, kind: str, commands: list[list[bytes]]) -> None:
+def run_both(
+    part: Cluster, twin: Cluster, replica: int, kind: str, commands: list[list[bytes]]
+) -> None:
     if kind == "run":
         ours = part.call(replica, "shard.run", commands)
         theirs = twin.call(replica, "commands.run", commands)
@@ -83,7 +85,8 @@ def run_both(part: Cluster, twin: Cluster, replica: int, kind: str, commands: li
         ours = part.call(replica, "shard.exec", commands, 0)
         theirs = twin.call(replica, "commands.exec", commands, 0)
     if kind == "run" or isinstance(theirs, list):
-        assert isinstance(ours, list) and isinstance(theirs, list)
+        assert isinstance(ours, list)
+        assert isinstance(theirs, list)
         for c, o, t in zip(commands, ours, theirs, strict=True):
             if c[0] == b"KEYS":  # the partitions' keys, in partition order
                 assert sorted(unpack(o)) == sorted(t), c
