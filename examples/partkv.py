@@ -15,7 +15,7 @@ without locks or two-phase commit), and ``PING``, ``ECHO``, ``INFO``,
 locally.  Keys follow Redis Cluster's hash tags: ``{user1}:a`` and
 ``{user1}:b`` are in one partition.  A command naming keys of different
 partitions is refused with ``CROSSSLOT``, as Redis Cluster does.  (The full
-KV is ``dominoes.components.kv``; it is not partitioned yet.)
+KV, ``dominoes.components.kv``, runs partitioned with ``--partition copies=K``.)
 
 Each connection sends a run of consecutive writes as one call
 (``Store.run``, a list of commands split by partition) and a run of reads as
