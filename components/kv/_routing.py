@@ -175,7 +175,7 @@ def transaction(commands: list[list[bytes]], watched: list[bytes]) -> list[list[
         spec = TABLE[args[0]]
         if pid is None:
             break
-        if args[0] in _EVERYWHERE:
+        if args[0] in _EVERYWHERE and args[0] != b"UNWATCH":  # UNWATCH in MULTI: a no-op
             pid = None
             break
         keys = command_keys(spec, args)
