@@ -36,7 +36,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from dominoes import DurabilityError, EntryTooLargeError, LogFullError, LogUnavailableError
+from dominoes import (
+    DurabilityError,
+    EntryTooLargeError,
+    LogFullError,
+    LogUnavailableError,
+    PartitionUnavailableError,
+)
 from dominoes.lowlevel import when_room
 
 from ._blocking import BLOCKED, TOPIC
@@ -292,6 +298,8 @@ def _outcome(fut: asyncio.Future[Any]) -> Any:
         return unreachable(str(exc))
     except DurabilityError as exc:  # refused by the durable log (refused() usually says so first)
         return misconf(str(exc))
+    except PartitionUnavailableError as exc:  # a partitioned KV's keys whose holders are down
+        return KvError(f"CLUSTERDOWN {exc}")
     except Exception as exc:  # noqa: BLE001 - the handler's bug is this entry's reply
         return internal_error(exc)
 
