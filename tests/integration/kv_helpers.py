@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .harness import Service, free_port, running
 
@@ -156,3 +158,28 @@ def redis_oracle(run_dir: Path) -> Iterator[redis.Redis]:
         r.close()
         proc.kill()
         proc.wait(timeout=10)
+
+
+def pinned(port: int, wanted: int | Callable[[int], bool], tries: int = 200) -> redis.Redis:
+    """A client whose only connection landed on a replica ``wanted`` accepts.
+
+    Its pool holds one connection (``max_connections=1``), so its commands,
+    pipelines and transactions all run there; with no retries, a send cut by
+    a broken connection raises instead of being sent again elsewhere.
+    """
+    accept = (lambda i: i == wanted) if isinstance(wanted, int) else wanted
+    for _ in range(tries):
+        r = redis.Redis(
+            host="127.0.0.1",
+            port=port,
+            socket_timeout=10,
+            max_connections=1,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            if accept(replica_of(r)):
+                return r
+        except redis.ConnectionError:
+            pass
+        r.close()
+    raise AssertionError(f"no connection reached a wanted replica in {tries} tries")

@@ -34,12 +34,10 @@ from typing import Any
 import pytest
 import redis
 from dominoes.components.kv._shard import PARTITIONS, partition_of
-from redis.backoff import NoBackoff
 from redis.exceptions import ClusterCrossSlotError, WatchError
-from redis.retry import Retry
 
 from .harness import ROOT, Service, ask, wait_until
-from .kv_helpers import kv_service, replica_of, wait_for
+from .kv_helpers import kv_service, pinned, replica_of, wait_for
 
 CROSSSLOT = "don't hash to the same slot"
 BLOCKING = "blocking commands are not available on a partitioned KV"
@@ -74,31 +72,6 @@ def held_by(replica: int, prefix: str, count: int, replicas: int = 2) -> list[st
 def tag_held_by(replica: int, replicas: int = 2) -> str:
     """A hash tag ``{t<i>}`` whose partition's primary is ``replica``."""
     return "{{{}}}".format(held_by(replica, "t", 1, replicas)[0])
-
-
-def pinned(port: int, wanted: int | Callable[[int], bool], tries: int = 200) -> redis.Redis:
-    """A client whose only connection landed on a replica ``wanted`` accepts.
-
-    Its pool holds one connection (``max_connections=1``), so its commands,
-    pipelines and transactions all run there; with no retries, a send cut by
-    a broken connection raises instead of being sent again elsewhere.
-    """
-    accept = (lambda i: i == wanted) if isinstance(wanted, int) else wanted
-    for _ in range(tries):
-        r = redis.Redis(
-            host="127.0.0.1",
-            port=port,
-            socket_timeout=10,
-            max_connections=1,
-            retry=Retry(NoBackoff(), 0),
-        )
-        try:
-            if accept(replica_of(r)):
-                return r
-        except redis.ConnectionError:
-            pass
-        r.close()
-    raise AssertionError(f"no connection reached a wanted replica in {tries} tries")
 
 
 def pinned_pair(port: int, replicas: int = 2) -> dict[int, redis.Redis]:
@@ -646,20 +619,10 @@ def test_kill_9_with_one_copy_fails_the_dead_replica_s_keys_then_starts_them_emp
             assert on[1].set(k, f"old {k}")
         assert on[1].hset(f"{{{theirs[0]}}}h", mapping={"a": 1}) == 1
         on[1].close()
-        survivor = [on[0]]
-        # a surviving replica's connection is sometimes closed when another
-        # replica is killed (a known issue): send again on a new connection
-        # (only reads and SETs, which may be sent twice), and count it
-        cut = [0]
+        survivor = [on[0]]  # a pinned connection on replica 0: it must never break
 
         def on0(command: str, *args: Any) -> Any:
-            try:
-                return getattr(survivor[0], command)(*args)
-            except redis.ConnectionError:
-                cut[0] += 1
-                survivor[0].close()
-                survivor[0] = pinned(svc.port, 0)
-                return getattr(survivor[0], command)(*args)
+            return getattr(survivor[0], command)(*args)
 
         def outcome(command: str, *args: Any) -> Any:
             try:
@@ -682,12 +645,7 @@ def test_kill_9_with_one_copy_fails_the_dead_replica_s_keys_then_starts_them_emp
             probed: Any = survivor[0].incr(probe)
         except redis.ResponseError as exc:
             probed = exc
-        except redis.ConnectionError:
-            probed = "cut"  # applied or not
-            cut[0] += 1
-            survivor[0].close()
-            survivor[0] = pinned(svc.port, 0)
-        assert unavailable(probed) or probed in (1, "cut"), probed
+        assert unavailable(probed) or probed == 1, probed
         # the survivor's own keys keep working
         for k in mine:
             assert on0("get", k) == f"old {k}".encode()
@@ -757,8 +715,8 @@ def test_kill_9_with_two_copies_of_three_loses_no_acknowledged_transaction(
                     try:
                         a, b, c = pipe.execute()
                     except redis.ConnectionError:
-                        # the killed replica's connection, or (a known issue) a
-                        # surviving replica's: counted, not re-sent; go on elsewhere
+                        # the killed replica's connection: counted, not re-sent;
+                        # go on elsewhere
                         cut[index] += 1
                         r.close()
                         r = pinned(svc.port, not1)

@@ -19,13 +19,11 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from examples.partkv import SPEC
 
 from .harness import Service, running, wait_until
-from .kv_helpers import _pings, client, clients_on_every_replica, replica_of, wait_for
+from .kv_helpers import _pings, clients_on_every_replica, pinned, wait_for
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="redis-server (the oracle) is not installed"
@@ -157,17 +155,17 @@ def test_a_transaction_across_partitions_is_atomic_under_kill_9(tmp_path: Path) 
         errors: list[BaseException] = []
 
         def connection(wanted: Callable[[int], bool]) -> redis.Redis:
-            """A connection that landed on a replica ``wanted`` accepts (the others closed).
+            """A client whose one connection landed on a replica ``wanted`` accepts.
 
-            redis-py retries a command whose connection broke, on a new connection:
-            a transaction the killed replica had appended would be applied twice,
-            once per send.  No retries here, so each send is one transaction.
+            Its pool holds one connection, so its pipelines run there too (a
+            ``single_connection_client``'s pipelines take a connection from the
+            pool, which may land on any replica, the killed one included).
+            redis-py retries a command whose connection broke, on a new
+            connection: a transaction the killed replica had appended would be
+            applied twice, once per send.  No retries here, so each send is one
+            transaction.
             """
-            r = client(svc.port, retry=Retry(NoBackoff(), 0))
-            while not wanted(replica_of(r)):
-                r.close()
-                r = client(svc.port, retry=Retry(NoBackoff(), 0))
-            return r
+            return pinned(svc.port, wanted)
 
         # sends cut by a broken connection: each may or may not have been applied
         cut = [0] * 3
@@ -181,9 +179,7 @@ def test_a_transaction_across_partitions_is_atomic_under_kill_9(tmp_path: Path) 
                     pipe.incr(y)
                     try:
                         a, b = pipe.execute()
-                    except redis.ConnectionError:
-                        # the killed replica's connection, or one a surviving replica
-                        # lost meanwhile (seen with the full KV too): go on elsewhere
+                    except redis.ConnectionError:  # the killed replica's: go on elsewhere
                         cut[index] += 1
                         r.close()
                         r = connection(lambda i: i != 1)
