@@ -222,6 +222,14 @@ class Supervisor:
                 "--durable and --log nats://... do not go together: the stream keeps the "
                 "log on the NATS servers' disks"
             )
+        partitioned = [c.name for c in self.service.components if type(c).partition is not None]
+        if partitioned and (self.bridged or config.durable is not None):
+            raise ValueError(
+                f"service {self.service.name!r} has partitioned components "
+                f"({', '.join(partitioned)}), which run without --durable and --log nats:// "
+                "for now: a partition is held by some replicas only, and the durable "
+                "snapshots and the machines of a shared log each hold one replica's state"
+            )
         cores = sorted(os.sched_getaffinity(0))
         n = len(cores) if config.replicas is None else config.replicas
         if n < 1:

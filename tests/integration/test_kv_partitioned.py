@@ -865,3 +865,24 @@ def test_copies_2_to_1_and_back_under_8_writers_lose_and_double_nothing(
         # two copies again: every partition on both replicas, equal
         assert shard_parts(a) == shard_parts(b) == list(range(PARTITIONS))
         assert a == b
+
+
+def test_partition_with_durable_or_bad_copies_is_refused_before_any_replica_starts(
+    tmp_path: Path,
+) -> None:
+    """``--partition`` with ``--durable`` (or a bad value) fails at once, in one line."""
+    base = [sys.executable, "-m", "dominoes", "run", "dominoes.components.kv:service"]
+    base += ["--replicas", "2", "--run-dir", str(tmp_path / "run")]
+    cases = [
+        (["--partition", "copies=1", "--durable", str(tmp_path / "data")], "--durable"),
+        (["--partition", "copies=0"], "copies must be at least 1"),
+        (["--partition", "two"], "expected copies=K"),
+    ]
+    for extra, said in cases:
+        done = subprocess.run(
+            [*base, *extra], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode != 0, extra
+        assert said in done.stderr, (extra, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+        assert not (tmp_path / "data").exists()
