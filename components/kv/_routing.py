@@ -138,6 +138,9 @@ def reader(
         shard: Any = replica.partition("shard", pid)
         if shard is None:
             raise Forward
+        live: Any = replica.component("serverconfig")
+        if shard.settings.config is not live.config:  # the replicated CONFIG SET values
+            shard.settings.config = live.config
         return shard.commands.bound[name][0](now, args)
 
     return read
