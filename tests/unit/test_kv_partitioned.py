@@ -53,7 +53,7 @@ ONE_KEY = st.one_of(
 KEYLESS = st.sampled_from([(b"DBSIZE",), (b"KEYS", b"*"), (b"FLUSHALL",), (b"PING",)])
 COMMAND = st.one_of(ONE_KEY, ONE_KEY, ONE_KEY, KEYLESS).map(lambda t: list(t))
 
-STEP = st.one_of(
+STEP: st.SearchStrategy[tuple[str, int, list[list[bytes]]]] = st.one_of(
     st.tuples(st.just("run"), st.integers(0, 2), st.lists(COMMAND, min_size=1, max_size=6)),
     st.tuples(st.just("exec"), st.integers(0, 2), st.lists(COMMAND, min_size=1, max_size=5)),
     st.tuples(st.just("restart"), st.integers(0, 2), st.just([])),
