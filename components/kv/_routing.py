@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 from dominoes import Replica
 
 from ._errors import KvError
-from ._shard import _COUNTED, _EVERYWHERE, WATCHED, command_keys, partition_of
+from ._shard import _COUNTED, _EVERYWHERE, WATCHED, command_keys, locate, partition_of
 from ._table import Spec
 
 if TYPE_CHECKING:
@@ -162,6 +162,10 @@ def queued_error(spec: Spec, args: list[bytes]) -> KvError | None:
     return None
 
 
+#: commands a watched transaction may hold wherever they run: they change no key
+_HARMLESS: Final = frozenset({b"UNWATCH", b"PING", b"ECHO"})
+
+
 def transaction(commands: list[list[bytes]], watched: list[bytes]) -> list[list[bytes]] | KvError:
     """A partitioned KV's EXEC: its commands as ``Shard.exec`` takes them, or the error.
 
@@ -175,14 +179,15 @@ def transaction(commands: list[list[bytes]], watched: list[bytes]) -> list[list[
 
     pid = same_partition(watched)
     for args in commands:
-        spec = TABLE[args[0]]
         if pid is None:
             break
-        if args[0] in _EVERYWHERE and args[0] != b"UNWATCH":  # UNWATCH in MULTI: a no-op
-            pid = None
-            break
-        keys = command_keys(spec, args)
-        if keys and same_partition([watched[0], *keys]) is None:
+        if args[0] in _HARMLESS:
+            continue
+        # where the command runs: its first key's partition, partition 0 for a
+        # script without keys, every partition for DBSIZE, FLUSHALL, ...
+        if locate(args) != pid or (
+            len(keys := command_keys(TABLE[args[0]], args)) > 1 and same_partition(keys) != pid
+        ):
             pid = None
     if pid is None:
         return KvError(

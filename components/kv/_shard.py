@@ -69,6 +69,7 @@ __all__ = (
     "Shard",
     "command_keys",
     "combine_every",
+    "locate",
     "pack",
     "shard_class",
     "unpack",
@@ -298,6 +299,10 @@ def combine_every(command: list[bytes], values: list[Any]) -> Any:
         return [k for v in values if type(v) is list for k in v]
     if name == b"RANDOMKEY" or name == b"SCAN":
         return next((v for v in values if v is not None), None)
+    if name == b"SCRIPT" and len(command) > 1 and command[1].upper() == b"EXISTS":
+        # a script EVAL cached is in its partition's cache only: known if any has it
+        lists = [v for v in values if type(v) is list]
+        return [max(flags) for flags in zip(*lists, strict=True)] if lists else values[0]
     return values[0]
 
 
@@ -467,6 +472,18 @@ class Shard(Component):
         else:
             reply[0] = b"%d" % (pid + 1 if pid + 1 < PARTITIONS else 0)
         return reply
+
+
+_LOCATE: list[Callable[[Any], int]] = []
+
+
+def locate(command: list[bytes]) -> int:
+    """The partition ``Shard.run`` sends ``command`` to (-1: every partition)."""
+    if not _LOCATE:
+        from ._service import SHARD_TABLE
+
+        _LOCATE.append(_locator(SHARD_TABLE, _route_with(SHARD_TABLE)))
+    return _LOCATE[0](command)
 
 
 def shard_class(copies: int) -> type[Shard]:
