@@ -138,6 +138,7 @@ def reader(
         shard: Any = replica.partition("shard", pid)
         if shard is None:
             raise Forward
+        shard._pid = pid  # its partition (SCAN's cursor, a script's keys)
         live: Any = replica.component("serverconfig")
         if shard.settings.config is not live.config:  # the replicated CONFIG SET values
             shard.settings.config = live.config

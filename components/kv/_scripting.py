@@ -41,6 +41,8 @@ from ._resp import OK, Status, split_args
 from ._table import Spec, command
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._expiry import Expiry
 
 __all__ = ("NOT_IN_SCRIPTS", "RANDOM_READS", "SCRIPT_SUBCOMMANDS", "Scripting", "keys_and_args")
@@ -117,6 +119,7 @@ class Scripting(Component):
         "_now",
         "_readonly",
         "_expiry",
+        "local",
     )
 
     #: SHA1 (40 lower-case hex digits) -> script body
@@ -134,6 +137,9 @@ class Scripting(Component):
         self._now = 0
         #: the running script may not write (EVAL_RO, or its shebang says no-writes)
         self._readonly = False
+        #: partitioned KV: ``local(spec, args)``, whether a command's keys are all in
+        #: the script's partition (None: every key is)
+        self.local: Callable[[Spec, list[bytes]], bool] | None = None
 
     # --- the runtime -------------------------------------------------------------------------
 
@@ -178,6 +184,8 @@ class Scripting(Component):
         if impl is None or name in NOT_IN_SCRIPTS or "noscript" in spec.flags or spec.client_id:
             raise KvError("ERR This Redis command is not allowed from script")
         fn, write, _ = impl
+        if self.local is not None and spec.first and not self.local(spec, args):
+            raise KvError("ERR Script attempted to access a non local key in a cluster node")
         ctx = self._ctx
         if write and self._readonly:
             raise KvError("ERR Write commands are not allowed from read-only scripts.")

@@ -363,6 +363,7 @@ class Shard(Component):
         self._pid = 0
         bound = self.commands.bound
         bound[b"SCAN"] = (self._scan, False, None)
+        p["scripting"].local = self._local
 
     # --- state -------------------------------------------------------------------------
 
@@ -447,6 +448,11 @@ class Shard(Component):
     def clients_gone(self, ctx: Context, replica: int, below: int) -> None:
         """Drop the watches of ``replica``'s clients numbered below ``below``."""
         self.transactions._gone(ctx, replica, below)
+
+    def _local(self, spec: Spec, args: list[bytes]) -> bool:
+        """Whether a script's command names keys of this partition only."""
+        pid = self._pid
+        return all(partition_of(k) == pid for k in command_keys(spec, args))
 
     # --- SCAN across partitions ----------------------------------------------------------
 

@@ -891,6 +891,9 @@ class Zsets(Component):
             return out, withscores
         srcs.sort(key=lambda s: len(s[2]))  # glibc's qsort is a stable merge sort here
         acc: dict[bytes, float] = {}
+        # A stored -0 is 0, as Redis's small sorted sets store it; ZUNION and ZINTER
+        # answer from their result as computed, -0 included (x + -0.0 is x)
+        zero = 0.0 if store else -0.0
         if op == "inter":
             if len(srcs[0][2]):
                 base_entries, base_weight, _ = srcs[0]
@@ -915,12 +918,19 @@ class Zsets(Component):
         else:
             for entries, weight, _ in srcs:
                 for score, member in entries:
-                    value = weight * score + 0.0  # -0 is 0, as Redis's small sorted sets store it
+                    value = weight * score + zero
                     if value != value:
                         value = 0.0
                     old = acc.get(member)
                     acc[member] = value if old is None else _aggregate(old, value, how)
-        return ZSet((m, v + 0.0) for m, v in acc.items()), withscores
+        result = ZSet((m, v + zero) for m, v in acc.items())  # stored: -0 is 0
+        if not store:
+            for m, v in acc.items():
+                if v == 0.0 and math.copysign(1.0, v) < 0:  # the reply keeps a -0
+                    result.order.remove((0.0, m))
+                    result.order.add((-0.0, m))
+                    result.scores[m] = -0.0
+        return result, withscores
 
     def _combine_read(self, now: int, args: list[bytes], op: str) -> list[Any]:
         result, withscores = self._combine(now, args, 1, op, store=False)
