@@ -403,10 +403,11 @@ class Server:
                 "blocked_clients": sum(b.blocked_clients() for b in self.local_data("blocking")),
             },
         )
-        memory: dict[str, Any] = {}
+        memory: dict[str, Any] = {"evicted_keys": 0}
         for part in self.local_data("memory"):  # summed over the partitions held here
             for k, v in part.info().items():
                 memory[k] = memory.get(k, 0) + v if isinstance(v, int) else v
+        memory["maxmemory"] = int(self.config.config.get(b"maxmemory", b"0"))  # the setting
         section("Memory", {k: v for k, v in memory.items() if k != "evicted_keys"})
         if every or b"persistence" in wanted:
             section("Persistence", self.saves.info())
