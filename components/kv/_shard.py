@@ -387,6 +387,11 @@ class Shard(Component):
 
     # --- the command events ------------------------------------------------------------
 
+    # A command that goes to every partition (EVERY) is one list object in every
+    # part's share, applied by each part in turn: no part may change it in place.
+    # None does: the only rewrite, memory's OOM refusal, is of DENYOOM commands,
+    # and none of them goes to every partition.
+
     @combine(KEY_ORDER)
     @update
     def run(self, ctx: Context, commands: list[list[bytes]]) -> list[Any]:

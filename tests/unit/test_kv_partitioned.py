@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from dominoes.components.kv._memory import DENYOOM
 from dominoes.components.kv._resp import SetOf, encode
 from dominoes.components.kv._service import make_service
-from dominoes.components.kv._shard import PARTITIONS, partition_of, unpack
+from dominoes.components.kv._shard import _EVERYWHERE, PARTITIONS, partition_of, unpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -180,3 +181,8 @@ def test_partition_follows_redis_hash_tags(key: bytes) -> None:
     expected = partition_of(tagged if tagged else key)
     assert partition_of(key) == expected
     assert partition_of(b"{tag}a") == partition_of(b"{tag}b")
+
+
+def test_no_command_sent_to_every_partition_is_rewritten_in_place() -> None:
+    """Every part shares such a command's list: memory's OOM rewrite must never touch one."""
+    assert not (DENYOOM & _EVERYWHERE)
