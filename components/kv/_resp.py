@@ -63,12 +63,18 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import hiredis
+import msgspec
 from msgspec.msgpack import Ext
 
 from ._errors import KvError
 
 __all__ = (
     "MAX_ARGS",
+    "OK_PACKED",
+    "PLAIN",
+    "pack",
+    "pack_replies",
+    "unpack",
     "MAX_BULK",
     "MAX_INLINE",
     "NULL_ARRAY",
@@ -274,11 +280,101 @@ def _encode_into(value: Any, resp3: bool, out: list[bytes]) -> None:
     elif isinstance(value, BaseException):
         out.append(b"-ERR %s\r\n" % _one_line(f"{type(value).__name__}: {value}").encode())
     elif t is Ext:  # a reply of the partitioned KV, packed to cross replicas
-        from ._shard import unpack
-
         _encode_into(unpack(value), resp3, out)
     else:  # a bug in a handler: say so instead of breaking the stream
         out.append(b"-ERR cannot encode a reply of type %s\r\n" % t.__name__.encode())
+
+
+# --- packed replies: what crosses replicas as msgpack (the partitioned KV) -----------------
+# A partitioned KV's partition returns its replies packed: the RESP types msgpack would
+# flatten (statuses, errors, sets, the null array, RESP3 maps and pushes) become Ext
+# values, and ``encode`` writes an Ext as what it stands for.
+
+PLAIN: Final = frozenset({bytes, int, type(None), str, float, bool})
+_BYTES_TAGS: Final[dict[type, int]] = {Status: 1, Double: 4, Verbatim: 5}
+_LIST_TAGS: Final[dict[type, int]] = {
+    SetOf: 6,
+    Push: 7,
+    Pairs: 8,
+    MapOfArrays: 9,
+    Frames: 10,
+    set: 11,
+    frozenset: 11,
+}
+#: OK, packed (the commonest reply of a write)
+OK_PACKED: Final = Ext(1, b"OK")
+_encoder: Final = msgspec.msgpack.Encoder()
+_decoder: Final = msgspec.msgpack.Decoder()
+
+
+def pack(value: Any) -> Any:
+    """``value`` as msgpack keeps it: RESP types msgpack would flatten become ``Ext``."""
+    t = type(value)
+    if t in PLAIN:
+        return value
+    if t is list or t is tuple:
+        return [v if type(v) in PLAIN else pack(v) for v in value]
+    tag = _BYTES_TAGS.get(t)
+    if tag is not None:
+        return Ext(tag, bytes(value))
+    if t is dict:
+        return {pack(k): pack(v) for k, v in value.items()}
+    if value is NULL_ARRAY:
+        return Ext(12, b"")
+    tag = _LIST_TAGS.get(t)
+    if tag is not None:
+        items = [list(v) for v in value] if t is MapOfArrays else list(value)
+        return Ext(tag, _encoder.encode(pack(items)))
+    if isinstance(value, KvError):
+        return Ext(2, str(value).encode())
+    if isinstance(value, BaseException):
+        return Ext(2, f"ERR {type(value).__name__}: {value}".encode())
+    if t is Ext:
+        return value
+    return Ext(2, f"ERR cannot encode a reply of type {t.__name__}".encode())
+
+
+def pack_replies(replies: list[Any]) -> list[Any]:
+    plain = PLAIN
+    return [OK_PACKED if v is OK else v if type(v) in plain else pack(v) for v in replies]
+
+
+_LIST_TYPES: Final[dict[int, Callable[[list[Any]], Any]]] = {
+    6: SetOf,
+    7: Push,
+    8: Pairs,
+    9: lambda items: MapOfArrays([(k, v) for k, v in items]),
+    10: Frames,
+    11: set,
+}
+
+
+def unpack(value: Any) -> Any:
+    """What :func:`pack` packed, as the RESP encoder writes it."""
+    if type(value) is list:
+        return [unpack(v) if type(v) is Ext or type(v) is list else v for v in value]
+    if type(value) is dict:
+        return {unpack(k): unpack(v) for k, v in value.items()}
+    if type(value) is not Ext:
+        return value
+    code, data = value.code, value.data
+    if code == 1:
+        return Status(data)
+    if code == 2:
+        return KvError(bytes(data).decode("utf-8", "replace"))
+    if code == 4:
+        return Double(data)
+    if code == 5:
+        return Verbatim(data)
+    if code == 12 or code == 3:
+        return NULL_ARRAY
+    make = _LIST_TYPES.get(code)
+    if make is None:
+        return KvError(f"ERR a reply of unknown kind {code}")
+    items = unpack(_decoder.decode(data))
+    if code == 11:
+        return {tuple(i) if type(i) is list else i for i in items}
+    return make(items)
 
 
 def _one_line(text: str) -> str:

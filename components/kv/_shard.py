@@ -28,7 +28,7 @@ partition (:data:`dominoes.EVERY`) and their replies are combined
 (:func:`combine_every`).  A script that declares no key runs in partition 0.
 
 The replies cross replicas as msgpack, so the shard returns them packed
-(:func:`pack`: the RESP types that msgpack would flatten become ``Ext``
+(``_resp.pack``: the RESP types that msgpack would flatten become ``Ext``
 values), and the connection's encoder writes packed values as it writes the
 others.
 """
@@ -49,18 +49,7 @@ from ._errors import KvError
 from ._expiry import Expiry
 from ._keyspace import now_ms
 from ._memory import Memory
-from ._resp import (
-    NULL_ARRAY,
-    OK,
-    Double,
-    Frames,
-    MapOfArrays,
-    Pairs,
-    Push,
-    SetOf,
-    Status,
-    Verbatim,
-)
+from ._resp import pack_replies
 from ._table import Spec
 
 __all__ = (
@@ -70,9 +59,7 @@ __all__ = (
     "command_keys",
     "combine_every",
     "locate",
-    "pack",
     "shard_class",
-    "unpack",
 )
 
 #: How many partitions the keys are hashed into.
@@ -190,95 +177,6 @@ def _locator(table: dict[bytes, Spec], route: Callable[[list[bytes]], Any]) -> C
     return locate
 
 
-# --- replies across replicas -------------------------------------------------------------
-
-_PLAIN: Final = frozenset({bytes, int, type(None), str, float, bool})
-_BYTES_TAGS: Final[dict[type, int]] = {Status: 1, Double: 4, Verbatim: 5}
-_LIST_TAGS: Final[dict[type, int]] = {
-    SetOf: 6,
-    Push: 7,
-    Pairs: 8,
-    MapOfArrays: 9,
-    Frames: 10,
-    set: 11,
-    frozenset: 11,
-}
-#: OK, packed (the commonest reply of a write)
-OK_PACKED: Final = Ext(1, b"OK")
-_encoder: Final = msgspec.msgpack.Encoder()
-_decoder: Final = msgspec.msgpack.Decoder()
-
-
-def pack(value: Any) -> Any:
-    """``value`` as msgpack keeps it: RESP types msgpack would flatten become ``Ext``."""
-    t = type(value)
-    if t in _PLAIN:
-        return value
-    if t is list or t is tuple:
-        return [v if type(v) in _PLAIN else pack(v) for v in value]
-    tag = _BYTES_TAGS.get(t)
-    if tag is not None:
-        return Ext(tag, bytes(value))
-    if t is dict:
-        return {pack(k): pack(v) for k, v in value.items()}
-    if value is NULL_ARRAY:
-        return Ext(12, b"")
-    tag = _LIST_TAGS.get(t)
-    if tag is not None:
-        items = [list(v) for v in value] if t is MapOfArrays else list(value)
-        return Ext(tag, _encoder.encode(pack(items)))
-    if isinstance(value, KvError):
-        return Ext(2, str(value).encode())
-    if isinstance(value, BaseException):
-        return Ext(2, f"ERR {type(value).__name__}: {value}".encode())
-    if t is Ext:
-        return value
-    return Ext(2, f"ERR cannot encode a reply of type {t.__name__}".encode())
-
-
-def _pack_replies(replies: list[Any]) -> list[Any]:
-    plain = _PLAIN
-    return [OK_PACKED if v is OK else v if type(v) in plain else pack(v) for v in replies]
-
-
-_LIST_TYPES: Final[dict[int, Callable[[list[Any]], Any]]] = {
-    6: SetOf,
-    7: Push,
-    8: Pairs,
-    9: lambda items: MapOfArrays([(k, v) for k, v in items]),
-    10: Frames,
-    11: set,
-}
-
-
-def unpack(value: Any) -> Any:
-    """What :func:`pack` packed, as the RESP encoder writes it."""
-    if type(value) is list:
-        return [unpack(v) if type(v) is Ext or type(v) is list else v for v in value]
-    if type(value) is dict:
-        return {unpack(k): unpack(v) for k, v in value.items()}
-    if type(value) is not Ext:
-        return value
-    code, data = value.code, value.data
-    if code == 1:
-        return Status(data)
-    if code == 2:
-        return KvError(bytes(data).decode("utf-8", "replace"))
-    if code == 4:
-        return Double(data)
-    if code == 5:
-        return Verbatim(data)
-    if code == 12 or code == 3:
-        return NULL_ARRAY
-    make = _LIST_TYPES.get(code)
-    if make is None:
-        return KvError(f"ERR a reply of unknown kind {code}")
-    items = unpack(_decoder.decode(data))
-    if code == 11:
-        return {tuple(i) if type(i) is list else i for i in items}
-    return make(items)
-
-
 def _is_error(value: Any) -> bool:
     return type(value) is Ext and value.code == 2
 
@@ -304,6 +202,10 @@ def combine_every(command: list[bytes], values: list[Any]) -> Any:
         lists = [v for v in values if type(v) is list]
         return [max(flags) for flags in zip(*lists, strict=True)] if lists else values[0]
     return values[0]
+
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_decoder: Final = msgspec.msgpack.Decoder()
 
 
 # --- the partition's engine ----------------------------------------------------------------
@@ -402,7 +304,7 @@ class Shard(Component):
         out = self.commands.run(ctx, commands)
         self.memory.account(ctx, commands)
         self.keys.stamp(ctx, commands)
-        return _pack_replies(out)
+        return pack_replies(out)
 
     @combine(KEY_ORDER)
     @update
@@ -424,7 +326,7 @@ class Shard(Component):
         out = self.commands.exec(ctx, commands, client)
         self.memory.account(ctx, commands, client)
         self.keys.stamp(ctx, commands, client)
-        replies = _pack_replies(out)
+        replies = pack_replies(out)
         return [None, *replies] if watched else replies
 
     def _changed(self, ctx: Context, client: int) -> bool:

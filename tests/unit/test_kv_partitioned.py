@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 from dominoes.components.kv._memory import DENYOOM
-from dominoes.components.kv._resp import SetOf, encode
+from dominoes.components.kv._resp import SetOf, encode, unpack
 from dominoes.components.kv._service import make_service
-from dominoes.components.kv._shard import _EVERYWHERE, PARTITIONS, partition_of, unpack
+from dominoes.components.kv._shard import _EVERYWHERE, PARTITIONS, partition_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
