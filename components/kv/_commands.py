@@ -323,8 +323,15 @@ class Transactions(Component, ClientState):
 
     @on(Commands.exec, order=-5)
     def check(self, ctx: Context, commands: list[list[bytes]], client: int) -> Any:
+        if self.changed(ctx, client):
+            ctx.halt()
+            return NULL_ARRAY
+        return None
+
+    def changed(self, ctx: Context, client: int) -> bool:
+        """WATCH's check: forget ``client``'s watches; whether one of them changed."""
         if not client or client not in self.watches:
-            return None
+            return False
         ks = self.keyspace
         now = int(ctx.now * 1000)
         for key in self.watches[client]:
@@ -333,9 +340,7 @@ class Transactions(Component, ClientState):
         self._forget(client)
         if changed:
             self.aborted += 1
-            ctx.halt()
-            return NULL_ARRAY
-        return None
+        return changed
 
     @on(Commands.clients_gone)
     def _gone(self, ctx: Context, replica: int, below: int) -> None:

@@ -57,6 +57,9 @@ class Expiry(Component):
     name = "expiry"
     transient: ClassVar[tuple[str, ...]] = ("keyspace", "table", "_heap", "_heap_stale")
 
+    #: the event the sweep timer raises (a partitioned KV's fires into its partition)
+    sweep_event: ClassVar[str] = "expiry.sweep"
+
     def __init__(self, keyspace: Keyspace, table: dict[bytes, Spec]) -> None:
         self.keyspace = keyspace
         keyspace.expiry = self
@@ -122,7 +125,7 @@ class Expiry(Component):
         # +1 ms: the timer's float deadline must not round below `at`
         now = now_ms(ctx)
         delay = (at - now + 1) / 1000 if at > now else 0.0
-        self.timer = ctx.raise_later(delay, Expiry.sweep)
+        self.timer = ctx.raise_later(delay, self.sweep_event)
         self.timer_at = at
 
     def _rebuild(self) -> None:

@@ -47,7 +47,6 @@ from dominoes import EVERY, KEY_ORDER, Component, Context, Partition, combine, h
 from ._commands import Commands
 from ._errors import KvError
 from ._expiry import Expiry
-from ._keyspace import now_ms
 from ._memory import Memory
 from ._resp import pack_replies
 from ._table import Spec
@@ -142,8 +141,8 @@ def _route_with(table: dict[bytes, Spec]) -> Callable[[list[bytes]], Any]:
     def route(command: list[bytes]) -> Any:
         """A command's partition key: its first key, EVERY, or b"" (partition 0)."""
         name = command[0]
-        if name == WATCHED:
-            return command[1]
+        if name == WATCHED:  # [WATCHED, key]; a malformed one (a local client's) goes to 0
+            return command[1] if len(command) > 1 else b""
         spec = table.get(name)
         if spec is None:
             return b""
@@ -216,13 +215,7 @@ class _Expiry(Expiry):
 
     name = "expiry"
 
-    def _arm(self, ctx: Context, at: int) -> None:
-        if self.timer:
-            ctx.cancel(self.timer)
-        now = now_ms(ctx)
-        delay = (at - now + 1) / 1000 if at > now else 0.0
-        self.timer = ctx.raise_later(delay, "shard.sweep")
-        self.timer_at = at
+    sweep_event = "shard.sweep"
 
 
 class _Memory(Memory):
@@ -320,7 +313,7 @@ class Shard(Component):
         if watched:
             commands = commands[1:]
         self.expiry.lazy(ctx, commands, client)
-        if watched and self._changed(ctx, client):
+        if watched and self.transactions.changed(ctx, client):
             return [ABORTED] + [None] * len(commands)
         self.memory.check(ctx, commands, client)
         out = self.commands.exec(ctx, commands, client)
@@ -328,22 +321,6 @@ class Shard(Component):
         self.keys.stamp(ctx, commands, client)
         replies = pack_replies(out)
         return [None, *replies] if watched else replies
-
-    def _changed(self, ctx: Context, client: int) -> bool:
-        """WATCH's check (``Transactions.check``): forget the watches; whether one changed."""
-        tx = self.transactions
-        mine = tx.watches.get(client)
-        if not mine:
-            return False
-        ks = self.keyspace
-        now = now_ms(ctx)
-        for key in mine:
-            ks.expire_if_due(key, now)  # expired since the WATCH: a change
-        changed = any(ks.changed_since(k, tick) for k, tick in mine.items())
-        tx._forget(client)
-        if changed:
-            tx.aborted += 1
-        return changed
 
     @update
     def sweep(self, ctx: Context) -> int:
