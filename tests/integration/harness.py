@@ -363,6 +363,44 @@ def converged(run_dir: Path, replicas: int = 2, timeout: float = 20.0) -> dict[s
     return first
 
 
+def settled(run_dir: Path, replicas: int = 2, timeout: float = 20.0) -> list[dict[str, str]]:
+    """Wait until every replica applied the same position; return their digests.
+
+    For partitioned services, where each replica's digest names only the
+    partitions it holds: every name two replicas both have (a partition both
+    hold, a replicated component) must have one digest.
+    """
+    seen: list[tuple[int, dict[str, str]]] = []
+
+    def same_seq() -> bool:
+        seen[:] = [_digest(run_dir, i) for i in range(replicas)]
+        return len({seq for seq, _ in seen}) == 1
+
+    wait_until(same_seq, timeout=timeout, interval=0.05)
+    first: dict[str, tuple[int, str]] = {}
+    for index, (_, digest) in enumerate(seen):
+        for name, value in digest.items():
+            other = first.setdefault(name, (index, value))
+            assert other[1] == value, f"replicas {other[0]} and {index} differ in {name}"
+    return [digest for _, digest in seen]
+
+
+def reconfigure(svc: Service, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``dominoes reconfigure NAME --run-dir RUN ARGS...`` against a running service."""
+    return subprocess.run(
+        [sys.executable, "-m", "dominoes", "reconfigure", name, "--run-dir",
+         str(svc.run_dir), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def reconfigured(svc: Service, name: str, *args: str) -> str:
+    """:func:`reconfigure`, which must succeed; what it printed."""
+    done = reconfigure(svc, name, *args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def _digest(run_dir: Path, index: int) -> tuple[int, dict[str, str]]:
     got = ask(run_dir, index, "digest")
     return int(got["seq"]), dict(got["digest"])

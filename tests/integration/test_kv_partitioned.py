@@ -36,7 +36,7 @@ import redis
 from dominoes.components.kv._shard import PARTITIONS, partition_of
 from redis.exceptions import ClusterCrossSlotError, WatchError
 
-from .harness import ROOT, Service, ask, wait_until
+from .harness import Service, ask, reconfigured, settled
 from .kv_helpers import kv_service, pinned, replica_of, wait_for
 
 CROSSSLOT = "don't hash to the same slot"
@@ -100,27 +100,6 @@ def held_partitions(svc: Service, replicas: int = 2) -> list[int]:
         ask(svc.run_dir, i, "stats")["replica"]["core"]["partitions"]["shard"]
         for i in range(replicas)
     ]
-
-
-def settled(svc: Service, replicas: int = 2) -> list[dict[str, str]]:
-    """Wait until the replicas applied the same position; every state two replicas
-    both have (a partition two hold, the replicated components) has one digest."""
-    seen: list[tuple[int, dict[str, str]]] = []
-
-    def same_seq() -> bool:
-        seen[:] = []
-        for i in range(replicas):
-            got = ask(svc.run_dir, i, "digest")
-            seen.append((int(got["seq"]), dict(got["digest"])))
-        return len({seq for seq, _ in seen}) == 1
-
-    wait_until(same_seq, timeout=20, interval=0.05)
-    first: dict[str, tuple[int, str]] = {}
-    for index, (_, digest) in enumerate(seen):
-        for name, value in digest.items():
-            other = first.setdefault(name, (index, value))
-            assert other[1] == value, f"replicas {other[0]} and {index} differ in {name}"
-    return [digest for _, digest in seen]
 
 
 def shard_parts(digest: dict[str, str]) -> list[int]:
@@ -197,7 +176,7 @@ def test_a_write_through_one_replica_is_read_through_the_other(
             assert writer.sadd(f"s:{k}", value, b"common") == (2 if round_ == 0 else 1)
             assert reader.smembers(f"s:{k}") == sets[k] | {b"common"}
     # and the keys are really split: replica r holds (digests) the partitions p % 2 == r only
-    for index, digest in enumerate(settled(kvp)):
+    for index, digest in enumerate(settled(kvp.run_dir)):
         assert shard_parts(digest) == [p for p in range(PARTITIONS) if p % 2 == index]
 
 
@@ -677,7 +656,7 @@ def test_kill_9_with_one_copy_fails_the_dead_replica_s_keys_then_starts_them_emp
             assert back[1 - i % 2].get(k) == b"1"
         for r in [*back.values(), survivor[0]]:
             r.close()
-        settled(svc)
+        settled(svc.run_dir)
 
 
 def test_kill_9_with_two_copies_of_three_loses_no_acknowledged_transaction(
@@ -775,21 +754,11 @@ def test_kill_9_with_two_copies_of_three_loses_no_acknowledged_transaction(
         assert int(fx) + int(fy) == 0
         assert fy == fn
         assert sum(acked) <= int(fn) <= sum(acked) + sum(cut), (acked, cut, fn)
-        settled(svc, 3)
+        settled(svc.run_dir, 3)
         assert "starts EMPTY" not in svc.output
 
 
 # --- copies changed under writers ------------------------------------------------------
-
-
-def reconfigure(svc: Service, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "dominoes", "reconfigure", "kv", "--run-dir",
-         str(svc.run_dir), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 def test_copies_2_to_1_and_back_under_8_writers_lose_and_double_nothing(
@@ -832,7 +801,7 @@ def test_copies_2_to_1_and_back_under_8_writers_lose_and_double_nothing(
         try:
             for copies, held, gained in (("1", [32, 32], "0"), ("2", [64, 64], "64")):
                 progress(acked, errors, 200)
-                assert reconfigure(svc, "copies", "shard", copies) == gained
+                assert reconfigured(svc, "kv", "copies", "shard", copies) == gained
 
                 def moved(held: list[int] = held) -> bool:
                     return held_partitions(svc) == held
@@ -861,7 +830,7 @@ def test_copies_2_to_1_and_back_under_8_writers_lose_and_double_nothing(
             assert on[0].hgetall(k) == on[1].hgetall(k) == want
         for r in on.values():
             r.close()
-        a, b = settled(svc)
+        a, b = settled(svc.run_dir)
         # two copies again: every partition on both replicas, equal
         assert shard_parts(a) == shard_parts(b) == list(range(PARTITIONS))
         assert a == b

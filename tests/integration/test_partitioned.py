@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,41 +19,17 @@ from dominoes import connect
 from examples.partitioned import Counter
 
 from .harness import (
-    ROOT,
     LineClient,
     Service,
     ask,
     clients_on_every_replica,
+    reconfigured,
     running,
+    settled,
     wait_until,
 )
 
 TARGET = "examples.partitioned:service"
-
-
-def digests(run_dir: Path, replicas: int = 2) -> list[tuple[int, dict[str, str]]]:
-    out = []
-    for i in range(replicas):
-        got = ask(run_dir, i, "digest")
-        out.append((int(got["seq"]), dict(got["digest"])))
-    return out
-
-
-def settled(run_dir: Path, replicas: int = 2) -> list[dict[str, str]]:
-    """Wait until the replicas applied the same position; the copies they share agree."""
-    seen: list[tuple[int, dict[str, str]]] = []
-
-    def same_seq() -> bool:
-        seen[:] = digests(run_dir, replicas)
-        return len({seq for seq, _ in seen}) == 1
-
-    wait_until(same_seq, timeout=20, interval=0.05)
-    first: dict[str, tuple[int, str]] = {}
-    for index, (_, digest) in enumerate(seen):
-        for name, value in digest.items():
-            other = first.setdefault(name, (index, value))
-            assert other[1] == value, f"replicas {other[0]} and {index} differ in {name}"
-    return [digest for _, digest in seen]
 
 
 def test_a_write_on_one_replica_is_read_on_the_other_whoever_holds_the_key(
@@ -189,16 +163,6 @@ def test_kill_9_with_two_copies_of_three_loses_no_acknowledged_write(tmp_path: P
         assert "starts EMPTY" not in svc.output
 
 
-def reconfigure(svc: Service, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "dominoes", "reconfigure", "counter", "--run-dir",
-         str(svc.run_dir), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
 def held_partitions(svc: Service) -> list[int]:
     return [
         ask(svc.run_dir, i, "stats")["replica"]["core"]["partitions"]["Counter"] for i in (0, 1)
@@ -229,7 +193,9 @@ def test_copies_2_to_1_and_back_under_8_writers_lose_and_double_nothing(tmp_path
             before = sum(done)
             wait_until(lambda before=before: sum(done) > before + 200, timeout=30)
             # 32 partitions gained by each of the 2 replicas; none when shrinking
-            assert reconfigure(svc, "copies", "Counter", copies) == ("64" if copies == "2" else "0")
+            assert reconfigured(svc, "counter", "copies", "Counter", copies) == (
+                "64" if copies == "2" else "0"
+            )
             wait_until(lambda held=held: held_partitions(svc) == held, timeout=30)
         before = sum(done)
         wait_until(lambda: sum(done) > before + 200, timeout=30)

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ import pytest
 from dominoes import UnknownEventError, connect, reconfiguration
 
 from .harness import (
-    ROOT,
     LineClient,
     Service,
     ask,
@@ -31,27 +29,13 @@ from .harness import (
     running,
     wait_until,
 )
+from .harness import reconfigure as harness_reconfigure
 
 TARGET = "examples.counter:service"
 
 
 def reconfigure(svc: Service, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dominoes",
-            "reconfigure",
-            "counter",
-            "--run-dir",
-            str(svc.run_dir),
-            *args,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return harness_reconfigure(svc, "counter", *args)
 
 
 def components(svc: Service, index: int) -> dict[str, Any]:
