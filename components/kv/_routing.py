@@ -69,6 +69,14 @@ def same_partition(keys: list[bytes]) -> int | None:
     return pid
 
 
+def crossslot(spec: Spec, args: list[bytes]) -> KvError | None:
+    """CROSSSLOT if ``args`` (as the client sent them) names keys of two partitions."""
+    keys = keys_of(spec, args)
+    if len(keys) > 1 and same_partition(keys) is None:
+        return KvError(CROSSSLOT)
+    return None
+
+
 def _multi(spec: Spec) -> bool:
     """Whether a command may name several keys (so needs the CROSSSLOT check)."""
     return (
@@ -88,10 +96,8 @@ def checker(spec: Spec) -> Callable[[Connection, list[bytes]], KvError | None]:
     def check(conn: Connection, args: list[bytes]) -> KvError | None:
         if blocking or (may_block and any(a.upper() == b"BLOCK" for a in args[1:])):
             return KvError(BLOCKING_REFUSED)
-        if multi:
-            keys = keys_of(spec, args)
-            if len(keys) > 1 and same_partition(keys) is None:
-                return KvError(CROSSSLOT)
+        if multi and (refused := crossslot(spec, args)) is not None:
+            return refused
         if front != conn.batch_front:
             if conn.batch:
                 conn._flush_batch()
@@ -121,20 +127,11 @@ def reader(
 
         return everywhere
     multi = _multi(spec)
-    first = spec.first
 
     def read(now: int, args: list[bytes]) -> Any:
-        if multi:
-            keys = command_keys(spec, args)
-            if not keys:
-                pid = 0
-            else:
-                found = same_partition(keys)
-                if found is None:
-                    raise KvError(CROSSSLOT)
-                pid = found
-        else:
-            pid = partition_of(args[first]) if first and len(args) > first else 0
+        if multi and (refused := crossslot(spec, args)) is not None:
+            raise refused
+        pid = locate(args)  # where Shard.run would send it: its first key's partition
         shard: Any = replica.partition("shard", pid)
         if shard is None:
             raise Forward
@@ -156,11 +153,7 @@ def queued_error(spec: Spec, args: list[bytes]) -> KvError | None:
     """
     if spec.component in FRONT:
         return KvError(f"ERR {spec.name.decode()} cannot be in a transaction on a partitioned KV")
-    if _multi(spec):
-        keys = keys_of(spec, args)
-        if len(keys) > 1 and same_partition(keys) is None:
-            return KvError(CROSSSLOT)
-    return None
+    return crossslot(spec, args) if _multi(spec) else None
 
 
 #: commands a watched transaction may hold wherever they run: they change no key
