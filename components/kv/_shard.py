@@ -364,23 +364,28 @@ class Shard(Component):
         return reply
 
 
-_LOCATE: list[Callable[[Any], int]] = []
+#: the shard's routing, made once, on first use (the table is composed in ``_service``):
+#: (keyof, locate)
+_ROUTING: list[tuple[Callable[[list[bytes]], Any], Callable[[Any], int]]] = []
+
+
+def _routing() -> tuple[Callable[[list[bytes]], Any], Callable[[Any], int]]:
+    if not _ROUTING:
+        from ._service import SHARD_TABLE
+
+        route = _route_with(SHARD_TABLE)
+        _ROUTING.append((route, _locator(SHARD_TABLE, route)))
+    return _ROUTING[0]
 
 
 def locate(command: list[bytes]) -> int:
     """The partition ``Shard.run`` sends ``command`` to (-1: every partition)."""
-    if not _LOCATE:
-        from ._service import SHARD_TABLE
-
-        _LOCATE.append(_locator(SHARD_TABLE, _route_with(SHARD_TABLE)))
-    return _LOCATE[0](command)
+    return _routing()[1](command)
 
 
 def shard_class(copies: int) -> type[Shard]:
     """:class:`Shard` partitioned into :data:`PARTITIONS`, each held by ``copies`` replicas."""
-    from ._service import SHARD_TABLE
-
-    route = _route_with(SHARD_TABLE)
+    route, fast = _routing()
     spec = Partition(
         "commands",
         copies=copies,
@@ -388,7 +393,7 @@ def shard_class(copies: int) -> type[Shard]:
         tag=hash_tag,
         keyof=route,
         every=combine_every,
-        locate=_locator(SHARD_TABLE, route),
+        locate=fast,
     )
 
     class PartitionedShard(Shard, partition=spec):
