@@ -819,6 +819,7 @@ def _snapshot(args: argparse.Namespace) -> int:
     except SnapshotRequestError as exc:
         print(f"dominoes: error: {exc}", file=sys.stderr)
         return 1
-    pause_ms = float(reply["pause"]) * 1e3
-    print(f"snapshot at seq {reply['seq']}: {reply['path']} (fork took {pause_ms:.1f} ms)")
+    for one in reply.get("each", [reply]):  # partitioned: each replica's own
+        pause_ms = float(one["pause"]) * 1e3
+        print(f"snapshot at seq {one['seq']}: {one['path']} (fork took {pause_ms:.1f} ms)")
     return 0

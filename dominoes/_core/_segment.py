@@ -85,8 +85,11 @@ def segment_name(first: int) -> str:
     return f"seg-{first:020d}.log"
 
 
-def snapshot_name(cursor: int) -> str:
-    return f"snapshot-{cursor:020d}.snap"
+def snapshot_name(cursor: int, replica: int | None = None) -> str:
+    """A snapshot's file name; ``replica``: one replica's partitions (a partitioned service)."""
+    if replica is None:
+        return f"snapshot-{cursor:020d}.snap"
+    return f"snapshot-{cursor:020d}.r{replica}.snap"
 
 
 def segment_header(first: int) -> bytes:

@@ -325,6 +325,8 @@ class ControlServer:
         That replica is the one that writes the scheduled snapshots too.  The
         reply is ``{"replica", "seq", "path", "pause"}`` or ``{"error"}`` (the
         service is not durable, the replica is recovering, the write failed).
+        A service with partitioned components: every live replica writes its
+        own, and ``"each"`` lists their replies (the first one's are the top's).
         """
         sup = self._sup
         live = [
@@ -334,14 +336,23 @@ class ControlServer:
         ]
         if not live:
             return {"error": "no live replica to take the snapshot; try again"}
-        child = live[0]
-        try:
-            reply: dict[str, Any] = await ask(
-                replica_socket(sup.run_dir, child.index), {"op": "snapshot"}, SNAPSHOT_TIMEOUT
-            )
-        except (OSError, TimeoutError) as exc:
-            return {"error": f"replica {child.index} did not answer: {exc or type(exc).__name__}"}
-        return reply
+
+        async def one(index: int) -> dict[str, Any]:
+            try:
+                got: dict[str, Any] = await ask(
+                    replica_socket(sup.run_dir, index), {"op": "snapshot"}, SNAPSHOT_TIMEOUT
+                )
+            except (OSError, TimeoutError) as exc:
+                return {"error": f"replica {index} did not answer: {exc or type(exc).__name__}"}
+            return got
+
+        if not sup.partitioned:
+            return await one(live[0].index)
+        replies = await asyncio.gather(*(one(c.index) for c in live))
+        for got in replies:
+            if "error" in got:
+                return got
+        return {**replies[0], "each": replies}
 
     async def events(self) -> dict[str, Any]:
         """The events bound now, as a live replica sees them: ``{"events": [...]}``.

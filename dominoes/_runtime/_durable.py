@@ -6,6 +6,13 @@
   ``dominoes._core._segment``), written by the log writer (``_writer``);
 * ``snapshot-<cursor>.snap``: the replicated state at a log position, written
   atomically (a temporary file, fsync, rename, fsync of the directory);
+* for a service with partitioned components, ``snapshot-<cursor>.r<i>.snap``
+  instead: replica ``i``'s state, its partitions only, each replica on its
+  own schedule; replica ``i`` restarts from its own newest one and replays
+  the log after it (:func:`recover` with ``replicas``);
+* ``LAYOUT``: ``replicated``, or ``partitioned <replicas>``: which of the two
+  the directory holds, since a partitioned service's snapshots are only
+  good for the same number of replicas (the placement follows it);
 * ``LOCK``: held (``flock``) by the supervisor that serves from ``DIR``, so
   that two services never append to one log.
 
@@ -47,9 +54,11 @@ from ._fork import write_all
 __all__ = (
     "DEFAULT_SEGMENT_BYTES",
     "DurableLogError",
+    "Layout",
     "LogReader",
     "Recovery",
     "Torn",
+    "check_layout",
     "fsync_dir",
     "lock",
     "new_segment",
@@ -90,6 +99,13 @@ class Recovery:
     truncated: int
     #: entries from ``start`` on that poison marks name: apply them as poison entries
     poisoned: tuple[int, ...] = ()
+    #: a partitioned service: each replica's own (snapshot or None, first seq
+    #: to replay); ``start`` is the lowest of them and ``snapshot`` is None
+    own: tuple[tuple[Path | None, int], ...] = ()
+
+    def of(self, replica: int) -> tuple[Path | None, int]:
+        """Where ``replica`` restarts: (its snapshot or None, the first seq to replay)."""
+        return self.own[replica] if self.own else (self.snapshot, self.start)
 
 
 def _numbered(data_dir: Path, prefix: str, suffix: str) -> list[tuple[int, Path]]:
@@ -106,9 +122,60 @@ def segments(data_dir: Path) -> list[tuple[int, Path]]:
     return _numbered(data_dir, "seg-", ".log")
 
 
-def snapshots(data_dir: Path) -> list[tuple[int, Path]]:
-    """``(cursor, path)`` of every snapshot, oldest first."""
-    return _numbered(data_dir, "snapshot-", ".snap")
+def snapshots(data_dir: Path, replica: int | None = None) -> list[tuple[int, Path]]:
+    """``(cursor, path)`` of every snapshot, oldest first (``replica``: that replica's
+    own, in a partitioned service)."""
+    return _numbered(data_dir, "snapshot-", ".snap" if replica is None else f".r{replica}.snap")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a data directory holds: one state, or each replica's partitions."""
+
+    #: the number of replicas whose partitions it holds (None: replicated)
+    replicas: int | None
+
+    def __str__(self) -> str:
+        return "replicated" if self.replicas is None else f"partitioned {self.replicas}"
+
+
+def check_layout(data_dir: Path, layout: Layout) -> None:
+    """Refuse to serve ``layout`` from a directory written for another one; else record it.
+
+    A partitioned service's snapshots hold each replica's partitions, placed
+    by the number of replicas: they cannot be restored by another number of
+    replicas, nor by a service that replicates every component.
+    """
+    path = data_dir / "LAYOUT"
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = ""
+    if not text:  # a new directory, or one of a version that did not write it
+        partitioned = next(data_dir.glob("snapshot-*.r*.snap"), None) is not None
+        if partitioned or (layout.replicas is not None and snapshots(data_dir)):
+            were = "partitioned" if partitioned else "replicated"
+            raise DurableLogError(
+                f"{data_dir} holds the snapshots of a {were} service, which this one is not; "
+                "give it another directory"
+            )
+        tmp = path.with_name(".LAYOUT.tmp")
+        tmp.write_text(f"{layout}\n")
+        os.replace(tmp, path)
+        fsync_dir(data_dir)
+        return
+    if text != str(layout):
+        if layout.replicas is not None and text.startswith("partitioned "):
+            raise DurableLogError(
+                f"{data_dir} holds the partitions of {text.split()[1]} replicas: a partitioned "
+                f"service restarts with the same number (run it with --replicas "
+                f"{text.split()[1]}, not {layout.replicas})"
+            )
+        raise DurableLogError(
+            f"{data_dir} holds the log of a {text.split()[0]} service, and this one is "
+            f"{str(layout).split()[0]}: run it as it was (--partition), or give it another "
+            "directory"
+        )
 
 
 def lock(data_dir: Path) -> int:
@@ -137,14 +204,15 @@ def usable_snapshots(
     newest: bool = True,
     until: int | None = None,
     warn: Callable[[str], None] | None = None,
+    replica: int | None = None,
 ) -> Iterator[tuple[int, Path, bytes]]:
     """``(cursor, path, state)`` of each snapshot the log can go on from, newest
     (or oldest) first: it checks out, its name says its cursor, the segments
     reach back to it, and it is not past ``until``.  ``warn`` hears of those
-    passed over."""
+    passed over.  ``replica``: that replica's own snapshots (partitioned)."""
     segs = segments(data_dir)
     first = segs[0][0] if segs else None
-    found = snapshots(data_dir)
+    found = snapshots(data_dir, replica)
     for cursor, path in reversed(found) if newest else found:
         if until is not None and cursor > until:
             continue
@@ -268,16 +336,25 @@ class LogReader:
         self.complete = True
 
 
-def recover(data_dir: Path) -> Recovery:
-    """Check ``data_dir`` before serving from it; cut a torn tail (see the module doc)."""
-    snap = next(usable_snapshots(data_dir, warn=log.warning), None)
-    path, start = (snap[1], snap[0]) if snap is not None else (None, 1)
+def recover(data_dir: Path, replicas: int | None = None) -> Recovery:
+    """Check ``data_dir`` before serving from it; cut a torn tail (see the module doc).
+
+    ``replicas``: a partitioned service's; each replica restarts from its own
+    newest usable snapshot (:attr:`Recovery.own`).
+    """
+    own: list[tuple[Path | None, int]] = []
     segs = segments(data_dir)
-    if segs and segs[0][0] > start:
-        raise DurableLogError(
-            f"{segs[0][1]}: the log starts at seq {segs[0][0]}, but no usable snapshot holds "
-            f"the state before it (is a segment or a snapshot missing?)"
-        )
+    for replica in [None] if replicas is None else range(replicas):
+        snap = next(usable_snapshots(data_dir, warn=log.warning, replica=replica), None)
+        mine = (snap[1], snap[0]) if snap is not None else (None, 1)
+        if segs and segs[0][0] > mine[1]:
+            whose = "" if replica is None else f" of replica {replica}'s partitions"
+            raise DurableLogError(
+                f"{segs[0][1]}: the log starts at seq {segs[0][0]}, but no usable snapshot"
+                f"{whose} holds the state before it (is a segment or a snapshot missing?)"
+            )
+        own.append(mine)
+    path, start = own[0] if replicas is None else (None, min(s for _, s in own))
     reader = LogReader(data_dir)
     entries = sum(1 for _ in reader.read(start))
     truncated = 0
@@ -301,12 +378,16 @@ def recover(data_dir: Path) -> Recovery:
                 os.fsync(f.fileno())
     assert reader.end is not None
     poisoned = tuple(sorted(s for s in reader.poisoned if s >= start))
-    return Recovery(path, start, reader.end, entries, truncated, poisoned)
+    each = () if replicas is None else tuple(own)
+    return Recovery(path, start, reader.end, entries, truncated, poisoned, each)
 
 
-def write_snapshot(data_dir: Path, cursor: int, state: bytes) -> Path:
-    """Write a snapshot atomically: a temporary file, fsync, rename, fsync of the directory."""
-    path = data_dir / snapshot_name(cursor)
+def write_snapshot(data_dir: Path, cursor: int, state: bytes, replica: int | None = None) -> Path:
+    """Write a snapshot atomically: a temporary file, fsync, rename, fsync of the directory.
+
+    ``replica``: one replica's partitions (a partitioned service).
+    """
+    path = data_dir / snapshot_name(cursor, replica)
     tmp = data_dir / f".{path.name}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
@@ -322,18 +403,28 @@ def write_snapshot(data_dir: Path, cursor: int, state: bytes) -> Path:
     return path
 
 
-def prune(data_dir: Path, keep: int = KEEP_SNAPSHOTS) -> tuple[int, int]:
+def prune(
+    data_dir: Path, keep: int = KEEP_SNAPSHOTS, replicas: int | None = None, replica: int = 0
+) -> tuple[int, int]:
     """Delete all but the newest ``keep`` snapshots, and the segments wholly before
-    the oldest kept one; ``(snapshots, segments)`` deleted."""
-    snaps = snapshots(data_dir)
+    the oldest kept one; ``(snapshots, segments)`` deleted.
+
+    ``replicas``: a partitioned service's.  ``replica``'s own snapshots are
+    pruned, and a segment goes once every replica's oldest kept snapshot
+    is past it (none while a replica has no snapshot: it replays from seq 1).
+    """
+    mine = None if replicas is None else replica
+    snaps = snapshots(data_dir, mine)
     gone_snaps = 0
     for _, path in snaps[:-keep] if len(snaps) > keep else []:
         path.unlink(missing_ok=True)
         gone_snaps += 1
-    kept = snapshots(data_dir)
-    if len(kept) < 1:
+    kept = [snapshots(data_dir, r) for r in ([None] if replicas is None else range(replicas))]
+    if not all(kept):
+        if gone_snaps:
+            fsync_dir(data_dir)
         return gone_snaps, 0
-    covered = kept[0][0]
+    covered = min(k[0][0] for k in kept)
     segs = segments(data_dir)
     gone_segs = 0
     # segment k holds [first_k, first_{k+1}): wholly covered when first_{k+1} <= covered

@@ -33,6 +33,7 @@ from .._core._errors import LogFullError
 from .._core._log import ReplicaState
 from .._core._machine import Applied
 from ._backoff import FULL_BACKOFF_MAX
+from ._durable import DurableLogError
 from ._fork import BacklogCopier
 
 if TYPE_CHECKING:
@@ -159,7 +160,8 @@ class Joining:
         for name, pid in r.core.machine.lost:
             log.error(
                 "replica %d: partition %d of %s starts EMPTY: no live replica held a copy "
-                "(copies=1 keeps one copy in memory; its data died with its holder)",
+                "(copies=1 keeps one copy in memory; its data died with its holder; "
+                "--durable keeps one on disk)",
                 r.index,
                 pid,
                 name,
@@ -181,10 +183,25 @@ class Joining:
                 log.warning("replica %d: no backlog copier (%s)", r.index, exc)
         try:
             r.core.restore_snapshot(data, recovery=True, more=more)
+            if r.core.machine.lost and r.persist.partitioned:
+                self._recover_lost()
         finally:
             if copier is not None:
                 copied, self.copied = copier.finish()
                 self.backlog.extend(copied)
+
+    def _recover_lost(self) -> None:
+        """``--durable``: rebuild the partitions no live replica held from the durable log."""
+        r = self._r
+        try:
+            if r.persist.recover_lost(r.core.machine):
+                r.core.enable_recovery()  # the recovery point holds them too
+        except (DurableLogError, OSError, RuntimeError, ValueError) as exc:
+            log.error(
+                "replica %d: cannot rebuild its lost partitions from the durable log: %s",
+                r.index,
+                exc,
+            )
 
     def catch_up(self, deliver: Callable[[Applied], None]) -> bool:
         """Apply a batch of the backlog (``deliver`` each outcome); True once live."""

@@ -22,6 +22,16 @@ Snapshots: the lowest-numbered live replica writes one on the schedule
 the KV's ``SAVE``/``BGSAVE``).  A forked child encodes the state at the
 replica's cursor (copy-on-write: the replica goes on serving; the pause is
 the ``fork``), writes it atomically and deletes what it makes redundant.
+
+A service with partitioned components: a replica's state is its partitions
+only, so every replica writes snapshots of its own (``snapshot-<cursor>.r<i>.snap``),
+on its own schedule, and restarts from its newest one, replaying the log
+after it *as itself*: the log holds everything that replica applied, the
+partitions it gained in a reconfiguration included (their state travels
+in ``parts`` entries).  A replica killed and restarted while the service
+runs joins from a live replica's snapshot; a partition no live replica
+holds (``copies=1``) is rebuilt the same way (:meth:`Persistence.recover_lost`):
+its own snapshot, the log up to the join, and only the lost partitions taken.
 """
 
 from __future__ import annotations
@@ -39,19 +49,51 @@ from typing import TYPE_CHECKING, Any, Final
 from .._core._codec import decode
 from .._core._errors import DurabilityError
 from .._core._layout import D_POLICY, D_SNAP_SEQ, D_SNAP_TIME, D_SYNCED, KIND_NOOP, ReplicaState
-from .._core._machine import Applied
-from .._core._segment import decode_snapshot
-from ._durable import LogReader, prune, segments, snapshots, write_snapshot
+from .._core._machine import Applied, StateMachine
+from .._core._segment import decode_snapshot, snapshot_name
+from ._durable import (
+    DurableLogError,
+    LogReader,
+    prune,
+    segments,
+    snapshots,
+    usable_snapshots,
+    write_snapshot,
+)
 from ._fork import _become_background
 
 if TYPE_CHECKING:
     from ._replica import Replica
 
-__all__ = ("DurableOptions", "Persistence", "SnapshotInfo")
+__all__ = ("DurableOptions", "Persistence", "SnapshotInfo", "replay")
 
 log = logging.getLogger("dominoes.replica")
 
 POLICY_NAMES: Final = {1: "always", 2: "everysec", 3: "no"}
+#: How long a joining replica waits for the log writer to have written up to
+#: its join before it gives up rebuilding lost partitions from the log.
+WRITER_WAIT: Final = 30.0
+
+
+def replay(
+    machine: StateMachine, data_dir: Path, start: int, until: int, poisoned: frozenset[int]
+) -> int:
+    """Apply the durable log's records from ``start`` to ``until`` to ``machine``
+    (at ``start``), as its replica did live; how many records."""
+    n = 0
+    for record in LogReader(data_dir).read(start, until):
+        if record.seq != machine.cursor:
+            raise RuntimeError(f"replay: record {record.seq}, expected {machine.cursor}")
+        if record.kind == KIND_NOOP:
+            machine.skip(record.seq, record.nslots)
+        elif record.seq in poisoned:  # as the live replicas did: an error, not the handler
+            machine.apply_poisoned(decode(record.payload, record.seq), False, record.nslots)
+        else:
+            machine.apply(decode(record.payload, record.seq), False, record.nslots)
+        n += 1
+    if machine.cursor != until:
+        raise RuntimeError(f"replay ended at {machine.cursor}, not {until}")
+    return n
 
 
 @dataclass(frozen=True)
@@ -100,6 +142,17 @@ class Persistence:
         self.replayed = 0
         self.replay_seconds = 0.0
         self._since = time.time()
+        #: a partitioned service: each replica snapshots its own partitions
+        #: (its own files, its own schedule: ``_last`` is its newest cursor)
+        self.partitioned = bool(replica.core.machine.partitioned) and self.active
+        self._mine: int | None = replica.index if self.partitioned else None
+        self._last = self._last_time = 0
+        if self.partitioned and options is not None:
+            own = snapshots(options.data_dir, replica.index)
+            self._last = own[-1][0] if own else 0
+            self._last_time = int(own[-1][1].stat().st_mtime) if own else 0
+        #: partitions rebuilt from the durable log at the last join (recover_lost)
+        self.recovered_parts = 0
 
     @property
     def snapshots_on(self) -> bool:
@@ -125,7 +178,7 @@ class Persistence:
     def status(self) -> dict[str, Any]:
         """The persistence section of statistics (INFO persistence reads it)."""
         log = self._r.log
-        snaps = snapshots(self.options.data_dir) if self.options is not None else []
+        snaps = snapshots(self.options.data_dir, self._mine) if self.options is not None else []
         segs = segments(self.options.data_dir) if self.options is not None else []
         size = 0
         for _, path in segs:
@@ -138,8 +191,10 @@ class Persistence:
             "acked": log.acked,
             "synced": log.durability_word(D_SYNCED),
             "error": os.strerror(log.write_error) if log.write_error else "",
-            "snapshot_seq": log.durability_word(D_SNAP_SEQ),
+            "snapshot_seq": self._last if self.partitioned else log.durability_word(D_SNAP_SEQ),
             "snapshot_time": log.durability_word(D_SNAP_TIME),
+            "partitioned": self.partitioned,
+            "recovered_partitions": self.recovered_parts,
             "snapshot_in_progress": self._saving is not None and not self._saving.done(),
             "snapshots_on_disk": len(snaps),
             "segments": len(segs),
@@ -218,27 +273,83 @@ class Persistence:
         if self.options.shared:  # the bridge copies the stream after the snapshot
             self.replay_seconds = time.monotonic() - t0
             return 0
-        n = 0
-        for record in LogReader(self.options.data_dir).read(start, next_seq):
-            if record.seq != machine.cursor:
-                raise RuntimeError(f"replay: record {record.seq}, expected {machine.cursor}")
-            if record.kind == KIND_NOOP:
-                machine.skip(record.seq, record.nslots)
-            elif record.seq in poisoned:  # as the live replicas did: an error, not the handler
-                machine.apply_poisoned(decode(record.payload, record.seq), False, record.nslots)
-            else:
-                machine.apply(decode(record.payload, record.seq), False, record.nslots)
-            n += 1
-        if machine.cursor != next_seq:
-            raise RuntimeError(f"replay ended at {machine.cursor}, not {next_seq}")
+        n = replay(machine, self.options.data_dir, start, next_seq, poisoned)
         self.replayed, self.replay_seconds = n, time.monotonic() - t0
+        return n
+
+    def recover_lost(self, machine: StateMachine) -> int:
+        """Rebuild the partitions ``machine`` lost at a join from this replica's own
+        durable snapshot and the log; how many it rebuilt.
+
+        ``machine`` was just restored from live replicas' snapshots at its
+        cursor, and :attr:`StateMachine.lost` lists the partitions none of
+        them held (``copies=1``: their holder was this replica before it
+        died).  A second machine restores this replica's newest snapshot,
+        replays the log as this replica up to ``machine``'s cursor (waiting
+        for the log writer to have written it), and gives the lost
+        partitions' state.  Raises :class:`DurableLogError` if the log
+        cannot give it (the partitions then start empty, as without
+        ``--durable``).
+        """
+        opts = self.options
+        r = self._r
+        if opts is None or not self.partitioned or not machine.lost:
+            return 0
+        until = machine.cursor
+        t0 = time.monotonic()
+        deadline = t0 + WRITER_WAIT
+        while r.log.acked < until:  # the writer has the entries up to the join
+            if r.log.write_error or time.monotonic() > deadline:
+                raise DurableLogError(
+                    f"the log writer has not written up to seq {until} "
+                    f"({os.strerror(r.log.write_error) if r.log.write_error else 'too slow'})"
+                )
+            if r.log.wake_writer() and self._writer is not None:
+                r.wakeups.signal(self._writer)
+            time.sleep(0.001)
+        side = r.service.new_machine(r.index, r.replicas)
+        side.snapshot_writer = lambda seq, joiner: True  # asks in the log: not ours to write
+        side.digest_writer = lambda seq: True
+        start = 1
+        for cursor, _path, state in usable_snapshots(
+            opts.data_dir, until=until, warn=log.warning, replica=r.index
+        ):
+            side.restore(state)
+            start = cursor
+            break
+        reader = LogReader(opts.data_dir)
+        for _ in reader.read(start, until):  # poison marks may follow their entries
+            pass
+        replay(side, opts.data_dir, start, until, frozenset(reader.poisoned))
+        n = 0
+        for name, pid in machine.lost:
+            held, mine = machine.partitioned[name], side.partitioned[name]
+            if pid in mine.parts:
+                held.load_part(pid, mine.part_state(pid))
+                n += 1
+        machine.lost = [
+            (name, pid) for name, pid in machine.lost if pid not in side.partitioned[name].parts
+        ]
+        self.recovered_parts += n
+        log.warning(
+            "replica %d: rebuilt %d partition(s) no live replica held from its durable "
+            "snapshot at seq %d and %d log entries (%.2f s)",
+            r.index,
+            n,
+            start,
+            until - start,
+            time.monotonic() - t0,
+        )
         return n
 
     # --- snapshots ---------------------------------------------------------------------------
 
     def designated(self) -> bool:
-        """True on the lowest-numbered live replica: the one that snapshots on schedule."""
+        """True on the lowest-numbered live replica: the one that snapshots on schedule
+        (a partitioned service: every replica, each for its own partitions)."""
         r = self._r
+        if self.partitioned:
+            return r.log.state(r.index) == ReplicaState.LIVE
         for i in range(r.replicas):
             if r.log.state(i) == ReplicaState.LIVE:
                 return i == r.index
@@ -254,12 +365,12 @@ class Persistence:
             return
         log = r.log
         cursor = r.core.machine.cursor
-        last = log.durability_word(D_SNAP_SEQ) or 1
+        last = (self._last if self.partitioned else log.durability_word(D_SNAP_SEQ)) or 1
         if cursor <= last:
             return
         due = opts.snapshot_entries and cursor - last >= opts.snapshot_entries
         if not due and opts.snapshot_seconds:
-            since = log.durability_word(D_SNAP_TIME)
+            since = self._last_time if self.partitioned else log.durability_word(D_SNAP_TIME)
             if not since:  # none yet: count from when this replica started
                 since = int(self._since)
             due = now - since >= opts.snapshot_seconds
@@ -284,6 +395,10 @@ class Persistence:
             return fut
         if r.core.gave_up or r.joining.active:
             fut.set_exception(DurabilityError("the replica is recovering; try again"))
+            return fut
+        if self.partitioned and r.core.machine.fetches_needed():
+            # its journal of a partition being loaded is not in a snapshot
+            fut.set_exception(DurabilityError("the replica is loading partitions; try again"))
             return fut
         shared = self.options.shared
         if shared and r.core.source == (0, 0):
@@ -310,8 +425,10 @@ class Persistence:
                 if shared:  # where in the stream the state stands: for the bridge
                     message, index = r.core.source
                     (data_dir / f"snapshot-{cursor:020d}.pos").write_text(f"{message} {index}\n")
-                write_snapshot(data_dir, cursor, machine.snapshot())
-                if not shared:  # the bridge removes what it uploaded
+                write_snapshot(data_dir, cursor, machine.snapshot(), self._mine)
+                if self.partitioned:
+                    prune(data_dir, replicas=r.replicas, replica=r.index)
+                elif not shared:  # the bridge removes what it uploaded
                     prune(data_dir)
                 code = 0
             finally:
@@ -329,10 +446,13 @@ class Persistence:
                 return
             if r.log.raise_durability_word(D_SNAP_SEQ, cursor):  # the newest: say when
                 r.log.set_durability_word(D_SNAP_TIME, int(time.time()))
+            self._last = max(self._last, cursor)
+            self._last_time = int(time.time())
             self.snapshots_written += 1
             self.last_snapshot_ok = True
             log.info("replica %d: snapshot at seq %d (fork %.1f ms)", r.index, cursor, pause * 1e3)
-            fut.set_result(SnapshotInfo(cursor, data_dir / f"snapshot-{cursor:020d}.snap", pause))
+            path = data_dir / snapshot_name(cursor, self._mine)
+            fut.set_result(SnapshotInfo(cursor, path, pause))
 
         r.children.watch(pid, done)
         return fut

@@ -184,13 +184,13 @@ class Replica:
         if self.fences.active:
             # an entry must travel to other machines by value: no blob files
             self.core.blobs = None
-        if machine.partitioned and (self.fences.active or self.persist.active):
+        if machine.partitioned and self.fences.active:
             raise DominoesError(
                 f"service {service.name!r} has partitioned components "
                 f"({', '.join(machine.partitioned)}), which run on one machine's "
-                "shared-memory log without --durable for now: a partition is held by "
-                "some replicas only, and the durable snapshots and the machines of a "
-                "shared log each hold one replica's state"
+                "shared-memory log, not --log nats:// for now: a partition is held by "
+                "some replicas only, and the machines of a shared log each restore "
+                "one machine's snapshot"
             )
         #: lines a producer here wakes: the replicas, and the log writer or the
         #: bridge after them

@@ -60,7 +60,7 @@ from ._asgi import HttpOptions
 from ._bridge import Fetched
 from ._bridgeproc import BridgeProcess, fetch_snapshot
 from ._control import ControlServer
-from ._durable import DEFAULT_SEGMENT_BYTES, Recovery, lock, recover
+from ._durable import DEFAULT_SEGMENT_BYTES, Layout, Recovery, check_layout, lock, recover
 from ._leases import ClientLeases
 from ._logs import DEFAULT as DEFAULT_LOG
 from ._logs import for_processes
@@ -223,13 +223,15 @@ class Supervisor:
                 "log on the NATS servers' disks"
             )
         partitioned = [c.name for c in self.service.components if type(c).partition is not None]
-        if partitioned and (self.bridged or config.durable is not None):
+        if partitioned and self.bridged:
             raise ValueError(
                 f"service {self.service.name!r} has partitioned components "
-                f"({', '.join(partitioned)}), which run without --durable and --log nats:// "
-                "for now: a partition is held by some replicas only, and the durable "
-                "snapshots and the machines of a shared log each hold one replica's state"
+                f"({', '.join(partitioned)}), which run without --log nats:// for now: a "
+                "partition is held by some replicas only, and the machines of a shared log "
+                "each restore one machine's snapshot (--durable DIR keeps them on disk)"
             )
+        #: the service has partitioned components: each replica snapshots its own
+        self.partitioned = bool(partitioned)
         cores = sorted(os.sched_getaffinity(0))
         n = len(cores) if config.replicas is None else config.replicas
         if n < 1:
@@ -340,7 +342,8 @@ class Supervisor:
             return 1
         self._lock_fd = lock(data_dir)
         self._recovery_began = time.monotonic()
-        self.recovery = recover(data_dir)
+        check_layout(data_dir, Layout(self.n if self.partitioned else None))
+        self.recovery = recover(data_dir, self.n if self.partitioned else None)
         return self.recovery.next_seq
 
     def _open_log(self, first: int = 1) -> list[int]:
@@ -407,9 +410,11 @@ class Supervisor:
         log_handle.set_durability_word(D_POLICY, FSYNC_POLICIES[self.config.fsync])
         log_handle.set_durability_word(D_ACKED, recovery.next_seq)
         log_handle.set_durability_word(D_SYNCED, recovery.next_seq)
-        if recovery.snapshot is not None:
-            log_handle.set_durability_word(D_SNAP_SEQ, recovery.start)
-            log_handle.set_durability_word(D_SNAP_TIME, int(recovery.snapshot.stat().st_mtime))
+        found = recovery.own or ((recovery.snapshot, recovery.start),)
+        newest = max(((start, snap) for snap, start in found if snap is not None), default=None)
+        if newest is not None:
+            log_handle.set_durability_word(D_SNAP_SEQ, newest[0])
+            log_handle.set_durability_word(D_SNAP_TIME, int(newest[1].stat().st_mtime))
 
     def _spawn(self, child: Child, *, join: bool) -> None:
         ready_r, ready_w = os.pipe()
@@ -442,7 +447,7 @@ class Supervisor:
             reads=self.config.reads,
             gc_threshold=self.config.gc_threshold,
             http=self.config.http,
-            **self._durable_config(),
+            **self._durable_config(child.index),
         )
         env = dict(os.environ, PYTHONHASHSEED=self.config.hash_seed)
         fds = [*self.log_fds, *self.wake_fds, self._parent_r, ready_w]
@@ -478,8 +483,8 @@ class Supervisor:
             child.core,
         )
 
-    def _durable_config(self) -> dict[str, Any]:
-        """What a replica process needs of ``--durable`` (restoring: only at the first start)."""
+    def _durable_config(self, index: int) -> dict[str, Any]:
+        """What replica ``index`` needs of ``--durable`` (restoring: only at the first start)."""
         cfg, recovery = self.config, self.recovery
         if self.bridged:
             fetched = self.fetched
@@ -494,12 +499,13 @@ class Supervisor:
             }
         if cfg.durable is None or recovery is None:
             return {}
+        snapshot, start = recovery.of(index)
         return {
             "durable_dir": str(cfg.durable),
             "snapshot_entries": cfg.snapshot_entries,
             "snapshot_seconds": cfg.snapshot_seconds,
-            "restore_snapshot": str(recovery.snapshot or ""),
-            "restore_start": recovery.start,
+            "restore_snapshot": str(snapshot or ""),
+            "restore_start": start,
             "restore_next": recovery.next_seq,
             "restore_poisoned": list(recovery.poisoned),
         }
@@ -552,7 +558,14 @@ class Supervisor:
         assert r is not None
         assert self.config.durable is not None
         took = time.monotonic() - self._recovery_began
-        base = f"from the snapshot at seq {r.start}" if r.snapshot is not None else "from seq 1"
+        if any(snap is not None for snap, _ in r.own):
+            base = (
+                "from each replica's own snapshot (seqs "
+                + ", ".join(str(start) if snap is not None else "none: 1" for snap, start in r.own)
+                + ")"
+            )
+        else:
+            base = f"from the snapshot at seq {r.start}" if r.snapshot is not None else "from seq 1"
         return (
             f"dominoes: {self.service.name}: durable log {self.config.durable} "
             f"(fsync {self.config.fsync}): replayed {r.entries} entries {base} in {took:.2f} s; "

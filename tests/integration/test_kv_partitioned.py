@@ -836,14 +836,15 @@ def test_copies_2_to_1_and_back_under_8_writers_lose_and_double_nothing(
         assert a == b
 
 
-def test_partition_with_durable_or_bad_copies_is_refused_before_any_replica_starts(
+def test_partition_with_a_shared_log_or_bad_copies_is_refused_before_any_replica_starts(
     tmp_path: Path,
 ) -> None:
-    """``--partition`` with ``--durable`` (or a bad value) fails at once, in one line."""
+    """``--partition`` with ``--log nats://`` (or a bad value) fails at once, in one line."""
     base = [sys.executable, "-m", "dominoes", "run", "dominoes.components.kv:service"]
     base += ["--replicas", "2", "--run-dir", str(tmp_path / "run")]
+    nats = ["--log", "nats://127.0.0.1:9", "--stream", "KV"]
     cases = [
-        (["--partition", "copies=1", "--durable", str(tmp_path / "data")], "--durable"),
+        (["--partition", "copies=1", *nats], "without --log nats://"),
         (["--partition", "copies=0"], "copies must be at least 1"),
         (["--partition", "two"], "expected copies=K"),
     ]
@@ -854,4 +855,3 @@ def test_partition_with_durable_or_bad_copies_is_refused_before_any_replica_star
         assert done.returncode != 0, extra
         assert said in done.stderr, (extra, done.stderr)
         assert "Traceback" not in done.stderr, done.stderr
-        assert not (tmp_path / "data").exists()
