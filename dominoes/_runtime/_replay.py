@@ -110,6 +110,13 @@ def choose_start(
         raise ReplayError(f"{data_dir} is not a directory")
     segs = segments(data_dir)
     first = segs[0][0] if segs else None
+    if first not in (None, 1) and next(data_dir.glob("snapshot-*.r*.snap"), None) is not None:
+        raise ReplayError(
+            f"{data_dir} is a partitioned service's: each of its snapshots holds one "
+            f"replica's partitions, and a replay holds them all, so it needs the log from "
+            f"seq 1, which starts at seq {first} (the segments before it were deleted once "
+            f"every replica's snapshots covered them)"
+        )
     empty = first is None and not snapshots(data_dir)
     if how == "none" or (how is None and (first == 1 or empty)):
         if first is not None and first != 1:

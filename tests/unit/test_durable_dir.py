@@ -15,7 +15,9 @@ from dominoes._core._segment import encode_record, scan, segment_header, segment
 from dominoes._runtime import _writer
 from dominoes._runtime._durable import (
     DurableLogError,
+    Layout,
     LogReader,
+    check_layout,
     lock,
     prune,
     recover,
@@ -127,6 +129,55 @@ def test_prune_keeps_two_snapshots_and_the_segments_after_the_older(tmp_path: Pa
     assert [c for c, _ in snapshots(tmp_path)] == [20, 30]
     assert [f for f, _ in segments(tmp_path)] == [15, 25]
     assert recover(tmp_path).next_seq == 35
+
+
+def test_a_partitioned_directory_keeps_each_replica_s_snapshots_and_the_log_they_need(
+    tmp_path: Path,
+) -> None:
+    """Each replica snapshots its own partitions on its own schedule: a restart
+    puts each back from its own newest, and a segment goes only once every
+    replica's oldest kept snapshot is past it."""
+    write_segment(tmp_path, 1, [b"x"] * 14)
+    write_segment(tmp_path, 15, [b"y"] * 10)
+    write_segment(tmp_path, 25, [b"z"] * 10)
+    write_snapshot(tmp_path, 10, b"r0", replica=0)
+    # replica 1 has none yet: it replays from seq 1, so nothing is deleted
+    assert prune(tmp_path, replicas=2, replica=0) == (0, 0)
+    r = recover(tmp_path, replicas=2)
+    assert (r.start, r.snapshot, r.next_seq, r.entries) == (1, None, 35, 34)
+    assert [(p.name if p else None, s) for p, s in r.own] == [
+        ("snapshot-00000000000000000010.r0.snap", 10),
+        (None, 1),
+    ]
+    for cursor in (20, 30):
+        write_snapshot(tmp_path, cursor, b"r0", replica=0)
+    write_snapshot(tmp_path, 16, b"r1", replica=1)
+    assert prune(tmp_path, replicas=2, replica=0) == (1, 1)  # r0's 10; segment 1 (< 16)
+    assert [c for c, _ in snapshots(tmp_path, 0)] == [20, 30]
+    assert [c for c, _ in snapshots(tmp_path, 1)] == [16]
+    assert [f for f, _ in segments(tmp_path)] == [15, 25]
+    assert snapshots(tmp_path) == []  # a replicated service's names: none
+    r = recover(tmp_path, replicas=2)
+    assert [s for _, s in r.own] == [30, 16]
+    assert (r.start, r.of(1)[1]) == (16, 16)
+
+
+def test_a_directory_serves_one_layout(tmp_path: Path) -> None:
+    """``LAYOUT`` is written at the first start; another one is refused, naming it."""
+    check_layout(tmp_path, Layout(2))
+    assert (tmp_path / "LAYOUT").read_text() == "partitioned 2\n"
+    check_layout(tmp_path, Layout(2))
+    with pytest.raises(DurableLogError, match="--replicas 2, not 3"):
+        check_layout(tmp_path, Layout(3))
+    with pytest.raises(DurableLogError, match="a partitioned service, and this one is replicated"):
+        check_layout(tmp_path, Layout(None))
+    old = tmp_path / "old"  # a directory of a version before LAYOUT, with snapshots
+    old.mkdir()
+    write_snapshot(old, 5, b"s")
+    with pytest.raises(DurableLogError, match="snapshots of a replicated service"):
+        check_layout(old, Layout(2))
+    check_layout(old, Layout(None))
+    assert (old / "LAYOUT").read_text() == "replicated\n"
 
 
 def test_a_snapshot_is_written_atomically_with_no_temporary_left(tmp_path: Path) -> None:
