@@ -239,7 +239,7 @@ class Cluster:
         if not self.commit(replica):
             core.group.clear()
             raise LogFullError("log full: no room for the batch")
-        for _, pending, _ in core.group:  # a nowait call never waits
+        for _, pending, *_ in core.group:  # a nowait call never waits
             pending.applied = Applied(0, None, False)
             pending.applied.error = LogFullError("log full: this part of the batch was refused")
         core.group.clear()

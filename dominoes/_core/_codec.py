@@ -26,9 +26,11 @@ __all__ = (
     "Entry",
     "Fire",
     "Mode",
+    "Scoped",
     "batch_payload",
     "decode",
     "encode",
+    "scoped_payload",
 )
 
 
@@ -115,10 +117,49 @@ class Control(msgspec.Struct, tag="k", array_like=True, gc=False):
     seq: int = 0
 
 
-Entry: TypeAlias = Call | Batch | Fire | Control
+class Scoped(msgspec.Struct, tag="s", array_like=True, gc=False):
+    """A call, or a batch of calls of one event, that touches only partitions
+    ``pids`` of the partitioned component ``component``, in a header that a
+    replica reads without decoding the call.
+
+    Every handler of ``event`` is a partitioned handler of ``component`` (the
+    appender checked, and every replica checks again when it applies: a
+    reconfiguration may have bound another since).  A replica that holds none
+    of ``pids`` (nor is loading one) and is not the origin has nothing to do
+    for it but advance its cursor and its clock: it passes over ``entry``, the
+    encoded :class:`Call` or :class:`Batch`, without decoding it
+    (``StateMachine._apply_scoped``).  ``ts`` is the newest of its calls' times.
+    """
+
+    event: str
+    component: str
+    pids: list[int]
+    #: ``entry`` is a :class:`Batch` (owned by its origin), else a :class:`Call`
+    batch: bool
+    ts: float
+    origin: int
+    entry: msgspec.Raw
+    seq: int = 0
+
+    def inner(self) -> Call | Batch:
+        """The call or batch it carries, at its seq."""
+        entry: Call | Batch = _inner_decoder.decode(self.entry)
+        entry.seq = self.seq
+        return entry
+
+
+def scoped_payload(
+    inner: bytes, event: str, component: str, pids: list[int], batch: bool, ts: float, origin: int
+) -> bytes:
+    """Encode a :class:`Scoped` around an encoded call or batch."""
+    return _encoder.encode(Scoped(event, component, pids, batch, ts, origin, msgspec.Raw(inner)))
+
+
+Entry: TypeAlias = Call | Batch | Fire | Control | Scoped
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final = msgspec.msgpack.Decoder(Entry)
+_inner_decoder: Final = msgspec.msgpack.Decoder(Call | Batch)
 
 encode = _encoder.encode
 

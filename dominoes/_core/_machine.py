@@ -32,7 +32,7 @@ from typing import Any, Final
 import msgspec
 
 from . import _reconfigure as reconfigure
-from ._codec import Batch, Call, Control, Entry, Fire, Mode
+from ._codec import Batch, Call, Control, Entry, Fire, Mode, Scoped
 from ._component import Component, EventRef, query, resolve
 from ._context import Context
 from ._errors import DominoesError, PoisonedEntryError, QueryWroteStateError, UnknownEventError
@@ -306,6 +306,8 @@ class StateMachine:
         # local statistics
         self.applied_entries = 0
         self.errors = 0
+        #: scoped entries passed over without decoding (none of their partitions here)
+        self.skipped_entries = 0
 
     @property
     def replicas(self) -> int:
@@ -364,6 +366,73 @@ class StateMachine:
         if not self.defer_outputs:
             self.finish(out)
         return out
+
+    # --- scoped entries: partitions in the header ------------------------------------
+
+    def scope(
+        self, event: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]
+    ) -> tuple[str, list[int]] | None:
+        """The partitioned component and partitions a call of ``event`` touches, when
+        replicas that hold none of them may pass over its entry (:class:`Scoped`).
+
+        None when it cannot help or cannot be known: an event with a handler
+        that is not a partitioned handler of one component (a replicated
+        component applies it everywhere), fewer than two replicas that hold
+        no copy of a partition (with ``copies`` of N, N - copies replicas hold
+        none; the origin, one of them perhaps, always applies), a call of
+        every partition, or arguments the routing refuses (the apply then
+        fails alike everywhere).
+        """
+        component = self._scoped_component(event)
+        if component is None:
+            return None
+        held = self.partitioned[component]
+        if self._replicas - held.copies < 2:
+            return None
+        pids: set[int] = set()
+        try:
+            for b in self.registry.handlers(event):
+                router = b.handler
+                assert type(router) is Router
+                pids.update(router.split_items(args, kwargs)[0])
+        except Exception:  # noqa: BLE001 - the apply reports it, as it would unscoped
+            return None
+        if len(pids) >= held.spec.partitions:
+            return None
+        return component, sorted(pids)
+
+    def _scoped_component(self, event: str) -> str | None:
+        """The component whose partitioned updates are ``event``'s every handler, or None."""
+        component = None
+        for b in self.registry.handlers(event):
+            router = b.handler
+            if type(router) is not Router or router.query or b.static:
+                return None
+            if component is None:
+                component = router.component
+            elif router.component != component:
+                return None
+        return component
+
+    def _apply_scoped(self, entry: Scoped, out: Applied, now: float) -> bool | None:
+        """A scoped entry: passed over unless this replica is its origin, holds (or is
+        loading) one of its partitions, or its event's handlers changed since."""
+        origin = entry.origin
+        if origin != self.index and origin < self._replicas:
+            held = self.partitioned.get(entry.component)
+            if held is not None and self._scoped_component(entry.event) == entry.component:
+                parts, journal = held.parts, held.journal
+                for pid in entry.pids:
+                    if pid in parts or pid in journal:
+                        break
+                else:
+                    # what applying it would change here: the replicated clock
+                    self.now = now
+                    self.skipped_entries += 1
+                    return None
+        inner = entry.inner()
+        out.entry = inner
+        return _APPLY[type(inner)](self, inner, out, now)
 
     def _apply_batch(self, entry: Batch, out: Applied, now: float) -> None:
         subs = []
@@ -887,6 +956,8 @@ class StateMachine:
         seq = entry.seq
         if seq != self.cursor:
             raise RuntimeError(f"replica {self.index} applies seq {seq} at cursor {self.cursor}")
+        if type(entry) is Scoped:  # every replica fails each of its calls
+            entry = entry.inner()
         self.cursor = seq + nslots
         self.applied_entries += 1
         if entry.ts > self.now:
@@ -1188,4 +1259,5 @@ _APPLY: Final[dict[type, Callable[[StateMachine, Any, Applied, float], bool | No
     Batch: StateMachine._apply_batch,
     Fire: StateMachine._apply_fire,
     Control: StateMachine._apply_control,
+    Scoped: StateMachine._apply_scoped,
 }

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from ._backend import LogBackend
-from ._codec import Call, Control, Entry, Fire, Mode, decode, encode
+from ._codec import Call, Control, Entry, Fire, Mode, Scoped, decode, encode
 from ._log import KIND_BLOB, KIND_ENTRY, KIND_NOOP, KIND_STAMPED, ReplicaState
 from ._machine import Applied, StateMachine
 from ._recovery import Journaled, RecoveryPoint
@@ -192,6 +192,9 @@ class Membership:
 
     def _owns_decided(self, entry: Entry) -> bool:
         """Ownership of an entry others applied already (no claim is made)."""
+        if type(entry) is Scoped and not entry.batch:  # an affinity call in a header
+            mode = self.machine.modes.get(entry.event, Mode.AFFINITY)
+            return mode == Mode.EVERY or (mode == Mode.AFFINITY and entry.origin == self.index)
         if type(entry) is Call:
             mode = self.machine.modes.get(entry.event, entry.mode)
             return mode == Mode.EVERY or (mode == Mode.AFFINITY and entry.origin == self.index)

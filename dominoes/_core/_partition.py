@@ -107,8 +107,12 @@ def hash_tag(key: Any) -> Any:
     Keys with the same non-empty tag land in the same partition
     (``{user1}:cart`` and ``{user1}:profile``); a key without one is hashed whole.
     """
-    if type(key) is bytes and b"{" not in key:
-        return key
+    if type(key) is bytes:  # the common case, without a copy
+        start = key.find(b"{")
+        if start < 0:
+            return key
+        end = key.find(b"}", start + 1)
+        return key[start + 1 : end] if end > start + 1 else key
     if isinstance(key, str):
         start = key.find("{")
         if start >= 0:

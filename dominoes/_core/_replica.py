@@ -55,12 +55,23 @@ replica.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeAlias, TypeVar
 
 import msgspec
 
 from ._backend import LogBackend
-from ._codec import Call, Control, Entry, Fire, Mode, batch_payload, decode, encode
+from ._codec import (
+    Call,
+    Control,
+    Entry,
+    Fire,
+    Mode,
+    Scoped,
+    batch_payload,
+    decode,
+    encode,
+    scoped_payload,
+)
 from ._component import EventRef
 from ._errors import ApplyTimeout, EntryTooLargeError, LogFullError, UnknownEventError
 from ._layout import STAMP, ReplicaState
@@ -79,6 +90,11 @@ __all__ = ("BlobStore", "ReplicaCore", "ReplicaStatistics", "SnapshotAsk")
 
 #: The driver's waiter type (what it registers to learn an outcome).
 W = TypeVar("W")
+
+#: A scoped call's header fields: (event, component, partitions, its time).
+Scope: TypeAlias = tuple[str, str, list[int], float]
+#: A call queued for group commit: (encoded call, waiter, batchable, its scope or None).
+Queued: TypeAlias = tuple[bytes, W, bool, Scope | None]
 
 #: Entries applied per poll before the caller gets control back.  Larger
 #: batches amortise the cursor store and the loop's overhead; smaller ones
@@ -147,6 +163,8 @@ class ReplicaStatistics(msgspec.Struct, frozen=True, kw_only=True):
     partials_sent: int = 0
     #: this replica's calls applied and waiting for other holders' partials now
     waiting_for_partials: int = 0
+    #: scoped entries passed over: none of their partitions is held here
+    skipped_entries: int = 0
 
 
 class ReplicaCore(Membership, Recovering, Generic[W]):
@@ -216,8 +234,8 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
         # partitions this replica is loading -> the replica asked for their state
         self._fetching: dict[tuple[str, int], int] = {}
         self.parts_sent = 0
-        #: calls queued for group commit, in order: (encoded call, waiter, batchable)
-        self.group: list[tuple[bytes, W, bool]] = []
+        #: calls queued for group commit, in order
+        self.group: list[Queued[W]] = []
         self.group_commits = 0
         #: the driver's background snapshot: ``snapshotter(cursor)`` starts
         #: encoding the state at ``cursor`` elsewhere and returns True, or
@@ -279,9 +297,21 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
         (before anything is appended) and ``TypeError`` for arguments msgpack
         cannot encode.
         """
-        return encode(
-            self.make_call(event, args, kwargs, now=now, mode=mode, request_id=request_id)
-        )
+        call = self.make_call(event, args, kwargs, now=now, mode=mode, request_id=request_id)
+        payload = encode(call)
+        scope = self._scope(call)
+        if scope is None:
+            return payload
+        out = scoped_payload(payload, call.event, scope[0], scope[1], False, now, self.index)
+        return out if len(out) <= self.log.max_entry_bytes else payload
+
+    def _scope(self, call: Call) -> tuple[str, list[int]] | None:
+        """``StateMachine.scope`` for one of this replica's calls that may be scoped:
+        ``affinity``, without a request id (a retry's de-duplication is replicated
+        state of the machine)."""
+        if call.mode != Mode.AFFINITY or call.request_id or not self.machine.partitioned:
+            return None
+        return self.machine.scope(call.event, call.args, call.kwargs)
 
     def encode_batch(self, calls: list[Call], *, now: float) -> bytes:
         """One entry holding several of this replica's ``affinity`` calls.
@@ -328,7 +358,11 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
         payload = encode(call)  # encoded once: a batch is framed from these bytes
         self.check_size(len(payload))
         batchable = call.mode == Mode.AFFINITY and not call.request_id
-        self.group.append((payload, waiter, batchable))
+        scope = self._scope(call) if batchable else None
+        if scope is not None:
+            self.group.append((payload, waiter, batchable, (call.event, *scope, call.ts)))
+        else:
+            self.group.append((payload, waiter, batchable, None))
 
     def commit(self, now: float) -> int:
         """Append the queued calls in order, as few entries as fit; entries appended.
@@ -347,12 +381,14 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
                     del chunk[max(i, 1) :]  # a lone call ends the batch (or is it)
                     break
             while len(chunk) > 1:  # shrink until the batch fits one entry
-                payload = batch_payload([p for p, _, _ in chunk], now, self.index)
+                payload = batch_payload([item[0] for item in chunk], now, self.index)
                 if len(payload) <= limit:
                     break
                 del chunk[len(chunk) // 2 :]
             else:
                 payload = chunk[0][0]  # one call: a plain Call entry
+            if chunk[0][3] is not None:
+                payload = self._scoped(payload, chunk)
             seq = self.try_append(payload)
             if not seq:
                 break
@@ -362,15 +398,33 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
                 pending[seq, -1] = chunk[0][1]
             else:
                 self.group_commits += 1
-                for i, (_, waiter, _) in enumerate(chunk):
-                    pending[seq, i] = waiter
+                for i, item in enumerate(chunk):
+                    pending[seq, i] = item[1]
             del group[: len(chunk)]
         return appended
+
+    def _scoped(self, payload: bytes, chunk: list[Queued[W]]) -> bytes:
+        """``payload`` (of ``chunk``'s calls) in a :class:`Scoped` header when every
+        call is scoped to one event and component, and it fits an entry."""
+        first = chunk[0][3]
+        assert first is not None
+        event, component, pids, ts = first
+        if len(chunk) > 1:
+            union = set(pids)
+            for item in chunk[1:]:
+                scope = item[3]
+                if scope is None or scope[0] != event or scope[1] != component:
+                    return payload
+                union.update(scope[2])
+                ts = max(ts, scope[3])
+            pids = sorted(union)
+        out = scoped_payload(payload, event, component, pids, len(chunk) > 1, ts, self.index)
+        return out if len(out) <= self.log.max_entry_bytes else payload
 
     def drop_pending(self) -> list[W]:
         """Forget every waiter (registered and queued); they get no outcome now."""
         out = list(self.pending.values())
-        out.extend(w for _, w, _ in self.group)
+        out.extend(item[1] for item in self.group)
         self.pending.clear()
         self.group.clear()
         return out
@@ -759,11 +813,15 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
     def _owns(self, entry: Entry) -> bool:
         if entry.seq == self._memo_seq:  # again: the claim was decided the first time
             return self._memo_owner
+        mode: Mode | None = None
         if type(entry) is Call:
-            mode = entry.mode
+            mode, event = entry.mode, entry.event
+        elif type(entry) is Scoped and not entry.batch:  # a scoped call is an affinity call
+            mode, event = Mode.AFFINITY, entry.event
+        if mode is not None:
             modes = self.machine.modes
             if modes:  # a reconfiguration set this event's mode
-                mode = modes.get(entry.event, mode)
+                mode = modes.get(event, mode)
             if mode == Mode.AFFINITY:
                 owner = entry.origin == self.index
             elif mode == Mode.EVERY:
@@ -848,4 +906,5 @@ class ReplicaCore(Membership, Recovering, Generic[W]):
             partitions={name: len(h.parts) for name, h in m.partitioned.items()},
             partials_sent=self.partials_sent,
             waiting_for_partials=len(self.parked),
+            skipped_entries=m.skipped_entries,
         )

@@ -40,7 +40,7 @@ from typing import IO, Any, Final
 
 import orjson
 
-from .._core._codec import Batch, Call, Control, Entry, Fire, decode
+from .._core._codec import Batch, Call, Control, Entry, Fire, Scoped, decode
 from .._core._layout import KIND_NOOP
 from .._core._machine import Applied, StateMachine
 from .._core._segment import (
@@ -155,8 +155,11 @@ def prescan(data_dir: Path, start: int, digests: bool) -> tuple[set[int], LiveDi
 
 
 def _decode(record: Record) -> Entry:
+    """The record's entry; a :class:`Scoped` one's call or batch (one machine holding
+    every partition applies it alike, and shows it decoded)."""
     try:
-        return decode(record.payload, record.seq)
+        entry = decode(record.payload, record.seq)
+        return entry.inner() if type(entry) is Scoped else entry
     except Exception as exc:  # noqa: BLE001 - a checked record that does not decode
         raise ReplayError(
             f"the entry at seq {record.seq} does not decode ({type(exc).__name__}: {exc})"

@@ -425,3 +425,79 @@ def test_limits_of_a_partition_s_numbering_are_refused() -> None:
         with pytest.raises((PartitionError, RemoteError), match="not a partition's timer"):
             cluster.call(0, Timed.cancel, "k", bogus)
     cluster.assert_converged()
+
+
+# --- scoped entries: a replica holding none of an entry's partitions passes over it ------
+
+
+def scoped_service(copies: int = 1) -> Service:
+    """Counts partitioned over 8 partitions, named ``Counter`` so that
+    ``examples.limits:Audit`` (an ``@on("Counter.incr")`` handler) can be added."""
+
+    class Counter(Counts, partition=Partition("key", copies=copies, partitions=8)):
+        name = "Counter"
+
+    return Service("s", [Counter()])
+
+
+def key_held_only_by(replica: int, replicas: int = 3) -> str:
+    """A key whose partition (of 8, one copy) is held by ``replica`` alone."""
+    spec = Partition("key", partitions=8)
+    return next(f"k{i}" for i in range(1000) if spec.of(f"k{i}") % replicas == replica)
+
+
+def test_a_replica_holding_none_of_an_entry_s_partitions_passes_over_it() -> None:
+    """3 replicas, one copy: a call from replica 0 on replica 1's key is applied by
+    0 (its origin) and 1 (the holder); replica 2 passes over it undecoded.  Calls
+    batched by group commit are scoped to the union of their partitions."""
+    cluster = Cluster(scoped_service(), replicas=3)
+    key = key_held_only_by(1)
+    for n in range(1, 6):
+        assert cluster.call(0, "Counter.incr", key) == n
+    skipped = [r.core.machine.skipped_entries for r in cluster.live]
+    assert skipped == [0, 0, 5]
+    # a batch of calls on replicas 1's and 2's keys: nobody passes over it
+    other = key_held_only_by(2)
+    pendings = [cluster.submit_soon(0, "Counter.incr", k) for k in (key, other, key)]
+    cluster.commit(0)
+    cluster.run_until_quiet()
+    assert [p.result() for p in pendings] == [6, 1, 7]
+    assert [r.core.machine.skipped_entries for r in cluster.live] == skipped
+    assert [cluster.query(1, "Counter.get", key), cluster.query(2, "Counter.get", other)] == [7, 1]
+    cluster.assert_converged()
+    assert [r.core.statistics().skipped_entries for r in cluster.live] == [0, 0, 5]
+
+
+def test_a_scoped_entry_is_applied_everywhere_once_its_event_has_another_handler() -> None:
+    """The appender scoped a call while ``Counter.incr`` had partitioned handlers
+    only; a replicated component bound to it (``Audit``) was added at an earlier
+    log position, which the appender had not applied yet.  Every replica then
+    decodes and applies the call, so Audit counts it everywhere."""
+    cluster = Cluster(scoped_service(), replicas=3)
+    key = key_held_only_by(1)
+    add = cluster.submit_soon(1, EVENT, reconfiguration.add("examples.limits:Audit"))
+    cluster.commit(1)  # appended, not applied by replica 0 yet
+    incr = cluster.submit_soon(0, "Counter.incr", key)
+    assert cluster.replicas[0].core.group[0][3] is not None  # scoped on the old handlers
+    cluster.commit(0)
+    cluster.run_until_quiet()
+    assert add.result() == "audit"
+    assert incr.result() == 1
+    assert [cluster.query(i, "audit.of", key) for i in range(3)] == [1, 1, 1]
+    assert [r.core.machine.skipped_entries for r in cluster.live] == [0, 0, 0]
+    cluster.assert_converged()
+
+
+@pytest.mark.parametrize(("replicas", "copies"), [(2, 1), (3, 2), (3, 3)])
+def test_calls_are_not_scoped_where_no_replica_but_the_origin_could_pass_over_them(
+    replicas: int, copies: int
+) -> None:
+    """With fewer than two replicas holding no copy of a partition, a scoped
+    header would cost the appender its routing for nothing: calls go unscoped."""
+    cluster = Cluster(scoped_service(copies), replicas=replicas)
+    for i in range(20):
+        cluster.call(i % replicas, "Counter.incr", f"k{i}")
+    assert all(r.core.machine.skipped_entries == 0 for r in cluster.live)
+    core = cluster.replicas[0].core
+    assert core.machine.scope("Counter.incr", ["k1"], {}) is None
+    cluster.assert_converged()
