@@ -363,6 +363,8 @@ class Persistence:
         r = self._r
         if r.joining.active or r.core.gave_up:
             return
+        if self.partitioned and r.core.machine.fetches_needed():
+            return  # loading partitions: not a state to snapshot (see ``snapshot``)
         log = r.log
         cursor = r.core.machine.cursor
         last = (self._last if self.partitioned else log.durability_word(D_SNAP_SEQ)) or 1
