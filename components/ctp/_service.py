@@ -70,14 +70,19 @@ UNRELIABLE_FEC: Final = Profile.of(
     "dedup",
     "reassemble",
 )
-#: RFC 1350 with options: lock-step (a window of 1), a retransmission timer per block
+#: RFC 1350 with options: lock-step (a window of 1), a retransmission timer per block.
+#: The timer backs off to 1 s at most: a server must not answer a client's
+#: repeated ACK (RFC 1123 4.2.3.1), so its own timer is all that resends a lost
+#: block, and clients give up after a few silent seconds (atftp 0.8 retries its
+#: ACK every second and aborts after about 7); backing off to 2 s left 3 tries
+#: in that window, and a loaded machine's later timers fewer.
 TFTP: Final = Profile.of(
     "tftp",
     ("transport", {"idle": 30.0}),
     "tftp",
     ("segment", {"size": 512, "terminal_short": True}),
     "sequence",
-    ("par", {"rto": 1.0, "retries": 8, "max_rto": 2.0}),
+    ("par", {"rto": 1.0, "retries": 8, "max_rto": 1.0}),
     ("rtt", {"min_rto": 0.2}),
     "dedup",
     ("window", {"size": 1}),
