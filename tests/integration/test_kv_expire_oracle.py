@@ -50,17 +50,23 @@ def ours(svc: Service) -> Iterator[redis.Redis]:
 
 
 def _edges() -> list[int]:
-    """The 64-bit edges of a time, in ms and in s, and those of its sum with now."""
-    now_ms = int(time.time() * 1000)
+    """The 64-bit edges of a time, in ms and in s, and those of its sum with now.
+
+    "Now" is today's midnight (UTC), so that the cases, and their names, are the
+    same in every process that collects them (pytest-xdist's workers must agree)
+    whenever it collects; the edges of the sum with now are then 1 to 2 days off
+    the real ones, on either side: no clock can tip them.
+    """
     day_s = 86_400
+    now_ms = int(time.time()) // day_s * day_s * 1000
     s_max, s_min = INT64_MAX // 1000, -(-INT64_MIN // 1000)  # C's truncating division
-    relative_s = (INT64_MAX - now_ms) // 1000  # the most seconds EX/EXPIRE take now
+    relative_s = (INT64_MAX - now_ms) // 1000  # the most seconds EX/EXPIRE take today
     relative_ms = INT64_MAX - now_ms
     values = {0, -1, -2, -100, 1_000_000}  # no small positive: ms from now is a race
     for edge in (INT64_MAX, INT64_MIN, s_max, s_min):
         values |= {edge - 1, edge, edge + 1}
-    for edge, margin in ((relative_s, day_s), (relative_ms, day_s * 1000)):
-        values |= {edge - margin, edge + margin}  # a day away: the clocks cannot tip it
+    for edge, margin in ((relative_s, 2 * day_s), (relative_ms, 2 * day_s * 1000)):
+        values |= {edge - margin, edge + margin}  # 1 to 2 days away from the real edge
     return sorted(values)
 
 
