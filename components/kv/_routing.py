@@ -57,7 +57,7 @@ class Forward(Exception):  # noqa: N818 - a signal, not an error
 
 def keys_of(spec: Spec, args: list[bytes]) -> list[bytes]:
     """The keys of ``args`` as the client sent them (no client id inserted yet)."""
-    return spec.user_keys(args) if spec.client_id else command_keys(spec, args)
+    return command_keys(spec, [args[0], b"", *args[1:]] if spec.client_id else args)
 
 
 def same_partition(keys: list[bytes]) -> int | None:

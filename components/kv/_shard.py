@@ -71,7 +71,9 @@ ABORTED: Final = Ext(3, b"aborted")
 
 # --- keys --------------------------------------------------------------------------------
 
-#: commands whose keys follow a count: name -> (where the count is, keys before it)
+#: commands whose keys follow a count: name -> (where the count is, keys before it),
+#: as the client writes them; a command that carries its client's id (BLMPOP and
+#: BZMPOP, queued in MULTI) has it at 1 in the log, and its count one further
 _NUMKEYS: Final = {
     b"EVAL": (2, 0), b"EVALSHA": (2, 0), b"EVAL_RO": (2, 0), b"EVALSHA_RO": (2, 0),
     b"FCALL": (2, 0), b"FCALL_RO": (2, 0),
@@ -99,6 +101,8 @@ def command_keys(spec: Spec, args: list[bytes]) -> list[bytes]:
     counted = _NUMKEYS.get(name)
     if counted is not None:
         at, before = counted
+        if spec.client_id:
+            at += 1
         try:
             n = int(args[at])
         except (IndexError, ValueError):

@@ -855,3 +855,28 @@ def test_partition_with_a_shared_log_or_bad_copies_is_refused_before_any_replica
         assert done.returncode != 0, extra
         assert said in done.stderr, (extra, done.stderr)
         assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_counted_blocking_pops_in_a_transaction_run_in_their_keys_partition(
+    on: dict[int, redis.Redis],
+) -> None:
+    """BLMPOP and BZMPOP queued in MULTI carry the client's id in the log, and
+    their keys are counted after it: they run in their keys' partition, held by
+    the other replica here, with or without WATCH (found by the differential
+    test: they ran in partition 0, and WATCH refused them with CROSSSLOT)."""
+    tag = tag_held_by(1)
+    lst, zset = f"{tag}:list", f"{tag}:zset"
+    r = on[0]
+    assert r.rpush(lst, "a", "b", "c") == 3
+    assert r.zadd(zset, {"m": 1, "n": 2}) == 2
+    pipe = r.pipeline(transaction=True)
+    pipe.blmpop(0.01, 1, lst, direction="LEFT")
+    pipe.bzmpop(0.01, 1, [zset], min=True)
+    assert pipe.execute() == [[lst.encode(), [b"a"]], [zset.encode(), [[b"m", b"1"]]]]
+    with r.pipeline(transaction=True) as watched:
+        watched.watch(lst)
+        watched.multi()
+        watched.blmpop(0.01, 1, lst, direction="RIGHT", count=2)
+        assert watched.execute() == [[lst.encode(), [b"c", b"b"]]]
+    assert on[1].exists(lst) == 0
+    assert on[1].zrange(zset, 0, -1, withscores=True) == [(b"n", 2.0)]
