@@ -383,36 +383,35 @@ class StateMachine:
         every partition, or arguments the routing refuses (the apply then
         fails alike everywhere).
         """
-        component = self._scoped_component(event)
-        if component is None:
+        if self._replicas < 3:  # copies >= 1: at most one replica holds no copy
             return None
-        held = self.partitioned[component]
+        routers = self._scoped_routers(event)
+        if routers is None:
+            return None
+        held = self.partitioned[routers[0].component]
         if self._replicas - held.copies < 2:
             return None
         pids: set[int] = set()
         try:
-            for b in self.registry.handlers(event):
-                router = b.handler
-                assert type(router) is Router
+            for router in routers:
                 pids.update(router.split_items(args, kwargs)[0])
         except Exception:  # noqa: BLE001 - the apply reports it, as it would unscoped
             return None
         if len(pids) >= held.spec.partitions:
             return None
-        return component, sorted(pids)
+        return held.name, sorted(pids)
 
-    def _scoped_component(self, event: str) -> str | None:
-        """The component whose partitioned updates are ``event``'s every handler, or None."""
-        component = None
+    def _scoped_routers(self, event: str) -> list[Router] | None:
+        """``event``'s handlers if every one is a partitioned update of one component, else None."""
+        routers: list[Router] = []
         for b in self.registry.handlers(event):
             router = b.handler
             if type(router) is not Router or router.query or b.static:
                 return None
-            if component is None:
-                component = router.component
-            elif router.component != component:
+            if routers and router.component != routers[0].component:
                 return None
-        return component
+            routers.append(router)
+        return routers or None
 
     def _apply_scoped(self, entry: Scoped, out: Applied, now: float) -> bool | None:
         """A scoped entry: passed over unless this replica is its origin, holds (or is
@@ -420,7 +419,8 @@ class StateMachine:
         origin = entry.origin
         if origin != self.index and origin < self._replicas:
             held = self.partitioned.get(entry.component)
-            if held is not None and self._scoped_component(entry.event) == entry.component:
+            routers = self._scoped_routers(entry.event) if held is not None else None
+            if routers is not None and routers[0].component == entry.component:
                 parts, journal = held.parts, held.journal
                 for pid in entry.pids:
                     if pid in parts or pid in journal:
