@@ -418,9 +418,9 @@ class StateMachine:
         loading) one of its partitions, or its event's handlers changed since."""
         origin = entry.origin
         if origin != self.index and origin < self._replicas:
-            held = self.partitioned.get(entry.component)
-            routers = self._scoped_routers(entry.event) if held is not None else None
+            routers = self._scoped_routers(entry.event)
             if routers is not None and routers[0].component == entry.component:
+                held = self.partitioned[entry.component]  # a router's: partitioned
                 parts, journal = held.parts, held.journal
                 for pid in entry.pids:
                     if pid in parts or pid in journal:
