@@ -176,8 +176,14 @@ def running(
     env: dict[str, str] | None = None,
     wrap: tuple[str, ...] = (),
     stdout: Path | None = None,
+    session: bool = False,
 ) -> Iterator[Service]:
-    svc = Service(target, run_dir, replicas=replicas, args=args, env=env, wrap=wrap, stdout=stdout)
+    """A :class:`Service`, ready; stopped at the end if it still runs (``session``:
+    it leads a process group of its own, which the test may kill whole)."""
+    svc = Service(
+        target, run_dir, replicas=replicas, args=args, env=env, wrap=wrap, stdout=stdout,
+        session=session,
+    )  # fmt: skip
     try:
         svc.wait_ready()
         yield svc

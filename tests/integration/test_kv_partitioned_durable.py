@@ -28,7 +28,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,27 +40,13 @@ from .test_kv_partitioned import held_by, held_partitions, progress
 KV = "dominoes.components.kv:service"
 
 
-@contextlib.contextmanager
 def durable(
     run_dir: Path, data_dir: Path, replicas: int = 2, copies: int = 1, session: bool = False
-) -> Iterator[Service]:
+) -> contextlib.AbstractContextManager[Service]:
     """The partitioned KV on ``data_dir``; ``session``: it leads a process group of
-    its own, which the test may kill whole (it is killed at the end if it runs)."""
+    its own, which the test may kill whole."""
     args = ("--partition", f"copies={copies}", "--durable", str(data_dir))
-    if not session:
-        with running(KV, run_dir, replicas=replicas, args=args) as svc:
-            yield svc
-        return
-    svc = Service(KV, run_dir, replicas=replicas, args=args, session=True)
-    try:
-        svc.wait_ready()
-        yield svc
-    finally:
-        if svc.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(svc.proc.pid, signal.SIGKILL)
-            svc.proc.wait(10)
-        svc._finish()
+    return running(KV, run_dir, replicas=replicas, args=args, session=session)
 
 
 def unavailable(exc: BaseException) -> bool:
