@@ -6,6 +6,7 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -183,3 +184,110 @@ def pinned(port: int, wanted: int | Callable[[int], bool], tries: int = 200) -> 
             pass
         r.close()
     raise AssertionError(f"no connection reached a wanted replica in {tries} tries")
+
+
+def progress(acked: list[int], errors: list[BaseException], n: int) -> None:
+    """Wait until writers acknowledged ``n`` more in all (or one failed: then fail)."""
+    before = sum(acked)
+    wait_for(lambda: sum(acked) >= before + n or bool(errors), timeout=30)
+    assert errors == []
+
+
+class Transfers:
+    """Writers that move 1 from ``x`` to ``y`` and count ``n`` in one MULTI/EXEC, and
+    readers that read ``x`` and ``y`` in one, each on its own thread and connection,
+    until the ``with`` block ends.
+
+    A writer's send cut by a broken connection, or answered by ``cut_error``
+    (an error after which the transaction may or may not have been applied), is
+    counted in ``cut`` and never sent again; the writer then goes on through a
+    connection ``reconnect`` accepts.  Readers skip a read ``cut_error``
+    accepts.  Any other failure lands in ``errors``.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        x: str,
+        y: str,
+        n: str,
+        writers: list[int],
+        readers: list[int],
+        reconnect: int | Callable[[int], bool],
+        cut_error: Callable[[redis.ResponseError], bool] = lambda exc: False,
+    ) -> None:
+        self.port, self.x, self.y, self.n = port, x, y, n
+        self.reconnect, self.cut_error = reconnect, cut_error
+        self.acked = [0] * len(writers)
+        self.cut = [0] * len(writers)
+        self.reads: list[tuple[Any, Any]] = []
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._write, args=(k, replica))
+            for k, replica in enumerate(writers)
+        ]
+        self._threads += [threading.Thread(target=self._read, args=(r,)) for r in readers]
+
+    def __enter__(self) -> Transfers:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+    def progress(self, more: int) -> None:
+        """Wait until the writers acknowledged ``more`` more (or one failed: then fail)."""
+        progress(self.acked, self.errors, more)
+
+    def _write(self, k: int, replica: int) -> None:
+        try:
+            r = pinned(self.port, replica)
+            while not self._stop.is_set():
+                pipe = r.pipeline(transaction=True)
+                pipe.decrby(self.x, 1)
+                pipe.incrby(self.y, 1)
+                pipe.incr(self.n)
+                try:
+                    a, b, c = pipe.execute()
+                except redis.ConnectionError:  # its replica was killed: go on elsewhere
+                    self.cut[k] += 1
+                    r.close()
+                    r = pinned(self.port, self.reconnect)
+                    continue
+                except redis.ResponseError as exc:
+                    if not self.cut_error(exc):
+                        raise
+                    self.cut[k] += 1
+                    continue
+                assert a + b == 0
+                assert b == c
+                self.acked[k] += 1
+            r.close()
+        except BaseException as exc:  # noqa: BLE001 - reported by progress() and the test
+            self.errors.append(exc)
+
+    def _read(self, replica: int) -> None:
+        try:
+            r = pinned(self.port, replica)
+            while not self._stop.is_set():
+                pipe = r.pipeline(transaction=True)
+                pipe.get(self.x)
+                pipe.get(self.y)
+                try:
+                    got = pipe.execute()
+                except redis.ConnectionError:
+                    r.close()
+                    r = pinned(self.port, self.reconnect)
+                    continue
+                except redis.ResponseError as exc:
+                    if not self.cut_error(exc):
+                        raise
+                    continue
+                self.reads.append((got[0], got[1]))
+            r.close()
+        except BaseException as exc:  # noqa: BLE001
+            self.errors.append(exc)

@@ -37,7 +37,7 @@ from dominoes.components.kv._shard import PARTITIONS, partition_of
 from redis.exceptions import ClusterCrossSlotError, WatchError
 
 from .harness import Service, ask, reconfigured, settled
-from .kv_helpers import kv_service, pinned, replica_of, wait_for
+from .kv_helpers import Transfers, kv_service, pinned, progress, replica_of, wait_for
 
 CROSSSLOT = "don't hash to the same slot"
 BLOCKING = "blocking commands are not available on a partitioned KV"
@@ -113,13 +113,6 @@ def shard_parts(digest: dict[str, str]) -> list[int]:
 
 def partitioned(run_dir: Path, replicas: int, copies: int) -> Any:
     return kv_service(run_dir, replicas=replicas, args=("--partition", f"copies={copies}"))
-
-
-def progress(acked: list[int], errors: list[BaseException], n: int) -> None:
-    """Wait until the writers acknowledged ``n`` more (or one failed: then fail)."""
-    before = sum(acked)
-    wait_for(lambda: sum(acked) >= before + n or bool(errors), timeout=30)
-    assert errors == []
 
 
 # --- one shared service: 2 replicas, copies=1 -------------------------------------------
@@ -674,74 +667,19 @@ def test_kill_9_with_two_copies_of_three_loses_no_acknowledged_transaction(
     n = held_by(2, "n", 1, replicas=3)[0]
     assert {tuple(sorted(holders(k, 3, 2))) for k in (x, y, n)} == {(0, 1), (1, 2), (0, 2)}
     with partitioned(tmp_path / "run", 3, 2) as svc:
-        stop = threading.Event()
-        acked = [0] * 3
-        cut = [0] * 3
-        reads: list[tuple[Any, Any]] = []
-        errors: list[BaseException] = []
-
-        def not1(index: int) -> bool:
-            return index != 1
-
-        def write(index: int) -> None:
-            try:
-                r = pinned(svc.port, index)
-                while not stop.is_set():
-                    pipe = r.pipeline(transaction=True)
-                    pipe.decrby(x, 1)
-                    pipe.incrby(y, 1)
-                    pipe.incr(n)
-                    try:
-                        a, b, c = pipe.execute()
-                    except redis.ConnectionError:
-                        # the killed replica's connection: counted, not re-sent;
-                        # go on elsewhere
-                        cut[index] += 1
-                        r.close()
-                        r = pinned(svc.port, not1)
-                        continue
-                    assert a + b == 0
-                    assert b == c
-                    acked[index] += 1
-                r.close()
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-
-        def read(index: int) -> None:
-            try:
-                r = pinned(svc.port, index)
-                while not stop.is_set():
-                    pipe = r.pipeline(transaction=True)
-                    pipe.get(x)
-                    pipe.get(y)
-                    try:
-                        got = pipe.execute()
-                    except redis.ConnectionError:
-                        r.close()
-                        r = pinned(svc.port, not1)
-                        continue
-                    reads.append((got[0], got[1]))
-                r.close()
-            except BaseException as exc:  # noqa: BLE001
-                errors.append(exc)
-
-        threads = [threading.Thread(target=write, args=(i,)) for i in range(3)]
-        threads += [threading.Thread(target=read, args=(i,)) for i in (0, 2)]
-        for t in threads:
-            t.start()
-        try:
-            progress(acked, errors, 200)
+        transfers = Transfers(
+            svc.port, x, y, n, writers=[0, 1, 2], readers=[0, 2], reconnect=lambda i: i != 1
+        )
+        with transfers:
+            transfers.progress(200)
             os.kill(svc.replica_pids()[1], signal.SIGKILL)
-            progress(acked, errors, 200)
+            transfers.progress(200)
             svc.wait_restarted(1)
-            progress(acked, errors, 100)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join()
-        assert errors == []
-        assert reads
-        assert all(int(a or 0) + int(b or 0) == 0 for a, b in reads)
+            transfers.progress(100)
+        acked, cut = transfers.acked, transfers.cut
+        assert transfers.errors == []
+        assert transfers.reads
+        assert all(int(a or 0) + int(b or 0) == 0 for a, b in transfers.reads)
         back = pinned_pair(svc.port, 3)
         finals = {(r.get(x), r.get(y), r.get(n)) for r in back.values()}
         for r in back.values():

@@ -27,15 +27,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import Any
 
 import redis
 
 from .harness import Service, reconfigured, running, settled
-from .kv_helpers import pinned, wait_for
-from .test_kv_partitioned import held_by, held_partitions, progress
+from .kv_helpers import Transfers, pinned, wait_for
+from .test_kv_partitioned import held_by, held_partitions
 
 KV = "dominoes.components.kv:service"
 
@@ -81,63 +79,11 @@ def test_kill_9_with_one_copy_brings_the_dead_replica_s_partitions_back_from_dis
         setup = pinned(svc.port, 0)
         for k in plain:
             assert setup.set(k, f"v {k}")
-        stop = threading.Event()
-        acked = [0, 0]
-        cut = [0, 0]
-        reads: list[tuple[Any, Any]] = []
-        errors: list[BaseException] = []
-
-        def write(index: int) -> None:
-            try:
-                r = pinned(svc.port, index)
-                while not stop.is_set():
-                    pipe = r.pipeline(transaction=True)
-                    pipe.decrby(x, 1)
-                    pipe.incrby(y, 1)
-                    pipe.incr(n)
-                    try:
-                        a, b, c = pipe.execute()
-                    except redis.ConnectionError:  # its replica was killed
-                        cut[index] += 1
-                        r.close()
-                        r = pinned(svc.port, 0)
-                        continue
-                    except redis.ResponseError as exc:  # y's partition has no live holder
-                        if not unavailable(exc):
-                            raise
-                        cut[index] += 1
-                        continue
-                    assert a + b == 0
-                    assert b == c
-                    acked[index] += 1
-                r.close()
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-
-        def read() -> None:
-            try:
-                r = pinned(svc.port, 0)
-                while not stop.is_set():
-                    pipe = r.pipeline(transaction=True)
-                    pipe.get(x)
-                    pipe.get(y)
-                    try:
-                        got = pipe.execute()
-                    except redis.ResponseError as exc:
-                        if not unavailable(exc):
-                            raise
-                        continue
-                    reads.append((got[0], got[1]))
-                r.close()
-            except BaseException as exc:  # noqa: BLE001
-                errors.append(exc)
-
-        threads = [threading.Thread(target=write, args=(i,)) for i in (0, 1)]
-        threads.append(threading.Thread(target=read))
-        for t in threads:
-            t.start()
-        try:
-            progress(acked, errors, 200)
+        transfers = Transfers(
+            svc.port, x, y, n, writers=[0, 1], readers=[0], reconnect=0, cut_error=unavailable
+        )
+        with transfers:
+            transfers.progress(200)
             snap = subprocess.run(
                 [sys.executable, "-m", "dominoes", "snapshot", "kv", "--run-dir", str(svc.run_dir)],
                 capture_output=True,
@@ -148,18 +94,15 @@ def test_kill_9_with_one_copy_brings_the_dead_replica_s_partitions_back_from_dis
             assert snap.returncode == 0, snap.stderr
             assert snap.stdout.count("snapshot at seq") == 2, snap.stdout
             assert sorted(name.split(".")[1] for name in snapshot_files(data)) == ["r0", "r1"]
-            progress(acked, errors, 200)
+            transfers.progress(200)
             pid = svc.replica_pids()[1]
             os.kill(pid, signal.SIGKILL)
             svc.wait_restarted(1)
-            progress(acked, errors, 200)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join()
-        assert errors == []
-        assert reads
-        assert all(int(a or 0) + int(b or 0) == 0 for a, b in reads)
+            transfers.progress(200)
+        acked, cut = transfers.acked, transfers.cut
+        assert transfers.errors == []
+        assert transfers.reads
+        assert all(int(a or 0) + int(b or 0) == 0 for a, b in transfers.reads)
         svc.wait_for_line("rebuilt 32 partition(s)")
         assert "starts EMPTY" not in svc.output
         on = {0: setup, 1: pinned(svc.port, 1)}
