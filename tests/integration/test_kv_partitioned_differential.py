@@ -15,8 +15,8 @@ Every step ``test_kv_differential`` draws (strings, keys and expiry, hashes,
 lists, sets, sorted sets, bitmaps, HLLs, geo, streams, scripts, functions,
 SORT, server commands, chaos forms, wrong arities, pipelines, MULTI/EXEC,
 WATCH), with a hash tag put before each key on both sides (``a`` -> ``{37}a``):
-the key positions are those the service routes by (``_shard.command_keys``;
-``Spec.user_keys`` for WATCH), found by marking each word with its position,
+the key positions are those the service routes by (``_routing.keys_of``),
+found by marking each word with its position,
 so a value or member equal to a key's name is left alone.  Every multi-key
 command thus stays in one partition and answers as Redis does.  KEYS's and
 SCAN's MATCH patterns and SORT's BY and GET patterns get the tag too (``a*``
@@ -98,8 +98,9 @@ from typing import Any
 
 import pytest
 import redis
+from dominoes.components.kv._routing import keys_of as routed_keys
 from dominoes.components.kv._service import TABLE
-from dominoes.components.kv._shard import _EVERYWHERE, command_keys, partition_of
+from dominoes.components.kv._shard import _EVERYWHERE, partition_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -190,7 +191,7 @@ def key_positions(words: Sequence[bytes]) -> list[int]:
         w = _Word(word)
         w.at = i
         marked.append(w)
-    keys = spec.user_keys(marked) if spec.client_id else command_keys(spec, marked)
+    keys = routed_keys(spec, marked)
     return sorted({k.at for k in keys if isinstance(k, _Word)})
 
 
